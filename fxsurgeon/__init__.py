@@ -1,0 +1,16 @@
+"""fxsurgeon: network surgery for PyTorch on torch.fx.
+
+Trace a model into a :class:`ChannelGraph` that knows which channels are coupled,
+count its cost exactly, and inspect it::
+
+    import fxsurgeon as fxs
+    graph = fxs.analyze(model, example_inputs)
+    print(graph.summary())
+"""
+from .dimension import Dimension, Member
+from .errors import FxSurgeonError, UntraceableModelError
+from .graph import ChannelGraph, analyze
+
+__all__ = ["analyze", "ChannelGraph", "Dimension", "Member", "FxSurgeonError",
+           "UntraceableModelError"]
+__version__ = "0.1.0"

@@ -1,0 +1,81 @@
+"""Exact cost model: parameters and multiply-accumulates, for any set of alive channels.
+
+Each cost term is ``const * prod(alive positions of factor / divisor)``; a factor is a
+tensor axis whose positions carry channels. With every channel alive the parameter
+count equals ``sum(p.numel())`` and FLOPs are the multiply-accumulates of every conv,
+linear and matmul (plus what FlopCounterMode measured inside opaque ops).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from .errors import FxSurgeonError
+from .propagation import Term
+
+METRICS = ("params", "flops")
+
+
+class _Factor:
+    __slots__ = ("fixed", "index", "divisor")
+
+    def __init__(self, index: np.ndarray, divisor: int):
+        self.fixed = int((index < 0).sum())
+        self.index = index[index >= 0]
+        self.divisor = divisor
+
+    def size(self, alive: np.ndarray | None) -> float:
+        n = self.fixed + (len(self.index) if alive is None else int(alive[self.index].sum()))
+        return n / self.divisor
+
+
+class CostModel:
+    """Evaluates cost terms against alive masks over all dimension channels."""
+
+    def __init__(self, terms: list[Term], lookup, widths: list[int], names: list[str]):
+        self.names = names
+        self.widths = widths
+        self.offsets = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
+        self.terms = [(t, [_Factor(lookup(tags), div) for tags, div in t.factors]) for t in terms]
+
+    def flat_mask(self, alive: dict | None) -> np.ndarray | None:
+        """One boolean vector over all channels of all dimensions (None: all alive)."""
+        if not alive:
+            return None
+        flat = np.ones(int(self.offsets[-1]), dtype=bool)
+        index = {n: i for i, n in enumerate(self.names)}
+        for name, mask in alive.items():
+            if name not in index:
+                raise FxSurgeonError(f"alive mask for unknown dimension {name!r}")
+            i = index[name]
+            m = np.asarray(mask, dtype=bool).reshape(-1)
+            if len(m) != self.widths[i]:
+                raise FxSurgeonError(f"alive mask for {name!r} has {len(m)} entries, "
+                                     f"the dimension has width {self.widths[i]}")
+            flat[self.offsets[i]:self.offsets[i + 1]] = m
+        return flat
+
+    def count(self, metric: str, flat: np.ndarray | None, by: str | None = None):
+        """Total cost, or a dict of it per layer (``by="layer"``) or parameter."""
+        if metric not in METRICS:
+            raise FxSurgeonError(f"unknown metric {metric!r}: use one of {METRICS}")
+        per: dict[str, float] = defaultdict(float)
+        total = 0.0
+        for term, factors in self.terms:
+            if term.metric != metric:
+                continue
+            v = term.const
+            for f in factors:
+                v *= f.size(flat)
+            total += v
+            if by == "layer":
+                per[term.node] += v
+            elif by == "param" and term.param:
+                per[term.param] += v
+        return {k: _exact(v) for k, v in per.items()} if by else _exact(total)
+
+
+def _exact(v: float):
+    r = round(v)
+    return int(r) if abs(v - r) < 1e-6 * max(1.0, abs(v)) else v

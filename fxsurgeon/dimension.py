@@ -1,0 +1,202 @@
+"""Dimensions: sets of coupled channel classes that must change width together.
+
+A *class* is a union-find set of channel identities (one channel, seen everywhere it
+goes). A *dimension* groups the classes that some producer emits together: the 256
+classes of a ResNet stage's trunk form one dimension, while each part of a DenseNet
+concatenation stays its own. Every tensor axis that carries channels of a dimension
+is one of its :class:`Member` s.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .propagation import Propagation
+
+
+@dataclass
+class Member:
+    """A parameter axis whose positions hold channels of one dimension.
+
+    ``positions[i]`` along ``axis`` of ``tensor`` holds channel ``channels[i]`` of the
+    dimension. For a grouped convolution's input axis (``divisor`` = groups) the
+    positions index the input channels, ``divisor`` of them per weight slice.
+    """
+
+    tensor: str
+    role: str        # "out": producer weight, "in": consumer weight, "param": per-channel
+    node: str
+    axis: int
+    positions: np.ndarray
+    channels: np.ndarray
+    divisor: int = 1
+
+    @property
+    def span(self) -> str:
+        """The positions in short form: ``[a:b]`` when contiguous and in channel order."""
+        p, c = self.positions, self.channels
+        if len(p) and np.array_equal(p, np.arange(p[0], p[0] + len(p))) and \
+                np.array_equal(c, np.arange(len(c))):
+            return f"[{p[0]}:{p[0] + len(p)}]"
+        return f"{len(p)} positions"
+
+
+@dataclass
+class Dimension:
+    """A set of coupled channels with one width; ``pinned`` is None or why it is fixed."""
+
+    name: str
+    width: int
+    kind: str
+    pinned: str | None
+    reasons: list[str]
+    members: list[Member]
+    producers: list[str]
+    multiple_of: int = 1
+    classes: np.ndarray = field(default=None, repr=False)
+
+    @property
+    def free(self) -> bool:
+        return self.pinned is None
+
+    @property
+    def consumers(self) -> list[str]:
+        return sorted({m.node for m in self.members if m.role == "in"})
+
+    @property
+    def sources(self) -> list[Member]:
+        """Liveliness sources: per-channel affine scales (BatchNorm γ) of this dimension."""
+        return [m for m in self.members if m.role == "source"]
+
+    def __repr__(self) -> str:
+        state = "free" if self.free else f"pinned: {self.pinned}"
+        return f"Dimension({self.name!r}, width={self.width}, {self.kind}, {state})"
+
+
+class _Groups:
+    """A small dict-based union-find over class roots."""
+
+    def __init__(self):
+        self.parent: dict[int, int] = {}
+
+    def find(self, x: int) -> int:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def link(self, xs) -> None:
+        xs = list(xs)
+        for x in xs[1:]:
+            a, b = self.find(xs[0]), self.find(x)
+            if a != b:
+                self.parent[b] = a
+
+
+def _name(producers: list[str], taken: set[str]) -> str:
+    if len(producers) == 1:
+        base = producers[0]
+    else:
+        prefix = os.path.commonprefix([p.split(".") for p in producers])
+        base = ".".join(prefix) + ".*" if prefix else f"{producers[0]}+{len(producers) - 1}"
+    name, k = base, 2
+    while name in taken:
+        name, k = f"{base}#{k}", k + 1
+    taken.add(name)
+    return name
+
+
+def _kind(origins: set[str], labels: set[str], producers: list[str], reasons: list[str]) -> str:
+    if "input" in origins:
+        return "input"
+    if "residual" in labels and len(producers) > 1:
+        return "residual trunk"
+    if "concat" in labels:
+        return "concat part"
+    if "gate" in labels:
+        return "gated"
+    if "model output" in reasons:
+        return "output"
+    return "hidden"
+
+
+def build_dimensions(prop: Propagation, node_names: dict[str, str]) -> tuple[list[Dimension], np.ndarray, np.ndarray]:
+    """Group classes into dimensions; also return per-root (dimension, channel) lookups.
+
+    ``node_names`` maps fx node names to the readable layer names used for dimensions.
+    """
+    uf = prop.uf
+    uf.compress()
+    groups = _Groups()
+    ordered: list[tuple[str, np.ndarray, str]] = []
+    for node, vec, origin in prop.groups:
+        if vec is None or not len(vec):
+            continue
+        roots = uf.find(vec)
+        groups.link(roots.tolist())
+        ordered.append((node, roots, origin))
+
+    comp_classes: dict[int, list[int]] = {}
+    comp_producers: dict[int, list[str]] = {}
+    comp_origins: dict[int, set[str]] = {}
+    seen: set[int] = set()
+    for node, roots, origin in ordered:
+        c = groups.find(int(roots[0]))
+        comp_producers.setdefault(c, [])
+        if node not in comp_producers[c]:
+            comp_producers[c].append(node)
+        comp_origins.setdefault(c, set()).add(origin)
+        for r in roots.tolist():
+            if r not in seen:
+                seen.add(r)
+                comp_classes.setdefault(c, []).append(r)
+
+    dim_of_root = np.full(uf.size, -1, dtype=np.int64)
+    chan_of_root = np.full(uf.size, -1, dtype=np.int64)
+    comps = list(comp_classes)
+    for d, c in enumerate(comps):
+        cls = np.asarray(comp_classes[c], dtype=np.int64)
+        dim_of_root[cls] = d
+        chan_of_root[cls] = np.arange(len(cls))
+
+    def dims_of(tags: np.ndarray) -> set[int]:
+        d = dim_of_root[uf.find(np.asarray(tags, dtype=np.int64))]
+        return set(d[d >= 0].tolist())
+
+    reasons: list[list[str]] = [[] for _ in comps]
+    for tags, why in prop.pins:
+        for d in dims_of(tags):
+            if why not in reasons[d]:
+                reasons[d].append(why)
+    multiple = [1] * len(comps)
+    for tags, k in prop.divisors:
+        for d in dims_of(tags):
+            multiple[d] = math.lcm(multiple[d], int(k))
+    labels: list[set[str]] = [set() for _ in comps]
+    for tags, label in prop.couplings:
+        for d in dims_of(tags):
+            labels[d].add(label)
+    members: list[list[Member]] = [[] for _ in comps]
+    for ref in prop.axes:
+        roots = uf.find(ref.tags)
+        d_at = dim_of_root[roots]
+        for d in np.unique(d_at[d_at >= 0]).tolist():
+            pos = np.nonzero(d_at == d)[0]
+            members[d].append(Member(ref.param, ref.role, node_names.get(ref.node, ref.node),
+                                     ref.axis, pos, chan_of_root[roots[pos]], ref.divisor))
+
+    taken: set[str] = set()
+    dims = []
+    for d, c in enumerate(comps):
+        producers = [node_names.get(p, p) for p in comp_producers[c]]
+        dims.append(Dimension(
+            name=_name(producers, taken), width=len(comp_classes[c]),
+            kind=_kind(comp_origins[c], labels[d], producers, reasons[d]),
+            pinned=reasons[d][0] if reasons[d] else None, reasons=reasons[d],
+            members=members[d], producers=producers, multiple_of=multiple[d],
+            classes=np.asarray(comp_classes[c], dtype=np.int64)))
+    return dims, dim_of_root, chan_of_root

@@ -1,0 +1,128 @@
+"""The ChannelGraph: a traced model, its dimensions and its exact cost model."""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from .cost import CostModel
+from .dimension import Dimension, build_dimensions
+from .errors import FxSurgeonError
+from .propagation import propagate
+from .shapes import propagate_shapes
+from .tracing import as_tuple, trace
+
+
+class ChannelGraph:
+    """Which channels of a traced model are coupled, and what they cost.
+
+    Build it with :func:`analyze`. ``dims`` lists the :class:`Dimension` s; ``count``
+    and ``utilization`` evaluate the cost model, optionally with alive masks
+    (``{dimension name: bool tensor of its width}``; dimensions left out are alive).
+    """
+
+    def __init__(self, module: fx.GraphModule, dims: list[Dimension], cost: CostModel,
+                 input_shapes: list[tuple]):
+        self.module = module
+        self.dims = dims
+        self.cost = cost
+        self.input_shapes = input_shapes
+        self._by_name = {d.name: d for d in dims}
+
+    def __getitem__(self, name: str) -> Dimension:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(f"no dimension named {name!r}") from None
+
+    @property
+    def free_dims(self) -> list[Dimension]:
+        return [d for d in self.dims if d.free]
+
+    def count(self, metric: str = "params", alive: dict | None = None, by: str | None = None):
+        """Exact parameters or FLOPs (multiply-accumulates) for the example input.
+
+        ``by="layer"`` or ``by="param"`` returns a breakdown instead of the total.
+        """
+        return self.cost.count(metric, self.cost.flat_mask(alive), by)
+
+    def utilization(self, alive: dict, metric: str = "params") -> float:
+        """The paper's r = U(θ) / c(A): cost with only the alive channels over full cost."""
+        return self.count(metric, alive) / self.count(metric)
+
+    def attributable(self, metric: str = "params") -> dict[str, float]:
+        """Per dimension: the cost that would vanish with its every channel (what scales with it)."""
+        total = self.count(metric)
+        return {d.name: total - self.count(metric, {d.name: np.zeros(d.width, bool)})
+                for d in self.dims}
+
+    def free_share(self, metric: str = "params") -> float:
+        """Share of the cost that scales with at least one free dimension."""
+        total = self.count(metric)
+        dead = {d.name: np.zeros(d.width, bool) for d in self.free_dims}
+        return (total - self.count(metric, dead)) / total if total else 0.0
+
+    def summary(self) -> str:
+        """The table and totals that ``fxsurgeon inspect`` prints."""
+        from .report import summary
+        return summary(self)
+
+    def to_json(self) -> dict:
+        """Everything machine-readable: dimensions, members, pins, costs."""
+        from .report import to_json
+        return to_json(self)
+
+    def to_networkx(self):
+        """A networkx DiGraph: layer nodes and dimension nodes, edges producer → dim → consumer."""
+        from .drawing import to_networkx
+        return to_networkx(self)
+
+
+def _node_names(gm: fx.GraphModule) -> dict[str, str]:
+    return {n.name: (n.target if n.op in ("call_module", "get_attr") else n.name)
+            for n in gm.graph.nodes}
+
+
+def _training_flags(model: nn.Module) -> list[tuple[nn.Module, bool]]:
+    return [(m, m.training) for m in model.modules()]
+
+
+def analyze(model: nn.Module, example_inputs, *, leaf_modules: Iterable[type] = (),
+            autowrap_functions: Iterable[Callable] = (),
+            concrete_args: dict | None = None) -> ChannelGraph:
+    """Trace ``model`` with torch.fx and build its :class:`ChannelGraph`.
+
+    ``example_inputs`` is a tensor or a tuple of positional inputs (batch 1 is
+    enough; FLOPs are counted for exactly this input). ``leaf_modules`` are module
+    types kept opaque (their channels are pinned); ``autowrap_functions`` are free
+    functions kept as single calls. The user's model is not modified.
+    """
+    if not isinstance(model, nn.Module):
+        raise FxSurgeonError(f"analyze() needs a torch.nn.Module, got {type(model).__name__}")
+    gm = trace(model, leaf_modules, autowrap_functions, concrete_args)
+    args = as_tuple(example_inputs)
+    flags = _training_flags(gm)
+    gm.eval()
+    try:
+        propagate_shapes(gm, args)
+    except Exception as exc:
+        raise FxSurgeonError(f"the traced model failed on the example inputs "
+                             f"{[tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]}: "
+                             f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        for m, t in flags:
+            m.training = t
+    prop = propagate(gm, args)
+    dims, dim_of_root, chan_of_root = build_dimensions(prop, _node_names(gm))
+    offsets = np.concatenate([[0], np.cumsum([d.width for d in dims])]).astype(np.int64)
+
+    def lookup(tags: np.ndarray) -> np.ndarray:
+        roots = prop.uf.find(np.asarray(tags, dtype=np.int64))
+        d = dim_of_root[roots]
+        return np.where(d >= 0, offsets[np.maximum(d, 0)] + chan_of_root[roots], -1)
+
+    cost = CostModel(prop.terms, lookup, [d.width for d in dims], [d.name for d in dims])
+    shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
+    return ChannelGraph(gm, dims, cost, shapes)

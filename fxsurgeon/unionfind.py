@@ -1,0 +1,54 @@
+"""A growable union-find over integer channel identities, vectorised with numpy."""
+from __future__ import annotations
+
+import numpy as np
+
+
+class UnionFind:
+    """Disjoint sets over identities ``1..n`` (0 is reserved for "no channel")."""
+
+    def __init__(self):
+        self._parent = np.zeros(1, dtype=np.int64)
+        self.size = 1
+
+    def new(self, n: int) -> np.ndarray:
+        """Allocate ``n`` fresh identities, each its own set."""
+        start = self.size
+        if start + n > len(self._parent):
+            grown = np.arange(max(2 * len(self._parent), start + n), dtype=np.int64)
+            grown[: len(self._parent)] = self._parent
+            self._parent = grown
+        self._parent[start:start + n] = np.arange(start, start + n)
+        self.size = start + n
+        return np.arange(start, start + n, dtype=np.int64)
+
+    def find(self, ids: np.ndarray) -> np.ndarray:
+        """Roots of ``ids`` (any shape); 0 maps to 0."""
+        p = self._parent
+        r = p[ids]
+        while True:
+            rr = p[r]
+            if (rr == r).all():
+                return r
+            r = rr
+
+    def union(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Merge the sets of ``a[i]`` and ``b[i]`` for every ``i`` (zeros skipped).
+
+        Vectorised: every root points at the smallest root it is merged with, and
+        parents always have smaller indices, so the forest never forms a cycle.
+        """
+        keep = (a != 0) & (b != 0)
+        a, b = a[keep], b[keep]
+        while len(a):
+            ra, rb = self.find(a), self.find(b)
+            differ = ra != rb
+            if not differ.any():
+                return
+            ra, rb = ra[differ], rb[differ]
+            np.minimum.at(self._parent, np.maximum(ra, rb), np.minimum(ra, rb))
+            a, b = a[differ], b[differ]
+
+    def compress(self) -> None:
+        """Point every identity straight at its root."""
+        self._parent[: self.size] = self.find(np.arange(self.size))

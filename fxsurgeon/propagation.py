@@ -116,6 +116,9 @@ class _Propagator:
         hit = self._vec.get(id(t))
         if hit is not None and hit[0] is t and axis in hit[1]:
             return hit[1][axis]
+        s = self._structure(t, t.dim())
+        if s is not None and s[0] == axis:
+            return s[1]
         m = t.movedim(axis, 0).reshape(t.shape[axis], -1)
         if m.shape[1] == 0:
             vec = None
@@ -228,11 +231,14 @@ class _Propagator:
             self.flops(node, node.meta["fxs_macs"])
 
         def make(v):
-            if isinstance(v, torch.Tensor):
-                t = self.fresh_elements(v.shape) if v.numel() else self.none(v.shape)
-                self.pin(t, why)
-                return t
-            return v
+            if not isinstance(v, torch.Tensor):
+                return v
+            if not v.numel():
+                return self.none(v.shape)
+            t = self.fresh_elements(v.shape)
+            self._unique[id(t)] = (t, t.reshape(-1).numpy())   # fresh: all distinct
+            self.pin(t, why)
+            return t
         return tree_map(make, self.real(node))
 
     def do_unary(self, node, kind, args, kwargs):
@@ -263,13 +269,21 @@ class _Propagator:
         return self._binary_general(node, a, b, out_shape, label)
 
     def _structure(self, t: torch.Tensor, nd: int):
-        """(axis in broadcast coordinates, vector) of a cached structured tag tensor."""
+        """(axis in broadcast coordinates, vector) of a tag tensor that varies along one axis.
+
+        Known from the cache, or read off the strides: an expanded vector, however
+        permuted, has stride 0 on every axis of size > 1 but one.
+        """
         hit = self._vec.get(id(t))
-        if hit is None or hit[0] is not t:
-            return None
-        found = [(len(v), a, v) for a, v in hit[1].items() if v is not None]
+        found = [(len(v), a, v) for a, v in hit[1].items() if v is not None] \
+            if hit is not None and hit[0] is t else []
         if not found:
-            return None
+            moving = [a for a in range(t.dim()) if t.shape[a] > 1 and t.stride(a) != 0]
+            if len(moving) != 1:
+                return None
+            a = moving[0]
+            vec = t[tuple(slice(None) if k == a else 0 for k in range(t.dim()))].numpy()
+            found = [(len(vec), a, vec)]
         _, axis, vec = max(found, key=lambda f: f[0])
         return axis + nd - t.dim(), vec
 
@@ -309,11 +323,20 @@ class _Propagator:
         pa, pb = keys >> 31, keys & ((1 << 31) - 1)
         self.couple(pa, pb)
         self.out.couplings.append((pa, label))
+        for t in (a, b):   # every pair is now one class: a structured operand stands for both
+            st = self._structure(t, nd)
+            if st is not None and t.shape[st[0] - nd + t.dim()] == out_shape[st[0]]:
+                return self.structured(st[1], out_shape, st[0])
         return torch.where(a.expand(out_shape) != 0, a.expand(out_shape), b.expand(out_shape))
 
     def do_move(self, node, kind, args, kwargs):
-        if node.target in (torch.cat, torch.concat, torch.concatenate):
-            return self._cat(node, args, kwargs)
+        if node.target in (torch.cat, torch.concat, torch.concatenate, torch.stack):
+            return self._cat(node, args, kwargs) if node.target is not torch.stack else \
+                self._run_on_tags(node, args, kwargs)
+        if node.target not in _SHAPE_ONLY and _tensors((args[1:], kwargs)):
+            # a tensor used as an index holds identities here, not the real indices
+            return self.do_opaque(node, kind, args, kwargs,
+                                  reason=f"indexing with a tensor at {describe(node, self.modules)}")
         out = self._run_on_tags(node, args, kwargs)
         x = args[0] if args else next(iter(kwargs.values()))
         if not isinstance(x, torch.Tensor):
@@ -595,6 +618,9 @@ class _Propagator:
             self.out.terms.append(Term(node, "params", const,
                                        [(r.tags, r.divisor) for r in refs.values()], name))
 
+
+#: move ops whose second tensor only lends its shape
+_SHAPE_ONLY = {"expand_as", "view_as", "reshape_as"}
 
 #: tag tensors are often expanded views: view() becomes reshape(), which copies when needed
 _TAG_METHODS = {"view": "reshape", "view_as": "reshape_as"}

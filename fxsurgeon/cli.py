@@ -1,0 +1,76 @@
+"""The ``fxsurgeon`` command line."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from .errors import FxSurgeonError
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"input shape {text!r} is not like 1,3,224,224") from None
+
+
+def _leaf(text: str) -> type:
+    module, _, name = text.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise argparse.ArgumentTypeError(f"cannot import leaf module class {text!r}") from None
+
+
+def inspect(args) -> None:
+    from . import analyze
+    from .drawing import to_dot, write_svg
+    from .models import load_model
+
+    model, shape = load_model(args.model, args.num_classes)
+    graph = analyze(model, torch.randn(args.input_shape or shape), leaf_modules=args.leaf)
+    print(graph.summary())
+    if args.json:
+        Path(args.json).write_text(json.dumps(graph.to_json(), indent=1))
+        print(f"wrote {args.json}")
+    if args.dot:
+        Path(args.dot).write_text(to_dot(graph))
+        print(f"wrote {args.dot}")
+    if args.svg:
+        write_svg(graph, args.svg)
+        print(f"wrote {args.svg}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fxsurgeon", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    ins = sub.add_parser("inspect", help="show how a model's channels are coupled and what they cost")
+    ins.add_argument("model", help="torchvision:NAME, timm:NAME, zoo:NAME or package.module:factory")
+    ins.add_argument("--input-shape", type=_shape, help="example input shape, e.g. 1,3,224,224")
+    ins.add_argument("--num-classes", type=int, help="passed to the model factory")
+    ins.add_argument("--leaf", type=_leaf, action="append", default=[],
+                     help="module class to keep opaque, e.g. mypkg.blocks.Attention (repeatable)")
+    ins.add_argument("--json", metavar="FILE", help="write everything machine-readable")
+    ins.add_argument("--dot", metavar="FILE", help="write the coupling graph as graphviz DOT")
+    ins.add_argument("--svg", metavar="FILE", help="draw the coupling graph (needs graphviz)")
+    ins.set_defaults(run=inspect)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.run(args)
+    except FxSurgeonError as exc:
+        print(f"fxsurgeon: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""VGG-19 for CIFAR as in Neural Rejuvenation: BN after every conv, max-pools only after
+the 4th and 10th conv, global average pooling and a single classifier layer."""
+from __future__ import annotations
+
+from torch import nn
+
+#: channel widths of the 16 convolutions; "M" is a 2x2 max-pool
+CFG = [64, 64, 128, 128, "M", 256, 256, 256, 256, 512, 512, "M", 512, 512, 512, 512, 512, 512]
+
+
+class VGGCifar(nn.Module):
+    """VGG-style CIFAR network; ``cfg`` lists conv widths and ``"M"`` pools."""
+
+    def __init__(self, num_classes: int = 10, cfg: list = CFG):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = 3
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(c, v, 3, padding=1, bias=False), nn.BatchNorm2d(v),
+                           nn.ReLU(inplace=True)]
+                c = v
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.pool(self.features(x)).flatten(1))
+
+
+def vgg19_cifar(num_classes: int = 10) -> VGGCifar:
+    """VGG-19 for CIFAR (20.04M parameters for 10 classes)."""
+    return VGGCifar(num_classes)

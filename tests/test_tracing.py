@@ -1,0 +1,73 @@
+import pytest
+import torch
+from torch import nn
+
+import fxsurgeon as fxs
+
+
+class DataDependent(nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:
+            return x * 2
+        return x
+
+
+def _net(mid: nn.Module) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), mid, nn.Conv2d(8, 4, 1))
+
+
+def test_untraceable_error_names_module_line_and_leaf_hint():
+    with pytest.raises(fxs.UntraceableModelError) as err:
+        fxs.analyze(_net(DataDependent()), torch.randn(1, 3, 8, 8))
+    msg = str(err.value)
+    assert "'2' (DataDependent)" in msg
+    assert "if x.sum() > 0:" in msg and "test_tracing.py" in msg
+    assert "leaf_modules=[DataDependent]" in msg
+
+
+def test_leaf_module_is_opaque_and_pins_what_it_touches():
+    graph = fxs.analyze(_net(DataDependent()), torch.randn(1, 3, 8, 8), leaf_modules=[DataDependent])
+    first = graph["0"]
+    assert not first.free and "leaf module 2 (DataDependent)" in first.pinned
+    assert graph.count("params") == sum(p.numel() for p in _net(DataDependent()).parameters())
+
+
+def branchy(x):
+    return x.relu() if x.mean() > 0 else x
+
+
+class UsesFunction(nn.Module):
+    def forward(self, x):
+        return branchy(x)
+
+
+def test_autowrapped_function_is_one_opaque_call():
+    graph = fxs.analyze(_net(UsesFunction()), torch.randn(1, 3, 8, 8), autowrap_functions=[branchy])
+    assert "unknown op branchy()" in graph["0"].pinned
+
+
+class Cumsum(nn.Module):
+    def forward(self, x):
+        return x.cumsum(1)
+
+
+def test_unknown_op_pins_instead_of_passing_channels_through():
+    graph = fxs.analyze(_net(Cumsum()), torch.randn(1, 3, 8, 8))
+    assert "unknown op .cumsum()" in graph["0"].pinned
+    assert graph["3"].pinned == "model output"
+
+
+def test_users_model_is_not_modified():
+    model = _net(nn.ReLU()).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fxs.analyze(model, torch.randn(2, 3, 8, 8))
+    assert model.training and all(m.training for m in model.modules())
+    for k, v in model.state_dict().items():
+        assert torch.equal(before[k], v), k
+
+
+def test_bad_inputs_get_clear_errors():
+    with pytest.raises(fxs.FxSurgeonError, match="needs a torch.nn.Module"):
+        fxs.analyze(lambda x: x, torch.randn(1))
+    with pytest.raises(fxs.FxSurgeonError, match=r"failed on the example inputs \[\(1, 5, 8, 8\)\]"):
+        fxs.analyze(_net(nn.ReLU()), torch.randn(1, 5, 8, 8))

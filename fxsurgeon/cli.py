@@ -35,14 +35,17 @@ def inspect(args) -> None:
     model, shape = load_model(args.model, args.num_classes)
     graph = analyze(model, torch.randn(args.input_shape or shape), leaf_modules=args.leaf)
     print(graph.summary())
+    for path in (args.json, args.dot, args.svg):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
     if args.json:
         Path(args.json).write_text(json.dumps(graph.to_json(), indent=1))
         print(f"wrote {args.json}")
     if args.dot:
-        Path(args.dot).write_text(to_dot(graph))
+        Path(args.dot).write_text(to_dot(graph, args.only))
         print(f"wrote {args.dot}")
     if args.svg:
-        write_svg(graph, args.svg)
+        write_svg(graph, args.svg, args.only)
         print(f"wrote {args.svg}")
 
 
@@ -58,6 +61,7 @@ def parser() -> argparse.ArgumentParser:
     ins.add_argument("--json", metavar="FILE", help="write everything machine-readable")
     ins.add_argument("--dot", metavar="FILE", help="write the coupling graph as graphviz DOT")
     ins.add_argument("--svg", metavar="FILE", help="draw the coupling graph (needs graphviz)")
+    ins.add_argument("--only", metavar="GLOB", help="draw only dimensions whose name matches, e.g. 'layer1*'")
     ins.set_defaults(run=inspect)
     return p
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .propagation import Propagation
+from .unionfind import UnionFind
 
 
 @dataclass
@@ -76,27 +77,6 @@ class Dimension:
         return f"Dimension({self.name!r}, width={self.width}, {self.kind}, {state})"
 
 
-class _Groups:
-    """A small dict-based union-find over class roots."""
-
-    def __init__(self):
-        self.parent: dict[int, int] = {}
-
-    def find(self, x: int) -> int:
-        self.parent.setdefault(x, x)
-        while self.parent[x] != x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
-
-    def link(self, xs) -> None:
-        xs = list(xs)
-        for x in xs[1:]:
-            a, b = self.find(xs[0]), self.find(x)
-            if a != b:
-                self.parent[b] = a
-
-
 def _name(producers: list[str], taken: set[str]) -> str:
     if len(producers) == 1:
         base = producers[0]
@@ -131,29 +111,28 @@ def build_dimensions(prop: Propagation, node_names: dict[str, str]) -> tuple[lis
     """
     uf = prop.uf
     uf.compress()
-    groups = _Groups()
-    ordered: list[tuple[str, np.ndarray, str]] = []
-    for node, vec, origin in prop.groups:
-        if vec is None or not len(vec):
-            continue
-        roots = uf.find(vec)
-        groups.link(roots.tolist())
-        ordered.append((node, roots, origin))
+    ordered = [(node, uf.find(vec), origin) for node, vec, origin in prop.groups
+               if vec is not None and len(vec)]
+    # classes emitted together by one producer belong to one dimension
+    groups = UnionFind()
+    groups.new(uf.size - 1)
+    for _, roots, _ in ordered:
+        groups.union(np.full(len(roots), roots[0]), roots)
 
     comp_classes: dict[int, list[int]] = {}
     comp_producers: dict[int, list[str]] = {}
     comp_origins: dict[int, set[str]] = {}
-    seen: set[int] = set()
+    seen = np.zeros(uf.size, dtype=bool)
     for node, roots, origin in ordered:
-        c = groups.find(int(roots[0]))
-        comp_producers.setdefault(c, [])
-        if node not in comp_producers[c]:
-            comp_producers[c].append(node)
+        c = int(groups.find(roots[:1])[0])
+        producers = comp_producers.setdefault(c, [])
+        if node not in producers:
+            producers.append(node)
         comp_origins.setdefault(c, set()).add(origin)
-        for r in roots.tolist():
-            if r not in seen:
-                seen.add(r)
-                comp_classes.setdefault(c, []).append(r)
+        new = roots[~seen[roots]]
+        new = new[np.sort(np.unique(new, return_index=True)[1])]
+        seen[new] = True
+        comp_classes.setdefault(c, []).extend(new.tolist())
 
     dim_of_root = np.full(uf.size, -1, dtype=np.int64)
     chan_of_root = np.full(uf.size, -1, dtype=np.int64)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import colorsys
+import fnmatch
 import shutil
 import subprocess
 
@@ -10,14 +11,17 @@ import networkx as nx
 from .errors import FxSurgeonError
 
 
-def to_networkx(graph) -> nx.DiGraph:
+def to_networkx(graph, only: str | None = None) -> nx.DiGraph:
     """Layers and dimensions as nodes; edges producer → dimension → consumer.
 
     Layer nodes have ``type="layer"``; dimension nodes ``type="dim"`` with ``width``,
-    ``kind`` and ``pinned``. Edges carry the dimension name in ``dim``.
+    ``kind`` and ``pinned``. Edges carry the dimension name in ``dim``. ``only`` is a
+    glob on dimension names that keeps a part of a big model.
     """
     g = nx.DiGraph()
     for d in graph.dims:
+        if only and not fnmatch.fnmatchcase(d.name, only):
+            continue
         key = f"dim:{d.name}"
         g.add_node(key, type="dim", name=d.name, width=d.width, kind=d.kind, pinned=d.pinned)
         for p in d.producers:
@@ -29,7 +33,7 @@ def to_networkx(graph) -> nx.DiGraph:
     return g
 
 
-def _colour(i: int, n: int) -> str:
+def _colour(i: int) -> str:
     r, g, b = colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.55, 0.95)
     return f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
 
@@ -38,10 +42,10 @@ def _q(s: str) -> str:
     return '"' + s.replace('"', r'\"') + '"'
 
 
-def to_dot(graph) -> str:
+def to_dot(graph, only: str | None = None) -> str:
     """DOT text: one box per layer, one ellipse per dimension (grey when pinned)."""
-    g = to_networkx(graph)
-    colours = {d.name: ("#cccccc" if not d.free else _colour(i, len(graph.dims)))
+    g = to_networkx(graph, only)
+    colours = {d.name: ("#cccccc" if not d.free else _colour(i))
                for i, d in enumerate(graph.dims)}
     lines = ["digraph channels {", "  rankdir=TB; node [fontname=Helvetica fontsize=10];"]
     for node, data in g.nodes(data=True):
@@ -59,11 +63,11 @@ def to_dot(graph) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_svg(graph, path: str) -> None:
+def write_svg(graph, path: str, only: str | None = None) -> None:
     """Render the DOT picture to SVG with graphviz's ``dot`` program."""
     dot = shutil.which("dot")
     if dot is None:
         raise FxSurgeonError("drawing SVG needs graphviz's 'dot' program, which is not installed "
                              "(apt-get install graphviz, or brew install graphviz); "
                              "use --dot FILE to write the DOT text instead")
-    subprocess.run([dot, "-Tsvg", "-o", path], input=to_dot(graph).encode(), check=True)
+    subprocess.run([dot, "-Tsvg", "-o", path], input=to_dot(graph, only).encode(), check=True)

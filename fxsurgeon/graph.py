@@ -74,10 +74,10 @@ class ChannelGraph:
         from .report import to_json
         return to_json(self)
 
-    def to_networkx(self):
-        """A networkx DiGraph: layer nodes and dimension nodes, edges producer → dim → consumer."""
+    def to_networkx(self, only: str | None = None):
+        """A networkx DiGraph: layer and dimension nodes, edges producer → dim → consumer."""
         from .drawing import to_networkx
-        return to_networkx(self)
+        return to_networkx(self, only)
 
 
 def _node_names(gm: fx.GraphModule) -> dict[str, str]:
@@ -114,7 +114,7 @@ def analyze(model: nn.Module, example_inputs, *, leaf_modules: Iterable[type] = 
     finally:
         for m, t in flags:
             m.training = t
-    prop = propagate(gm, args)
+    prop = propagate(gm, args, model)
     dims, dim_of_root, chan_of_root = build_dimensions(prop, _node_names(gm))
     offsets = np.concatenate([[0], np.cumsum([d.width for d in dims])]).astype(np.int64)
 

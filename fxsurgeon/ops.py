@@ -75,11 +75,14 @@ def _has_tensor(value) -> bool:
 
 
 def classify(node: fx.Node, modules: dict[str, nn.Module]) -> str:
-    """The channel behaviour of ``node``, one of the kinds handled by the propagation."""
+    """The channel behaviour of ``node``, one of the kinds handled by the propagation.
+
+    Ops that return no tensor are ``"scalar"`` once shapes are known (``meta["fxs_value"]``).
+    """
     if node.op in ("placeholder", "get_attr", "output"):
         return node.op
-    if not _has_tensor(node.meta.get("fxs_value")):
-        return "scalar"
+    if "fxs_value" in node.meta and not _has_tensor(node.meta["fxs_value"]):
+        return "scalar"     # before shape propagation this is unknown: ops classify as if tensors
     if node.op == "call_module":
         m = modules[node.target]
         if isinstance(m, PRODUCER_MODULES):

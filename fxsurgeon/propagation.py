@@ -95,7 +95,11 @@ class _Propagator:
         return t
 
     def fresh_elements(self, shape) -> torch.Tensor:
-        return torch.from_numpy(self.uf.new(_prod(shape))).view(tuple(shape))
+        """A fresh identity for every element (they are all distinct)."""
+        ids = self.uf.new(_prod(shape))
+        t = torch.from_numpy(ids).view(tuple(shape))
+        self._unique[id(t)] = (t, ids)
+        return t
 
     @staticmethod
     def none(shape) -> torch.Tensor:
@@ -173,7 +177,7 @@ class _Propagator:
         self.out.terms.append(Term(node.name, "flops", const, fs))
 
     # ---- main loop -----------------------------------------------------------------
-    def run(self) -> Propagation:
+    def run(self, model: nn.Module) -> Propagation:
         env: dict[fx.Node, object] = {}
         placeholders = iter(self.args)
         for node in self.gm.graph.nodes:
@@ -186,7 +190,7 @@ class _Propagator:
                 handler = getattr(self, "do_" + kind.split(":")[0])
                 env[node] = handler(node, kind, args, kwargs)
         self.resolve_attrs()
-        self.param_terms()
+        self.param_terms(model)
         return self.out
 
     def real(self, node: fx.Node):
@@ -236,7 +240,6 @@ class _Propagator:
             if not v.numel():
                 return self.none(v.shape)
             t = self.fresh_elements(v.shape)
-            self._unique[id(t)] = (t, t.reshape(-1).numpy())   # fresh: all distinct
             self.pin(t, why)
             return t
         return tree_map(make, self.real(node))
@@ -319,14 +322,13 @@ class _Propagator:
         if shared[1]:
             return a.expand(out_shape)
         ea, eb = a.expand(out_shape).reshape(-1), b.expand(out_shape).reshape(-1)
-        keys = torch.unique(ea * (1 << 31) + eb).numpy()   # identities stay below 2**31
-        pa, pb = keys >> 31, keys & ((1 << 31) - 1)
-        self.couple(pa, pb)
-        self.out.couplings.append((pa, label))
+        self.couple(ea.numpy(), eb.numpy())      # union copes with repeated pairs
         for t in (a, b):   # every pair is now one class: a structured operand stands for both
             st = self._structure(t, nd)
             if st is not None and t.shape[st[0] - nd + t.dim()] == out_shape[st[0]]:
+                self.out.couplings.append((st[1], label))
                 return self.structured(st[1], out_shape, st[0])
+        self.out.couplings.append((ea.numpy(), label))
         return torch.where(a.expand(out_shape) != 0, a.expand(out_shape), b.expand(out_shape))
 
     def do_move(self, node, kind, args, kwargs):
@@ -605,16 +607,18 @@ class _Propagator:
                                       f"parameter '{name}' couples channels in a pattern "
                                       f"that cannot be sliced"))
 
-    def param_terms(self) -> None:
-        """A params cost term per parameter: sliced axes scale, the rest is constant."""
+    def param_terms(self, model: nn.Module) -> None:
+        """A params cost term per parameter of ``model``: sliced axes scale, the rest is
+        constant. Parameters the graph never uses (an aux head in eval mode) count as fixed."""
         by_param: dict[str, dict[int, AxisRef]] = {}
         for r in self.out.axes:
             if r.role != "source":
                 by_param.setdefault(r.param, {})[r.axis] = r
-        for name, p in self.gm.named_parameters():
+        used = {name for name, _ in self.gm.named_parameters()}
+        for name, p in model.named_parameters():
             refs = by_param.get(name, {})
             const = _prod(s for a, s in enumerate(p.shape) if a not in refs)
-            node = next(iter(refs.values())).node if refs else "<fixed>"
+            node = next(iter(refs.values())).node if refs else "<fixed>" if name in used else "<unused>"
             self.out.terms.append(Term(node, "params", const,
                                        [(r.tags, r.divisor) for r in refs.values()], name))
 
@@ -657,6 +661,6 @@ def getattr_path(obj, path: str):
     return obj
 
 
-def propagate(gm: fx.GraphModule, args: tuple) -> Propagation:
-    """Run identity propagation over a shape-annotated GraphModule."""
-    return _Propagator(gm, args).run()
+def propagate(gm: fx.GraphModule, args: tuple, model: nn.Module) -> Propagation:
+    """Run identity propagation over a shape-annotated GraphModule traced from ``model``."""
+    return _Propagator(gm, args).run(model)

@@ -15,12 +15,13 @@ class UnionFind:
         """Allocate ``n`` fresh identities, each its own set."""
         start = self.size
         if start + n > len(self._parent):
-            grown = np.arange(max(2 * len(self._parent), start + n), dtype=np.int64)
-            grown[: len(self._parent)] = self._parent
+            grown = np.empty(max(2 * len(self._parent), start + n), dtype=np.int64)
+            grown[:start] = self._parent[:start]
             self._parent = grown
-        self._parent[start:start + n] = np.arange(start, start + n)
+        ids = np.arange(start, start + n, dtype=np.int64)
+        self._parent[start:start + n] = ids
         self.size = start + n
-        return np.arange(start, start + n, dtype=np.int64)
+        return ids
 
     def find(self, ids: np.ndarray) -> np.ndarray:
         """Roots of ``ids`` (any shape); 0 maps to 0."""

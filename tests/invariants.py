@@ -9,7 +9,7 @@ import numpy as np
 def check_bookkeeping(graph, model) -> None:
     """Parameter count is exact and every dimension's members agree on its width."""
     assert graph.count("params") == sum(p.numel() for p in model.parameters())
-    params = dict(model.named_parameters())
+    params = dict(graph.module.named_parameters())
     seen: dict[tuple[str, int], list[np.ndarray]] = defaultdict(list)
     for d in graph.dims:
         assert d.width > 0
@@ -19,8 +19,7 @@ def check_bookkeeping(graph, model) -> None:
             assert ((0 <= m.channels) & (m.channels < d.width)).all(), (d.name, m.tensor)
             if m.role == "source":
                 continue
-            assert m.tensor in dict(graph.module.named_parameters()) or m.tensor in params
-            size = dict(graph.module.named_parameters())[m.tensor].shape[m.axis] * m.divisor
+            size = params[m.tensor].shape[m.axis] * m.divisor
             assert ((0 <= m.positions) & (m.positions < size)).all(), (d.name, m.tensor)
             seen[(m.tensor, m.axis)].append(m.positions)
             if m.role == "out":

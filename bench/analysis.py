@@ -1,0 +1,88 @@
+"""Time fxsurgeon.analyze on torchvision models against two peers measured in the same run.
+
+- floor: bare ``torch.fx.symbolic_trace`` plus one forward pass (what any fx analysis pays);
+- torch-pruning's ``DependencyGraph().build_dependency`` on the same model and input,
+  where the ``torch-pruning`` package is installed.
+
+Each time is the median of ``--repeat`` runs. Prints a table and the median ratios.
+Targets: analyze at least 10x faster than torch-pruning (median), and no model more
+than 3x the floor.
+
+    python bench/analysis.py                 # the CI subset of models
+    python bench/analysis.py --all           # all 80 classification models
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import torch
+import torchvision
+
+import fxsurgeon as fxs
+
+SUBSET = ["resnet50", "densenet121", "mobilenet_v3_large", "efficientnet_b0", "shufflenet_v2_x1_0",
+          "convnext_tiny", "regnet_y_400mf", "vit_b_16", "swin_t", "squeezenet1_0"]
+
+
+def _median_time(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _floor(model, x):
+    gm = torch.fx.symbolic_trace(model)
+    with torch.no_grad():
+        gm(x)
+
+
+def _torch_pruning(tp, model, x):
+    tp.DependencyGraph().build_dependency(model, example_inputs=x)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--all", action="store_true", help="all torchvision classification models")
+    p.add_argument("--repeat", type=int, default=3)
+    args = p.parse_args()
+    try:
+        import torch_pruning as tp
+    except ImportError:
+        tp = None
+        print("torch-pruning is not installed: its column stays empty (pip install torch-pruning)")
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    names = torchvision.models.list_models(module=torchvision.models) if args.all else SUBSET
+    rows = []
+    print(f"{'model':24s} {'analyze s':>10s} {'floor s':>8s} {'x floor':>8s} {'tp s':>8s} {'tp / ours':>9s}")
+    for name in names:
+        model = torchvision.models.get_model(name).eval()
+        size = 299 if name == "inception_v3" else 224
+        x = torch.randn(1, 3, size, size)
+        ours = _median_time(lambda: fxs.analyze(model, x), args.repeat)
+        floor = _median_time(lambda: _floor(model, x), args.repeat)
+        peer = None
+        if tp is not None:
+            try:
+                peer = _median_time(lambda: _torch_pruning(tp, model, x), args.repeat)
+            except Exception as exc:  # noqa: BLE001 - a peer failing is a result, not a crash
+                print(f"  torch-pruning failed on {name}: {type(exc).__name__}")
+        rows.append((name, ours, floor, peer))
+        tp_s = f"{peer:8.3f} {peer / ours:9.1f}" if peer else f"{'-':>8s} {'-':>9s}"
+        print(f"{name:24s} {ours:10.3f} {floor:8.3f} {ours / floor:8.2f} {tp_s}", flush=True)
+    floor_ratios = [o / f for _, o, f, _ in rows]
+    print(f"\nmedian analyze / floor: {statistics.median(floor_ratios):.2f}x "
+          f"(worst {max(floor_ratios):.2f}x on {rows[floor_ratios.index(max(floor_ratios))][0]}; target <= 3x)")
+    peer_ratios = [p / o for _, o, _, p in rows if p]
+    if peer_ratios:
+        print(f"median torch-pruning / analyze: {statistics.median(peer_ratios):.1f}x faster (target >= 10x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -65,20 +65,21 @@ def main() -> None:
         model = torchvision.models.get_model(name).eval()
         size = 299 if name == "inception_v3" else 224
         x = torch.randn(1, 3, size, size)
-        ours = _median_time(lambda: fxs.analyze(model, x), args.repeat)
-        floor = _median_time(lambda: _floor(model, x), args.repeat)
+        ours = _median_time(lambda m=model, x=x: fxs.analyze(m, x), args.repeat)
+        floor = _median_time(lambda m=model, x=x: _floor(m, x), args.repeat)
         peer = None
         if tp is not None:
             try:
-                peer = _median_time(lambda: _torch_pruning(tp, model, x), args.repeat)
+                peer = _median_time(lambda m=model, x=x: _torch_pruning(tp, m, x), args.repeat)
             except Exception as exc:  # noqa: BLE001 - a peer failing is a result, not a crash
                 print(f"  torch-pruning failed on {name}: {type(exc).__name__}")
         rows.append((name, ours, floor, peer))
         tp_s = f"{peer:8.3f} {peer / ours:9.1f}" if peer else f"{'-':>8s} {'-':>9s}"
         print(f"{name:24s} {ours:10.3f} {floor:8.3f} {ours / floor:8.2f} {tp_s}", flush=True)
     floor_ratios = [o / f for _, o, f, _ in rows]
+    worst = max(floor_ratios)
     print(f"\nmedian analyze / floor: {statistics.median(floor_ratios):.2f}x "
-          f"(worst {max(floor_ratios):.2f}x on {rows[floor_ratios.index(max(floor_ratios))][0]}; target <= 3x)")
+          f"(worst {worst:.2f}x on {rows[floor_ratios.index(worst)][0]}; target <= 3x)")
     peer_ratios = [p / o for _, o, _, p in rows if p]
     if peer_ratios:
         print(f"median torch-pruning / analyze: {statistics.median(peer_ratios):.1f}x faster (target >= 10x)")

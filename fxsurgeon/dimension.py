@@ -104,7 +104,8 @@ def _kind(origins: set[str], labels: set[str], producers: list[str], reasons: li
     return "hidden"
 
 
-def build_dimensions(prop: Propagation, node_names: dict[str, str]) -> tuple[list[Dimension], np.ndarray, np.ndarray]:
+def build_dimensions(prop: Propagation, node_names: dict[str, str]
+                     ) -> tuple[list[Dimension], np.ndarray, np.ndarray]:
     """Group classes into dimensions; also return per-root (dimension, channel) lookups.
 
     ``node_names`` maps fx node names to the readable layer names used for dimensions.

@@ -1,7 +1,7 @@
 """The ChannelGraph: a traced model, its dimensions and its exact cost model."""
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch

@@ -347,7 +347,8 @@ class _Propagator:
             self._check_reshape(node, x, out, args)
         elif node.target in RELATIVE_SELECTIONS:
             dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
-            self.out.divisors.append((self.unique(x), args[1]))
+            if self.varies_along(x, dim % x.dim()):      # equal parts of a channel axis
+                self.out.divisors.append((self.unique(x), args[1]))
         elif node.target in (operator.getitem, torch.narrow, "narrow", torch.split, "split"):
             self._check_selection(node, x, out, args)
         return out
@@ -358,7 +359,7 @@ class _Propagator:
         ref = parts[0]
         dim %= ref.dim()
         vecs = [self.axis_vector(p, dim) if p.shape[dim] else np.zeros(0, np.int64) for p in parts]
-        for p, v in zip(parts, vecs):
+        for p, v in zip(parts, vecs, strict=True):
             if len(parts) > 1 and p.numel():
                 self.out.couplings.append((v if v is not None else self.unique(p), "concat"))
         if all(v is not None for v in vecs):
@@ -419,7 +420,8 @@ class _Propagator:
         if vec is None:
             if not bool((x == 0).all()):
                 return self.do_opaque(node, kind, args, kwargs,
-                                      reason=f"spatial op on unstructured channels {describe(node, self.modules)}")
+                                      reason="spatial op on unstructured channels "
+                                         f"{describe(node, self.modules)}")
             return self.none(shape)
         out = self.structured(vec, shape, 1)
         return tree_map(lambda v: out if isinstance(v, torch.Tensor) and v.shape == shape else
@@ -481,7 +483,7 @@ class _Propagator:
             pos = {"batch": (3, 4), "layer": (2, 3), "group": (2, 3)}[flavour]
             names = ["weight", "bias"]
             params = {}
-            for name, p in zip(names, pos):
+            for name, p in zip(names, pos, strict=True):
                 arg = node.args[p] if len(node.args) > p else node.kwargs.get(name)
                 params[name] = arg.target if isinstance(arg, fx.Node) and arg.op == "get_attr" else None
             groups = args[1] if flavour == "group" else None
@@ -500,7 +502,7 @@ class _Propagator:
             if not bool((x == 0).all()):
                 self.pin(x, f"normalisation of unstructured channels at {describe(node, self.modules)}")
             return x
-        for name, param in params.items():
+        for param in params.values():
             if param is not None:
                 self.ref(param, 0, vec, "param", node)
         if flavour == "batch" and params["weight"] is not None:

@@ -8,7 +8,7 @@ and points at the ``leaf_modules`` escape hatch.
 from __future__ import annotations
 
 import traceback
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.fx as fx

@@ -22,7 +22,8 @@ class Block(nn.Module):
     def __init__(self, c: int):
         super().__init__()
         self.conv1, self.bn1 = nn.Conv2d(c, 2 * c, 1, bias=False), nn.BatchNorm2d(2 * c)
-        self.dw, self.bn2 = nn.Conv2d(2 * c, 2 * c, 3, padding=1, groups=2 * c, bias=False), nn.BatchNorm2d(2 * c)
+        self.dw = nn.Conv2d(2 * c, 2 * c, 3, padding=1, groups=2 * c, bias=False)   # depthwise
+        self.bn2 = nn.BatchNorm2d(2 * c)
         self.se = SqueezeExcite(2 * c)
         self.conv2, self.bn3 = nn.Conv2d(2 * c, c, 1, bias=False), nn.BatchNorm2d(c)
 

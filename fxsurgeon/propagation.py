@@ -449,24 +449,38 @@ class _Propagator:
         return x
 
     def do_matmul(self, node, kind, args, kwargs):
+        """``a @ b``: the contracted axis couples, b's columns carry on; ``x @ W`` produces."""
         a, b = args[0], args[1]
         out_shape = _tensors(self.real(node))[0].shape
-        if a.dim() < 2 or b.dim() < 2 or self.varies_along(a, a.dim() - 2) \
-                or self.varies_along(b, b.dim() - 1):
+        where = describe(node, self.modules)
+        if a.dim() < 2 or b.dim() < 2 or self.varies_along(a, a.dim() - 2):
             return self.do_opaque(node, kind, args, kwargs,
-                                  reason=f"matmul over an unsupported layout {describe(node, self.modules)}")
-        ka, kb = self.axis_vector(a, -1), self.axis_vector(b, -2)
-        if (ka is None) != (kb is None) or (ka is None and self.varies_along(a, a.dim() - 1)):
-            return self.do_opaque(node, kind, args, kwargs,
-                                  reason=f"matmul over a split channel axis {describe(node, self.modules)}")
-        if ka is not None:
-            self.couple(ka, kb)
-        jb = self.axis_vector(b, -1)
+                                  reason=f"matmul with channels on its rows at {where}")
+        w = node.args[1]
+        if isinstance(w, fx.Node) and w.op == "get_attr" and b.dim() == 2:
+            # x @ W: W is (in, out), a linear layer with the weight transposed
+            return self._produce(node, a, w.target, None, tuple(b.shape), 1, "linear", True)
+        a_k, b_k = self.varies_along(a, a.dim() - 1), self.varies_along(b, b.dim() - 2)
+        k_vec = None
+        if a_k and b_k:
+            k_vec, kb = self.axis_vector(a, -1), self.axis_vector(b, -2)
+            if k_vec is None or kb is None:
+                return self.do_opaque(node, kind, args, kwargs,
+                                      reason=f"matmul over a split channel axis at {where}")
+            self.couple(k_vec, kb)
+        elif a_k or b_k:
+            self.pin(a if a_k else b, f"matmul contracts channels with an operand without them at {where}")
+        j_vec = None
+        if self.varies_along(b, b.dim() - 1):
+            j_vec = self.axis_vector(b, -1)
+            if j_vec is None:
+                return self.do_opaque(node, kind, args, kwargs,
+                                      reason=f"matmul over a split channel axis at {where}")
         k, j = a.shape[-1], b.shape[-1]
-        self.flops(node, _prod(out_shape) // max(j, 1) * (1 if ka is not None else k)
-                   * (1 if jb is not None else j), (ka, 1), (jb, 1))
-        if jb is not None:
-            return self.structured(jb, out_shape, len(out_shape) - 1)
+        self.flops(node, _prod(out_shape) // j * (1 if k_vec is not None else k)
+                   * (1 if j_vec is not None else j), (k_vec, 1), (j_vec, 1))
+        if j_vec is not None:
+            return self.structured(j_vec, out_shape, len(out_shape) - 1)
         return self.none(out_shape)
 
     # ---- normalisations ------------------------------------------------------------

@@ -10,6 +10,7 @@ class UnionFind:
     def __init__(self):
         self._parent = np.zeros(1, dtype=np.int64)
         self.size = 1
+        self._flat = False      # every identity points at its root (after compress)
 
     def new(self, n: int) -> np.ndarray:
         """Allocate ``n`` fresh identities, each its own set."""
@@ -19,7 +20,7 @@ class UnionFind:
             grown[:start] = self._parent[:start]
             self._parent = grown
         ids = np.arange(start, start + n, dtype=np.int64)
-        self._parent[start:start + n] = ids
+        self._parent[start:start + n] = ids   # fresh roots keep a flat forest flat
         self.size = start + n
         return ids
 
@@ -27,6 +28,8 @@ class UnionFind:
         """Roots of ``ids`` (any shape); 0 maps to 0."""
         p = self._parent
         r = p[ids]
+        if self._flat:
+            return r
         while True:
             rr = p[r]
             if (rr == r).all():
@@ -41,6 +44,7 @@ class UnionFind:
         """
         keep = (a != 0) & (b != 0)
         a, b = a[keep], b[keep]
+        self._flat = False
         while len(a):
             ra, rb = self.find(a), self.find(b)
             differ = ra != rb
@@ -53,3 +57,4 @@ class UnionFind:
     def compress(self) -> None:
         """Point every identity straight at its root."""
         self._parent[: self.size] = self.find(np.arange(self.size))
+        self._flat = True

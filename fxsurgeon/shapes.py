@@ -19,7 +19,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .ops import classify
 
-
 #: modules whose output has the shape and dtype of their input
 _SHAPE_KEEPING = {nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
                   nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.PReLU}

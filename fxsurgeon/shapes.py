@@ -5,7 +5,8 @@ tensor on the ``meta`` device (shape and dtype, no data). The graph first runs o
 tensors, parameters and buffers included, which does no arithmetic (FakeTensorMode
 was measured 3-5x slower than this). Models with data-dependent ops, which meta
 tensors cannot run, fall back to one real forward pass. Ops the analyser does not
-understand get ``meta["fxs_macs"]``, their multiply-accumulates counted by
+understand (and matmuls, which may turn out so) get ``meta["fxs_macs"]``, their
+multiply-accumulates counted by
 :class:`~torch.utils.flop_counter.FlopCounterMode`, so the cost model stays complete.
 """
 from __future__ import annotations
@@ -23,6 +24,9 @@ from .ops import classify
 _SHAPE_KEEPING = {nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
                   nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.PReLU}
 
+
+#: kinds whose handler falls back to opaque on layouts it cannot slice: measure them too
+_MAY_TURN_OPAQUE = {"matmul", "fproducer:linear", "fproducer:conv"}
 
 #: unary methods that change the dtype: they run through their own meta kernel
 _DTYPE_CASTS = {"to", "float", "double", "half", "type_as"}
@@ -60,7 +64,7 @@ class _ShapeRecorder(fx.Interpreter):
 
     def run_node(self, n: fx.Node):
         kind = classify(n, self.by_name) if n.op.startswith("call_") else n.op
-        if kind == "opaque":
+        if kind == "opaque" or kind in _MAY_TURN_OPAQUE:
             with FlopCounterMode(display=False) as counter:
                 out = super().run_node(n)
             n.meta["fxs_macs"] = counter.get_total_flops() // 2

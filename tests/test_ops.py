@@ -135,3 +135,25 @@ def test_matmul_with_a_parameter_is_a_producer():
     alive = {"c": np.array([1, 0, 1, 1], bool), "matmul": np.array([1, 1, 0, 0, 1, 1], bool)}
     assert g.count("params", alive) == (3 * 3 + 3) + 3 * 4 + (4 * 2 + 2)
     assert g.count("flops", alive) == 5 * (3 * 3 + 3 * 4 + 4 * 2)
+
+
+def test_split_head_attention_pins_safely_and_still_counts_its_matmuls():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    class Attention(nn.Module):
+        def __init__(self, dim=8, heads=2):
+            super().__init__()
+            self.heads, self.qkv, self.proj = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+        def forward(self, x):
+            b, n, c = x.shape
+            q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+            attn = (q @ k.transpose(-2, -1)).softmax(-1)
+            return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+
+    model, x = Attention(), torch.randn(1, 5, 8)
+    g = fxs.analyze(model, x)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    assert g.count("flops") * 2 == counter.get_total_flops()
+    assert not g["qkv"].free

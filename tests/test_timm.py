@@ -1,0 +1,39 @@
+"""timm models, as users bring them (skipped when timm is not installed)."""
+import pytest
+import torch
+
+import fxsurgeon as fxs
+from invariants import check_bookkeeping
+from test_torchvision_zoo import _flop_counter_macs
+
+timm = pytest.importorskip("timm")
+
+MODELS = ["convnext_tiny", "vit_small_patch16_224", "mobilenetv3_large_100", "regnety_008",
+          "levit_128", "mixer_b16_224", "ghostnet_100", "cspdarknet53", "hrnet_w18_small"]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_timm_model_bookkeeping_and_flops(name):
+    model = timm.create_model(name, pretrained=False).eval()
+    x = torch.randn(1, *model.default_cfg["input_size"])
+    graph = fxs.analyze(model, x)
+    check_bookkeeping(graph, model)
+    assert graph.count("flops") == _flop_counter_macs(model, x)
+    assert graph.free_dims
+
+
+def test_untraceable_timm_block_names_itself_and_leaf_modules_fix_it():
+    model = timm.create_model("efficientvit_b0", pretrained=False).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with pytest.raises(fxs.UntraceableModelError, match=r"(?s)\(LiteMLA\).*leaf_modules=\[LiteMLA\]"):
+        fxs.analyze(model, x)
+    lite_mla = type(model.stages[2].blocks[1].context_module.main)
+    graph = fxs.analyze(model, x, leaf_modules=[lite_mla])
+    check_bookkeeping(graph, model)
+    assert any("leaf module" in r and "LiteMLA" in r for d in graph.dims for r in d.reasons)
+
+
+def test_cli_timm_spec(capsys):
+    from fxsurgeon.cli import main
+    assert main(["inspect", "timm:resnet18"]) == 0
+    assert "11,689,512" in capsys.readouterr().out

@@ -1,10 +1,10 @@
 """timm models, as users bring them (skipped when timm is not installed)."""
 import pytest
 import torch
+from test_torchvision_zoo import _flop_counter_macs
 
 import fxsurgeon as fxs
 from invariants import check_bookkeeping
-from test_torchvision_zoo import _flop_counter_macs
 
 timm = pytest.importorskip("timm")
 

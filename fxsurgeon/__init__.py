@@ -10,7 +10,9 @@ count its cost exactly, and inspect it::
 from .dimension import Dimension, Member
 from .errors import FxSurgeonError, UntraceableModelError
 from .graph import ChannelGraph, analyze
+from .liveliness import liveliness
+from .planner import DimPlan, Plan, plan
 
 __all__ = ["analyze", "ChannelGraph", "Dimension", "Member", "FxSurgeonError",
-           "UntraceableModelError"]
+           "UntraceableModelError", "liveliness", "plan", "Plan", "DimPlan"]
 __version__ = "0.1.0"

@@ -18,16 +18,35 @@ METRICS = ("params", "flops")
 
 
 class _Factor:
-    __slots__ = ("fixed", "index", "divisor")
+    """One sliced axis of a cost term: fixed positions plus positions of dimension channels."""
 
-    def __init__(self, index: np.ndarray, divisor: int):
+    __slots__ = ("fixed", "index", "divisor", "rep")
+
+    def __init__(self, index: np.ndarray, divisor: int, offsets: np.ndarray):
         self.fixed = int((index < 0).sum())
         self.index = index[index >= 0]
         self.divisor = divisor
+        # positions per channel of every dimension this axis holds completely; a
+        # dimension it holds only in part (rep 0) cannot grow new channels here
+        dims = np.searchsorted(offsets, self.index, side="right") - 1
+        self.rep: dict[int, int] = {}
+        for d in np.unique(dims).tolist():
+            counts = np.bincount(self.index[dims == d] - offsets[d],
+                                 minlength=int(offsets[d + 1] - offsets[d]))
+            self.rep[d] = int(counts[0]) if (counts == counts[0]).all() else 0
 
     def size(self, alive: np.ndarray | None) -> float:
         n = self.fixed + (len(self.index) if alive is None else int(alive[self.index].sum()))
         return n / self.divisor
+
+    def parts(self, kept: np.ndarray, free: np.ndarray, added: np.ndarray) -> tuple[float, float, float]:
+        """(survivors, added, fixed) positions: free-dimension channels kept, new channels,
+        and everything that belongs to no partition (pinned dimensions, no dimension)."""
+        k = kept[self.index]
+        s = int((k & free[self.index]).sum())
+        f = self.fixed + int((k & ~free[self.index]).sum())
+        r = sum(rep * int(added[d]) for d, rep in self.rep.items())
+        return s / self.divisor, r / self.divisor, f / self.divisor
 
 
 class CostModel:
@@ -37,7 +56,8 @@ class CostModel:
         self.names = names
         self.widths = widths
         self.offsets = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
-        self.terms = [(t, [_Factor(lookup(tags), div) for tags, div in t.factors]) for t in terms]
+        self.terms = [(t, [_Factor(lookup(tags), div, self.offsets) for tags, div in t.factors])
+                      for t in terms]
 
     def flat_mask(self, alive: dict | None) -> np.ndarray | None:
         """One boolean vector over all channels of all dimensions (None: all alive)."""
@@ -74,6 +94,39 @@ class CostModel:
             elif by == "param" and term.param:
                 per[term.param] += v
         return {k: _exact(v) for k, v in per.items()} if by else _exact(total)
+
+
+    def growable(self) -> np.ndarray:
+        """Per dimension: whether every axis that holds it holds all of its channels
+        (only then can it grow new ones)."""
+        ok = np.ones(len(self.widths), bool)
+        for _, factors in self.terms:
+            for f in factors:
+                for d, rep in f.rep.items():
+                    ok[d] &= rep > 0
+        return ok
+
+    def count_plan(self, metric: str, kept: np.ndarray, free: np.ndarray, added: np.ndarray,
+                   scheme: str) -> float:
+        """Cost with only ``kept`` channels plus ``added[d]`` new ones per dimension.
+
+        ``scheme="cr"`` drops the cross blocks between survivors and new channels of
+        every two-axis term (fixed channels feed and read both); every other scheme
+        computes the dense layer.
+        """
+        total = 0.0
+        for term, factors in self.terms:
+            if term.metric != metric:
+                continue
+            parts = [f.parts(kept, free, added) for f in factors]
+            v = term.const
+            for s, r, f in parts:
+                v *= s + r + f
+            if scheme == "cr" and len(parts) == 2:
+                (s_o, r_o, _), (s_i, r_i, _) = parts
+                v -= term.const * (s_o * r_i + r_o * s_i)
+            total += v
+        return _exact(total)
 
 
 def _exact(v: float):

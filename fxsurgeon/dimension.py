@@ -155,7 +155,10 @@ def build_dimensions(prop: Propagation, node_names: dict[str, str]
     multiple = [1] * len(comps)
     for tags, k in prop.divisors:
         for d in dims_of(tags):
-            multiple[d] = math.lcm(multiple[d], int(k))
+            # a split of a tensor made of several dimensions constrains their sum; per
+            # dimension it is kept where the dimension itself can honour it
+            if len(comp_classes[comps[d]]) % int(k) == 0:
+                multiple[d] = math.lcm(multiple[d], int(k))
     labels: list[set[str]] = [set() for _ in comps]
     for tags, label in prop.couplings:
         for d in dims_of(tags):

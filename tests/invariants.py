@@ -12,7 +12,7 @@ def check_bookkeeping(graph, model) -> None:
     params = dict(graph.module.named_parameters())
     seen: dict[tuple[str, int], list[np.ndarray]] = defaultdict(list)
     for d in graph.dims:
-        assert d.width > 0
+        assert d.width > 0 and d.width % d.multiple_of == 0, (d.name, d.width, d.multiple_of)
         produced = np.zeros(d.width, bool)
         for m in d.members:
             assert len(m.positions) == len(m.channels)

@@ -1,0 +1,33 @@
+"""Which channels are alive, read from the per-channel scales that follow them.
+
+The paper's test: a channel is dead in a BatchNorm layer when ``|γ| < threshold ·
+max|γ|`` of that layer. A channel read by several scales (a residual trunk written by
+every block) is dead only when it is dead in every one of them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .graph import ChannelGraph
+
+
+def liveliness(graph: ChannelGraph, threshold: float = 0.01) -> dict[str, np.ndarray]:
+    """Per free dimension, a bool array over its channels: True where alive.
+
+    Dimensions without a liveliness source stay alive. Scales are read from the
+    traced module, which shares its parameters with the user's model, so this
+    reflects training as it goes.
+    """
+    params = dict(graph.module.named_parameters())
+    alive: dict[str, np.ndarray] = {}
+    for d in graph.free_dims:
+        read = np.zeros(d.width, bool)
+        lively = np.zeros(d.width, bool)
+        for m in d.sources:
+            scale = params[m.tensor].detach().abs().float().cpu().numpy().reshape(-1)
+            big = scale[m.positions] >= threshold * scale.max() if scale.max() > 0 else \
+                np.zeros(len(m.positions), bool)
+            read[m.channels] = True
+            np.logical_or.at(lively, m.channels, big)
+        alive[d.name] = lively | ~read
+    return alive

@@ -1,0 +1,202 @@
+"""Plan the widths of the rejuvenated (or pruned) network: Step 8 of the paper's Algorithm 1.
+
+Dead channels go; every free dimension then grows by one shared expansion rate α,
+``new width = α · survivors`` rounded down to the dimension's allowed multiple, so that
+the cost, counted the way the scheme computes it, comes as close to ``target ·
+original cost`` as integer widths allow without exceeding it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .cost import METRICS
+from .errors import FxSurgeonError
+from .graph import ChannelGraph
+from .report import human
+
+SCHEMES = ("nr", "cr", "ca", "prune")
+
+
+@dataclass
+class DimPlan:
+    """What happens to one dimension: which channels survive and how many are added."""
+
+    name: str
+    width: int
+    survivors: np.ndarray      # old channel indices kept, in order
+    new_width: int
+    pinned: bool = False
+    note: str = ""
+
+    @property
+    def added(self) -> int:
+        """New (R) channels appended after the survivors."""
+        return self.new_width - len(self.survivors)
+
+
+@dataclass
+class Plan:
+    """A printable plan: per dimension the survivors and new width, α and the costs."""
+
+    metric: str
+    scheme: str
+    target: float | None
+    alpha: float
+    original: float
+    budget: float | None
+    predicted: float
+    dims: dict[str, DimPlan] = field(default_factory=dict)
+
+    @property
+    def miss(self) -> float | None:
+        """How far below the budget the plan lands, relative to the budget."""
+        return None if self.budget is None else (self.budget - self.predicted) / self.budget
+
+    def __str__(self) -> str:
+        rows = [(d.name, str(d.width), str(len(d.survivors)), str(d.new_width), str(d.added),
+                 "pinned" if d.pinned else d.note) for d in self.dims.values()]
+        header = ("dimension", "width", "alive", "new width", "added", "note")
+        w = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(r)).rstrip() for r in [header, *rows]]
+        goal = "remove the dead only" if self.budget is None else \
+            f"target {self.target:g} x {human(self.original)} = {human(self.budget)}"
+        lines += ["", f"scheme {self.scheme}, metric {self.metric}: {goal}",
+                  f"alpha = {self.alpha:.4f}; predicted {self.metric} {human(self.predicted)}"
+                  + ("" if self.miss is None else f" ({self.miss:.3%} under the budget)")]
+        return "\n".join(lines)
+
+
+def _multiple(d, round_to: int) -> int:
+    return math.lcm(d.multiple_of, round_to)
+
+
+def _keep(graph: ChannelGraph, d, mask: np.ndarray) -> tuple[np.ndarray, str]:
+    """Survivors of a free dimension, padded up to a multiple of the dimension's own
+    constraint (groups, shuffles) with the dead channels whose scales are largest.
+    The original width is such a multiple, so this always fits."""
+    alive = np.nonzero(mask)[0]
+    note = "all channels dead: keeps the minimum" if len(alive) == 0 else ""
+    m = d.multiple_of
+    want = max(m, -(-len(alive) // m) * m)
+    if want > len(alive):
+        params = dict(graph.module.named_parameters())
+        score = np.zeros(d.width)
+        for s in d.sources:
+            v = params[s.tensor].detach().abs().float().cpu().numpy().reshape(-1)[s.positions]
+            np.maximum.at(score, s.channels, v)
+        dead = np.nonzero(~mask)[0]
+        extra = dead[np.argsort(-score[dead], kind="stable")][: want - len(alive)]
+        alive = np.sort(np.concatenate([alive, extra]))
+        note = note or f"keeps {len(extra)} dead channel(s) for a multiple of {m}"
+    return alive, note
+
+
+def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric: str = "params",
+         target: float | None = 1.0, scheme: str = "nr", round_to: int = 1,
+         alpha: float | None = None) -> Plan:
+    """Remove the dead channels and find the shared expansion α for ``target · cost``.
+
+    ``alive`` maps free dimension names to bool masks (missing: all alive), as
+    :func:`fxsurgeon.liveliness` returns. Widths always respect the graph's own
+    multiples (groups, shuffles); widths that grow are multiples of ``round_to`` too.
+    ``alpha`` fixes the expansion instead of searching it (the budget is then only
+    reported, not enforced). ``target=None`` (or ``scheme="prune"``) only
+    removes the dead. Raises :class:`FxSurgeonError` when the budget is impossible.
+    """
+    if scheme not in SCHEMES:
+        raise FxSurgeonError(f"unknown scheme {scheme!r}: use one of {SCHEMES}")
+    if metric not in METRICS:
+        raise FxSurgeonError(f"unknown metric {metric!r}: use one of {METRICS}")
+    if round_to < 1:
+        raise FxSurgeonError(f"round_to must be a positive integer, got {round_to}")
+    alive = alive or {}
+    cost = graph.cost
+    growable = cost.growable()
+    free = np.zeros(int(cost.offsets[-1]), bool)
+    kept = np.ones_like(free)
+    base, step, dims = [], [], {}
+    for i, d in enumerate(graph.dims):
+        sl = slice(cost.offsets[i], cost.offsets[i + 1])
+        if not d.free:
+            dims[d.name] = DimPlan(d.name, d.width, np.arange(d.width), d.width, pinned=True)
+            base.append(0)
+            step.append(0)
+            continue
+        free[sl] = True
+        mask = np.asarray(alive.get(d.name, np.ones(d.width, bool)), bool)
+        if mask.shape != (d.width,):
+            raise FxSurgeonError(f"alive mask for {d.name!r} has shape {mask.shape}, "
+                                 f"the dimension has width {d.width}")
+        survivors, note = _keep(graph, d, mask)
+        kept[sl] = False
+        kept[sl.start + survivors] = True
+        if not growable[i]:
+            note = note or "held in part by some axis: does not grow"
+        dims[d.name] = DimPlan(d.name, d.width, survivors, len(survivors), note=note)
+        base.append(len(survivors))
+        step.append(_multiple(d, round_to) if growable[i] else 0)
+    base_a, step_a = np.array(base), np.array(step)
+
+    def widths(alpha: float) -> np.ndarray:
+        grown = np.where(step_a > 0, np.floor(alpha * base_a / np.maximum(step_a, 1) + 1e-9)
+                         * step_a, base_a)
+        return np.maximum(grown, base_a).astype(np.int64)
+
+    def cost_at(alpha: float) -> float:
+        return cost.count_plan(metric, kept, free, widths(alpha) - base_a, scheme)
+
+    original = graph.count(metric)
+    budget = None if scheme == "prune" or target is None else target * original
+    if alpha is not None:
+        if alpha < 1 or scheme == "prune":
+            raise FxSurgeonError(f"alpha must be at least 1 and needs a growing scheme, got "
+                                 f"{alpha} with {scheme!r}")
+    elif budget is None:
+        alpha = 1.0
+    else:
+        if cost_at(1.0) > budget:
+            raise FxSurgeonError(
+                f"impossible budget: without its dead channels the model still costs "
+                f"{human(cost_at(1.0))} {metric} under scheme {scheme!r}, above the target "
+                f"{target:g} x {human(original)} = {human(budget)}; raise the target or let "
+                f"more channels die first")
+        alpha = _largest_alpha(cost_at, budget, base_a, step_a)
+    for dp, w, st in zip(dims.values(), widths(alpha), step_a, strict=True):
+        if dp.pinned:
+            continue
+        dp.new_width = int(w)
+        if st and w % st and round_to > 1:
+            dp.note = dp.note or f"round_to {round_to} not reached without exceeding the budget"
+    return Plan(metric, scheme, target, alpha, original, budget, cost_at(alpha), dims)
+
+
+def _largest_alpha(cost_at, budget: float, base: np.ndarray, step: np.ndarray) -> float:
+    """The largest α whose widths fit the budget: bisection, then the exact breakpoint."""
+    if not (step > 0).any():
+        return 1.0
+    lo, hi = 1.0, 2.0
+    while cost_at(hi) <= budget:
+        lo, hi = hi, hi * 2
+        if hi > 1e6:
+            raise FxSurgeonError("the budget never binds: the cost does not grow with α")
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cost_at(mid) <= budget else (lo, mid)
+    return lo
+
+
+def next_breakpoint(alpha: float, plan_: Plan, graph: ChannelGraph, round_to: int = 1) -> float:
+    """The smallest α above ``alpha`` at which some growable dimension gains a multiple."""
+    best = math.inf
+    growable = graph.cost.growable()
+    for i, d in enumerate(graph.dims):
+        dp = plan_.dims[d.name]
+        if dp.pinned or not growable[i] or not len(dp.survivors):
+            continue
+        m, s = _multiple(d, round_to), len(dp.survivors)
+        k = math.floor(alpha * s / m + 1e-9) + 1
+        best = min(best, k * m / s)
+    return best

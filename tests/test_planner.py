@@ -1,0 +1,151 @@
+"""Liveliness and the planner's budget arithmetic."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import fxsurgeon as fxs
+from fxsurgeon.planner import next_breakpoint
+from fxsurgeon.zoo import resnet164_cifar, vgg19_cifar
+from randomnets import nets
+
+
+def kill(graph, fraction, seed=0):
+    """Zero the γ of a random ``fraction`` of every free dimension's channels."""
+    rng = np.random.default_rng(seed)
+    params = dict(graph.module.named_parameters())
+    dead = {}
+    for d in graph.free_dims:
+        dead[d.name] = rng.random(d.width) < fraction
+        for s in d.sources:
+            with torch.no_grad():
+                params[s.tensor][torch.as_tensor(s.positions[dead[d.name][s.channels]])] = 0
+    return dead
+
+
+class Trunk(nn.Module):
+    """Two blocks writing one residual trunk, each followed by its own BN."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)
+        self.c1, self.bn1 = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        x = self.bn0(self.stem(x))
+        return self.head(x + self.bn1(self.c1(x)))
+
+
+def test_trunk_channel_dies_only_when_dead_in_every_block():
+    model = Trunk()
+    g = fxs.analyze(model, torch.randn(1, 3, 2, 2))
+    with torch.no_grad():
+        model.bn0.weight[:] = torch.tensor([1.0, 0.0, 0.0, 0.005])
+        model.bn1.weight[:] = torch.tensor([0.0, 1.0, 0.0, 0.0])
+    trunk = fxs.liveliness(g)["stem+1"]
+    # channel 1 is dead in bn0 but alive in bn1; channel 3 is 0.005 < 0.01 * max in bn0
+    assert trunk.tolist() == [True, True, False, False]
+    assert fxs.liveliness(g, threshold=0.001)["stem+1"].tolist() == [True, True, False, True]
+
+
+def test_dimension_without_scales_stays_alive():
+    g = fxs.analyze(nn.Sequential(nn.Conv2d(3, 5, 1), nn.ReLU(), nn.Conv2d(5, 2, 1)),
+                    torch.randn(1, 3, 2, 2))
+    assert fxs.liveliness(g) == {"0": pytest.approx(np.ones(5, bool))}
+
+
+def test_prune_plan_predicts_the_masked_count_exactly():
+    g = fxs.analyze(vgg19_cifar(), torch.randn(1, 3, 32, 32))
+    kill(g, 0.3)
+    alive = fxs.liveliness(g)
+    for metric in ("params", "flops"):
+        p = fxs.plan(g, alive, metric=metric, target=None, scheme="prune")
+        assert p.alpha == 1.0 and all(d.added == 0 for d in p.dims.values())
+        assert p.predicted == g.count(metric, alive)
+
+
+@pytest.mark.parametrize("scheme", ["nr", "cr", "ca"])
+@pytest.mark.parametrize("metric", ["params", "flops"])
+def test_alpha_is_the_largest_that_fits_the_budget(scheme, metric):
+    g = fxs.analyze(resnet164_cifar(), torch.randn(1, 3, 32, 32))
+    kill(g, 0.3)
+    alive = fxs.liveliness(g)
+    p = fxs.plan(g, alive, metric=metric, target=1.0, scheme=scheme)
+    assert p.predicted <= p.budget and p.alpha > 1
+    # at the next width breakpoint some dimension gains a channel and the budget breaks
+    above = fxs.plan(g, alive, metric=metric, target=1.0, scheme=scheme,
+                     alpha=next_breakpoint(p.alpha, p, g))
+    assert above.predicted > p.budget
+    assert p.miss < 0.01
+
+
+def test_cr_drops_exactly_the_cross_blocks():
+    net = nn.Sequential(nn.Conv2d(3, 8, 1, bias=False), nn.BatchNorm2d(8),
+                        nn.Conv2d(8, 6, 1, bias=False), nn.BatchNorm2d(6), nn.Conv2d(6, 2, 1, bias=False))
+    g = fxs.analyze(net, torch.randn(1, 3, 1, 1))
+    alive = {"0": np.array([1, 1, 1, 1, 0, 0, 0, 0], bool), "2": np.array([1, 1, 1, 0, 0, 0], bool)}
+    p = fxs.plan(g, alive, metric="flops", target=1.0, scheme="cr")
+    a, b = p.dims["0"], p.dims["2"]
+    s1, r1, s2, r2 = len(a.survivors), a.added, len(b.survivors), b.added
+    # input (fixed) feeds S and R; S->S and R->R only in the middle; output reads both
+    assert p.predicted == 3 * (s1 + r1) + (s1 * s2 + r1 * r2) + 2 * (s2 + r2)
+    dense = fxs.plan(g, alive, metric="flops", target=1.0, scheme="nr")
+    assert p.alpha > dense.alpha
+
+
+def test_impossible_budget_and_bad_arguments_are_clear_errors():
+    g = fxs.analyze(vgg19_cifar(), torch.randn(1, 3, 32, 32))
+    kill(g, 0.3)
+    alive = fxs.liveliness(g)
+    with pytest.raises(fxs.FxSurgeonError, match="impossible budget: .* above the target 0.25"):
+        fxs.plan(g, alive, target=0.25)
+    with pytest.raises(fxs.FxSurgeonError, match="unknown scheme"):
+        fxs.plan(g, alive, scheme="magic")
+    with pytest.raises(fxs.FxSurgeonError, match="has shape"):
+        fxs.plan(g, {"features.0": np.ones(3, bool)})
+
+
+def test_fully_dead_dimension_is_reported_and_keeps_one_channel():
+    g = fxs.analyze(vgg19_cifar(), torch.randn(1, 3, 32, 32))
+    alive = {"features.3": np.zeros(64, bool)}
+    p = fxs.plan(g, alive, target=None, scheme="prune")
+    assert len(p.dims["features.3"].survivors) == 1
+    assert "all channels dead" in p.dims["features.3"].note
+    assert "features.3" in str(p) and "remove the dead only" in str(p)
+
+
+def test_round_to_and_group_multiples_are_respected():
+    net = nn.Sequential(nn.Conv2d(3, 24, 1), nn.BatchNorm2d(24), nn.Conv2d(24, 24, 3, groups=4),
+                        nn.BatchNorm2d(24), nn.Conv2d(24, 2, 1))
+    g = fxs.analyze(net, torch.randn(1, 3, 4, 4))
+    alive = {"0": np.array([1] * 17 + [0] * 7, bool)}
+    pruned = fxs.plan(g, alive, target=None, scheme="prune", round_to=8)
+    assert len(pruned.dims["0"].survivors) == 20          # 17 alive + 3 dead for groups=4
+    assert "keeps 3 dead channel(s) for a multiple of 4" in pruned.dims["0"].note
+    grown = fxs.plan(g, alive, metric="params", target=1.0, round_to=8, scheme="nr")
+    assert grown.dims["0"].new_width == 24 and grown.dims["2"].new_width % 8 == 0
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(nets(), st.sampled_from(["nr", "cr", "ca"]), st.sampled_from(["params", "flops"]),
+       st.floats(0.0, 0.6))
+def test_random_plans_fit_their_budget_and_constraints(net, scheme, metric, fraction):
+    model, x = net
+    g = fxs.analyze(model, x)
+    kill(g, fraction, seed=1)
+    alive = fxs.liveliness(g)
+    try:
+        p = fxs.plan(g, alive, metric=metric, target=1.0, scheme=scheme)
+    except fxs.FxSurgeonError as err:
+        assert "impossible budget" in str(err)
+        return
+    assert p.predicted <= p.budget
+    for d in g.dims:
+        dp = p.dims[d.name]
+        assert dp.new_width >= len(dp.survivors) >= 1
+        assert dp.new_width % d.multiple_of == 0
+        if dp.pinned:
+            assert dp.new_width == d.width and dp.added == 0

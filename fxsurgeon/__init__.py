@@ -12,7 +12,8 @@ from .errors import FxSurgeonError, UntraceableModelError
 from .graph import ChannelGraph, analyze
 from .liveliness import liveliness
 from .planner import DimPlan, Plan, plan
+from .rewriter import Surgery, rewrite
 
 __all__ = ["analyze", "ChannelGraph", "Dimension", "Member", "FxSurgeonError",
-           "UntraceableModelError", "liveliness", "plan", "Plan", "DimPlan"]
+           "UntraceableModelError", "liveliness", "plan", "Plan", "DimPlan", "rewrite", "Surgery"]
 __version__ = "0.1.0"

@@ -39,12 +39,13 @@ class _Factor:
         n = self.fixed + (len(self.index) if alive is None else int(alive[self.index].sum()))
         return n / self.divisor
 
-    def parts(self, kept: np.ndarray, free: np.ndarray, added: np.ndarray) -> tuple[float, float, float]:
-        """(survivors, added, fixed) positions: free-dimension channels kept, new channels,
-        and everything that belongs to no partition (pinned dimensions, no dimension)."""
+    def parts(self, kept: np.ndarray, partitioned: np.ndarray, added: np.ndarray
+              ) -> tuple[float, float, float]:
+        """(survivors, added, fixed) positions: kept channels of growing dimensions, new
+        channels, and everything in no partition (other dimensions, no dimension)."""
         k = kept[self.index]
-        s = int((k & free[self.index]).sum())
-        f = self.fixed + int((k & ~free[self.index]).sum())
+        s = int((k & partitioned[self.index]).sum())
+        f = self.fixed + int((k & ~partitioned[self.index]).sum())
         r = sum(rep * int(added[d]) for d, rep in self.rep.items())
         return s / self.divisor, r / self.divisor, f / self.divisor
 
@@ -106,7 +107,7 @@ class CostModel:
                     ok[d] &= rep > 0
         return ok
 
-    def count_plan(self, metric: str, kept: np.ndarray, free: np.ndarray, added: np.ndarray,
+    def count_plan(self, metric: str, kept: np.ndarray, partitioned: np.ndarray, added: np.ndarray,
                    scheme: str) -> float:
         """Cost with only ``kept`` channels plus ``added[d]`` new ones per dimension.
 
@@ -118,7 +119,7 @@ class CostModel:
         for term, factors in self.terms:
             if term.metric != metric:
                 continue
-            parts = [f.parts(kept, free, added) for f in factors]
+            parts = [f.parts(kept, partitioned, added) for f in factors]
             v = term.const
             for s, r, f in parts:
                 v *= s + r + f

@@ -57,6 +57,9 @@ class Dimension:
     members: list[Member]
     producers: list[str]
     multiple_of: int = 1
+    split_by_position: bool = False   # a chunk cuts it in the middle: which channel goes
+    #                                   where depends on the width
+    grouped: bool = False             # read or written by a grouped (not depthwise) conv
     classes: np.ndarray = field(default=None, repr=False)
 
     @property
@@ -159,6 +162,11 @@ def build_dimensions(prop: Propagation, node_names: dict[str, str]
             # dimension it is kept where the dimension itself can honour it
             if len(comp_classes[comps[d]]) % int(k) == 0:
                 multiple[d] = math.lcm(multiple[d], int(k))
+    split, grouped = [False] * len(comps), [False] * len(comps)
+    for flags, lists in ((split, prop.position_splits), (grouped, prop.grouped)):
+        for tags in lists:
+            for d in dims_of(tags):
+                flags[d] = True
     labels: list[set[str]] = [set() for _ in comps]
     for tags, label in prop.couplings:
         for d in dims_of(tags):
@@ -181,5 +189,6 @@ def build_dimensions(prop: Propagation, node_names: dict[str, str]
             kind=_kind(comp_origins[c], labels[d], producers, reasons[d]),
             pinned=reasons[d][0] if reasons[d] else None, reasons=reasons[d],
             members=members[d], producers=producers, multiple_of=multiple[d],
+            split_by_position=split[d], grouped=grouped[d],
             classes=np.asarray(comp_classes[c], dtype=np.int64)))
     return dims, dim_of_root, chan_of_root

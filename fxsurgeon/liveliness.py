@@ -1,8 +1,11 @@
 """Which channels are alive, read from the per-channel scales that follow them.
 
 The paper's test: a channel is dead in a BatchNorm layer when ``|γ| < threshold ·
-max|γ|`` of that layer. A channel read by several scales (a residual trunk written by
-every block) is dead only when it is dead in every one of them.
+max|γ|`` of that layer. A channel written by several layers (a residual trunk written
+by every block) is dead only when it is dead in the scale after every one of them.
+A dimension with a writer that no scale follows (the excitation conv of a
+squeeze-excitation gate) is not judged: its channels carry input-dependent values
+whatever the scales say, so they stay alive.
 """
 from __future__ import annotations
 
@@ -19,8 +22,14 @@ def liveliness(graph: ChannelGraph, threshold: float = 0.01) -> dict[str, np.nda
     reflects training as it goes.
     """
     params = dict(graph.module.named_parameters())
+    names = {n.name: (n.target if n.op == "call_module" else n.name) for n in graph.module.graph.nodes}
+    followed = {names[w] for w, _ in graph.propagation.follows}
     alive: dict[str, np.ndarray] = {}
     for d in graph.free_dims:
+        writers = {m.node for m in d.members if m.role == "out"}
+        if not writers <= followed:
+            alive[d.name] = np.ones(d.width, bool)
+            continue
         read = np.zeros(d.width, bool)
         lively = np.zeros(d.width, bool)
         for m in d.sources:

@@ -115,8 +115,10 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
     alive = alive or {}
     cost = graph.cost
     growable = cost.growable()
-    free = np.zeros(int(cost.offsets[-1]), bool)
-    kept = np.ones_like(free)
+    # channels of dimensions that grow split into survivors and new ones (S and R); all
+    # others (pinned, or free but kept at their width) feed and read both halves
+    partitioned = np.zeros(int(cost.offsets[-1]), bool)
+    kept = np.ones_like(partitioned)
     base, step, dims = [], [], {}
     for i, d in enumerate(graph.dims):
         sl = slice(cost.offsets[i], cost.offsets[i + 1])
@@ -125,19 +127,27 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
             base.append(0)
             step.append(0)
             continue
-        free[sl] = True
         mask = np.asarray(alive.get(d.name, np.ones(d.width, bool)), bool)
         if mask.shape != (d.width,):
             raise FxSurgeonError(f"alive mask for {d.name!r} has shape {mask.shape}, "
                                  f"the dimension has width {d.width}")
-        survivors, note = _keep(graph, d, mask)
+        if d.split_by_position or d.grouped:
+            # a chunk would send channels to other branches; grouped convs are not
+            # rewritten yet: both keep their width
+            note = "split by position (chunk)" if d.split_by_position else "grouped convolution"
+            mask, note = np.ones(d.width, bool), note + ": keeps its width"
+            survivors = np.arange(d.width)
+        else:
+            survivors, note = _keep(graph, d, mask)
         kept[sl] = False
         kept[sl.start + survivors] = True
-        if not growable[i]:
+        if not growable[i] or d.split_by_position or d.grouped:
+            growable[i] = False
             note = note or "held in part by some axis: does not grow"
         dims[d.name] = DimPlan(d.name, d.width, survivors, len(survivors), note=note)
         base.append(len(survivors))
         step.append(_multiple(d, round_to) if growable[i] else 0)
+        partitioned[sl] = bool(growable[i])
     base_a, step_a = np.array(base), np.array(step)
 
     def widths(alpha: float) -> np.ndarray:
@@ -146,7 +156,7 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
         return np.maximum(grown, base_a).astype(np.int64)
 
     def cost_at(alpha: float) -> float:
-        return cost.count_plan(metric, kept, free, widths(alpha) - base_a, scheme)
+        return cost.count_plan(metric, kept, partitioned, widths(alpha) - base_a, scheme)
 
     original = graph.count(metric)
     budget = None if scheme == "prune" or target is None else target * original

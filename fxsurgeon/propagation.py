@@ -60,6 +60,10 @@ class Propagation:
     divisors: list[tuple[np.ndarray, int]] = field(default_factory=list)
     couplings: list[tuple[np.ndarray, str]] = field(default_factory=list)
     groups: list[tuple[str, np.ndarray, str]] = field(default_factory=list)  # node, tags, origin
+    follows: set[tuple[str, str]] = field(default_factory=set)  # (writer node, norm right after it)
+    position_splits: list[np.ndarray] = field(default_factory=list)  # channels cut by position
+    depthwise: set[str] = field(default_factory=set)   # convs with one group per input channel
+    grouped: list[np.ndarray] = field(default_factory=list)  # channels around grouped convs
 
 
 def _tensors(value) -> list[torch.Tensor]:
@@ -71,23 +75,29 @@ def _prod(xs) -> int:
 
 
 class _Propagator:
-    def __init__(self, gm: fx.GraphModule, args: tuple):
+    def __init__(self, gm: fx.GraphModule, args: tuple, uf: UnionFind | None = None,
+                 prescribed: dict[str, np.ndarray] | None = None, depthwise: set[str] = frozenset()):
         self.gm = gm
         self.args = args
         self.modules = dict(gm.named_modules())
-        self.uf = UnionFind()
+        self.uf = uf.copy() if uf is not None else UnionFind()
+        self.prescribed = prescribed or {}
+        self.was_depthwise = depthwise     # a rewrite may leave a depthwise conv one channel wide
         self.out = Propagation(self.uf)
         self._vec: dict[int, tuple[torch.Tensor, dict[int, np.ndarray | None]]] = {}
         self.attr_tags: dict[str, torch.Tensor] = {}
         self.explicit_params: set[str] = set()
         self._unique: dict[int, tuple[torch.Tensor, np.ndarray]] = {}
+        self._writer: dict[int, tuple[torch.Tensor, str]] = {}   # tag tensor -> layer that wrote it
 
     # ---- tag tensors ---------------------------------------------------------------
-    def fresh(self, shape, axis: int) -> torch.Tensor:
-        """Fresh identities along ``axis``, constant along every other axis."""
+    def fresh(self, shape, axis: int, node: fx.Node | None = None) -> torch.Tensor:
+        """Fresh identities along ``axis``, constant along every other axis; a node with
+        prescribed identities (a rewritten producer) emits those instead."""
         shape = tuple(shape)
         axis %= len(shape)
-        vec = self.uf.new(shape[axis])
+        vec = self.prescribed.get(node.name) if node is not None else None
+        vec = self.uf.new(shape[axis]) if vec is None else np.asarray(vec, dtype=np.int64)
         view = [1] * len(shape)
         view[axis] = shape[axis]
         t = torch.from_numpy(vec).view(view).expand(shape)
@@ -199,7 +209,7 @@ class _Propagator:
     def placeholder(self, node, value):
         if isinstance(value, torch.Tensor):
             if value.is_floating_point() and value.dim() >= 2:
-                t = self.fresh(value.shape, 1)
+                t = self.fresh(value.shape, 1, node)
                 self.out.groups.append((node.name, self.axis_vector(t, 1), "input"))
                 self.pin(t, f"model input '{node.name}'")
                 return t
@@ -349,6 +359,7 @@ class _Propagator:
             dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
             if self.varies_along(x, dim % x.dim()):      # equal parts of a channel axis
                 self.out.divisors.append((self.unique(x), args[1]))
+                self.out.position_splits.append(self.unique(x))
         elif node.target in (operator.getitem, torch.narrow, "narrow", torch.split, "split"):
             self._check_selection(node, x, out, args)
         return out
@@ -521,6 +532,9 @@ class _Propagator:
                 self.ref(param, 0, vec, "param", node)
         if flavour == "batch" and params["weight"] is not None:
             self.ref(params["weight"], 0, vec, "source", node)
+            writer = self._writer.get(id(x))
+            if writer is not None and writer[0] is x:
+                self.out.follows.add((writer[1], node.name))
         return x
 
     # ---- producers -----------------------------------------------------------------
@@ -531,7 +545,7 @@ class _Propagator:
         bias = f"{node.target}.bias" if getattr(m, "bias", None) is not None else None
         if flavour == "embedding":
             y = _tensors(self.real(node))[0]
-            out = self.fresh(y.shape, -1)
+            out = self.fresh(y.shape, -1, node)
             self.ref(weight, 1, self.axis_vector(out, -1), "out", node)
             return self._produced(node, out, -1)
         transposed = isinstance(m, nn.modules.conv._ConvTransposeNd)
@@ -556,17 +570,20 @@ class _Propagator:
         vin = self.axis_vector(x, axis)
         if vin is None:
             self.pin(x, f"input of {describe(node, self.modules)} is not channel-structured")
-        out = self.fresh(y.shape, axis)
+        out = self.fresh(y.shape, axis, node)
         vout = self.axis_vector(out, axis)
         out_axis, in_axis = (1, 0) if transposed else (0, 1)
         n_in = x.shape[axis]
-        depthwise = groups > 1 and groups == n_in and vin is not None
+        depthwise = vin is not None and groups == n_in and (groups > 1 or node.name in self.was_depthwise)
+        if depthwise:
+            self.out.depthwise.add(node.name)
         if depthwise:
             per = len(vout) // groups
             self.couple(np.repeat(vin, per), vout)
         elif groups > 1 and vin is not None:
             self.out.divisors.append((vin, groups))
             self.out.divisors.append((vout, groups))
+            self.out.grouped += [vin, vout]
         self.ref(weight, out_axis, vout, "out", node, groups if transposed else 1)
         if not depthwise:
             self.ref(weight, in_axis, vin, "in", node, 1 if transposed else groups)
@@ -581,6 +598,7 @@ class _Propagator:
             ins = None if depthwise else vin
             const = spatial * kernel * (n_in // groups if depthwise or vin is None else 1 / groups)
             self.flops(node, const, (vout, 1), (ins, 1))
+        self._writer[id(out)] = (out, node.name)
         if depthwise:   # its outputs are its inputs' channels: no new group of its own
             return out
         return self._produced(node, out, axis)
@@ -677,6 +695,13 @@ def getattr_path(obj, path: str):
     return obj
 
 
-def propagate(gm: fx.GraphModule, args: tuple, model: nn.Module) -> Propagation:
-    """Run identity propagation over a shape-annotated GraphModule traced from ``model``."""
-    return _Propagator(gm, args).run(model)
+def propagate(gm: fx.GraphModule, args: tuple, model: nn.Module, uf: UnionFind | None = None,
+              prescribed: dict[str, np.ndarray] | None = None,
+              depthwise: set[str] = frozenset()) -> Propagation:
+    """Run identity propagation over a shape-annotated GraphModule traced from ``model``.
+
+    A rewrite passes the analysed model's union-find (``uf``, copied) and the identities
+    each producer now emits (``prescribed``) and the convs that were depthwise, so old
+    and new channels share identities.
+    """
+    return _Propagator(gm, args, uf, prescribed, depthwise).run(model)

@@ -54,6 +54,12 @@ class UnionFind:
             np.minimum.at(self._parent, np.maximum(ra, rb), np.minimum(ra, rb))
             a, b = a[differ], b[differ]
 
+    def copy(self) -> UnionFind:
+        """An independent union-find with the same sets."""
+        other = UnionFind()
+        other._parent, other.size, other._flat = self._parent.copy(), self.size, self._flat
+        return other
+
     def compress(self) -> None:
         """Point every identity straight at its root."""
         self._parent[: self.size] = self.find(np.arange(self.size))

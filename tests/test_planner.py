@@ -117,16 +117,39 @@ def test_fully_dead_dimension_is_reported_and_keeps_one_channel():
     assert "features.3" in str(p) and "remove the dead only" in str(p)
 
 
-def test_round_to_and_group_multiples_are_respected():
-    net = nn.Sequential(nn.Conv2d(3, 24, 1), nn.BatchNorm2d(24), nn.Conv2d(24, 24, 3, groups=4),
-                        nn.BatchNorm2d(24), nn.Conv2d(24, 2, 1))
-    g = fxs.analyze(net, torch.randn(1, 3, 4, 4))
-    alive = {"0": np.array([1] * 17 + [0] * 7, bool)}
+class Shuffled(nn.Module):
+    """A channel shuffle with a literal group count of 4: widths stay multiples of 4."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn = nn.Conv2d(3, 24, 1), nn.BatchNorm2d(24)
+        self.b = nn.Conv2d(24, 2, 1)
+
+    def forward(self, x):
+        y = self.bn(self.a(x))
+        n, c, h, w = y.shape
+        return self.b(y.view(n, 4, c // 4, h, w).transpose(1, 2).reshape(n, c, h, w))
+
+
+def test_round_to_and_shuffle_multiples_are_respected():
+    g = fxs.analyze(Shuffled(), torch.randn(1, 3, 4, 4))
+    assert g["a"].multiple_of == 4 and g["a"].free
+    alive = {"a": np.array([1] * 17 + [0] * 7, bool)}
     pruned = fxs.plan(g, alive, target=None, scheme="prune", round_to=8)
-    assert len(pruned.dims["0"].survivors) == 20          # 17 alive + 3 dead for groups=4
-    assert "keeps 3 dead channel(s) for a multiple of 4" in pruned.dims["0"].note
+    assert len(pruned.dims["a"].survivors) == 20          # 17 alive + 3 dead for the shuffle
+    assert "keeps 3 dead channel(s) for a multiple of 4" in pruned.dims["a"].note
     grown = fxs.plan(g, alive, metric="params", target=1.0, round_to=8, scheme="nr")
-    assert grown.dims["0"].new_width == 24 and grown.dims["2"].new_width % 8 == 0
+    assert grown.dims["a"].new_width == 24
+
+
+def test_grouped_and_chunked_dimensions_keep_their_width():
+    from randomnets import ConvBlock, Split
+    net = nn.Sequential(ConvBlock(3, 8), ConvBlock(8, 8, groups=4), Split(8, "relu"), nn.Conv2d(8, 2, 1))
+    g = fxs.analyze(net, torch.randn(1, 3, 4, 4))
+    kill(g, 0.5)
+    p = fxs.plan(g, fxs.liveliness(g), target=1.0, scheme="nr")
+    assert p.dims["0.conv"].new_width == 8 and "grouped convolution" in p.dims["0.conv"].note
+    assert p.dims["1.conv"].new_width == 8 and "split by position" in p.dims["1.conv"].note
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -149,3 +172,12 @@ def test_random_plans_fit_their_budget_and_constraints(net, scheme, metric, frac
         assert dp.new_width % d.multiple_of == 0
         if dp.pinned:
             assert dp.new_width == d.width and dp.added == 0
+
+
+def test_a_gated_dimension_is_not_judged_by_its_scales_alone():
+    from randomnets import ConvBlock, Gate
+    net = nn.Sequential(ConvBlock(3, 6), Gate(6, 2), nn.Conv2d(6, 2, 1))
+    g = fxs.analyze(net, torch.randn(1, 3, 4, 4))
+    with torch.no_grad():
+        net[0].bn.weight[:3] = 0          # x * gate(x) still varies with the input
+    assert fxs.liveliness(g)["0.conv+1"].all()

@@ -1,0 +1,289 @@
+"""Rewrite a model by a :class:`~fxsurgeon.planner.Plan` into a new GraphModule.
+
+The user's model is never touched: the traced module is copied, every parameter that
+holds channels is resized, and the new layout of each axis is found by running the
+identity propagation again on the new graph, with every producer emitting the
+identities of the channels it keeps. Concatenations, shuffles and flattens then place
+the channels themselves, and each new position is matched to its old one by
+(channel, occurrence). What a removed channel still emits (the constant ``ReLU(β)`` of
+a BatchNorm with ``γ = 0``) is folded into the consumer: into its bias when uniform,
+otherwise as a constant buffer added after it, so the parameter count is the plan's.
+"""
+from __future__ import annotations
+
+import copy
+import operator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from .errors import FxSurgeonError
+from .graph import ChannelGraph
+from .planner import Plan
+from .propagation import AxisRef, getattr_path, propagate
+from .shapes import propagate_shapes
+
+
+@dataclass
+class Surgery:
+    """The result of :func:`rewrite`.
+
+    ``module`` is the new GraphModule. ``index_maps[name]`` lists, for every resized
+    axis of parameter or buffer ``name``, the old index of each new position (-1 for
+    a new channel). ``folded`` names the consumers that absorbed removed channels'
+    constants and how: ``"bias"`` (added to its bias), ``"constant"`` (a per-channel
+    buffer added after it, when it has no bias) or ``"map"`` (a buffer of its output's
+    shape, for convs whose padding makes the constant vary near the border; exact at
+    the example input's resolution).
+    """
+
+    module: fx.GraphModule
+    plan: Plan
+    index_maps: dict[str, list[tuple[int, np.ndarray]]] = field(default_factory=dict)
+    folded: dict[str, str] = field(default_factory=dict)
+
+    def carry(self, name: str, old: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """Map a tensor shaped like the old ``name`` (momentum, Adam moments) to the new
+        layout; new channels get ``fill``."""
+        out = old
+        for axis, idx in self.index_maps.get(name, []):
+            out = out.index_select(axis, torch.as_tensor(np.maximum(idx, 0), device=old.device))
+            if (idx < 0).any():
+                out.index_fill_(axis, torch.as_tensor(np.nonzero(idx < 0)[0], device=old.device), fill)
+        return out
+
+
+def _occurrence_keys(roots: np.ndarray) -> np.ndarray:
+    """``root * n + k`` where ``k`` counts earlier positions with the same root."""
+    order = np.argsort(roots, kind="stable")
+    sorted_roots = roots[order]
+    start = np.r_[0, np.nonzero(np.diff(sorted_roots))[0] + 1]
+    rank = np.arange(len(roots)) - np.repeat(start, np.diff(np.r_[start, len(roots)]))
+    keys = np.empty(len(roots), dtype=np.int64)
+    keys[order] = sorted_roots * (len(roots) + 1) + rank
+    return keys
+
+
+def _match(old_roots: np.ndarray, new_roots: np.ndarray) -> np.ndarray:
+    """For each new position, the old position holding the same channel occurrence (-1: none)."""
+    n = max(len(old_roots), len(new_roots)) + 1
+    old_keys = _occurrence_keys(old_roots) // (len(old_roots) + 1) * n + \
+        _occurrence_keys(old_roots) % (len(old_roots) + 1)
+    new_keys = _occurrence_keys(new_roots) // (len(new_roots) + 1) * n + \
+        _occurrence_keys(new_roots) % (len(new_roots) + 1)
+    order = np.argsort(old_keys)
+    at = np.searchsorted(old_keys[order], new_keys)
+    at = np.minimum(at, len(old_keys) - 1)
+    found = old_keys[order][at] == new_keys
+    return np.where(found, order[at], -1)
+
+
+def _refs(prop) -> dict[tuple[str, int], AxisRef]:
+    """Axes that hold channels position by position (a grouped conv's input axis does not,
+    and keeps its width: the planner leaves grouped dimensions alone)."""
+    return {(r.param, r.axis): r for r in prop.axes if r.role != "source" and r.divisor == 1}
+
+
+def _set_tensor(module: nn.Module, name: str, value: torch.Tensor, parameter: bool) -> None:
+    owner, _, leaf = name.rpartition(".")
+    m = module.get_submodule(owner) if owner else module
+    if parameter:
+        setattr(m, leaf, nn.Parameter(value, requires_grad=getattr(m, leaf).requires_grad))
+    else:
+        m._buffers[leaf] = value
+
+
+def _sync_attributes(module: nn.Module, old: nn.Module) -> None:
+    """Keep constructor attributes (channels, features, groups) in step with new weights."""
+    for name, m in module.named_modules():
+        before = old.get_submodule(name)
+        if isinstance(m, nn.modules.conv._ConvNd) and not m.transposed:
+            depthwise = before.groups > 1 and before.groups == before.in_channels
+            m.out_channels = m.weight.shape[0]
+            m.groups = m.weight.shape[0] // (before.out_channels // before.groups) if depthwise else m.groups
+            m.in_channels = m.weight.shape[1] * m.groups
+        elif isinstance(m, nn.Linear):
+            m.out_features, m.in_features = m.weight.shape
+        elif isinstance(m, nn.modules.batchnorm._NormBase):
+            m.num_features = m.running_mean.shape[0] if m.running_mean is not None else m.weight.shape[0]
+
+
+def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None) -> Surgery:
+    """Build the new network a plan describes. Only ``scheme="prune"`` is implemented:
+    dead channels are removed and plain torch modules come out."""
+    scheme = scheme or plan.scheme
+    if scheme != "prune":
+        raise FxSurgeonError(f"rewrite supports scheme 'prune' so far, not {scheme!r}")
+    grown = [d.name for d in plan.dims.values() if d.added]
+    if grown:
+        raise FxSurgeonError(f"scheme 'prune' adds no channels, but the plan grows {grown[:3]}")
+    prop, cost = graph.propagation, graph.cost
+    keep = np.zeros(int(cost.offsets[-1]), bool)
+    for i, d in enumerate(graph.dims):
+        keep[cost.offsets[i] + plan.dims[d.name].survivors] = True
+
+    def kept(tags: np.ndarray) -> np.ndarray:
+        g = graph.global_channels(tags)
+        return (g < 0) | keep[np.maximum(g, 0)]
+
+    old = graph.module
+    for r in prop.axes:
+        if r.divisor > 1 and not kept(r.tags).all():
+            raise FxSurgeonError(f"rewrite cannot change the width of grouped convolution "
+                                 f"{r.node} yet; pin its dimensions or keep their channels")
+    prescribed = {node: vec[kept(vec)] for node, vec, _ in prop.groups if vec is not None}
+    new = copy.deepcopy(old)
+    old_refs = _refs(prop)
+    old_tensors = dict(old.named_parameters())
+    # 1. resize: every new axis keeps exactly the old positions whose channels survive
+    for name, p in old_tensors.items():
+        shape = list(p.shape)
+        for (param, axis), r in old_refs.items():
+            if param == name:
+                shape[axis] = int(kept(r.tags).sum())
+        if shape != list(p.shape):
+            _set_tensor(new, name, torch.zeros(shape, dtype=p.dtype, device=p.device), True)
+    _resize_norm_buffers(new, old, old_refs, kept)
+    _sync_attributes(new, old)
+    # 2. where each channel now sits: propagate again with the kept identities
+    propagate_shapes(new, graph.example_inputs)
+    new_prop = propagate(new, graph.example_inputs, new, prop.uf, prescribed, prop.depthwise)
+    new_refs = _refs(new_prop)
+    surgery = Surgery(new, plan)
+    for key, r_old in old_refs.items():
+        r_new = new_refs.get(key)
+        if r_new is None:
+            raise FxSurgeonError(f"the rewritten graph lost track of {key[0]} axis {key[1]}")
+        idx = _match(prop.uf.find(r_old.tags), new_prop.uf.find(r_new.tags))
+        if not np.array_equal(idx, np.arange(len(idx))) or len(idx) != len(r_old.tags):
+            surgery.index_maps.setdefault(key[0], []).append((key[1], idx))
+    # 3. copy the survivors' values
+    with torch.no_grad():
+        for name in surgery.index_maps:
+            value = surgery.carry(name, old_tensors[name].detach())
+            getattr_path(new, name).copy_(value)
+        _carry_norm_buffers(new, old, surgery)
+    _fold_constants(graph, new, surgery, old_refs, kept)
+    _carry_unused(graph, new)
+    new.recompile()
+    return surgery
+
+
+def _carry_unused(graph: ChannelGraph, new: fx.GraphModule) -> None:
+    """Copy submodules the traced graph never calls (an aux head in eval mode), so the new
+    module holds every parameter of the user's model that was not removed."""
+    for name, _ in graph.model.named_parameters():
+        parts = name.split(".")[:-1]
+        for i in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:i])
+            if not _has_module(new, prefix):
+                new.add_submodule(prefix, copy.deepcopy(graph.model.get_submodule(prefix)))
+                break
+
+
+def _has_module(root: nn.Module, path: str) -> bool:
+    try:
+        root.get_submodule(path)
+        return True
+    except AttributeError:
+        return False
+
+
+def _norm_modules(module: nn.Module):
+    return [(n, m) for n, m in module.named_modules()
+            if isinstance(m, nn.modules.batchnorm._NormBase) and m.running_mean is not None]
+
+
+def _resize_norm_buffers(new, old, old_refs, kept) -> None:
+    for name, m in _norm_modules(new):
+        ref = old_refs.get((f"{name}.weight", 0))
+        if ref is None:
+            continue
+        n = int(kept(ref.tags).sum())
+        for buf in ("running_mean", "running_var"):
+            b = getattr(m, buf)
+            if len(b) != n:
+                _set_tensor(new, f"{name}.{buf}", torch.zeros(n, dtype=b.dtype, device=b.device), False)
+
+
+def _carry_norm_buffers(new, old, surgery: Surgery) -> None:
+    for name, m in _norm_modules(new):
+        maps = surgery.index_maps.get(f"{name}.weight")
+        if not maps:
+            continue
+        before = old.get_submodule(name)
+        for buf, fill in (("running_mean", 0.0), ("running_var", 1.0)):
+            surgery.index_maps[f"{name}.{buf}"] = maps
+            getattr(m, buf).copy_(surgery.carry(f"{name}.{buf}", getattr(before, buf), fill))
+
+
+def _fold_constants(graph: ChannelGraph, new: fx.GraphModule, surgery: Surgery, old_refs, kept) -> None:
+    """Fold what removed input channels still feed each consumer into that consumer."""
+    removed = {r.node: ~kept(r.tags) for r in old_refs.values()
+               if r.role == "in" and not kept(r.tags).all()}
+    if not removed:
+        return
+    inputs = _capture_inputs(graph.module, graph.example_inputs, set(removed))
+    nodes = {n.name: n for n in new.graph.nodes}
+    for k, (node_name, gone) in enumerate(removed.items()):
+        node = nodes[node_name]
+        if node.op != "call_module":
+            raise FxSurgeonError(f"cannot fold removed channels into {node_name}: only module "
+                                 f"consumers are supported")
+        old_m = graph.module.get_submodule(node.target)
+        x = inputs[node_name]
+        axis = x.dim() - 1 if isinstance(old_m, nn.Linear) else 1
+        mask = torch.zeros(x.shape[axis], dtype=torch.bool)
+        mask[torch.as_tensor(np.nonzero(gone)[0])] = True
+        shape = [1] * x.dim()
+        shape[axis] = -1
+        only_removed = torch.where(mask.view(shape), x, torch.zeros((), dtype=x.dtype))
+        with torch.no_grad():
+            delta = old_m(only_removed) - old_m(torch.zeros_like(x))
+        out_axis = delta.dim() - 1 if axis == x.dim() - 1 else 1
+        for w_axis, idx in surgery.index_maps.get(f"{node.target}.weight", []):
+            if w_axis == 0:      # the consumer's own outputs were pruned too
+                delta = delta.index_select(out_axis, torch.as_tensor(idx))
+        reduce = [a for a in range(delta.dim()) if a != out_axis]
+        per_channel = delta.mean(reduce, keepdim=True)
+        new_m = new.get_submodule(node.target)
+        slack = 64 * torch.finfo(delta.dtype).eps * float(delta.abs().max())
+        uniform = bool(((delta - per_channel).abs() <= slack).all())
+        if uniform and getattr(new_m, "bias", None) is not None:
+            with torch.no_grad():
+                new_m.bias.add_(per_channel.reshape(-1))
+            surgery.folded[node.target] = "bias"
+            continue
+        # no bias to absorb it (or it varies near padded borders): add a constant buffer
+        name = f"_fxs_folded_{k}"
+        new.register_buffer(name, (per_channel if uniform else delta.mean(0, keepdim=True)).detach())
+        with new.graph.inserting_after(node):
+            const = new.graph.get_attr(name)
+            with new.graph.inserting_after(const):
+                added = new.graph.call_function(operator.add, (node, const))
+        node.replace_all_uses_with(added, delete_user_cb=lambda user, added=added: user is not added)
+        surgery.folded[node.target] = "constant" if uniform else "map"
+
+
+def _capture_inputs(gm: fx.GraphModule, args: tuple, names: set[str]) -> dict[str, torch.Tensor]:
+    """The first input of each named node on the example inputs (eval mode, no grad)."""
+    seen: dict[str, torch.Tensor] = {}
+
+    class Capture(fx.Interpreter):
+        def run_node(self, n):
+            if n.name in names:
+                a, _ = self.fetch_args_kwargs_from_env(n)
+                seen[n.name] = a[0].detach()
+            return super().run_node(n)
+
+    flags = [(m, m.training) for m in gm.modules()]
+    gm.eval()
+    try:
+        with torch.no_grad():
+            Capture(gm).run(*args)
+    finally:
+        for m, t in flags:
+            m.training = t
+    return seen

@@ -1,0 +1,105 @@
+"""Pruning surgery: the rewritten network computes the same function, costs what the
+plan predicted, and carries tensors of the old model over by its index maps."""
+import pytest
+import torch
+import torchvision
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_planner import kill
+from test_torchvision_zoo import ALL
+from torch import nn
+
+import fxsurgeon as fxs
+from randomnets import nets
+
+
+def randomise_norms(model: nn.Module, seed: int = 0) -> None:
+    """Random β and running statistics, so removed channels emit nonzero constants."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.affine and m.track_running_stats:
+            with torch.no_grad():
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g))
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+
+
+def prune(model, x, fraction, seed=0):
+    graph = fxs.analyze(model, x)
+    kill(graph, fraction, seed)
+    alive = fxs.liveliness(graph)
+    plan = fxs.plan(graph, alive, metric="params", target=None, scheme="prune")
+    return graph, alive, plan, fxs.rewrite(graph, plan)
+
+
+def assert_same_function(model, new, x):
+    y0, y1 = model(x), new(x)
+    assert y0.shape == y1.shape
+    assert (y0 - y1).abs().max() <= 1e-9 * max(1.0, y0.abs().max()), (y0 - y1).abs().max()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(nets(), st.floats(0.0, 0.7), st.integers(0, 3))
+def test_pruning_random_nets_keeps_the_function_and_the_predicted_cost(net, fraction, seed):
+    model, x = net
+    model = model.double().eval()
+    randomise_norms(model, seed)
+    x = torch.randn(3, *x.shape[1:], dtype=torch.float64)
+    graph, alive, plan, surgery = prune(model, x, fraction, seed)
+    assert_same_function(model, surgery.module, x)
+    assert sum(p.numel() for p in surgery.module.parameters()) == plan.predicted
+    flops = fxs.plan(graph, alive, metric="flops", target=None, scheme="prune").predicted
+    assert fxs.analyze(surgery.module, x).count("flops") == flops
+    surgery.module.train()
+    surgery.module(x).sum().backward()                  # forward and backward run
+
+
+SUBSET = ["resnet50", "densenet121", "mobilenet_v3_large", "efficientnet_b0", "shufflenet_v2_x1_0",
+          "squeezenet1_0"]
+
+
+def _check_zoo(name):
+    model = torchvision.models.get_model(name).double().eval()
+    randomise_norms(model)
+    size = 299 if name == "inception_v3" else 224
+    x = torch.randn(2, 3, size, size, dtype=torch.float64)
+    graph, alive, plan, surgery = prune(model, x, 0.3)
+    assert_same_function(model, surgery.module, x)
+    assert sum(p.numel() for p in surgery.module.parameters()) == plan.predicted
+
+
+@pytest.mark.parametrize("name", SUBSET)
+def test_pruning_torchvision_subset(name):
+    _check_zoo(name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in ALL if n not in SUBSET])
+def test_pruning_torchvision_full_zoo(name):
+    _check_zoo(name)
+
+
+def test_index_maps_carry_old_tensors_to_the_new_layout():
+    model = torchvision.models.resnet18().eval()
+    x = torch.randn(1, 3, 64, 64)
+    graph, alive, plan, surgery = prune(model, x, 0.4)
+    survivors = plan.dims["layer1.0.conv1"].survivors
+    momentum = torch.randn_like(model.layer1[0].conv1.weight)
+    carried = surgery.carry("layer1.0.conv1.weight", momentum)
+    trunk = next(d for d in graph.dims if "conv1" in d.producers)   # stem + stage-1 trunk
+    stem = plan.dims[trunk.name].survivors
+    assert torch.equal(carried, momentum[survivors][:, stem])
+    assert carried.shape == surgery.module.get_submodule("layer1.0.conv1").weight.shape
+
+
+def test_users_model_is_untouched_and_bad_requests_are_clear():
+    model = torchvision.models.resnet18().eval()
+    graph = fxs.analyze(model, torch.randn(1, 3, 64, 64))
+    kill(graph, 0.3)                         # this does change the model: γ are shared
+    plan = fxs.plan(graph, fxs.liveliness(graph), target=None, scheme="prune")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    surgery = fxs.rewrite(graph, plan)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert surgery.module is not graph.module
+    with pytest.raises(fxs.FxSurgeonError, match="supports scheme 'prune' so far"):
+        fxs.rewrite(graph, plan, scheme="nr")

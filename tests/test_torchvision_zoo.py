@@ -11,10 +11,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import fxsurgeon as fxs
 from invariants import check_bookkeeping
+from zoo import ALL, sweep
 
-ALL = torchvision.models.list_models(module=torchvision.models)
-SUBSET = ["resnet50", "densenet121", "mobilenet_v3_large", "efficientnet_b0", "shufflenet_v2_x1_0",
-          "convnext_tiny", "regnet_y_400mf", "vit_b_16", "swin_t", "squeezenet1_0"]
 #: models whose multiply-accumulates all happen inside Conv/Linear/MultiheadAttention modules
 HOOKABLE = {"resnet50", "densenet121", "mobilenet_v3_large", "efficientnet_b0", "shufflenet_v2_x1_0",
             "convnext_tiny", "regnet_y_400mf", "vit_b_16", "squeezenet1_0"}
@@ -77,6 +75,7 @@ def _flop_counter_macs(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def _check(name):
+    """Bookkeeping exact; MACs equal the published, FlopCounterMode and hook counts."""
     model = torchvision.models.get_model(name).eval()
     size = _input_size(name)
     x = torch.randn(1, 3, size, size)
@@ -92,14 +91,8 @@ def _check(name):
     assert graph.free_dims, "every torchvision model has some free dimension"
 
 
-@pytest.mark.parametrize("name", SUBSET)
-def test_torchvision_subset(name):
-    _check(name)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in ALL if n not in SUBSET])
-def test_torchvision_full_zoo(name):
+@pytest.mark.parametrize("name", sweep())
+def test_torchvision_model(name):
     _check(name)
 
 

@@ -47,12 +47,17 @@ class Surgery:
     def carry(self, name: str, old: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
         """Map a tensor shaped like the old ``name`` (momentum, Adam moments) to the new
         layout; new channels get ``fill``."""
-        out = old
         for axis, idx in self.index_maps.get(name, []):
-            out = out.index_select(axis, torch.as_tensor(np.maximum(idx, 0), device=old.device))
-            if (idx < 0).any():
-                out.index_fill_(axis, torch.as_tensor(np.nonzero(idx < 0)[0], device=old.device), fill)
-        return out
+            old = _take(old, axis, idx, fill)
+        return old
+
+
+def _take(t: torch.Tensor, axis: int, idx: np.ndarray, fill: float) -> torch.Tensor:
+    """``t`` gathered along ``axis`` at ``idx``; positions with index -1 get ``fill``."""
+    out = t.index_select(axis, torch.as_tensor(np.maximum(idx, 0), device=t.device))
+    if (idx < 0).any():
+        out.index_fill_(axis, torch.as_tensor(np.nonzero(idx < 0)[0], device=t.device), fill)
+    return out
 
 
 def _occurrence_keys(roots: np.ndarray) -> np.ndarray:
@@ -110,46 +115,45 @@ def _sync_attributes(module: nn.Module, old: nn.Module) -> None:
             m.num_features = m.running_mean.shape[0] if m.running_mean is not None else m.weight.shape[0]
 
 
-def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None) -> Surgery:
-    """Build the new network a plan describes. Only ``scheme="prune"`` is implemented:
-    dead channels are removed and plain torch modules come out."""
+def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: int = 0) -> Surgery:
+    """Build the new network a plan describes, as plain torch modules.
+
+    ``scheme="prune"`` removes the dead channels. ``scheme="nr"`` also appends the
+    plan's new (R) channels after the survivors of every growing dimension: their
+    weights from R and fixed inputs get He (fan-out) initialisation from ``seed``,
+    cross-connections between survivors and R channels start at zero, BatchNorm γ at 1
+    and β at 0 with fresh statistics, so the network still computes the same function.
+    """
     scheme = scheme or plan.scheme
-    if scheme != "prune":
-        raise FxSurgeonError(f"rewrite supports scheme 'prune' so far, not {scheme!r}")
-    grown = [d.name for d in plan.dims.values() if d.added]
-    if grown:
-        raise FxSurgeonError(f"scheme 'prune' adds no channels, but the plan grows {grown[:3]}")
-    prop, cost = graph.propagation, graph.cost
-    keep = np.zeros(int(cost.offsets[-1]), bool)
-    for i, d in enumerate(graph.dims):
-        keep[cost.offsets[i] + plan.dims[d.name].survivors] = True
-
-    def kept(tags: np.ndarray) -> np.ndarray:
-        g = graph.global_channels(tags)
-        return (g < 0) | keep[np.maximum(g, 0)]
-
-    old = graph.module
+    if scheme not in ("prune", "nr"):
+        raise FxSurgeonError(f"rewrite supports schemes 'prune' and 'nr' so far, not {scheme!r}")
+    added = np.array([plan.dims[d.name].added for d in graph.dims], dtype=np.int64)
+    if scheme == "prune" and added.any():
+        raise FxSurgeonError("scheme 'prune' adds no channels, but the plan grows "
+                             f"{[d.name for d in graph.dims if plan.dims[d.name].added][:3]}")
+    layout = _Layout(graph, plan, added)
+    prop = graph.propagation
     for r in prop.axes:
-        if r.divisor > 1 and not kept(r.tags).all():
+        if r.divisor > 1 and layout.new_size(r.tags) != len(r.tags):
             raise FxSurgeonError(f"rewrite cannot change the width of grouped convolution "
                                  f"{r.node} yet; pin its dimensions or keep their channels")
-    prescribed = {node: vec[kept(vec)] for node, vec, _ in prop.groups if vec is not None}
+    old = graph.module
     new = copy.deepcopy(old)
     old_refs = _refs(prop)
     old_tensors = dict(old.named_parameters())
-    # 1. resize: every new axis keeps exactly the old positions whose channels survive
+    # 1. resize: every axis keeps the old positions of surviving channels, plus new ones
     for name, p in old_tensors.items():
         shape = list(p.shape)
         for (param, axis), r in old_refs.items():
             if param == name:
-                shape[axis] = int(kept(r.tags).sum())
+                shape[axis] = layout.new_size(r.tags)
         if shape != list(p.shape):
             _set_tensor(new, name, torch.zeros(shape, dtype=p.dtype, device=p.device), True)
-    _resize_norm_buffers(new, old, old_refs, kept)
+    _resize_norm_buffers(new, old_refs, layout)
     _sync_attributes(new, old)
-    # 2. where each channel now sits: propagate again with the kept identities
+    # 2. where each channel now sits: propagate again with the identities each producer emits
     propagate_shapes(new, graph.example_inputs)
-    new_prop = propagate(new, graph.example_inputs, new, prop.uf, prescribed, prop.depthwise)
+    new_prop = propagate(new, graph.example_inputs, new, layout.uf, layout.prescribed, prop.depthwise)
     new_refs = _refs(new_prop)
     surgery = Surgery(new, plan)
     for key, r_old in old_refs.items():
@@ -159,16 +163,98 @@ def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None) -> Surge
         idx = _match(prop.uf.find(r_old.tags), new_prop.uf.find(r_new.tags))
         if not np.array_equal(idx, np.arange(len(idx))) or len(idx) != len(r_old.tags):
             surgery.index_maps.setdefault(key[0], []).append((key[1], idx))
-    # 3. copy the survivors' values
+    # 3. copy the survivors' values, then initialise the new channels
     with torch.no_grad():
         for name in surgery.index_maps:
-            value = surgery.carry(name, old_tensors[name].detach())
-            getattr_path(new, name).copy_(value)
+            getattr_path(new, name).copy_(surgery.carry(name, old_tensors[name].detach()))
         _carry_norm_buffers(new, old, surgery)
-    _fold_constants(graph, new, surgery, old_refs, kept)
+        if added.any():
+            _init_new_channels(new, new_refs, new_prop, layout, seed)
+    _fold_constants(graph, new, surgery, old_refs, layout.kept)
     _carry_unused(graph, new)
     new.recompile()
     return surgery
+
+
+class _Layout:
+    """Which channels survive, which are new, and the identities producers now emit."""
+
+    def __init__(self, graph: ChannelGraph, plan: Plan, added: np.ndarray):
+        cost = graph.cost
+        self.graph, self.added, self.offsets = graph, added, cost.offsets
+        self.keep = np.zeros(int(cost.offsets[-1]), bool)
+        for i, d in enumerate(graph.dims):
+            self.keep[cost.offsets[i] + plan.dims[d.name].survivors] = True
+        prop = graph.propagation
+        self.uf = prop.uf.copy()
+        self.old_size = prop.uf.size          # identities from here on are new channels
+        new_ids = {i: self.uf.new(int(a)) for i, a in enumerate(added) if a}
+        self.prescribed = {}
+        for node, vec, _ in prop.groups:
+            if vec is None:
+                continue
+            d = int(self.dims_of(vec[:1])[0])
+            self.prescribed[node] = np.concatenate([vec[self.kept(vec)],
+                                                    new_ids.get(d, np.zeros(0, np.int64))])
+
+    def dims_of(self, tags: np.ndarray) -> np.ndarray:
+        g = self.graph.global_channels(tags)
+        return np.where(g >= 0, np.searchsorted(self.offsets, np.maximum(g, 0), side="right") - 1, -1)
+
+    def kept(self, tags: np.ndarray) -> np.ndarray:
+        g = self.graph.global_channels(tags)
+        return (g < 0) | self.keep[np.maximum(g, 0)]
+
+    def new_size(self, tags: np.ndarray) -> int:
+        """Kept positions plus, per growing dimension held here, its new channels times
+        the positions each channel takes (a flatten repeats them)."""
+        n, d = int(self.kept(tags).sum()), self.dims_of(tags)
+        for dim in np.unique(d[d >= 0]).tolist():
+            if self.added[dim]:
+                width = int(self.offsets[dim + 1] - self.offsets[dim])
+                n += int((d == dim).sum()) // width * int(self.added[dim])
+        return n
+
+    def growing(self, roots: np.ndarray) -> np.ndarray:
+        """Per identity root of the new graph: new channel (R) or survivor of a growing
+        dimension (S); the rest is fixed (F) and feeds or reads both halves."""
+        new = roots >= self.old_size
+        d = self.dims_of(np.where(new, 0, roots))
+        return new | ((d >= 0) & (self.added[np.maximum(d, 0)] > 0))
+
+
+def _init_new_channels(new: fx.GraphModule, refs, prop, layout: _Layout, seed: int) -> None:
+    """He (fan-out) weights from R and fixed inputs into R outputs; γ = 1 for norms; zero
+    elsewhere (the cross blocks, biases, β), which the carried values already hold."""
+    gen = torch.Generator().manual_seed(seed)
+    by_param: dict[str, dict[str, AxisRef]] = {}
+    for r in refs.values():
+        by_param.setdefault(r.param, {})[r.role] = r
+    for name, roles in by_param.items():
+        value = getattr_path(new, name)
+        out = roles.get("out") or roles.get("param")
+        is_new = prop.uf.find(out.tags) >= layout.old_size
+        if not is_new.any():
+            continue
+        rows = _along(torch.as_tensor(is_new), out.axis, value.dim())
+        if "out" in roles and value.dim() >= 2:
+            cols = torch.ones((), dtype=torch.bool)
+            if "in" in roles:
+                roots = prop.uf.find(roles["in"].tags)
+                feeds_new = (roots >= layout.old_size) | ~layout.growing(roots)
+                cols = _along(torch.as_tensor(feeds_new), roles["in"].axis, value.dim())
+            he = torch.empty_like(value)
+            nn.init.kaiming_normal_(he, mode="fan_out", nonlinearity="relu", generator=gen)
+            value.copy_(torch.where(rows & cols, he, value))
+        elif name.endswith(".weight") and isinstance(
+                new.get_submodule(name.rpartition(".")[0]), nn.modules.batchnorm._NormBase):
+            value.copy_(torch.where(rows, torch.ones_like(value), value))
+
+
+def _along(mask: torch.Tensor, axis: int, ndim: int) -> torch.Tensor:
+    shape = [1] * ndim
+    shape[axis] = -1
+    return mask.view(shape)
 
 
 def _carry_unused(graph: ChannelGraph, new: fx.GraphModule) -> None:
@@ -196,12 +282,12 @@ def _norm_modules(module: nn.Module):
             if isinstance(m, nn.modules.batchnorm._NormBase) and m.running_mean is not None]
 
 
-def _resize_norm_buffers(new, old, old_refs, kept) -> None:
+def _resize_norm_buffers(new, old_refs, layout: _Layout) -> None:
     for name, m in _norm_modules(new):
         ref = old_refs.get((f"{name}.weight", 0))
         if ref is None:
             continue
-        n = int(kept(ref.tags).sum())
+        n = layout.new_size(ref.tags)
         for buf in ("running_mean", "running_var"):
             b = getattr(m, buf)
             if len(b) != n:
@@ -244,8 +330,8 @@ def _fold_constants(graph: ChannelGraph, new: fx.GraphModule, surgery: Surgery, 
             delta = old_m(only_removed) - old_m(torch.zeros_like(x))
         out_axis = delta.dim() - 1 if axis == x.dim() - 1 else 1
         for w_axis, idx in surgery.index_maps.get(f"{node.target}.weight", []):
-            if w_axis == 0:      # the consumer's own outputs were pruned too
-                delta = delta.index_select(out_axis, torch.as_tensor(idx))
+            if w_axis == 0:      # the consumer's own outputs changed too (new ones get 0)
+                delta = _take(delta, out_axis, idx, 0.0)
         reduce = [a for a in range(delta.dim()) if a != out_axis]
         per_channel = delta.mean(reduce, keepdim=True)
         new_m = new.get_submodule(node.target)

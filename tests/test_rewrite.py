@@ -32,6 +32,13 @@ def prune(model, x, fraction, seed=0):
     return graph, alive, plan, fxs.rewrite(graph, plan)
 
 
+def rejuvenate(model, x, fraction, metric="params", seed=0):
+    graph = fxs.analyze(model, x)
+    kill(graph, fraction, seed)
+    plan = fxs.plan(graph, fxs.liveliness(graph), metric=metric, target=1.0, scheme="nr")
+    return graph, plan, fxs.rewrite(graph, plan, seed=seed)
+
+
 def assert_same_function(model, new, x):
     y0, y1 = model(x), new(x)
     assert y0.shape == y1.shape
@@ -55,6 +62,47 @@ def test_pruning_random_nets_keeps_the_function_and_the_predicted_cost(net, frac
 
 
 #: pruning needs BatchNorm scales: the CI subset for surgery skips models without them
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(nets(), st.floats(0.0, 0.7), st.sampled_from(["params", "flops"]), st.integers(0, 3))
+def test_rejuvenating_random_nets_keeps_the_function_and_meets_the_budget(net, fraction, metric, seed):
+    model, x = net
+    model = model.double().eval()
+    randomise_norms(model, seed)
+    x = torch.randn(3, *x.shape[1:], dtype=torch.float64)
+    try:
+        graph, plan, surgery = rejuvenate(model, x, fraction, metric, seed)
+    except fxs.FxSurgeonError as err:
+        assert "impossible budget" in str(err) or "never binds" in str(err)
+        return
+    assert_same_function(model, surgery.module, x)
+    assert fxs.analyze(surgery.module, x).count(metric) == plan.predicted <= plan.budget
+    surgery.module.train()
+    surgery.module(x).sum().backward()
+
+
+def test_new_channels_start_as_the_paper_says():
+    model = torchvision.models.resnet18().eval()
+    graph, plan, surgery = rejuvenate(model, torch.randn(1, 3, 64, 64), 0.5)
+    hidden = plan.dims["layer1.0.conv1"]
+    s, r = len(hidden.survivors), hidden.added
+    trunk = next(plan.dims[d.name] for d in graph.dims if "conv1" in d.producers)
+    ts, tr = len(trunk.survivors), trunk.added
+    assert r > 0 and tr > 0
+    new = surgery.module
+    w = new.get_submodule("layer1.0.conv1").weight            # (hidden, trunk, 1, 1)
+    assert w.shape[:2] == (s + r, ts + tr)
+    assert (w[:s, ts:] == 0).all() and (w[s:, :ts] == 0).all()  # no cross-connections yet
+    assert w[s:, ts:].std() > 0                                   # R -> R: He initialised
+    bn = new.get_submodule("layer1.0.bn1")
+    assert (bn.weight[s:] == 1).all() and (bn.bias[s:] == 0).all()
+    assert (bn.running_mean[s:] == 0).all() and (bn.running_var[s:] == 1).all()
+    stem = new.get_submodule("conv1").weight                     # the image feeds R channels
+    assert stem[ts:].std() > 0
+    last = next(plan.dims[d.name] for d in graph.dims if "layer4.0.conv2" in d.producers)
+    fc = new.get_submodule("fc").weight                          # the classifier ignores R
+    assert last.added > 0 and (fc[:, len(last.survivors):] == 0).all()
+
+
 SUBSET = ["resnet50", "densenet121", "mobilenet_v3_large", "efficientnet_b0", "shufflenet_v2_x1_0",
           "regnet_y_400mf"]
 
@@ -67,6 +115,9 @@ def _check_zoo(name):
     graph, alive, plan, surgery = prune(model, x, 0.3)
     assert_same_function(model, surgery.module, x)
     assert sum(p.numel() for p in surgery.module.parameters()) == plan.predicted
+    graph, plan, surgery = rejuvenate(model, x, 0.3)
+    assert_same_function(model, surgery.module, x)
+    assert sum(p.numel() for p in surgery.module.parameters()) == plan.predicted <= plan.budget
 
 
 @pytest.mark.parametrize("name", sweep(SUBSET))
@@ -96,5 +147,8 @@ def test_users_model_is_untouched_and_bad_requests_are_clear():
     surgery = fxs.rewrite(graph, plan)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert surgery.module is not graph.module
-    with pytest.raises(fxs.FxSurgeonError, match="supports scheme 'prune' so far"):
-        fxs.rewrite(graph, plan, scheme="nr")
+    with pytest.raises(fxs.FxSurgeonError, match="supports schemes 'prune' and 'nr' so far"):
+        fxs.rewrite(graph, plan, scheme="cr")
+    grown = fxs.plan(graph, fxs.liveliness(graph), target=1.0, scheme="nr")
+    with pytest.raises(fxs.FxSurgeonError, match="scheme 'prune' adds no channels"):
+        fxs.rewrite(graph, grown, scheme="prune")

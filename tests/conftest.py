@@ -1,4 +1,12 @@
+import os
+
 import pytest
+import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one torch thread per xdist worker: several workers each spinning up a full OpenMP
+    # pool on the same cores slows float64 convolutions down a hundredfold
+    torch.set_num_threads(1)
 
 
 def pytest_addoption(parser):

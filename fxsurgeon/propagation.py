@@ -669,10 +669,6 @@ def _varies(roots: np.ndarray, axis: int) -> bool:
     return not (roots == first).all()
 
 
-def _literal_at(sizes, k):
-    return sizes[k] if isinstance(sizes, (tuple, list)) and k < len(sizes) else None
-
-
 def _is_literal(v) -> bool:
     if isinstance(v, (list, tuple)):
         return bool(v) and all(_is_literal(u) for u in v)

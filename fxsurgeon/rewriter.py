@@ -60,29 +60,27 @@ def _take(t: torch.Tensor, axis: int, idx: np.ndarray, fill: float) -> torch.Ten
     return out
 
 
-def _occurrence_keys(roots: np.ndarray) -> np.ndarray:
-    """``root * n + k`` where ``k`` counts earlier positions with the same root."""
+def _occurrence_keys(roots: np.ndarray, n: int) -> np.ndarray:
+    """``root * n + k`` where ``k`` counts earlier positions with the same root (k < n)."""
     order = np.argsort(roots, kind="stable")
     sorted_roots = roots[order]
     start = np.r_[0, np.nonzero(np.diff(sorted_roots))[0] + 1]
     rank = np.arange(len(roots)) - np.repeat(start, np.diff(np.r_[start, len(roots)]))
     keys = np.empty(len(roots), dtype=np.int64)
-    keys[order] = sorted_roots * (len(roots) + 1) + rank
+    keys[order] = sorted_roots * n + rank
     return keys
 
 
 def _match(old_roots: np.ndarray, new_roots: np.ndarray) -> np.ndarray:
-    """For each new position, the old position holding the same channel occurrence (-1: none)."""
+    """For each new position, the old position holding the same channel occurrence (-1: none).
+
+    Occurrences matter where a flatten repeats a channel: its k-th position before is
+    its k-th position after."""
     n = max(len(old_roots), len(new_roots)) + 1
-    old_keys = _occurrence_keys(old_roots) // (len(old_roots) + 1) * n + \
-        _occurrence_keys(old_roots) % (len(old_roots) + 1)
-    new_keys = _occurrence_keys(new_roots) // (len(new_roots) + 1) * n + \
-        _occurrence_keys(new_roots) % (len(new_roots) + 1)
+    old_keys, new_keys = _occurrence_keys(old_roots, n), _occurrence_keys(new_roots, n)
     order = np.argsort(old_keys)
-    at = np.searchsorted(old_keys[order], new_keys)
-    at = np.minimum(at, len(old_keys) - 1)
-    found = old_keys[order][at] == new_keys
-    return np.where(found, order[at], -1)
+    at = np.minimum(np.searchsorted(old_keys[order], new_keys), len(old_keys) - 1)
+    return np.where(old_keys[order][at] == new_keys, order[at], -1)
 
 
 def _refs(prop) -> dict[tuple[str, int], AxisRef]:

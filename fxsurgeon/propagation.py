@@ -533,7 +533,7 @@ class _Propagator:
         if flavour == "batch" and params["weight"] is not None:
             self.ref(params["weight"], 0, vec, "source", node)
             writer = self._writer.get(id(x))
-            if writer is not None and writer[0] is x:
+            if writer is not None and writer[0] is x and _sole_reader(node, writer[1]):
                 self.out.follows.add((writer[1], node.name))
         return x
 
@@ -662,6 +662,17 @@ _SHAPE_ONLY = {"expand_as", "view_as", "reshape_as"}
 
 #: tag tensors are often expanded views: view() becomes reshape(), which copies when needed
 _TAG_METHODS = {"view": "reshape", "view_as": "reshape_as"}
+
+
+def _sole_reader(norm: fx.Node, writer: str) -> bool:
+    """Whether everything ``writer`` emits reaches ``norm`` and nothing else: each node
+    on the way (unary ops only, as the shared tag tensor shows) has one user."""
+    src = norm.args[0] if norm.args else None
+    while isinstance(src, fx.Node) and len(src.users) == 1:
+        if src.name == writer:
+            return True
+        src = src.args[0] if src.args else None
+    return False
 
 
 def _varies(roots: np.ndarray, axis: int) -> bool:

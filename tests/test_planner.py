@@ -181,3 +181,20 @@ def test_a_gated_dimension_is_not_judged_by_its_scales_alone():
     with torch.no_grad():
         net[0].bn.weight[:3] = 0          # x * gate(x) still varies with the input
     assert fxs.liveliness(g)["0.conv+1"].all()
+
+
+def test_a_writer_also_read_around_its_scale_is_not_judged():
+    class Around(nn.Module):             # maxvit's stem: a BN and a shortcut read the conv
+        def __init__(self):
+            super().__init__()
+            self.c, self.bn, self.short = nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1)
+            self.d = nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            y = self.c(x)
+            return self.d(self.bn(y)) + self.short(y)
+    model = Around()
+    g = fxs.analyze(model, torch.randn(1, 3, 2, 2))
+    with torch.no_grad():
+        model.bn.weight[:2] = 0
+    assert fxs.liveliness(g)["c"].all()

@@ -24,7 +24,7 @@ class ChannelGraph:
     """
 
     def __init__(self, module: fx.GraphModule, dims: list[Dimension], cost: CostModel,
-                 example_inputs: tuple, propagation):
+                 example_inputs: tuple, propagation, global_channels, model: nn.Module):
         self.module = module
         self.dims = dims
         self.cost = cost
@@ -32,8 +32,8 @@ class ChannelGraph:
         self.input_shapes = [tuple(a.shape) for a in example_inputs if isinstance(a, torch.Tensor)]
         self.propagation = propagation      # identities and axis refs, for the rewriter
         #: identities -> index over all dimensions' channels (-1: in no dimension)
-        self.global_channels = None
-        self.model = module       # the user's model (holds parameters the graph never uses)
+        self.global_channels = global_channels
+        self.model = model        # the user's model (holds parameters the graph never uses)
         self._by_name = {d.name: d for d in dims}
 
     def __getitem__(self, name: str) -> Dimension:
@@ -129,7 +129,4 @@ def analyze(model: nn.Module, example_inputs, *, leaf_modules: Iterable[type] = 
         return np.where(d >= 0, offsets[np.maximum(d, 0)] + chan_of_root[roots], -1)
 
     cost = CostModel(prop.terms, lookup, [d.width for d in dims], [d.name for d in dims])
-    graph = ChannelGraph(gm, dims, cost, args, prop)
-    graph.global_channels = lookup
-    graph.model = model
-    return graph
+    return ChannelGraph(gm, dims, cost, args, prop, lookup, model)

@@ -7,6 +7,7 @@ count its cost exactly, and inspect it::
     graph = fxs.analyze(model, example_inputs)
     print(graph.summary())
 """
+from .checkpoint import load_pruned
 from .dimension import Dimension, Member
 from .errors import FxSurgeonError, UntraceableModelError
 from .graph import ChannelGraph, analyze
@@ -15,5 +16,5 @@ from .planner import DimPlan, Plan, plan
 from .rewriter import Surgery, rewrite
 
 __all__ = ["analyze", "ChannelGraph", "Dimension", "Member", "FxSurgeonError",
-           "UntraceableModelError", "liveliness", "plan", "Plan", "DimPlan", "rewrite", "Surgery"]
+           "UntraceableModelError", "liveliness", "plan", "Plan", "DimPlan", "rewrite", "Surgery", "load_pruned"]
 __version__ = "0.1.0"

@@ -49,13 +49,53 @@ def inspect(args) -> None:
         print(f"wrote {args.svg}")
 
 
+def _planned(args):
+    """The model of a spec with its checkpoint loaded, its graph, and its liveliness."""
+    from . import analyze, liveliness
+    from .checkpoint import load_weights
+    from .models import load_model
+
+    model, shape = load_model(args.model, args.num_classes)
+    if args.checkpoint:
+        load_weights(model, args.checkpoint)
+    shape = args.input_shape or shape
+    graph = analyze(model.eval(), torch.randn(shape))
+    return model, shape, graph, liveliness(graph, args.threshold)
+
+
+def plan_command(args) -> None:
+    from . import plan
+
+    _, _, graph, alive = _planned(args)
+    target = None if args.scheme == "prune" else args.target
+    print(plan(graph, alive, metric=args.metric, target=target, scheme=args.scheme,
+               round_to=args.round_to))
+
+
+def prune_command(args) -> None:
+    from . import plan, rewrite
+    from .checkpoint import save_pruned
+
+    model, shape, graph, alive = _planned(args)
+    p = plan(graph, alive, metric="params", target=None, scheme="prune", round_to=args.round_to)
+    surgery = rewrite(graph, p)
+    save_pruned(args.out, args.model, shape, surgery)
+    before, after = graph.count("params"), sum(t.numel() for t in surgery.module.parameters())
+    print(f"pruned {args.model}: {before:,} -> {after:,} parameters ({after / before:.1%}); "
+          f"wrote {args.out} (load it with fxsurgeon.load_pruned)")
+
+
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="torchvision:NAME, timm:NAME, zoo:NAME or package.module:factory")
+    p.add_argument("--input-shape", type=_shape, help="example input shape, e.g. 1,3,224,224")
+    p.add_argument("--num-classes", type=int, help="passed to the model factory")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fxsurgeon", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     ins = sub.add_parser("inspect", help="show how a model's channels are coupled and what they cost")
-    ins.add_argument("model", help="torchvision:NAME, timm:NAME, zoo:NAME or package.module:factory")
-    ins.add_argument("--input-shape", type=_shape, help="example input shape, e.g. 1,3,224,224")
-    ins.add_argument("--num-classes", type=int, help="passed to the model factory")
+    _model_arguments(ins)
     ins.add_argument("--leaf", type=_leaf, action="append", default=[],
                      help="module class to keep opaque, e.g. mypkg.blocks.Attention (repeatable)")
     ins.add_argument("--json", metavar="FILE", help="write everything machine-readable")
@@ -63,6 +103,21 @@ def parser() -> argparse.ArgumentParser:
     ins.add_argument("--svg", metavar="FILE", help="draw the coupling graph (needs graphviz)")
     ins.add_argument("--only", metavar="GLOB", help="draw only dimensions whose name matches, e.g. 'layer1*'")
     ins.set_defaults(run=inspect)
+    for name, run, text in (("plan", plan_command, "plan the widths after removing dead channels"),
+                            ("prune", prune_command, "remove dead channels and save the model")):
+        cmd = sub.add_parser(name, help=text)
+        _model_arguments(cmd)
+        cmd.add_argument("--checkpoint", metavar="FILE", required=name == "prune",
+                         help="state dict to load first (read with weights_only=True)")
+        cmd.add_argument("--threshold", type=float, default=0.01, help="dead: |γ| < threshold·max|γ|")
+        cmd.add_argument("--round-to", type=int, default=1, help="grow widths in multiples of this")
+        if name == "plan":
+            cmd.add_argument("--metric", choices=["params", "flops"], default="params")
+            cmd.add_argument("--target", type=float, default=1.0, help="budget as a fraction of the cost")
+            cmd.add_argument("--scheme", choices=["nr", "cr", "ca", "prune"], default="nr")
+        else:
+            cmd.add_argument("--out", metavar="FILE", required=True, help="where to write the pruned model")
+        cmd.set_defaults(run=run)
     return p
 
 

@@ -43,6 +43,7 @@ class Surgery:
     plan: Plan
     index_maps: dict[str, list[tuple[int, np.ndarray]]] = field(default_factory=dict)
     folded: dict[str, str] = field(default_factory=dict)
+    constants: dict[str, str] = field(default_factory=dict)   # consumer -> its added buffer
 
     def carry(self, name: str, old: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
         """Map a tensor shaped like the old ``name`` (momentum, Adam moments) to the new
@@ -113,7 +114,8 @@ def _sync_attributes(module: nn.Module, old: nn.Module) -> None:
             m.num_features = m.running_mean.shape[0] if m.running_mean is not None else m.weight.shape[0]
 
 
-def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: int = 0) -> Surgery:
+def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: int = 0,
+            fold: bool = True) -> Surgery:
     """Build the new network a plan describes, as plain torch modules.
 
     ``scheme="prune"`` removes the dead channels. ``scheme="nr"`` also appends the
@@ -121,6 +123,7 @@ def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: in
     weights from R and fixed inputs get He (fan-out) initialisation from ``seed``,
     cross-connections between survivors and R channels start at zero, BatchNorm γ at 1
     and β at 0 with fresh statistics, so the network still computes the same function.
+    ``fold=False`` skips folding removed channels' constants (a saved model brings them).
     """
     scheme = scheme or plan.scheme
     if scheme not in ("prune", "nr"):
@@ -168,7 +171,8 @@ def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: in
         _carry_norm_buffers(new, old, surgery)
         if added.any():
             _init_new_channels(new, new_refs, new_prop, layout, seed)
-    _fold_constants(graph, new, surgery, old_refs, layout.kept)
+    if fold:
+        _fold_constants(graph, new, surgery, old_refs, layout.kept)
     _carry_unused(graph, new)
     new.recompile()
     return surgery
@@ -342,13 +346,20 @@ def _fold_constants(graph: ChannelGraph, new: fx.GraphModule, surgery: Surgery, 
             continue
         # no bias to absorb it (or it varies near padded borders): add a constant buffer
         name = f"_fxs_folded_{k}"
-        new.register_buffer(name, (per_channel if uniform else delta.mean(0, keepdim=True)).detach())
-        with new.graph.inserting_after(node):
-            const = new.graph.get_attr(name)
-            with new.graph.inserting_after(const):
-                added = new.graph.call_function(operator.add, (node, const))
-        node.replace_all_uses_with(added, delete_user_cb=lambda user, added=added: user is not added)
+        add_constant(new, node.target, name, per_channel if uniform else delta.mean(0, keepdim=True))
         surgery.folded[node.target] = "constant" if uniform else "map"
+        surgery.constants[node.target] = name
+
+
+def add_constant(module: fx.GraphModule, target: str, name: str, value: torch.Tensor) -> None:
+    """Register ``value`` as buffer ``name`` and add it to the output of module ``target``."""
+    node = next(n for n in module.graph.nodes if n.op == "call_module" and n.target == target)
+    module.register_buffer(name, value.detach())
+    with module.graph.inserting_after(node):
+        const = module.graph.get_attr(name)
+        with module.graph.inserting_after(const):
+            added = module.graph.call_function(operator.add, (node, const))
+    node.replace_all_uses_with(added, delete_user_cb=lambda user: user is not added)
 
 
 def _capture_inputs(gm: fx.GraphModule, args: tuple, names: set[str]) -> dict[str, torch.Tensor]:

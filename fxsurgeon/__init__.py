@@ -16,5 +16,6 @@ from .planner import DimPlan, Plan, plan
 from .rewriter import Surgery, rewrite
 
 __all__ = ["analyze", "ChannelGraph", "Dimension", "Member", "FxSurgeonError",
-           "UntraceableModelError", "liveliness", "plan", "Plan", "DimPlan", "rewrite", "Surgery", "load_pruned"]
+           "UntraceableModelError", "liveliness", "plan", "Plan", "DimPlan", "rewrite",
+           "Surgery", "load_pruned"]
 __version__ = "0.1.0"

@@ -107,13 +107,14 @@ SUBSET = ["resnet50", "densenet121", "mobilenet_v3_large", "efficientnet_b0", "s
           "regnet_y_400mf"]
 
 
-#: float64 copies of these (old, traced, rewritten, twice) do not fit in CI's 24 GiB
-TOO_BIG = {"regnet_y_128gf", "vit_h_14", "vit_l_16", "vit_l_32"}
+#: float64 surgery on these peaks far above the 4.9 GB measured for vgg16 (138M parameters);
+#: two at once under xdist do not fit in CI's 24 GiB
+TOO_BIG = {"regnet_y_128gf", "vit_h_14", "vit_l_16", "vit_l_32", "regnet_y_32gf"}
 
 
 def _check_zoo(name):
     if name in TOO_BIG:
-        pytest.skip("over 300M parameters: float64 surgery copies exceed 24 GiB")
+        pytest.skip("over 140M parameters: float64 surgery copies do not fit beside another worker")
     model = torchvision.models.get_model(name).double().eval()
     randomise_norms(model)
     size = 299 if name == "inception_v3" else 224

@@ -60,6 +60,8 @@ class Dimension:
     split_by_position: bool = False   # a chunk cuts it in the middle: which channel goes
     #                                   where depends on the width
     grouped: bool = False             # read or written by a grouped (not depthwise) conv
+    repeated: bool = False            # a producer emits some channel twice (depthwise
+    #                                   multiplier feeding a residual add)
     classes: np.ndarray = field(default=None, repr=False)
 
     @property
@@ -126,6 +128,7 @@ def build_dimensions(prop: Propagation, node_names: dict[str, str]
     comp_classes: dict[int, list[int]] = {}
     comp_producers: dict[int, list[str]] = {}
     comp_origins: dict[int, set[str]] = {}
+    comp_repeated: set[int] = set()
     seen = np.zeros(uf.size, dtype=bool)
     for node, roots, origin in ordered:
         c = int(groups.find(roots[:1])[0])
@@ -133,6 +136,8 @@ def build_dimensions(prop: Propagation, node_names: dict[str, str]
         if node not in producers:
             producers.append(node)
         comp_origins.setdefault(c, set()).add(origin)
+        if len(np.unique(roots)) != len(roots):
+            comp_repeated.add(c)
         new = roots[~seen[roots]]
         new = new[np.sort(np.unique(new, return_index=True)[1])]
         seen[new] = True
@@ -189,6 +194,6 @@ def build_dimensions(prop: Propagation, node_names: dict[str, str]
             kind=_kind(comp_origins[c], labels[d], producers, reasons[d]),
             pinned=reasons[d][0] if reasons[d] else None, reasons=reasons[d],
             members=members[d], producers=producers, multiple_of=multiple[d],
-            split_by_position=split[d], grouped=grouped[d],
+            split_by_position=split[d], grouped=grouped[d], repeated=c in comp_repeated,
             classes=np.asarray(comp_classes[c], dtype=np.int64)))
     return dims, dim_of_root, chan_of_root

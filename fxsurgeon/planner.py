@@ -141,6 +141,9 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
             survivors, note = _keep(graph, d, mask)
         kept[sl] = False
         kept[sl.start + survivors] = True
+        if d.repeated and growable[i]:
+            growable[i] = False
+            note = note or "a producer repeats its channels (depthwise multiplier): does not grow"
         if not growable[i] or d.split_by_position or d.grouped:
             growable[i] = False
             note = note or "held in part by some axis: does not grow"

@@ -3,9 +3,18 @@ concatenations, chunk splits, pooling, squeeze-excitation gates, grouped and
 depthwise convs, and a linear head. ``nets()`` is the hypothesis strategy."""
 from __future__ import annotations
 
+import os
+
 import torch
 from hypothesis import strategies as st
 from torch import nn
+
+
+def examples(n: int) -> int:
+    """Hypothesis examples for a property test: ``n`` times FXS_HYPOTHESIS_SCALE (default 1),
+    so a stress run is ``FXS_HYPOTHESIS_SCALE=10 make test``."""
+    return n * int(os.environ.get("FXS_HYPOTHESIS_SCALE", "1"))
+
 
 ACTS = {"relu": nn.ReLU, "gelu": nn.GELU, "hardswish": nn.Hardswish, "identity": nn.Identity}
 

@@ -9,7 +9,7 @@ from torch import nn
 import fxsurgeon as fxs
 from fxsurgeon.planner import next_breakpoint
 from fxsurgeon.zoo import resnet164_cifar, vgg19_cifar
-from randomnets import nets
+from randomnets import examples, nets
 
 
 def kill(graph, fraction, seed=0):
@@ -152,7 +152,7 @@ def test_grouped_and_chunked_dimensions_keep_their_width():
     assert p.dims["1.conv"].new_width == 8 and "split by position" in p.dims["1.conv"].note
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(nets(), st.sampled_from(["nr", "cr", "ca"]), st.sampled_from(["params", "flops"]),
        st.floats(0.0, 0.6))
 def test_random_plans_fit_their_budget_and_constraints(net, scheme, metric, fraction):

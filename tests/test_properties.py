@@ -7,9 +7,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import fxsurgeon as fxs
 from invariants import check_bookkeeping
-from randomnets import nets
+from randomnets import examples, nets
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @SETTINGS

@@ -9,7 +9,7 @@ from test_planner import kill
 from torch import nn
 
 import fxsurgeon as fxs
-from randomnets import nets
+from randomnets import examples, nets
 from zoo import sweep
 
 
@@ -45,7 +45,7 @@ def assert_same_function(model, new, x):
     assert (y0 - y1).abs().max() <= 1e-9 * max(1.0, y0.abs().max()), (y0 - y1).abs().max()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(nets(), st.floats(0.0, 0.7), st.integers(0, 3))
 def test_pruning_random_nets_keeps_the_function_and_the_predicted_cost(net, fraction, seed):
     model, x = net
@@ -62,7 +62,7 @@ def test_pruning_random_nets_keeps_the_function_and_the_predicted_cost(net, frac
 
 
 #: pruning needs BatchNorm scales: the CI subset for surgery skips models without them
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(nets(), st.floats(0.0, 0.7), st.sampled_from(["params", "flops"]), st.integers(0, 3))
 def test_rejuvenating_random_nets_keeps_the_function_and_meets_the_budget(net, fraction, metric, seed):
     model, x = net
@@ -159,3 +159,15 @@ def test_users_model_is_untouched_and_bad_requests_are_clear():
     grown = fxs.plan(graph, fxs.liveliness(graph), target=1.0, scheme="nr")
     with pytest.raises(fxs.FxSurgeonError, match="scheme 'prune' adds no channels"):
         fxs.rewrite(graph, grown, scheme="prune")
+
+
+def test_a_dimension_whose_producer_repeats_channels_does_not_grow():
+    """A depthwise conv with channel multiplier 2 feeding a residual add (found by hypothesis)."""
+    from randomnets import ConvBlock, Net, Residual
+    model = Net([ConvBlock(3, 4), ConvBlock(4, 8, groups=4), Residual(ConvBlock(8, 8))], 8, 2)
+    model = model.double().eval()
+    randomise_norms(model)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    graph, plan, surgery = rejuvenate(model, x, 0.5)
+    assert "repeats its channels" in plan.dims["blocks.*"].note
+    assert_same_function(model, surgery.module, x)

@@ -98,11 +98,7 @@ class _Propagator:
         axis %= len(shape)
         vec = self.prescribed.get(node.name) if node is not None else None
         vec = self.uf.new(shape[axis]) if vec is None else np.asarray(vec, dtype=np.int64)
-        view = [1] * len(shape)
-        view[axis] = shape[axis]
-        t = torch.from_numpy(vec).view(view).expand(shape)
-        self._vec[id(t)] = (t, {axis: vec})
-        return t
+        return self.structured(vec, shape, axis)
 
     def fresh_elements(self, shape) -> torch.Tensor:
         """A fresh identity for every element (they are all distinct)."""
@@ -116,6 +112,7 @@ class _Propagator:
         return torch.zeros((), dtype=torch.int64).expand(tuple(shape))
 
     def structured(self, vec: np.ndarray, shape, axis: int) -> torch.Tensor:
+        """``vec`` along ``axis``, expanded (no copy) to ``shape``; remembered as structured."""
         view = [1] * len(shape)
         view[axis] = len(vec)
         t = torch.from_numpy(np.ascontiguousarray(vec)).view(view).expand(tuple(shape))
@@ -342,9 +339,8 @@ class _Propagator:
         return torch.where(a.expand(out_shape) != 0, a.expand(out_shape), b.expand(out_shape))
 
     def do_move(self, node, kind, args, kwargs):
-        if node.target in (torch.cat, torch.concat, torch.concatenate, torch.stack):
-            return self._cat(node, args, kwargs) if node.target is not torch.stack else \
-                self._run_on_tags(node, args, kwargs)
+        if node.target in (torch.cat, torch.concat, torch.concatenate):
+            return self._cat(node, args, kwargs)
         if node.target not in _SHAPE_ONLY and _tensors((args[1:], kwargs)):
             # a tensor used as an index holds identities here, not the real indices
             return self.do_opaque(node, kind, args, kwargs,
@@ -577,9 +573,7 @@ class _Propagator:
         depthwise = vin is not None and groups == n_in and (groups > 1 or node.name in self.was_depthwise)
         if depthwise:
             self.out.depthwise.add(node.name)
-        if depthwise:
-            per = len(vout) // groups
-            self.couple(np.repeat(vin, per), vout)
+            self.couple(np.repeat(vin, len(vout) // groups), vout)
         elif groups > 1 and vin is not None:
             self.out.divisors.append((vin, groups))
             self.out.divisors.append((vout, groups))

@@ -62,6 +62,8 @@ class Dimension:
     grouped: bool = False             # read or written by a grouped (not depthwise) conv
     repeated: bool = False            # a producer emits some channel twice (depthwise
     #                                   multiplier feeding a residual add)
+    scaled: bool = False              # every layer writing it feeds its own BatchNorm and
+    #                                   nothing else: γ = 0 makes a channel constant
     classes: np.ndarray = field(default=None, repr=False)
 
     @property
@@ -176,6 +178,7 @@ def build_dimensions(prop: Propagation, node_names: dict[str, str]
     for tags, label in prop.couplings:
         for d in dims_of(tags):
             labels[d].add(label)
+    followed = {node_names.get(w, w) for w, _ in prop.follows}
     members: list[list[Member]] = [[] for _ in comps]
     for ref in prop.axes:
         roots = uf.find(ref.tags)
@@ -189,11 +192,13 @@ def build_dimensions(prop: Propagation, node_names: dict[str, str]
     dims = []
     for d, c in enumerate(comps):
         producers = [node_names.get(p, p) for p in comp_producers[c]]
+        writers = {m.node for m in members[d] if m.role == "out"}
         dims.append(Dimension(
             name=_name(producers, taken), width=len(comp_classes[c]),
             kind=_kind(comp_origins[c], labels[d], producers, reasons[d]),
             pinned=reasons[d][0] if reasons[d] else None, reasons=reasons[d],
             members=members[d], producers=producers, multiple_of=multiple[d],
             split_by_position=split[d], grouped=grouped[d], repeated=c in comp_repeated,
+            scaled=bool(writers) and writers <= followed,
             classes=np.asarray(comp_classes[c], dtype=np.int64)))
     return dims, dim_of_root, chan_of_root

@@ -22,12 +22,9 @@ def liveliness(graph: ChannelGraph, threshold: float = 0.01) -> dict[str, np.nda
     reflects training as it goes.
     """
     params = dict(graph.module.named_parameters())
-    names = {n.name: (n.target if n.op == "call_module" else n.name) for n in graph.module.graph.nodes}
-    followed = {names[w] for w, _ in graph.propagation.follows}
     alive: dict[str, np.ndarray] = {}
     for d in graph.free_dims:
-        writers = {m.node for m in d.members if m.role == "out"}
-        if not writers <= followed:
+        if not d.scaled:
             alive[d.name] = np.ones(d.width, bool)
             continue
         read = np.zeros(d.width, bool)

@@ -29,6 +29,7 @@ class DimPlan:
     survivors: np.ndarray      # old channel indices kept, in order
     new_width: int
     pinned: bool = False
+    grows: bool = False        # whether α widens it (free, and its layers allow it)
     note: str = ""
 
     @property
@@ -49,6 +50,7 @@ class Plan:
     budget: float | None
     predicted: float
     dims: dict[str, DimPlan] = field(default_factory=dict)
+    round_to: int = 1
 
     @property
     def miss(self) -> float | None:
@@ -71,6 +73,24 @@ class Plan:
 
 def _multiple(d, round_to: int) -> int:
     return math.lcm(d.multiple_of, round_to)
+
+
+def _keeps_width(d) -> str | None:
+    """Why a free dimension can neither shrink nor grow yet, if it cannot."""
+    if d.split_by_position:
+        return "split by position (chunk)"   # would send channels to other branches
+    if d.grouped:
+        return "grouped convolution"         # not rewritten yet
+    return None
+
+
+def _cannot_grow(d, growable: bool) -> str | None:
+    """Why a free dimension can lose dead channels but not gain new ones, if so."""
+    if d.repeated:
+        return "a producer repeats its channels (depthwise multiplier)"
+    if not growable:
+        return "held in part by some axis"
+    return None
 
 
 def _keep(graph: ChannelGraph, d, mask: np.ndarray) -> tuple[np.ndarray, str]:
@@ -131,26 +151,20 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
         if mask.shape != (d.width,):
             raise FxSurgeonError(f"alive mask for {d.name!r} has shape {mask.shape}, "
                                  f"the dimension has width {d.width}")
-        if d.split_by_position or d.grouped:
-            # a chunk would send channels to other branches; grouped convs are not
-            # rewritten yet: both keep their width
-            note = "split by position (chunk)" if d.split_by_position else "grouped convolution"
-            mask, note = np.ones(d.width, bool), note + ": keeps its width"
-            survivors = np.arange(d.width)
+        fixed = _keeps_width(d)
+        if fixed:
+            survivors, note = np.arange(d.width), f"{fixed}: keeps its width"
         else:
             survivors, note = _keep(graph, d, mask)
         kept[sl] = False
         kept[sl.start + survivors] = True
-        if d.repeated and growable[i]:
-            growable[i] = False
-            note = note or "a producer repeats its channels (depthwise multiplier): does not grow"
-        if not growable[i] or d.split_by_position or d.grouped:
-            growable[i] = False
-            note = note or "held in part by some axis: does not grow"
-        dims[d.name] = DimPlan(d.name, d.width, survivors, len(survivors), note=note)
+        stuck = fixed or _cannot_grow(d, growable[i])
+        if stuck and not fixed:
+            note = note or f"{stuck}: does not grow"
+        dims[d.name] = DimPlan(d.name, d.width, survivors, len(survivors), grows=not stuck, note=note)
         base.append(len(survivors))
-        step.append(_multiple(d, round_to) if growable[i] else 0)
-        partitioned[sl] = bool(growable[i])
+        step.append(0 if stuck else _multiple(d, round_to))
+        partitioned[sl] = not stuck
     base_a, step_a = np.array(base), np.array(step)
 
     def widths(alpha: float) -> np.ndarray:
@@ -176,20 +190,19 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
                 f"{human(cost_at(1.0))} {metric} under scheme {scheme!r}, above the target "
                 f"{target:g} x {human(original)} = {human(budget)}; raise the target or let "
                 f"more channels die first")
-        alpha = _largest_alpha(cost_at, budget, base_a, step_a)
+        alpha = _largest_alpha(cost_at, budget) if (step_a > 0).any() else 1.0
     for dp, w, st in zip(dims.values(), widths(alpha), step_a, strict=True):
         if dp.pinned:
             continue
         dp.new_width = int(w)
         if st and w % st and round_to > 1:
             dp.note = dp.note or f"round_to {round_to} not reached without exceeding the budget"
-    return Plan(metric, scheme, target, alpha, original, budget, cost_at(alpha), dims)
+    return Plan(metric, scheme, target, alpha, original, budget, cost_at(alpha), dims, round_to)
 
 
-def _largest_alpha(cost_at, budget: float, base: np.ndarray, step: np.ndarray) -> float:
-    """The largest α whose widths fit the budget: bisection, then the exact breakpoint."""
-    if not (step > 0).any():
-        return 1.0
+def _largest_alpha(cost_at, budget: float) -> float:
+    """The largest α whose widths fit the budget, by doubling then bisection (cost is a
+    non-decreasing step function of α)."""
     lo, hi = 1.0, 2.0
     while cost_at(hi) <= budget:
         lo, hi = hi, hi * 2
@@ -201,15 +214,12 @@ def _largest_alpha(cost_at, budget: float, base: np.ndarray, step: np.ndarray) -
     return lo
 
 
-def next_breakpoint(alpha: float, plan_: Plan, graph: ChannelGraph, round_to: int = 1) -> float:
-    """The smallest α above ``alpha`` at which some growable dimension gains a multiple."""
+def next_breakpoint(plan_: Plan, graph: ChannelGraph) -> float:
+    """The smallest α above the plan's at which some growing dimension gains a step."""
     best = math.inf
-    growable = graph.cost.growable()
-    for i, d in enumerate(graph.dims):
+    for d in graph.dims:
         dp = plan_.dims[d.name]
-        if dp.pinned or not growable[i] or not len(dp.survivors):
-            continue
-        m, s = _multiple(d, round_to), len(dp.survivors)
-        k = math.floor(alpha * s / m + 1e-9) + 1
-        best = min(best, k * m / s)
+        if dp.grows:
+            m, s = _multiple(d, plan_.round_to), len(dp.survivors)
+            best = min(best, (math.floor(plan_.alpha * s / m + 1e-9) + 1) * m / s)
     return best

@@ -77,7 +77,7 @@ def test_alpha_is_the_largest_that_fits_the_budget(scheme, metric):
     assert p.predicted <= p.budget and p.alpha > 1
     # at the next width breakpoint some dimension gains a channel and the budget breaks
     above = fxs.plan(g, alive, metric=metric, target=1.0, scheme=scheme,
-                     alpha=next_breakpoint(p.alpha, p, g))
+                     alpha=next_breakpoint(p, g))
     assert above.predicted > p.budget
     assert p.miss < 0.01
 

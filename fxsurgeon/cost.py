@@ -17,6 +17,11 @@ from .propagation import Term
 METRICS = ("params", "flops")
 
 
+def dimension_of(offsets: np.ndarray, channels: np.ndarray) -> np.ndarray:
+    """Which dimension each global channel index belongs to (-1 for -1)."""
+    return np.where(channels >= 0, np.searchsorted(offsets, np.maximum(channels, 0), side="right") - 1, -1)
+
+
 class _Factor:
     """One sliced axis of a cost term: fixed positions plus positions of dimension channels."""
 
@@ -28,7 +33,7 @@ class _Factor:
         self.divisor = divisor
         # positions per channel of every dimension this axis holds completely; a
         # dimension it holds only in part (rep 0) cannot grow new channels here
-        dims = np.searchsorted(offsets, self.index, side="right") - 1
+        dims = dimension_of(offsets, self.index)
         self.rep: dict[int, int] = {}
         for d in np.unique(dims).tolist():
             counts = np.bincount(self.index[dims == d] - offsets[d],

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from .cost import dimension_of
 from .errors import FxSurgeonError
 from .graph import ChannelGraph
 from .planner import Plan
@@ -200,8 +201,7 @@ class _Layout:
                                                     new_ids.get(d, np.zeros(0, np.int64))])
 
     def dims_of(self, tags: np.ndarray) -> np.ndarray:
-        g = self.graph.global_channels(tags)
-        return np.where(g >= 0, np.searchsorted(self.offsets, np.maximum(g, 0), side="right") - 1, -1)
+        return dimension_of(self.offsets, self.graph.global_channels(tags))
 
     def kept(self, tags: np.ndarray) -> np.ndarray:
         g = self.graph.global_channels(tags)

@@ -50,12 +50,13 @@ class _ShapeRecorder(fx.Interpreter):
         if not self.on_meta:
             return super().call_module(target, args, kwargs)
         m = self.fetch_attr(target)
-        meta = {k: v.detach().to("meta") for k, v in [*m.named_parameters(), *m.named_buffers()]}
-        if not meta:
-            return m(*args, **kwargs)
         x = args[0] if args else None
         if type(m) in _SHAPE_KEEPING and isinstance(x, torch.Tensor):
             return torch.empty_like(x)
+        state = [*m.named_parameters(), *m.named_buffers()]
+        if not state:
+            return m(*args, **kwargs)
+        meta = {k: v.detach().to("meta") for k, v in state}
         if type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and not kwargs:
             return m._conv_forward(x, meta["weight"], meta.get("bias"))
         if type(m) is nn.Linear and not kwargs:

@@ -47,9 +47,10 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
             f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
 
 
-def save_pruned(path: str | os.PathLike, spec: str, input_shape: tuple, surgery) -> None:
+def save_pruned(path: str | os.PathLike, spec: str, input_shape: tuple, surgery,
+                num_classes: int | None = None) -> None:
     """Write the pruned model atomically (a temporary file renamed into place)."""
-    data = {"format": FORMAT, "spec": spec, "input_shape": list(input_shape),
+    data = {"format": FORMAT, "spec": spec, "num_classes": num_classes, "input_shape": list(input_shape),
             "survivors": {name: torch.as_tensor(d.survivors, dtype=torch.int64)
                           for name, d in surgery.plan.dims.items() if not d.pinned},
             "constants": dict(surgery.constants),
@@ -75,7 +76,7 @@ def load_pruned(path: str | os.PathLike) -> nn.Module:
     data = read(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise FxSurgeonError(f"{str(path)!r} is not a pruned model saved by fxsurgeon")
-    model, _ = load_model(data["spec"])
+    model, _ = load_model(data["spec"], data.get("num_classes"))
     graph = analyze(model.eval(), torch.randn(data["input_shape"]))
     widths = {d.name: d.width for d in graph.free_dims}
     alive = {}

@@ -79,7 +79,7 @@ def prune_command(args) -> None:
     model, shape, graph, alive = _planned(args)
     p = plan(graph, alive, metric="params", target=None, scheme="prune", round_to=args.round_to)
     surgery = rewrite(graph, p)
-    save_pruned(args.out, args.model, shape, surgery)
+    save_pruned(args.out, args.model, shape, surgery, args.num_classes)
     before, after = graph.count("params"), sum(t.numel() for t in surgery.module.parameters())
     print(f"pruned {args.model}: {before:,} -> {after:,} parameters ({after / before:.1%}); "
           f"wrote {args.out} (load it with fxsurgeon.load_pruned)")

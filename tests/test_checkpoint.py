@@ -51,3 +51,13 @@ def test_bad_checkpoints_are_clear_errors(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["plan", "zoo:vgg19_cifar", "--target", "0.1"]) == 2
     assert "impossible budget" in capsys.readouterr().err
+
+
+def test_pruned_model_keeps_its_class_count(tmp_path):
+    model = resnet164_cifar(num_classes=100)
+    path = tmp_path / "model.pt"
+    torch.save(model.state_dict(), path)
+    out = tmp_path / "pruned.pt"
+    assert main(["prune", "zoo:resnet164_cifar", "--num-classes", "100", "--checkpoint", str(path),
+                 "--out", str(out)]) == 0
+    assert fxs.load_pruned(out)(torch.randn(1, 3, 32, 32)).shape == (1, 100)

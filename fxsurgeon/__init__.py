@@ -10,12 +10,14 @@ count its cost exactly, and inspect it::
 from .checkpoint import load_pruned
 from .dimension import Dimension, Member
 from .errors import FxSurgeonError, UntraceableModelError
+from .export import export
 from .graph import ChannelGraph, analyze
 from .liveliness import liveliness
+from .partitioned import Partitioned
 from .planner import DimPlan, Plan, plan
 from .rewriter import Surgery, rewrite
 
 __all__ = ["analyze", "ChannelGraph", "Dimension", "Member", "FxSurgeonError",
            "UntraceableModelError", "liveliness", "plan", "Plan", "DimPlan", "rewrite",
-           "Surgery", "load_pruned"]
+           "Surgery", "load_pruned", "Partitioned", "export"]
 __version__ = "0.1.0"

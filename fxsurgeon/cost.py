@@ -58,8 +58,10 @@ class _Factor:
 class CostModel:
     """Evaluates cost terms against alive masks over all dimension channels."""
 
-    def __init__(self, terms: list[Term], lookup, widths: list[int], names: list[str]):
+    def __init__(self, terms: list[Term], lookup, widths: list[int], names: list[str],
+                 blockwise: frozenset[str] = frozenset()):
         self.names = names
+        self.blockwise = blockwise      # layers whose S/R blocks the rewriter can split
         self.widths = widths
         self.offsets = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
         self.terms = [(t, [_Factor(lookup(tags), div, self.offsets) for tags, div in t.factors])
@@ -101,7 +103,6 @@ class CostModel:
                 per[term.param] += v
         return {k: _exact(v) for k, v in per.items()} if by else _exact(total)
 
-
     def growable(self) -> np.ndarray:
         """Per dimension: whether every axis that holds it holds all of its channels
         (only then can it grow new ones)."""
@@ -117,8 +118,8 @@ class CostModel:
         """Cost with only ``kept`` channels plus ``added[d]`` new ones per dimension.
 
         ``scheme="cr"`` drops the cross blocks between survivors and new channels of
-        every two-axis term (fixed channels feed and read both); every other scheme
-        computes the dense layer.
+        the weights and MACs of every dense conv or linear module (fixed channels feed
+        and read both); every other scheme and layer computes the dense layer.
         """
         total = 0.0
         for term, factors in self.terms:
@@ -128,7 +129,7 @@ class CostModel:
             v = term.const
             for s, r, f in parts:
                 v *= s + r + f
-            if scheme == "cr" and len(parts) == 2:
+            if scheme == "cr" and len(parts) == 2 and term.node in self.blockwise:
                 (s_o, r_o, _), (s_i, r_i, _) = parts
                 v -= term.const * (s_o * r_i + r_o * s_i)
             total += v

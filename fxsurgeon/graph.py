@@ -128,5 +128,6 @@ def analyze(model: nn.Module, example_inputs, *, leaf_modules: Iterable[type] = 
         d = dim_of_root[roots]
         return np.where(d >= 0, offsets[np.maximum(d, 0)] + chan_of_root[roots], -1)
 
-    cost = CostModel(prop.terms, lookup, [d.width for d in dims], [d.name for d in dims])
+    cost = CostModel(prop.terms, lookup, [d.width for d in dims], [d.name for d in dims],
+                     frozenset(prop.blockwise))
     return ChannelGraph(gm, dims, cost, args, prop, lookup, model)

@@ -94,24 +94,30 @@ def _cannot_grow(d, growable: bool) -> str | None:
 
 
 def _keep(graph: ChannelGraph, d, mask: np.ndarray) -> tuple[np.ndarray, str]:
-    """Survivors of a free dimension, padded up to a multiple of the dimension's own
-    constraint (groups, shuffles) with the dead channels whose scales are largest.
-    The original width is such a multiple, so this always fits."""
-    alive = np.nonzero(mask)[0]
-    note = "all channels dead: keeps the minimum" if len(alive) == 0 else ""
+    """Survivors of a free dimension. Every producer keeps at least one channel (a
+    layer cannot have zero outputs), then the survivors are padded up to a multiple of
+    the dimension's own constraint (groups, shuffles); both take the dead channels
+    whose scales are largest. The original width is such a multiple, so this fits."""
+    params = dict(graph.module.named_parameters())
+    score = np.zeros(d.width)
+    for s in d.sources:
+        v = params[s.tensor].detach().abs().float().cpu().numpy().reshape(-1)[s.positions]
+        np.maximum.at(score, s.channels, v)
+    keep = mask.copy()
+    notes = ["all channels dead: keeps the minimum"] if not mask.any() else []
+    for member in d.members:
+        own = np.unique(member.channels)
+        if member.role == "out" and not keep[own].any():
+            keep[own[np.argmax(score[own])]] = True
+    if not notes and keep.sum() > mask.sum():
+        notes.append(f"keeps {int(keep.sum() - mask.sum())} dead channel(s): every producer keeps one")
     m = d.multiple_of
-    want = max(m, -(-len(alive) // m) * m)
-    if want > len(alive):
-        params = dict(graph.module.named_parameters())
-        score = np.zeros(d.width)
-        for s in d.sources:
-            v = params[s.tensor].detach().abs().float().cpu().numpy().reshape(-1)[s.positions]
-            np.maximum.at(score, s.channels, v)
-        dead = np.nonzero(~mask)[0]
-        extra = dead[np.argsort(-score[dead], kind="stable")][: want - len(alive)]
-        alive = np.sort(np.concatenate([alive, extra]))
-        note = note or f"keeps {len(extra)} dead channel(s) for a multiple of {m}"
-    return alive, note
+    short = max(m, -(-int(keep.sum()) // m) * m) - int(keep.sum())
+    if short:
+        dead = np.nonzero(~keep)[0]
+        keep[dead[np.argsort(-score[dead], kind="stable")][:short]] = True
+        notes.append(f"keeps {short} dead channel(s) for a multiple of {m}")
+    return np.nonzero(keep)[0], "; ".join(notes)
 
 
 def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric: str = "params",

@@ -63,6 +63,7 @@ class Propagation:
     follows: set[tuple[str, str]] = field(default_factory=set)  # (writer node, norm right after it)
     position_splits: list[np.ndarray] = field(default_factory=list)  # channels cut by position
     depthwise: set[str] = field(default_factory=set)   # convs with one group per input channel
+    blockwise: set[str] = field(default_factory=set)   # dense conv/linear modules S/R can split
     grouped: list[np.ndarray] = field(default_factory=list)  # channels around grouped convs
 
 
@@ -545,8 +546,13 @@ class _Propagator:
             self.ref(weight, 1, self.axis_vector(out, -1), "out", node)
             return self._produced(node, out, -1)
         transposed = isinstance(m, nn.modules.conv._ConvTransposeNd)
-        return self._produce(node, args[0], weight, bias, tuple(m.weight.shape),
-                             getattr(m, "groups", 1), flavour, transposed)
+        out = self._produce(node, args[0], weight, bias, tuple(m.weight.shape),
+                            getattr(m, "groups", 1), flavour, transposed)
+        if (not transposed and getattr(m, "groups", 1) == 1 and node.name not in self.out.depthwise
+                and getattr(m, "padding_mode", "zeros") == "zeros"
+                and not isinstance(getattr(m, "padding", 0), str)):
+            self.out.blockwise.add(node.name)
+        return out
 
     def do_fproducer(self, node, kind, args, kwargs):
         wnode = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")

@@ -22,8 +22,10 @@ from torch import fx, nn
 from .cost import dimension_of
 from .errors import FxSurgeonError
 from .graph import ChannelGraph
-from .planner import Plan
+from .partitioned import Partitioned
+from .planner import SCHEMES, Plan
 from .propagation import AxisRef, getattr_path, propagate
+from .rescaling import rescale as neural_rescale
 from .shapes import propagate_shapes
 
 
@@ -32,23 +34,36 @@ class Surgery:
     """The result of :func:`rewrite`.
 
     ``module`` is the new GraphModule. ``index_maps[name]`` lists, for every resized
-    axis of parameter or buffer ``name``, the old index of each new position (-1 for
-    a new channel). ``folded`` names the consumers that absorbed removed channels'
-    constants and how: ``"bias"`` (added to its bias), ``"constant"`` (a per-channel
-    buffer added after it, when it has no bias) or ``"map"`` (a buffer of its output's
-    shape, for convs whose padding makes the constant vary near the border; exact at
-    the example input's resolution).
+    axis of the new parameter or buffer ``name``, the old index of each new position
+    (-1 for a new channel) in the old tensor ``origin(name)``: the same name, except for
+    the blocks of a partitioned layer (``conv.weight_s`` comes from ``conv.weight``).
+    ``folded`` names the consumers that absorbed removed channels' constants and how:
+    ``"bias"`` (added to its bias), ``"constant"`` (a per-channel buffer added after
+    it, when it has no bias) or ``"map"`` (a buffer of its output's shape, for convs
+    whose padding makes the constant vary near the border; exact at the example
+    input's resolution). ``partitioned`` lists the layers split into S/R blocks;
+    ``rescaled`` counts the channels neural rescaling lifted per norm, and
+    ``rescale_skipped`` gives, per norm it could not rescale, the channels and why.
     """
 
     module: fx.GraphModule
     plan: Plan
+    scheme: str = "nr"
     index_maps: dict[str, list[tuple[int, np.ndarray]]] = field(default_factory=dict)
+    origins: dict[str, str] = field(default_factory=dict)
     folded: dict[str, str] = field(default_factory=dict)
     constants: dict[str, str] = field(default_factory=dict)   # consumer -> its added buffer
+    partitioned: list[str] = field(default_factory=list)
+    rescaled: dict[str, int] = field(default_factory=dict)
+    rescale_skipped: dict[str, tuple[list[int], str]] = field(default_factory=dict)
+
+    def origin(self, name: str) -> str:
+        """The old parameter or buffer that the new ``name`` comes from."""
+        return self.origins.get(name, name)
 
     def carry(self, name: str, old: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
-        """Map a tensor shaped like the old ``name`` (momentum, Adam moments) to the new
-        layout; new channels get ``fill``."""
+        """Map a tensor shaped like the old ``origin(name)`` (momentum, Adam moments) to
+        the new ``name``'s layout; new channels get ``fill``."""
         for axis, idx in self.index_maps.get(name, []):
             old = _take(old, axis, idx, fill)
         return old
@@ -116,19 +131,27 @@ def _sync_attributes(module: nn.Module, old: nn.Module) -> None:
 
 
 def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: int = 0,
-            fold: bool = True) -> Surgery:
-    """Build the new network a plan describes, as plain torch modules.
+            fold: bool = True, rescale: bool = False, gamma0: float = 1.0) -> Surgery:
+    """Build the new network a plan describes.
 
     ``scheme="prune"`` removes the dead channels. ``scheme="nr"`` also appends the
     plan's new (R) channels after the survivors of every growing dimension: their
     weights from R and fixed inputs get He (fan-out) initialisation from ``seed``,
     cross-connections between survivors and R channels start at zero, BatchNorm γ at 1
     and β at 0 with fresh statistics, so the network still computes the same function.
-    ``fold=False`` skips folding removed channels' constants (a saved model brings them).
+    ``"cr"`` and ``"ca"`` start the same way, then split every dense conv and linear
+    layer that mixes S and R into a :class:`~fxsurgeon.partitioned.Partitioned` layer
+    (no cross blocks, or gated cross blocks). ``prune`` and ``nr`` give plain torch
+    modules. ``rescale=True`` applies neural rescaling to scales below ``gamma0``
+    where it is exact (see :mod:`fxsurgeon.rescaling`). ``fold=False`` skips folding
+    removed channels' constants (a saved model brings them).
     """
     scheme = scheme or plan.scheme
-    if scheme not in ("prune", "nr"):
-        raise FxSurgeonError(f"rewrite supports schemes 'prune' and 'nr' so far, not {scheme!r}")
+    if scheme not in SCHEMES:
+        raise FxSurgeonError(f"unknown scheme {scheme!r}: use one of {SCHEMES}")
+    if plan.scheme == "cr" and scheme != "cr" or scheme == "cr" and plan.scheme not in ("cr", "prune"):
+        raise FxSurgeonError(f"a plan made for scheme {plan.scheme!r} prices its layers "
+                             f"differently from {scheme!r}: plan again with scheme={scheme!r}")
     added = np.array([plan.dims[d.name].added for d in graph.dims], dtype=np.int64)
     if scheme == "prune" and added.any():
         raise FxSurgeonError("scheme 'prune' adds no channels, but the plan grows "
@@ -157,7 +180,7 @@ def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: in
     propagate_shapes(new, graph.example_inputs)
     new_prop = propagate(new, graph.example_inputs, new, layout.uf, layout.prescribed, prop.depthwise)
     new_refs = _refs(new_prop)
-    surgery = Surgery(new, plan)
+    surgery = Surgery(new, plan, scheme)
     for key, r_old in old_refs.items():
         r_new = new_refs.get(key)
         if r_new is None:
@@ -174,6 +197,10 @@ def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: in
             _init_new_channels(new, new_refs, new_prop, layout, seed)
     if fold:
         _fold_constants(graph, new, surgery, old_refs, layout.kept)
+    if rescale:
+        surgery.rescaled, surgery.rescale_skipped = neural_rescale(new, new_prop, gamma0)
+    if scheme in ("cr", "ca"):
+        _partition(new, new_prop, new_refs, layout, surgery)
     _carry_unused(graph, new)
     new.recompile()
     return surgery
@@ -185,6 +212,7 @@ class _Layout:
     def __init__(self, graph: ChannelGraph, plan: Plan, added: np.ndarray):
         cost = graph.cost
         self.graph, self.added, self.offsets = graph, added, cost.offsets
+        self.grows = np.array([plan.dims[d.name].grows for d in graph.dims] or [False])
         self.keep = np.zeros(int(cost.offsets[-1]), bool)
         for i, d in enumerate(graph.dims):
             self.keep[cost.offsets[i] + plan.dims[d.name].survivors] = True
@@ -219,10 +247,11 @@ class _Layout:
 
     def growing(self, roots: np.ndarray) -> np.ndarray:
         """Per identity root of the new graph: new channel (R) or survivor of a growing
-        dimension (S); the rest is fixed (F) and feeds or reads both halves."""
+        dimension (S); the rest is fixed (F) and feeds or reads both halves. The plan's
+        cost model splits the same way."""
         new = roots >= self.old_size
         d = self.dims_of(np.where(new, 0, roots))
-        return new | ((d >= 0) & (self.added[np.maximum(d, 0)] > 0))
+        return new | ((d >= 0) & self.grows[np.maximum(d, 0)])
 
 
 def _init_new_channels(new: fx.GraphModule, refs, prop, layout: _Layout, seed: int) -> None:
@@ -251,6 +280,48 @@ def _init_new_channels(new: fx.GraphModule, refs, prop, layout: _Layout, seed: i
         elif name.endswith(".weight") and isinstance(
                 new.get_submodule(name.rpartition(".")[0]), nn.modules.batchnorm._NormBase):
             value.copy_(torch.where(rows, torch.ones_like(value), value))
+
+
+def _partition(new: fx.GraphModule, prop, refs, layout: _Layout, surgery: Surgery) -> None:
+    """Split every dense conv/linear whose outputs grow and whose inputs hold S or R
+    channels into S/R blocks, exactly where the plan's cost model splits them."""
+    modules = {n.name: n.target for n in new.graph.nodes if n.op == "call_module"}
+    done: dict[str, tuple] = {}
+    for node in sorted(prop.blockwise):
+        target = modules[node]
+        wname = f"{target}.weight"
+        out_roots = prop.uf.find(refs[(wname, 0)].tags)
+        in_roots = prop.uf.find(refs[(wname, 1)].tags)
+        if not layout.growing(out_roots).any():
+            continue                                   # fixed outputs read every input
+        is_new, grow = in_roots >= layout.old_size, layout.growing(in_roots)
+        s, r, f = (np.nonzero(grow & ~is_new)[0], np.nonzero(is_new)[0], np.nonzero(~grow)[0])
+        out_new = out_roots >= layout.old_size
+        so, ro = int((~out_new).sum()), int(out_new.sum())
+        if so * len(r) + ro * len(s) == 0:
+            continue
+        if out_new[:so].any() or not layout.growing(out_roots).all():
+            raise FxSurgeonError(f"{target}: outputs are not survivors then new channels")
+        key = (so, s.tobytes(), r.tobytes())
+        if target in done:
+            if done[target] != key:
+                raise FxSurgeonError(f"{target} is called on inputs laid out differently; "
+                                     f"cannot partition a shared layer")
+            continue
+        done[target] = key
+        part = Partitioned.from_dense(surgery.scheme, new.get_submodule(target), so, s, r, f)
+        owner, _, leaf = target.rpartition(".")
+        setattr(new.get_submodule(owner) if owner else new, leaf, part)
+        maps = dict(surgery.index_maps.pop(wname, []))
+        out_idx = maps.get(0, np.arange(len(out_roots)))
+        in_idx = maps.get(1, np.arange(len(in_roots)))
+        rows = {"s": slice(0, so), "r": slice(so, None)} if surgery.scheme == "cr" else {}
+        for k, cols in zip("srf", (s, r, f), strict=True):
+            if getattr(part, f"weight_{k}") is not None:
+                surgery.index_maps[f"{wname}_{k}"] = [(0, out_idx[rows.get(k, slice(None))]),
+                                                     (1, in_idx[cols])]
+                surgery.origins[f"{wname}_{k}"] = wname
+        surgery.partitioned.append(target)
 
 
 def _along(mask: torch.Tensor, axis: int, ndim: int) -> torch.Tensor:

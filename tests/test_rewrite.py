@@ -1,5 +1,5 @@
-"""Pruning surgery: the rewritten network computes the same function, costs what the
-plan predicted, and carries tensors of the old model over by its index maps."""
+"""Surgery in every scheme: the rewritten network computes the same function, costs what
+the plan predicted, and carries tensors of the old model over by its index maps."""
 import pytest
 import torch
 import torchvision
@@ -9,16 +9,20 @@ from test_planner import kill
 from torch import nn
 
 import fxsurgeon as fxs
+from fxsurgeon.planner import next_breakpoint
 from randomnets import examples, nets
 from zoo import sweep
 
 
 def randomise_norms(model: nn.Module, seed: int = 0) -> None:
-    """Random β and running statistics, so removed channels emit nonzero constants."""
+    """Random γ (both signs, |γ| in [0.1, 1.5], so rescaling has work), β and running
+    statistics (so removed channels emit nonzero constants)."""
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._NormBase) and m.affine and m.track_running_stats:
             with torch.no_grad():
+                sign = torch.randint(0, 2, m.weight.shape, generator=g) * 2 - 1
+                m.weight.copy_(sign * (0.1 + 1.4 * torch.rand(m.weight.shape, generator=g)))
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g))
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g))
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
@@ -32,11 +36,11 @@ def prune(model, x, fraction, seed=0):
     return graph, alive, plan, fxs.rewrite(graph, plan)
 
 
-def rejuvenate(model, x, fraction, metric="params", seed=0):
+def rejuvenate(model, x, fraction, metric="params", seed=0, scheme="nr", rescale=False):
     graph = fxs.analyze(model, x)
     kill(graph, fraction, seed)
-    plan = fxs.plan(graph, fxs.liveliness(graph), metric=metric, target=1.0, scheme="nr")
-    return graph, plan, fxs.rewrite(graph, plan, seed=seed)
+    plan = fxs.plan(graph, fxs.liveliness(graph), metric=metric, target=1.0, scheme=scheme)
+    return graph, plan, fxs.rewrite(graph, plan, seed=seed, rescale=rescale)
 
 
 def assert_same_function(model, new, x):
@@ -63,21 +67,26 @@ def test_pruning_random_nets_keeps_the_function_and_the_predicted_cost(net, frac
 
 #: pruning needs BatchNorm scales: the CI subset for surgery skips models without them
 @settings(max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(nets(), st.floats(0.0, 0.7), st.sampled_from(["params", "flops"]), st.integers(0, 3))
-def test_rejuvenating_random_nets_keeps_the_function_and_meets_the_budget(net, fraction, metric, seed):
+@given(nets(), st.floats(0.0, 0.7), st.sampled_from(["params", "flops"]), st.integers(0, 3),
+       st.sampled_from(["nr", "cr", "ca"]), st.booleans())
+def test_rejuvenating_random_nets_keeps_the_function_and_meets_the_budget(net, fraction, metric, seed,
+                                                                          scheme, rescale):
     model, x = net
     model = model.double().eval()
     randomise_norms(model, seed)
     x = torch.randn(3, *x.shape[1:], dtype=torch.float64)
     try:
-        graph, plan, surgery = rejuvenate(model, x, fraction, metric, seed)
+        graph, plan, surgery = rejuvenate(model, x, fraction, metric, seed, scheme, rescale)
     except fxs.FxSurgeonError as err:
         assert "impossible budget" in str(err) or "never binds" in str(err)
         return
     assert_same_function(model, surgery.module, x)
+    # recounted on the new module, not taken from the plan
     assert fxs.analyze(surgery.module, x).count(metric) == plan.predicted <= plan.budget
     surgery.module.train()
     surgery.module(x).sum().backward()
+    for name, p in surgery.module.named_parameters():     # every parameter trains
+        assert p.grad is not None, name
 
 
 def test_new_channels_start_as_the_paper_says():
@@ -122,13 +131,24 @@ def _check_zoo(name):
     graph, alive, plan, surgery = prune(model, x, 0.3)
     assert_same_function(model, surgery.module, x)
     assert sum(p.numel() for p in surgery.module.parameters()) == plan.predicted
-    graph, plan, surgery = rejuvenate(model, x, 0.3)
-    assert_same_function(model, surgery.module, x)
-    assert sum(p.numel() for p in surgery.module.parameters()) == plan.predicted <= plan.budget
+    for scheme in ("nr", "cr", "ca"):
+        plan = fxs.plan(graph, alive, metric="params", target=1.0, scheme=scheme)
+        surgery = fxs.rewrite(graph, plan, rescale=scheme == "ca")
+        assert_same_function(model, surgery.module, x)
+        assert sum(p.numel() for p in surgery.module.parameters()) == plan.predicted <= plan.budget
+        assert_within_rounding(graph, alive, plan)
+
+
+def assert_within_rounding(graph, alive, plan):
+    """The next width any dimension can take exceeds the budget: α is the largest."""
+    if any(d.grows for d in plan.dims.values()):
+        bigger = fxs.plan(graph, alive, plan.metric, plan.target, plan.scheme,
+                          alpha=next_breakpoint(plan, graph))
+        assert bigger.predicted > plan.budget
 
 
 @pytest.mark.parametrize("name", sweep(SUBSET))
-def test_pruning_torchvision_model(name):
+def test_surgery_on_torchvision_model(name):
     _check_zoo(name)
 
 
@@ -154,11 +174,13 @@ def test_users_model_is_untouched_and_bad_requests_are_clear():
     surgery = fxs.rewrite(graph, plan)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert surgery.module is not graph.module
-    with pytest.raises(fxs.FxSurgeonError, match="supports schemes 'prune' and 'nr' so far"):
-        fxs.rewrite(graph, plan, scheme="cr")
+    with pytest.raises(fxs.FxSurgeonError, match="unknown scheme 'dense'"):
+        fxs.rewrite(graph, plan, scheme="dense")
     grown = fxs.plan(graph, fxs.liveliness(graph), target=1.0, scheme="nr")
     with pytest.raises(fxs.FxSurgeonError, match="scheme 'prune' adds no channels"):
         fxs.rewrite(graph, grown, scheme="prune")
+    with pytest.raises(fxs.FxSurgeonError, match="plan again with scheme='cr'"):
+        fxs.rewrite(graph, grown, scheme="cr")
 
 
 def test_a_dimension_whose_producer_repeats_channels_does_not_grow():

@@ -1,0 +1,196 @@
+"""S/R-partitioned layers compute the paper's blocks exactly, cost what the planner
+prices, export, script, and run in ONNX; neural rescaling is exact where it applies."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_planner import kill
+from test_rewrite import assert_same_function, randomise_norms
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import fxsurgeon as fxs
+from fxsurgeon.partitioned import Partitioned
+from fxsurgeon.zoo import vgg19_cifar
+from randomnets import examples
+
+
+def _blocks(layer, x, rows, cols):
+    """``A``: the dense layer applied to the inputs at ``cols`` only, outputs ``rows``."""
+    mask = torch.zeros(x.shape[-1] if isinstance(layer, nn.Linear) else x.shape[1], dtype=x.dtype)
+    mask[cols] = 1
+    xm = x * (mask if isinstance(layer, nn.Linear) else mask.view(-1, 1, 1))
+    y = F.linear(xm, layer.weight) if isinstance(layer, nn.Linear) else \
+        F.conv2d(xm, layer.weight, None, layer.stride, layer.padding)
+    return y[..., rows] if isinstance(layer, nn.Linear) else y[:, rows]
+
+
+@st.composite
+def layouts(draw):
+    """A dense layer, its S/R output split and a random interleaving of S/R/F inputs."""
+    so, ro = draw(st.integers(1, 4)), draw(st.integers(0, 4))
+    s, r, f = draw(st.integers(1, 4)), draw(st.integers(0, 4)), draw(st.integers(0, 3))
+    perm = np.random.default_rng(draw(st.integers(0, 99))).permutation(s + r + f)
+    parts = [np.sort(perm[:s]), np.sort(perm[s:s + r]), np.sort(perm[s + r:])]
+    linear = draw(st.booleans())
+    torch.manual_seed(draw(st.integers(0, 99)))
+    layer = (nn.Linear(s + r + f, so + ro, bias=draw(st.booleans())) if linear else
+             nn.Conv2d(s + r + f, so + ro, 3, padding=1, stride=draw(st.sampled_from([1, 2])),
+                       bias=draw(st.booleans()))).double()
+    x = torch.randn((2, 3, s + r + f) if linear else (2, s + r + f, 5, 5), dtype=torch.float64)
+    return layer, so, parts, x
+
+
+@settings(max_examples=examples(60), deadline=None)
+@given(layouts(), st.sampled_from(["cr", "ca"]))
+def test_partitioned_layers_compute_the_papers_blocks(layout, scheme):
+    layer, so, (s, r, f), x = layout
+    out = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+    S, R = list(range(so)), list(range(so, out))
+    bias = torch.zeros(out, dtype=x.dtype) if layer.bias is None else layer.bias.detach()
+    b = bias if isinstance(layer, nn.Linear) else bias.view(-1, 1, 1)
+    bs, br = (b[..., :so], b[..., so:]) if isinstance(layer, nn.Linear) else (b[:so], b[so:])
+    a_ss = _blocks(layer, x, S, np.r_[s, f]) + bs         # fixed inputs feed both halves
+    a_rr = _blocks(layer, x, R, np.r_[r, f]) + br
+    if scheme == "cr":
+        want = [a_ss, a_rr]
+    else:
+        a_rs, a_sr = _blocks(layer, x, S, r), _blocks(layer, x, R, s)
+        want = [a_ss + 2 * torch.sigmoid(a_ss) * a_rs, a_rr + 2 * torch.sigmoid(a_rr) * a_sr]
+    got = Partitioned.from_dense(scheme, layer, so, s, r, f)(x)
+    torch.testing.assert_close(got, torch.cat(want, -1 if isinstance(layer, nn.Linear) else 1))
+    # multiply-accumulates: cr only the diagonal blocks, ca exactly one dense layer
+    with FlopCounterMode(display=False) as dense:
+        layer(x)
+    with FlopCounterMode(display=False) as part:
+        Partitioned.from_dense(scheme, layer, so, s, r, f)(x)
+    n_in = len(s) + len(r) + len(f)
+    if scheme == "cr":
+        share = (so * (len(s) + len(f)) + (out - so) * (len(r) + len(f))) / (out * n_in)
+    else:
+        share = 1.0
+    assert part.get_total_flops() == pytest.approx(dense.get_total_flops() * share)
+
+
+def _rejuvenated(scheme, rescale=False):
+    torch.manual_seed(0)
+    model = vgg19_cifar().double().eval()
+    randomise_norms(model)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    graph = fxs.analyze(model, x)
+    kill(graph, 0.3)
+    plan = fxs.plan(graph, fxs.liveliness(graph), metric="params", target=1.0, scheme=scheme)
+    return model, x, fxs.rewrite(graph, plan, rescale=rescale)
+
+
+def _perturb(module):
+    """Train-like noise on every parameter, so cross blocks and gates matter."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+def test_export_turns_cr_layers_into_standard_ones():
+    model, x, surgery = _rejuvenated("cr")
+    _perturb(surgery.module)
+    deployable = fxs.export(surgery.module)
+    assert surgery.partitioned and not any(isinstance(m, Partitioned) for m in deployable.modules())
+    torch.testing.assert_close(deployable(x), surgery.module(x))
+    conv = deployable.get_submodule(surgery.partitioned[3])
+    part = surgery.module.get_submodule(surgery.partitioned[3])
+    assert isinstance(conv, nn.Conv2d)
+    assert (conv.weight[:part.out_s, part.index_r] == 0).all()           # no cross blocks
+    assert (conv.weight[part.out_s:, part.index_s] == 0).all()
+
+
+def test_ca_layers_script_and_run_in_onnx(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    model, x, surgery = _rejuvenated("ca")
+    _perturb(surgery.module)
+    module = fxs.export(surgery.module).float()
+    assert any(isinstance(m, Partitioned) for m in module.modules())
+    x = x.float()
+    want = module(x)
+    torch.testing.assert_close(torch.jit.script(module)(x), want)
+    torch.onnx.export(module, (x,), tmp_path / "ca.onnx", dynamo=True, verbose=False)
+    session = ort.InferenceSession(str(tmp_path / "ca.onnx"))
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_index_maps_carry_old_tensors_into_the_blocks():
+    model, x, surgery = _rejuvenated("cr")
+    name = surgery.partitioned[2]
+    part = surgery.module.get_submodule(name)
+    old_momentum = torch.randn_like(model.get_submodule(name).weight)
+    assert surgery.origin(f"{name}.weight_s") == f"{name}.weight"
+    carried = surgery.carry(f"{name}.weight_s", old_momentum)
+    assert carried.shape == part.weight_s.shape
+    rows, cols = (idx for _, idx in surgery.index_maps[f"{name}.weight_s"])
+    assert (rows >= 0).all() and (cols >= 0).all()                      # S block: all survivors
+    assert torch.equal(carried, old_momentum[rows][:, cols])
+    # the R block holds only new channels: it starts from zero state
+    assert (surgery.carry(f"{name}.weight_r", old_momentum) == 0).all()
+
+
+class Paths(nn.Module):
+    """b1 reaches its consumer through ReLU and max pooling; b2 reaches an add, b3 a
+    ReLU6; b4's input is also read around it, into the same consumer."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.c2, self.b2, self.c3 = nn.Conv2d(6, 6, 3, padding=1), nn.BatchNorm2d(6), nn.Conv2d(6, 6, 1)
+        self.c4, self.b3 = nn.Conv2d(6, 4, 1), nn.BatchNorm2d(4)
+        self.c5, self.b4 = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+        self.c6, self.fc = nn.Conv2d(8, 4, 1), nn.Linear(4 * 4, 3)
+
+    def forward(self, x):
+        h = F.max_pool2d(torch.relu(self.b1(self.c1(x))), 2)
+        a = self.b2(self.c2(h))
+        a = a + self.c3(a)
+        y = F.relu6(self.b3(self.c4(a)))
+        z = self.c5(y)
+        w = torch.cat([torch.relu(self.b4(z)), z], 1)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.c6(w), 2), 1))
+
+
+def test_rescaling_lifts_small_scales_only_where_exact():
+    model = Paths().double().eval()
+    randomise_norms(model)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    graph = fxs.analyze(model, x)
+    plan = fxs.plan(graph, {}, target=None, scheme="prune")
+    surgery = fxs.rewrite(graph, plan, rescale=True)
+    assert_same_function(model, surgery.module, x)
+    small = (model.b1.weight.abs() < 1).sum().item()
+    assert surgery.rescaled == {"b1": small} and small > 0
+    g = surgery.module.get_submodule("b1").weight
+    assert (g.abs() >= 1 - 1e-12).all() and torch.equal(g.sign(), model.b1.weight.sign())
+    reasons = {k: why for k, (_, why) in surgery.rescale_skipped.items()}
+    assert "add()" in reasons["b2"] and "relu6()" in reasons["b3"]
+    assert reasons["b4"] == "its input is also read around it"
+    channels, _ = surgery.rescale_skipped["b2"]
+    assert channels == torch.nonzero(model.b2.weight.abs() < 1).reshape(-1).tolist()
+
+
+def test_rescaling_a_cifar_net_changes_nothing_it_computes():
+    model, x, surgery = _rejuvenated("ca", rescale=True)
+    assert_same_function(model, surgery.module, x)
+    assert sum(surgery.rescaled.values()) > 1000 and not surgery.rescale_skipped
+
+
+def test_torchvision_resnet_rescales_only_inside_blocks():
+    model = torchvision.models.resnet18().double().eval()
+    randomise_norms(model)
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    graph = fxs.analyze(model, x)
+    surgery = fxs.rewrite(graph, fxs.plan(graph, {}, target=None, scheme="prune"), rescale=True)
+    assert_same_function(model, surgery.module, x)
+    assert set(surgery.rescaled) == {f"layer{i}.{j}.bn1" for i in range(1, 5) for j in range(2)}
+    assert all("add()" in why for _, why in surgery.rescale_skipped.values())

@@ -23,9 +23,7 @@ import torch
 import torchvision
 
 import fxsurgeon as fxs
-
-SUBSET = ["resnet50", "densenet121", "mobilenet_v3_large", "efficientnet_b0", "shufflenet_v2_x1_0",
-          "convnext_tiny", "regnet_y_400mf", "vit_b_16", "swin_t", "squeezenet1_0"]
+from common import SUBSET
 
 
 def _median_time(fn, repeat: int) -> float:

@@ -2,9 +2,9 @@
 rejuvenated (``nr``) network against the original model's, measured in the same run.
 
 30 % of the BatchNorm scales of every free dimension are zeroed first, so the plan
-has dead channels to remove and budget to spend. The ``cr``/``ca`` comparison against
-a dense model of the same widths (targets: at most 0.75x and 1.15x) joins this table
-when their partitioned layers exist.
+has dead channels to remove and budget to spend. The ``cr`` and ``ca`` networks (each
+planned for the same FLOP budget) are timed against the dense network of their own
+widths (targets: at most 0.75x for cr at α near 2, at most 1.15x for ca).
 
     python bench/surgery.py            # CIFAR zoo + a few torchvision models
 """
@@ -14,26 +14,16 @@ import statistics
 import time
 import warnings
 
-import numpy as np
 import torch
 import torchvision
 
 import fxsurgeon as fxs
+from common import kill
 from fxsurgeon.zoo import MODELS
 
 CASES = [(name, factory, (8, 3, 32, 32)) for name, factory in MODELS.items()] + \
     [(name, lambda n=name: torchvision.models.get_model(n), (8, 3, 224, 224))
      for name in ("resnet50", "mobilenet_v3_large", "densenet121")]
-
-
-def _kill(graph, fraction=0.3, seed=0):
-    rng = np.random.default_rng(seed)
-    params = dict(graph.module.named_parameters())
-    for d in graph.free_dims:
-        dead = rng.random(d.width) < fraction
-        for s in d.sources:
-            with torch.no_grad():
-                params[s.tensor][torch.as_tensor(s.positions[dead[s.channels]])] = 0
 
 
 def _step_time(model, x, repeat=5) -> float:
@@ -46,29 +36,45 @@ def _step_time(model, x, repeat=5) -> float:
     return statistics.median(times[1:])
 
 
+def _dense_like(graph, alive, plan):
+    """The plain (``nr``) network with the plan's widths: the peer of cr/ca layers."""
+    same = fxs.plan(graph, alive, metric=plan.metric, target=plan.target, scheme="nr", alpha=plan.alpha)
+    return fxs.rewrite(graph, same).module
+
+
 def main() -> None:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
-    print(f"{'model':26s} {'plan s':>7s} {'rewrite s':>9s} {'alpha':>6s} {'step s':>8s} "
-          f"{'nr step s':>9s} {'nr / orig':>9s}")
-    ratios = []
+    print("fwd+bwd step times in seconds, 1 thread; cr/ca against the dense network of the "
+          "same widths")
+    print(f"{'model':26s} {'plan s':>7s} {'rewrite s':>9s} {'step s':>7s} {'nr α':>6s} {'nr/orig':>7s} "
+          f"{'cr α':>6s} {'cr/dense':>8s} {'ca α':>6s} {'ca/dense':>8s}")
+    ratios = {"nr": [], "cr": [], "ca": []}
     for name, factory, shape in CASES:
         model = factory().eval()
         x = torch.randn(shape)
         graph = fxs.analyze(model, x[:1])
-        _kill(graph)
+        kill(graph)
+        alive = fxs.liveliness(graph)
         t = time.perf_counter()
-        plan = fxs.plan(graph, fxs.liveliness(graph), metric="flops", target=1.0, scheme="nr")
+        plan = fxs.plan(graph, alive, metric="flops", target=1.0, scheme="nr")
         planned = time.perf_counter() - t
         t = time.perf_counter()
         surgery = fxs.rewrite(graph, plan)
         rewritten = time.perf_counter() - t
-        before, after = _step_time(model, x), _step_time(surgery.module, x)
-        ratios.append(after / before)
-        print(f"{name:26s} {planned:7.3f} {rewritten:9.3f} {plan.alpha:6.3f} {before:8.3f} "
-              f"{after:9.3f} {after / before:9.2f}", flush=True)
-    print(f"\nmedian step time of the rejuvenated network at the same FLOP budget: "
-          f"{statistics.median(ratios):.2f}x the original's")
+        before = _step_time(model, x)
+        ratios["nr"].append(_step_time(surgery.module, x) / before)
+        row = (f"{name:26s} {planned:7.3f} {rewritten:9.3f} {before:7.3f} {plan.alpha:6.3f} "
+               f"{ratios['nr'][-1]:7.2f}")
+        for scheme in ("cr", "ca"):
+            p = fxs.plan(graph, alive, metric="flops", target=1.0, scheme=scheme)
+            dense = _step_time(_dense_like(graph, alive, p), x)
+            ratios[scheme].append(_step_time(fxs.rewrite(graph, p).module, x) / dense)
+            row += f" {p.alpha:6.3f} {ratios[scheme][-1]:8.2f}"
+        print(row, flush=True)
+    print(f"\nmedians: nr step {statistics.median(ratios['nr']):.2f}x the original's at the same FLOP "
+          f"budget; cr {statistics.median(ratios['cr']):.2f}x dense (target <= 0.75 at α near 2); "
+          f"ca {statistics.median(ratios['ca']):.2f}x dense (target <= 1.15)")
 
 
 if __name__ == "__main__":

@@ -62,6 +62,11 @@ class Partitioned(nn.Module):
         self.starts = [s[0] for s in spans]
         self.lengths = [s[1] for s in spans]
         self.contiguous = [s[2] for s in spans]
+        # parts that are contiguous tile the input: one split, whose backward is one cat
+        self.split = all(self.contiguous)
+        order = sorted(range(3), key=lambda k: (self.lengths[k] == 0, self.starts[k]))
+        self.split_sizes = [self.lengths[k] for k in order]
+        self.slot = [order.index(k) for k in range(3)]
         for name, p in zip(("index_s", "index_r", "index_f"), parts, strict=True):
             self.register_buffer(name, torch.as_tensor(p, dtype=torch.long), persistent=False)
         for name in ("weight_s", "weight_r", "weight_f", "bias"):
@@ -101,10 +106,13 @@ class Partitioned(nn.Module):
                 w[rows[k]] = w[rows[k]].index_copy(1, getattr(self, f"index_{k}"), p.detach())
         return w
 
-    def _take(self, x: Tensor, part: int, index: Tensor) -> Tensor:
-        if self.contiguous[part]:
-            return x.narrow(self.axis, self.starts[part], self.lengths[part])
-        return x.index_select(self.axis, index)
+    def _inputs(self, x: Tensor) -> list[Tensor]:
+        """The S, R and F inputs (empty where a part is)."""
+        if self.split:
+            pieces = torch.split(x, self.split_sizes, self.axis)
+            return [pieces[self.slot[0]], pieces[self.slot[1]], pieces[self.slot[2]]]
+        return [x.index_select(self.axis, self.index_s), x.index_select(self.axis, self.index_r),
+                x.index_select(self.axis, self.index_f)]
 
     def _layer(self, x: Tensor, w: Tensor) -> Tensor:
         if self.ndim == 0:
@@ -115,8 +123,12 @@ class Partitioned(nn.Module):
             return F.conv2d(x, w, None, self.stride, self.padding, self.dilation)
         return F.conv3d(x, w, None, self.stride, self.padding, self.dilation)
 
-    def _rows(self, y: Optional[Tensor], start: int, length: int) -> Optional[Tensor]:
-        return None if y is None else y.narrow(self.axis, start, length)
+    def _rows(self, y: Optional[Tensor]) -> tuple[Optional[Tensor], Optional[Tensor]]:
+        """``y``'s S and R outputs."""
+        if y is None:
+            return None, None
+        s, r = torch.split(y, [self.out_s, self.out_r], self.axis)
+        return s, r
 
     def _with_bias(self, y: Optional[Tensor], start: int, length: int, like: Tensor) -> Tensor:
         """``y`` (None: zeros) plus the bias of outputs ``start:start+length``."""
@@ -136,20 +148,21 @@ class Partitioned(nn.Module):
         a: Optional[Tensor] = None       # from S inputs
         b: Optional[Tensor] = None       # from R inputs
         f: Optional[Tensor] = None       # from F inputs, every output
+        xs, xr, xf = self._inputs(x)
         if self.weight_s is not None:
-            a = self._layer(self._take(x, 0, self.index_s), self.weight_s)
+            a = self._layer(xs, self.weight_s)
         if self.weight_r is not None:
-            b = self._layer(self._take(x, 1, self.index_r), self.weight_r)
+            b = self._layer(xr, self.weight_r)
         if self.weight_f is not None:
-            f = self._layer(self._take(x, 2, self.index_f), self.weight_f)
+            f = self._layer(xf, self.weight_f)
         if self.scheme == "cr":
             self_s, self_r = a, b
             cross_s: Optional[Tensor] = None
             cross_r: Optional[Tensor] = None
         else:
-            self_s, cross_r = self._rows(a, 0, so), self._rows(a, so, ro)
-            cross_s, self_r = self._rows(b, 0, so), self._rows(b, so, ro)
-        f_s, f_r = self._rows(f, 0, so), self._rows(f, so, ro)
+            self_s, cross_r = self._rows(a)
+            cross_s, self_r = self._rows(b)
+        f_s, f_r = self._rows(f)
         if f_s is not None and f_r is not None:
             self_s = f_s if self_s is None else self_s + f_s
             self_r = f_r if self_r is None else self_r + f_r
@@ -157,12 +170,12 @@ class Partitioned(nn.Module):
         assert like is not None
         out_s = self._with_bias(self_s, 0, so, like)
         if cross_s is not None:
-            out_s = out_s + 2 * torch.sigmoid(out_s) * cross_s
+            out_s = torch.addcmul(out_s, torch.sigmoid(out_s), cross_s, value=2.0)
         if ro == 0:
             return out_s
         out_r = self._with_bias(self_r, so, ro, like)
         if cross_r is not None:
-            out_r = out_r + 2 * torch.sigmoid(out_r) * cross_r
+            out_r = torch.addcmul(out_r, torch.sigmoid(out_r), cross_r, value=2.0)
         return torch.cat([out_s, out_r], self.axis)
 
     def extra_repr(self) -> str:

@@ -8,6 +8,8 @@ the channels themselves, and each new position is matched to its old one by
 (channel, occurrence). What a removed channel still emits (the constant ``ReLU(β)`` of
 a BatchNorm with ``γ = 0``) is folded into the consumer: into its bias when uniform,
 otherwise as a constant buffer added after it, so the parameter count is the plan's.
+Under ``cr`` and ``ca`` the layers that mix survivors and new channels are then split
+into :class:`~fxsurgeon.partitioned.Partitioned` layers.
 """
 from __future__ import annotations
 

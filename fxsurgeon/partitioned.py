@@ -68,7 +68,8 @@ class Partitioned(nn.Module):
         self.split_sizes = [self.lengths[k] for k in order]
         self.slot = [order.index(k) for k in range(3)]
         for name, p in zip(("index_s", "index_r", "index_f"), parts, strict=True):
-            self.register_buffer(name, torch.as_tensor(p, dtype=torch.long), persistent=False)
+            self.register_buffer(name, torch.as_tensor(p, dtype=torch.long, device=layer.weight.device),
+                                 persistent=False)
         for name in ("weight_s", "weight_r", "weight_f", "bias"):
             self.register_parameter(name, None)
 
@@ -98,12 +99,11 @@ class Partitioned(nn.Module):
         ref = next(p for p in (self.weight_s, self.weight_r, self.weight_f) if p is not None)
         n_in = sum(self.lengths)
         w = ref.new_zeros([self.out_s + self.out_r, n_in, *self.kernel])
-        rows = {"s": slice(0, self.out_s) if self.scheme == "cr" else slice(None),
-                "r": slice(self.out_s, None) if self.scheme == "cr" else slice(None), "f": slice(None)}
+        rows = {"s": slice(0, self.out_s), "r": slice(self.out_s, None)} if self.scheme == "cr" else {}
         for k in "srf":
-            p = getattr(self, f"weight_{k}")
+            p, at = getattr(self, f"weight_{k}"), rows.get(k, slice(None))
             if p is not None:
-                w[rows[k]] = w[rows[k]].index_copy(1, getattr(self, f"index_{k}"), p.detach())
+                w[at] = w[at].index_copy(1, getattr(self, f"index_{k}"), p.detach())
         return w
 
     def _inputs(self, x: Tensor) -> list[Tensor]:

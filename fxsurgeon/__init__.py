@@ -15,9 +15,11 @@ from .graph import ChannelGraph, analyze
 from .liveliness import liveliness
 from .partitioned import Partitioned
 from .planner import DimPlan, Plan, plan
+from .rejuvenation import Event, NeuralRejuvenation, Rejuvenating
 from .rewriter import Surgery, rewrite
 
 __all__ = ["analyze", "ChannelGraph", "Dimension", "Member", "FxSurgeonError",
            "UntraceableModelError", "liveliness", "plan", "Plan", "DimPlan", "rewrite",
-           "Surgery", "load_pruned", "Partitioned", "export"]
+           "Surgery", "load_pruned", "Partitioned", "export", "NeuralRejuvenation", "Rejuvenating",
+           "Event"]
 __version__ = "0.1.0"

@@ -1,0 +1,168 @@
+"""Neural Rejuvenation as an optimizer wrapper (Qiao et al., CVPR 2019, Algorithm 1).
+
+``nr.step()`` replaces ``optimizer.step()``: it adds the L1 subgradient ``λ·sign(γ)``
+to the scales of free dimensions, steps the user's optimizer and, every
+``check_every`` steps, measures utilization. Below ``threshold`` it removes the dead
+channels, spends the freed budget with one shared α and keeps training: the model,
+optimizer and scheduler objects the user holds stay valid.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .errors import FxSurgeonError
+from .graph import ChannelGraph, analyze
+from .liveliness import liveliness
+from .optimizer_state import remap_optimizer
+from .planner import SCHEMES, plan
+from .rewriter import Surgery, rewrite
+from .tracing import as_tuple
+
+
+class Rejuvenating(nn.Module):
+    """The one model object of a run: it forwards to the current network, which a
+    rejuvenation event replaces."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, *args, **kwargs):
+        return self.network(*args, **kwargs)
+
+
+@dataclass
+class Event:
+    """What one rejuvenation changed."""
+
+    step: int
+    utilization: float
+    alpha: float
+    metric: str
+    scheme: str
+    cost_before: float                 # the network before the event, every channel counted
+    cost_alive: float                  # ... only its alive channels (U(θ))
+    cost_after: float                  # the new network
+    widths_before: dict[str, int] = field(default_factory=dict)
+    widths_after: dict[str, int] = field(default_factory=dict)
+    surgery: Surgery | None = field(default=None, repr=False)   # plan, index maps, new module
+
+
+class NeuralRejuvenation:
+    """Wrap ``optimizer`` to train ``model`` with Neural Rejuvenation.
+
+    ``metric`` ("params" or "flops") is the resource; the budget is ``target`` times
+    the original model's cost. ``threshold`` is T_r: an event fires when utilization
+    drops below it (at most ``max_events`` times). λ starts at 0 and grows by
+    ``delta_lambda`` at every check where utilization fell by less than ``delta_r``
+    since the previous check; it returns to 0 after an event. ``check_every`` counts
+    optimizer steps (``None``: call :meth:`check` yourself, e.g. once per epoch).
+    ``dead_threshold`` is the paper's 0.01. ``on_event`` is called with each
+    :class:`Event`. Train :attr:`model`, not the model you passed in.
+    """
+
+    def __init__(self, model: nn.Module, example_inputs, optimizer: torch.optim.Optimizer, *,
+                 metric: str = "params", threshold: float = 0.5, target: float = 1.0,
+                 scheme: str = "nr", rescale: bool = False, check_every: int | None = None,
+                 delta_r: float = 0.01, delta_lambda: float = 5e-5, max_events: int = 1,
+                 dead_threshold: float = 0.01, seed: int = 0,
+                 on_event: Callable[[Event], None] | None = None, **analyze_kwargs):
+        if scheme not in SCHEMES or scheme == "prune":
+            raise FxSurgeonError(f"scheme must be one of nr, cr, ca, not {scheme!r}")
+        if check_every is not None and check_every < 1:
+            raise FxSurgeonError(f"check_every must be a positive number of steps, got {check_every}")
+        self.example_inputs = as_tuple(example_inputs)
+        self.optimizer = optimizer
+        self.metric, self.threshold, self.target = metric, threshold, target
+        self.scheme, self.rescale = scheme, rescale
+        self.check_every, self.delta_r, self.delta_lambda = check_every, delta_r, delta_lambda
+        self.max_events, self.dead_threshold, self.seed = max_events, dead_threshold, seed
+        self.on_event = on_event
+        self._analyze_kwargs = analyze_kwargs
+        self._set_graph(analyze(model, self.example_inputs, **analyze_kwargs))
+        self.model = Rejuvenating(self.graph.module)
+        self.model.train(model.training)
+        self.budget = target * self.graph.count(metric)
+        self.lam = 0.0
+        self.steps = 0
+        self.events: list[Event] = []
+        self.log: list[dict] = []
+        self._last_utilization: float | None = None
+
+    # ---- the graph of the current network ------------------------------------------
+    def _set_graph(self, graph: ChannelGraph) -> None:
+        self.graph = graph
+        params = dict(graph.module.named_parameters())
+        masks: dict[str, torch.Tensor] = {}
+        for d in graph.free_dims:
+            for m in d.sources:
+                p = params[m.tensor]
+                mask = masks.setdefault(m.tensor, torch.zeros(p.numel(), dtype=p.dtype, device=p.device))
+                mask[torch.as_tensor(m.positions, device=p.device)] = 1
+        self._scales = [(params[n], mask.view_as(params[n])) for n, mask in masks.items()]
+
+    # ---- training ------------------------------------------------------------------
+    def step(self, closure=None):
+        """Add the L1 subgradient, step the optimizer, and check every ``check_every`` steps."""
+        if self.lam:
+            with torch.no_grad():
+                for p, mask in self._scales:
+                    if p.grad is not None:
+                        p.grad.add_(self.lam * torch.sign(p) * mask)
+        loss = self.optimizer.step(closure)
+        self.steps += 1
+        if self.check_every and self.steps % self.check_every == 0:
+            self.check()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def utilization(self) -> float:
+        """The paper's r = U(θ) / c(A) of the current network."""
+        return self.graph.utilization(liveliness(self.graph, self.dead_threshold), self.metric)
+
+    def check(self) -> Event | None:
+        """Measure utilization; rejuvenate below the threshold, else adapt λ."""
+        alive = liveliness(self.graph, self.dead_threshold)
+        r = self.graph.utilization(alive, self.metric)
+        entry = {"step": self.steps, "lambda": self.lam, "utilization": r, "event": False}
+        self.log.append(entry)
+        if r < self.threshold and len(self.events) < self.max_events:
+            try:
+                event = self._rejuvenate(alive, r)
+            except FxSurgeonError as err:       # keep training the network as it is
+                entry["error"] = str(err)
+                warnings.warn(f"rejuvenation at step {self.steps} skipped: {err}", stacklevel=2)
+                return None
+            entry["event"] = True
+            self.lam, self._last_utilization = 0.0, None
+            if self.on_event:
+                self.on_event(event)
+            return event
+        if self._last_utilization is not None and self._last_utilization - r < self.delta_r:
+            self.lam += self.delta_lambda
+        self._last_utilization = r
+        return None
+
+    def _rejuvenate(self, alive: dict, r: float) -> Event:
+        graph, old = self.graph, self.model.network
+        current = graph.count(self.metric)
+        p = plan(graph, alive, metric=self.metric, target=self.budget / current, scheme=self.scheme)
+        surgery = rewrite(graph, p, seed=self.seed + len(self.events), rescale=self.rescale)
+        new = surgery.module
+        new.train(old.training)
+        remap_optimizer(self.optimizer, old, new, surgery)
+        self.model.network = new
+        self._set_graph(analyze(new, self.example_inputs, **self._analyze_kwargs))
+        event = Event(self.steps, r, p.alpha, self.metric, self.scheme, current,
+                      graph.count(self.metric, alive), self.graph.count(self.metric),
+                      {n: d.width for n, d in p.dims.items()},
+                      {n: d.new_width for n, d in p.dims.items()}, surgery)
+        self.events.append(event)
+        return event

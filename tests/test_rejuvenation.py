@@ -1,0 +1,137 @@
+"""The NeuralRejuvenation optimizer wrapper: L1 on free scales, adaptive λ, events that
+keep the user's model, optimizer and scheduler objects valid."""
+import pytest
+import torch
+from test_rewrite import randomise_norms
+from torch import nn
+
+import fxsurgeon as fxs
+
+
+def small_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+
+
+def batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 3, (4,), generator=g)
+
+
+def train_step(nr, seed=0):
+    x, y = batch(seed)
+    nr.zero_grad()
+    nn.functional.cross_entropy(nr.model(x), y).backward()
+    nr.step()
+
+
+def kill_half(nr):
+    """Zero γ of half the channels of every BatchNorm of the current network."""
+    with torch.no_grad():
+        for m in nr.model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight[::2] = 0
+
+
+def test_l1_subgradient_touches_only_free_scales():
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1),
+                          nn.BatchNorm2d(4))                        # its output is pinned
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    nr = fxs.NeuralRejuvenation(model, torch.randn(1, 3, 4, 4), opt)
+    with torch.no_grad():
+        model[1].weight.copy_(torch.linspace(-1, 1, 8))
+    nr.lam = 0.5
+    (0 * nr.model(torch.randn(1, 3, 4, 4)).sum()).backward()     # zero gradients
+    nr.step()
+    assert torch.equal(model[1].weight.grad, 0.5 * torch.sign(model[1].weight))
+    assert (model[4].weight.grad == 0).all()
+
+
+def test_lambda_grows_while_utilization_stalls_and_resets_after_an_event():
+    model = small_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    nr = fxs.NeuralRejuvenation(model, batch()[0][:1], opt, threshold=0.9, check_every=2,
+                                delta_lambda=1e-3, delta_r=0.01)
+    for i in range(6):
+        train_step(nr, i)
+    # checks at steps 2, 4, 6: the first only records r; then r fell by 0 < Δr twice
+    assert [e["lambda"] for e in nr.log] == [0.0, 0.0, 1e-3]
+    assert nr.lam == pytest.approx(2e-3) and not nr.events
+    kill_half(nr)
+    train_step(nr, 6)
+    train_step(nr, 7)                                  # check at step 8 fires the event
+    assert [e.step for e in nr.events] == [8] and nr.lam == 0.0 and nr.log[-1]["event"]
+    event = nr.events[0]
+    assert event.utilization < 0.9 and event.cost_after <= nr.budget
+    assert event.cost_alive < event.cost_before and event.alpha > 1
+
+
+def test_an_event_keeps_the_function_and_the_users_objects():
+    model = small_net().double()
+    randomise_norms(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    nr = fxs.NeuralRejuvenation(model, batch()[0][:1].double(), opt, threshold=0.9)
+    net = nr.model
+    for i in range(3):
+        x, y = batch(i)
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x.double()), y).backward()
+        nr.step()
+    kill_half(nr)
+    x = batch(9)[0].double()
+    net.eval()
+    before = net(x)
+    old = dict(net.network.named_parameters())
+    momentum = {n: opt.state[p]["momentum_buffer"].clone() for n, p in old.items()}
+    event = nr.check()
+    assert event is not None and nr.model is net
+    torch.testing.assert_close(net(x), before)                   # NR starts where it was
+    new = dict(net.network.named_parameters())
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in new.values()}
+    for name, p in new.items():          # survivors keep their momentum, new channels start at 0
+        carried = event.surgery.carry(name, momentum[event.surgery.origin(name)])
+        assert torch.equal(opt.state[p]["momentum_buffer"], carried), name
+    assert any((opt.state[p]["momentum_buffer"] == 0).any() for p in new.values())
+    lr = opt.param_groups[0]["lr"]
+    sched.step()
+    assert opt.param_groups[0]["lr"] == lr / 2                   # the scheduler drives the same optimizer
+    net.train()
+    w = net.network.get_submodule("3").weight.clone()
+    opt.zero_grad()
+    nn.functional.cross_entropy(net(x), batch(9)[1]).backward()
+    nr.step()
+    assert not torch.equal(w, net.network.get_submodule("3").weight)  # new parameters train
+
+
+@pytest.mark.parametrize("scheme", ["nr", "cr", "ca"])
+def test_adam_moments_are_carried_in_every_scheme(scheme):
+    model = small_net()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    nr = fxs.NeuralRejuvenation(model, batch()[0][:1], opt, threshold=0.9, scheme=scheme)
+    for i in range(2):
+        train_step(nr, i)
+    old = dict(nr.model.network.named_parameters())
+    moments = {n: {k: v.clone() for k, v in opt.state[p].items()} for n, p in old.items()}
+    kill_half(nr)
+    event = nr.check()
+    assert event is not None
+    for name, p in nr.model.network.named_parameters():
+        origin = event.surgery.origin(name)
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(opt.state[p][key], event.surgery.carry(name, moments[origin][key]))
+        assert torch.equal(opt.state[p]["step"], moments[origin]["step"])
+    train_step(nr, 5)                                              # and training goes on
+
+
+def test_an_impossible_budget_warns_and_training_goes_on():
+    model = small_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    nr = fxs.NeuralRejuvenation(model, batch()[0][:1], opt, threshold=0.9, target=0.1)
+    kill_half(nr)
+    with pytest.warns(UserWarning, match="impossible budget"):
+        assert nr.check() is None
+    assert not nr.events and "impossible budget" in nr.log[-1]["error"]
+    train_step(nr)

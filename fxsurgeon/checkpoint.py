@@ -8,16 +8,14 @@ weights, so the file never needs the unsafe pickle loader.
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from .errors import FxSurgeonError
+from .history import record, replay, write_atomic
 
-FORMAT = "fxsurgeon.pruned/1"
+FORMAT = "fxsurgeon.pruned/2"
 
 
 def read(path: str | os.PathLike) -> dict:
@@ -49,45 +47,25 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
 
 def save_pruned(path: str | os.PathLike, spec: str, input_shape: tuple, surgery,
                 num_classes: int | None = None) -> None:
-    """Write the pruned model atomically (a temporary file renamed into place)."""
-    data = {"format": FORMAT, "spec": spec, "num_classes": num_classes, "input_shape": list(input_shape),
-            "survivors": {name: torch.as_tensor(d.survivors, dtype=torch.int64)
-                          for name, d in surgery.plan.dims.items() if not d.pinned},
-            "constants": dict(surgery.constants),
-            "state_dict": surgery.module.state_dict()}
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    os.close(fd)
-    try:
-        torch.save(data, tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write the pruned model atomically: its spec, input shape, surgery record and weights."""
+    write_atomic({"format": FORMAT, "spec": spec, "num_classes": num_classes,
+                  "input_shape": list(input_shape), "surgery": record(surgery),
+                  "state_dict": surgery.module.state_dict()}, path)
 
 
 def load_pruned(path: str | os.PathLike) -> nn.Module:
     """Rebuild a model saved by ``fxsurgeon prune`` (or :func:`save_pruned`), in eval mode."""
-    from . import analyze, plan, rewrite
+    from . import analyze
     from .models import load_model
-    from .rewriter import add_constant
 
     data = read(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise FxSurgeonError(f"{str(path)!r} is not a pruned model saved by fxsurgeon")
     model, _ = load_model(data["spec"], data.get("num_classes"))
     graph = analyze(model.eval(), torch.randn(data["input_shape"]))
-    widths = {d.name: d.width for d in graph.free_dims}
-    alive = {}
-    for name, kept in data["survivors"].items():
-        if name not in widths:
-            raise FxSurgeonError(f"{str(path)!r} was pruned from another architecture: "
-                                 f"no free dimension {name!r} in {data['spec']}")
-        alive[name] = np.isin(np.arange(widths[name]), kept.numpy())
-    module = rewrite(graph, plan(graph, alive, target=None, scheme="prune"), fold=False).module
-    for target, name in data["constants"].items():
-        add_constant(module, target, name, torch.zeros_like(data["state_dict"][name]))
-    module.recompile()
+    try:
+        module = replay(graph, data["surgery"])
+    except FxSurgeonError as err:
+        raise FxSurgeonError(f"{str(path)!r} does not fit {data['spec']}: {err}") from None
     module.load_state_dict(data["state_dict"])
     return module.eval()

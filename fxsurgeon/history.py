@@ -1,0 +1,64 @@
+"""A surgery as plain data, and rebuilding its network from the model it started from.
+
+Checkpoints store this record instead of pickled modules, so they load with
+``torch.load(weights_only=True)``: the architecture is the original model's, replayed
+through each recorded surgery; the weights come from the saved state dict.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import fx
+
+from .errors import FxSurgeonError
+from .graph import ChannelGraph
+from .planner import plan
+from .rewriter import Surgery, add_constant, rewrite
+
+
+def record(surgery: Surgery, seed: int = 0) -> dict:
+    """What it takes to rebuild ``surgery.module`` from the graph it was made from."""
+    p = surgery.plan
+    return {"scheme": surgery.scheme, "metric": p.metric, "alpha": p.alpha, "seed": seed,
+            "survivors": {n: torch.as_tensor(d.survivors, dtype=torch.int64)
+                          for n, d in p.dims.items() if not d.pinned},
+            "constants": {target: {"name": name, "shape": list(getattr(surgery.module, name).shape)}
+                          for target, name in surgery.constants.items()}}
+
+
+def replay(graph: ChannelGraph, rec: dict) -> fx.GraphModule:
+    """The network ``rec`` describes, rebuilt from ``graph`` (weights still to be loaded)."""
+    widths = {d.name: d.width for d in graph.free_dims}
+    alive = {}
+    for name, kept in rec["survivors"].items():
+        if name not in widths:
+            raise FxSurgeonError(f"the recorded surgery was made on another architecture: "
+                                 f"no free dimension {name!r}")
+        alive[name] = np.isin(np.arange(widths[name]), np.asarray(kept))
+    if rec["scheme"] == "prune":
+        p = plan(graph, alive, metric=rec["metric"], target=None, scheme="prune")
+    else:
+        p = plan(graph, alive, metric=rec["metric"], scheme=rec["scheme"], alpha=rec["alpha"])
+    module = rewrite(graph, p, scheme=rec["scheme"], seed=rec["seed"], fold=False).module
+    for target, c in rec["constants"].items():
+        add_constant(module, target, c["name"], torch.zeros(c["shape"]))
+    module.recompile()
+    return module
+
+
+def write_atomic(data, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file renamed into place: never a half-written file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    os.close(fd)
+    try:
+        torch.save(data, tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

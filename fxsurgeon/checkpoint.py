@@ -64,7 +64,7 @@ def load_pruned(path: str | os.PathLike) -> nn.Module:
     model, _ = load_model(data["spec"], data.get("num_classes"))
     graph = analyze(model.eval(), torch.randn(data["input_shape"]))
     try:
-        module = replay(graph, data["surgery"])
+        module = replay(graph, data["surgery"]).module
     except FxSurgeonError as err:
         raise FxSurgeonError(f"{str(path)!r} does not fit {data['spec']}: {err}") from None
     module.load_state_dict(data["state_dict"])

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import fx
 
 from .errors import FxSurgeonError
 from .graph import ChannelGraph
@@ -30,8 +29,9 @@ def record(surgery: Surgery, seed: int = 0) -> dict:
                           for target, name in surgery.constants.items()}}
 
 
-def replay(graph: ChannelGraph, rec: dict) -> fx.GraphModule:
-    """The network ``rec`` describes, rebuilt from ``graph`` (weights still to be loaded)."""
+def replay(graph: ChannelGraph, rec: dict) -> Surgery:
+    """The surgery ``rec`` describes, redone on ``graph``: its module has the recorded
+    architecture, with weights still to be loaded."""
     widths = {d.name: d.width for d in graph.free_dims}
     alive = {}
     for name, kept in rec["survivors"].items():
@@ -43,11 +43,12 @@ def replay(graph: ChannelGraph, rec: dict) -> fx.GraphModule:
         p = plan(graph, alive, metric=rec["metric"], target=None, scheme="prune")
     else:
         p = plan(graph, alive, metric=rec["metric"], scheme=rec["scheme"], alpha=rec["alpha"])
-    module = rewrite(graph, p, scheme=rec["scheme"], seed=rec["seed"], fold=False).module
+    surgery = rewrite(graph, p, scheme=rec["scheme"], seed=rec["seed"], fold=False)
     for target, c in rec["constants"].items():
-        add_constant(module, target, c["name"], torch.zeros(c["shape"]))
-    module.recompile()
-    return module
+        add_constant(surgery.module, target, c["name"], torch.zeros(c["shape"]))
+        surgery.constants[target] = c["name"]
+    surgery.module.recompile()
+    return surgery
 
 
 def write_atomic(data, path: str | os.PathLike) -> None:

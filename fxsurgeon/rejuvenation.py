@@ -8,20 +8,25 @@ optimizer and scheduler objects the user holds stay valid.
 """
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import nn
 
+from .checkpoint import read
 from .errors import FxSurgeonError
 from .graph import ChannelGraph, analyze
+from .history import record, replay, write_atomic
 from .liveliness import liveliness
 from .optimizer_state import remap_optimizer
 from .planner import SCHEMES, plan
 from .rewriter import Surgery, rewrite
 from .tracing import as_tuple
+
+FORMAT = "fxsurgeon.nr/1"
 
 
 class Rejuvenating(nn.Module):
@@ -91,6 +96,7 @@ class NeuralRejuvenation:
         self.lam = 0.0
         self.steps = 0
         self.events: list[Event] = []
+        self.history: list[dict] = []          # each surgery as data, for checkpoints
         self.log: list[dict] = []
         self._last_utilization: float | None = None
 
@@ -150,16 +156,70 @@ class NeuralRejuvenation:
         self._last_utilization = r
         return None
 
-    def _rejuvenate(self, alive: dict, r: float) -> Event:
-        graph, old = self.graph, self.model.network
-        current = graph.count(self.metric)
-        p = plan(graph, alive, metric=self.metric, target=self.budget / current, scheme=self.scheme)
-        surgery = rewrite(graph, p, seed=self.seed + len(self.events), rescale=self.rescale)
-        new = surgery.module
+    # ---- checkpoints -----------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything to resume: the surgery history (the architecture is rebuilt from the
+        original model), the network's and the optimizer's state, λ, the step and the log.
+        Plain data: it loads with ``torch.load(weights_only=True)``."""
+        return {"format": FORMAT, "history": list(self.history), "lam": self.lam, "steps": self.steps,
+                "last_utilization": self._last_utilization, "log": list(self.log),
+                "events": [{f.name: getattr(e, f.name) for f in fields(e) if f.name != "surgery"}
+                           for e in self.events],
+                "model": self.model.network.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, data: dict) -> None:
+        """Resume from :meth:`state_dict` on a wrapper built as the saved one was (same
+        original model, optimizer type and arguments), before it has trained."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise FxSurgeonError("not a NeuralRejuvenation checkpoint")
+        if self.events or self.steps:
+            raise FxSurgeonError("load a checkpoint into a fresh NeuralRejuvenation, before training")
+        for rec in data["history"]:
+            self._replace(replay(self.graph, rec))
+        self.history = list(data["history"])
+        result = self.model.network.load_state_dict(data["model"], strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise FxSurgeonError(f"the checkpoint's network does not match: missing "
+                                 f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
+        try:
+            self.optimizer.load_state_dict(data["optimizer"])
+        except ValueError as err:
+            raise FxSurgeonError(f"the checkpoint's optimizer does not match: {err}") from None
+        self.lam, self.steps = data["lam"], data["steps"]
+        self._last_utilization, self.log = data["last_utilization"], list(data["log"])
+        self.events = [Event(**e) for e in data["events"]]
+
+    def save(self, path: str | os.PathLike, **extra) -> None:
+        """Write :meth:`state_dict` atomically, with ``extra`` (an epoch, a scheduler's
+        state) stored beside it."""
+        write_atomic({**self.state_dict(), "extra": extra}, path)
+
+    def load(self, path: str | os.PathLike) -> dict:
+        """Resume from a file written by :meth:`save`; returns its ``extra``."""
+        data = read(path)
+        try:
+            self.load_state_dict(data)
+        except FxSurgeonError as err:
+            raise FxSurgeonError(f"cannot resume from {str(path)!r}: {err}") from None
+        return data.get("extra", {})
+
+    # ---- the event -------------------------------------------------------------------
+    def _replace(self, surgery: Surgery) -> None:
+        """Train ``surgery.module`` from now on, with the optimizer pointed at it."""
+        old, new = self.model.network, surgery.module
         new.train(old.training)
         remap_optimizer(self.optimizer, old, new, surgery)
         self.model.network = new
         self._set_graph(analyze(new, self.example_inputs, **self._analyze_kwargs))
+
+    def _rejuvenate(self, alive: dict, r: float) -> Event:
+        graph = self.graph
+        current = graph.count(self.metric)
+        p = plan(graph, alive, metric=self.metric, target=self.budget / current, scheme=self.scheme)
+        seed = self.seed + len(self.events)
+        surgery = rewrite(graph, p, seed=seed, rescale=self.rescale)
+        self._replace(surgery)
+        self.history.append(record(surgery, seed))
         event = Event(self.steps, r, p.alpha, self.metric, self.scheme, current,
                       graph.count(self.metric, alive), self.graph.count(self.metric),
                       {n: d.width for n, d in p.dims.items()},

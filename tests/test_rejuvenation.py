@@ -135,3 +135,51 @@ def test_an_impossible_budget_warns_and_training_goes_on():
         assert nr.check() is None
     assert not nr.events and "impossible budget" in nr.log[-1]["error"]
     train_step(nr)
+
+
+def _run(tmp_path, steps, save_at=None, resume=None, scheme="cr"):
+    """Train ``small_net`` with SGD + momentum and a StepLR; an event fires at step 4."""
+    model = small_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+    nr = fxs.NeuralRejuvenation(model, batch()[0][:1], opt, threshold=0.9, check_every=4,
+                                scheme=scheme, rescale=True, delta_lambda=1e-3)
+    start = 0
+    if resume:
+        extra = nr.load(resume)
+        sched.load_state_dict(extra["scheduler"])
+        start = extra["step"]
+    for i in range(start, steps):
+        if i == 2:
+            kill_half(nr)
+        train_step(nr, i)
+        sched.step()
+        if save_at == i + 1:
+            nr.save(tmp_path / "run.pt", step=i + 1, scheduler=sched.state_dict())
+    return nr
+
+
+@pytest.mark.parametrize("save_at", [3, 6])
+def test_resuming_gives_the_same_continuation_to_the_bit(tmp_path, save_at):
+    straight = _run(tmp_path, 9, save_at=save_at)
+    assert [e.step for e in straight.events] == [4]
+    data = torch.load(tmp_path / "run.pt", weights_only=True)        # plain data only
+    assert len(data["history"]) == (save_at > 4)
+    resumed = _run(tmp_path, 9, resume=tmp_path / "run.pt")
+    assert [e.step for e in resumed.events] == [4] and resumed.log == straight.log
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert straight.lam == resumed.lam
+
+
+def test_bad_resumes_are_clear_errors(tmp_path):
+    _run(tmp_path, 6, save_at=6)
+    (tmp_path / "corrupt.pt").write_bytes(b"junk")
+    with pytest.raises(fxs.FxSurgeonError, match="cannot read checkpoint"):
+        _run(tmp_path, 6, resume=tmp_path / "corrupt.pt")
+    other = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
+    other(torch.randn(1, 3, 8, 8))
+    nr = fxs.NeuralRejuvenation(other, torch.randn(1, 3, 8, 8), torch.optim.SGD(other.parameters(), lr=0.1))
+    with pytest.raises(fxs.FxSurgeonError, match="cannot resume from .*run.pt"):
+        nr.load(tmp_path / "run.pt")
+    assert not list(tmp_path.glob(".run.pt.*"))                      # no half-written files left

@@ -31,14 +31,31 @@ FORMAT = "fxsurgeon.nr/1"
 
 class Rejuvenating(nn.Module):
     """The one model object of a run: it forwards to the current network, which a
-    rejuvenation event replaces."""
+    rejuvenation event replaces. Under DistributedDataParallel it holds the DDP wrapper
+    of the current network (``ddp``), rebuilt after every event."""
 
-    def __init__(self, network: nn.Module):
+    def __init__(self, network: nn.Module, ddp: dict | None = None):
         super().__init__()
-        self.network = network
+        self.ddp_kwargs = ddp
+        self.replace(network)
+
+    @property
+    def network(self) -> nn.Module:
+        """The current network (without the DDP wrapper)."""
+        return self.ddp.module if self.ddp_kwargs is not None else self.net
+
+    def replace(self, network: nn.Module) -> None:
+        """Run ``network`` from now on (wrapped anew in DDP when distributed)."""
+        self._modules.pop("ddp", None)
+        self._modules.pop("net", None)
+        if self.ddp_kwargs is not None:
+            from torch.nn.parallel import DistributedDataParallel
+            self.ddp = DistributedDataParallel(network, **self.ddp_kwargs)
+        else:
+            self.net = network
 
     def forward(self, *args, **kwargs):
-        return self.network(*args, **kwargs)
+        return (self.ddp if self.ddp_kwargs is not None else self.net)(*args, **kwargs)
 
 
 @dataclass
@@ -69,6 +86,11 @@ class NeuralRejuvenation:
     optimizer steps (``None``: call :meth:`check` yourself, e.g. once per epoch).
     ``dead_threshold`` is the paper's 0.01. ``on_event`` is called with each
     :class:`Event`. Train :attr:`model`, not the model you passed in.
+
+    Under ``torchrun``, pass ``ddp=True`` (or DistributedDataParallel's keyword
+    arguments) instead of wrapping the model yourself: :attr:`model` then runs the DDP
+    wrapper, which is rebuilt after each event; every rank follows rank 0's liveliness
+    and builds identical new parameters (DDP broadcasts rank 0's anyway).
     """
 
     def __init__(self, model: nn.Module, example_inputs, optimizer: torch.optim.Optimizer, *,
@@ -76,7 +98,8 @@ class NeuralRejuvenation:
                  scheme: str = "nr", rescale: bool = False, check_every: int | None = None,
                  delta_r: float = 0.01, delta_lambda: float = 5e-5, max_events: int = 1,
                  dead_threshold: float = 0.01, seed: int = 0,
-                 on_event: Callable[[Event], None] | None = None, **analyze_kwargs):
+                 on_event: Callable[[Event], None] | None = None, ddp: dict | bool = False,
+                 **analyze_kwargs):
         if scheme not in SCHEMES or scheme == "prune":
             raise FxSurgeonError(f"scheme must be one of nr, cr, ca, not {scheme!r}")
         if check_every is not None and check_every < 1:
@@ -90,7 +113,7 @@ class NeuralRejuvenation:
         self.on_event = on_event
         self._analyze_kwargs = analyze_kwargs
         self._set_graph(analyze(model, self.example_inputs, **analyze_kwargs))
-        self.model = Rejuvenating(self.graph.module)
+        self.model = Rejuvenating(self.graph.module, None if ddp is False else {} if ddp is True else ddp)
         self.model.train(model.training)
         self.budget = target * self.graph.count(metric)
         self.lam = 0.0
@@ -131,11 +154,20 @@ class NeuralRejuvenation:
 
     def utilization(self) -> float:
         """The paper's r = U(θ) / c(A) of the current network."""
-        return self.graph.utilization(liveliness(self.graph, self.dead_threshold), self.metric)
+        return self.graph.utilization(self._liveliness(), self.metric)
+
+    def _liveliness(self) -> dict:
+        """Alive masks; under torch.distributed every rank takes rank 0's."""
+        alive = liveliness(self.graph, self.dead_threshold)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            box = [alive]
+            torch.distributed.broadcast_object_list(box, src=0)
+            alive = box[0]
+        return alive
 
     def check(self) -> Event | None:
         """Measure utilization; rejuvenate below the threshold, else adapt λ."""
-        alive = liveliness(self.graph, self.dead_threshold)
+        alive = self._liveliness()
         r = self.graph.utilization(alive, self.metric)
         entry = {"step": self.steps, "lambda": self.lam, "utilization": r, "event": False}
         self.log.append(entry)
@@ -209,7 +241,7 @@ class NeuralRejuvenation:
         old, new = self.model.network, surgery.module
         new.train(old.training)
         remap_optimizer(self.optimizer, old, new, surgery)
-        self.model.network = new
+        self.model.replace(new)
         self._set_graph(analyze(new, self.example_inputs, **self._analyze_kwargs))
 
     def _rejuvenate(self, alive: dict, r: float) -> Event:

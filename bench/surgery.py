@@ -19,9 +19,9 @@ import torchvision
 
 import fxsurgeon as fxs
 from common import kill
-from fxsurgeon.zoo import MODELS
+from fxsurgeon.zoo import MODELS, SHAPES
 
-CASES = [(name, factory, (8, 3, 32, 32)) for name, factory in MODELS.items()] + \
+CASES = [(name, factory, (8, *SHAPES.get(name, (1, 3, 32, 32))[1:])) for name, factory in MODELS.items()] + \
     [(name, lambda n=name: torchvision.models.get_model(n), (8, 3, 224, 224))
      for name in ("resnet50", "mobilenet_v3_large", "densenet121")]
 

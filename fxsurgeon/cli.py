@@ -85,6 +85,69 @@ def prune_command(args) -> None:
           f"wrote {args.out} (load it with fxsurgeon.load_pruned)")
 
 
+def _experiment(cfg: dict, args) -> None:
+    """Run a config (overridden by the command line), print the table and the plots."""
+    from . import experiment
+
+    recipe = dict(cfg.get("recipe", {}))
+    recipe.update({k: v for k, v in vars(args).items() if k in _RECIPE and v is not None})
+    out = Path(args.out)
+    methods = args.method.split(",") if args.method else cfg.get("methods", ["nr"])
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else cfg.get("seeds", [0])
+    results = experiment.run(args.model or cfg["model"], args.data or cfg["data"], methods, seeds,
+                             experiment.recipe_from(recipe), out, args.tensorboard, not args.quiet,
+                             getattr(args, "num_classes", None))
+    print(experiment.table(results))
+    print(f"\nmetrics: {out / 'metrics.jsonl'}\nresults: {out / 'results.json'}")
+    for path in experiment.plots(results, out):
+        print(f"plot:    {path}")
+
+
+def train_command(args) -> None:
+    from .experiment import load_config
+
+    cfg = load_config(args.config) if args.config else {}
+    if not (args.model or cfg.get("model")) or not (args.data or cfg.get("data")):
+        raise FxSurgeonError("train needs a MODEL and --data (or a --config that names them)")
+    _experiment(cfg, args)
+
+
+def demo_command(args) -> None:
+    from .experiment import DEMO
+
+    _experiment(DEMO, args)
+
+
+def _recipe_fields() -> dict:
+    from dataclasses import fields
+
+    from .training import Recipe
+    return {f.name: f for f in fields(Recipe) if f.name != "seed"}     # --seeds sets it
+
+
+_RECIPE = _recipe_fields()
+
+
+def _training_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", help="comma-separated: baseline, slimming, nr, nr-cr, nr-ca")
+    p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (mean and spread in the table)")
+    p.add_argument("--out", default="out/train", help="folder for metrics, results and plots")
+    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs (OUT/tensorboard)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    recipe = p.add_argument_group("recipe (paper defaults; see docs/training.md)")
+    for name, f in _RECIPE.items():
+        flag = "--" + name.replace("_", "-")
+        if f.default is None or isinstance(f.default, int) and not isinstance(f.default, bool):
+            recipe.add_argument(flag, type=int, default=None, help=f"default {f.default}")
+        elif isinstance(f.default, bool):
+            recipe.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"default {f.default}")
+        elif isinstance(f.default, float):
+            recipe.add_argument(flag, type=float, default=None, help=f"default {f.default}")
+        else:
+            recipe.add_argument(flag, default=None, help=f"default {f.default}")
+
+
 def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="torchvision:NAME, timm:NAME, zoo:NAME or package.module:factory")
     p.add_argument("--input-shape", type=_shape, help="example input shape, e.g. 1,3,224,224")
@@ -118,6 +181,17 @@ def parser() -> argparse.ArgumentParser:
         else:
             cmd.add_argument("--out", metavar="FILE", required=True, help="where to write the pruned model")
         cmd.set_defaults(run=run)
+    tr = sub.add_parser("train", help="train with Neural Rejuvenation (or a baseline) and plot it")
+    tr.add_argument("model", nargs="?", help="model spec as in inspect (or from --config)")
+    tr.add_argument("--data", help="digits, cifar10:DIR, cifar100:DIR or imagefolder:DIR")
+    tr.add_argument("--config", help="a JSON config, or a shipped one: paper:vgg19-cifar10, ...")
+    tr.add_argument("--num-classes", type=int, help="passed to the model factory (default: the data's)")
+    _training_arguments(tr)
+    tr.set_defaults(run=train_command)
+    demo = sub.add_parser("demo", help="baseline vs NR on the digits that ship with scikit-learn")
+    demo.set_defaults(model=None, data=None)
+    _training_arguments(demo)
+    demo.set_defaults(run=demo_command, out="out/demo")
     return p
 
 

@@ -34,10 +34,10 @@ def load_model(spec: str, num_classes: int | None = None) -> tuple[nn.Module, tu
         model = timm.create_model(name, pretrained=False, **kwargs)
         return model, (1, *model.default_cfg.get("input_size", (3, 224, 224)))
     if kind == "zoo":
-        from .zoo import MODELS
+        from .zoo import MODELS, SHAPES
         if name not in MODELS:
             raise FxSurgeonError(f"fxsurgeon.zoo has no model {name!r}; known: {', '.join(MODELS)}")
-        return MODELS[name](**kwargs), (1, 3, 32, 32)
+        return MODELS[name](**kwargs), SHAPES.get(name, (1, 3, 32, 32))
     try:
         factory = getattr(importlib.import_module(kind), name)
     except (ImportError, AttributeError) as exc:

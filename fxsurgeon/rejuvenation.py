@@ -72,6 +72,7 @@ class Event:
     cost_after: float                  # the new network
     widths_before: dict[str, int] = field(default_factory=dict)
     widths_after: dict[str, int] = field(default_factory=dict)
+    widths_alive: dict[str, int] = field(default_factory=dict)   # the survivors per dimension
     surgery: Surgery | None = field(default=None, repr=False)   # plan, index maps, new module
 
 
@@ -82,7 +83,8 @@ class NeuralRejuvenation:
     the original model's cost. ``threshold`` is T_r: an event fires when utilization
     drops below it (at most ``max_events`` times). λ starts at 0 and grows by
     ``delta_lambda`` at every check where utilization fell by less than ``delta_r``
-    since the previous check; it returns to 0 after an event. ``check_every`` counts
+    since the previous check; it returns to 0 after an event (and stays there after the
+    last one). ``check_every`` counts
     optimizer steps (``None``: call :meth:`check` yourself, e.g. once per epoch).
     ``dead_threshold`` is the paper's 0.01. ``on_event`` is called with each
     :class:`Event`. Train :attr:`model`, not the model you passed in.
@@ -183,7 +185,8 @@ class NeuralRejuvenation:
             if self.on_event:
                 self.on_event(event)
             return event
-        if self._last_utilization is not None and self._last_utilization - r < self.delta_r:
+        more = len(self.events) < self.max_events      # after the last event λ stays where it is
+        if more and self._last_utilization is not None and self._last_utilization - r < self.delta_r:
             self.lam += self.delta_lambda
         self._last_utilization = r
         return None
@@ -207,7 +210,7 @@ class NeuralRejuvenation:
         if self.events or self.steps:
             raise FxSurgeonError("load a checkpoint into a fresh NeuralRejuvenation, before training")
         for rec in data["history"]:
-            self._replace(replay(self.graph, rec))
+            self.apply_surgery(replay(self.graph, rec), remember=False)
         self.history = list(data["history"])
         result = self.model.network.load_state_dict(data["model"], strict=False)
         if result.missing_keys or result.unexpected_keys:
@@ -236,13 +239,16 @@ class NeuralRejuvenation:
         return data.get("extra", {})
 
     # ---- the event -------------------------------------------------------------------
-    def _replace(self, surgery: Surgery) -> None:
-        """Train ``surgery.module`` from now on, with the optimizer pointed at it."""
+    def apply_surgery(self, surgery: Surgery, seed: int = 0, remember: bool = True) -> None:
+        """Train ``surgery.module`` from now on: the optimizer is pointed at it, with the
+        survivors' state carried, and checkpoints record the surgery (with its ``seed``)."""
         old, new = self.model.network, surgery.module
         new.train(old.training)
         remap_optimizer(self.optimizer, old, new, surgery)
         self.model.replace(new)
         self._set_graph(analyze(new, self.example_inputs, **self._analyze_kwargs))
+        if remember:
+            self.history.append(record(surgery, seed))
 
     def _rejuvenate(self, alive: dict, r: float) -> Event:
         graph = self.graph
@@ -250,11 +256,11 @@ class NeuralRejuvenation:
         p = plan(graph, alive, metric=self.metric, target=self.budget / current, scheme=self.scheme)
         seed = self.seed + len(self.events)
         surgery = rewrite(graph, p, seed=seed, rescale=self.rescale)
-        self._replace(surgery)
-        self.history.append(record(surgery, seed))
+        self.apply_surgery(surgery, seed)
         event = Event(self.steps, r, p.alpha, self.metric, self.scheme, current,
                       graph.count(self.metric, alive), self.graph.count(self.metric),
                       {n: d.width for n, d in p.dims.items()},
-                      {n: d.new_width for n, d in p.dims.items()}, surgery)
+                      {n: d.new_width for n, d in p.dims.items()},
+                      {n: len(d.survivors) for n, d in p.dims.items()}, surgery)
         self.events.append(event)
         return event

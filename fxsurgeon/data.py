@@ -1,0 +1,88 @@
+"""Datasets for ``fxsurgeon train``, by spec. Nothing is downloaded.
+
+- ``digits``: scikit-learn's 1,797 handwritten 8x8 digits (they ship inside the
+  package), split 1,437 train / 360 test with a fixed seed;
+- ``cifar10:DIR``, ``cifar100:DIR``: the CIFAR python archives already extracted in
+  DIR (torchvision's layout), with the usual crop-and-flip augmentation;
+- ``imagefolder:DIR``: ``DIR/train`` and ``DIR/val`` with one folder per class.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from .errors import FxSurgeonError
+
+_CIFAR_MEAN, _CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Data:
+    """A train and a test set, the shape of one input (batch 1) and the class count."""
+
+    train: Dataset
+    test: Dataset
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+
+def _digits() -> Data:
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise FxSurgeonError("the digits data ships with scikit-learn: pip install scikit-learn") from None
+    bunch = load_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    x = (x - 0.3) / 0.4
+    y = torch.tensor(bunch.target, dtype=torch.long)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    train, test = order[:1437], order[1437:]
+    return Data(TensorDataset(x[train], y[train]), TensorDataset(x[test], y[test]), (1, 1, 8, 8), 10)
+
+
+def _cifar(root: str, classes: int) -> Data:
+    import torchvision
+    from torchvision import transforms as T
+    cls = torchvision.datasets.CIFAR10 if classes == 10 else torchvision.datasets.CIFAR100
+    norm = [T.ToTensor(), T.Normalize(_CIFAR_MEAN, _CIFAR_STD)]
+    train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), *norm])
+    try:
+        train = cls(root, train=True, transform=train_tf, download=False)
+        test = cls(root, train=False, transform=T.Compose(norm), download=False)
+    except RuntimeError as err:
+        raise FxSurgeonError(f"no CIFAR-{classes} archive extracted in {root!r} ({err}); fxsurgeon "
+                             f"never downloads: fetch it with torchvision once") from None
+    return Data(train, test, (1, 3, 32, 32), classes)
+
+
+def _imagefolder(root: str, size: int = 224) -> Data:
+    import torchvision
+    from torchvision import transforms as T
+    norm = [T.ToTensor(), T.Normalize(_IMAGENET_MEAN, _IMAGENET_STD)]
+    parts = {}
+    for split in ("train", "val"):
+        path = Path(root) / split
+        if not path.is_dir():
+            raise FxSurgeonError(f"imagefolder:{root} needs {path} with one folder per class")
+        tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *norm]) if split == "train" \
+            else T.Compose([T.Resize(size * 8 // 7), T.CenterCrop(size), *norm])
+        parts[split] = torchvision.datasets.ImageFolder(str(path), transform=tf)
+    if parts["train"].classes != parts["val"].classes:
+        raise FxSurgeonError(f"imagefolder:{root}: train and val have different classes")
+    return Data(parts["train"], parts["val"], (1, 3, size, size), len(parts["train"].classes))
+
+
+def load_data(spec: str, image_size: int = 224) -> Data:
+    """The datasets a spec names (see the module docstring)."""
+    kind, _, root = spec.partition(":")
+    if kind == "digits" and not root:
+        return _digits()
+    if kind in ("cifar10", "cifar100") and root:
+        return _cifar(root, int(kind[5:]))
+    if kind == "imagefolder" and root:
+        return _imagefolder(root, image_size)
+    raise FxSurgeonError(f"unknown data {spec!r}: use digits, cifar10:DIR, cifar100:DIR or imagefolder:DIR")

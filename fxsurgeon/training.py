@@ -1,0 +1,198 @@
+"""Training runs for ``fxsurgeon train``: baseline, Network Slimming, and Neural Rejuvenation.
+
+The recipe defaults follow the paper: SGD with momentum, λ adapted every epoch
+(Δλ = 5e-5, Δr = 0.01), T_r = 0.5, one event; the learning rate stays constant until
+the event, then the full cosine schedule of ``epochs`` runs. Every epoch writes one
+JSON line (and TensorBoard scalars if asked).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from .data import Data
+from .liveliness import liveliness
+from .planner import plan
+from .rejuvenation import Event, NeuralRejuvenation
+from .rewriter import rewrite
+
+METHODS = ("baseline", "slimming", "nr", "nr-cr", "nr-ca")
+
+
+@dataclass
+class Recipe:
+    """Every hyper-parameter of a run (paper defaults; the demo overrides a few)."""
+
+    epochs: int = 160                 # the schedule: the whole run, or after NR's event
+    batch_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    metric: str = "params"            # NR's resource
+    target: float = 1.0               # budget: target x the original cost
+    threshold: float = 0.5            # T_r
+    delta_r: float = 0.01
+    delta_lambda: float = 5e-5
+    check_every: int | None = None    # steps between checks (None: every epoch)
+    search_epochs: int = 160          # NR: at most this long at constant LR before the event
+    rescale: bool = True
+    slimming_lambda: float = 1e-4     # Network Slimming's L1 on γ
+    finetune_epochs: int = 40         # Network Slimming: after pruning
+    seed: int = 0
+
+
+@dataclass
+class Result:
+    """What a run ends with."""
+
+    method: str
+    seed: int
+    params: int
+    flops: int
+    accuracy: float
+    epochs: int
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+
+def evaluate(model: torch.nn.Module, loader: DataLoader) -> float:
+    """Top-1 accuracy, in eval mode (the model's mode is restored)."""
+    was = model.training
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in loader:
+            correct += int((model(x).argmax(1) == y).sum())
+            total += len(y)
+    model.train(was)
+    return correct / total
+
+
+class _Logger:
+    """JSON lines, optional TensorBoard and a progress bar, one record per epoch."""
+
+    def __init__(self, path: Path | None, method: str, tensorboard: bool, progress: bool, total: int):
+        self.file = open(path, "a") if path else None   # noqa: SIM115 - closed in close()
+        self.method = method
+        self.writer = None
+        if tensorboard and path:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(path.parent / "tensorboard" / method))
+        self.bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, desc=method, unit="epoch", leave=False)
+
+    def write(self, record: dict) -> None:
+        record = {"method": self.method, **record}
+        if self.file:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        if self.writer and "epoch" in record:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "epoch":
+                    self.writer.add_scalar(f"{self.method}/{k}", v, record["epoch"])
+        if self.bar and "accuracy" in record:
+            self.bar.update(1)
+            self.bar.set_postfix(acc=f"{record['accuracy']:.3f}", util=f"{record.get('utilization', 1):.2f}")
+
+    def close(self) -> None:
+        for h in (self.file, self.writer, self.bar):
+            if h:
+                h.close()
+
+
+def _loaders(data: Data, recipe: Recipe) -> tuple[DataLoader, DataLoader]:
+    g = torch.Generator().manual_seed(recipe.seed)
+    return (DataLoader(data.train, recipe.batch_size, shuffle=True, generator=g, drop_last=True),
+            DataLoader(data.test, 256))
+
+
+def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: Path | None = None,
+          tensorboard: bool = False, progress: bool = True) -> tuple[torch.nn.Module, Result]:
+    """Train ``model`` by ``method`` (one of :data:`METHODS`); returns the trained
+    network and its :class:`Result`."""
+    torch.manual_seed(recipe.seed)
+    train_loader, test_loader = _loaders(data, recipe)
+    example = torch.zeros(data.input_shape)
+    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                          weight_decay=recipe.weight_decay)
+    rejuvenating = method.startswith("nr")
+    nr = NeuralRejuvenation(
+        model, example, opt, metric=recipe.metric, threshold=recipe.threshold if rejuvenating else -1,
+        target=recipe.target, scheme={"nr": "nr", "nr-cr": "cr", "nr-ca": "ca"}.get(method, "nr"),
+        rescale=recipe.rescale, check_every=recipe.check_every, delta_r=recipe.delta_r,
+        delta_lambda=recipe.delta_lambda if rejuvenating else 0.0, seed=recipe.seed,
+        max_events=1 if rejuvenating else 0)
+    if method == "slimming":
+        nr.lam = recipe.slimming_lambda
+    # constant LR until NR's event, then a cosine over `length` epochs from `start`
+    phase = {"start": None if rejuvenating else 0, "length": recipe.epochs}
+
+    def lr_factor(e: int) -> float:
+        if phase["start"] is None or e < phase["start"]:
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * min(e - phase["start"], phase["length"]) / phase["length"]))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    total = None if rejuvenating else recipe.epochs + (recipe.finetune_epochs if method == "slimming" else 0)
+    logger = _Logger(log, method, tensorboard, progress, total)
+    history, t0, epoch, pruned = [], time.perf_counter(), 0, False
+    net = nr.model
+    net.train()
+    try:
+        while True:
+            tick = time.perf_counter()
+            loss_sum, n, events = 0.0, 0, len(nr.events)
+            for x, y in train_loader:
+                loss = F.cross_entropy(net(x), y)
+                opt.zero_grad()
+                loss.backward()
+                nr.step()
+                loss_sum, n = loss_sum + loss.item() * len(y), n + len(y)
+            if recipe.check_every is None:
+                nr.check()
+            epoch += 1
+            fired = len(nr.events) > events
+            if rejuvenating and phase["start"] is None and (fired or epoch >= recipe.search_epochs):
+                phase["start"] = epoch         # the event fired (or never will): full schedule
+            done = phase["start"] is not None and epoch - phase["start"] >= phase["length"]
+            if done and method == "slimming" and not pruned:
+                _prune(nr)                     # then fine-tune on a fresh cosine
+                phase.update(start=epoch, length=recipe.finetune_epochs)
+                done, pruned = recipe.finetune_epochs == 0, True
+            sched.step()
+            if fired:
+                e = nr.events[-1]
+                logger.write({"epoch": epoch, "event": {k: getattr(e, k) for k in (
+                    "step", "utilization", "alpha", "cost_before", "cost_alive", "cost_after")}})
+            record = {"epoch": epoch, "step": nr.steps, "lr": opt.param_groups[0]["lr"],
+                      "loss": loss_sum / max(n, 1),
+                      "accuracy": evaluate(net, test_loader), "params": nr.graph.count("params"),
+                      "flops": nr.graph.count("flops"), "lambda": nr.lam,
+                      "utilization": nr.graph.utilization(liveliness(nr.graph), recipe.metric),
+                      "seconds": time.perf_counter() - tick}
+            history.append(record)
+            logger.write(record)
+            if done:
+                break
+    finally:
+        logger.close()
+    result = Result(method, recipe.seed, int(nr.graph.count("params")), int(nr.graph.count("flops")),
+                    history[-1]["accuracy"], epoch, time.perf_counter() - t0, history, list(nr.events))
+    return nr.model.network, result
+
+
+def _prune(nr: NeuralRejuvenation) -> None:
+    """Network Slimming's step: remove the channels the L1 killed, and stop the L1."""
+    graph = nr.graph
+    nr.apply_surgery(rewrite(graph, plan(graph, liveliness(graph), target=None, scheme="prune")))
+    nr.lam = 0.0

@@ -3,7 +3,7 @@
 - ``digits``: scikit-learn's 1,797 handwritten 8x8 digits (they ship inside the
   package), split 1,437 train / 360 test with a fixed seed;
 - ``cifar10:DIR``, ``cifar100:DIR``: the CIFAR python archives already extracted in
-  DIR (torchvision's layout), with the usual crop-and-flip augmentation;
+  DIR (as torchvision leaves them), with the usual crop-and-flip augmentation;
 - ``imagefolder:DIR``: ``DIR/train`` and ``DIR/val`` with one folder per class.
 """
 from __future__ import annotations
@@ -44,19 +44,50 @@ def _digits() -> Data:
     return Data(TensorDataset(x[train], y[train]), TensorDataset(x[test], y[test]), (1, 1, 8, 8), 10)
 
 
+class _Images(Dataset):
+    """uint8 images (N, C, H, W) with labels, scaled to [0, 1] and transformed on access."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.transform(self.images[i].float() / 255), int(self.labels[i])
+
+
+def _cifar_batches(root: Path, names: list[str], key: bytes) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR's python archive files (pickled dicts of uint8 rows and labels)."""
+    import pickle
+
+    images, labels = [], []
+    for name in names:
+        with open(root / name, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")   # noqa: S301 - the dataset's own format
+        images.append(torch.as_tensor(batch[b"data"], dtype=torch.uint8).reshape(-1, 3, 32, 32))
+        labels.append(torch.as_tensor(batch[key], dtype=torch.long))
+    return torch.cat(images), torch.cat(labels)
+
+
 def _cifar(root: str, classes: int) -> Data:
-    import torchvision
-    from torchvision import transforms as T
-    cls = torchvision.datasets.CIFAR10 if classes == 10 else torchvision.datasets.CIFAR100
-    norm = [T.ToTensor(), T.Normalize(_CIFAR_MEAN, _CIFAR_STD)]
-    train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), *norm])
-    try:
-        train = cls(root, train=True, transform=train_tf, download=False)
-        test = cls(root, train=False, transform=T.Compose(norm), download=False)
-    except RuntimeError as err:
-        raise FxSurgeonError(f"no CIFAR-{classes} archive extracted in {root!r} ({err}); fxsurgeon "
-                             f"never downloads: fetch it with torchvision once") from None
-    return Data(train, test, (1, 3, 32, 32), classes)
+    """CIFAR-10/100 from the extracted python archive: ``root`` or the
+    ``cifar-10-batches-py`` / ``cifar-100-python`` folder inside it."""
+    from torchvision.transforms import v2 as T
+
+    sub = "cifar-10-batches-py" if classes == 10 else "cifar-100-python"
+    base = Path(root) / sub if (Path(root) / sub).is_dir() else Path(root)
+    train_names = [f"data_batch_{i}" for i in range(1, 6)] if classes == 10 else ["train"]
+    test_names = ["test_batch"] if classes == 10 else ["test"]
+    missing = [n for n in train_names + test_names if not (base / n).is_file()]
+    if missing:
+        raise FxSurgeonError(f"no CIFAR-{classes} archive extracted in {root!r} (missing {missing}); "
+                             f"fxsurgeon never downloads: fetch it once with torchvision")
+    key = b"labels" if classes == 10 else b"fine_labels"
+    norm = T.Normalize(_CIFAR_MEAN, _CIFAR_STD)
+    augment = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), norm])
+    return Data(_Images(*_cifar_batches(base, train_names, key), augment),
+                _Images(*_cifar_batches(base, test_names, key), norm), (1, 3, 32, 32), classes)
 
 
 def _imagefolder(root: str, size: int = 224) -> Data:

@@ -14,6 +14,28 @@ import numpy as np
 from .graph import ChannelGraph
 
 
+def _scales(graph: ChannelGraph):
+    """Per judged free dimension: the largest |scale| of each channel over its sources."""
+    params = dict(graph.module.named_parameters())
+    for d in graph.free_dims:
+        if d.scaled and d.sources:
+            best = np.zeros(d.width)
+            for m in d.sources:
+                scale = params[m.tensor].detach().abs().float().cpu().numpy().reshape(-1)
+                np.maximum.at(best, m.channels, scale[m.positions])
+            yield d, best
+
+
+def smallest(graph: ChannelGraph, ratio: float) -> dict[str, np.ndarray]:
+    """Network Slimming's global criterion: the ``ratio`` of all judged channels with
+    the smallest scales are dead (alive masks as :func:`liveliness` returns)."""
+    scales = dict((d.name, s) for d, s in _scales(graph))
+    if not scales:
+        return {}
+    cut = np.quantile(np.concatenate(list(scales.values())), ratio)
+    return {name: s > cut for name, s in scales.items()}
+
+
 def liveliness(graph: ChannelGraph, threshold: float = 0.01) -> dict[str, np.ndarray]:
     """Per free dimension, a bool array over its channels: True where alive.
 

@@ -292,6 +292,8 @@ def _partition(new: fx.GraphModule, prop, refs, layout: _Layout, surgery: Surger
     for node in sorted(prop.blockwise):
         target = modules[node]
         wname = f"{target}.weight"
+        if (wname, 1) not in refs:
+            continue        # input not channel-structured: one factor, priced dense as well
         out_roots = prop.uf.find(refs[(wname, 0)].tags)
         in_roots = prop.uf.find(refs[(wname, 1)].tags)
         if not layout.growing(out_roots).any():

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .data import Data
-from .liveliness import liveliness
+from .liveliness import liveliness, smallest
 from .planner import plan
 from .rejuvenation import Event, NeuralRejuvenation
 from .rewriter import rewrite
@@ -44,7 +44,8 @@ class Recipe:
     search_epochs: int = 160          # NR: at most this long at constant LR before the event
     rescale: bool = True
     slimming_lambda: float = 1e-4     # Network Slimming's L1 on γ
-    finetune_epochs: int = 40         # Network Slimming: after pruning
+    slimming_ratio: float = 0.5       # ... then the channels with the smallest |γ| go
+    finetune_epochs: int = 40         # ... then fine-tuning
     seed: int = 0
 
 
@@ -166,7 +167,7 @@ def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: 
                 phase["start"] = epoch         # the event fired (or never will): full schedule
             done = phase["start"] is not None and epoch - phase["start"] >= phase["length"]
             if done and method == "slimming" and not pruned:
-                _prune(nr)                     # then fine-tune on a fresh cosine
+                _prune(nr, recipe.slimming_ratio)   # then fine-tune on a fresh cosine
                 phase.update(start=epoch, length=recipe.finetune_epochs)
                 done, pruned = recipe.finetune_epochs == 0, True
             sched.step()
@@ -191,8 +192,9 @@ def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: 
     return nr.model.network, result
 
 
-def _prune(nr: NeuralRejuvenation) -> None:
-    """Network Slimming's step: remove the channels the L1 killed, and stop the L1."""
+def _prune(nr: NeuralRejuvenation, ratio: float) -> None:
+    """Network Slimming's step: remove the ``ratio`` of channels with the smallest scales
+    (the L1 drove them down), and stop the L1."""
     graph = nr.graph
-    nr.apply_surgery(rewrite(graph, plan(graph, liveliness(graph), target=None, scheme="prune")))
+    nr.apply_surgery(rewrite(graph, plan(graph, smallest(graph, ratio), target=None, scheme="prune")))
     nr.lam = 0.0

@@ -1,0 +1,104 @@
+"""Data loaders on small data the tests make, training runs, and the train command."""
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import fxsurgeon as fxs
+from fxsurgeon.cli import main
+from fxsurgeon.data import load_data
+from fxsurgeon.training import Recipe, train
+from fxsurgeon.zoo import digits_cnn
+
+FAST = {"epochs": 1, "search_epochs": 1, "batch_size": 64, "lr": 0.05}
+
+
+def _cifar_archive(root, classes, n=6):
+    base = root / ("cifar-10-batches-py" if classes == 10 else "cifar-100-python")
+    base.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    key = b"labels" if classes == 10 else b"fine_labels"
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if classes == 10 else ["train", "test"]
+    for name in names:
+        with open(base / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                         key: rng.integers(0, classes, n).tolist()}, f)
+
+
+@pytest.mark.parametrize("classes", [10, 100])
+def test_cifar_archives_load_without_download(tmp_path, classes):
+    _cifar_archive(tmp_path, classes)
+    data = load_data(f"cifar{classes}:{tmp_path}")
+    x, y = data.train[0]
+    assert len(data.train) == (30 if classes == 10 else 6) and len(data.test) == 6
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and 0 <= y < classes
+    assert data.num_classes == classes and data.input_shape == (1, 3, 32, 32)
+    with pytest.raises(fxs.FxSurgeonError, match="never downloads"):
+        load_data(f"cifar{classes}:{tmp_path / 'empty'}")
+
+
+def test_imagefolder_loads_class_folders(tmp_path):
+    for split in ("train", "val"):
+        for c in ("cat", "dog"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(2):
+                image = Image.fromarray(np.full((40, 50, 3), 60 * i, np.uint8))
+                image.save(tmp_path / split / c / f"{i}.png")
+    data = load_data(f"imagefolder:{tmp_path}", image_size=32)
+    assert data.num_classes == 2 and len(data.train) == 4 and data.test[0][0].shape == (3, 32, 32)
+    with pytest.raises(fxs.FxSurgeonError, match="one folder per class"):
+        load_data(f"imagefolder:{tmp_path / 'train'}")
+    with pytest.raises(fxs.FxSurgeonError, match="unknown data"):
+        load_data("mnist")
+
+
+def test_digits_ship_with_scikit_learn():
+    data = load_data("digits")
+    assert (len(data.train), len(data.test), data.num_classes) == (1437, 360, 10)
+    assert data.train[0][0].shape == (1, 8, 8)
+
+
+def test_nr_run_fires_its_event_and_keeps_training(tmp_path):
+    torch.manual_seed(0)
+    data = load_data("digits")
+    log = tmp_path / "m.jsonl"
+    recipe = Recipe(**FAST, threshold=1.01)       # utilization 1 is below it: an event at once
+    net, result = train(digits_cnn(), data, "nr-cr", recipe, log, progress=False)
+    assert len(result.events) == 1 and result.epochs == 2        # search epoch, then the schedule
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["epoch"] for r in lines if "accuracy" in r] == [1, 2] and "event" in lines[0]
+    assert result.accuracy > 0.2 and result.params == sum(p.numel() for p in net.parameters())
+
+
+def test_slimming_prunes_what_its_l1_killed_then_fine_tunes():
+    torch.manual_seed(0)
+    recipe = Recipe(**FAST, slimming_lambda=1e-3, slimming_ratio=0.5, finetune_epochs=1)
+    _, result = train(digits_cnn(), load_data("digits"), "slimming", recipe, progress=False)
+    assert result.epochs == 2 and result.history[-1]["lambda"] == 0   # pruned after epoch 1
+    assert result.params < 0.5 * 17754                        # half of all judged channels went
+
+
+def test_train_command_writes_metrics_results_and_plots(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "zoo:digits_cnn", "--data", "digits", "--method", "baseline,nr", "--epochs", "1",
+                 "--search-epochs", "1", "--threshold", "1.01", "--out", str(out), "--quiet",
+                 "--tensorboard"]) == 0
+    text = capsys.readouterr().out
+    assert text.splitlines()[0].split() == ["method", "seeds", "params", "FLOPs", "(MACs)", "accuracy",
+                                            "events"]
+    for name in ("metrics.jsonl", "results.json", "training.png", "widths-nr-seed0.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert list((out / "tensorboard").rglob("events.out.tfevents*"))
+    assert [r["method"] for r in json.loads((out / "results.json").read_text())] == ["baseline", "nr"]
+
+
+def test_train_command_errors_are_clear(capsys):
+    assert main(["train", "zoo:digits_cnn", "--data", "digits", "--method", "magic"]) == 2
+    assert "unknown methods ['magic']" in capsys.readouterr().err
+    assert main(["train", "--config", "paper:vgg19-imagenet"]) == 2
+    assert "paper:vgg19-cifar10" in capsys.readouterr().err
+    assert main(["train", "--config", "paper:vgg19-cifar10", "--epochs", "1"]) == 2
+    assert "never downloads" in capsys.readouterr().err

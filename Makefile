@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-full bench lint
+.PHONY: demo inspect-demo test test-full bench lint
 
 $(BIN)/.installed: pyproject.toml requirements-ci.txt
 	$(PYTHON) -m venv $(VENV)
@@ -12,6 +12,9 @@ $(BIN)/.installed: pyproject.toml requirements-ci.txt
 	touch $@
 
 demo: $(BIN)/.installed
+	$(BIN)/fxsurgeon demo --out out/demo
+
+inspect-demo: $(BIN)/.installed
 	$(BIN)/fxsurgeon inspect torchvision:resnet50 --json out/resnet50.json --dot out/resnet50_layer1.dot --only 'layer1*'
 
 test: $(BIN)/.installed

@@ -165,6 +165,7 @@ def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: 
             fired = len(nr.events) > events
             if rejuvenating and phase["start"] is None and (fired or epoch >= recipe.search_epochs):
                 phase["start"] = epoch         # the event fired (or never will): full schedule
+                nr.max_events = len(nr.events)
             done = phase["start"] is not None and epoch - phase["start"] >= phase["length"]
             if done and method == "slimming" and not pruned:
                 _prune(nr, recipe.slimming_ratio)   # then fine-tune on a fresh cosine

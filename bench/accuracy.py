@@ -2,9 +2,9 @@
 
 A capacity-limited setting, where the paper expects NR to help: the digits that ship
 with scikit-learn and a narrow network (``--width``, default 8: 4,850 parameters).
-Both get the same total epochs: NR searches at constant LR until its event (at most
-``--search`` epochs) and then runs the cosine schedule of ``--epochs``; the baseline
-runs one cosine schedule over ``--search + --epochs``. Prints mean and spread over seeds.
+NR searches at constant LR until its event (at most ``--search`` epochs) and then
+runs the cosine schedule of ``--epochs``; the baseline gets the longest NR could
+take, one cosine schedule over ``--search + --epochs``. Prints mean and spread over seeds.
 
     python bench/accuracy.py                  # 5 seeds
 """

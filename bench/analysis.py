@@ -16,23 +16,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 import warnings
 
 import torch
 import torchvision
 
 import fxsurgeon as fxs
-from common import SUBSET
-
-
-def _median_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+from common import SUBSET, median_time
 
 
 def _trace(model, x):
@@ -69,13 +59,13 @@ def main() -> None:
         model = torchvision.models.get_model(name).eval()
         size = 299 if name == "inception_v3" else 224
         x = torch.randn(1, 3, size, size)
-        ours = _median_time(lambda m=model, x=x: fxs.analyze(m, x), args.repeat)
-        floor = _median_time(lambda m=model, x=x: _floor(m, x), args.repeat)
-        traced = _median_time(lambda m=model, x=x: _trace(m, x), args.repeat)
+        ours = median_time(lambda m=model, x=x: fxs.analyze(m, x), args.repeat)
+        floor = median_time(lambda m=model, x=x: _floor(m, x), args.repeat)
+        traced = median_time(lambda m=model, x=x: _trace(m, x), args.repeat)
         peer = None
         if tp is not None:
             try:
-                peer = _median_time(lambda m=model, x=x: _torch_pruning(tp, m, x), args.repeat)
+                peer = median_time(lambda m=model, x=x: _torch_pruning(tp, m, x), args.repeat)
             except Exception as exc:  # noqa: BLE001 - a peer failing is a result, not a crash
                 print(f"  torch-pruning failed on {name}: {type(exc).__name__}")
         rows.append((name, ours, floor, peer, traced))

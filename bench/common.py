@@ -1,6 +1,9 @@
 """Helpers the bench scripts share."""
 from __future__ import annotations
 
+import statistics
+import time
+
 import numpy as np
 import torch
 
@@ -18,3 +21,13 @@ def kill(graph, fraction: float = 0.3, seed: int = 0) -> None:
         for s in d.sources:
             with torch.no_grad():
                 params[s.tensor][torch.as_tensor(s.positions[dead[s.channels]])] = 0
+
+
+def median_time(fn, repeat: int) -> float:
+    """The median wall time of ``repeat`` calls of ``fn``."""
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)

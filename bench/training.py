@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import fxsurgeon as fxs
-from common import kill
+from common import kill, median_time
 from fxsurgeon.zoo import MODELS
 
 STEPS_PER_EPOCH = 50_000 // 64
@@ -36,15 +36,6 @@ def _step_times(model, step, x, y, repeat=7) -> float:
     return statistics.median(times[1:])
 
 
-def _median(fn, repeat=25) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def main() -> None:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
@@ -58,8 +49,8 @@ def main() -> None:
         nr.lam = 1e-4                                  # the L1 subgradient is added
         full = _step_times(nr.model, nr.step, x, y)
         # the wrapper's own cost: the same gradients, stepped both ways, interleaved
-        bare = _median(opt.step)
-        wrapped = _median(nr.step)
+        bare = median_time(opt.step, 25)
+        wrapped = median_time(nr.step, 25)
         kill(nr.graph)
         t = time.perf_counter()
         event = nr.check()

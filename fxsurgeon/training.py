@@ -94,20 +94,20 @@ class _Logger:
 
     def write(self, record: dict) -> None:
         record = {"method": self.method, **record}
-        if self.file:
+        if self.file is not None:
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
-        if self.writer and "epoch" in record:
+        if self.writer is not None and "epoch" in record:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k != "epoch":
                     self.writer.add_scalar(f"{self.method}/{k}", v, record["epoch"])
-        if self.bar and "accuracy" in record:
+        if self.bar is not None and "accuracy" in record:
             self.bar.update(1)
             self.bar.set_postfix(acc=f"{record['accuracy']:.3f}", util=f"{record.get('utilization', 1):.2f}")
 
     def close(self) -> None:
         for h in (self.file, self.writer, self.bar):
-            if h:
+            if h is not None:
                 h.close()
 
 

@@ -102,3 +102,9 @@ def test_train_command_errors_are_clear(capsys):
     assert "paper:vgg19-cifar10" in capsys.readouterr().err
     assert main(["train", "--config", "paper:vgg19-cifar10", "--epochs", "1"]) == 2
     assert "never downloads" in capsys.readouterr().err
+
+
+def test_demo_runs_with_progress_bars(tmp_path, capsys):
+    assert main(["demo", "--epochs", "1", "--search-epochs", "1", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("method") and "baseline" in out and f"plot:    {tmp_path / 'training.png'}" in out

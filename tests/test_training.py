@@ -108,3 +108,16 @@ def test_demo_runs_with_progress_bars(tmp_path, capsys):
     assert main(["demo", "--epochs", "1", "--search-epochs", "1", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("method") and "baseline" in out and f"plot:    {tmp_path / 'training.png'}" in out
+
+
+def test_every_shipped_config_names_a_model_and_a_valid_recipe():
+    from importlib import resources
+
+    from fxsurgeon.experiment import load_config, recipe_from
+    from fxsurgeon.models import load_model
+    names = sorted(p.name[:-5] for p in (resources.files("fxsurgeon") / "configs").iterdir())
+    assert len(names) == 8
+    for name in names:
+        cfg = load_config(f"paper:{name}")
+        recipe_from(cfg["recipe"])
+        load_model(cfg["model"], 10)

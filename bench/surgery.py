@@ -6,7 +6,7 @@ has dead channels to remove and budget to spend. The ``cr`` and ``ca`` networks 
 planned for the same FLOP budget) are timed against the dense network of their own
 widths (targets: at most 0.75x for cr at α near 2, at most 1.15x for ca).
 
-    python bench/surgery.py            # CIFAR zoo + a few torchvision models
+    python bench/surgery.py            # the paper's CIFAR nets + a few torchvision models
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import fxsurgeon as fxs
 from common import kill
 from fxsurgeon.zoo import MODELS, SHAPES
 
-CASES = [(name, factory, (8, *SHAPES.get(name, (1, 3, 32, 32))[1:])) for name, factory in MODELS.items()] + \
+CASES = [(name, factory, (8, 3, 32, 32)) for name, factory in MODELS.items() if name not in SHAPES] + \
     [(name, lambda n=name: torchvision.models.get_model(n), (8, 3, 224, 224))
      for name in ("resnet50", "mobilenet_v3_large", "densenet121")]
 

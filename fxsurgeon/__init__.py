@@ -6,6 +6,9 @@ count its cost exactly, and inspect it::
     import fxsurgeon as fxs
     graph = fxs.analyze(model, example_inputs)
     print(graph.summary())
+
+plan and rewrite it (``plan``, ``rewrite``, ``export``), or train it with Neural
+Rejuvenation by swapping ``optimizer.step()`` for ``NeuralRejuvenation.step()``.
 """
 from .checkpoint import load_pruned
 from .dimension import Dimension, Member

@@ -67,8 +67,7 @@ def run(model_spec: str, data_spec: str, methods: list[str], seeds: list[int], r
             results.append(result)
     (out / "results.json").write_text(json.dumps(
         [{k: v for k, v in asdict(r).items() if k not in ("history", "events")} |
-         {"events": [{k: getattr(e, k) for k in ("step", "utilization", "alpha", "cost_before",
-                                                    "cost_alive", "cost_after")} for e in r.events]}
+         {"events": [e.summary() for e in r.events]}
          for r in results], indent=1))
     return results
 

@@ -14,22 +14,20 @@ import numpy as np
 from .graph import ChannelGraph
 
 
-def _scales(graph: ChannelGraph):
-    """Per judged free dimension: the largest |scale| of each channel over its sources."""
+def channel_scales(graph: ChannelGraph, d) -> np.ndarray:
+    """The largest |scale| of each channel of dimension ``d`` over its sources (0 if none)."""
     params = dict(graph.module.named_parameters())
-    for d in graph.free_dims:
-        if d.scaled and d.sources:
-            best = np.zeros(d.width)
-            for m in d.sources:
-                scale = params[m.tensor].detach().abs().float().cpu().numpy().reshape(-1)
-                np.maximum.at(best, m.channels, scale[m.positions])
-            yield d, best
+    best = np.zeros(d.width)
+    for m in d.sources:
+        scale = params[m.tensor].detach().abs().float().cpu().numpy().reshape(-1)
+        np.maximum.at(best, m.channels, scale[m.positions])
+    return best
 
 
 def smallest(graph: ChannelGraph, ratio: float) -> dict[str, np.ndarray]:
     """Network Slimming's global criterion: the ``ratio`` of all judged channels with
     the smallest scales are dead (alive masks as :func:`liveliness` returns)."""
-    scales = dict((d.name, s) for d, s in _scales(graph))
+    scales = {d.name: channel_scales(graph, d) for d in graph.free_dims if d.scaled and d.sources}
     if not scales:
         return {}
     cut = np.quantile(np.concatenate(list(scales.values())), ratio)

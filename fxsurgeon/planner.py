@@ -15,6 +15,7 @@ import numpy as np
 from .cost import METRICS
 from .errors import FxSurgeonError
 from .graph import ChannelGraph
+from .liveliness import channel_scales
 from .report import human
 
 SCHEMES = ("nr", "cr", "ca", "prune")
@@ -98,11 +99,7 @@ def _keep(graph: ChannelGraph, d, mask: np.ndarray) -> tuple[np.ndarray, str]:
     layer cannot have zero outputs), then the survivors are padded up to a multiple of
     the dimension's own constraint (groups, shuffles); both take the dead channels
     whose scales are largest. The original width is such a multiple, so this fits."""
-    params = dict(graph.module.named_parameters())
-    score = np.zeros(d.width)
-    for s in d.sources:
-        v = params[s.tensor].detach().abs().float().cpu().numpy().reshape(-1)[s.positions]
-        np.maximum.at(score, s.channels, v)
+    score = channel_scales(graph, d)
     keep = mask.copy()
     notes = ["all channels dead: keeps the minimum"] if not mask.any() else []
     for member in d.members:

@@ -75,6 +75,11 @@ class Event:
     widths_alive: dict[str, int] = field(default_factory=dict)   # the survivors per dimension
     surgery: Surgery | None = field(default=None, repr=False)   # plan, index maps, new module
 
+    def summary(self) -> dict:
+        """The event's numbers, for logs."""
+        return {k: getattr(self, k) for k in ("step", "utilization", "alpha", "cost_before",
+                                              "cost_alive", "cost_after")}
+
 
 class NeuralRejuvenation:
     """Wrap ``optimizer`` to train ``model`` with Neural Rejuvenation.

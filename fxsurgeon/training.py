@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .data import Data
-from .liveliness import liveliness, smallest
+from .liveliness import smallest
 from .planner import plan
 from .rejuvenation import Event, NeuralRejuvenation
 from .rewriter import rewrite
@@ -173,14 +173,12 @@ def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: 
                 done, pruned = recipe.finetune_epochs == 0, True
             sched.step()
             if fired:
-                e = nr.events[-1]
-                logger.write({"epoch": epoch, "event": {k: getattr(e, k) for k in (
-                    "step", "utilization", "alpha", "cost_before", "cost_alive", "cost_after")}})
+                logger.write({"epoch": epoch, "event": nr.events[-1].summary()})
             record = {"epoch": epoch, "step": nr.steps, "lr": opt.param_groups[0]["lr"],
                       "loss": loss_sum / max(n, 1),
                       "accuracy": evaluate(net, test_loader), "params": nr.graph.count("params"),
                       "flops": nr.graph.count("flops"), "lambda": nr.lam,
-                      "utilization": nr.graph.utilization(liveliness(nr.graph), recipe.metric),
+                      "utilization": nr.utilization(),
                       "seconds": time.perf_counter() - tick}
             history.append(record)
             logger.write(record)

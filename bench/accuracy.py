@@ -11,12 +11,12 @@ take, one cosine schedule over ``--search + --epochs``. Prints mean and spread o
 from __future__ import annotations
 
 import argparse
-import statistics
 import warnings
 
 import torch
 
 from fxsurgeon.data import load_data
+from fxsurgeon.experiment import table
 from fxsurgeon.training import Recipe, train
 from fxsurgeon.zoo import digits_cnn
 
@@ -49,11 +49,7 @@ def main() -> None:
             print(f"seed {seed} {method:8s} params {res.params:6d} accuracy {100 * res.accuracy:6.2f} % "
                   f"({res.epochs} epochs{event})", flush=True)
     print(f"\nwidth {args.width}, {args.seeds} seeds: test accuracy on 360 held-out digits")
-    for method, rs in results.items():
-        acc = [100 * r.accuracy for r in rs]
-        print(f"{method:8s} params {statistics.mean(r.params for r in rs):8.0f}  "
-              f"accuracy {statistics.mean(acc):.2f} ± {statistics.stdev(acc):.2f} % "
-              f"(min {min(acc):.2f}, max {max(acc):.2f})")
+    print(table([r for rs in results.values() for r in rs]))
 
 
 if __name__ == "__main__":

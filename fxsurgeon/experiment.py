@@ -49,7 +49,8 @@ def recipe_from(values: dict) -> Recipe:
 def run(model_spec: str, data_spec: str, methods: list[str], seeds: list[int], recipe: Recipe,
         out: Path, tensorboard: bool = False, progress: bool = True,
         num_classes: int | None = None) -> list[Result]:
-    """Train every method with every seed; write metrics, results and plots to ``out``."""
+    """Train every method with every seed; write metrics and results to ``out``
+    (:func:`plots` draws them)."""
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise FxSurgeonError(f"unknown methods {bad}: use {', '.join(METHODS)}")

@@ -151,7 +151,8 @@ def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: in
     scheme = scheme or plan.scheme
     if scheme not in SCHEMES:
         raise FxSurgeonError(f"unknown scheme {scheme!r}: use one of {SCHEMES}")
-    if plan.scheme == "cr" and scheme != "cr" or scheme == "cr" and plan.scheme not in ("cr", "prune"):
+    # cr prices its layers without cross blocks, nr and ca densely; prune adds nothing to price
+    if "prune" not in (scheme, plan.scheme) and (scheme == "cr") != (plan.scheme == "cr"):
         raise FxSurgeonError(f"a plan made for scheme {plan.scheme!r} prices its layers "
                              f"differently from {scheme!r}: plan again with scheme={scheme!r}")
     added = np.array([plan.dims[d.name].added for d in graph.dims], dtype=np.int64)

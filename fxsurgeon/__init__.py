@@ -18,11 +18,12 @@ from .graph import ChannelGraph, analyze
 from .liveliness import liveliness
 from .partitioned import Partitioned
 from .planner import DimPlan, Plan, plan
-from .rejuvenation import Event, NeuralRejuvenation, Rejuvenating
+from .rejuvenation import Event, NeuralRejuvenation
 from .rewriter import Surgery, rewrite
+from .surgical import SurgicalModel
 
 __all__ = ["analyze", "ChannelGraph", "Dimension", "Member", "FxSurgeonError",
            "UntraceableModelError", "liveliness", "plan", "Plan", "DimPlan", "rewrite",
-           "Surgery", "load_pruned", "Partitioned", "export", "NeuralRejuvenation", "Rejuvenating",
+           "Surgery", "load_pruned", "Partitioned", "export", "NeuralRejuvenation", "SurgicalModel",
            "Event"]
 __version__ = "0.1.0"

@@ -8,7 +8,6 @@ optimizer and scheduler objects the user holds stay valid.
 """
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -16,46 +15,11 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch import nn
 
-from .checkpoint import read
 from .errors import FxSurgeonError
-from .graph import ChannelGraph, analyze
-from .history import record, replay, write_atomic
 from .liveliness import liveliness
-from .optimizer_state import remap_optimizer
 from .planner import SCHEMES, plan
 from .rewriter import Surgery, rewrite
-from .tracing import as_tuple
-
-FORMAT = "fxsurgeon.nr/1"
-
-
-class Rejuvenating(nn.Module):
-    """The one model object of a run: it forwards to the current network, which a
-    rejuvenation event replaces. Under DistributedDataParallel it holds the DDP wrapper
-    of the current network (``ddp``), rebuilt after every event."""
-
-    def __init__(self, network: nn.Module, ddp: dict | None = None):
-        super().__init__()
-        self.ddp_kwargs = ddp
-        self.replace(network)
-
-    @property
-    def network(self) -> nn.Module:
-        """The current network (without the DDP wrapper)."""
-        return self.ddp.module if self.ddp_kwargs is not None else self.net
-
-    def replace(self, network: nn.Module) -> None:
-        """Run ``network`` from now on (wrapped anew in DDP when distributed)."""
-        self._modules.pop("ddp", None)
-        self._modules.pop("net", None)
-        if self.ddp_kwargs is not None:
-            from torch.nn.parallel import DistributedDataParallel
-            self.ddp = DistributedDataParallel(network, **self.ddp_kwargs)
-        else:
-            self.net = network
-
-    def forward(self, *args, **kwargs):
-        return (self.ddp if self.ddp_kwargs is not None else self.net)(*args, **kwargs)
+from .surgical import SurgicalTraining, shared
 
 
 @dataclass
@@ -81,7 +45,7 @@ class Event:
                                               "cost_alive", "cost_after")}
 
 
-class NeuralRejuvenation:
+class NeuralRejuvenation(SurgicalTraining):
     """Wrap ``optimizer`` to train ``model`` with Neural Rejuvenation.
 
     ``metric`` ("params" or "flops") is the resource; the budget is ``target`` times
@@ -100,6 +64,8 @@ class NeuralRejuvenation:
     and builds identical new parameters (DDP broadcasts rank 0's anyway).
     """
 
+    FORMAT = "fxsurgeon.nr/1"
+
     def __init__(self, model: nn.Module, example_inputs, optimizer: torch.optim.Optimizer, *,
                  metric: str = "params", threshold: float = 0.5, target: float = 1.0,
                  scheme: str = "nr", rescale: bool = False, check_every: int | None = None,
@@ -111,53 +77,26 @@ class NeuralRejuvenation:
             raise FxSurgeonError(f"scheme must be one of nr, cr, ca, not {scheme!r}")
         if check_every is not None and check_every < 1:
             raise FxSurgeonError(f"check_every must be a positive number of steps, got {check_every}")
-        self.example_inputs = as_tuple(example_inputs)
-        self.optimizer = optimizer
+        super().__init__(model, example_inputs, optimizer, ddp=ddp, **analyze_kwargs)
         self.metric, self.threshold, self.target = metric, threshold, target
         self.scheme, self.rescale = scheme, rescale
         self.check_every, self.delta_r, self.delta_lambda = check_every, delta_r, delta_lambda
         self.max_events, self.dead_threshold, self.seed = max_events, dead_threshold, seed
         self.on_event = on_event
-        self._analyze_kwargs = analyze_kwargs
-        self._set_graph(analyze(model, self.example_inputs, **analyze_kwargs))
-        self.model = Rejuvenating(self.graph.module, None if ddp is False else {} if ddp is True else ddp)
-        self.model.train(model.training)
         self.budget = target * self.graph.count(metric)
         self.lam = 0.0
-        self.steps = 0
         self.events: list[Event] = []
-        self.history: list[dict] = []          # each surgery as data, for checkpoints
-        self.log: list[dict] = []
         self._last_utilization: float | None = None
-
-    # ---- the graph of the current network ------------------------------------------
-    def _set_graph(self, graph: ChannelGraph) -> None:
-        self.graph = graph
-        params = dict(graph.module.named_parameters())
-        masks: dict[str, torch.Tensor] = {}
-        for d in graph.free_dims:
-            for m in d.sources:
-                p = params[m.tensor]
-                mask = masks.setdefault(m.tensor, torch.zeros(p.numel(), dtype=p.dtype, device=p.device))
-                mask[torch.as_tensor(m.positions, device=p.device)] = 1
-        self._scales = [(params[n], mask.view_as(params[n])) for n, mask in masks.items()]
 
     # ---- training ------------------------------------------------------------------
     def step(self, closure=None):
         """Add the L1 subgradient, step the optimizer, and check every ``check_every`` steps."""
-        if self.lam:
-            with torch.no_grad():
-                for p, mask in self._scales:
-                    if p.grad is not None:
-                        p.grad.add_(self.lam * torch.sign(p) * mask)
+        self.add_l1(self.lam)
         loss = self.optimizer.step(closure)
         self.steps += 1
         if self.check_every and self.steps % self.check_every == 0:
             self.check()
         return loss
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def utilization(self) -> float:
         """The paper's r = U(θ) / c(A) of the current network."""
@@ -165,12 +104,7 @@ class NeuralRejuvenation:
 
     def _liveliness(self) -> dict:
         """Alive masks; under torch.distributed every rank takes rank 0's."""
-        alive = liveliness(self.graph, self.dead_threshold)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            box = [alive]
-            torch.distributed.broadcast_object_list(box, src=0)
-            alive = box[0]
-        return alive
+        return shared(liveliness(self.graph, self.dead_threshold))
 
     def check(self) -> Event | None:
         """Measure utilization; rejuvenate below the threshold, else adapt λ."""
@@ -197,64 +131,16 @@ class NeuralRejuvenation:
         return None
 
     # ---- checkpoints -----------------------------------------------------------------
-    def state_dict(self) -> dict:
-        """Everything to resume: the surgery history (the architecture is rebuilt from the
-        original model), the network's and the optimizer's state, λ, the step and the log.
-        Plain data: it loads with ``torch.load(weights_only=True)``."""
-        return {"format": FORMAT, "history": list(self.history), "lam": self.lam, "steps": self.steps,
-                "last_utilization": self._last_utilization, "log": list(self.log),
+    def _state(self) -> dict:
+        return {"lam": self.lam, "last_utilization": self._last_utilization,
                 "events": [{f.name: getattr(e, f.name) for f in fields(e) if f.name != "surgery"}
-                           for e in self.events],
-                "model": self.model.network.state_dict(), "optimizer": self.optimizer.state_dict()}
+                           for e in self.events]}
 
-    def load_state_dict(self, data: dict) -> None:
-        """Resume from :meth:`state_dict` on a wrapper built as the saved one was (same
-        original model, optimizer type and arguments), before it has trained."""
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise FxSurgeonError("not a NeuralRejuvenation checkpoint")
-        if self.events or self.steps:
-            raise FxSurgeonError("load a checkpoint into a fresh NeuralRejuvenation, before training")
-        for rec in data["history"]:
-            self.apply_surgery(replay(self.graph, rec), remember=False)
-        self.history = list(data["history"])
-        result = self.model.network.load_state_dict(data["model"], strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise FxSurgeonError(f"the checkpoint's network does not match: missing "
-                                 f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
-        try:
-            self.optimizer.load_state_dict(data["optimizer"])
-        except ValueError as err:
-            raise FxSurgeonError(f"the checkpoint's optimizer does not match: {err}") from None
-        self.lam, self.steps = data["lam"], data["steps"]
-        self._last_utilization, self.log = data["last_utilization"], list(data["log"])
+    def _load_state(self, data: dict) -> None:
+        self.lam, self._last_utilization = data["lam"], data["last_utilization"]
         self.events = [Event(**e) for e in data["events"]]
 
-    def save(self, path: str | os.PathLike, **extra) -> None:
-        """Write :meth:`state_dict` atomically, with ``extra`` (an epoch, a scheduler's
-        state) stored beside it."""
-        write_atomic({**self.state_dict(), "extra": extra}, path)
-
-    def load(self, path: str | os.PathLike) -> dict:
-        """Resume from a file written by :meth:`save`; returns its ``extra``."""
-        data = read(path)
-        try:
-            self.load_state_dict(data)
-        except FxSurgeonError as err:
-            raise FxSurgeonError(f"cannot resume from {str(path)!r}: {err}") from None
-        return data.get("extra", {})
-
     # ---- the event -------------------------------------------------------------------
-    def apply_surgery(self, surgery: Surgery, seed: int = 0, remember: bool = True) -> None:
-        """Train ``surgery.module`` from now on: the optimizer is pointed at it, with the
-        survivors' state carried, and checkpoints record the surgery (with its ``seed``)."""
-        old, new = self.model.network, surgery.module
-        new.train(old.training)
-        remap_optimizer(self.optimizer, old, new, surgery)
-        self.model.replace(new)
-        self._set_graph(analyze(new, self.example_inputs, **self._analyze_kwargs))
-        if remember:
-            self.history.append(record(surgery, seed))
-
     def _rejuvenate(self, alive: dict, r: float) -> Event:
         graph = self.graph
         current = graph.count(self.metric)

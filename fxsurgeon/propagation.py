@@ -476,6 +476,7 @@ class _Propagator:
                 return self.do_opaque(node, kind, args, kwargs,
                                       reason=f"matmul over a split channel axis at {where}")
             self.couple(k_vec, kb)
+            self.out.couplings.append((k_vec, "contraction"))   # read without a weight
         elif a_k or b_k:
             self.pin(a if a_k else b, f"matmul contracts channels with an operand without them at {where}")
         j_vec = None

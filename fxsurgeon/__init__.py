@@ -8,9 +8,12 @@ count its cost exactly, and inspect it::
     print(graph.summary())
 
 plan and rewrite it (``plan``, ``rewrite``, ``export``), or train it with Neural
-Rejuvenation by swapping ``optimizer.step()`` for ``NeuralRejuvenation.step()``.
+Rejuvenation by swapping ``optimizer.step()`` for ``NeuralRejuvenation.step()``, or
+prune it while it trains with ``DemP.step()`` (dead neurons found by their activations).
 """
+from .activations import activation_liveliness, activation_peaks
 from .checkpoint import load_pruned
+from .demp import DemP, Pruning
 from .dimension import Dimension, Member
 from .errors import FxSurgeonError, UntraceableModelError
 from .export import export
@@ -25,5 +28,5 @@ from .surgical import SurgicalModel
 __all__ = ["analyze", "ChannelGraph", "Dimension", "Member", "FxSurgeonError",
            "UntraceableModelError", "liveliness", "plan", "Plan", "DimPlan", "rewrite",
            "Surgery", "load_pruned", "Partitioned", "export", "NeuralRejuvenation", "SurgicalModel",
-           "Event"]
+           "Event", "DemP", "Pruning", "activation_liveliness", "activation_peaks"]
 __version__ = "0.1.0"

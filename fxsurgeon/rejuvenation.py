@@ -104,7 +104,7 @@ class NeuralRejuvenation(SurgicalTraining):
 
     def _liveliness(self) -> dict:
         """Alive masks; under torch.distributed every rank takes rank 0's."""
-        return shared(liveliness(self.graph, self.dead_threshold))
+        return shared(lambda: liveliness(self.graph, self.dead_threshold))
 
     def check(self) -> Event | None:
         """Measure utilization; rejuvenate below the threshold, else adapt λ."""

@@ -10,6 +10,8 @@ surgeries from the original model. :class:`~fxsurgeon.NeuralRejuvenation` and
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -21,6 +23,8 @@ from .history import record, replay, write_atomic
 from .optimizer_state import remap_optimizer
 from .rewriter import Surgery
 from .tracing import as_tuple
+
+T = TypeVar("T")
 
 
 class SurgicalModel(nn.Module):
@@ -52,13 +56,14 @@ class SurgicalModel(nn.Module):
         return (self.ddp if self.ddp_kwargs is not None else self.net)(*args, **kwargs)
 
 
-def shared(value):
-    """``value`` as rank 0 has it, on every rank (itself when not distributed)."""
+def shared(compute: Callable[[], T]) -> T:
+    """``compute()`` as rank 0 finds it, on every rank: under torch.distributed only rank 0
+    computes and broadcasts, so every rank makes the same surgery."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        box = [value]
+        box = [compute() if torch.distributed.get_rank() == 0 else None]
         torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
-    return value
+    return compute()
 
 
 class SurgicalTraining:
@@ -90,14 +95,14 @@ class SurgicalTraining:
                 p = params[m.tensor]
                 mask = masks.setdefault(m.tensor, torch.zeros(p.numel(), dtype=p.dtype, device=p.device))
                 mask[torch.as_tensor(m.positions, device=p.device)] = 1
-        #: (scale parameter, mask of its positions in free dimensions)
-        self.scales = [(params[n], mask.view_as(params[n])) for n, mask in masks.items()]
+        #: scale name -> (the parameter, the mask of its positions in free dimensions)
+        self.scales = {n: (params[n], mask.view_as(params[n])) for n, mask in masks.items()}
 
     def add_l1(self, lam: float) -> None:
         """Add the subgradient ``lam · sign(γ)`` to the gradients of the free scales."""
         if lam:
             with torch.no_grad():
-                for p, mask in self.scales:
+                for p, mask in self.scales.values():
                     if p.grad is not None:
                         p.grad.add_(lam * torch.sign(p) * mask)
 

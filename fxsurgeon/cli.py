@@ -129,7 +129,7 @@ _RECIPE = _recipe_fields()
 
 
 def _training_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", help="comma-separated: baseline, slimming, nr, nr-cr, nr-ca")
+    p.add_argument("--method", help="comma-separated: baseline, slimming, magnitude, demp, nr, nr-cr, nr-ca")
     p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (mean and spread in the table)")
     p.add_argument("--out", default="out/train", help="folder for metrics, results and plots")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs (OUT/tensorboard)")
@@ -181,7 +181,7 @@ def parser() -> argparse.ArgumentParser:
         else:
             cmd.add_argument("--out", metavar="FILE", required=True, help="where to write the pruned model")
         cmd.set_defaults(run=run)
-    tr = sub.add_parser("train", help="train with Neural Rejuvenation (or a baseline) and plot it")
+    tr = sub.add_parser("train", help="train with Neural Rejuvenation, DemP or a baseline, and plot it")
     tr.add_argument("model", nargs="?", help="model spec as in inspect (or from --config)")
     tr.add_argument("--data", help="digits, cifar10:DIR, cifar100:DIR or imagefolder:DIR")
     tr.add_argument("--config", help="a JSON config, or a shipped one: paper:vgg19-cifar10, ...")

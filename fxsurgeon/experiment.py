@@ -74,23 +74,30 @@ def run(model_spec: str, data_spec: str, methods: list[str], seeds: list[int], r
 
 
 def table(results: list[Result]) -> str:
-    """Per method: parameters, FLOPs and accuracy (mean ± spread over seeds)."""
-    rows = [("method", "seeds", "params", "FLOPs (MACs)", "accuracy", "events")]
+    """Per method: parameters, FLOPs, sparsity, accuracy (mean ± spread over seeds),
+    training time and surgeries (NR's events, DemP's prunings)."""
+    rows = [("method", "seeds", "params", "FLOPs (MACs)", "sparsity", "accuracy", "time", "surgeries")]
     for method in dict.fromkeys(r.method for r in results):
         rs = [r for r in results if r.method == method]
         acc = [100 * r.accuracy for r in rs]
         spread = f" ± {statistics.stdev(acc):.2f}" if len(acc) > 1 else ""
         rows.append((method, str(len(rs)), human(statistics.mean(r.params for r in rs)),
-                     human(statistics.mean(r.flops for r in rs)), f"{statistics.mean(acc):.2f}{spread} %",
+                     human(statistics.mean(r.flops for r in rs)),
+                     f"{100 * statistics.mean(r.history[-1]['sparsity'] for r in rs):.1f} %",
+                     f"{statistics.mean(acc):.2f}{spread} %",
+                     f"{statistics.mean(r.seconds for r in rs):.1f} s",
                      str(sum(len(r.events) for r in rs))))
     w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w[i]) for i, c in enumerate(r)).rstrip() for r in rows)
 
 
 def plots(results: list[Result], out: Path) -> list[Path]:
-    """The training curves of every run, and the widths at each rejuvenation event."""
-    from .plots import plot_training, plot_widths
+    """The training curves of every run, accuracy against sparsity when a method pruned,
+    and the widths at each rejuvenation event."""
+    from .plots import plot_tradeoff, plot_training, plot_widths
     paths = [plot_training(results, out / "training.png")]
+    if any(r.history[-1]["sparsity"] > 0 for r in results):
+        paths.append(plot_tradeoff(results, out / "sparsity.png"))
     for r in results:
         p = plot_widths(r, out / f"widths-{r.method}-seed{r.seed}.png")
         if p:

@@ -34,6 +34,23 @@ def smallest(graph: ChannelGraph, ratio: float) -> dict[str, np.ndarray]:
     return {name: s > cut for name, s in scales.items()}
 
 
+def smallest_filters(graph: ChannelGraph, ratio: float) -> dict[str, np.ndarray]:
+    """Magnitude structured pruning (Li et al., 2017): in every free dimension, the
+    ``ratio`` of its channels whose producer weights have the smallest L1 norm (summed
+    over the layers that write the channel) are dead."""
+    params = dict(graph.module.named_parameters())
+    alive = {}
+    for d in graph.free_dims:
+        norms = np.zeros(d.width)
+        for m in d.members:
+            if m.role == "out":
+                w = params[m.tensor].detach()
+                per = w.abs().sum([a for a in range(w.dim()) if a != m.axis]).double().cpu().numpy()
+                np.add.at(norms, m.channels, per[m.positions])
+        alive[d.name] = norms > np.quantile(norms, ratio)
+    return alive
+
+
 def liveliness(graph: ChannelGraph, threshold: float = 0.01) -> dict[str, np.ndarray]:
     """Per free dimension, a bool array over its channels: True where alive.
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .rejuvenation import Event
 from .training import Result
 
 
@@ -13,21 +14,32 @@ def _pyplot():
     return plt
 
 
+#: what the training plot can show, in order: history key, axis label
+PANELS = (("utilization", "utilization r = U / c"), ("lambda", "λ (regularization)"),
+          ("sigma", "σ (DemP noise)"), ("sparsity", "sparsity (params removed)"),
+          ("seconds", "seconds per epoch"), ("accuracy", "test accuracy"))
+
+
 def plot_training(results: list[Result], path: Path) -> Path:
-    """Utilization, λ and test accuracy per epoch for each run, events marked (the
+    """Per epoch, for each run, what its history records: utilization, λ, σ, sparsity,
+    time per epoch and test accuracy; NR's events and DemP's prunings marked (for NR, the
     paper's Figure 1)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(3, 1, figsize=(7, 8), sharex=True)
+    panels = [(k, t) for k, t in PANELS if any(k in h for r in results for h in r.history)]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.3 * len(panels)), sharex=True, squeeze=False)
+    axes = axes[:, 0]
     for res in results:
         epochs = [h["epoch"] for h in res.history]
         label = f"{res.method} (seed {res.seed})"
-        for ax, key in zip(axes, ("utilization", "lambda", "accuracy"), strict=True):
-            line, = ax.plot(epochs, [h[key] for h in res.history], label=label)
+        for ax, (key, _) in zip(axes, panels, strict=True):
+            if not any(key in h for h in res.history):
+                continue
+            line, = ax.plot(epochs, [h.get(key) for h in res.history], label=label)
             for e in res.events:        # the first epoch whose steps reach the event's
                 at = next(h["epoch"] for h in res.history if h["step"] >= e.step)
                 ax.axvline(at, color=line.get_color(), linestyle=":", linewidth=1)
-    for ax, title in zip(axes, ("utilization r = U / c", "λ (L1 on scales)", "test accuracy"), strict=True):
-        ax.set_ylabel(title)
+    for ax, (_, title) in zip(axes, panels, strict=True):
+        ax.set_ylabel(title, fontsize="small")
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("epoch")
     axes[0].legend(fontsize="small")
@@ -37,12 +49,33 @@ def plot_training(results: list[Result], path: Path) -> Path:
     return path
 
 
+def plot_tradeoff(results: list[Result], path: Path) -> Path:
+    """Final test accuracy against sparsity (share of parameters removed), one point per
+    run, coloured by method."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for method in dict.fromkeys(r.method for r in results):
+        rs = [r for r in results if r.method == method]
+        x = [r.history[-1]["sparsity"] for r in rs]
+        y = [100 * r.accuracy for r in rs]
+        ax.scatter(x, y, s=14, alpha=0.5, label=method)
+    ax.set_xlabel("sparsity (share of parameters removed)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_widths(result: Result, path: Path) -> Path | None:
     """Per free dimension: its width before each event, the survivors and the new width."""
-    if not result.events:
+    events = [e for e in result.events if isinstance(e, Event)]
+    if not events:
         return None
     plt = _pyplot()
-    event = result.events[0]
+    event = events[0]
     names = [n for n in event.widths_before if event.widths_alive[n] != event.widths_before[n]
              or event.widths_after[n] != event.widths_before[n]]
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(names)), 4))

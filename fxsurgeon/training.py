@@ -1,9 +1,12 @@
-"""Training runs for ``fxsurgeon train``: baseline, Network Slimming, and Neural Rejuvenation.
+"""Training runs for ``fxsurgeon train``: baseline, Neural Rejuvenation, DemP, and the
+pruning baselines Network Slimming and magnitude (filter-norm) pruning.
 
-The recipe defaults follow the paper: SGD with momentum, λ adapted every epoch
-(Δλ = 5e-5, Δr = 0.01), T_r = 0.5, one event; the learning rate stays constant until
-the event, then the full cosine schedule of ``epochs`` runs. Every epoch writes one
-JSON line (and TensorBoard scalars if asked).
+NR's recipe follows its paper: SGD with momentum, λ adapted every epoch (Δλ = 5e-5,
+Δr = 0.01), T_r = 0.5, one event; the learning rate stays constant until the event,
+then the full cosine schedule of ``epochs`` runs. The other methods run the cosine
+schedule from the start; slimming and magnitude pruning then prune and fine-tune on a
+fresh cosine; DemP prunes as it goes, on a death set held out of the training data.
+Every epoch writes one JSON line (and TensorBoard scalars if asked).
 """
 from __future__ import annotations
 
@@ -15,15 +18,17 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from .data import Data
-from .liveliness import smallest
+from .demp import DemP, Pruning
+from .liveliness import smallest, smallest_filters
 from .planner import plan
 from .rejuvenation import Event, NeuralRejuvenation
 from .rewriter import rewrite
+from .surgical import SurgicalTraining
 
-METHODS = ("baseline", "slimming", "nr", "nr-cr", "nr-ca")
+METHODS = ("baseline", "slimming", "magnitude", "demp", "nr", "nr-cr", "nr-ca")
 
 
 @dataclass
@@ -44,8 +49,14 @@ class Recipe:
     search_epochs: int = 160          # NR: at most this long at constant LR before the event
     rescale: bool = True
     slimming_lambda: float = 1e-4     # Network Slimming's L1 on γ
-    slimming_ratio: float = 0.5       # ... then the channels with the smallest |γ| go
+    prune_ratio: float = 0.5          # slimming, magnitude: the share of channels that go
     finetune_epochs: int = 40         # ... then fine-tuning
+    demp_reg: float = 1e-3            # DemP: peak λ of the one-cycle regularization
+    demp_noise: float = 1e-3          # ... peak σ of the noise on live units
+    demp_regularization: str = "l1"   # ... "l1" on scales or "l2+" (positive part)
+    demp_prune_every: int | None = None   # ... steps between prunings (None: every epoch)
+    death_samples: int = 128          # ... training samples held out as the death set
+    epsilon: float = 0.0              # ... quasi-dead: |activation| <= epsilon
     seed: int = 0
 
 
@@ -61,7 +72,7 @@ class Result:
     epochs: int
     seconds: float
     history: list[dict] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
+    events: list[Event | Pruning] = field(default_factory=list)    # NR's events or DemP's prunings
 
 
 def evaluate(model: torch.nn.Module, loader: DataLoader) -> float:
@@ -103,7 +114,7 @@ class _Logger:
                     self.writer.add_scalar(f"{self.method}/{k}", v, record["epoch"])
         if self.bar is not None and "accuracy" in record:
             self.bar.update(1)
-            self.bar.set_postfix(acc=f"{record['accuracy']:.3f}", util=f"{record.get('utilization', 1):.2f}")
+            self.bar.set_postfix(acc=f"{record['accuracy']:.3f}", sparsity=f"{record['sparsity']:.2f}")
 
     def close(self) -> None:
         for h in (self.file, self.writer, self.bar):
@@ -111,21 +122,30 @@ class _Logger:
                 h.close()
 
 
-def _loaders(data: Data, recipe: Recipe) -> tuple[DataLoader, DataLoader]:
+def _loaders(data: Data, recipe: Recipe, hold_out: int) -> tuple[DataLoader, DataLoader, list]:
+    """Training and test loaders, and the first ``hold_out`` training samples (by a seeded
+    permutation) as batches of a death set, kept out of training."""
     g = torch.Generator().manual_seed(recipe.seed)
-    return (DataLoader(data.train, recipe.batch_size, shuffle=True, generator=g, drop_last=True),
-            DataLoader(data.test, 256))
+    train_set = data.train
+    death: list = []
+    if hold_out:
+        order = torch.randperm(len(train_set), generator=g).tolist()
+        held = Subset(train_set, order[:hold_out])
+        train_set = Subset(train_set, order[hold_out:])
+        death = list(DataLoader(held, recipe.batch_size))
+    return (DataLoader(train_set, recipe.batch_size, shuffle=True, generator=g, drop_last=True),
+            DataLoader(data.test, 256), death)
 
 
-def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: Path | None = None,
-          tensorboard: bool = False, progress: bool = True) -> tuple[torch.nn.Module, Result]:
-    """Train ``model`` by ``method`` (one of :data:`METHODS`); returns the trained
-    network and its :class:`Result`."""
-    torch.manual_seed(recipe.seed)
-    train_loader, test_loader = _loaders(data, recipe)
-    example = torch.zeros(data.input_shape)
-    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                          weight_decay=recipe.weight_decay)
+def _wrapper(method: str, model: torch.nn.Module, example, opt, recipe: Recipe, death: list,
+             steps: int) -> SurgicalTraining:
+    """The optimizer wrapper of ``method``: DemP, or NeuralRejuvenation (the other methods
+    use it for its L1 and its surgery, with no event)."""
+    if method == "demp":
+        return DemP(model, example, opt, death, total_steps=steps, regularization=recipe.demp_regularization,
+                    reg_peak=recipe.demp_reg, noise_peak=recipe.demp_noise,
+                    prune_every=recipe.demp_prune_every or steps // recipe.epochs, epsilon=recipe.epsilon,
+                    seed=recipe.seed)
     rejuvenating = method.startswith("nr")
     nr = NeuralRejuvenation(
         model, example, opt, metric=recipe.metric, threshold=recipe.threshold if rejuvenating else -1,
@@ -135,6 +155,21 @@ def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: 
         max_events=1 if rejuvenating else 0)
     if method == "slimming":
         nr.lam = recipe.slimming_lambda
+    return nr
+
+
+def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: Path | None = None,
+          tensorboard: bool = False, progress: bool = True) -> tuple[torch.nn.Module, Result]:
+    """Train ``model`` by ``method`` (one of :data:`METHODS`); returns the trained
+    network and its :class:`Result`."""
+    torch.manual_seed(recipe.seed)
+    train_loader, test_loader, death = _loaders(data, recipe, recipe.death_samples if method == "demp" else 0)
+    example = torch.zeros(data.input_shape)
+    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                          weight_decay=recipe.weight_decay)
+    wrapper = _wrapper(method, model, example, opt, recipe, death, recipe.epochs * len(train_loader))
+    rejuvenating = method.startswith("nr")
+    fine_tuned = method in ("slimming", "magnitude")
     # constant LR until NR's event, then a cosine over `length` epochs from `start`
     phase = {"start": None if rejuvenating else 0, "length": recipe.epochs}
 
@@ -144,56 +179,67 @@ def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: 
         return 0.5 * (1 + math.cos(math.pi * min(e - phase["start"], phase["length"]) / phase["length"]))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    total = None if rejuvenating else recipe.epochs + (recipe.finetune_epochs if method == "slimming" else 0)
+    total = None if rejuvenating else recipe.epochs + (recipe.finetune_epochs if fine_tuned else 0)
     logger = _Logger(log, method, tensorboard, progress, total)
+    original = wrapper.graph.count("params")
     history, t0, epoch, pruned = [], time.perf_counter(), 0, False
-    net = nr.model
+    net = wrapper.model
     net.train()
     try:
         while True:
             tick = time.perf_counter()
-            loss_sum, n, events = 0.0, 0, len(nr.events)
+            loss_sum, n, events = 0.0, 0, len(_events(wrapper))
             for x, y in train_loader:
                 loss = F.cross_entropy(net(x), y)
                 opt.zero_grad()
                 loss.backward()
-                nr.step()
+                wrapper.step()
                 loss_sum, n = loss_sum + loss.item() * len(y), n + len(y)
-            if recipe.check_every is None:
-                nr.check()
+            if rejuvenating and recipe.check_every is None:
+                wrapper.check()
             epoch += 1
-            fired = len(nr.events) > events
+            seconds = time.perf_counter() - tick
+            fired = len(_events(wrapper)) > events
             if rejuvenating and phase["start"] is None and (fired or epoch >= recipe.search_epochs):
                 phase["start"] = epoch         # the event fired (or never will): full schedule
-                nr.max_events = len(nr.events)
+                wrapper.max_events = len(wrapper.events)
             done = phase["start"] is not None and epoch - phase["start"] >= phase["length"]
-            if done and method == "slimming" and not pruned:
-                _prune(nr, recipe.slimming_ratio)   # then fine-tune on a fresh cosine
-                phase.update(start=epoch, length=recipe.finetune_epochs)
+            if done and fine_tuned and not pruned:
+                _prune(wrapper, smallest(wrapper.graph, recipe.prune_ratio) if method == "slimming"
+                       else smallest_filters(wrapper.graph, recipe.prune_ratio))
+                phase.update(start=epoch, length=recipe.finetune_epochs)   # fine-tune on a fresh cosine
                 done, pruned = recipe.finetune_epochs == 0, True
             sched.step()
-            if fired:
-                logger.write({"epoch": epoch, "event": nr.events[-1].summary()})
-            record = {"epoch": epoch, "step": nr.steps, "lr": opt.param_groups[0]["lr"],
-                      "loss": loss_sum / max(n, 1),
-                      "accuracy": evaluate(net, test_loader), "params": nr.graph.count("params"),
-                      "flops": nr.graph.count("flops"), "lambda": nr.lam,
-                      "utilization": nr.utilization(),
-                      "seconds": time.perf_counter() - tick}
+            for e in _events(wrapper)[events:]:
+                logger.write({"epoch": epoch, "event": e.summary()})
+            params = wrapper.graph.count("params")
+            record = {"epoch": epoch, "step": wrapper.steps, "lr": opt.param_groups[0]["lr"],
+                      "loss": loss_sum / max(n, 1), "accuracy": evaluate(net, test_loader),
+                      "params": params, "flops": wrapper.graph.count("flops"),
+                      "sparsity": 1 - params / original, "lambda": wrapper.lam, "seconds": seconds}
+            if method == "demp":
+                record["sigma"] = wrapper.sigma
+            else:
+                record["utilization"] = wrapper.utilization()
             history.append(record)
             logger.write(record)
             if done:
                 break
     finally:
         logger.close()
-    result = Result(method, recipe.seed, int(nr.graph.count("params")), int(nr.graph.count("flops")),
-                    history[-1]["accuracy"], epoch, time.perf_counter() - t0, history, list(nr.events))
-    return nr.model.network, result
+    result = Result(method, recipe.seed, int(wrapper.graph.count("params")),
+                    int(wrapper.graph.count("flops")), history[-1]["accuracy"], epoch,
+                    time.perf_counter() - t0, history, list(_events(wrapper)))
+    return wrapper.model.network, result
 
 
-def _prune(nr: NeuralRejuvenation, ratio: float) -> None:
-    """Network Slimming's step: remove the ``ratio`` of channels with the smallest scales
-    (the L1 drove them down), and stop the L1."""
+def _events(wrapper: SurgicalTraining) -> list:
+    return wrapper.prunings if isinstance(wrapper, DemP) else wrapper.events
+
+
+def _prune(nr: NeuralRejuvenation, alive: dict) -> None:
+    """The pruning baselines' step: remove the channels ``alive`` calls dead (for Network
+    Slimming, those its L1 drove down), and stop the L1."""
     graph = nr.graph
-    nr.apply_surgery(rewrite(graph, plan(graph, smallest(graph, ratio), target=None, scheme="prune")))
+    nr.apply_surgery(rewrite(graph, plan(graph, alive, target=None, scheme="prune")))
     nr.lam = 0.0

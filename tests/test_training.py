@@ -75,10 +75,33 @@ def test_nr_run_fires_its_event_and_keeps_training(tmp_path):
 
 def test_slimming_prunes_what_its_l1_killed_then_fine_tunes():
     torch.manual_seed(0)
-    recipe = Recipe(**FAST, slimming_lambda=1e-3, slimming_ratio=0.5, finetune_epochs=1)
+    recipe = Recipe(**FAST, slimming_lambda=1e-3, prune_ratio=0.5, finetune_epochs=1)
     _, result = train(digits_cnn(), load_data("digits"), "slimming", recipe, progress=False)
     assert result.epochs == 2 and result.history[-1]["lambda"] == 0   # pruned after epoch 1
     assert result.params < 0.5 * 17754                        # half of all judged channels went
+
+
+def test_magnitude_pruning_removes_the_smallest_filters_of_every_layer_then_fine_tunes():
+    torch.manual_seed(0)
+    recipe = Recipe(**FAST, prune_ratio=0.25, finetune_epochs=1)
+    net, result = train(digits_cnn(), load_data("digits"), "magnitude", recipe, progress=False)
+    assert result.epochs == 2                                  # pruned after epoch 1, then fine-tuned
+    convs = [m.out_channels for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs == [12, 12, 24, 24]                           # a quarter of each layer went
+    assert result.history[0]["sparsity"] == result.history[-1]["sparsity"] > 0.25
+
+
+def test_demp_run_prunes_dead_units_as_it_trains(tmp_path):
+    torch.manual_seed(0)
+    log = tmp_path / "m.jsonl"
+    recipe = Recipe(**{**FAST, "epochs": 3}, demp_reg=0.5, demp_noise=1e-3, death_samples=64)
+    net, result = train(digits_cnn(), load_data("digits"), "demp", recipe, log, progress=False)
+    assert result.epochs == 3 and result.events and result.params == sum(p.numel() for p in net.parameters())
+    sparsity = [h["sparsity"] for h in result.history]
+    assert sparsity == sorted(sparsity) and sparsity[-1] > 0.1          # only ever removes
+    assert all("sigma" in h and h["seconds"] > 0 for h in result.history)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert any("event" in r and r["event"]["removed"] > 0 for r in lines)
 
 
 def test_train_command_writes_metrics_results_and_plots(tmp_path, capsys):
@@ -87,12 +110,21 @@ def test_train_command_writes_metrics_results_and_plots(tmp_path, capsys):
                  "--search-epochs", "1", "--threshold", "1.01", "--out", str(out), "--quiet",
                  "--tensorboard"]) == 0
     text = capsys.readouterr().out
-    assert text.splitlines()[0].split() == ["method", "seeds", "params", "FLOPs", "(MACs)", "accuracy",
-                                            "events"]
+    assert text.splitlines()[0].split() == ["method", "seeds", "params", "FLOPs", "(MACs)", "sparsity",
+                                            "accuracy", "time", "surgeries"]
     for name in ("metrics.jsonl", "results.json", "training.png", "widths-nr-seed0.png"):
         assert (out / name).stat().st_size > 0, name
     assert list((out / "tensorboard").rglob("events.out.tfevents*"))
     assert [r["method"] for r in json.loads((out / "results.json").read_text())] == ["baseline", "nr"]
+
+
+def test_train_command_runs_demp_and_plots_sparsity(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "zoo:digits_cnn", "--data", "digits", "--method", "demp,magnitude", "--epochs", "1",
+                 "--finetune-epochs", "1", "--demp-reg", "0.5", "--out", str(out), "--quiet"]) == 0
+    assert "demp" in capsys.readouterr().out
+    for name in ("training.png", "sparsity.png"):
+        assert (out / name).stat().st_size > 0, name
 
 
 def test_train_command_errors_are_clear(capsys):

@@ -3,6 +3,7 @@ what it finds dead keeps the function on the death set (random CNNs)."""
 import numpy as np
 import pytest
 import torch
+import torchvision
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_rewrite import randomise_norms
@@ -11,6 +12,7 @@ from torch import nn
 import fxsurgeon as fxs
 from fxsurgeon.activations import activation_liveliness, activation_peaks
 from randomnets import examples, nets
+from zoo import SUBSET, sweep
 
 
 def batches(n=3, shape=(4, 3, 6, 6), dtype=torch.float32):
@@ -111,3 +113,32 @@ def test_removing_activation_dead_channels_keeps_the_function_on_the_death_set(n
         torch.testing.assert_close(new(xb), model(xb), rtol=1e-9, atol=1e-9)
     removed = sum(d.width - len(d.survivors) for d in surgery.plan.dims.values())
     assert removed <= sum(int((~a).sum()) for a in alive.values())
+
+
+def _kill_biases(model: nn.Module, fraction: float = 0.3, seed: int = 0) -> None:
+    """Drive a random ``fraction`` of the biases of every norm and layer to -1e4: the
+    units that an activation follows die (ReLU, GELU, SiLU, Hardswish all give 0)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.modules.batchnorm._NormBase, nn.Conv2d, nn.Linear)) and \
+                    getattr(m, "bias", None) is not None:
+                m.bias[torch.rand(m.bias.shape, generator=g) < fraction] = -1e4
+
+
+@pytest.mark.parametrize("name", sweep(SUBSET))
+def test_torchvision_model_loses_only_what_is_dead_on_the_death_set(name):
+    model = torchvision.models.get_model(name).double().eval()
+    randomise_norms(model)
+    _kill_biases(model)
+    size = 299 if name == "inception_v3" else 224
+    g = torch.Generator().manual_seed(0)
+    death_set = [torch.randn(2, 3, size, size, dtype=torch.float64, generator=g) for _ in range(2)]
+    graph = fxs.analyze(model, death_set[0][:1])
+    alive = activation_liveliness(graph, death_set)
+    plan = fxs.plan(graph, alive, target=None, scheme="prune")
+    assert sum(d.width - d.new_width for d in plan.dims.values()) > 0       # something died
+    new = fxs.rewrite(graph, plan, fold=False).module.eval()
+    with torch.no_grad():
+        for x in death_set:
+            torch.testing.assert_close(new(x), model(x), rtol=1e-9, atol=1e-9)

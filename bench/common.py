@@ -12,15 +12,18 @@ SUBSET = ["resnet50", "densenet121", "mobilenet_v3_large", "efficientnet_b0", "s
           "convnext_tiny", "regnet_y_400mf", "vit_b_16", "swin_t", "squeezenet1_0"]
 
 
-def kill(graph, fraction: float = 0.3, seed: int = 0) -> None:
-    """Zero the BatchNorm γ of a random ``fraction`` of every free dimension's channels."""
+def kill(graph, fraction: float = 0.3, seed: int = 0, by_activation: bool = False) -> None:
+    """Kill a random ``fraction`` of every free dimension's channels: zero their
+    BatchNorm γ (NR's dead), or with ``by_activation`` drive their BatchNorm β to -1e4 so
+    the ReLU after it is zero (DemP's dead)."""
     rng = np.random.default_rng(seed)
     params = dict(graph.module.named_parameters())
     for d in graph.free_dims:
         dead = rng.random(d.width) < fraction
         for s in d.sources:
+            name = s.tensor.rpartition(".")[0] + ".bias" if by_activation else s.tensor
             with torch.no_grad():
-                params[s.tensor][torch.as_tensor(s.positions[dead[s.channels]])] = 0
+                params[name][torch.as_tensor(s.positions[dead[s.channels]])] = -1e4 if by_activation else 0
 
 
 def median_time(fn, repeat: int) -> float:
@@ -31,3 +34,15 @@ def median_time(fn, repeat: int) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def train_step_time(model, step, x, y, repeat: int = 7) -> float:
+    """The median time of a training step (forward, backward, ``step()``), after one warm-up."""
+    times = []
+    for _ in range(repeat + 1):
+        t = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        step()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times[1:])

@@ -11,29 +11,16 @@ time after the event over the step time before.
 """
 from __future__ import annotations
 
-import statistics
 import time
 import warnings
 
 import torch
-import torch.nn.functional as F
 
 import fxsurgeon as fxs
-from common import kill, median_time
+from common import kill, median_time, train_step_time
 from fxsurgeon.zoo import MODELS
 
 STEPS_PER_EPOCH = 50_000 // 64
-
-
-def _step_times(model, step, x, y, repeat=7) -> float:
-    times = []
-    for _ in range(repeat + 1):
-        t = time.perf_counter()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        step()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times[1:])
 
 
 def main() -> None:
@@ -47,7 +34,7 @@ def main() -> None:
         opt = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9, weight_decay=1e-4)
         nr = fxs.NeuralRejuvenation(model, x[:1], opt, threshold=0.9)
         nr.lam = 1e-4                                  # the L1 subgradient is added
-        full = _step_times(nr.model, nr.step, x, y)
+        full = train_step_time(nr.model, nr.step, x, y)
         # the wrapper's own cost: the same gradients, stepped both ways, interleaved
         bare = median_time(opt.step, 25)
         wrapped = median_time(nr.step, 25)
@@ -56,7 +43,7 @@ def main() -> None:
         event = nr.check()
         took = time.perf_counter() - t
         assert event is not None
-        after = _step_times(nr.model, nr.step, x, y)
+        after = train_step_time(nr.model, nr.step, x, y)
         print(f"{name:26s} {full:12.3f} {bare:10.4f} {wrapped:9.4f} {(wrapped - bare) / full:8.2%} "
               f"{took:8.2f} {took / (full * STEPS_PER_EPOCH):11.3%} {after / full:12.2f}", flush=True)
 

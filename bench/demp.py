@@ -49,7 +49,7 @@ def main() -> None:
         bare = median_time(opt.step, 15)
         wrapped = median_time(peak_step, 15)
         t = time.perf_counter()
-        demp.dead()
+        demp.alive()
         death = time.perf_counter() - t
         kill(demp.graph, by_activation=True)
         t = time.perf_counter()

@@ -152,13 +152,13 @@ class DemP(SurgicalTraining):
         return self._generators[key]
 
     # ---- pruning -----------------------------------------------------------------------
-    def dead(self) -> dict[str, np.ndarray]:
+    def alive(self) -> dict[str, np.ndarray]:
         """Alive masks of the current network on the death set (rank 0's under DDP)."""
         return shared(lambda: activation_liveliness(self.graph, self.death_set, self.epsilon))
 
     def prune(self) -> Pruning | None:
         """Remove the channels that are dead on the death set now (None if none can go)."""
-        alive = self.dead()
+        alive = self.alive()
         graph: ChannelGraph = self.graph
         p = plan(graph, alive, target=None, scheme="prune")
         removed = sum(d.width - d.new_width for d in p.dims.values())

@@ -65,10 +65,10 @@ class _Recording(fxs.DemP):
 
     own: list
 
-    def dead(self):
+    def alive(self):
         self.__dict__.setdefault("own", []).append(
             fxs.activation_liveliness(self.graph, self.death_set)["0"].nonzero()[0].tolist())
-        return super().dead()
+        return super().alive()
 
 
 def _demp_worker(rank: int, port: int, out: str) -> None:

@@ -53,7 +53,7 @@ def main() -> None:
     data = load_data("digits")
     common = {"batch_size": 32, "lr": 0.05, "weight_decay": 5e-4, "slimming_lambda": 5e-4}
     args.out.mkdir(parents=True, exist_ok=True)
-    rows, results = [], []
+    rows, groups = [], []
     for method, label, overrides in settings(args):
         runs = []
         for seed in range(args.seeds):
@@ -61,7 +61,7 @@ def main() -> None:
             _, res = train(digits_cnn(width=args.width), data, method,
                            Recipe(**common, **overrides, seed=seed), progress=False)
             runs.append(res)
-        results += runs
+        groups.append(runs)
         rows.append({"method": method, "setting": label,
                      "sparsity": [r.history[-1]["sparsity"] for r in runs],
                      "accuracy": [r.accuracy for r in runs],
@@ -76,7 +76,7 @@ def main() -> None:
               f"training {statistics.mean(row['seconds']):5.1f} s (speed-up {speed:.2f}x, "
               f"last epoch {last:.2f}x)", flush=True)
     (args.out / "runs.json").write_text(json.dumps(rows, indent=1))
-    print(f"plot: {plot_tradeoff(results, args.out / 'sparsity.png')}")
+    print(f"plot: {plot_tradeoff(groups, args.out / 'sparsity.png')}")
 
 
 if __name__ == "__main__":

@@ -97,7 +97,9 @@ def plots(results: list[Result], out: Path) -> list[Path]:
     from .plots import plot_tradeoff, plot_training, plot_widths
     paths = [plot_training(results, out / "training.png")]
     if any(r.history[-1]["sparsity"] > 0 for r in results):
-        paths.append(plot_tradeoff(results, out / "sparsity.png"))
+        methods = dict.fromkeys(r.method for r in results)
+        paths.append(plot_tradeoff([[r for r in results if r.method == m] for m in methods],
+                                   out / "sparsity.png"))
     for r in results:
         p = plot_widths(r, out / f"widths-{r.method}-seed{r.seed}.png")
         if p:

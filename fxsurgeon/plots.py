@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from .rejuvenation import Event
 from .training import Result
 
@@ -49,16 +51,26 @@ def plot_training(results: list[Result], path: Path) -> Path:
     return path
 
 
-def plot_tradeoff(results: list[Result], path: Path) -> Path:
-    """Final test accuracy against sparsity (share of parameters removed), one point per
-    run, coloured by method."""
+def plot_tradeoff(groups: list[list[Result]], path: Path) -> Path:
+    """Final test accuracy against sparsity (share of parameters removed). Each group is
+    one setting of one method over seeds: its runs as faint points, its mean ± standard
+    deviation as an error bar; a method's settings are joined in order of sparsity."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for method in dict.fromkeys(r.method for r in results):
-        rs = [r for r in results if r.method == method]
-        x = [r.history[-1]["sparsity"] for r in rs]
-        y = [100 * r.accuracy for r in rs]
-        ax.scatter(x, y, s=14, alpha=0.5, label=method)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    colours: dict[str, str] = {}
+    by_method: dict[str, list[tuple[float, float]]] = {}
+    for runs in groups:
+        method = runs[0].method
+        colour = colours.setdefault(method, f"C{len(colours)}")
+        x = np.array([r.history[-1]["sparsity"] for r in runs])
+        y = np.array([100 * r.accuracy for r in runs])
+        ax.scatter(x, y, s=10, alpha=0.3, color=colour)
+        ax.errorbar(x.mean(), y.mean(), xerr=x.std(), yerr=y.std(ddof=1) if len(y) > 1 else 0,
+                    fmt="o", color=colour, capsize=3)
+        by_method.setdefault(method, []).append((x.mean(), y.mean()))
+    for method, points in by_method.items():
+        xs, ys = zip(*sorted(points), strict=True)
+        ax.plot(xs, ys, color=colours[method], label=method)
     ax.set_xlabel("sparsity (share of parameters removed)")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)

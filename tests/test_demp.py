@@ -10,19 +10,7 @@ from torch import nn
 
 import fxsurgeon as fxs
 from fxsurgeon.schedules import one_cycle
-
-
-def net():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
-
-
-def batch(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 3, (4,), generator=g)
-
+from wrapped import batch, resumable_run, same_state, small_net, train_step
 
 DEATH_SET = [batch(100 + i) for i in range(2)]
 
@@ -33,13 +21,6 @@ def kill(network, channels=(0, 2, 5)):
         bn = network.get_submodule("1")
         bn.weight[list(channels)] = 0
         bn.bias[list(channels)] = -1
-
-
-def train_step(demp, seed=0):
-    x, y = batch(seed)
-    demp.zero_grad()
-    nn.functional.cross_entropy(demp.model(x), y).backward()
-    demp.step()
 
 
 @given(st.integers(1, 5000), st.floats(0.05, 0.95))
@@ -55,7 +36,7 @@ def test_one_cycle_rises_to_the_peak_then_decays_to_zero(total, rise):
 
 
 def test_lambda_and_sigma_follow_the_schedule():
-    model = net()
+    model = small_net()
     demp = fxs.DemP(model, batch()[0][:1], torch.optim.SGD(model.parameters(), lr=0.0), DEATH_SET,
                     total_steps=10, reg_peak=2.0, noise_peak=3.0, prune_every=None)
     seen = []
@@ -67,7 +48,7 @@ def test_lambda_and_sigma_follow_the_schedule():
 
 
 def test_noise_touches_only_live_units():
-    model = net()
+    model = small_net()
     kill(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     demp = fxs.DemP(model, batch()[0][:1], opt, DEATH_SET, total_steps=10, reg_peak=0.0,
@@ -108,31 +89,28 @@ def test_regularization_touches_only_free_scales(regularization):
 
 
 def test_pruning_keeps_the_function_the_objects_and_the_optimizer_state():
-    model = net().double()
+    model = small_net().double()
     kill(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     death = [(x.double(), y) for x, y in DEATH_SET]
     demp = fxs.DemP(model, batch()[0][:1].double(), opt, death, total_steps=100, noise_peak=0.0,
                     reg_peak=0.0, prune_every=None)
-    net_ = demp.model
+    net = demp.model
     for i in range(2):
-        x, y = batch(i)
-        opt.zero_grad()
-        nn.functional.cross_entropy(net_(x.double()), y).backward()
-        demp.step()
+        train_step(demp, i, torch.float64)
     kill(demp.model.network)                      # momentum revived them a little: dead again
-    net_.eval()
+    net.eval()
     x = batch(9)[0].double()
-    before = net_(x)
-    old = dict(net_.network.named_parameters())
+    before = net(x)
+    old = dict(net.network.named_parameters())
     momentum = {n: opt.state[p]["momentum_buffer"].clone() for n, p in old.items()}
     pruning = demp.prune()
-    assert pruning is not None and demp.model is net_ and pruning.removed == 3
+    assert pruning is not None and demp.model is net and pruning.removed == 3
     assert pruning.params_after < pruning.params_before and demp.sparsity() > 0
-    torch.testing.assert_close(net_(x), before, rtol=1e-12, atol=1e-12)   # dead units emitted zeros
-    assert net_.network.get_submodule("0").out_channels == 5
-    new = dict(net_.network.named_parameters())
+    torch.testing.assert_close(net(x), before, rtol=1e-12, atol=1e-12)   # dead units emitted zeros
+    assert net.network.get_submodule("0").out_channels == 5
+    new = dict(net.network.named_parameters())
     assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in new.values()}
     for name, p in new.items():
         assert torch.equal(opt.state[p]["momentum_buffer"],
@@ -143,7 +121,7 @@ def test_pruning_keeps_the_function_the_objects_and_the_optimizer_state():
 
 
 def test_the_last_step_prunes():
-    model = net()
+    model = small_net()
     kill(model)
     demp = fxs.DemP(model, batch()[0][:1], torch.optim.SGD(model.parameters(), lr=0.0), DEATH_SET,
                     total_steps=3, noise_peak=0.0, prune_every=None)
@@ -153,25 +131,12 @@ def test_the_last_step_prunes():
 
 
 def _run(tmp_path, steps, save_at=None, resume=None):
-    """SGD + momentum + StepLR, noise and L1 on, pruning every 3 steps (units die at step 2)."""
-    model = net()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
-    demp = fxs.DemP(model, batch()[0][:1], opt, DEATH_SET, total_steps=steps, prune_every=3,
-                    reg_peak=1e-2, noise_peak=1e-2, seed=7)
-    start = 0
-    if resume:
-        extra = demp.load(resume)
-        sched.load_state_dict(extra["scheduler"])
-        start = extra["step"]
-    for i in range(start, steps):
-        if i == 2:
-            kill(demp.model.network)
-        train_step(demp, i)
-        sched.step()
-        if save_at == i + 1:
-            demp.save(tmp_path / "run.pt", step=i + 1, scheduler=sched.state_dict())
-    return demp
+    """A DemP run with noise and L1 on, pruning every 3 steps; units die at step 2."""
+    def make(model, example, opt):
+        return fxs.DemP(model, example, opt, DEATH_SET, total_steps=steps, prune_every=3, reg_peak=1e-2,
+                        noise_peak=1e-2, seed=7)
+    return resumable_run(make, steps, tmp_path / "run.pt", save_at, resume,
+                          lambda w: kill(w.model.network))
 
 
 @pytest.mark.parametrize("save_at", [2, 4])
@@ -180,13 +145,11 @@ def test_resuming_gives_the_same_continuation_to_the_bit(tmp_path, save_at):
     assert straight.prunings and straight.prunings[0].step == 3
     resumed = _run(tmp_path, 8, resume=tmp_path / "run.pt")
     assert [p.summary() for p in resumed.prunings] == [p.summary() for p in straight.prunings]
-    a, b = straight.model.state_dict(), resumed.model.state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert resumed.log == straight.log
+    assert same_state(straight.model, resumed.model) and resumed.log == straight.log
 
 
 def test_bad_arguments_and_resumes_are_clear_errors(tmp_path):
-    model = net()
+    model = small_net()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(fxs.FxSurgeonError, match="regularization must be one of l1, l2"):
         fxs.DemP(model, batch()[0][:1], opt, DEATH_SET, total_steps=5, regularization="l2")

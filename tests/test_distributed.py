@@ -8,20 +8,26 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import fxsurgeon as fxs
+from wrapped import small_net
 
 
-def _net():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
-
-
-def _worker(rank: int, port: int, out: str) -> None:
+def _start(rank: int, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     torch.set_num_threads(1)
-    model = _net()
+
+
+def _identical(network: nn.Module) -> bool:
+    """Whether every rank holds the same parameters."""
+    flat = torch.cat([p.detach().reshape(-1) for p in network.parameters()])
+    gathered = [torch.zeros_like(flat) for _ in range(2)]
+    dist.all_gather(gathered, flat)
+    return torch.equal(*gathered)
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    _start(rank, port)
+    model = small_net()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     nr = fxs.NeuralRejuvenation(model, torch.randn(1, 3, 8, 8), opt, threshold=0.9, check_every=2,
                                 scheme="cr", ddp=True)
@@ -35,12 +41,10 @@ def _worker(rank: int, port: int, out: str) -> None:
         opt.zero_grad()
         nn.functional.cross_entropy(nr.model(x), y).backward()
         nr.step()
-    flat = torch.cat([p.detach().reshape(-1) for p in nr.model.network.parameters()])
-    gathered = [torch.zeros_like(flat) for _ in range(2)]
-    dist.all_gather(gathered, flat)
+    same = _identical(nr.model.network)
     if rank == 0:
         survivors = nr.events[0].surgery.plan.dims["0"].survivors.tolist()
-        torch.save({"events": [e.step for e in nr.events], "same": torch.equal(*gathered),
+        torch.save({"events": [e.step for e in nr.events], "same": same,
                     "ddp": type(nr.model.ddp).__name__, "survivors": survivors}, out)
     dist.destroy_process_group()
 
@@ -72,10 +76,8 @@ class _Recording(fxs.DemP):
 
 
 def _demp_worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    torch.set_num_threads(1)
-    model = _net()
+    _start(rank, port)
+    model = small_net()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     g = torch.Generator().manual_seed(rank)        # each rank its own data and death set
     scale = 1e-3 if rank == 0 else 1e3             # on rank 1's, no unit looks dead
@@ -90,14 +92,12 @@ def _demp_worker(rank: int, port: int, out: str) -> None:
         opt.zero_grad()
         nn.functional.cross_entropy(demp.model(x), y).backward()
         demp.step()
-    flat = torch.cat([p.detach().reshape(-1) for p in demp.model.network.parameters()])
-    gathered = [torch.zeros_like(flat) for _ in range(2)]
-    dist.all_gather(gathered, flat)
+    same = _identical(demp.model.network)
     verdicts = [None, None]
     dist.all_gather_object(verdicts, demp.own[0])
     if rank == 0:
         survivors = demp.prunings[0].surgery.plan.dims["0"].survivors.tolist()
-        torch.save({"prunings": [p.step for p in demp.prunings], "same": torch.equal(*gathered),
+        torch.save({"prunings": [p.step for p in demp.prunings], "same": same,
                     "survivors": survivors, "verdicts": verdicts}, out)
     dist.destroy_process_group()
 

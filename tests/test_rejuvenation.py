@@ -6,25 +6,7 @@ from test_rewrite import randomise_norms
 from torch import nn
 
 import fxsurgeon as fxs
-
-
-def small_net():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
-
-
-def batch(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 3, (4,), generator=g)
-
-
-def train_step(nr, seed=0):
-    x, y = batch(seed)
-    nr.zero_grad()
-    nn.functional.cross_entropy(nr.model(x), y).backward()
-    nr.step()
+from wrapped import batch, resumable_run, same_state, small_net, train_step
 
 
 def kill_half(nr):
@@ -76,10 +58,7 @@ def test_an_event_keeps_the_function_and_the_users_objects():
     nr = fxs.NeuralRejuvenation(model, batch()[0][:1].double(), opt, threshold=0.9)
     net = nr.model
     for i in range(3):
-        x, y = batch(i)
-        opt.zero_grad()
-        nn.functional.cross_entropy(net(x.double()), y).backward()
-        nr.step()
+        train_step(nr, i, torch.float64)
     kill_half(nr)
     x = batch(9)[0].double()
     net.eval()
@@ -138,25 +117,12 @@ def test_an_impossible_budget_warns_and_training_goes_on():
 
 
 def _run(tmp_path, steps, save_at=None, resume=None, scheme="cr"):
-    """Train ``small_net`` with SGD + momentum and a StepLR; an event fires at step 4."""
-    model = small_net()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
-    nr = fxs.NeuralRejuvenation(model, batch()[0][:1], opt, threshold=0.9, check_every=4,
-                                scheme=scheme, rescale=True, delta_lambda=1e-3)
-    start = 0
-    if resume:
-        extra = nr.load(resume)
-        sched.load_state_dict(extra["scheduler"])
-        start = extra["step"]
-    for i in range(start, steps):
-        if i == 2:
-            kill_half(nr)
-        train_step(nr, i)
-        sched.step()
-        if save_at == i + 1:
-            nr.save(tmp_path / "run.pt", step=i + 1, scheduler=sched.state_dict())
-    return nr
+    """An NR run whose event fires at step 4."""
+    def make(model, example, opt):
+        return fxs.NeuralRejuvenation(model, example, opt, threshold=0.9, check_every=4, scheme=scheme,
+                                      rescale=True, delta_lambda=1e-3)
+    return resumable_run(make, steps, tmp_path / "run.pt", save_at, resume,
+                          kill_half)
 
 
 @pytest.mark.parametrize("save_at", [3, 6])
@@ -167,9 +133,7 @@ def test_resuming_gives_the_same_continuation_to_the_bit(tmp_path, save_at):
     assert len(data["history"]) == (save_at > 4)
     resumed = _run(tmp_path, 9, resume=tmp_path / "run.pt")
     assert [e.step for e in resumed.events] == [4] and resumed.log == straight.log
-    a, b = straight.model.state_dict(), resumed.model.state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert straight.lam == resumed.lam
+    assert same_state(straight.model, resumed.model) and straight.lam == resumed.lam
 
 
 def test_bad_resumes_are_clear_errors(tmp_path):

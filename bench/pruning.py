@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--finetune", type=int, default=10)
-    parser.add_argument("--demp-reg", type=float, nargs="+", default=[0.01, 0.03, 0.05, 0.1])
+    parser.add_argument("--demp-reg", type=float, nargs="*", default=[0.01, 0.03, 0.05, 0.1])
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.35, 0.5, 0.65])
     parser.add_argument("--out", type=Path, default=Path("out/bench-pruning"))
     args = parser.parse_args()

@@ -23,7 +23,7 @@ import torch
 
 from fxsurgeon.data import load_data
 from fxsurgeon.plots import plot_tradeoff
-from fxsurgeon.training import Recipe, train
+from fxsurgeon.training import Recipe, Result, train
 from fxsurgeon.zoo import digits_cnn
 
 
@@ -38,6 +38,17 @@ def settings(args) -> list[tuple[str, str, dict]]:
     return out
 
 
+def replot(path: Path, runs_files: list[Path]) -> Path:
+    """Draw the accuracy-against-sparsity plot of the settings in several runs.json files."""
+    groups = []
+    for f in runs_files:
+        for row in json.loads(f.read_text()):
+            pairs = zip(row["accuracy"], row["sparsity"], strict=True)
+            groups.append([Result(row["method"], seed, 0, 0, acc, 0, 0.0, [{"sparsity": s}])
+                           for seed, (acc, s) in enumerate(pairs)])
+    return plot_tradeoff(groups, path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=int, default=16)
@@ -47,7 +58,12 @@ def main() -> None:
     parser.add_argument("--demp-reg", type=float, nargs="*", default=[0.01, 0.03, 0.05, 0.1])
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.35, 0.5, 0.65])
     parser.add_argument("--out", type=Path, default=Path("out/bench-pruning"))
+    parser.add_argument("--replot", type=Path, nargs="+", metavar=("PNG", "RUNS"),
+                        help="only draw PNG from runs.json files of earlier sweeps")
     args = parser.parse_args()
+    if args.replot:
+        print(f"plot: {replot(args.replot[0], args.replot[1:])}")
+        return
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     data = load_data("digits")

@@ -52,7 +52,8 @@ def plot_training(results: list[Result], path: Path) -> Path:
 
 
 def plot_tradeoff(groups: list[list[Result]], path: Path) -> Path:
-    """Final test accuracy against sparsity (share of parameters removed). Each group is
+    """Final test accuracy against sparsity, drawn as the share of parameters kept on a
+    log axis (sparser to the right), so 90 % and 99 % sparsity stand apart. Each group is
     one setting of one method over seeds: its runs as faint points, its mean ± standard
     deviation as an error bar; a method's settings are joined in order of sparsity."""
     plt = _pyplot()
@@ -62,7 +63,7 @@ def plot_tradeoff(groups: list[list[Result]], path: Path) -> Path:
     for runs in groups:
         method = runs[0].method
         colour = colours.setdefault(method, f"C{len(colours)}")
-        x = np.array([r.history[-1]["sparsity"] for r in runs])
+        x = np.array([1 - r.history[-1]["sparsity"] for r in runs])
         y = np.array([100 * r.accuracy for r in runs])
         ax.scatter(x, y, s=10, alpha=0.3, color=colour)
         ax.errorbar(x.mean(), y.mean(), xerr=x.std(), yerr=y.std(ddof=1) if len(y) > 1 else 0,
@@ -71,9 +72,11 @@ def plot_tradeoff(groups: list[list[Result]], path: Path) -> Path:
     for method, points in by_method.items():
         xs, ys = zip(*sorted(points), strict=True)
         ax.plot(xs, ys, color=colours[method], label=method)
-    ax.set_xlabel("sparsity (share of parameters removed)")
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("share of parameters kept (1 - sparsity)")
     ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -30,21 +30,22 @@ def plot_training(results: list[Result], path: Path) -> Path:
     panels = [(k, t) for k, t in PANELS if any(k in h for r in results for h in r.history)]
     fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.3 * len(panels)), sharex=True, squeeze=False)
     axes = axes[:, 0]
-    for res in results:
+    for i, res in enumerate(results):
         epochs = [h["epoch"] for h in res.history]
-        label = f"{res.method} (seed {res.seed})"
+        colour = f"C{i % 10}"                # one colour per run in every panel
         for ax, (key, _) in zip(axes, panels, strict=True):
             if not any(key in h for h in res.history):
                 continue
-            line, = ax.plot(epochs, [h.get(key) for h in res.history], label=label)
+            ax.plot(epochs, [h.get(key) for h in res.history], color=colour,
+                    label=f"{res.method} (seed {res.seed})")
             for e in res.events:        # the first epoch whose steps reach the event's
                 at = next(h["epoch"] for h in res.history if h["step"] >= e.step)
-                ax.axvline(at, color=line.get_color(), linestyle=":", linewidth=1)
+                ax.axvline(at, color=colour, linestyle=":", linewidth=1)
     for ax, (_, title) in zip(axes, panels, strict=True):
         ax.set_ylabel(title, fontsize="small")
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("epoch")
-    axes[0].legend(fontsize="small")
+    axes[-1].legend(fontsize="small")        # accuracy: every run has it
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

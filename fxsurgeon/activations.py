@@ -34,12 +34,12 @@ def _peak(x: torch.Tensor, axis: int) -> torch.Tensor:
     return x.detach().abs().amax(dim=others) if others else x.detach().abs()
 
 
-def _reads(graph: ChannelGraph) -> tuple[dict[tuple[str, int], np.ndarray], np.ndarray]:
-    """The measurable reads ``{(input node, axis): global channel per position}`` and
-    the global channels read somewhere they cannot be measured."""
+def _reads(graph: ChannelGraph) -> tuple[dict[str, tuple[fx.Node, int, np.ndarray]], np.ndarray]:
+    """The measurable reads ``{consumer node: (its input, channel axis, global channel per
+    position)}`` and the global channels read somewhere they cannot be measured."""
     nodes = {n.name: n for n in graph.module.graph.nodes}
     modules = dict(graph.module.named_modules())
-    reads: dict[tuple[str, int], np.ndarray] = {}
+    reads: dict[str, tuple[fx.Node, int, np.ndarray]] = {}
     blind: list[np.ndarray] = []
     free = np.concatenate([np.full(d.width, d.free) for d in graph.dims])
     for ref in graph.propagation.axes:
@@ -52,21 +52,26 @@ def _reads(graph: ChannelGraph) -> tuple[dict[tuple[str, int], np.ndarray], np.n
         if axis is None or not isinstance(x, fx.Node):
             blind.append(index)
         else:
-            reads[(x.name, axis)] = index
+            reads[node.name] = (x, axis, index)
     blind += [graph.global_channels(tags) for tags, label in graph.propagation.couplings
               if label == "contraction"]
     return reads, np.concatenate(blind) if blind else np.zeros(0, np.int64)
 
 
-def _probe(graph: ChannelGraph, reads: Iterable[tuple[str, int]]) -> fx.GraphModule:
-    """A GraphModule sharing the network's modules that returns the peak of every read."""
+def _probe(graph: ChannelGraph, reads: dict[str, tuple[fx.Node, int, np.ndarray]]) -> fx.GraphModule:
+    """A GraphModule sharing the network's modules that returns the peak of every read,
+    taken just before its consumer runs (so a later in-place op cannot change it)."""
     g = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
+    peaks: dict[str, fx.Node] = {}
     for node in graph.module.graph.nodes:
-        if node.op != "output":
-            env[node] = g.node_copy(node, lambda n: env[n])
-    by_name = {n.name: env[n] for n in env}
-    g.output(tuple(g.call_function(_peak, (by_name[name], axis)) for name, axis in reads))
+        if node.op == "output":
+            continue
+        if node.name in reads:
+            x, axis, _ = reads[node.name]
+            peaks[node.name] = g.call_function(_peak, (env[x], axis))
+        env[node] = g.node_copy(node, lambda n: env[n])
+    g.output(tuple(peaks[name] for name in reads))
     probe = fx.GraphModule(graph.module, g)
     probe.graph.eliminate_dead_code()       # nothing after the last read runs
     probe.recompile()
@@ -104,7 +109,7 @@ def activation_peaks(graph: ChannelGraph, batches: Iterable) -> dict[str, np.nda
         raise FxSurgeonError("the death set is empty: death is measured on at least one batch")
     total = sum(d.width for d in graph.dims)
     best, read = np.zeros(total), np.zeros(total, bool)
-    for index, value in zip(reads.values(), peaks, strict=True):
+    for (_, _, index), value in zip(reads.values(), peaks, strict=True):
         keep = index >= 0
         np.maximum.at(best, index[keep], value.double().cpu().numpy()[keep])
         read[index[keep]] = True

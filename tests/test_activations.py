@@ -70,6 +70,30 @@ def test_a_coupled_channel_is_dead_only_when_dead_at_every_read():
     assert activation_liveliness(graph, batches())[trunk.name].tolist() == [True, True, True, False]
 
 
+class InPlace(nn.Module):
+    """``b`` reads ``a``; then ``a`` is zeroed in place and ``c`` reads it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        a = torch.relu(self.a(x))
+        b = self.b(a)
+        a.mul_(0)
+        return b + self.c(a)
+
+
+def test_a_read_is_what_its_layer_sees_even_when_changed_in_place_later():
+    model = InPlace()
+    with torch.no_grad():
+        model.a.weight.zero_()
+        model.a.bias.copy_(torch.tensor([1.0, -1.0, 1.0, -1.0]))
+    graph = fxs.analyze(model, torch.randn(1, 3, 6, 6))
+    (hidden,) = graph.free_dims
+    assert activation_liveliness(graph, batches())[hidden.name].tolist() == [True, False, True, False]
+
+
 class Attention(nn.Module):
     def __init__(self):
         super().__init__()

@@ -108,7 +108,8 @@ def activation_peaks(graph: ChannelGraph, batches: Iterable) -> dict[str, np.nda
     best, read = np.zeros(total), np.zeros(total, bool)
     for (_, _, index), value in zip(reads.values(), peaks, strict=True):
         keep = index >= 0
-        np.maximum.at(best, index[keep], value.double().cpu().numpy()[keep])
+        with np.errstate(invalid="ignore"):       # NaN stays NaN: not dead
+            np.maximum.at(best, index[keep], value.double().cpu().numpy()[keep])
         read[index[keep]] = True
     best[~read] = np.inf
     best[blind[blind >= 0]] = np.inf
@@ -120,5 +121,5 @@ def activation_liveliness(graph: ChannelGraph, batches: Iterable,
                           epsilon: float = 0.0) -> dict[str, np.ndarray]:
     """Per free dimension, True where a channel is alive: its post-activation output
     exceeds ``epsilon`` in magnitude somewhere on ``batches`` (``epsilon > 0`` also
-    calls quasi-dead units dead). The masks :func:`~fxsurgeon.plan` takes."""
-    return {name: peak > epsilon for name, peak in activation_peaks(graph, batches).items()}
+    calls quasi-dead units dead; NaN is alive). The masks :func:`~fxsurgeon.plan` takes."""
+    return {name: ~(peak <= epsilon) for name, peak in activation_peaks(graph, batches).items()}

@@ -30,6 +30,9 @@ def test_a_unit_is_dead_when_its_activation_is_zero_on_every_sample():
     assert peaks["0"][1:].tolist() == [0.0, 0.0, 0.5] and peaks["0"][0] > 0
     assert activation_liveliness(graph, batches())["0"].tolist() == [True, False, False, True]
     assert activation_liveliness(graph, batches(), epsilon=0.6)["0"].tolist() == [True, False, False, False]
+    with torch.no_grad():
+        model[0].bias[1] = float("nan")                          # broken, not dead
+    assert activation_liveliness(graph, batches())["0"].tolist() == [True, True, False, True]
 
 
 def test_a_batch_of_a_death_set_may_carry_labels_and_training_mode_is_kept():

@@ -14,7 +14,7 @@ from .data import load_data
 from .errors import FxSurgeonError
 from .models import load_model
 from .report import human
-from .training import METHODS, Recipe, Result, train
+from .training import METHODS, PRUNING, Recipe, Result, train
 
 #: the demo: a capacity-limited net on the digits that ship with scikit-learn; λ grows
 #: fast enough for an event within a few epochs (the paper's Δλ = 5e-5 needs ~100)
@@ -92,11 +92,11 @@ def table(results: list[Result]) -> str:
 
 
 def plots(results: list[Result], out: Path) -> list[Path]:
-    """The training curves of every run, accuracy against sparsity when a method pruned,
-    and the widths at each rejuvenation event."""
+    """The training curves of every run, accuracy against sparsity when a pruning method
+    ran, and the widths at each rejuvenation event."""
     from .plots import plot_tradeoff, plot_training, plot_widths
     paths = [plot_training(results, out / "training.png")]
-    if any(r.history[-1]["sparsity"] > 0 for r in results):
+    if any(r.method in PRUNING for r in results):
         methods = dict.fromkeys(r.method for r in results)
         paths.append(plot_tradeoff([[r for r in results if r.method == m] for m in methods],
                                    out / "sparsity.png"))

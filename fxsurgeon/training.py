@@ -29,6 +29,7 @@ from .rewriter import rewrite
 from .surgical import SurgicalTraining
 
 METHODS = ("baseline", "slimming", "magnitude", "demp", "nr", "nr-cr", "nr-ca")
+PRUNING = ("slimming", "magnitude", "demp")     # the methods whose aim is sparsity
 
 
 @dataclass

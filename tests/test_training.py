@@ -114,6 +114,7 @@ def test_train_command_writes_metrics_results_and_plots(tmp_path, capsys):
                                             "accuracy", "time", "surgeries"]
     for name in ("metrics.jsonl", "results.json", "training.png", "widths-nr-seed0.png"):
         assert (out / name).stat().st_size > 0, name
+    assert not (out / "sparsity.png").exists()                # no pruning method ran
     assert list((out / "tensorboard").rglob("events.out.tfevents*"))
     assert [r["method"] for r in json.loads((out / "results.json").read_text())] == ["baseline", "nr"]
 

@@ -6,7 +6,7 @@ import torch
 import torchvision
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_rewrite import randomise_norms
+from test_rewrite import TOO_BIG, randomise_norms
 from torch import nn
 
 import fxsurgeon as fxs
@@ -155,6 +155,8 @@ def _kill_biases(model: nn.Module, fraction: float = 0.3, seed: int = 0) -> None
 
 @pytest.mark.parametrize("name", sweep(SUBSET))
 def test_torchvision_model_loses_only_what_is_dead_on_the_death_set(name):
+    if name in TOO_BIG:
+        pytest.skip("over 140M parameters: float64 surgery copies do not fit beside another worker")
     model = torchvision.models.get_model(name).double().eval()
     randomise_norms(model)
     _kill_biases(model)

@@ -132,18 +132,23 @@ class DemP(SurgicalTraining):
             self.prune()
         return loss
 
+    def _set_graph(self, graph: ChannelGraph) -> None:
+        super()._set_graph(graph)
+        params = dict(graph.module.named_parameters())
+        shifts = {name: params.get(name.rpartition(".")[0] + ".bias") for name in self.scales}
+        #: what "l2+" pushes down: the free scales and the shifts beside them
+        self._positive = list(self.scales.values()) + [
+            (shifts[name], mask) for name, (_, mask) in self.scales.items()
+            if shifts[name] is not None and shifts[name].shape == mask.shape]
+
     def _regularize(self, lam: float) -> None:
         if self.regularization == "l1":
             self.add_l1(lam)
-            return
-        if lam:
-            params = dict(self.graph.module.named_parameters())
+        elif lam:
             with torch.no_grad():
-                for name, (p, mask) in self.scales.items():
-                    shift = params.get(name.rpartition(".")[0] + ".bias")
-                    for q in (p, shift):
-                        if q is not None and q.grad is not None and q.shape == mask.shape:
-                            q.grad.add_(lam * q.clamp(min=0) * mask)
+                for p, mask in self._positive:
+                    if p.grad is not None:
+                        p.grad.add_(lam * p.clamp(min=0) * mask)
 
     def _generator(self, device: torch.device) -> torch.Generator:
         key = str(device)

@@ -6,10 +6,14 @@ The digits that ship with scikit-learn and the demo's network (``--width``, defa
 DemP one cosine schedule (DemP pruning every epoch on 128 held-out training samples);
 slimming and magnitude pruning train for ``--epochs - --finetune``, prune, then fine-tune
 for ``--finetune``. DemP's sparsity is set by its peak regularization λ, the others' by
-the share of channels they remove. Writes every run to OUT/runs.json, prints one line per
-setting (mean ± sd over seeds) and plots OUT/sparsity.png.
+the share of channels they remove. Training time is the training part of every epoch
+(surgery included, evaluation not); the speed-up is the dense baseline's over it, and
+"last epoch" compares the final networks' pace. Writes every run to OUT/runs.json, prints
+one line per setting (mean ± sd over seeds) and plots OUT/sparsity.png.
 
     python bench/pruning.py                   # 3 seeds, about 6 minutes on one core
+    python bench/pruning.py --width 64        # compute-bound steps: the speed-up shows
+    python bench/pruning.py --replot OUT.png A/runs.json B/runs.json   # one plot of sweeps
 """
 from __future__ import annotations
 

@@ -85,6 +85,8 @@ class DemP(SurgicalTraining):
         if iter(death_set) is death_set:
             raise FxSurgeonError("the death set must be re-iterable (a list or a DataLoader), "
                                  "not an iterator: it is read at every pruning")
+        if hasattr(death_set, "__len__") and len(death_set) == 0:
+            raise FxSurgeonError("the death set is empty: death is measured on at least one batch")
         super().__init__(model, example_inputs, optimizer, ddp=ddp, **analyze_kwargs)
         self.death_set, self.total_steps, self.regularization = death_set, total_steps, regularization
         self.reg_peak, self.noise_peak, self.rise = reg_peak, noise_peak, rise

@@ -155,6 +155,8 @@ def test_bad_arguments_and_resumes_are_clear_errors(tmp_path):
         fxs.DemP(model, batch()[0][:1], opt, DEATH_SET, total_steps=5, regularization="l2")
     with pytest.raises(fxs.FxSurgeonError, match="re-iterable"):
         fxs.DemP(model, batch()[0][:1], opt, iter(DEATH_SET), total_steps=5)
+    with pytest.raises(fxs.FxSurgeonError, match="death set is empty"):
+        fxs.DemP(model, batch()[0][:1], opt, [], total_steps=5)
     nr_file = tmp_path / "nr.pt"
     fxs.NeuralRejuvenation(model, batch()[0][:1], opt).save(nr_file)
     with pytest.raises(fxs.FxSurgeonError, match="not a DemP checkpoint"):

@@ -85,7 +85,7 @@ def main() -> None:
         rows.append({"method": method, "setting": label,
                      "sparsity": [r.history[-1]["sparsity"] for r in runs],
                      "accuracy": [r.accuracy for r in runs],
-                     "seconds": [sum(h["seconds"] for h in r.history) for r in runs],
+                     "seconds": [r.training_seconds for r in runs],
                      "last_epoch_seconds": [r.history[-1]["seconds"] for r in runs]})
         row, base = rows[-1], rows[0]
         speed = statistics.mean(base["seconds"]) / statistics.mean(row["seconds"])

@@ -106,6 +106,11 @@ class DemP(SurgicalTraining):
         """σ_t for the next step."""
         return self.noise_peak * one_cycle(self.steps, self.total_steps, self.rise)
 
+    @property
+    def surgeries(self) -> list[Pruning]:
+        """The prunings so far."""
+        return self.prunings
+
     def sparsity(self, metric: str = "params") -> float:
         """The share of the original model's parameters (or FLOPs) removed so far."""
         return 1 - self.graph.count(metric) / self.original[metric]

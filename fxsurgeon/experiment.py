@@ -85,7 +85,7 @@ def table(results: list[Result]) -> str:
                      human(statistics.mean(r.flops for r in rs)),
                      f"{100 * statistics.mean(r.history[-1]['sparsity'] for r in rs):.1f} %",
                      f"{statistics.mean(acc):.2f}{spread} %",
-                     f"{statistics.mean(r.seconds for r in rs):.1f} s",
+                     f"{statistics.mean(r.training_seconds for r in rs):.1f} s",
                      str(sum(len(r.events) for r in rs))))
     w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w[i]) for i, c in enumerate(r)).rstrip() for r in rows)

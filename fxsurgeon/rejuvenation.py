@@ -98,6 +98,11 @@ class NeuralRejuvenation(SurgicalTraining):
             self.check()
         return loss
 
+    @property
+    def surgeries(self) -> list[Event]:
+        """The rejuvenation events so far."""
+        return self.events
+
     def utilization(self) -> float:
         """The paper's r = U(θ) / c(A) of the current network."""
         return self.graph.utilization(self._liveliness(), self.metric)

@@ -106,6 +106,11 @@ class SurgicalTraining:
                     if p.grad is not None:
                         p.grad.add_(lam * torch.sign(p) * mask)
 
+    @property
+    def surgeries(self) -> list:
+        """Every surgery of the run so far, as the method records it."""
+        raise NotImplementedError
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
 

@@ -75,6 +75,11 @@ class Result:
     history: list[dict] = field(default_factory=list)
     events: list[Event | Pruning] = field(default_factory=list)    # NR's events or DemP's prunings
 
+    @property
+    def training_seconds(self) -> float:
+        """The training part of every epoch (surgery included, evaluation not)."""
+        return sum(h["seconds"] for h in self.history)
+
 
 def evaluate(model: torch.nn.Module, loader: DataLoader) -> float:
     """Top-1 accuracy, in eval mode (the model's mode is restored)."""
@@ -189,7 +194,7 @@ def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: 
     try:
         while True:
             tick = time.perf_counter()
-            loss_sum, n, events = 0.0, 0, len(_events(wrapper))
+            loss_sum, n, events = 0.0, 0, len(wrapper.surgeries)
             for x, y in train_loader:
                 loss = F.cross_entropy(net(x), y)
                 opt.zero_grad()
@@ -200,7 +205,7 @@ def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: 
                 wrapper.check()
             epoch += 1
             seconds = time.perf_counter() - tick
-            fired = len(_events(wrapper)) > events
+            fired = len(wrapper.surgeries) > events
             if rejuvenating and phase["start"] is None and (fired or epoch >= recipe.search_epochs):
                 phase["start"] = epoch         # the event fired (or never will): full schedule
                 wrapper.max_events = len(wrapper.events)
@@ -211,7 +216,7 @@ def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: 
                 phase.update(start=epoch, length=recipe.finetune_epochs)   # fine-tune on a fresh cosine
                 done, pruned = recipe.finetune_epochs == 0, True
             sched.step()
-            for e in _events(wrapper)[events:]:
+            for e in wrapper.surgeries[events:]:
                 logger.write({"epoch": epoch, "event": e.summary()})
             params = wrapper.graph.count("params")
             record = {"epoch": epoch, "step": wrapper.steps, "lr": opt.param_groups[0]["lr"],
@@ -230,12 +235,8 @@ def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: 
         logger.close()
     result = Result(method, recipe.seed, int(wrapper.graph.count("params")),
                     int(wrapper.graph.count("flops")), history[-1]["accuracy"], epoch,
-                    time.perf_counter() - t0, history, list(_events(wrapper)))
+                    time.perf_counter() - t0, history, list(wrapper.surgeries))
     return wrapper.model.network, result
-
-
-def _events(wrapper: SurgicalTraining) -> list:
-    return wrapper.prunings if isinstance(wrapper, DemP) else wrapper.events
 
 
 def _prune(nr: NeuralRejuvenation, alive: dict) -> None:

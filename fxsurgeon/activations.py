@@ -23,9 +23,6 @@ from torch import fx
 
 from .errors import FxSurgeonError
 from .graph import ChannelGraph
-from .ops import classify
-
-_AXIS = {"producer:conv": 1, "fproducer:conv": 1, "producer:linear": -1, "fproducer:linear": -1, "matmul": -1}
 
 
 def _peak(x: torch.Tensor, axis: int) -> torch.Tensor:
@@ -38,23 +35,14 @@ def _reads(graph: ChannelGraph) -> tuple[dict[str, tuple[fx.Node, int, np.ndarra
     """The measurable reads ``{consumer node: (its input, channel axis, global channel per
     position)}`` and the global channels read somewhere they cannot be measured."""
     nodes = {n.name: n for n in graph.module.graph.nodes}
-    modules = dict(graph.module.named_modules())
-    reads: dict[str, tuple[fx.Node, int, np.ndarray]] = {}
-    blind: list[np.ndarray] = []
     free = np.concatenate([np.full(d.width, d.free) for d in graph.dims])
-    for ref in graph.propagation.axes:
-        index = graph.global_channels(ref.tags) if ref.role == "in" else None
-        if index is None or not free[index[index >= 0]].any():
-            continue
-        node = nodes[ref.node]
-        x = node.args[0] if node.args else node.kwargs.get("input")
-        axis = _AXIS.get(classify(node, modules))
-        if axis is None or not isinstance(x, fx.Node):
-            blind.append(index)
-        else:
-            reads[node.name] = (x, axis, index)
-    blind += [graph.global_channels(tags) for tags, label in graph.propagation.couplings
-              if label == "contraction"]
+    reads: dict[str, tuple[fx.Node, int, np.ndarray]] = {}
+    for r in graph.propagation.readers.values():
+        index = graph.global_channels(r.tags)
+        if free[index[index >= 0]].any():
+            reads[r.node] = (nodes[r.input], r.axis, index)
+    blind = [graph.global_channels(tags) for tags, label in graph.propagation.couplings
+             if label == "contraction"]
     return reads, np.concatenate(blind) if blind else np.zeros(0, np.int64)
 
 

@@ -1,66 +1,41 @@
-"""Neural rescaling: lift small BatchNorm scales back to their initial level.
+"""Neural rescaling: lift small per-channel scales back to their initial level.
 
 A channel whose scale γ shrank (survivors of an L1-regularised run) gets
 ``|γ'| = max(|γ|, γ0)`` with its sign kept, β scaled by the same factor ``c``, and the
-weights of every consumer of that channel divided by ``c``. This is exact only when
-every path from the norm to its consumers is positively homogeneous (ReLU, max/avg
-pooling, moves, identity): ``f(c·x) = c·f(x)`` for ``c > 0``. Norms with any other path
+weights of every layer reading that channel divided by ``c``. This is exact only when
+every path from the norm to those layers is positively homogeneous (``f(c·x) = c·f(x)``
+for ``c > 0``, as the op table says: ReLU, max/avg pooling, moves, identity) and each
+layer reads the channel through a weight it holds directly. Norms with any other path
 (a residual add, a gate, a bounded activation, the model output) are left alone and
 reported.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import fx, nn
+from torch import fx
 
-from .ops import classify, describe
-from .propagation import AxisRef, Propagation
-
-#: unary ops with f(c·x) = c·f(x) for c > 0
-_HOMOGENEOUS_MODULES = (nn.ReLU, nn.LeakyReLU, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
-                        nn.Dropout3d)
-_HOMOGENEOUS_FUNCTIONS = {F.relu, torch.relu, F.leaky_relu, F.dropout, F.dropout1d, F.dropout2d,
-                          F.dropout3d}
-_HOMOGENEOUS_METHODS = {"relu", "relu_", "contiguous", "clone", "detach", "to", "float", "double"}
-_PADS = (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)
+from .nodes import describe, getattr_path, reads_values, value_users
+from .ops import TABLE
+from .propagation import Propagation
 
 
-def _homogeneous(node: fx.Node, kind: str, modules) -> bool:
-    if kind == "spatial":          # pooling and interpolation: per channel, degree one
-        return True
-    if kind == "move":             # positions only, unless a pad fills with a nonzero value
-        if node.op == "call_module" and isinstance(modules[node.target], _PADS):
-            return modules[node.target].value == 0
-        if node.target is F.pad:
-            value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value", 0)
-            return not value
-        return True
-    if kind != "unary":
-        return False
-    if node.op == "call_module":
-        return isinstance(modules[node.target], _HOMOGENEOUS_MODULES)
-    if node.op == "call_function":
-        return node.target in _HOMOGENEOUS_FUNCTIONS
-    return node.target in _HOMOGENEOUS_METHODS
-
-
-def _consumers(norm: fx.Node, modules) -> tuple[list[fx.Node], str]:
-    """The conv/linear layers the norm's output reaches through homogeneous ops, or why not."""
+def _readers(norm: fx.Node, prop: Propagation, modules) -> tuple[list[fx.Node], str]:
+    """The layers reading the norm's output through weights, reached through positively
+    homogeneous ops only, or why there are none to rescale."""
     found, stack, seen = [], list(norm.users), set()
     while stack:
         u = stack.pop()
-        if u in seen:
+        if u in seen or not reads_values(u):
             continue
         seen.add(u)
-        kind = classify(u, modules)
-        if kind == "scalar":
-            continue
-        if kind in ("producer:conv", "producer:linear"):
+        if u.name in prop.depthwise:
+            return [], "a depthwise convolution reads it"
+        if u.name in prop.readers:
             found.append(u)
         elif u.op == "output":
             return [], "reaches the model output"
-        elif _homogeneous(u, kind, modules):
+        elif u.op.startswith("call_") and TABLE.lookup(u, modules).homogeneous(
+                u, modules.get(u.target) if u.op == "call_module" else None):
             stack.extend(u.users)
         else:
             return [], f"path through {describe(u, modules)} is not positively homogeneous"
@@ -69,52 +44,49 @@ def _consumers(norm: fx.Node, modules) -> tuple[list[fx.Node], str]:
 
 def rescale(module: fx.GraphModule, prop: Propagation, gamma0: float = 1.0
             ) -> tuple[dict[str, int], dict[str, tuple[list[int], str]]]:
-    """Rescale every BatchNorm of ``module`` (in place) whose paths allow it.
+    """Rescale every per-channel scale of ``module`` (in place) whose paths allow it.
 
     ``prop`` is the identity propagation of ``module``. Returns the number of channels
     rescaled per norm, and per norm that had small scales but was skipped, those
     channels and the reason.
     """
     modules = dict(module.named_modules())
-    refs: dict[str, dict[str, AxisRef]] = {}
-    for r in prop.axes:
-        refs.setdefault(r.param, {}).setdefault(r.role, r)
+    nodes = {n.name: n for n in module.graph.nodes}
     done, skipped = {}, {}
-    for node in module.graph.nodes:
-        m = modules.get(node.target) if node.op == "call_module" else None
-        if not (isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine):
-            continue
-        g = m.weight.detach()
+    for name, scale in prop.scales.items():
+        node = nodes[name]
+        key = scale.weight.rpartition(".")[0] or scale.weight
+        gamma = getattr_path(module, scale.weight)
+        g = gamma.detach()
         small = (g.abs() < gamma0) & (g != 0)
         if not small.any():
             continue
-        consumers, why = _consumers(node, modules)
-        own = refs.get(f"{node.target}.weight", {}).get("param")
-        reads = [refs.get(f"{u.target}.weight", {}).get("in") for u in consumers]
-        if not why and any(u.name in prop.depthwise for u in consumers):
-            why = "a depthwise convolution reads it"
-        if not why and (own is None or any(r is None for r in reads)):
-            why = "its channels carry no identities into a consumer"
+        readers, why = _readers(node, prop, modules)
+        reads = [prop.readers[u.name] for u in readers]
+        if not why and any(r.weight is None for r in reads):
+            why = "a layer reads it through a computed weight"
         if not why and any(r.divisor > 1 for r in reads):
             why = "a grouped convolution reads it"
         src = node.args[0] if node.args else None
-        if not why and isinstance(src, fx.Node) and len(src.users) > 1:
+        if not why and isinstance(src, fx.Node) and len(value_users(src)) > 1:
             why = "its input is also read around it"
         if why:
-            skipped[node.target] = (torch.nonzero(small).reshape(-1).tolist(), why)
+            skipped[key] = (torch.nonzero(small).reshape(-1).tolist(), why)
             continue
         c = torch.where(small, gamma0 / g.abs().clamp_min(1e-30), torch.ones_like(g))
         with torch.no_grad():
-            m.weight.mul_(c)
-            m.bias.mul_(c)
+            gamma.mul_(c)
+            if scale.bias is not None:
+                getattr_path(module, scale.bias).mul_(c)
         # raw identities, not their coupled classes: a depthwise conv's outputs are coupled
         # to its inputs but carry identities of their own
-        factor = dict(zip(own.tags.tolist(), c.tolist(), strict=True))
-        for u, ref in zip(consumers, reads, strict=True):
-            div = torch.tensor([factor.get(int(t), 1.0) for t in ref.tags], dtype=g.dtype)
-            shape = [1] * modules[u.target].weight.dim()
-            shape[ref.axis] = -1
+        factor = dict(zip(scale.tags.tolist(), c.tolist(), strict=True))
+        for r in reads:
+            w = getattr_path(module, r.weight)
+            div = torch.tensor([factor.get(int(t), 1.0) for t in r.tags], dtype=w.dtype, device=w.device)
+            shape = [1] * w.dim()
+            shape[r.weight_axis] = -1
             with torch.no_grad():
-                modules[u.target].weight.div_(div.view(shape))
-        done[node.target] = int(small.sum())
+                w.div_(div.view(shape))
+        done[key] = int(small.sum())
     return done, skipped

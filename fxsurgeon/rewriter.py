@@ -24,9 +24,11 @@ from torch import fx, nn
 from .cost import dimension_of
 from .errors import FxSurgeonError
 from .graph import ChannelGraph
+from .nodes import getattr_path
+from .ops import TABLE
 from .partitioned import Partitioned
 from .planner import SCHEMES, Plan
-from .propagation import AxisRef, getattr_path, propagate
+from .propagation import AxisRef, propagate
 from .rescaling import rescale as neural_rescale
 from .shapes import propagate_shapes
 
@@ -108,28 +110,27 @@ def _refs(prop) -> dict[tuple[str, int], AxisRef]:
     return {(r.param, r.axis): r for r in prop.axes if r.role != "source" and r.divisor == 1}
 
 
-def _set_tensor(module: nn.Module, name: str, value: torch.Tensor, parameter: bool) -> None:
-    owner, _, leaf = name.rpartition(".")
-    m = module.get_submodule(owner) if owner else module
+def _set_tensor(module: nn.Module, names: list[str], value: torch.Tensor, parameter: bool) -> None:
+    """Put ``value`` at every name of one tensor (a tied weight has several)."""
     if parameter:
-        setattr(m, leaf, nn.Parameter(value, requires_grad=getattr(m, leaf).requires_grad))
-    else:
-        m._buffers[leaf] = value
+        value = nn.Parameter(value, requires_grad=getattr_path(module, names[0]).requires_grad)
+    for name in names:
+        owner, _, leaf = name.rpartition(".")
+        m = module.get_submodule(owner) if owner else module
+        if parameter:
+            setattr(m, leaf, value)
+        else:
+            m._buffers[leaf] = value
 
 
-def _sync_attributes(module: nn.Module, old: nn.Module) -> None:
-    """Keep constructor attributes (channels, features, groups) in step with new weights."""
-    for name, m in module.named_modules():
-        before = old.get_submodule(name)
-        if isinstance(m, nn.modules.conv._ConvNd) and not m.transposed:
-            depthwise = before.groups > 1 and before.groups == before.in_channels
-            m.out_channels = m.weight.shape[0]
-            m.groups = m.weight.shape[0] // (before.out_channels // before.groups) if depthwise else m.groups
-            m.in_channels = m.weight.shape[1] * m.groups
-        elif isinstance(m, nn.Linear):
-            m.out_features, m.in_features = m.weight.shape
-        elif isinstance(m, nn.modules.batchnorm._NormBase):
-            m.num_features = m.running_mean.shape[0] if m.running_mean is not None else m.weight.shape[0]
+def _sync_attributes(module: fx.GraphModule, old: nn.Module) -> None:
+    """Keep constructor attributes (channels, features, groups) in step with new tensors,
+    as each module's rule says."""
+    for target in {n.target for n in module.graph.nodes if n.op == "call_module"}:
+        m = module.get_submodule(target)
+        rule = TABLE.module_rule(m)
+        if rule is not None:
+            rule.sync(m, old.get_submodule(target))
 
 
 def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: int = 0,
@@ -168,16 +169,16 @@ def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: in
     old = graph.module
     new = copy.deepcopy(old)
     old_refs = _refs(prop)
-    old_tensors = dict(old.named_parameters())
+    old_tensors = {**dict(old.named_parameters()), **dict(old.named_buffers())}
     # 1. resize: every axis keeps the old positions of surviving channels, plus new ones
-    for name, p in old_tensors.items():
-        shape = list(p.shape)
-        for (param, axis), r in old_refs.items():
-            if param == name:
-                shape[axis] = layout.new_size(r.tags)
-        if shape != list(p.shape):
-            _set_tensor(new, name, torch.zeros(shape, dtype=p.dtype, device=p.device), True)
-    _resize_norm_buffers(new, old_refs, layout)
+    shapes: dict[str, list[int]] = {}
+    for (name, axis), r in old_refs.items():
+        shapes.setdefault(name, list(old_tensors[name].shape))[axis] = layout.new_size(r.tags)
+    for name, shape in shapes.items():
+        t = old_tensors[name]
+        if shape != list(t.shape):
+            _set_tensor(new, prop.aliases.get(name, [name]), t.new_zeros(shape),
+                        isinstance(t, nn.Parameter))
     _sync_attributes(new, old)
     # 2. where each channel now sits: propagate again with the identities each producer emits
     propagate_shapes(new, graph.example_inputs)
@@ -195,11 +196,10 @@ def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: in
     with torch.no_grad():
         for name in surgery.index_maps:
             getattr_path(new, name).copy_(surgery.carry(name, old_tensors[name].detach()))
-        _carry_norm_buffers(new, old, surgery)
         if added.any():
             _init_new_channels(new, new_refs, new_prop, layout, seed)
     if fold:
-        _fold_constants(graph, new, surgery, old_refs, layout.kept)
+        _fold_constants(graph, new, surgery, layout.kept)
     if rescale:
         surgery.rescaled, surgery.rescale_skipped = neural_rescale(new, new_prop, gamma0)
     if scheme in ("cr", "ca"):
@@ -258,31 +258,33 @@ class _Layout:
 
 
 def _init_new_channels(new: fx.GraphModule, refs, prop, layout: _Layout, seed: int) -> None:
-    """He (fan-out) weights from R and fixed inputs into R outputs; γ = 1 for norms; zero
-    elsewhere (the cross blocks, biases, β), which the carried values already hold."""
+    """New channels' entries start where their refs say: He (fan-out) for weights from R
+    and fixed inputs into R outputs, 1 for norm scales and running variances; zero
+    elsewhere (cross blocks, biases, shifts), which the carried values already hold."""
     gen = torch.Generator().manual_seed(seed)
     by_param: dict[str, dict[str, AxisRef]] = {}
     for r in refs.values():
         by_param.setdefault(r.param, {})[r.role] = r
     for name, roles in by_param.items():
-        value = getattr_path(new, name)
-        out = roles.get("out") or roles.get("param")
-        is_new = prop.uf.find(out.tags) >= layout.old_size
+        own = roles.get("out") or roles.get("param")
+        if own is None or own.init == 0:
+            continue
+        is_new = prop.uf.find(own.tags) >= layout.old_size
         if not is_new.any():
             continue
-        rows = _along(torch.as_tensor(is_new), out.axis, value.dim())
-        if "out" in roles and value.dim() >= 2:
-            cols = torch.ones((), dtype=torch.bool)
-            if "in" in roles:
-                roots = prop.uf.find(roles["in"].tags)
-                feeds_new = (roots >= layout.old_size) | ~layout.growing(roots)
-                cols = _along(torch.as_tensor(feeds_new), roles["in"].axis, value.dim())
-            he = torch.empty_like(value)
-            nn.init.kaiming_normal_(he, mode="fan_out", nonlinearity="relu", generator=gen)
-            value.copy_(torch.where(rows & cols, he, value))
-        elif name.endswith(".weight") and isinstance(
-                new.get_submodule(name.rpartition(".")[0]), nn.modules.batchnorm._NormBase):
-            value.copy_(torch.where(rows, torch.ones_like(value), value))
+        value = getattr_path(new, name)
+        rows = _along(torch.as_tensor(is_new, device=value.device), own.axis, value.dim())
+        if own.init != "he":
+            value.copy_(torch.where(rows, torch.full_like(value, own.init), value))
+            continue
+        cols = torch.ones((), dtype=torch.bool, device=value.device)
+        if "in" in roles:
+            roots = prop.uf.find(roles["in"].tags)
+            feeds_new = (roots >= layout.old_size) | ~layout.growing(roots)
+            cols = _along(torch.as_tensor(feeds_new, device=value.device), roles["in"].axis, value.dim())
+        he = torch.empty(value.shape, dtype=value.dtype, device="cpu")
+        nn.init.kaiming_normal_(he, mode="fan_out", nonlinearity="relu", generator=gen)
+        value.copy_(torch.where(rows & cols, he.to(value.device), value))
 
 
 def _partition(new: fx.GraphModule, prop, refs, layout: _Layout, surgery: Surgery) -> None:
@@ -355,50 +357,22 @@ def _has_module(root: nn.Module, path: str) -> bool:
         return False
 
 
-def _norm_modules(module: nn.Module):
-    return [(n, m) for n, m in module.named_modules()
-            if isinstance(m, nn.modules.batchnorm._NormBase) and m.running_mean is not None]
-
-
-def _resize_norm_buffers(new, old_refs, layout: _Layout) -> None:
-    for name, m in _norm_modules(new):
-        ref = old_refs.get((f"{name}.weight", 0))
-        if ref is None:
-            continue
-        n = layout.new_size(ref.tags)
-        for buf in ("running_mean", "running_var"):
-            b = getattr(m, buf)
-            if len(b) != n:
-                _set_tensor(new, f"{name}.{buf}", torch.zeros(n, dtype=b.dtype, device=b.device), False)
-
-
-def _carry_norm_buffers(new, old, surgery: Surgery) -> None:
-    for name, m in _norm_modules(new):
-        maps = surgery.index_maps.get(f"{name}.weight")
-        if not maps:
-            continue
-        before = old.get_submodule(name)
-        for buf, fill in (("running_mean", 0.0), ("running_var", 1.0)):
-            surgery.index_maps[f"{name}.{buf}"] = maps
-            getattr(m, buf).copy_(surgery.carry(f"{name}.{buf}", getattr(before, buf), fill))
-
-
-def _fold_constants(graph: ChannelGraph, new: fx.GraphModule, surgery: Surgery, old_refs, kept) -> None:
+def _fold_constants(graph: ChannelGraph, new: fx.GraphModule, surgery: Surgery, kept) -> None:
     """Fold what removed input channels still feed each consumer into that consumer."""
-    removed = {r.node: ~kept(r.tags) for r in old_refs.values()
-               if r.role == "in" and not kept(r.tags).all()}
+    removed = {r.node: (r, ~kept(r.tags)) for r in graph.propagation.readers.values()
+               if not kept(r.tags).all()}
     if not removed:
         return
     inputs = _capture_inputs(graph.module, graph.example_inputs, set(removed))
     nodes = {n.name: n for n in new.graph.nodes}
-    for k, (node_name, gone) in enumerate(removed.items()):
+    for k, (node_name, (reader, gone)) in enumerate(removed.items()):
         node = nodes[node_name]
         if node.op != "call_module":
             raise FxSurgeonError(f"cannot fold removed channels into {node_name}: only module "
                                  f"consumers are supported")
         old_m = graph.module.get_submodule(node.target)
         x = inputs[node_name]
-        axis = x.dim() - 1 if isinstance(old_m, nn.Linear) else 1
+        axis = reader.axis % x.dim()
         mask = torch.zeros(x.shape[axis], dtype=torch.bool)
         mask[torch.as_tensor(np.nonzero(gone)[0])] = True
         shape = [1] * x.dim()

@@ -5,31 +5,19 @@ tensor on the ``meta`` device (shape and dtype, no data). The graph first runs o
 tensors, parameters and buffers included, which does no arithmetic (FakeTensorMode
 was measured 3-5x slower than this). Models with data-dependent ops, which meta
 tensors cannot run, fall back to one real forward pass. Ops the analyser does not
-understand (and matmuls, which may turn out so) get ``meta["fxs_macs"]``, their
-multiply-accumulates counted by
+understand (and those whose rule may turn out so, such as matmuls) get
+``meta["fxs_macs"]``, their multiply-accumulates counted by
 :class:`~torch.utils.flop_counter.FlopCounterMode`, so the cost model stays complete.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import fx, nn
+from torch import fx
 from torch.func import functional_call
 from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
-from .ops import classify
-
-#: modules whose output has the shape and dtype of their input
-_SHAPE_KEEPING = {nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
-                  nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.PReLU}
-
-
-#: kinds whose handler falls back to opaque on layouts it cannot slice: measure them too
-_MAY_TURN_OPAQUE = {"matmul", "fproducer:linear", "fproducer:conv"}
-
-#: unary methods that change the dtype: they run through their own meta kernel
-_DTYPE_CASTS = {"to", "float", "double", "half", "type_as"}
+from .ops import TABLE
 
 
 def _to_meta(value):
@@ -50,26 +38,27 @@ class _ShapeRecorder(fx.Interpreter):
         if not self.on_meta:
             return super().call_module(target, args, kwargs)
         m = self.fetch_attr(target)
+        rule = TABLE.module_rule(m)
         x = args[0] if args else None
-        if type(m) in _SHAPE_KEEPING and isinstance(x, torch.Tensor):
+        if rule is not None and rule.keeps_shape and isinstance(x, torch.Tensor):
             return torch.empty_like(x)
         state = [*m.named_parameters(), *m.named_buffers()]
         if not state:
             return m(*args, **kwargs)
         meta = {k: v.detach().to("meta") for k, v in state}
-        if type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and not kwargs:
-            return m._conv_forward(x, meta["weight"], meta.get("bias"))
-        if type(m) is nn.Linear and not kwargs:
-            return F.linear(x, meta["weight"], meta.get("bias"))
+        if rule is not None and not kwargs:
+            out = rule.forward_with(m, meta, args)
+            if out is not None:
+                return out
         return functional_call(m, meta, args, kwargs)    # slower: swaps every parameter
 
     def run_node(self, n: fx.Node):
-        kind = classify(n, self.by_name) if n.op.startswith("call_") else n.op
-        if kind == "opaque" or kind in _MAY_TURN_OPAQUE:
+        rule = TABLE.lookup(n, self.by_name) if n.op.startswith("call_") else None
+        if rule is not None and rule.measure_macs:
             with FlopCounterMode(display=False) as counter:
                 out = super().run_node(n)
             n.meta["fxs_macs"] = counter.get_total_flops() // 2
-        elif self.on_meta and kind in ("unary", "binary") and n.target not in _DTYPE_CASTS:
+        elif self.on_meta and rule is not None and rule.elementwise:
             out = self._elementwise(n)
         else:
             out = super().run_node(n)
@@ -81,8 +70,8 @@ class _ShapeRecorder(fx.Interpreter):
         args, kwargs = self.fetch_args_kwargs_from_env(n)
         operands = [*args, *kwargs.values()]
         tensors = [a for a in operands if isinstance(a, torch.Tensor)]
-        if not tensors:
-            return super().run_node(n)
+        if not tensors or not all(isinstance(a, (torch.Tensor, int, float, bool)) for a in operands[:2]):
+            return super().run_node(n)          # its own kernel says what is wrong (x * None)
         numbers = [a for a in operands[:2] if isinstance(a, (int, float, bool))]
         dtype = tensors[0].dtype
         for other in tensors[1:2] + numbers[:1]:

@@ -9,7 +9,7 @@ import numpy as np
 def check_bookkeeping(graph, model) -> None:
     """Parameter count is exact and every dimension's members agree on its width."""
     assert graph.count("params") == sum(p.numel() for p in model.parameters())
-    params = dict(graph.module.named_parameters())
+    tensors = {**dict(graph.module.named_parameters()), **dict(graph.module.named_buffers())}
     seen: dict[tuple[str, int], list[np.ndarray]] = defaultdict(list)
     for d in graph.dims:
         assert d.width > 0 and d.width % d.multiple_of == 0, (d.name, d.width, d.multiple_of)
@@ -19,7 +19,7 @@ def check_bookkeeping(graph, model) -> None:
             assert ((0 <= m.channels) & (m.channels < d.width)).all(), (d.name, m.tensor)
             if m.role == "source":
                 continue
-            size = params[m.tensor].shape[m.axis] * m.divisor
+            size = tensors[m.tensor].shape[m.axis] * m.divisor
             assert ((0 <= m.positions) & (m.positions < size)).all(), (d.name, m.tensor)
             seen[(m.tensor, m.axis)].append(m.positions)
             if m.role == "out":

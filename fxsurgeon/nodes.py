@@ -1,0 +1,42 @@
+"""Small readers of fx nodes, the values they hold, and the attributes they name."""
+from __future__ import annotations
+
+import torch
+from torch import fx
+from torch.utils._pytree import tree_flatten
+
+
+def tensors_in(value) -> list[torch.Tensor]:
+    """Every tensor inside ``value`` (nested tuples, lists, dicts)."""
+    return [v for v in tree_flatten(value)[0] if isinstance(v, torch.Tensor)]
+
+
+def has_tensor(value) -> bool:
+    return bool(tensors_in(value))
+
+
+def getattr_path(obj, path: str):
+    """``obj.a.b.c`` for ``path = "a.b.c"``."""
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def value_users(node: fx.Node) -> list[fx.Node]:
+    """The users of ``node`` that read its values, not only its shape or dtype (known once
+    shapes were propagated: a user that returns no tensor reads none)."""
+    return [u for u in node.users if reads_values(u)]
+
+
+def reads_values(node: fx.Node) -> bool:
+    """Whether ``node`` returns a tensor (else it only reads a shape, a dtype, a size)."""
+    return "fxs_value" not in node.meta or has_tensor(node.meta["fxs_value"])
+
+
+def describe(node: fx.Node, modules: dict) -> str:
+    """A short human name of what ``node`` runs, for messages."""
+    if node.op == "call_module":
+        return f"{node.target} ({type(modules[node.target]).__name__})"
+    if node.op == "call_method":
+        return f".{node.target}() at {node.name}"
+    return f"{getattr(node.target, '__name__', str(node.target))}() at {node.name}"

@@ -1,0 +1,21 @@
+"""The op table: everything fxsurgeon knows about each kind of op, in one rule per op.
+
+Every pass (identity propagation, shapes, cost, liveliness, activations, rescaling,
+rewriting) asks :data:`TABLE` for a node's :class:`Rule`; none keeps a list of op names
+of its own. :func:`register_op` teaches fxsurgeon a new op.
+"""
+from .attention import MultiheadAttention
+from .builtin import register_builtins
+from .elementwise import Carry, Couple
+from .layers import Embedding, FunctionalLayer, Layer, Matmul, PReLU
+from .movement import Chunk, Concat, Move, Pad, Reshape, Select, Spatial, Split
+from .norms import Norm
+from .reductions import Reduce, Softmax
+from .rule import Opaque, Rule
+from .table import TABLE, OpTable, register_op
+
+register_builtins(TABLE)
+
+__all__ = ["TABLE", "OpTable", "register_op", "Rule", "Opaque", "Carry", "Couple", "Move", "Reshape",
+           "Chunk", "Split", "Select", "Pad", "Concat", "Spatial", "Reduce", "Softmax", "Norm", "Layer",
+           "FunctionalLayer", "Embedding", "Matmul", "PReLU", "MultiheadAttention"]

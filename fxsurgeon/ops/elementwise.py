@@ -1,0 +1,86 @@
+"""Elementwise ops: unary ones carry channels through, binary ones couple them."""
+from __future__ import annotations
+
+import torch
+
+from .rule import Rule
+
+
+class Carry(Rule):
+    """An op that maps each element on its own (an activation, dropout, a cast): its
+    output holds its input's channels. ``homogeneous`` says whether ``f(c·x) = c·f(x)``
+    for ``c > 0`` (ReLU, LeakyReLU, identity, dropout)."""
+
+    elementwise = True
+
+    def __init__(self, homogeneous: bool = False, keeps_dtype: bool = True):
+        self._homogeneous = homogeneous
+        self.elementwise = keeps_dtype          # casts change the dtype: run their own kernel
+
+    def propagate(self, walk, node, args, kwargs):
+        return args[0] if args else next(iter(kwargs.values()))
+
+    def homogeneous(self, node, module) -> bool:
+        return self._homogeneous
+
+
+class Couple(Rule):
+    """A binary elementwise op: the channels it lines up position by position become one
+    class (``label``: "residual" for additions, "gate" for products)."""
+
+    elementwise = True
+
+    def __init__(self, label: str):
+        self.label = label
+
+    def propagate(self, walk, node, args, kwargs):
+        a = args[0]
+        b = args[1] if len(args) > 1 else kwargs.get("other")
+        if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+            return a if isinstance(a, torch.Tensor) else b
+        out_shape = tuple(torch.broadcast_shapes(a.shape, b.shape))
+        fast = self._structured(walk, a, b, out_shape)
+        if fast is not None:
+            return fast
+        return self._general(walk, node, a, b, out_shape)
+
+    def _structured(self, walk, a, b, out_shape):
+        tags = walk.tags
+        nd = len(out_shape)
+        sa, sb = tags.structure(a, nd), tags.structure(b, nd)
+        if sa is None or sb is None or sa[0] != sb[0]:
+            return None
+        axis, va, vb = sa[0], sa[1], sb[1]
+        if len(va) == len(vb):
+            walk.couple(va, vb, self.label)
+            return tags.structured(va, out_shape, axis)
+        if len(vb) == 1:        # b is broadcast across a's channels: shared, not coupled
+            return tags.structured(va, out_shape, axis)
+        if len(va) == 1:
+            return tags.structured(vb, out_shape, axis)
+        return None
+
+    def _general(self, walk, node, a, b, out_shape):
+        tags = walk.tags
+        nd = len(out_shape)
+        shared = []
+        for t, other in ((a, b), (b, a)):
+            pad = nd - t.dim()
+            bcast = [k for k in range(nd) if out_shape[k] > 1 and (k < pad or t.shape[k - pad] == 1)]
+            o = other.expand(out_shape)
+            shared.append(any(tags.varies_along(o, k) for k in bcast))
+        if shared[0] and shared[1]:
+            return walk.opaque(node, (a, b), {}, reason=f"outer-product broadcast {walk.describe(node)}")
+        if shared[0]:
+            return b.expand(out_shape)
+        if shared[1]:
+            return a.expand(out_shape)
+        ea, eb = a.expand(out_shape).reshape(-1), b.expand(out_shape).reshape(-1)
+        tags.couple(ea.numpy(), eb.numpy())      # union copes with repeated pairs
+        for t in (a, b):   # every pair is now one class: a structured operand stands for both
+            st = tags.structure(t, nd)
+            if st is not None and t.shape[st[0] - nd + t.dim()] == out_shape[st[0]]:
+                walk.out.couplings.append((st[1], self.label))
+                return tags.structured(st[1], out_shape, st[0])
+        walk.out.couplings.append((ea.numpy(), self.label))
+        return torch.where(a.expand(out_shape) != 0, a.expand(out_shape), b.expand(out_shape))

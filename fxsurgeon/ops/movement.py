@@ -1,0 +1,192 @@
+"""Ops that only move data: views, permutes, concatenations, splits, pads, pooling.
+
+They run unchanged on tag tensors, so every identity lands where its value would. Where
+literal sizes or bounds fix how wide a channel axis must be, the channels are pinned
+(or constrained to a multiple).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils._pytree import tree_flatten, tree_map
+
+from ..nodes import tensors_in
+from ..tags import prod
+from .rule import Rule
+
+
+class Move(Rule):
+    """Runs on the tag tensor itself: identities move exactly as values do.
+
+    ``shape_only`` ops (``expand_as``, ``view_as``) take a second tensor for its shape
+    only; ``tag_method`` names the method to run on tags instead (tag tensors are often
+    expanded views: ``view`` becomes ``reshape``)."""
+
+    def __init__(self, shape_only: bool = False, tag_method: str | None = None):
+        self.shape_only = shape_only
+        self.tag_method = tag_method
+
+    def propagate(self, walk, node, args, kwargs):
+        if not self.shape_only and tensors_in((args[1:], kwargs)):
+            # a tensor used as an index holds identities here, not the real indices
+            return walk.opaque(node, args, kwargs,
+                               reason=f"indexing with a tensor at {walk.describe(node)}")
+        out = self._run(walk, node, args, kwargs)
+        x = args[0] if args else next(iter(kwargs.values()))
+        if isinstance(x, torch.Tensor):
+            self.check(walk, node, x, out, args, kwargs)
+        return out
+
+    def check(self, walk, node, x, out, args, kwargs) -> None:
+        """What the move implies for the channels of ``x`` (nothing, for a plain move)."""
+
+    def homogeneous(self, node, module) -> bool:
+        return True
+
+    def _run(self, walk, node, args, kwargs):
+        if node.op == "call_function":
+            fn = node.target
+        elif node.op == "call_module":
+            fn = walk.submodule(node)
+        else:
+            method = self.tag_method or node.target
+            fn = (lambda s, *a, **k: getattr(s, method)(*a, **k))
+        try:
+            return fn(*args, **kwargs)
+        except (RuntimeError, NotImplementedError):
+            # some data-movement kernels have no int64 version: float64 holds ids exactly
+            as_f = tree_map(lambda v: v.double() if isinstance(v, torch.Tensor) else v, (args, kwargs))
+            out = fn(*as_f[0], **as_f[1])
+            return tree_map(lambda v: v.round().long() if isinstance(v, torch.Tensor) else v, out)
+
+
+class Reshape(Move):
+    """``view``/``reshape``: a channel axis whose new sizes are all literals is pinned;
+    literal factors of a size-derived reshape become a multiple."""
+
+    def check(self, walk, node, x, out, args, kwargs):
+        raw = node.args[1:]
+        if len(raw) == 1 and isinstance(raw[0], (tuple, list)):
+            raw = raw[0]
+        if len(raw) != out.dim():
+            return
+        tags = walk.tags
+        carrying = [k for k in range(out.dim()) if tags.varies_along(out, k)]
+        literal = [k for k in carrying if isinstance(raw[k], int) and raw[k] != -1]
+        if carrying and len(literal) == len(carrying):
+            walk.pin(x, f"constant reshape size at {walk.describe(node)}")
+        elif literal:
+            walk.out.divisors.append((tags.unique(x), prod(raw[k] for k in literal)))
+
+
+class Chunk(Move):
+    """``chunk``: equal relative parts of a channel axis (a multiple, cut by position)."""
+
+    def check(self, walk, node, x, out, args, kwargs):
+        dim = walk.argument(node, "dim", 2, 0)
+        if walk.tags.varies_along(x, dim % x.dim()):
+            walk.out.divisors.append((walk.tags.unique(x), walk.argument(node, "chunks", 1)))
+            walk.out.position_splits.append(walk.tags.unique(x))
+
+
+class Split(Move):
+    """``split``: literal sizes on a channel axis fix its width, so it is pinned."""
+
+    def check(self, walk, node, x, out, args, kwargs):
+        sizes = walk.node_argument(node, "split_size_or_sections", 1)
+        if sizes is None:
+            sizes = walk.node_argument(node, "split_size", 1)
+        dim = walk.argument(node, "dim", 2, 0)
+        if _is_literal(sizes) and walk.tags.varies_along(x, dim % x.dim()):
+            walk.pin(x, f"constant split sizes on a channel axis at {walk.describe(node)}")
+
+
+class Select(Move):
+    """Indexing and ``narrow`` (``first`` is the position of the first bound): literal
+    bounds on a channel axis fix its width, so what they cut is pinned."""
+
+    def __init__(self, first: int = 1):
+        super().__init__()
+        self.first = first
+
+    def check(self, walk, node, x, out, args, kwargs):
+        tags = walk.tags
+        bounds = node.args[self.first:]
+        if not any(_is_literal(b) for b in _literals(bounds)):
+            return
+        kept = set()
+        for t in tensors_in(out):
+            kept |= set(tags.uf.find(tags.unique(t)).tolist())
+        if not set(tags.uf.find(tags.unique(x)).tolist()) <= kept:
+            walk.pin(x, f"constant slice of a channel axis at {walk.describe(node)}")
+
+
+class Pad(Move):
+    """Padding: positively homogeneous only when it pads with zeros."""
+
+    def homogeneous(self, node, module) -> bool:
+        if module is not None:
+            return getattr(module, "value", 0) == 0
+        value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value", 0)
+        return not value
+
+
+class Concat(Rule):
+    """``cat``: each part keeps its identities at its offset."""
+
+    def propagate(self, walk, node, args, kwargs):
+        parts = list(walk.argument(node, "tensors", 0))
+        dim = walk.argument(node, "dim", 1, 0)
+        tags = walk.tags
+        ref = parts[0]
+        dim %= ref.dim()
+        vecs = [tags.axis_vector(p, dim) if p.shape[dim] else np.zeros(0, np.int64) for p in parts]
+        for p, v in zip(parts, vecs, strict=True):
+            if len(parts) > 1 and p.numel():
+                walk.out.couplings.append((v if v is not None else tags.unique(p), "concat"))
+        if all(v is not None for v in vecs):
+            shape = list(ref.shape)
+            shape[dim] = sum(len(v) for v in vecs)
+            return tags.structured(np.concatenate(vecs), shape, dim)
+        return torch.cat(parts, dim)
+
+    def homogeneous(self, node, module) -> bool:
+        return True
+
+
+class Spatial(Rule):
+    """Pooling and interpolation: each channel on its own, along the spatial axes."""
+
+    def propagate(self, walk, node, args, kwargs):
+        x = args[0]
+        tags = walk.tags
+        shape = tensors_in(walk.real(node))[0].shape
+        vec = tags.axis_vector(x, 1)
+        if vec is None:
+            if not bool((x == 0).all()):
+                return walk.opaque(node, args, kwargs, reason="spatial op on unstructured channels "
+                                                              f"{walk.describe(node)}")
+            return tags.none(shape)
+        out = tags.structured(vec, shape, 1)
+        return tree_map(lambda v: out if isinstance(v, torch.Tensor) and v.shape == shape else
+                        (tags.none(v.shape) if isinstance(v, torch.Tensor) else v), walk.real(node))
+
+    def homogeneous(self, node, module) -> bool:
+        return True
+
+
+def _is_literal(v) -> bool:
+    if isinstance(v, (list, tuple)):
+        return bool(v) and all(_is_literal(u) for u in v)
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _literals(value):
+    out = []
+    for v in tree_flatten(value)[0]:
+        if isinstance(v, slice):
+            out += [v.start, v.stop, v.step]
+        else:
+            out.append(v)
+    return out
+

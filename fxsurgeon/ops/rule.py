@@ -1,0 +1,79 @@
+"""The base of every op rule: what fxsurgeon knows about one kind of op.
+
+A rule answers every pass's question about its op, so no pass keeps a list of op
+names of its own:
+
+- **channels** (:meth:`Rule.propagate`, run by the identity walk): how the op moves,
+  produces, consumes, couples or pins channel identities, and what it records on the
+  way — which of its tensors hold which channel axis (and what new channels of them
+  start at), its cost terms, where it reads channels through a weight, which per-channel
+  scale judges its channels' liveliness;
+- **shapes** (:attr:`elementwise`, :attr:`keeps_shape`, :meth:`forward_with`,
+  :attr:`measure_macs`): how the shape pass may compute its output cheaply, and whether
+  its multiply-accumulates are measured by ``FlopCounterMode``;
+- **rescaling** (:meth:`homogeneous`): whether ``f(c·x) = c·f(x)`` per channel for ``c > 0``;
+- **rewriting** (:meth:`sync`): how a module's constructor attributes follow its resized
+  tensors;
+- **tracing** (:attr:`leaf`): a module type with a rule is traced as one call.
+
+Rules are registered in the op table (:mod:`fxsurgeon.ops.table`); users add their own
+with :func:`fxsurgeon.register_op`.
+"""
+from __future__ import annotations
+
+from torch import fx, nn
+
+
+class Rule:
+    """What one kind of op does; subclass it and override what differs.
+
+    The default is the safe one: an op whose rule says nothing pins every channel it
+    touches (see :class:`Opaque`).
+    """
+
+    #: shapes: the output has the broadcast shape and promoted dtype of the tensor operands
+    elementwise = False
+    #: shapes: the output has the shape and dtype of the first input
+    keeps_shape = False
+    #: shapes: count this op's multiply-accumulates with FlopCounterMode (the rule may add
+    #: them as a cost term where it cannot describe them itself)
+    measure_macs = False
+    #: tracing: a module of this type is kept as one call, not traced through
+    leaf = True
+
+    def propagate(self, walk, node: fx.Node, args: tuple, kwargs: dict):
+        """The tag value of ``node`` given the tag values of its arguments.
+
+        ``walk`` is the :class:`~fxsurgeon.propagation.Walk` running the graph: it makes
+        and reads tag tensors (``walk.tags``) and takes the records (``walk.ref``,
+        ``walk.pin``, ``walk.flops``, ``walk.produced``, ``walk.reader``)."""
+        return walk.opaque(node, args, kwargs)
+
+    def forward_with(self, module: nn.Module, tensors: dict, args: tuple):
+        """``module(*args)`` computed with ``tensors`` in place of its parameters and
+        buffers (meta tensors, for the shape pass), or None to let the pass swap them in."""
+        return None
+
+    def homogeneous(self, node: fx.Node, module: nn.Module | None) -> bool:
+        """Whether the op is positively homogeneous of degree one, channel by channel."""
+        return False
+
+    def sync(self, module: nn.Module, old: nn.Module) -> None:
+        """Bring ``module``'s attributes in line with its resized tensors (``old`` is the
+        module before the rewrite)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Opaque(Rule):
+    """An op fxsurgeon does not understand: it pins what it touches, and its
+    multiply-accumulates are measured so the cost stays exact."""
+
+    measure_macs = True
+
+    def __init__(self, reason: str | None = None):
+        self.reason = reason
+
+    def propagate(self, walk, node, args, kwargs):
+        return walk.opaque(node, args, kwargs, reason=self.reason)

@@ -12,7 +12,7 @@ from .dimension import Dimension, build_dimensions
 from .errors import FxSurgeonError
 from .propagation import propagate
 from .shapes import propagate_shapes
-from .tracing import as_tuple, trace
+from .tracing import as_tuple, defaults_beyond, trace
 
 
 class ChannelGraph:
@@ -106,8 +106,9 @@ def analyze(model: nn.Module, example_inputs, *, leaf_modules: Iterable[type] = 
     """
     if not isinstance(model, nn.Module):
         raise FxSurgeonError(f"analyze() needs a torch.nn.Module, got {type(model).__name__}")
-    gm = trace(model, leaf_modules, autowrap_functions, concrete_args)
     args = as_tuple(example_inputs)
+    concrete_args = {**defaults_beyond(model, len(args)), **(concrete_args or {})}
+    gm = trace(model, leaf_modules, autowrap_functions, concrete_args or None)
     flags = _training_flags(gm)
     gm.eval()
     try:

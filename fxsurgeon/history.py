@@ -14,9 +14,10 @@ import numpy as np
 import torch
 
 from .errors import FxSurgeonError
+from .folding import restore_fold
 from .graph import ChannelGraph
 from .planner import plan
-from .rewriter import Surgery, add_constant, rewrite
+from .rewriter import Surgery, rewrite
 
 
 def record(surgery: Surgery, seed: int = 0) -> dict:
@@ -25,8 +26,7 @@ def record(surgery: Surgery, seed: int = 0) -> dict:
     return {"scheme": surgery.scheme, "metric": p.metric, "alpha": p.alpha, "seed": seed,
             "survivors": {n: torch.as_tensor(d.survivors, dtype=torch.int64)
                           for n, d in p.dims.items() if not d.pinned},
-            "constants": {target: {"name": name, "shape": list(getattr(surgery.module, name).shape)}
-                          for target, name in surgery.constants.items()}}
+            "folds": dict(surgery.folds)}
 
 
 def replay(graph: ChannelGraph, rec: dict) -> Surgery:
@@ -44,9 +44,14 @@ def replay(graph: ChannelGraph, rec: dict) -> Surgery:
     else:
         p = plan(graph, alive, metric=rec["metric"], scheme=rec["scheme"], alpha=rec["alpha"])
     surgery = rewrite(graph, p, scheme=rec["scheme"], seed=rec["seed"], fold=False)
-    for target, c in rec["constants"].items():
-        add_constant(surgery.module, target, c["name"], torch.zeros(c["shape"]))
-        surgery.constants[target] = c["name"]
+    folds = dict(rec.get("folds", {}))
+    for target, c in rec.get("constants", {}).items():        # written before folds were per call
+        node = next(n.name for n in surgery.module.graph.nodes
+                    if n.op == "call_module" and n.target == target)
+        folds[node] = {"name": c["name"], "kind": "constant", "shape": c["shape"]}
+    for node, spec in folds.items():
+        restore_fold(surgery.module, node, spec)
+        surgery.folds[node] = spec
     surgery.module.recompile()
     return surgery
 

@@ -40,3 +40,24 @@ def describe(node: fx.Node, modules: dict) -> str:
     if node.op == "call_method":
         return f".{node.target}() at {node.name}"
     return f"{getattr(node.target, '__name__', str(node.target))}() at {node.name}"
+
+
+def normalized(node: fx.Node, root) -> dict | None:
+    """``node``'s arguments by name, from the op's signature; None where it has none."""
+    if node.op not in ("call_function", "call_module"):
+        return None
+    try:
+        pair = node.normalized_arguments(root, normalize_to_only_use_kwargs=True)
+    except RuntimeError:        # overloads: tell them apart by which arguments are tensors
+        types = (lambda a: torch.Tensor if isinstance(a, fx.Node) and isinstance(
+            a.meta.get("fxs_value"), torch.Tensor) else type(a))
+        try:
+            pair = node.normalized_arguments(
+                root, arg_types=tuple(types(a) for a in node.args),
+                kwarg_types={k: types(v) for k, v in node.kwargs.items()},
+                normalize_to_only_use_kwargs=True)
+        except Exception:  # noqa: BLE001 - no signature to go by: positions it is
+            return None
+    except Exception:  # noqa: BLE001 - no signature to go by: positions it is
+        return None
+    return None if pair is None else dict(pair.kwargs)

@@ -20,7 +20,7 @@ import torch
 from torch import fx, nn
 from torch.utils._pytree import tree_map
 
-from .nodes import describe, getattr_path, reads_values, tensors_in
+from .nodes import describe, getattr_path, normalized, reads_values, tensors_in
 from .ops.table import TABLE, OpTable
 from .tags import Tags, prod
 from .unionfind import UnionFind
@@ -50,6 +50,7 @@ class Reader:
     weight: str | None  # the weight tensor read directly (None: computed from parameters)
     weight_axis: int    # the weight's axis that the input channels index
     divisor: int = 1    # grouped convolutions
+    bias: str | None = None     # the bias it adds to its outputs
 
 
 @dataclass
@@ -85,6 +86,7 @@ class Propagation:
     divisors: list[tuple[np.ndarray, int]] = field(default_factory=list)
     couplings: list[tuple[np.ndarray, str]] = field(default_factory=list)
     groups: list[tuple[str, np.ndarray, str]] = field(default_factory=list)  # node, tags, origin
+    out_axes: dict[str, int] = field(default_factory=dict)   # producer node -> its channel axis
     follows: set[tuple[str, str]] = field(default_factory=set)  # (writer node, norm right after it)
     position_splits: list[np.ndarray] = field(default_factory=list)  # channels cut by position
     depthwise: set[str] = field(default_factory=set)   # convs with one group per input channel
@@ -132,7 +134,7 @@ class Walk(fx.Interpreter):
     def run_node(self, n: fx.Node):
         args, kwargs = self.fetch_args_kwargs_from_env(n)
         if n.op == "placeholder":
-            return self._placeholder(n, next(self.args_iter, None))
+            return self._placeholder(n, next(self.args_iter, n.args[0] if n.args else None))
         if n.op == "get_attr":
             return self._get_attr(n)
         if n.op == "output":
@@ -187,7 +189,7 @@ class Walk(fx.Interpreter):
         """The fx argument ``name`` of ``node`` (a Node or a literal), found by the op's
         signature (``node.normalized_arguments``), else by ``position``."""
         if node not in self._normalized:
-            self._normalized[node] = _normalize(node, self.module)
+            self._normalized[node] = normalized(node, self.module)
         norm = self._normalized[node]
         if norm is not None:
             return norm.get(name, default)
@@ -248,12 +250,13 @@ class Walk(fx.Interpreter):
             self.out.pins += [(prev.tags[prev.tags != 0], why), (tags[tags != 0], why)]
 
     def reader(self, node: fx.Node, source, axis: int, tags, weight: str | None,
-               weight_axis: int, divisor: int = 1) -> None:
-        """Record that ``node`` reads the channels of ``source`` (an fx node) through a weight."""
+               weight_axis: int, divisor: int = 1, bias: str | None = None) -> None:
+        """Record that ``node`` reads the channels of ``source`` (an fx node) through a weight
+        (``None``: one computed from parameters), adding ``bias`` to its outputs."""
         if tags is not None and isinstance(source, fx.Node):
+            name = (lambda t: None if t is None else self.tensor_name(t))
             self.out.readers[node.name] = Reader(node.name, source.name, axis, np.asarray(tags),
-                                                 None if weight is None else self.tensor_name(weight),
-                                                 weight_axis, divisor)
+                                                 name(weight), weight_axis, divisor, name(bias))
 
     def scale(self, node: fx.Node, weight: str, bias: str | None, tags) -> None:
         """Record that ``node`` multiplies each channel by ``weight`` (then adds ``bias``):
@@ -270,6 +273,7 @@ class Walk(fx.Interpreter):
     def produced(self, node: fx.Node, out: torch.Tensor, axis: int) -> torch.Tensor:
         """``node`` emits new channels along ``axis`` of ``out`` (a group of one dimension)."""
         self.out.groups.append((node.name, self.tags.axis_vector(out, axis), "producer"))
+        self.out.out_axes[node.name] = axis % out.dim()
         return out
 
     def wrote(self, out: torch.Tensor, node: fx.Node) -> None:
@@ -343,27 +347,6 @@ class Walk(fx.Interpreter):
 
 
 _MISSING = object()
-
-
-def _normalize(node: fx.Node, root: nn.Module) -> dict | None:
-    """``node``'s arguments by name, from the op's signature; None where it has none."""
-    if node.op not in ("call_function", "call_module"):
-        return None
-    try:
-        pair = node.normalized_arguments(root, normalize_to_only_use_kwargs=True)
-    except RuntimeError:        # overloads: tell them apart by which arguments are tensors
-        types = (lambda a: torch.Tensor if isinstance(a, fx.Node) and isinstance(
-            a.meta.get("fxs_value"), torch.Tensor) else type(a))
-        try:
-            pair = node.normalized_arguments(
-                root, arg_types=tuple(types(a) for a in node.args),
-                kwarg_types={k: types(v) for k, v in node.kwargs.items()},
-                normalize_to_only_use_kwargs=True)
-        except Exception:  # noqa: BLE001 - no signature to go by: positions it is
-            return None
-    except Exception:  # noqa: BLE001 - no signature to go by: positions it is
-        return None
-    return None if pair is None else dict(pair.kwargs)
 
 
 def _varies(roots: np.ndarray, axis: int) -> bool:

@@ -53,6 +53,9 @@ def rescale(module: fx.GraphModule, prop: Propagation, gamma0: float = 1.0
     modules = dict(module.named_modules())
     nodes = {n.name: n for n in module.graph.nodes}
     done, skipped = {}, {}
+    shared: dict[str, int] = {}          # weight -> how many calls read through it
+    for r in prop.readers.values():
+        shared[r.weight] = shared.get(r.weight, 0) + 1
     for name, scale in prop.scales.items():
         node = nodes[name]
         key = scale.weight.rpartition(".")[0] or scale.weight
@@ -67,6 +70,8 @@ def rescale(module: fx.GraphModule, prop: Propagation, gamma0: float = 1.0
             why = "a layer reads it through a computed weight"
         if not why and any(r.divisor > 1 for r in reads):
             why = "a grouped convolution reads it"
+        if not why and any(shared.get(r.weight, 0) > 1 for r in reads):
+            why = "a layer reading it shares its weight with another"
         src = node.args[0] if node.args else None
         if not why and isinstance(src, fx.Node) and len(value_users(src)) > 1:
             why = "its input is also read around it"

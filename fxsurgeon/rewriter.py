@@ -6,15 +6,15 @@ identity propagation again on the new graph, with every producer emitting the
 identities of the channels it keeps. Concatenations, shuffles and flattens then place
 the channels themselves, and each new position is matched to its old one by
 (channel, occurrence). What a removed channel still emits (the constant ``ReLU(β)`` of
-a BatchNorm with ``γ = 0``) is folded into the consumer: into its bias when uniform,
-otherwise as a constant buffer added after it, so the parameter count is the plan's.
-Under ``cr`` and ``ca`` the layers that mix survivors and new channels are then split
-into :class:`~fxsurgeon.partitioned.Partitioned` layers.
+a BatchNorm with ``γ = 0``) is folded into each call that read it
+(:mod:`fxsurgeon.folding`), so the parameter count is the plan's. Under ``cr`` and
+``ca`` the layers that mix survivors and new channels are then split into
+:class:`~fxsurgeon.partitioned.Partitioned` layers. Finally the rewrite checks itself
+against the reference network on the example inputs (:mod:`fxsurgeon.selfcheck`).
 """
 from __future__ import annotations
 
 import copy
-import operator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,13 +23,17 @@ from torch import fx, nn
 
 from .cost import dimension_of
 from .errors import FxSurgeonError
+from .folding import fold_constants, removed_reads
 from .graph import ChannelGraph
+from .matching import is_identity, match, take
 from .nodes import getattr_path
 from .ops import TABLE
 from .partitioned import Partitioned
 from .planner import SCHEMES, Plan
 from .propagation import AxisRef, propagate
+from .reference import run_graph, zeroed_scales
 from .rescaling import rescale as neural_rescale
+from .selfcheck import verify
 from .shapes import propagate_shapes
 
 
@@ -41,11 +45,12 @@ class Surgery:
     axis of the new parameter or buffer ``name``, the old index of each new position
     (-1 for a new channel) in the old tensor ``origin(name)``: the same name, except for
     the blocks of a partitioned layer (``conv.weight_s`` comes from ``conv.weight``).
-    ``folded`` names the consumers that absorbed removed channels' constants and how:
-    ``"bias"`` (added to its bias), ``"constant"`` (a per-channel buffer added after
-    it, when it has no bias) or ``"map"`` (a buffer of its output's shape, for convs
-    whose padding makes the constant vary near the border; exact at the example
-    input's resolution). ``partitioned`` lists the layers split into S/R blocks;
+    ``folded`` names the calls (fx nodes) that absorbed removed channels' constants and
+    how: ``"bias"`` (added to the layer's bias), ``"constant"`` (a per-channel buffer
+    added after the call, when there is no bias of its own) or ``"map"`` (a
+    :class:`~fxsurgeon.folded.FoldedConstant` after a zero-padded convolution, whose
+    border sees less of the constant; exact at every input size); ``folds`` records
+    what each added, as data. ``partitioned`` lists the layers split into S/R blocks;
     ``rescaled`` counts the channels neural rescaling lifted per norm, and
     ``rescale_skipped`` gives, per norm it could not rescale, the channels and why.
     """
@@ -56,7 +61,7 @@ class Surgery:
     index_maps: dict[str, list[tuple[int, np.ndarray]]] = field(default_factory=dict)
     origins: dict[str, str] = field(default_factory=dict)
     folded: dict[str, str] = field(default_factory=dict)
-    constants: dict[str, str] = field(default_factory=dict)   # consumer -> its added buffer
+    folds: dict[str, dict] = field(default_factory=dict)   # call -> what folding added, as data
     partitioned: list[str] = field(default_factory=list)
     rescaled: dict[str, int] = field(default_factory=dict)
     rescale_skipped: dict[str, tuple[list[int], str]] = field(default_factory=dict)
@@ -69,39 +74,8 @@ class Surgery:
         """Map a tensor shaped like the old ``origin(name)`` (momentum, Adam moments) to
         the new ``name``'s layout; new channels get ``fill``."""
         for axis, idx in self.index_maps.get(name, []):
-            old = _take(old, axis, idx, fill)
+            old = take(old, axis, idx, fill)
         return old
-
-
-def _take(t: torch.Tensor, axis: int, idx: np.ndarray, fill: float) -> torch.Tensor:
-    """``t`` gathered along ``axis`` at ``idx``; positions with index -1 get ``fill``."""
-    out = t.index_select(axis, torch.as_tensor(np.maximum(idx, 0), device=t.device))
-    if (idx < 0).any():
-        out.index_fill_(axis, torch.as_tensor(np.nonzero(idx < 0)[0], device=t.device), fill)
-    return out
-
-
-def _occurrence_keys(roots: np.ndarray, n: int) -> np.ndarray:
-    """``root * n + k`` where ``k`` counts earlier positions with the same root (k < n)."""
-    order = np.argsort(roots, kind="stable")
-    sorted_roots = roots[order]
-    start = np.r_[0, np.nonzero(np.diff(sorted_roots))[0] + 1]
-    rank = np.arange(len(roots)) - np.repeat(start, np.diff(np.r_[start, len(roots)]))
-    keys = np.empty(len(roots), dtype=np.int64)
-    keys[order] = sorted_roots * n + rank
-    return keys
-
-
-def _match(old_roots: np.ndarray, new_roots: np.ndarray) -> np.ndarray:
-    """For each new position, the old position holding the same channel occurrence (-1: none).
-
-    Occurrences matter where a flatten repeats a channel: its k-th position before is
-    its k-th position after."""
-    n = max(len(old_roots), len(new_roots)) + 1
-    old_keys, new_keys = _occurrence_keys(old_roots, n), _occurrence_keys(new_roots, n)
-    order = np.argsort(old_keys)
-    at = np.minimum(np.searchsorted(old_keys[order], new_keys), len(old_keys) - 1)
-    return np.where(old_keys[order][at] == new_keys, order[at], -1)
 
 
 def _refs(prop) -> dict[tuple[str, int], AxisRef]:
@@ -134,7 +108,7 @@ def _sync_attributes(module: fx.GraphModule, old: nn.Module) -> None:
 
 
 def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: int = 0,
-            fold: bool = True, rescale: bool = False, gamma0: float = 1.0) -> Surgery:
+            fold: bool = True, rescale: bool = False, gamma0: float = 1.0, check: bool = True) -> Surgery:
     """Build the new network a plan describes.
 
     ``scheme="prune"`` removes the dead channels. ``scheme="nr"`` also appends the
@@ -146,8 +120,15 @@ def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: in
     layer that mixes S and R into a :class:`~fxsurgeon.partitioned.Partitioned` layer
     (no cross blocks, or gated cross blocks). ``prune`` and ``nr`` give plain torch
     modules. ``rescale=True`` applies neural rescaling to scales below ``gamma0``
-    where it is exact (see :mod:`fxsurgeon.rescaling`). ``fold=False`` skips folding
-    removed channels' constants (a saved model brings them).
+    where it is exact (see :mod:`fxsurgeon.rescaling`).
+
+    The new network computes the old one's function with the removed channels' scales
+    set to zero: exactly the old function when they are zero already (see
+    :mod:`fxsurgeon.reference`). ``check=True`` (the default) proves it on the example
+    inputs, at the cost of one forward pass of each network, and raises
+    :class:`FxSurgeonError` naming the first layer that differs. ``fold=False`` skips
+    folding removed channels' constants (a saved model brings them, or they are zero),
+    and then nothing is checked.
     """
     scheme = scheme or plan.scheme
     if scheme not in SCHEMES:
@@ -189,8 +170,8 @@ def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: in
         r_new = new_refs.get(key)
         if r_new is None:
             raise FxSurgeonError(f"the rewritten graph lost track of {key[0]} axis {key[1]}")
-        idx = _match(prop.uf.find(r_old.tags), new_prop.uf.find(r_new.tags))
-        if not np.array_equal(idx, np.arange(len(idx))) or len(idx) != len(r_old.tags):
+        idx = match(prop.uf.find(r_old.tags), new_prop.uf.find(r_new.tags))
+        if not is_identity(idx, len(r_old.tags)):
             surgery.index_maps.setdefault(key[0], []).append((key[1], idx))
     # 3. copy the survivors' values, then initialise the new channels
     with torch.no_grad():
@@ -198,14 +179,19 @@ def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: in
             getattr_path(new, name).copy_(surgery.carry(name, old_tensors[name].detach()))
         if added.any():
             _init_new_channels(new, new_refs, new_prop, layout, seed)
-    if fold:
-        _fold_constants(graph, new, surgery, layout.kept)
     if rescale:
         surgery.rescaled, surgery.rescale_skipped = neural_rescale(new, new_prop, gamma0)
+    if fold:
+        removed = removed_reads(prop, layout.kept)
+        overrides = zeroed_scales(graph, layout.kept)
+        expected, calls, _ = run_graph(old, graph.example_inputs, overrides, args_of=removed)
+        fold_constants(graph, new, new_prop, surgery, removed, calls)
     if scheme in ("cr", "ca"):
         _partition(new, new_prop, new_refs, layout, surgery)
     _carry_unused(graph, new)
     new.recompile()
+    if fold and check:
+        verify(graph, overrides, expected, new, new_prop, surgery.folds)
     return surgery
 
 
@@ -355,80 +341,3 @@ def _has_module(root: nn.Module, path: str) -> bool:
         return True
     except AttributeError:
         return False
-
-
-def _fold_constants(graph: ChannelGraph, new: fx.GraphModule, surgery: Surgery, kept) -> None:
-    """Fold what removed input channels still feed each consumer into that consumer."""
-    removed = {r.node: (r, ~kept(r.tags)) for r in graph.propagation.readers.values()
-               if not kept(r.tags).all()}
-    if not removed:
-        return
-    inputs = _capture_inputs(graph.module, graph.example_inputs, set(removed))
-    nodes = {n.name: n for n in new.graph.nodes}
-    for k, (node_name, (reader, gone)) in enumerate(removed.items()):
-        node = nodes[node_name]
-        if node.op != "call_module":
-            raise FxSurgeonError(f"cannot fold removed channels into {node_name}: only module "
-                                 f"consumers are supported")
-        old_m = graph.module.get_submodule(node.target)
-        x = inputs[node_name]
-        axis = reader.axis % x.dim()
-        mask = torch.zeros(x.shape[axis], dtype=torch.bool)
-        mask[torch.as_tensor(np.nonzero(gone)[0])] = True
-        shape = [1] * x.dim()
-        shape[axis] = -1
-        only_removed = torch.where(mask.view(shape), x, torch.zeros((), dtype=x.dtype))
-        with torch.no_grad():
-            delta = old_m(only_removed) - old_m(torch.zeros_like(x))
-        out_axis = delta.dim() - 1 if axis == x.dim() - 1 else 1
-        for w_axis, idx in surgery.index_maps.get(f"{node.target}.weight", []):
-            if w_axis == 0:      # the consumer's own outputs changed too (new ones get 0)
-                delta = _take(delta, out_axis, idx, 0.0)
-        reduce = [a for a in range(delta.dim()) if a != out_axis]
-        per_channel = delta.mean(reduce, keepdim=True)
-        new_m = new.get_submodule(node.target)
-        slack = 64 * torch.finfo(delta.dtype).eps * float(delta.abs().max())
-        uniform = bool(((delta - per_channel).abs() <= slack).all())
-        if uniform and getattr(new_m, "bias", None) is not None:
-            with torch.no_grad():
-                new_m.bias.add_(per_channel.reshape(-1))
-            surgery.folded[node.target] = "bias"
-            continue
-        # no bias to absorb it (or it varies near padded borders): add a constant buffer
-        name = f"_fxs_folded_{k}"
-        add_constant(new, node.target, name, per_channel if uniform else delta.mean(0, keepdim=True))
-        surgery.folded[node.target] = "constant" if uniform else "map"
-        surgery.constants[node.target] = name
-
-
-def add_constant(module: fx.GraphModule, target: str, name: str, value: torch.Tensor) -> None:
-    """Register ``value`` as buffer ``name`` and add it to the output of module ``target``."""
-    node = next(n for n in module.graph.nodes if n.op == "call_module" and n.target == target)
-    module.register_buffer(name, value.detach())
-    with module.graph.inserting_after(node):
-        const = module.graph.get_attr(name)
-        with module.graph.inserting_after(const):
-            added = module.graph.call_function(operator.add, (node, const))
-    node.replace_all_uses_with(added, delete_user_cb=lambda user: user is not added)
-
-
-def _capture_inputs(gm: fx.GraphModule, args: tuple, names: set[str]) -> dict[str, torch.Tensor]:
-    """The first input of each named node on the example inputs (eval mode, no grad)."""
-    seen: dict[str, torch.Tensor] = {}
-
-    class Capture(fx.Interpreter):
-        def run_node(self, n):
-            if n.name in names:
-                a, _ = self.fetch_args_kwargs_from_env(n)
-                seen[n.name] = a[0].detach()
-            return super().run_node(n)
-
-    flags = [(m, m.training) for m in gm.modules()]
-    gm.eval()
-    try:
-        with torch.no_grad():
-            Capture(gm).run(*args)
-    finally:
-        for m, t in flags:
-            m.training = t
-    return seen

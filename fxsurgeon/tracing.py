@@ -7,6 +7,7 @@ and points at the ``leaf_modules`` escape hatch.
 """
 from __future__ import annotations
 
+import inspect
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 
@@ -69,6 +70,19 @@ def trace(model: nn.Module, leaf_modules: Iterable[type] = (),
         ) from exc
     name = model.__class__.__name__
     return fx.GraphModule(tracer.root, graph, name)
+
+
+def defaults_beyond(model: nn.Module, n_inputs: int) -> dict:
+    """The ``forward`` arguments after the first ``n_inputs`` that have defaults, at their
+    defaults: the example inputs do not give them, so the model is traced as called so
+    (``if mask is not None:`` then takes the branch the call takes)."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    return {p.name: p.default for p in params[n_inputs:]
+            if p.default is not inspect.Parameter.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 def as_tuple(example_inputs) -> tuple:

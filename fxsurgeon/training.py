@@ -241,7 +241,8 @@ def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: 
 
 def _prune(nr: NeuralRejuvenation, alive: dict) -> None:
     """The pruning baselines' step: remove the channels ``alive`` calls dead (for Network
-    Slimming, those its L1 drove down), and stop the L1."""
+    Slimming, those its L1 drove down; for magnitude pruning, the smallest filters), as
+    their papers do: dropped, not folded (they are small, not constant), and stop the L1."""
     graph = nr.graph
-    nr.apply_surgery(rewrite(graph, plan(graph, alive, target=None, scheme="prune")))
+    nr.apply_surgery(rewrite(graph, plan(graph, alive, target=None, scheme="prune"), fold=False))
     nr.lam = 0.0

@@ -1,4 +1,4 @@
-"""The rules of PyTorch's own ops (and of a few well-known library ones, by dotted name)."""
+"""The rules of PyTorch's own ops, of fxsurgeon's own layers, and of a few library ones."""
 from __future__ import annotations
 
 import operator
@@ -7,12 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..folded import FoldedConstant
 from .attention import MultiheadAttention
 from .elementwise import Carry, Couple
 from .layers import Embedding, FunctionalLayer, Layer, Matmul, PReLU
 from .movement import Chunk, Concat, Move, Pad, Reshape, Select, Spatial, Split
 from .norms import Norm
 from .reductions import Reduce, Softmax
+from .surgical import Folded
 from .table import OpTable
 
 
@@ -100,3 +102,6 @@ def register_builtins(table: OpTable) -> None:
     each([torch.matmul, operator.matmul, torch.bmm, "matmul", "bmm"], Matmul())
     table.register(nn.PReLU, PReLU())
     table.register(nn.MultiheadAttention, MultiheadAttention())
+
+    # the layers rewrites put in
+    table.register(FoldedConstant, Folded())

@@ -4,11 +4,14 @@ their inputs' channels; a depthwise convolution couples each output to its input
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..nodes import tensors_in
+from ..folded import FoldedConstant
+from ..nodes import normalized, tensors_in
 from ..tags import prod
 from .rule import Rule
 
@@ -44,7 +47,7 @@ def produce(walk, node: fx.Node, x, weight: str, bias: str | None, wshape: tuple
         walk.ref(weight, out_axis, vout, "out", node, groups if transposed else 1, init="he")
         walk.ref(weight, in_axis, vin, "in", node, 1 if transposed else groups)
         source = node.args[0] if source is None else source
-        walk.reader(node, source, axis, vin, weight, in_axis, 1 if transposed else groups)
+        walk.reader(node, source, axis, vin, weight, in_axis, 1 if transposed else groups, bias)
     if bias is not None:
         walk.ref(bias, 0, vout, "param", node)
     kernel = prod(wshape[2:])
@@ -76,7 +79,9 @@ class Layer(Rule):
             bias = f"{node.target}.bias" if getattr(m, "bias", None) is not None else None
             out = produce(walk, node, args[0], f"{node.target}.weight", bias, tuple(m.weight.shape),
                           getattr(m, "groups", 1), self.linear, self.transposed)
-            if (not self.transposed and getattr(m, "groups", 1) == 1 and node.name not in walk.out.depthwise
+            tied = len(walk.out.aliases.get(walk.tensor_name(f"{node.target}.weight"), ())) > 1
+            if (not self.transposed and not tied and getattr(m, "groups", 1) == 1
+                    and node.name not in walk.out.depthwise
                     and getattr(m, "padding_mode", "zeros") == "zeros"
                     and not isinstance(getattr(m, "padding", 0), str)):
                 walk.out.blockwise.add(node.name)
@@ -98,6 +103,26 @@ class Layer(Rule):
             return module._conv_forward(args[0], tensors["weight"], tensors.get("bias"))
         return None
 
+    def constant_map(self, node, root, kernel):
+        if self.linear:
+            return None         # a linear layer sees a constant the same everywhere
+        if node.op == "call_module":
+            m = root.get_submodule(node.target)
+            if node.kwargs.get("output_size") is not None or len(node.args) > 1:
+                return None
+        else:
+            call = normalized(node, root) or {}
+            geometry = {k: call.get(k, d) for k, d in (("stride", 1), ("padding", 0), ("dilation", 1),
+                                                       ("output_padding", 0))}
+            if any(isinstance(v, fx.Node) for v in geometry.values()):
+                return None
+            m = SimpleNamespace(**geometry)
+        padding = _explicit_padding(m.padding, kernel.shape[2:], m.dilation)
+        if padding is None:
+            return None
+        return FoldedConstant(kernel, m.stride, padding, m.dilation, self.transposed,
+                              getattr(m, "output_padding", 0))
+
     def sync(self, module, old):
         if self.linear:
             module.out_features, module.in_features = module.weight.shape
@@ -112,6 +137,18 @@ class Layer(Rule):
             if depthwise:
                 module.groups = module.weight.shape[0] // (old.out_channels // old.groups)
             module.in_channels = module.weight.shape[1] * module.groups
+
+
+def _explicit_padding(padding, kernel, dilation) -> list[int] | None:
+    """Padding as numbers per side: ``"valid"`` is none, ``"same"`` is half the dilated
+    kernel (None where that is uneven: the two sides differ)."""
+    if padding == "valid":
+        return [0] * len(kernel)
+    if padding != "same":
+        return list(padding) if isinstance(padding, (tuple, list)) else [int(padding)] * len(kernel)
+    dilation = list(dilation) if isinstance(dilation, (tuple, list)) else [int(dilation)] * len(kernel)
+    total = [d * (k - 1) for d, k in zip(dilation, kernel, strict=True)]
+    return None if any(t % 2 for t in total) else [t // 2 for t in total]
 
 
 class FunctionalLayer(Layer):

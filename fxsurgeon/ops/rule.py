@@ -12,8 +12,8 @@ names of its own:
   :attr:`measure_macs`): how the shape pass may compute its output cheaply, and whether
   its multiply-accumulates are measured by ``FlopCounterMode``;
 - **rescaling** (:meth:`homogeneous`): whether ``f(c·x) = c·f(x)`` per channel for ``c > 0``;
-- **rewriting** (:meth:`sync`): how a module's constructor attributes follow its resized
-  tensors;
+- **rewriting** (:meth:`sync`, :meth:`constant_map`): how a module's constructor attributes
+  follow its resized tensors, and how a removed constant input is folded into it;
 - **tracing** (:attr:`leaf`): a module type with a rule is traced as one call.
 
 Rules are registered in the op table (:mod:`fxsurgeon.ops.table`); users add their own
@@ -21,7 +21,7 @@ with :func:`fxsurgeon.register_op`.
 """
 from __future__ import annotations
 
-from torch import fx, nn
+from torch import Tensor, fx, nn
 
 
 class Rule:
@@ -57,6 +57,13 @@ class Rule:
     def homogeneous(self, node: fx.Node, module: nn.Module | None) -> bool:
         """Whether the op is positively homogeneous of degree one, channel by channel."""
         return False
+
+    def constant_map(self, node: fx.Node, root: nn.Module, kernel: Tensor) -> nn.Module | None:
+        """For a layer reading channels through a weight: a module ``m(y, x)`` that adds to
+        its output ``y`` what a constant input contributes at ``x``'s size, given ``kernel``
+        (the weight's columns of the constant channels, summed with their values), or None
+        if the layer cannot say (folding then refuses)."""
+        return None
 
     def sync(self, module: nn.Module, old: nn.Module) -> None:
         """Bring ``module``'s attributes in line with its resized tensors (``old`` is the

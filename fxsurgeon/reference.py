@@ -1,0 +1,73 @@
+"""The function a rewrite keeps: the old network with the removed channels' scales at zero.
+
+A channel is removed because its scale (BatchNorm γ) is zero, or below the dead test's
+threshold. With γ exactly zero it emits a constant, which folding puts back, so the new
+network computes the old one's function exactly. With γ merely small the channel is
+nearly constant, and removing it changes the function slightly, as the paper does. Both
+cases have one exact statement: the new network computes the old one *with the removed
+channels' scales set to zero* — the same function when they already are. This module
+runs that reference network (without touching the user's tensors) for folding to read
+and for the rewrite's self-check to compare against.
+"""
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+from torch.func import functional_call
+
+from .nodes import getattr_path
+
+
+class _Run(nn.Module):
+    """Runs ``gm`` node by node, keeping the arguments and outputs of the named nodes."""
+
+    def __init__(self, gm: fx.GraphModule, args_of: set[str], outputs_of: set[str]):
+        super().__init__()
+        self.gm = gm
+        self.args_of, self.outputs_of = args_of, outputs_of
+        self.args: dict[str, tuple] = {}
+        self.outputs: dict[str, object] = {}
+
+    def forward(self, *inputs):
+        run = self
+
+        class Capture(fx.Interpreter):
+            def run_node(self, n):
+                if n.name in run.args_of:
+                    run.args[n.name] = self.fetch_args_kwargs_from_env(n)
+                out = super().run_node(n)
+                if n.name in run.outputs_of:
+                    run.outputs[n.name] = out
+                return out
+
+        return Capture(self.gm).run(*inputs)
+
+
+def run_graph(gm: fx.GraphModule, inputs: tuple, overrides: dict | None = None, args_of=(),
+              outputs_of=()) -> tuple[object, dict, dict]:
+    """``gm(*inputs)`` in eval mode without gradients, with the tensors in ``overrides``
+    swapped in for the call (training flags restored after). Returns the output, and the
+    arguments and outputs of the named nodes."""
+    runner = _Run(gm, set(args_of), set(outputs_of))
+    flags = [(m, m.training) for m in gm.modules()]
+    gm.eval()
+    try:
+        with torch.no_grad():
+            out = functional_call(runner, {f"gm.{k}": v for k, v in (overrides or {}).items()}, inputs)
+    finally:
+        for m, t in flags:
+            m.training = t
+    return out, runner.args, runner.outputs
+
+
+def zeroed_scales(graph, kept) -> dict[str, torch.Tensor]:
+    """Copies of the scales of the channels ``kept`` drops, with those channels at zero."""
+    out: dict[str, torch.Tensor] = {}
+    for scale in graph.propagation.scales.values():
+        gone = ~kept(scale.tags)
+        if gone.any():
+            g = out.get(scale.weight)
+            g = getattr_path(graph.module, scale.weight).detach().clone() if g is None else g
+            g[torch.as_tensor(gone, device=g.device)] = 0
+            out[scale.weight] = g
+    return out

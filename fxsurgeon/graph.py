@@ -1,6 +1,7 @@
 """The ChannelGraph: a traced model, its dimensions and its exact cost model."""
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -13,6 +14,8 @@ from .errors import FxSurgeonError
 from .propagation import propagate
 from .shapes import propagate_shapes
 from .tracing import as_tuple, defaults_beyond, trace
+
+_TOKENS = itertools.count(1)
 
 
 class ChannelGraph:
@@ -34,6 +37,7 @@ class ChannelGraph:
         #: identities -> index over all dimensions' channels (-1: in no dimension)
         self.global_channels = global_channels
         self.model = model        # the user's model (holds parameters the graph never uses)
+        self.token = next(_TOKENS)        # plans remember the graph they were made for
         self._by_name = {d.name: d for d in dims}
 
     def __getitem__(self, name: str) -> Dimension:

@@ -9,14 +9,28 @@ whatever the scales say, so they stay alive.
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
+from .errors import FxSurgeonError
 from .graph import ChannelGraph
+
+
+def check_fraction(name: str, value: float) -> None:
+    """A fraction in (0, 1), or a clear error."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
+        raise FxSurgeonError(f"{name} must be a fraction in (0, 1), got {value!r}")
+
+
+def _tensors(graph: ChannelGraph) -> dict:
+    """Parameters and buffers by name (a frozen norm's scale is a buffer)."""
+    return {**dict(graph.module.named_parameters()), **dict(graph.module.named_buffers())}
 
 
 def channel_scales(graph: ChannelGraph, d) -> np.ndarray:
     """The largest |scale| of each channel of dimension ``d`` over its sources (0 if none)."""
-    params = dict(graph.module.named_parameters())
+    params = _tensors(graph)
     best = np.zeros(d.width)
     for m in d.sources:
         scale = params[m.tensor].detach().abs().float().cpu().numpy().reshape(-1)
@@ -27,6 +41,7 @@ def channel_scales(graph: ChannelGraph, d) -> np.ndarray:
 def smallest(graph: ChannelGraph, ratio: float) -> dict[str, np.ndarray]:
     """Network Slimming's global criterion: the ``ratio`` of all judged channels with
     the smallest scales are dead (alive masks as :func:`liveliness` returns)."""
+    check_fraction("ratio", ratio)
     scales = {d.name: channel_scales(graph, d) for d in graph.free_dims if d.scaled and d.sources}
     if not scales:
         return {}
@@ -38,7 +53,8 @@ def smallest_filters(graph: ChannelGraph, ratio: float) -> dict[str, np.ndarray]
     """Magnitude structured pruning (Li et al., 2017): in every free dimension, the
     ``ratio`` of its channels whose producer weights have the smallest L1 norm (summed
     over the layers that write the channel) are dead."""
-    params = dict(graph.module.named_parameters())
+    check_fraction("ratio", ratio)
+    params = _tensors(graph)
     alive = {}
     for d in graph.free_dims:
         norms = np.zeros(d.width)
@@ -56,9 +72,10 @@ def liveliness(graph: ChannelGraph, threshold: float = 0.01) -> dict[str, np.nda
 
     Dimensions without a liveliness source stay alive. Scales are read from the
     traced module, which shares its parameters with the user's model, so this
-    reflects training as it goes.
+    reflects training as it goes. ``threshold`` is a fraction in (0, 1).
     """
-    params = dict(graph.module.named_parameters())
+    check_fraction("threshold", threshold)
+    params = _tensors(graph)
     alive: dict[str, np.ndarray] = {}
     for d in graph.free_dims:
         if not d.scaled:

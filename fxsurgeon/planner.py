@@ -8,6 +8,7 @@ original cost`` as integer widths allow without exceeding it.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,6 +53,7 @@ class Plan:
     predicted: float
     dims: dict[str, DimPlan] = field(default_factory=dict)
     round_to: int = 1
+    graph_token: int | None = None      # the ChannelGraph it was made for
 
     @property
     def miss(self) -> float | None:
@@ -119,7 +121,7 @@ def _keep(graph: ChannelGraph, d, mask: np.ndarray) -> tuple[np.ndarray, str]:
 
 def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric: str = "params",
          target: float | None = 1.0, scheme: str = "nr", round_to: int = 1,
-         alpha: float | None = None) -> Plan:
+         alpha: float | None = None, max_target: float = 100.0) -> Plan:
     """Remove the dead channels and find the shared expansion α for ``target · cost``.
 
     ``alive`` maps free dimension names to bool masks (missing: all alive), as
@@ -127,15 +129,25 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
     multiples (groups, shuffles); widths that grow are multiples of ``round_to`` too.
     ``alpha`` fixes the expansion instead of searching it (the budget is then only
     reported, not enforced). ``target=None`` (or ``scheme="prune"``) only
-    removes the dead. Raises :class:`FxSurgeonError` when the budget is impossible.
+    removes the dead. Raises :class:`FxSurgeonError` when the budget is impossible, and
+    for a ``target`` above ``max_target`` (a budget that large is more likely a typo).
     """
     if scheme not in SCHEMES:
         raise FxSurgeonError(f"unknown scheme {scheme!r}: use one of {SCHEMES}")
     if metric not in METRICS:
         raise FxSurgeonError(f"unknown metric {metric!r}: use one of {METRICS}")
-    if round_to < 1:
-        raise FxSurgeonError(f"round_to must be a positive integer, got {round_to}")
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise FxSurgeonError(f"round_to must be a positive integer, got {round_to!r}")
+    if target is not None and scheme != "prune":
+        if isinstance(target, bool) or not isinstance(target, numbers.Real) or not math.isfinite(target) \
+                or target <= 0:
+            raise FxSurgeonError(f"target must be a finite number above 0 (a fraction of the "
+                                 f"original cost), got {target!r}")
+        if target > max_target:
+            raise FxSurgeonError(f"target {target:g} would make the network {target:g}x its cost; "
+                                 f"pass max_target={target:g} (or more) if you mean it")
     alive = alive or {}
+    _check_masks(graph, alive)
     cost = graph.cost
     growable = cost.growable()
     # channels of dimensions that grow split into survivors and new ones (S and R); all
@@ -151,9 +163,6 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
             step.append(0)
             continue
         mask = np.asarray(alive.get(d.name, np.ones(d.width, bool)), bool)
-        if mask.shape != (d.width,):
-            raise FxSurgeonError(f"alive mask for {d.name!r} has shape {mask.shape}, "
-                                 f"the dimension has width {d.width}")
         fixed = _keeps_width(d)
         if fixed:
             survivors, note = np.arange(d.width), f"{fixed}: keeps its width"
@@ -200,7 +209,23 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
         dp.new_width = int(w)
         if st and w % st and round_to > 1:
             dp.note = dp.note or f"round_to {round_to} not reached without exceeding the budget"
-    return Plan(metric, scheme, target, alpha, original, budget, cost_at(alpha), dims, round_to)
+    return Plan(metric, scheme, target, alpha, original, budget, cost_at(alpha), dims, round_to, graph.token)
+
+
+def _check_masks(graph: ChannelGraph, alive: dict) -> None:
+    """Alive masks name dimensions of ``graph``, have their widths, and kill nothing pinned."""
+    for name, mask in alive.items():
+        try:
+            d = graph[name]
+        except KeyError:
+            raise FxSurgeonError(f"alive mask for {name!r}, which is not a dimension of this graph") from None
+        mask = np.asarray(mask)
+        if mask.shape != (d.width,):
+            raise FxSurgeonError(f"alive mask for {name!r} has shape {mask.shape}, "
+                                 f"the dimension has width {d.width}")
+        if not d.free and not mask.all():
+            raise FxSurgeonError(f"alive mask calls channels of {name!r} dead, but it is pinned "
+                                 f"({d.pinned}): its channels cannot be removed")
 
 
 def _largest_alpha(cost_at, budget: float) -> float:

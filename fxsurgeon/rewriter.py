@@ -130,6 +130,9 @@ def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: in
     folding removed channels' constants (a saved model brings them, or they are zero),
     and then nothing is checked.
     """
+    if plan.graph_token not in (None, graph.token):
+        raise FxSurgeonError("this plan was made for another ChannelGraph: plan again on the "
+                             "graph you rewrite (its dimensions and channels are its own)")
     scheme = scheme or plan.scheme
     if scheme not in SCHEMES:
         raise FxSurgeonError(f"unknown scheme {scheme!r}: use one of {SCHEMES}")

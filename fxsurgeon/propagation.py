@@ -22,6 +22,7 @@ from torch.utils._pytree import tree_map
 
 from .nodes import describe, getattr_path, normalized, reads_values, tensors_in
 from .ops.table import TABLE, OpTable
+from .provenance import WeightSource, constant_nodes, trace_weight
 from .tags import Tags, prod
 from .unionfind import UnionFind
 
@@ -51,6 +52,7 @@ class Reader:
     weight_axis: int    # the weight's axis that the input channels index
     divisor: int = 1    # grouped convolutions
     bias: str | None = None     # the bias it adds to its outputs
+    weight_node: str | None = None      # the fx node computing the weight, if computed
 
 
 @dataclass
@@ -60,6 +62,7 @@ class Scale:
     weight: str
     bias: str | None
     tags: np.ndarray    # the channel of each position of γ
+    homogeneous: bool = True    # what the op does after the scale keeps rescaling exact
 
 
 @dataclass
@@ -93,6 +96,7 @@ class Propagation:
     blockwise: set[str] = field(default_factory=set)   # dense conv/linear modules S/R can split
     grouped: list[np.ndarray] = field(default_factory=list)  # channels around grouped convs
     aliases: dict[str, list[str]] = field(default_factory=dict)  # tensor -> every name it has
+    sources: dict[tuple[str, tuple], WeightSource] = field(default_factory=dict)  # computed weights
 
 
 def tensor_names(module: nn.Module) -> tuple[dict[str, str], dict[str, list[str]]]:
@@ -116,7 +120,7 @@ class Walk(fx.Interpreter):
 
     def __init__(self, gm: fx.GraphModule, uf: UnionFind | None = None,
                  prescribed: dict[str, np.ndarray] | None = None,
-                 depthwise: set[str] = frozenset(), table: OpTable = TABLE):
+                 depthwise: set[str] = frozenset(), sources: dict | None = None, table: OpTable = TABLE):
         super().__init__(gm)
         self.table = table
         self.modules = dict(gm.named_modules())
@@ -127,11 +131,29 @@ class Walk(fx.Interpreter):
         self.out = Propagation(self.tags.uf, aliases=aliases)
         self.attr_tags: dict[str, torch.Tensor] = {}
         self._refs: dict[tuple, AxisRef] = {}
+        self.out.sources.update(sources or {})
+        self.const: set[fx.Node] = set()        # nodes computed from parameters alone
+        self.weight_only: set[fx.Node] = set()  # ... that only feed layers as their weights
         self._writer: dict[int, tuple[torch.Tensor, str]] = {}   # tag tensor -> layer that wrote it
         self._normalized: dict[fx.Node, dict | None] = {}
 
     # ---- the nodes every graph has -----------------------------------------------------
+    def run(self, *args):
+        self.const = constant_nodes(self.module)
+        for n in reversed(self.module.graph.nodes):
+            if n in self.const and n.users and all(
+                    u in self.weight_only or (u.op.startswith("call_") and n in
+                                              self.table.lookup(u, self.modules).weights(self, u))
+                    for u in n.users):
+                self.weight_only.add(n)
+        return super().run(*args)
+
     def run_node(self, n: fx.Node):
+        if n in self.weight_only:        # a layer reads it through its provenance, not its tags
+            if "fxs_macs" in n.meta:
+                self.flops(n, n.meta["fxs_macs"])
+            return tree_map(lambda v: self.tags.none(v.shape) if isinstance(v, torch.Tensor) else v,
+                            self.real(n))
         args, kwargs = self.fetch_args_kwargs_from_env(n)
         if n.op == "placeholder":
             return self._placeholder(n, next(self.args_iter, n.args[0] if n.args else None))
@@ -181,6 +203,10 @@ class Walk(fx.Interpreter):
     def submodule(self, node: fx.Node) -> nn.Module:
         return self.modules[node.target]
 
+    def real_tensor(self, name: str) -> torch.Tensor:
+        """The parameter or buffer named ``name``."""
+        return getattr_path(self.module, name)
+
     def tensor_name(self, path: str) -> str:
         """The first name of the parameter or buffer at ``path`` (tied tensors have several)."""
         return self.canonical.get(path, path)
@@ -209,6 +235,13 @@ class Walk(fx.Interpreter):
     def describe(self, node: fx.Node) -> str:
         """A short human name of what ``node`` runs, for pin reasons."""
         return describe(node, self.modules)
+
+    def weight_source(self, weight: fx.Node, axes: tuple[int, ...]) -> WeightSource:
+        """Which parameter axes move with the weight's ``axes`` (see :mod:`fxsurgeon.provenance`)."""
+        key = (weight.name, axes)
+        if key not in self.out.sources:
+            self.out.sources[key] = trace_weight(self.module, weight, axes, self.tensor_name)
+        return self.out.sources[key]
 
     def fresh(self, shape, axis: int, node: fx.Node | None = None) -> torch.Tensor:
         """Fresh identities along ``axis``; a node with prescribed identities (a rewritten
@@ -250,20 +283,25 @@ class Walk(fx.Interpreter):
             self.out.pins += [(prev.tags[prev.tags != 0], why), (tags[tags != 0], why)]
 
     def reader(self, node: fx.Node, source, axis: int, tags, weight: str | None,
-               weight_axis: int, divisor: int = 1, bias: str | None = None) -> None:
+               weight_axis: int, divisor: int = 1, bias: str | None = None,
+               weight_node: fx.Node | None = None) -> None:
         """Record that ``node`` reads the channels of ``source`` (an fx node) through a weight
-        (``None``: one computed from parameters), adding ``bias`` to its outputs."""
+        (``None``: one computed from parameters, the value of ``weight_node``), adding
+        ``bias`` to its outputs."""
         if tags is not None and isinstance(source, fx.Node):
             name = (lambda t: None if t is None else self.tensor_name(t))
-            self.out.readers[node.name] = Reader(node.name, source.name, axis, np.asarray(tags),
-                                                 name(weight), weight_axis, divisor, name(bias))
+            self.out.readers[node.name] = Reader(
+                node.name, source.name, axis, np.asarray(tags), name(weight), weight_axis, divisor,
+                name(bias), None if weight_node is None else weight_node.name)
 
-    def scale(self, node: fx.Node, weight: str, bias: str | None, tags) -> None:
-        """Record that ``node`` multiplies each channel by ``weight`` (then adds ``bias``):
-        its scales judge liveliness and neural rescaling may lift them."""
+    def scale(self, node: fx.Node, weight: str, bias: str | None, tags, homogeneous: bool = True) -> None:
+        """Record that ``node`` multiplies each channel by ``weight`` (then adds ``bias``, and
+        then does something ``homogeneous`` or not): its scales judge liveliness and neural
+        rescaling may lift them."""
         self.ref(weight, 0, tags, "source", node)
         self.out.scales[node.name] = Scale(self.tensor_name(weight),
-                                           None if bias is None else self.tensor_name(bias), np.asarray(tags))
+                                           None if bias is None else self.tensor_name(bias),
+                                           np.asarray(tags), homogeneous)
 
     def flops(self, node: fx.Node, const: float, *factors) -> None:
         """A multiply-accumulate term ``const · prod(factor widths)`` for ``node``."""
@@ -356,13 +394,13 @@ def _varies(roots: np.ndarray, axis: int) -> bool:
 
 def propagate(gm: fx.GraphModule, args: tuple, model: nn.Module, uf: UnionFind | None = None,
               prescribed: dict[str, np.ndarray] | None = None,
-              depthwise: set[str] = frozenset()) -> Propagation:
+              depthwise: set[str] = frozenset(), sources: dict | None = None) -> Propagation:
     """Run identity propagation over a shape-annotated GraphModule traced from ``model``.
 
-    A rewrite passes the analysed model's union-find (``uf``, copied) and the identities
-    each producer now emits (``prescribed``) and the convs that were depthwise, so old
-    and new channels share identities.
+    A rewrite passes the analysed model's union-find (``uf``, copied), the identities
+    each producer now emits (``prescribed``), the convs that were depthwise and where
+    computed weights come from (``sources``), so old and new channels share identities.
     """
-    walk = Walk(gm, uf, prescribed, depthwise)
+    walk = Walk(gm, uf, prescribed, depthwise, sources)
     walk.run(*args)
     return walk.finish(model)

@@ -64,7 +64,8 @@ def rescale(module: fx.GraphModule, prop: Propagation, gamma0: float = 1.0
         small = (g.abs() < gamma0) & (g != 0)
         if not small.any():
             continue
-        readers, why = _readers(node, prop, modules)
+        readers, why = _readers(node, prop, modules) if scale.homogeneous else \
+            ([], "its own activation after the scale is not positively homogeneous")
         reads = [prop.readers[u.name] for u in readers]
         if not why and any(r.weight is None for r in reads):
             why = "a layer reads it through a computed weight"

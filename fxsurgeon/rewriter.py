@@ -166,7 +166,8 @@ def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: in
     _sync_attributes(new, old)
     # 2. where each channel now sits: propagate again with the identities each producer emits
     propagate_shapes(new, graph.example_inputs)
-    new_prop = propagate(new, graph.example_inputs, new, layout.uf, layout.prescribed, prop.depthwise)
+    new_prop = propagate(new, graph.example_inputs, new, layout.uf, layout.prescribed, prop.depthwise,
+                         prop.sources)
     new_refs = _refs(new_prop)
     surgery = Surgery(new, plan, scheme)
     for key, r_old in old_refs.items():

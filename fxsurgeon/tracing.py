@@ -8,26 +8,58 @@ and points at the ``leaf_modules`` escape hatch.
 from __future__ import annotations
 
 import inspect
+import sys
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.fx as fx
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .errors import UntraceableModelError
+from .ops import TABLE
+
+
+def _timm_fx():
+    """timm's registry of modules and functions symbolic tracing must not enter, if timm is
+    loaded (fxsurgeon does not import it)."""
+    return sys.modules.get("timm.layers._fx")
+
+
+def library_leaves() -> set[type]:
+    """Module types that their library keeps from symbolic tracing."""
+    reg = _timm_fx()
+    return set(getattr(reg, "_leaf_modules", ())) if reg is not None else set()
+
+
+def library_functions() -> tuple[Callable, ...]:
+    """Functions that their library keeps from symbolic tracing (wrapped as one call)."""
+    reg = _timm_fx()
+    return tuple(f for f in getattr(reg, "_autowrap_functions", ()) if callable(f)) if reg is not None else ()
 
 
 class _Tracer(fx.Tracer):
     """A tracer that keeps the stack of modules it is inside, for error messages."""
 
     def __init__(self, leaf_modules: Sequence[type], autowrap_functions: Sequence[Callable]):
-        super().__init__(autowrap_functions=tuple(autowrap_functions))
+        super().__init__(autowrap_functions=(*autowrap_functions, *library_functions()))
         self._leaf_types = tuple(leaf_modules)
         self.path: list[tuple[str, type]] = []
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        """The user's leaf types; then modules whose weights are computed (parametrizations,
+        pre-hooks) are traced through, so the computation shows in the graph; a module
+        with a rule in the op table is one call; so is one its library keeps from tracing
+        (timm's registry); the rest as torch.fx decides."""
         if self._leaf_types and isinstance(m, self._leaf_types):
+            return True
+        if parametrize.is_parametrized(m) or m._forward_pre_hooks:
+            return False
+        rule = TABLE.module_rule(m)
+        if rule is not None:
+            return rule.leaf
+        if type(m) in library_leaves():
             return True
         return super().is_leaf_module(m, qualname)
 

@@ -8,14 +8,17 @@ from .attention import MultiheadAttention
 from .builtin import register_builtins
 from .elementwise import Carry, Couple
 from .layers import Embedding, FunctionalLayer, Layer, Matmul, PReLU
+from .libraries import NormAct, register_libraries
 from .movement import Chunk, Concat, Move, Pad, Reshape, Select, Spatial, Split
-from .norms import Norm
+from .norms import Norm, PerChannel
 from .reductions import Reduce, Softmax
 from .rule import Opaque, Rule
 from .table import TABLE, OpTable, register_op
 
 register_builtins(TABLE)
+register_libraries(TABLE)
 
 __all__ = ["TABLE", "OpTable", "register_op", "Rule", "Opaque", "Carry", "Couple", "Move", "Reshape",
-           "Chunk", "Split", "Select", "Pad", "Concat", "Spatial", "Reduce", "Softmax", "Norm", "Layer",
+           "Chunk", "Split", "Select", "Pad", "Concat", "Spatial", "Reduce", "Softmax", "PerChannel", "Norm",
+           "NormAct", "Layer",
            "FunctionalLayer", "Embedding", "Matmul", "PReLU", "MultiheadAttention"]

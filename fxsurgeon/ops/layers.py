@@ -7,21 +7,32 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 from ..folded import FoldedConstant
 from ..nodes import normalized, tensors_in
+from ..provenance import WeightSource
 from ..tags import prod
 from .rule import Rule
 
 
-def produce(walk, node: fx.Node, x, weight: str, bias: str | None, wshape: tuple, groups: int,
-            linear: bool, transposed: bool, source: fx.Node | None = None):
-    """Fresh output channels of a layer reading ``x`` through ``weight`` (shape ``wshape``;
-    ``transposed``: its first axis is the input's). Records the weight's and bias's axes,
-    the read of ``source`` (the node ``x`` is the value of; the first argument by default),
-    the multiply-accumulates, and returns the output's tag tensor."""
+def _init(walk, name: str, axis: int) -> float | str:
+    """New entries of a weight start He-initialised; of a per-output scale (its other
+    axes all of size one), at 1."""
+    shape = walk.real_tensor(name).shape
+    return 1.0 if all(s == 1 for k, s in enumerate(shape) if k != axis) else "he"
+
+
+def produce(walk, node: fx.Node, x, weight: WeightSource, bias: WeightSource | None, wshape: tuple,
+            groups: int, linear: bool, transposed: bool, source: fx.Node | None = None,
+            weight_node: fx.Node | None = None):
+    """Fresh output channels of a layer reading ``x`` through a weight of shape ``wshape``
+    (``transposed``: its first axis is the input's) that comes from the parameter axes of
+    ``weight``. Records those axes and the bias's, the read of ``source`` (the node ``x``
+    is the value of; the first argument by default), the multiply-accumulates, and
+    returns the output's tag tensor."""
     tags = walk.tags
     y = tensors_in(walk.real(node))[0]
     axis = -1 if linear else 1
@@ -33,23 +44,34 @@ def produce(walk, node: fx.Node, x, weight: str, bias: str | None, wshape: tuple
     out_axis, in_axis = (1, 0) if transposed else (0, 1)
     n_in = x.shape[axis]
     depthwise = vin is not None and groups == n_in and (groups > 1 or node.name in walk.was_depthwise)
+
+    def refs(w_axis, vec, role, divisor=1):
+        if w_axis not in weight.axes:
+            walk.pin(tags.structured(vec, (len(vec),), 0), f"{weight.why} at {walk.describe(node)}")
+        for name, a in weight.axes.get(w_axis, []):
+            walk.ref(name, a, vec, role, node, divisor, init=_init(walk, name, a) if role == "out" else 0.0)
+
     if depthwise:
         walk.out.depthwise.add(node.name)
         walk.couple(np.repeat(vin, len(vout) // groups), vout)
         # one weight row per channel: the output's (a multiplier repeats it), or for a
         # transposed conv the input's, whose outputs all share its class
-        walk.ref(weight, 0, vin if transposed else vout, "out", node, init="he")
+        refs(0, vin if transposed else vout, "out")
     else:
         if groups > 1 and vin is not None:
             walk.out.divisors.append((vin, groups))
             walk.out.divisors.append((vout, groups))
             walk.out.grouped += [vin, vout]
-        walk.ref(weight, out_axis, vout, "out", node, groups if transposed else 1, init="he")
-        walk.ref(weight, in_axis, vin, "in", node, 1 if transposed else groups)
-        source = node.args[0] if source is None else source
-        walk.reader(node, source, axis, vin, weight, in_axis, 1 if transposed else groups, bias)
+        refs(out_axis, vout, "out", groups if transposed else 1)
+        if vin is not None:
+            refs(in_axis, vin, "in", 1 if transposed else groups)
+        walk.reader(node, node.args[0] if source is None else source, axis, vin, weight.direct, in_axis,
+                    1 if transposed else groups, None if bias is None else bias.direct, weight_node)
     if bias is not None:
-        walk.ref(bias, 0, vout, "param", node)
+        for name, a in bias.axes.get(0, []):
+            walk.ref(name, a, vout, "param", node)
+        if 0 not in bias.axes:
+            walk.pin(out, f"{bias.why} at {walk.describe(node)}")
     kernel = prod(wshape[2:])
     if transposed:
         spatial = prod(x.shape) // n_in
@@ -67,40 +89,66 @@ def produce(walk, node: fx.Node, x, weight: str, bias: str | None, wshape: tuple
 
 class Layer(Rule):
     """A convolution (any dimensionality, transposed or not) or a linear layer, as a
-    module or as a function (``F.conv2d(x, self.weight, ...)``)."""
+    module or as a function (``F.conv2d(x, self.weight, ...)``).
 
-    def __init__(self, linear: bool = False, transposed: bool = False):
+    A module's weight and bias are its tensors named ``weight`` and ``bias``; the weight
+    is laid out as torch's own layers lay it out (``(out, in / groups, *kernel)``, or
+    ``(in, out / groups, *kernel)`` when ``transposed``; ``(out, in)`` when ``linear``), and
+    the module's ``groups`` attribute (1 if absent) groups it."""
+
+    def __init__(self, linear: bool = False, transposed: bool = False, weight: str = "weight",
+                 bias: str = "bias"):
         self.linear = linear
         self.transposed = transposed
+        self.weight, self.bias = weight, bias
 
     def propagate(self, walk, node, args, kwargs):
         if node.op == "call_module":
             m = walk.submodule(node)
-            bias = f"{node.target}.bias" if getattr(m, "bias", None) is not None else None
-            out = produce(walk, node, args[0], f"{node.target}.weight", bias, tuple(m.weight.shape),
-                          getattr(m, "groups", 1), self.linear, self.transposed)
-            tied = len(walk.out.aliases.get(walk.tensor_name(f"{node.target}.weight"), ())) > 1
+            if not isinstance(getattr(m, self.weight, None), torch.Tensor) or \
+                    self.weight not in {**m._parameters, **m._buffers}:
+                return walk.opaque(node, args, kwargs, reason=f"{walk.describe(node)} computes its weight "
+                                                              f"inside (trace through it instead)")
+            weight = f"{node.target}.{self.weight}"
+            bias = f"{node.target}.{self.bias}" if getattr(m, self.bias, None) is not None else None
+            w = getattr(m, self.weight)
+            out = produce(walk, node, args[0], WeightSource.of(walk.tensor_name(weight), w.dim()),
+                          None if bias is None else WeightSource.of(walk.tensor_name(bias), 1),
+                          tuple(w.shape), getattr(m, "groups", 1), self.linear, self.transposed)
+            tied = len(walk.out.aliases.get(walk.tensor_name(weight), ())) > 1
             if (not self.transposed and not tied and getattr(m, "groups", 1) == 1
                     and node.name not in walk.out.depthwise
                     and getattr(m, "padding_mode", "zeros") == "zeros"
                     and not isinstance(getattr(m, "padding", 0), str)):
                 walk.out.blockwise.add(node.name)
             return out
-        wnode = walk.node_argument(node, "weight", 1)
-        if not (isinstance(wnode, fx.Node) and wnode.op == "get_attr"):
-            return walk.opaque(node, args, kwargs)
-        bnode = walk.node_argument(node, "bias", 2)
-        bias = bnode.target if isinstance(bnode, fx.Node) and bnode.op == "get_attr" else None
+        wnode, bnode = walk.node_argument(node, "weight", 1), walk.node_argument(node, "bias", 2)
+        if not (isinstance(wnode, fx.Node) and wnode in walk.const) or \
+                (isinstance(bnode, fx.Node) and bnode not in walk.const):
+            return walk.opaque(node, args, kwargs, reason=f"{walk.describe(node)} computes its weight "
+                                                          f"from its inputs")
+        w_axes = (1, 0) if self.transposed else (0, 1)
+        weight = walk.weight_source(wnode, w_axes)
+        bias = walk.weight_source(bnode, (0,)) if isinstance(bnode, fx.Node) else None
         groups = 1 if self.linear else walk.argument(node, "groups", 6, 1)
-        shape = tuple(walk.real(wnode).shape)
-        return produce(walk, node, walk.argument(node, "input", 0), wnode.target, bias, shape, groups,
-                       self.linear, self.transposed, walk.node_argument(node, "input", 0))
+        x_node = walk.node_argument(node, "input", 0)
+        return produce(walk, node, walk.env[x_node], weight, bias, tuple(walk.real(wnode).shape), groups,
+                       self.linear, self.transposed, x_node, None if weight.direct else wnode)
+
+    def weights(self, walk, node):
+        if node.op == "call_module":
+            return []
+        return [a for a in (walk.node_argument(node, "weight", 1), walk.node_argument(node, "bias", 2))
+                if isinstance(a, fx.Node)]
 
     def forward_with(self, module, tensors, args):
-        if self.linear:
-            return F.linear(args[0], tensors["weight"], tensors.get("bias"))
-        if not self.transposed:
-            return module._conv_forward(args[0], tensors["weight"], tensors.get("bias"))
+        if type(module).forward not in _TORCH_FORWARDS:
+            return None
+        weight, bias = tensors.get(self.weight), tensors.get(self.bias)
+        if self.linear and weight is not None:
+            return F.linear(args[0], weight, bias)
+        if not self.transposed and weight is not None and hasattr(module, "_conv_forward"):
+            return module._conv_forward(args[0], weight, bias)
         return None
 
     def constant_map(self, node, root, kernel):
@@ -108,7 +156,8 @@ class Layer(Rule):
             return None         # a linear layer sees a constant the same everywhere
         if node.op == "call_module":
             m = root.get_submodule(node.target)
-            if node.kwargs.get("output_size") is not None or len(node.args) > 1:
+            if type(m).forward not in _TORCH_FORWARDS or node.kwargs.get("output_size") is not None \
+                    or len(node.args) > 1:
                 return None
         else:
             call = normalized(node, root) or {}
@@ -124,19 +173,31 @@ class Layer(Rule):
                               getattr(m, "output_padding", 0))
 
     def sync(self, module, old):
+        w = getattr(module, self.weight)
         if self.linear:
-            module.out_features, module.in_features = module.weight.shape
+            _set(module, out_features=w.shape[0], in_features=w.shape[1])
             return
-        depthwise = old.groups > 1 and old.groups == old.in_channels
+        groups = getattr(old, "groups", 1)
+        depthwise = groups > 1 and groups == getattr(old, "in_channels", None)
         if self.transposed:
-            module.in_channels = module.weight.shape[0]
-            module.groups = module.in_channels if depthwise else module.groups
-            module.out_channels = module.weight.shape[1] * module.groups
+            groups = w.shape[0] if depthwise else groups
+            _set(module, in_channels=w.shape[0], groups=groups, out_channels=w.shape[1] * groups)
         else:
-            module.out_channels = module.weight.shape[0]
             if depthwise:
-                module.groups = module.weight.shape[0] // (old.out_channels // old.groups)
-            module.in_channels = module.weight.shape[1] * module.groups
+                groups = w.shape[0] // (old.out_channels // old.groups)
+            _set(module, out_channels=w.shape[0], groups=groups, in_channels=w.shape[1] * groups)
+
+
+#: layers computed as torch's own modules compute them (a subclass may pad or scale first)
+_TORCH_FORWARDS = {c.forward for c in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
+                                       nn.ConvTranspose2d, nn.ConvTranspose3d)}
+
+
+def _set(module: nn.Module, **values) -> None:
+    """Set the attributes ``module`` has (a layer of one's own may lack some)."""
+    for k, v in values.items():
+        if hasattr(module, k):
+            setattr(module, k, v)
 
 
 def _explicit_padding(padding, kernel, dilation) -> list[int] | None:
@@ -184,8 +245,10 @@ class Matmul(Rule):
         if a.dim() < 2 or b.dim() < 2 or tags.varies_along(a, a.dim() - 2):
             return walk.opaque(node, args, kwargs, reason=f"matmul with channels on its rows at {where}")
         w = node.args[1]
-        if isinstance(w, fx.Node) and w.op == "get_attr" and b.dim() == 2:
-            return produce(walk, node, a, w.target, None, tuple(b.shape), 1, True, True)
+        if w in walk.weight_only and b.dim() == 2:      # x @ W: a linear layer, weight (in, out)
+            weight = walk.weight_source(w, (1, 0))
+            return produce(walk, node, a, weight, None, tuple(b.shape), 1, True, True,
+                           weight_node=None if weight.direct else w)
         a_k, b_k = tags.varies_along(a, a.dim() - 1), tags.varies_along(b, b.dim() - 2)
         k_vec = None
         if a_k and b_k:
@@ -206,6 +269,11 @@ class Matmul(Rule):
         if j_vec is not None:
             return tags.structured(j_vec, out_shape, len(out_shape) - 1)
         return tags.none(out_shape)
+
+
+    def weights(self, walk, node):
+        w = node.args[1] if len(node.args) > 1 else None
+        return [w] if isinstance(w, fx.Node) and w in walk.const else []
 
 
 class PReLU(Rule):

@@ -1,18 +1,92 @@
-"""Normalisations: per-channel affine tensors, statistics that may span channels, and the
-scales that judge whether a channel is alive.
+"""Per-channel layers and normalisations: tensors that hold one entry per channel,
+statistics that may span channels, and the scales that judge whether a channel is alive.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from torch import fx, nn
 
 from ..nodes import value_users
 from .rule import Rule
 
-#: what a new channel's per-channel tensors start at
-_INIT = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
+
+class PerChannel(Rule):
+    """A module that treats each channel on its own, with per-channel tensors.
+
+    ``tensors`` maps the module's tensor names to what a new channel's entry starts at;
+    axis 0 of each holds the channels of the input's axis ``axis``. ``scale`` (and
+    ``shift``) name the tensors of ``y = scale·f(x) + shift``: the scale judges whether a
+    channel is alive and neural rescaling may lift it. ``homogeneous`` says whether
+    ``f(c·x) = c·f(x)`` for ``c > 0``. ``attributes`` maps constructor attributes to a
+    function of the resized module that gives their new value (``{"num_features":
+    lambda m: m.weight.shape[0]}``).
+    """
+
+    keeps_shape = True
+
+    def __init__(self, tensors: dict[str, float] | None = None, axis: int = 1, scale: str | None = None,
+                 shift: str | None = None, homogeneous: bool = False,
+                 attributes: dict[str, Callable[[nn.Module], object]] | None = None):
+        self.init = dict(tensors or {"weight": 1.0, "bias": 0.0})
+        self.axis = axis
+        self.scale_name, self.shift_name = scale, shift
+        self._homogeneous = homogeneous
+        self.attributes = dict(attributes or {})
+
+    def tensors(self, walk, node) -> dict[str, str]:
+        """The call's per-channel tensors, by their names in :attr:`init`, as graph paths."""
+        m = walk.submodule(node)
+        return {k: f"{node.target}.{k}" for k in self.init if getattr(m, k, None) is not None}
+
+    def statistics(self, walk, node, x) -> bool:
+        """Pin what statistics across channels fix; False if the channels cannot be sliced."""
+        return True
+
+    def propagate(self, walk, node, args, kwargs):
+        x = args[0] if args else walk.argument(node, "input", 0)
+        vec = walk.tags.axis_vector(x, self.axis)
+        if not self.statistics(walk, node, x):
+            return x
+        if vec is None:
+            if not bool((x == 0).all()):
+                walk.pin(x, f"per-channel op on unstructured channels at {walk.describe(node)}")
+            return x
+        found = self.tensors(walk, node)
+        for role, name in found.items():
+            walk.ref(name, 0, vec, "param", node, init=self.init[role])
+        if self.scale_name in found:
+            module = walk.submodule(node) if node.op == "call_module" else None
+            walk.scale(node, found[self.scale_name], found.get(self.shift_name), vec,
+                       module is None or self.after_scale_homogeneous(module))
+            writer = walk.writer_of(x)
+            if writer is not None and _sole_reader(node, writer):
+                walk.out.follows.add((writer, node.name))
+        return x
+
+    def homogeneous(self, node, module) -> bool:
+        return self._homogeneous
+
+    def after_scale_homogeneous(self, module: nn.Module) -> bool:
+        """Whether what the module does after ``scale·x̂ + shift`` is positively homogeneous
+        (so neural rescaling of its scale is exact); a fused activation may not be."""
+        return True
+
+    def sync(self, module: nn.Module, old: nn.Module) -> None:
+        for attr, value in self.attributes.items():
+            setattr(module, attr, value(module))
 
 
-class Norm(Rule):
+#: what a new channel's entries of a norm start at
+_NORM_INIT = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
+
+
+def _width(m: nn.Module) -> int:
+    held = [t for t in (getattr(m, "weight", None), getattr(m, "running_mean", None)) if t is not None]
+    return held[0].shape[0]
+
+
+class Norm(PerChannel):
     """A normalisation layer or function.
 
     ``flavour`` says over what it takes statistics: ``"batch"`` (per channel, over the
@@ -22,19 +96,16 @@ class Norm(Rule):
     statistics, are per-channel tensors; a batch norm's weight judges liveliness.
     """
 
-    keeps_shape = True
-
     def __init__(self, flavour: str):
+        super().__init__(_NORM_INIT, axis=-1 if flavour == "layer" else 1,
+                         scale="weight" if flavour == "batch" else None, shift="bias")
         self.flavour = flavour
-        self.keeps_shape = True
 
-    def _tensors(self, walk, node) -> dict[str, str]:
-        """The norm's per-channel tensors by role: weight, bias, running_mean, running_var."""
+    def tensors(self, walk, node) -> dict[str, str]:
         if node.op == "call_module":
-            m = walk.submodule(node)
-            return {k: f"{node.target}.{k}" for k in _INIT if getattr(m, k, None) is not None}
+            return super().tensors(walk, node)
         found = {}
-        for k in _INIT:
+        for k in self.init:
             arg = walk.node_argument(node, k)
             if isinstance(arg, fx.Node) and arg.op == "get_attr":
                 found[k] = arg.target
@@ -50,41 +121,22 @@ class Norm(Rule):
             return None, walk.argument(node, "normalized_shape", 1)
         return None, None
 
-    def propagate(self, walk, node, args, kwargs):
-        x = args[0] if args else walk.argument(node, "input", 0)
-        tags = walk.tags
+    def statistics(self, walk, node, x) -> bool:
         groups, nshape = self._options(walk, node)
-        axis = x.dim() - 1 if self.flavour == "layer" else 1
-        vec = tags.axis_vector(x, axis)
         where = walk.describe(node)
         if self.flavour == "layer":
             axes = range(x.dim() - len(nshape), x.dim())
-            if any(tags.varies_along(x, k) for k in axes):
+            if any(walk.tags.varies_along(x, k) for k in axes):
                 walk.pin(x, f"LayerNorm statistics over the channel axis at {where}")
-            if len(nshape) != 1:
-                return x
-        elif self.flavour == "group" and groups not in (None, x.shape[1]):
+            return len(nshape) == 1
+        if self.flavour == "group" and groups not in (None, x.shape[1]):
             walk.pin(x, f"GroupNorm statistics over channel groups at {where}")
-        if vec is None:
-            if not bool((x == 0).all()):
-                walk.pin(x, f"normalisation of unstructured channels at {where}")
-            return x
-        found = self._tensors(walk, node)
-        for role, name in found.items():
-            walk.ref(name, 0, vec, "param", node, init=_INIT[role])
-        if self.flavour == "batch" and "weight" in found:
-            walk.scale(node, found["weight"], found.get("bias"), vec)
-            writer = walk.writer_of(x)
-            if writer is not None and _sole_reader(node, writer):
-                walk.out.follows.add((writer, node.name))
-        return x
+        return True
 
     def sync(self, module: nn.Module, old: nn.Module) -> None:
-        held = [t for t in (getattr(module, "weight", None), getattr(module, "running_mean", None))
-                if t is not None]
-        if not held:
+        if getattr(module, "weight", None) is None and getattr(module, "running_mean", None) is None:
             return
-        width = held[0].shape[0]
+        width = _width(module)
         if self.flavour == "batch":
             module.num_features = width
         elif self.flavour == "group":

@@ -49,6 +49,11 @@ class Rule:
         ``walk.pin``, ``walk.flops``, ``walk.produced``, ``walk.reader``)."""
         return walk.opaque(node, args, kwargs)
 
+    def weights(self, walk, node: fx.Node) -> list[fx.Node]:
+        """The arguments of ``node`` that it uses as weights (computed from parameters,
+        they are read through their provenance, not as channels)."""
+        return []
+
     def forward_with(self, module: nn.Module, tensors: dict, args: tuple):
         """``module(*args)`` computed with ``tensors`` in place of its parameters and
         buffers (meta tensors, for the shape pass), or None to let the pass swap them in."""

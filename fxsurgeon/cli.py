@@ -73,16 +73,14 @@ def plan_command(args) -> None:
 
 
 def prune_command(args) -> None:
-    from . import plan, rewrite
-    from .checkpoint import save_pruned
+    from . import plan, rewrite, save
 
-    model, shape, graph, alive = _planned(args)
-    p = plan(graph, alive, metric="params", target=None, scheme="prune", round_to=args.round_to)
-    surgery = rewrite(graph, p)
-    save_pruned(args.out, args.model, shape, surgery, args.num_classes)
+    _, _, graph, alive = _planned(args)
+    surgery = rewrite(graph, plan(graph, alive, metric="params", target=None, scheme="prune"))
+    save(graph, surgery, args.out, spec=args.model, num_classes=args.num_classes)
     before, after = graph.count("params"), sum(t.numel() for t in surgery.module.parameters())
     print(f"pruned {args.model}: {before:,} -> {after:,} parameters ({after / before:.1%}); "
-          f"wrote {args.out} (load it with fxsurgeon.load_pruned)")
+          f"wrote {args.out} (load it with fxsurgeon.load)")
 
 
 def _experiment(cfg: dict, args) -> None:

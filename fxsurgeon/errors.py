@@ -7,3 +7,8 @@ class FxSurgeonError(Exception):
 
 class UntraceableModelError(FxSurgeonError):
     """torch.fx could not trace the model; the message names the module and line."""
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line (torch's load_state_dict errors span several)."""
+    return " ".join(str(exc).split())

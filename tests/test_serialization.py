@@ -1,6 +1,7 @@
 """Rewritten networks pickle like any GraphModule: ``torch.save(surgery.module)`` and
 ``torch.save(nr.model.network)`` load back in a fresh process that never imported
-fxsurgeon itself."""
+fxsurgeon itself; and ``fxs.save`` / ``fxs.load`` keep one as data, rebuilt there on a
+fresh instance of the user's own model."""
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,18 @@ def _surgeries():
         yield scheme, fxs.rewrite(graph, p).module
 
 
+def _saved_as_data(path):
+    """small_net (a model of the user's, in tests/wrapped.py) grown with cr, by fxs.save."""
+    model = small_net().eval()
+    randomise_norms(model)
+    graph = fxs.analyze(model, batch()[0][:1])
+    with torch.no_grad():
+        model.get_submodule("1").weight[::2] = 0
+    surgery = fxs.rewrite(graph, fxs.plan(graph, fxs.liveliness(graph), scheme="cr"))
+    fxs.save(graph, surgery, path)
+    return surgery.module.eval()
+
+
 def _rejuvenated_network():
     model = small_net()
     nr = fxs.NeuralRejuvenation(model, batch()[0][:1], torch.optim.SGD(model.parameters(), lr=0.1),
@@ -50,6 +63,8 @@ def test_rewritten_networks_pickle_and_load_in_a_fresh_process(tmp_path):
     for name, (module, x) in saved.items():
         torch.save(module, tmp_path / f"{name}.pt")
         torch.save({"x": x, "y": module(x)}, tmp_path / f"{name}.io.pt")
+    data = _saved_as_data(tmp_path / "data.pt")
+    torch.save({"x": batch(4)[0], "y": data(batch(4)[0])}, tmp_path / "data.io.pt")
     check = (
         "import sys, torch\n"
         "assert 'fxsurgeon' not in sys.modules\n"
@@ -57,6 +72,12 @@ def test_rewritten_networks_pickle_and_load_in_a_fresh_process(tmp_path):
         f"    net = torch.load(r'{tmp_path}/' + name + '.pt', weights_only=False)\n"
         f"    io = torch.load(r'{tmp_path}/' + name + '.io.pt', weights_only=True)\n"
         "    assert torch.equal(net(io['x']), io['y']), name\n"
+        "sys.path.insert(0, 'tests')\n"
+        "import fxsurgeon as fxs\n"
+        "from wrapped import small_net\n"
+        f"net = fxs.load(r'{tmp_path}/data.pt', model=small_net())\n"
+        f"io = torch.load(r'{tmp_path}/data.io.pt', weights_only=True)\n"
+        "assert torch.equal(net(io['x']), io['y'])\n"
         "print('loaded')\n")
     done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)

@@ -20,6 +20,7 @@ from torch import nn
 
 from .activations import activation_liveliness
 from .errors import FxSurgeonError
+from .fileformat import build, schema_of
 from .graph import ChannelGraph
 from .planner import plan
 from .rewriter import Surgery, rewrite
@@ -67,7 +68,9 @@ class DemP(SurgicalTraining):
     :class:`~fxsurgeon.NeuralRejuvenation` (rank 0 measures death for every rank).
     """
 
-    FORMAT = "fxsurgeon.demp/1"
+    FORMAT = "fxsurgeon.demp/2"
+    SCHEMA = {**SurgicalTraining.SCHEMA, "prunings": list[schema_of(Pruning)],
+              "generators": dict[str, torch.Tensor]}
 
     def __init__(self, model: nn.Module, example_inputs, optimizer: torch.optim.Optimizer,
                  death_set: Iterable, *, total_steps: int, regularization: str = "l1",
@@ -197,6 +200,8 @@ class DemP(SurgicalTraining):
                 "generators": {k: g.get_state() for k, g in self._generators.items()}}
 
     def _load_state(self, data: dict) -> None:
-        self.prunings = [Pruning(**p) for p in data["prunings"]]
+        generators = {}
         for key, state in data["generators"].items():
-            self._generator(torch.device(key)).set_state(state)
+            generators[key] = torch.Generator(key)
+            generators[key].set_state(state)
+        self.prunings, self._generators = [build(Pruning, p) for p in data["prunings"]], generators

@@ -8,6 +8,7 @@ optimizer and scheduler objects the user holds stay valid.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from .errors import FxSurgeonError
+from .fileformat import build, schema_of
 from .liveliness import liveliness
 from .planner import SCHEMES, plan
 from .rewriter import Surgery, rewrite
@@ -64,7 +66,9 @@ class NeuralRejuvenation(SurgicalTraining):
     and builds identical new parameters (DDP broadcasts rank 0's anyway).
     """
 
-    FORMAT = "fxsurgeon.nr/1"
+    FORMAT = "fxsurgeon.nr/2"
+    SCHEMA = {**SurgicalTraining.SCHEMA, "lam": float, "last_utilization": float | None,
+              "events": list[schema_of(Event)]}
 
     def __init__(self, model: nn.Module, example_inputs, optimizer: torch.optim.Optimizer, *,
                  metric: str = "params", threshold: float = 0.5, target: float = 1.0,
@@ -75,6 +79,10 @@ class NeuralRejuvenation(SurgicalTraining):
                  **analyze_kwargs):
         if scheme not in SCHEMES or scheme == "prune":
             raise FxSurgeonError(f"scheme must be one of nr, cr, ca, not {scheme!r}")
+        if not (math.isfinite(target) and target > 0):
+            raise FxSurgeonError(f"target must be a positive fraction of the model's cost, got {target}")
+        if not math.isfinite(threshold):
+            raise FxSurgeonError(f"threshold must be a finite utilization, got {threshold}")
         if check_every is not None and check_every < 1:
             raise FxSurgeonError(f"check_every must be a positive number of steps, got {check_every}")
         super().__init__(model, example_inputs, optimizer, ddp=ddp, **analyze_kwargs)
@@ -143,7 +151,7 @@ class NeuralRejuvenation(SurgicalTraining):
 
     def _load_state(self, data: dict) -> None:
         self.lam, self._last_utilization = data["lam"], data["last_utilization"]
-        self.events = [Event(**e) for e in data["events"]]
+        self.events = [build(Event, e) for e in data["events"]]
 
     # ---- the event -------------------------------------------------------------------
     def _rejuvenate(self, alive: dict, r: float) -> Event:

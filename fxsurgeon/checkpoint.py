@@ -124,7 +124,9 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, **analyze_kwar
 
 def _named_model(data: dict, where: str) -> nn.Module:
     """The model a file names, if it names one of a known source."""
-    spec = data["spec"]
+    spec, num_classes = data["spec"], data["num_classes"]
+    if num_classes is not None and num_classes < 1:
+        raise FxSurgeonError(f"{where!r} names {num_classes} classes")
     if spec is None:
         raise FxSurgeonError(f"{where!r} does not name its model (it was saved from Python): "
                              f"pass it, fxsurgeon.load({where!r}, model=YourModel())")
@@ -133,7 +135,7 @@ def _named_model(data: dict, where: str) -> nn.Module:
         raise FxSurgeonError(f"{where!r} was made from {spec!r}, and fxsurgeon never imports code a file "
                              f"names: build the model and pass it, fxsurgeon.load({where!r}, "
                              f"model={module}.{factory}())")
-    return load_model(spec, data["num_classes"])[0]
+    return load_model(spec, num_classes)[0]
 
 
 def _example(spec: dict) -> torch.Tensor:

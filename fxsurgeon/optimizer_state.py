@@ -3,7 +3,6 @@ kept), and check that an optimizer and a saved optimizer state fit a wrapper."""
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
 
 import torch
 from torch import nn
@@ -61,10 +60,9 @@ def missing_parameters(optimizer: torch.optim.Optimizer, model: nn.Module) -> li
 def check_state(saved, optimizer: torch.optim.Optimizer) -> None:
     """Raise :class:`FxSurgeonError` unless ``saved`` (an optimizer's ``state_dict()``)
     fits ``optimizer``: as many groups of as many parameters, hyper-parameters of the
-    same kinds, and per-parameter state that is numbers, or tensors shaped like scalars or
-    like their parameter."""
-    found = problem(saved, {"state": dict[int, dict[str, Any]], "param_groups": list[dict[str, Any]]},
-                    "the optimizer state")
+    same kinds, and per-parameter state of tensors (shaped like a scalar or like their
+    parameter) or None, as torch.optim's optimizers keep it."""
+    found = problem(saved, _SCHEMA, "the optimizer state")
     if found:
         raise FxSurgeonError(found)
     if len(saved["param_groups"]) != len(optimizer.param_groups):
@@ -72,13 +70,13 @@ def check_state(saved, optimizer: torch.optim.Optimizer) -> None:
                              f"the checkpoint's {len(saved['param_groups'])}")
     params = {}
     for i, (theirs, mine) in enumerate(zip(saved["param_groups"], optimizer.param_groups, strict=True)):
-        ids = theirs.get("params")
-        if not isinstance(ids, list) or len(ids) != len(mine["params"]):
+        if len(theirs["params"]) != len(mine["params"]):
             raise FxSurgeonError(f"parameter group {i} holds {len(mine['params'])} parameters, "
-                                 f"the checkpoint's {len(ids) if isinstance(ids, list) else ids!r}")
-        params.update(zip(ids, mine["params"], strict=True))
-        for key, value in mine.items():
-            if key != "params" and not _same_kind(theirs.get(key, _MISSING), value):
+                                 f"the checkpoint's {len(theirs['params'])}")
+        params.update(zip(theirs["params"], mine["params"], strict=True))
+        for key, value in mine.items():       # hyper-parameters; a scheduler's notes may be missing
+            wanted = key != "params" and (key in optimizer.defaults or key in theirs)
+            if wanted and not _same_kind(theirs.get(key, _MISSING), value):
                 raise FxSurgeonError(f"parameter group {i}'s {key!r} is {theirs.get(key, 'missing')!r:.40} "
                                      f"in the checkpoint, a {type(value).__name__} here")
     for pid, state in saved["state"].items():
@@ -86,19 +84,18 @@ def check_state(saved, optimizer: torch.optim.Optimizer) -> None:
         if p is None:
             raise FxSurgeonError(f"the checkpoint has optimizer state for parameter {pid}, in no group")
         for key, value in state.items():
-            if torch.is_tensor(value) and value.dim() and value.shape != p.shape or \
-                    not isinstance(value, (torch.Tensor, int, float, type(None))):
-                raise FxSurgeonError(f"the optimizer state {key!r} of parameter {pid} is "
-                                     f"{_shape_or_type(value)}, its parameter {tuple(p.shape)}")
+            if value is not None and value.dim() and value.shape != p.shape:
+                raise FxSurgeonError(f"the optimizer state {key!r} of parameter {pid} is shaped "
+                                     f"{tuple(value.shape)}, its parameter {tuple(p.shape)}")
 
 
+_GROUP = {"params": list[int]}
+_SCHEMA = {"state": dict[int, dict[str, torch.Tensor | None]], "param_groups": list[_GROUP]}
 _MISSING = object()
 
 
 def _same_kind(a, b) -> bool:
     """Whether a saved hyper-parameter ``a`` can stand where ``b`` is (numbers for numbers)."""
-    if a is None or b is None:
-        return a is not _MISSING
     if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
         return len(a) == len(b) and all(_same_kind(x, y) for x, y in zip(a, b, strict=True))
     return _number(a) and _number(b) or type(a) is type(b)
@@ -106,7 +103,3 @@ def _same_kind(a, b) -> bool:
 
 def _number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _shape_or_type(value) -> str:
-    return f"shaped {tuple(value.shape)}" if torch.is_tensor(value) else f"a {type(value).__name__}"

@@ -53,8 +53,17 @@ def read(path: str | os.PathLike) -> dict:
     except FileNotFoundError:
         raise FxSurgeonError(f"checkpoint {str(path)!r} does not exist") from None
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same explanation
-        raise FxSurgeonError(f"cannot read checkpoint {str(path)!r} with the weights-only "
-                             f"loader (corrupt, or not a torch file): {exc}") from exc
+        raise FxSurgeonError(f"cannot read checkpoint {str(path)!r} as data (torch.load with weights_only): "
+                             f"it is corrupt, not a torch file, or holds objects other than tensors and "
+                             f"plain containers ({_cause(exc)})") from exc
+
+
+def _cause(exc: Exception) -> str:
+    """The line of torch.load's error that says what failed (not its advice to unpickle
+    unsafely)."""
+    text = str(exc).partition("WeightsUnpickler error:")
+    return next((line.strip() for line in (text[2] or text[0]).splitlines() if line.strip()),
+                type(exc).__name__)
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> None:

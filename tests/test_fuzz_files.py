@@ -1,8 +1,10 @@
 """Damaged files: NR and DemP checkpoints and saved rewritten models, truncated, with
 flipped bytes, missing or extra keys, or values of the wrong type. Every outcome is an
 FxSurgeonError or a correct load: what was loaded is what the file holds, and it runs."""
+import atexit
 import copy
 import functools
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from randomnets import examples
 from wrapped import batch, resumable_run, small_net, train_step
 
 SCRATCH = Path(tempfile.mkdtemp(prefix="fxs-fuzz-"))
+atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
 DEATH_SET = [batch(100)]
 #: values that stand where a value of another kind was
 JUNK = ["fuzz", 1.5, -1, True, None, [], {}, torch.zeros(2)]

@@ -117,32 +117,36 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, **analyze_kwar
         check_fields(data, _SCHEMA)
         inputs = [_example(i) for i in data["inputs"]]
         graph = analyze(model if model is not None else _named_model(data, where), inputs, **analyze_kwargs)
+        difference = first_difference(data["architecture"], fingerprint(graph))
+        if difference:
+            raise FxSurgeonError(f"it was saved from another architecture than this model's: {difference}")
+        return _rebuilt(graph, data).eval()
     except FxSurgeonError as err:
         raise FxSurgeonError(f"cannot load {where!r}: {err}") from None
-    difference = first_difference(data["architecture"], fingerprint(graph))
-    if difference:
-        raise FxSurgeonError(f"{where!r} was saved from another architecture than this model's: {difference}")
+
+
+def _rebuilt(graph, data: dict) -> nn.Module:
+    """The recorded surgery replayed on ``graph``, with the saved weights."""
     try:
         module = replay(graph, data["surgery"]).module
         module.load_state_dict(data["state_dict"])
     except MISFIT as err:
-        raise FxSurgeonError(f"{where!r} is damaged: its surgery does not fit its model: "
-                             f"{one_line(err)}") from None
-    return module.eval()
+        raise FxSurgeonError(f"it is damaged: its surgery does not fit its model: {one_line(err)}") from None
+    return module
 
 
 def _named_model(data: dict, where: str) -> nn.Module:
     """The model a file names, if it names one of a known source."""
     spec, num_classes = data["spec"], data["num_classes"]
     if num_classes is not None and num_classes < 1:
-        raise FxSurgeonError(f"{where!r} names {num_classes} classes")
+        raise FxSurgeonError(f"it names {num_classes} classes")
     if spec is None:
-        raise FxSurgeonError(f"{where!r} does not name its model (it was saved from Python): "
+        raise FxSurgeonError(f"it does not name its model (it was saved from Python): "
                              f"pass it, fxsurgeon.load({where!r}, model=YourModel())")
     if names_code(spec):
         module, _, factory = spec.partition(":")
-        raise FxSurgeonError(f"{where!r} was made from {spec!r}, and fxsurgeon never imports code a file "
-                             f"names: build the model and pass it, fxsurgeon.load({where!r}, "
+        raise FxSurgeonError(f"it was made from {spec!r}, and fxsurgeon never imports code a file names: "
+                             f"build the model and pass it, fxsurgeon.load({where!r}, "
                              f"model={module}.{factory}())")
     return load_model(spec, num_classes)[0]
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .activations import activation_liveliness
-from .errors import FxSurgeonError
+from .errors import FxSurgeonError, require
 from .fileformat import build, schema_of
 from .graph import ChannelGraph
 from .planner import plan
@@ -83,6 +83,10 @@ class DemP(SurgicalTraining):
                                  f"not {regularization!r}")
         if total_steps < 1:
             raise FxSurgeonError(f"total_steps must be a positive number of steps, got {total_steps}")
+        require("reg_peak", reg_peak, lambda v: v >= 0, "at least 0")
+        require("noise_peak", noise_peak, lambda v: v >= 0, "at least 0")
+        require("rise", rise, lambda v: 0 < v < 1, "between 0 and 1")
+        require("epsilon", epsilon, lambda v: v >= 0, "at least 0")
         if prune_every is not None and prune_every < 1:
             raise FxSurgeonError(f"prune_every must be a positive number of steps, got {prune_every}")
         if iter(death_set) is death_set:

@@ -8,7 +8,6 @@ optimizer and scheduler objects the user holds stay valid.
 """
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch import nn
 
-from .errors import FxSurgeonError
+from .errors import FxSurgeonError, require
 from .fileformat import build, schema_of
 from .liveliness import liveliness
 from .planner import SCHEMES, plan
@@ -79,10 +78,11 @@ class NeuralRejuvenation(SurgicalTraining):
                  **analyze_kwargs):
         if scheme not in SCHEMES or scheme == "prune":
             raise FxSurgeonError(f"scheme must be one of nr, cr, ca, not {scheme!r}")
-        if not (math.isfinite(target) and target > 0):
-            raise FxSurgeonError(f"target must be a positive fraction of the model's cost, got {target}")
-        if not math.isfinite(threshold):
-            raise FxSurgeonError(f"threshold must be a finite utilization, got {threshold}")
+        require("target", target, lambda v: v > 0, "a positive multiple of the model's cost")
+        require("threshold", threshold, lambda v: True, "a utilization")
+        require("delta_r", delta_r, lambda v: v >= 0, "at least 0")
+        require("delta_lambda", delta_lambda, lambda v: v >= 0, "at least 0")
+        require("dead_threshold", dead_threshold, lambda v: 0 < v < 1, "between 0 and 1")
         if check_every is not None and check_every < 1:
             raise FxSurgeonError(f"check_every must be a positive number of steps, got {check_every}")
         super().__init__(model, example_inputs, optimizer, ddp=ddp, **analyze_kwargs)

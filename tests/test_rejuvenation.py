@@ -203,3 +203,19 @@ def test_a_checkpoint_that_does_not_fit_changes_nothing(tmp_path):
     assert [id(p) for p in opt.param_groups[0]["params"]] == [id(p) for p in model.parameters()]
     assert opt.param_groups[0]["lr"] == 0.05
     train_step(nr)                                  # and it trains as if nothing happened
+
+
+@pytest.mark.parametrize("wrapper, kwargs, message", [
+    (fxs.NeuralRejuvenation, {"target": float("nan")}, "target must be a positive multiple"),
+    (fxs.NeuralRejuvenation, {"target": 0}, "target must be a positive multiple"),
+    (fxs.NeuralRejuvenation, {"threshold": float("inf")}, "threshold must be a utilization"),
+    (fxs.NeuralRejuvenation, {"delta_lambda": -1e-3}, "delta_lambda must be at least 0"),
+    (fxs.NeuralRejuvenation, {"dead_threshold": 1.5}, "dead_threshold must be between 0 and 1"),
+    (lambda *a, **k: fxs.DemP(*a, [batch()], total_steps=5, **k), {"reg_peak": float("nan")},
+     "reg_peak must be at least 0"),
+    (lambda *a, **k: fxs.DemP(*a, [batch()], total_steps=5, **k), {"rise": 1.0}, "rise must be between"),
+])
+def test_bad_numbers_are_refused_when_the_wrapper_is_built(wrapper, kwargs, message):
+    model = small_net()
+    with pytest.raises(fxs.FxSurgeonError, match=message):
+        wrapper(model, batch()[0][:1], torch.optim.SGD(model.parameters(), lr=0.1), **kwargs)

@@ -82,6 +82,10 @@ def prepare(runs: Runs) -> Data:
     if runs.num_classes is not None and runs.num_classes != data.num_classes:
         raise FxSurgeonError(f"--num-classes {runs.num_classes} does not match {runs.data}, "
                              f"which has {data.num_classes} classes")
+    samples = len(data.train) - (runs.recipe.death_samples if "demp" in runs.methods else 0)
+    if runs.recipe.batch_size > samples:
+        raise FxSurgeonError(f"batch size {runs.recipe.batch_size} is more than the {samples} training "
+                             f"samples of {runs.data}: no batch would train")
     model, _ = load_model(runs.model, data.num_classes)
     shape = "x".join(map(str, data.input_shape))
     try:

@@ -106,6 +106,7 @@ BAD = [
     (["train", "zoo:digits_cnn"], "train needs a MODEL and --data"),
     ([*TRAIN, "--epochs", "0"], "recipe: epochs must be a whole number of at least 1, not 0"),
     ([*TRAIN, "--batch-size", "0"], "recipe: batch_size must be a whole number of at least 1, not 0"),
+    ([*TRAIN, "--batch-size", "1400", "--method", "demp"], "batch size 1400 is more than the 1309 training"),
     ([*TRAIN, "--lr", "nan"], "recipe: lr is nan, not float"),
     ([*TRAIN, "--metric", "time"], "recipe: metric must be params or flops, not 'time'"),
     ([*TRAIN, "--method", "magic"], "unknown methods ['magic']"),

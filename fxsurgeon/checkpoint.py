@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 import zipfile
 
 import torch
@@ -47,7 +48,9 @@ def read(path: str | os.PathLike) -> dict:
                 damaged = archive.testzip()
             if damaged is not None:
                 raise FxSurgeonError(f"checkpoint {str(path)!r} is damaged: {damaged} fails its checksum")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():      # a stranger's pickle protocol: the error says enough
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FxSurgeonError:
         raise
     except FileNotFoundError:
@@ -62,8 +65,8 @@ def _cause(exc: Exception) -> str:
     """The line of torch.load's error that says what failed (not its advice to unpickle
     unsafely)."""
     text = str(exc).partition("WeightsUnpickler error:")
-    return next((line.strip() for line in (text[2] or text[0]).splitlines() if line.strip()),
-                type(exc).__name__)
+    line = next((line.strip() for line in (text[2] or text[0]).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {line}"
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> None:

@@ -12,7 +12,7 @@ $(BIN)/.installed: pyproject.toml requirements-ci.txt
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/fxsurgeon demo --out out/demo
+	$(BIN)/fxsurgeon demo --out out/demo --overwrite
 
 inspect-demo: $(BIN)/.installed
 	$(BIN)/fxsurgeon inspect torchvision:resnet50 --json out/resnet50.json --dot out/resnet50_layer1.dot --only 'layer1*'

@@ -7,12 +7,13 @@ count its cost exactly, and inspect it::
     graph = fxs.analyze(model, example_inputs)
     print(graph.summary())
 
-plan and rewrite it (``plan``, ``rewrite``, ``export``), or train it with Neural
+plan and rewrite it (``plan``, ``rewrite``, ``export``; ``save`` and ``load`` keep a
+rewritten model as data), or train it with Neural
 Rejuvenation by swapping ``optimizer.step()`` for ``NeuralRejuvenation.step()``, or
 prune it while it trains with ``DemP.step()`` (dead neurons found by their activations).
 """
 from .activations import activation_liveliness, activation_peaks
-from .checkpoint import load_pruned
+from .checkpoint import load, save
 from .demp import DemP, Pruning
 from .dimension import Dimension, Member
 from .errors import FxSurgeonError, UntraceableModelError
@@ -27,6 +28,6 @@ from .surgical import SurgicalModel
 
 __all__ = ["analyze", "ChannelGraph", "Dimension", "Member", "FxSurgeonError",
            "UntraceableModelError", "liveliness", "plan", "Plan", "DimPlan", "rewrite",
-           "Surgery", "load_pruned", "Partitioned", "export", "NeuralRejuvenation", "SurgicalModel",
+           "Surgery", "save", "load", "Partitioned", "export", "NeuralRejuvenation", "SurgicalModel",
            "Event", "DemP", "Pruning", "activation_liveliness", "activation_peaks"]
 __version__ = "0.1.0"

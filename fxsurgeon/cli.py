@@ -1,9 +1,11 @@
-"""The ``fxsurgeon`` command line."""
+"""The ``fxsurgeon`` command line: every bad argument, path or number is one line
+``fxsurgeon: error: ...`` and exit code 2, found before the work starts."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -11,12 +13,63 @@ import torch
 
 from .errors import FxSurgeonError
 
+DESCRIPTION = """\
+Network surgery for PyTorch models traced with torch.fx: inspect how a model's
+channels are coupled, plan and prune the dead ones, or train with Neural
+Rejuvenation, DemP and pruning baselines. MODEL is zoo:NAME, torchvision:NAME,
+timm:NAME (built by name, never downloaded) or package.module:factory, which
+imports and runs that code; files fxsurgeon reads are data and never do."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are fxsurgeon's one-line errors."""
+
+    def error(self, message: str):
+        raise FxSurgeonError(f"{message} (see {self.prog} --help)")
+
+
+def _numbers(kind: type, test, wanted: str):
+    """An argparse type: one number of ``kind`` that passes ``test``."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or not test(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}")
+        return value
+    return parse
+
+
+_count = _numbers(int, lambda v: v >= 1, "a whole number of at least 1")
+_fraction = _numbers(float, lambda v: 0 < v < 1, "a number between 0 and 1")
+_budget = _numbers(float, lambda v: v > 0, "a positive number")
+
 
 def _shape(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(v) for v in text.replace("x", ",").split(","))
+        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"input shape {text!r} is not like 1,3,224,224") from None
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"input shape {text!r} is not whole numbers >= 1 like 1,3,224,224")
+    return shape
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not whole numbers like 0,1,2") from None
+
+
+def _methods(text: str) -> list[str]:
+    from .training import METHODS
+    methods = text.split(",")
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown methods {bad}: use {', '.join(METHODS)}")
+    return methods
 
 
 def _leaf(text: str) -> type:
@@ -31,13 +84,16 @@ def inspect(args) -> None:
     from . import analyze
     from .drawing import to_dot, write_svg
     from .models import load_model
+    from .outdir import check_file
 
+    outputs = {flag: getattr(args, flag) for flag in ("json", "dot", "svg") if getattr(args, flag)}
+    for flag, path in outputs.items():
+        check_file(path, f"--{flag}")
     model, shape = load_model(args.model, args.num_classes)
     graph = analyze(model, torch.randn(args.input_shape or shape), leaf_modules=args.leaf)
     print(graph.summary())
-    for path in (args.json, args.dot, args.svg):
-        if path:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    for path in outputs.values():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     if args.json:
         Path(args.json).write_text(json.dumps(graph.to_json(), indent=1))
         print(f"wrote {args.json}")
@@ -58,57 +114,66 @@ def _planned(args):
     model, shape = load_model(args.model, args.num_classes)
     if args.checkpoint:
         load_weights(model, args.checkpoint)
-    shape = args.input_shape or shape
-    graph = analyze(model.eval(), torch.randn(shape))
-    return model, shape, graph, liveliness(graph, args.threshold)
+    graph = analyze(model.eval(), torch.randn(args.input_shape or shape))
+    return graph, liveliness(graph, args.threshold)
 
 
 def plan_command(args) -> None:
     from . import plan
 
-    _, _, graph, alive = _planned(args)
+    graph, alive = _planned(args)
     target = None if args.scheme == "prune" else args.target
     print(plan(graph, alive, metric=args.metric, target=target, scheme=args.scheme,
                round_to=args.round_to))
 
 
 def prune_command(args) -> None:
-    from . import plan, rewrite
-    from .checkpoint import save_pruned
+    from . import plan, rewrite, save
+    from .outdir import check_file
 
-    model, shape, graph, alive = _planned(args)
-    p = plan(graph, alive, metric="params", target=None, scheme="prune", round_to=args.round_to)
-    surgery = rewrite(graph, p)
-    save_pruned(args.out, args.model, shape, surgery, args.num_classes)
+    if Path(args.out).resolve() == Path(args.checkpoint).resolve():
+        raise FxSurgeonError(f"--out {args.out!r} is the --checkpoint: write the pruned model elsewhere")
+    check_file(args.out, "--out", overwrite=args.overwrite)
+    graph, alive = _planned(args)
+    surgery = rewrite(graph, plan(graph, alive, metric="params", target=None, scheme="prune"))
+    save(graph, surgery, args.out, spec=args.model, num_classes=args.num_classes)
     before, after = graph.count("params"), sum(t.numel() for t in surgery.module.parameters())
     print(f"pruned {args.model}: {before:,} -> {after:,} parameters ({after / before:.1%}); "
-          f"wrote {args.out} (load it with fxsurgeon.load_pruned)")
+          f"wrote {args.out} (load it with fxsurgeon.load)")
 
 
 def _experiment(cfg: dict, args) -> None:
-    """Run a config (overridden by the command line), print the table and the plots."""
-    from . import experiment
+    """Run a config (overridden by the command line) into ``--out``, safely; print the
+    table and the plots."""
+    from . import experiment, outdir
 
     recipe = dict(cfg.get("recipe", {}))
     recipe.update({k: v for k, v in vars(args).items() if k in _RECIPE and v is not None})
-    out = Path(args.out)
-    methods = args.method.split(",") if args.method else cfg.get("methods", ["nr"])
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else cfg.get("seeds", [0])
-    results = experiment.run(args.model or cfg["model"], args.data or cfg["data"], methods, seeds,
-                             experiment.recipe_from(recipe), out, args.tensorboard, not args.quiet,
-                             getattr(args, "num_classes", None))
+    runs = experiment.Runs(args.model or cfg["model"], args.data or cfg["data"],
+                           args.method or cfg.get("methods", ["nr"]), args.seeds or cfg.get("seeds", [0]),
+                           experiment.recipe_from(recipe), getattr(args, "num_classes", None))
+    out, how = Path(args.out), {"resume": args.resume, "overwrite": args.overwrite}
+    outdir.check_folder(out, runs.settings(), **how)
+    data = experiment.prepare(runs)
+    with outdir.folder(out, runs.settings(), **how) as where:
+        results = experiment.run(runs, data, where, args.tensorboard, not args.quiet)
+        plots = experiment.plots(results, where)
     print(experiment.table(results))
     print(f"\nmetrics: {out / 'metrics.jsonl'}\nresults: {out / 'results.json'}")
-    for path in experiment.plots(results, out):
-        print(f"plot:    {path}")
+    for path in plots:
+        print(f"plot:    {out / path.relative_to(where)}")
 
 
 def train_command(args) -> None:
     from .experiment import load_config
+    from .models import names_code
 
     cfg = load_config(args.config) if args.config else {}
     if not (args.model or cfg.get("model")) or not (args.data or cfg.get("data")):
         raise FxSurgeonError("train needs a MODEL and --data (or a --config that names them)")
+    if not args.model and names_code(cfg["model"]):
+        raise FxSurgeonError(f"the config names the model {cfg['model']!r}, which would import code: "
+                             f"fxsurgeon runs code only when the command line names it (pass it as MODEL)")
     _experiment(cfg, args)
 
 
@@ -128,39 +193,56 @@ def _recipe_fields() -> dict:
 _RECIPE = _recipe_fields()
 
 
-def _training_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", help="comma-separated: baseline, slimming, magnitude, demp, nr, nr-cr, nr-ca")
-    p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (mean and spread in the table)")
-    p.add_argument("--out", default="out/train", help="folder for metrics, results and plots")
+def _training_arguments(p: argparse.ArgumentParser, cfg: dict, out: str, defaults: str) -> None:
+    """The options of train and demo; ``cfg`` gives the defaults they show."""
+    from .training import HELP, METHODS
+    recipe = cfg.get("recipe", {})
+    p.add_argument("--method", type=_methods, help=f"comma-separated, from {', '.join(METHODS)} "
+                   f"(default {','.join(cfg.get('methods', ['nr']))})")
+    p.add_argument("--seeds", type=_seeds, help=f"comma-separated seeds, e.g. 0,1,2: mean and spread "
+                   f"in the table (default {','.join(map(str, cfg.get('seeds', [0])))})")
+    p.add_argument("--out", default=out, help=f"folder for metrics, results, plots and checkpoints "
+                   f"(default {out}); it must be empty or missing, unless --resume or --overwrite")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue the run in --out (same settings), appending to its logs")
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace what --out holds, once the new run has finished")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs (OUT/tensorboard)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    recipe = p.add_argument_group("recipe (paper defaults; see docs/training.md)")
+    group = p.add_argument_group(f"recipe ({defaults}; see docs/training.md)")
     for name, f in _RECIPE.items():
-        flag = "--" + name.replace("_", "-")
-        if f.default is None or isinstance(f.default, int) and not isinstance(f.default, bool):
-            recipe.add_argument(flag, type=int, default=None, help=f"default {f.default}")
-        elif isinstance(f.default, bool):
-            recipe.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"default {f.default}")
-        elif isinstance(f.default, float):
-            recipe.add_argument(flag, type=float, default=None, help=f"default {f.default}")
+        flag, default = "--" + name.replace("_", "-"), recipe.get(name, f.default)
+        text = f"{HELP[name]} (default {'every epoch' if default is None else default})"
+        if isinstance(f.default, bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            recipe.add_argument(flag, default=None, help=f"default {f.default}")
+            kind = {"int": int, "int | None": int, "float": float}.get(f.type, str)
+            group.add_argument(flag, type=kind, default=None, metavar=name.upper(), help=text)
 
 
 def _model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="torchvision:NAME, timm:NAME, zoo:NAME or package.module:factory")
-    p.add_argument("--input-shape", type=_shape, help="example input shape, e.g. 1,3,224,224")
-    p.add_argument("--num-classes", type=int, help="passed to the model factory")
+    p.add_argument("model", help="zoo:NAME, torchvision:NAME, timm:NAME or package.module:factory "
+                   "(imports and runs that code)")
+    p.add_argument("--input-shape", type=_shape, help="example input shape, e.g. 1,3,224,224 "
+                   "(default: the model's usual one)")
+    p.add_argument("--num-classes", type=_count, help="passed to the model factory")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fxsurgeon", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-    ins = sub.add_parser("inspect", help="show how a model's channels are coupled and what they cost")
+    from .experiment import DEMO
+
+    p = _Parser(prog="fxsurgeon", description=DESCRIPTION,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    ins = sub.add_parser("inspect", help="show how a model's channels are coupled and what they cost",
+                         description="Show a model's dimensions (coupled channels), free or pinned, and "
+                                     "their cost; optionally write them as JSON, DOT or SVG (replacing "
+                                     "those files).")
     _model_arguments(ins)
     ins.add_argument("--leaf", type=_leaf, action="append", default=[],
-                     help="module class to keep opaque, e.g. mypkg.blocks.Attention (repeatable)")
+                     help="module class to keep opaque, e.g. mypkg.blocks.Attention (imports mypkg; "
+                          "repeatable)")
     ins.add_argument("--json", metavar="FILE", help="write everything machine-readable")
     ins.add_argument("--dot", metavar="FILE", help="write the coupling graph as graphviz DOT")
     ins.add_argument("--svg", metavar="FILE", help="draw the coupling graph (needs graphviz)")
@@ -168,40 +250,58 @@ def parser() -> argparse.ArgumentParser:
     ins.set_defaults(run=inspect)
     for name, run, text in (("plan", plan_command, "plan the widths after removing dead channels"),
                             ("prune", prune_command, "remove dead channels and save the model")):
-        cmd = sub.add_parser(name, help=text)
+        cmd = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         _model_arguments(cmd)
         cmd.add_argument("--checkpoint", metavar="FILE", required=name == "prune",
-                         help="state dict to load first (read with weights_only=True)")
-        cmd.add_argument("--threshold", type=float, default=0.01, help="dead: |γ| < threshold·max|γ|")
-        cmd.add_argument("--round-to", type=int, default=1, help="grow widths in multiples of this")
+                         help="state dict to load first (bare, or under 'state_dict' or 'model'; "
+                              "read as data, with torch.load(weights_only=True))")
+        cmd.add_argument("--threshold", type=_fraction, default=0.01,
+                         help="a channel is dead when |γ| < threshold · max|γ| of its layer (default 0.01)")
         if name == "plan":
-            cmd.add_argument("--metric", choices=["params", "flops"], default="params")
-            cmd.add_argument("--target", type=float, default=1.0, help="budget as a fraction of the cost")
-            cmd.add_argument("--scheme", choices=["nr", "cr", "ca", "prune"], default="nr")
+            cmd.add_argument("--metric", choices=["params", "flops"], default="params",
+                             help="the resource the budget counts (default params)")
+            cmd.add_argument("--target", type=_budget, default=1.0,
+                             help="the budget, as a multiple of the model's cost (default 1.0)")
+            cmd.add_argument("--scheme", choices=["nr", "cr", "ca", "prune"], default="nr",
+                             help="how the new channels connect: nr (dense), cr (no cross-connections), "
+                                  "ca (cross-attention), or prune (only remove the dead); default nr")
+            cmd.add_argument("--round-to", type=_count, default=1,
+                             help="grow widths in multiples of this (default 1)")
         else:
-            cmd.add_argument("--out", metavar="FILE", required=True, help="where to write the pruned model")
+            cmd.add_argument("--out", metavar="FILE", required=True,
+                             help="where to write the pruned model (data; load it with fxsurgeon.load)")
+            cmd.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
         cmd.set_defaults(run=run)
-    tr = sub.add_parser("train", help="train with Neural Rejuvenation, DemP or a baseline, and plot it")
+    tr = sub.add_parser("train", help="train with Neural Rejuvenation, DemP or a baseline, and plot it",
+                        description="Train every --method with every seed; write metrics, results, plots "
+                                    "and a checkpoint per run to --out.")
     tr.add_argument("model", nargs="?", help="model spec as in inspect (or from --config)")
-    tr.add_argument("--data", help="digits, cifar10:DIR, cifar100:DIR or imagefolder:DIR")
-    tr.add_argument("--config", help="a JSON config, or a shipped one: paper:vgg19-cifar10, ...")
-    tr.add_argument("--num-classes", type=int, help="passed to the model factory (default: the data's)")
-    _training_arguments(tr)
+    tr.add_argument("--data", help="digits, cifar10:DIR, cifar100:DIR or imagefolder:DIR (never downloaded)")
+    tr.add_argument("--config", help="a JSON config, or a shipped one: paper:vgg19-cifar10, ... (its model "
+                    "must be zoo:, torchvision: or timm:)")
+    tr.add_argument("--num-classes", type=_count, help="the data's class count, checked against it")
+    _training_arguments(tr, {}, "out/train", "paper defaults, or the --config's")
     tr.set_defaults(run=train_command)
-    demo = sub.add_parser("demo", help="baseline vs NR on the digits that ship with scikit-learn")
-    demo.set_defaults(model=None, data=None)
-    _training_arguments(demo)
-    demo.set_defaults(run=demo_command, out="out/demo")
+    demo = sub.add_parser("demo", help="baseline vs NR on the digits that ship with scikit-learn",
+                          description=f"Train {' and '.join(DEMO['methods'])} on {DEMO['model']} with the "
+                                      f"{DEMO['data']} data, in seconds.")
+    _training_arguments(demo, DEMO, "out/demo", "the demo's")
+    demo.set_defaults(run=demo_command, model=None, data=None)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = None
     try:
+        args = parser().parse_args(argv)
         args.run(args)
-    except FxSurgeonError as exc:
+    except (FxSurgeonError, OSError) as exc:      # OSError: a path that cannot be read or written
         print(f"fxsurgeon: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        resume = " (continue it with --resume)" if getattr(args, "command", None) in ("train", "demo") else ""
+        print(f"fxsurgeon: interrupted{resume}", file=sys.stderr)
+        return 130
     return 0
 
 

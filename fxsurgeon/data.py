@@ -3,11 +3,14 @@
 - ``digits``: scikit-learn's 1,797 handwritten 8x8 digits (they ship inside the
   package), split 1,437 train / 360 test with a fixed seed;
 - ``cifar10:DIR``, ``cifar100:DIR``: the CIFAR python archives already extracted in
-  DIR (as torchvision leaves them), with the usual crop-and-flip augmentation;
+  DIR (as torchvision leaves them), with the usual crop-and-flip augmentation. They are
+  pickles, read by an unpickler that builds only dicts, lists, bytes and numpy arrays:
+  a file that names any other code is an error, never run;
 - ``imagefolder:DIR``: ``DIR/train`` and ``DIR/val`` with one folder per class.
 """
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,16 +60,31 @@ class _Images(Dataset):
         return self.transform(self.images[i].float() / 255), int(self.labels[i])
 
 
+class _ArchiveUnpickler(pickle.Unpickler):
+    """Builds what CIFAR's archives hold (dicts, lists, bytes, numpy arrays), nothing else."""
+
+    ALLOWED = {("_codecs", "encode"), ("numpy", "ndarray"), ("numpy", "dtype"),
+               *((f"numpy.{core}.multiarray", "_reconstruct") for core in ("core", "_core")),
+               *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core"))}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR archive never does")
+        return super().find_class(module, name)
+
+
 def _cifar_batches(root: Path, names: list[str], key: bytes) -> tuple[torch.Tensor, torch.Tensor]:
     """CIFAR's python archive files (pickled dicts of uint8 rows and labels)."""
-    import pickle
-
     images, labels = [], []
     for name in names:
-        with open(root / name, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")   # noqa: S301 - the dataset's own format
-        images.append(torch.as_tensor(batch[b"data"], dtype=torch.uint8).reshape(-1, 3, 32, 32))
-        labels.append(torch.as_tensor(batch[key], dtype=torch.long))
+        try:
+            with open(root / name, "rb") as f:
+                batch = _ArchiveUnpickler(f, encoding="bytes").load()
+            images.append(torch.as_tensor(batch[b"data"], dtype=torch.uint8).reshape(-1, 3, 32, 32))
+            labels.append(torch.as_tensor(batch[key], dtype=torch.long))
+        except Exception as exc:  # noqa: BLE001 - any unreadable archive gets the same explanation
+            raise FxSurgeonError(f"{str(root / name)!r} is not a CIFAR archive: {type(exc).__name__}: "
+                                 f"{exc}") from None
     return torch.cat(images), torch.cat(labels)
 
 
@@ -101,7 +119,10 @@ def _imagefolder(root: str, size: int = 224) -> Data:
             raise FxSurgeonError(f"imagefolder:{root} needs {path} with one folder per class")
         tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *norm]) if split == "train" \
             else T.Compose([T.Resize(size * 8 // 7), T.CenterCrop(size), *norm])
-        parts[split] = torchvision.datasets.ImageFolder(str(path), transform=tf)
+        try:
+            parts[split] = torchvision.datasets.ImageFolder(str(path), transform=tf)
+        except FileNotFoundError as err:           # no class folders, or no images in them
+            raise FxSurgeonError(f"imagefolder:{root}: {err}") from None
     if parts["train"].classes != parts["val"].classes:
         raise FxSurgeonError(f"imagefolder:{root}: train and val have different classes")
     return Data(parts["train"], parts["val"], (1, 3, size, size), len(parts["train"].classes))

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from .activations import activation_liveliness
-from .errors import FxSurgeonError
+from .errors import FxSurgeonError, require
+from .fileformat import build, schema_of
 from .graph import ChannelGraph
 from .planner import plan
 from .rewriter import Surgery, rewrite
@@ -67,7 +68,9 @@ class DemP(SurgicalTraining):
     :class:`~fxsurgeon.NeuralRejuvenation` (rank 0 measures death for every rank).
     """
 
-    FORMAT = "fxsurgeon.demp/1"
+    FORMAT = "fxsurgeon.demp/2"
+    SCHEMA = {**SurgicalTraining.SCHEMA, "prunings": list[schema_of(Pruning)],
+              "generators": dict[str, torch.Tensor]}
 
     def __init__(self, model: nn.Module, example_inputs, optimizer: torch.optim.Optimizer,
                  death_set: Iterable, *, total_steps: int, regularization: str = "l1",
@@ -80,6 +83,10 @@ class DemP(SurgicalTraining):
                                  f"not {regularization!r}")
         if total_steps < 1:
             raise FxSurgeonError(f"total_steps must be a positive number of steps, got {total_steps}")
+        require("reg_peak", reg_peak, lambda v: v >= 0, "at least 0")
+        require("noise_peak", noise_peak, lambda v: v >= 0, "at least 0")
+        require("rise", rise, lambda v: 0 < v < 1, "between 0 and 1")
+        require("epsilon", epsilon, lambda v: v >= 0, "at least 0")
         if prune_every is not None and prune_every < 1:
             raise FxSurgeonError(f"prune_every must be a positive number of steps, got {prune_every}")
         if iter(death_set) is death_set:
@@ -197,6 +204,8 @@ class DemP(SurgicalTraining):
                 "generators": {k: g.get_state() for k, g in self._generators.items()}}
 
     def _load_state(self, data: dict) -> None:
-        self.prunings = [Pruning(**p) for p in data["prunings"]]
+        generators = {}
         for key, state in data["generators"].items():
-            self._generator(torch.device(key)).set_state(state)
+            generators[key] = torch.Generator(key)
+            generators[key].set_state(state)
+        self.prunings, self._generators = [build(Pruning, p) for p in data["prunings"]], generators

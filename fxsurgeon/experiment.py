@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from pathlib import Path
 
 import torch
 
-from .data import load_data
+from .data import Data, load_data
 from .errors import FxSurgeonError
+from .fileformat import problem
 from .models import load_model
 from .report import human
 from .training import METHODS, PRUNING, Recipe, Result, train
@@ -21,6 +22,10 @@ from .training import METHODS, PRUNING, Recipe, Result, train
 DEMO = {"model": "zoo:digits_cnn", "data": "digits", "methods": ["baseline", "nr"], "seeds": [0],
         "recipe": {"epochs": 20, "search_epochs": 20, "batch_size": 32, "lr": 0.05, "weight_decay": 5e-4,
                    "threshold": 0.6, "delta_lambda": 2e-3}}
+
+
+#: what a config may hold
+CONFIG = {"model": str, "data": str, "methods": list[str], "seeds": list[int], "recipe": dict}
 
 
 def load_config(name: str) -> dict:
@@ -33,9 +38,14 @@ def load_config(name: str) -> dict:
             raise FxSurgeonError(f"no shipped config {name!r}; known: {', '.join(known)}")
         return json.loads(path.read_text())
     try:
-        return json.loads(Path(name).read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        cfg = json.loads(Path(name).read_text())
+    except (OSError, ValueError) as err:
         raise FxSurgeonError(f"cannot read config {name!r}: {err}") from None
+    found = problem(cfg, dict) or next(filter(None, (problem(cfg[k], t, k) for k, t in CONFIG.items()
+                                                     if k in cfg)), None)
+    if found:
+        raise FxSurgeonError(f"config {name!r}: {found}")
+    return cfg
 
 
 def recipe_from(values: dict) -> Recipe:
@@ -46,25 +56,63 @@ def recipe_from(values: dict) -> Recipe:
     return Recipe(**values)
 
 
-def run(model_spec: str, data_spec: str, methods: list[str], seeds: list[int], recipe: Recipe,
-        out: Path, tensorboard: bool = False, progress: bool = True,
-        num_classes: int | None = None) -> list[Result]:
-    """Train every method with every seed; write metrics and results to ``out``
-    (:func:`plots` draws them)."""
-    bad = [m for m in methods if m not in METHODS]
+@dataclass
+class Runs:
+    """Every method with every seed, on one model and dataset, with one recipe."""
+
+    model: str
+    data: str
+    methods: list[str]
+    seeds: list[int]
+    recipe: Recipe
+    num_classes: int | None = None      # must match the data's, when given
+
+    def settings(self) -> dict:
+        """What makes two runs the same run (``run.json`` of the output folder)."""
+        return asdict(self)
+
+
+def prepare(runs: Runs) -> Data:
+    """The runs' data, once the methods are known and the model runs on the data and
+    gives one output per class: every check made before the work starts."""
+    bad = [m for m in runs.methods if m not in METHODS]
     if bad:
         raise FxSurgeonError(f"unknown methods {bad}: use {', '.join(METHODS)}")
-    data = load_data(data_spec)
-    out.mkdir(parents=True, exist_ok=True)
-    log = out / "metrics.jsonl"
-    log.write_text("")
+    data = load_data(runs.data)
+    if runs.num_classes is not None and runs.num_classes != data.num_classes:
+        raise FxSurgeonError(f"--num-classes {runs.num_classes} does not match {runs.data}, "
+                             f"which has {data.num_classes} classes")
+    samples = len(data.train) - (runs.recipe.death_samples if "demp" in runs.methods else 0)
+    if runs.recipe.batch_size > samples:
+        raise FxSurgeonError(f"batch size {runs.recipe.batch_size} is more than the {samples} training "
+                             f"samples of {runs.data}: no batch would train")
+    model, _ = load_model(runs.model, data.num_classes)
+    shape = "x".join(map(str, data.input_shape))
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(data.input_shape))
+    except Exception as exc:  # noqa: BLE001 - whatever the model raises, the cause is the same
+        raise FxSurgeonError(f"{runs.model} does not run on the {shape} inputs of {runs.data}: "
+                             f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, data.num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise FxSurgeonError(f"{runs.model} gives {got} for one input, and {runs.data} needs "
+                             f"(1, {data.num_classes}): one score per class")
+    return data
+
+
+def run(runs: Runs, data: Data, out: Path, tensorboard: bool = False, progress: bool = True) -> list[Result]:
+    """Train every method with every seed; append metrics to ``out``/metrics.jsonl,
+    checkpoint each run in ``out``/checkpoints (a run found there continues, or is read
+    back when finished) and write ``out``/results.json (:func:`plots` draws them)."""
     results = []
-    for seed in seeds:
-        for method in methods:
+    for seed in runs.seeds:
+        for method in runs.methods:
             torch.manual_seed(seed)
-            model, _ = load_model(model_spec, num_classes or data.num_classes)
-            r = Recipe(**{**asdict(recipe), "seed": seed})
-            _, result = train(model, data, method, r, log, tensorboard, progress)
+            model, _ = load_model(runs.model, data.num_classes)
+            r = Recipe(**{**asdict(runs.recipe), "seed": seed})
+            _, result = train(model, data, method, r, out / "metrics.jsonl", tensorboard, progress,
+                              out / "checkpoints" / f"{method}-seed{seed}.pt")
             results.append(result)
     (out / "results.json").write_text(json.dumps(
         [{k: v for k, v in asdict(r).items() if k not in ("history", "events")} |

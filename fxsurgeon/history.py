@@ -44,12 +44,7 @@ def replay(graph: ChannelGraph, rec: dict) -> Surgery:
     else:
         p = plan(graph, alive, metric=rec["metric"], scheme=rec["scheme"], alpha=rec["alpha"])
     surgery = rewrite(graph, p, scheme=rec["scheme"], seed=rec["seed"], fold=False)
-    folds = dict(rec.get("folds", {}))
-    for target, c in rec.get("constants", {}).items():        # written before folds were per call
-        node = next(n.name for n in surgery.module.graph.nodes
-                    if n.op == "call_module" and n.target == target)
-        folds[node] = {"name": c["name"], "kind": "constant", "shape": c["shape"]}
-    for node, spec in folds.items():
+    for node, spec in rec["folds"].items():
         restore_fold(surgery.module, node, spec)
         surgery.folds[node] = spec
     surgery.module.recompile()

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch import nn
 
-from .errors import FxSurgeonError
+from .errors import FxSurgeonError, require
+from .fileformat import build, schema_of
 from .liveliness import liveliness
 from .planner import SCHEMES, plan
 from .rewriter import Surgery, rewrite
@@ -64,7 +65,9 @@ class NeuralRejuvenation(SurgicalTraining):
     and builds identical new parameters (DDP broadcasts rank 0's anyway).
     """
 
-    FORMAT = "fxsurgeon.nr/1"
+    FORMAT = "fxsurgeon.nr/2"
+    SCHEMA = {**SurgicalTraining.SCHEMA, "lam": float, "last_utilization": float | None,
+              "events": list[schema_of(Event)]}
 
     def __init__(self, model: nn.Module, example_inputs, optimizer: torch.optim.Optimizer, *,
                  metric: str = "params", threshold: float = 0.5, target: float = 1.0,
@@ -75,6 +78,11 @@ class NeuralRejuvenation(SurgicalTraining):
                  **analyze_kwargs):
         if scheme not in SCHEMES or scheme == "prune":
             raise FxSurgeonError(f"scheme must be one of nr, cr, ca, not {scheme!r}")
+        require("target", target, lambda v: v > 0, "a positive multiple of the model's cost")
+        require("threshold", threshold, lambda v: True, "a utilization")
+        require("delta_r", delta_r, lambda v: v >= 0, "at least 0")
+        require("delta_lambda", delta_lambda, lambda v: v >= 0, "at least 0")
+        require("dead_threshold", dead_threshold, lambda v: 0 < v < 1, "between 0 and 1")
         if check_every is not None and check_every < 1:
             raise FxSurgeonError(f"check_every must be a positive number of steps, got {check_every}")
         super().__init__(model, example_inputs, optimizer, ddp=ddp, **analyze_kwargs)
@@ -143,7 +151,7 @@ class NeuralRejuvenation(SurgicalTraining):
 
     def _load_state(self, data: dict) -> None:
         self.lam, self._last_utilization = data["lam"], data["last_utilization"]
-        self.events = [Event(**e) for e in data["events"]]
+        self.events = [build(Event, e) for e in data["events"]]
 
     # ---- the event -------------------------------------------------------------------
     def _rejuvenate(self, alive: dict, r: float) -> Event:

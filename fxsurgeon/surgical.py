@@ -10,17 +10,20 @@ surgeries from the original model. :class:`~fxsurgeon.NeuralRejuvenation` and
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import torch
 from torch import nn
 
-from .checkpoint import read
-from .errors import FxSurgeonError
+from .checkpoint import MISFIT, RECORD, read
+from .errors import FxSurgeonError, one_line
+from .fileformat import FINGERPRINT, check_fields, check_format, fingerprint, first_difference
 from .graph import ChannelGraph, analyze
 from .history import record, replay, write_atomic
-from .optimizer_state import remap_optimizer
+from .optimizer_state import check_state, missing_parameters, optimizer_type, remap_optimizer
 from .rewriter import Surgery
 from .tracing import as_tuple
 
@@ -68,17 +71,28 @@ def shared(compute: Callable[[], T]) -> T:
 
 class SurgicalTraining:
     """Base of the optimizer wrappers: train :attr:`model`, call :meth:`step` instead
-    of ``optimizer.step()``. Subclasses set ``FORMAT`` and add their own state through
-    :meth:`_state` / :meth:`_load_state`."""
+    of ``optimizer.step()``. The optimizer must hold every trainable parameter of
+    ``model``. Subclasses set ``FORMAT`` and add their own state through :meth:`_state` /
+    :meth:`_load_state`, and its fields and types to ``SCHEMA``."""
 
     FORMAT = ""
+    #: the fields of :meth:`state_dict` and their types, checked before a checkpoint loads
+    SCHEMA = {"history": list[RECORD], "steps": int, "log": list[dict], "model": dict[str, torch.Tensor],
+              "optimizer": dict, "optimizer_type": str, "architecture": FINGERPRINT}
 
     def __init__(self, model: nn.Module, example_inputs, optimizer: torch.optim.Optimizer, *,
                  ddp: dict | bool = False, **analyze_kwargs):
+        missing = missing_parameters(optimizer, model)
+        if missing:
+            raise FxSurgeonError(
+                f"the optimizer does not hold {len(missing)} of the model's trainable parameters "
+                f"(the first: {missing[0]!r}), so they would never train: build it from "
+                f"model.parameters() (and set requires_grad=False on what stays frozen)")
         self.example_inputs = as_tuple(example_inputs)
         self.optimizer = optimizer
         self._analyze_kwargs = analyze_kwargs
         self._set_graph(analyze(model, self.example_inputs, **analyze_kwargs))
+        self._architecture = fingerprint(self.graph)     # the original model's, checked on resume
         self.model = SurgicalModel(self.graph.module, None if ddp is False else {} if ddp is True else ddp)
         self.model.train(model.training)
         self.steps = 0
@@ -135,32 +149,53 @@ class SurgicalTraining:
 
     def state_dict(self) -> dict:
         """Everything to resume: the surgery history (the architecture is rebuilt from the
-        original model), the network's and the optimizer's state, the step, the log and
-        the method's own state. Plain data: it loads with ``torch.load(weights_only=True)``."""
-        return {"format": self.FORMAT, "history": list(self.history), "steps": self.steps,
-                "log": list(self.log), "model": self.model.network.state_dict(),
-                "optimizer": self.optimizer.state_dict(), **self._state()}
+        original model, whose fingerprint is kept), the network's and the optimizer's state
+        (and the optimizer's class), the step, the log and the method's own state. Plain
+        data: it loads with ``torch.load(weights_only=True)``."""
+        return {"format": self.FORMAT, "architecture": self._architecture, "history": list(self.history),
+                "steps": self.steps, "log": list(self.log), "model": self.model.network.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "optimizer_type": optimizer_type(self.optimizer),
+                **self._state()}
 
     def load_state_dict(self, data: dict) -> None:
         """Resume from :meth:`state_dict` on a wrapper built as the saved one was (same
-        original model, optimizer type and arguments), before it has trained."""
-        if not isinstance(data, dict) or data.get("format") != self.FORMAT:
-            raise FxSurgeonError(f"not a {type(self).__name__} checkpoint")
+        original model, optimizer type and arguments), before it has trained. A checkpoint
+        that does not fit is an error that changes nothing."""
+        check_format(data, self.FORMAT)
         if self.steps or self.history:
             raise FxSurgeonError(f"load a checkpoint into a fresh {type(self).__name__}, before training")
-        for rec in data["history"]:
-            self.apply_surgery(replay(self.graph, rec), remember=False)
-        self.history = list(data["history"])
-        result = self.model.network.load_state_dict(data["model"], strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise FxSurgeonError(f"the checkpoint's network does not match: missing "
-                                 f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
+        check_fields(data, self.SCHEMA)
+        difference = first_difference(data["architecture"], self._architecture)
+        if difference:
+            raise FxSurgeonError(f"it was written for another architecture: {difference}")
+        if data["optimizer_type"] != optimizer_type(self.optimizer):
+            raise FxSurgeonError(f"it was written with the optimizer {data['optimizer_type']}, "
+                                 f"not {optimizer_type(self.optimizer)}")
         try:
-            self.optimizer.load_state_dict(data["optimizer"])
-        except ValueError as err:
-            raise FxSurgeonError(f"the checkpoint's optimizer does not match: {err}") from None
-        self.steps, self.log = data["steps"], list(data["log"])
-        self._load_state(data)
+            with self._all_or_nothing():
+                for rec in data["history"]:
+                    self.apply_surgery(replay(self.graph, rec), remember=False)
+                self.model.network.load_state_dict(data["model"])
+                check_state(data["optimizer"], self.optimizer)
+                self.optimizer.load_state_dict(data["optimizer"])
+                self._load_state(data)
+        except MISFIT as err:
+            raise FxSurgeonError(f"it does not fit this {type(self).__name__}: {one_line(err)}") from None
+        self.history, self.steps, self.log = list(data["history"]), data["steps"], list(data["log"])
+
+    @contextmanager
+    def _all_or_nothing(self) -> Iterator[None]:
+        """Undo what the block did to the network, its graph and the optimizer if it raises."""
+        network, graph, opt = self.model.network, self.graph, self.optimizer
+        groups = [dict(g, params=list(g["params"])) for g in opt.param_groups]
+        state = {p: dict(s) for p, s in opt.state.items()}
+        try:
+            yield
+        except BaseException:
+            self.model.replace(network)
+            self._set_graph(graph)
+            opt.param_groups, opt.state = groups, defaultdict(dict, state)
+            raise
 
     def save(self, path: str | os.PathLike, **extra) -> None:
         """Write :meth:`state_dict` atomically, with ``extra`` (an epoch, a scheduler's
@@ -171,6 +206,8 @@ class SurgicalTraining:
         """Resume from a file written by :meth:`save`; returns its ``extra``."""
         data = read(path)
         try:
+            check_format(data, self.FORMAT)
+            check_fields(data, {"extra": dict})
             self.load_state_dict(data)
         except FxSurgeonError as err:
             raise FxSurgeonError(f"cannot resume from {str(path)!r}: {err}") from None

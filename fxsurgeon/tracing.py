@@ -3,7 +3,9 @@
 Works like torchvision's ``feature_extraction``: a :class:`torch.fx.Tracer` whose
 leaf modules and autowrapped functions the user chooses. When tracing fails the
 error names the module being traced and the line of the user's code that failed,
-and points at the ``leaf_modules`` escape hatch.
+and points at the escape hatch that can help: ``leaf_modules`` for a submodule,
+``concrete_args`` or ``autowrap_functions`` for the model's own ``forward``.
+The GraphModules it makes pickle like any other (``torch.save(module)``).
 """
 from __future__ import annotations
 
@@ -42,7 +44,8 @@ def library_functions() -> tuple[Callable, ...]:
 class _Tracer(fx.Tracer):
     """A tracer that keeps the stack of modules it is inside, for error messages."""
 
-    def __init__(self, leaf_modules: Sequence[type], autowrap_functions: Sequence[Callable]):
+    def __init__(self, leaf_modules: Sequence[type] = (), autowrap_functions: Sequence[Callable] = ()):
+        # the defaults let torch.fx re-create the tracer when it unpickles a GraphModule
         super().__init__(autowrap_functions=(*autowrap_functions, *library_functions()))
         self._leaf_types = tuple(leaf_modules)
         self.path: list[tuple[str, type]] = []
@@ -81,24 +84,38 @@ def _user_frame(tb) -> str:
     return f"{f.filename}:{f.lineno}: {(f.line or '').strip()}"
 
 
+_WRAPPERS = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+
+_ROOT_HINT = ("the model's own forward cannot be traced, so it cannot be a leaf module: fix the "
+              "inputs its control flow reads with concrete_args={...}, or move the branch into a "
+              "function passed as autowrap_functions=[...] or into a submodule passed as a leaf module.")
+
+
+def _hint(cls: type) -> str:
+    return (f"pass leaf_modules=[{cls.__name__}] to treat this module as one opaque operation "
+            f"(its channels are then pinned), or autowrap_functions=[...] for a free function "
+            f"with data-dependent control flow.")
+
+
 def trace(model: nn.Module, leaf_modules: Iterable[type] = (),
           autowrap_functions: Iterable[Callable] = (),
           concrete_args: dict | None = None) -> fx.GraphModule:
     """Trace ``model`` into a GraphModule, or raise :class:`UntraceableModelError`."""
     if isinstance(model, fx.GraphModule):
         return model
+    if isinstance(model, _WRAPPERS):
+        raise UntraceableModelError(
+            f"the model is wrapped in {type(model).__name__}: pass the model itself (its .module); "
+            f"fxsurgeon's training wrappers build DistributedDataParallel themselves (ddp=True)")
     tracer = _Tracer(list(leaf_modules), list(autowrap_functions))
     try:
         graph = tracer.trace(model, concrete_args=concrete_args)
     except Exception as exc:  # noqa: BLE001 - every tracing failure gets the same explanation
-        where = tracer.path[-1] if tracer.path else ("<root>", type(model))
-        name, cls = where
+        name, cls = tracer.path[-1] if tracer.path else ("", type(model))
         raise UntraceableModelError(
             f"torch.fx cannot trace module '{name or '<root>'}' ({cls.__name__}): "
             f"{type(exc).__name__}: {exc}\n  at {_user_frame(exc.__traceback__)}\n"
-            f"Hint: pass leaf_modules=[{cls.__name__}] to treat this module as one opaque "
-            f"operation (its channels are then pinned), or autowrap_functions=[...] for a "
-            f"free function with data-dependent control flow."
+            f"Hint: {_hint(cls) if name else _ROOT_HINT}"
         ) from exc
     name = model.__class__.__name__
     return fx.GraphModule(tracer.root, graph, name)

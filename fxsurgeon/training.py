@@ -6,22 +6,27 @@ NR's recipe follows its paper: SGD with momentum, λ adapted every epoch (Δλ =
 then the full cosine schedule of ``epochs`` runs. The other methods run the cosine
 schedule from the start; slimming and magnitude pruning then prune and fine-tune on a
 fresh cosine; DemP prunes as it goes, on a death set held out of the training data.
-Every epoch writes one JSON line (and TensorBoard scalars if asked).
+Every epoch appends one JSON line to the log (and TensorBoard scalars if asked) and,
+given a checkpoint file, saves the run there, so that an interrupted run continues.
 """
 from __future__ import annotations
 
 import json
 import math
 import time
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
+from .checkpoint import MISFIT
 from .data import Data
-from .demp import DemP, Pruning
+from .demp import REGULARIZATIONS, DemP, Pruning
+from .errors import FxSurgeonError, one_line
+from .fileformat import check_fields, problem
 from .liveliness import smallest, smallest_filters
 from .planner import plan
 from .rejuvenation import Event, NeuralRejuvenation
@@ -34,31 +39,84 @@ PRUNING = ("slimming", "magnitude", "demp")     # the methods whose aim is spars
 
 @dataclass
 class Recipe:
-    """Every hyper-parameter of a run (paper defaults; the demo overrides a few)."""
+    """Every hyper-parameter of a run (paper defaults; the demo overrides a few); what
+    each one means is in :data:`HELP`."""
 
-    epochs: int = 160                 # the schedule: the whole run, or after NR's event
+    epochs: int = 160
     batch_size: int = 64
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    metric: str = "params"            # NR's resource
-    target: float = 1.0               # budget: target x the original cost
-    threshold: float = 0.5            # T_r
+    metric: str = "params"
+    target: float = 1.0
+    threshold: float = 0.5
     delta_r: float = 0.01
     delta_lambda: float = 5e-5
-    check_every: int | None = None    # steps between checks (None: every epoch)
-    search_epochs: int = 160          # NR: at most this long at constant LR before the event
+    check_every: int | None = None
+    search_epochs: int = 160
     rescale: bool = True
-    slimming_lambda: float = 1e-4     # Network Slimming's L1 on γ
-    prune_ratio: float = 0.5          # slimming, magnitude: the share of channels that go
-    finetune_epochs: int = 40         # ... then fine-tuning
-    demp_reg: float = 1e-3            # DemP: peak λ of the one-cycle regularization
-    demp_noise: float = 1e-3          # ... peak σ of the noise on live units
-    demp_regularization: str = "l1"   # ... "l1" on scales or "l2+" (positive part)
-    demp_prune_every: int | None = None   # ... steps between prunings (None: every epoch)
-    death_samples: int = 128          # ... training samples held out as the death set
-    epsilon: float = 0.0              # ... quasi-dead: |activation| <= epsilon
+    slimming_lambda: float = 1e-4
+    prune_ratio: float = 0.5
+    finetune_epochs: int = 40
+    demp_reg: float = 1e-3
+    demp_noise: float = 1e-3
+    demp_regularization: str = "l1"
+    demp_prune_every: int | None = None
+    death_samples: int = 128
+    epsilon: float = 0.0
     seed: int = 0
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(Recipe)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            found = problem(value, hints[f.name], f.name)
+            if found:
+                raise FxSurgeonError(f"recipe: {found}")
+            test, wanted = _LIMITS.get(f.name, (None, ""))
+            if test and value is not None and not test(value):
+                raise FxSurgeonError(f"recipe: {f.name} must be {wanted}, not {value!r}")
+
+
+#: what each recipe setting means (the command line's help)
+HELP = {
+    "epochs": "epochs of the cosine schedule: the whole run, or what follows NR's event",
+    "batch_size": "training batch size",
+    "lr": "SGD learning rate",
+    "momentum": "SGD momentum",
+    "weight_decay": "SGD weight decay",
+    "metric": "NR's resource: params or flops",
+    "target": "NR's budget: this times the original model's cost",
+    "threshold": "NR's T_r: an event fires when utilization falls below it",
+    "delta_r": "NR's Δr: λ grows at each check where utilization fell by less",
+    "delta_lambda": "NR's Δλ: what λ grows by",
+    "check_every": "NR: optimizer steps between checks",
+    "search_epochs": "NR: at most this many epochs at constant LR before the event",
+    "rescale": "NR: neural rescaling at the event",
+    "slimming_lambda": "Network Slimming's L1 on γ",
+    "prune_ratio": "slimming, magnitude: the share of channels removed",
+    "finetune_epochs": "slimming, magnitude: epochs of fine-tuning after pruning",
+    "demp_reg": "DemP: peak λ of the one-cycle regularization",
+    "demp_noise": "DemP: peak σ of the noise on live units",
+    "demp_regularization": "DemP: l1 (on the scales) or l2+ (positive part of scales and shifts)",
+    "demp_prune_every": "DemP: optimizer steps between prunings",
+    "death_samples": "DemP: training samples held out as the death set",
+    "epsilon": "DemP: dead means |activation| <= epsilon on the whole death set",
+    "seed": "seed of the model's initialisation, the data order and every surgery",
+}
+
+#: what each recipe setting must be, beyond its type
+_LIMITS = {name: (test, wanted) for names, test, wanted in [
+    (("epochs", "batch_size", "search_epochs", "check_every", "demp_prune_every", "death_samples"),
+     lambda v: v >= 1, "a whole number of at least 1"),
+    (("finetune_epochs",), lambda v: v >= 0, "a whole number of at least 0"),
+    (("lr", "target"), lambda v: v > 0, "a positive number"),
+    (("weight_decay", "delta_r", "delta_lambda", "slimming_lambda", "demp_reg", "demp_noise", "epsilon"),
+     lambda v: v >= 0, "a number of at least 0"),
+    (("momentum", "prune_ratio"), lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    (("metric",), lambda v: v in ("params", "flops"), "params or flops"),
+    (("demp_regularization",), lambda v: v in REGULARIZATIONS, " or ".join(REGULARIZATIONS)),
+] for name in names}
 
 
 @dataclass
@@ -95,11 +153,13 @@ def evaluate(model: torch.nn.Module, loader: DataLoader) -> float:
 
 
 class _Logger:
-    """JSON lines, optional TensorBoard and a progress bar, one record per epoch."""
+    """JSON lines (appended, flushed per record), optional TensorBoard and a progress bar,
+    one record per epoch."""
 
-    def __init__(self, path: Path | None, method: str, tensorboard: bool, progress: bool, total: int):
+    def __init__(self, path: Path | None, method: str, seed: int, tensorboard: bool, progress: bool,
+                 total: int | None, initial: int = 0):
         self.file = open(path, "a") if path else None   # noqa: SIM115 - closed in close()
-        self.method = method
+        self.method, self.seed = method, seed
         self.writer = None
         if tensorboard and path:
             from torch.utils.tensorboard import SummaryWriter
@@ -107,16 +167,16 @@ class _Logger:
         self.bar = None
         if progress:
             from tqdm.auto import tqdm
-            self.bar = tqdm(total=total, desc=method, unit="epoch", leave=False)
+            self.bar = tqdm(total=total, initial=initial, desc=method, unit="epoch", leave=False)
 
     def write(self, record: dict) -> None:
-        record = {"method": self.method, **record}
+        record = {"method": self.method, "seed": self.seed, **record}
         if self.file is not None:
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
         if self.writer is not None and "epoch" in record:
             for k, v in record.items():
-                if isinstance(v, (int, float)) and k != "epoch":
+                if isinstance(v, (int, float)) and k not in ("epoch", "seed"):
                     self.writer.add_scalar(f"{self.method}/{k}", v, record["epoch"])
         if self.bar is not None and "accuracy" in record:
             self.bar.update(1)
@@ -164,35 +224,46 @@ def _wrapper(method: str, model: torch.nn.Module, example, opt, recipe: Recipe, 
     return nr
 
 
+#: the state of a run between epochs, as a checkpoint's ``extra`` holds it
+_RUN = {"epoch": int, "start": int | None, "length": int, "pruned": bool, "done": bool, "seconds": float,
+        "history": list[dict]}
+
+
 def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: Path | None = None,
-          tensorboard: bool = False, progress: bool = True) -> tuple[torch.nn.Module, Result]:
+          tensorboard: bool = False, progress: bool = True,
+          checkpoint: Path | None = None) -> tuple[torch.nn.Module, Result]:
     """Train ``model`` by ``method`` (one of :data:`METHODS`); returns the trained
-    network and its :class:`Result`."""
+    network and its :class:`Result`. With ``checkpoint`` the run saves itself there after
+    every epoch, and continues from it if it exists (a finished run is only read back)."""
     torch.manual_seed(recipe.seed)
     train_loader, test_loader, death = _loaders(data, recipe, recipe.death_samples if method == "demp" else 0)
     example = torch.zeros(data.input_shape)
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                           weight_decay=recipe.weight_decay)
     wrapper = _wrapper(method, model, example, opt, recipe, death, recipe.epochs * len(train_loader))
+    original = wrapper.graph.count("params")
     rejuvenating = method.startswith("nr")
     fine_tuned = method in ("slimming", "magnitude")
     # constant LR until NR's event, then a cosine over `length` epochs from `start`
-    phase = {"start": None if rejuvenating else 0, "length": recipe.epochs}
+    run = {"epoch": 0, "start": None if rejuvenating else 0, "length": recipe.epochs, "pruned": False,
+           "done": False, "seconds": 0.0, "history": []}
 
     def lr_factor(e: int) -> float:
-        if phase["start"] is None or e < phase["start"]:
+        if run["start"] is None or e < run["start"]:
             return 1.0
-        return 0.5 * (1 + math.cos(math.pi * min(e - phase["start"], phase["length"]) / phase["length"]))
+        return 0.5 * (1 + math.cos(math.pi * min(e - run["start"], run["length"]) / run["length"]))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    if checkpoint is not None and checkpoint.exists():
+        run.update(_resume(wrapper, sched, train_loader.generator, checkpoint))
+        if rejuvenating and run["start"] is not None:
+            wrapper.max_events = len(wrapper.events)
     total = None if rejuvenating else recipe.epochs + (recipe.finetune_epochs if fine_tuned else 0)
-    logger = _Logger(log, method, tensorboard, progress, total)
-    original = wrapper.graph.count("params")
-    history, t0, epoch, pruned = [], time.perf_counter(), 0, False
+    logger = _Logger(log, method, recipe.seed, tensorboard, progress and not run["done"], total, run["epoch"])
     net = wrapper.model
     net.train()
     try:
-        while True:
+        while not run["done"]:
             tick = time.perf_counter()
             loss_sum, n, events = 0.0, 0, len(wrapper.surgeries)
             for x, y in train_loader:
@@ -203,18 +274,18 @@ def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: 
                 loss_sum, n = loss_sum + loss.item() * len(y), n + len(y)
             if rejuvenating and recipe.check_every is None:
                 wrapper.check()
-            epoch += 1
+            run["epoch"] = epoch = run["epoch"] + 1
             seconds = time.perf_counter() - tick
             fired = len(wrapper.surgeries) > events
-            if rejuvenating and phase["start"] is None and (fired or epoch >= recipe.search_epochs):
-                phase["start"] = epoch         # the event fired (or never will): full schedule
+            if rejuvenating and run["start"] is None and (fired or epoch >= recipe.search_epochs):
+                run["start"] = epoch           # the event fired (or never will): full schedule
                 wrapper.max_events = len(wrapper.events)
-            done = phase["start"] is not None and epoch - phase["start"] >= phase["length"]
-            if done and fine_tuned and not pruned:
+            done = run["start"] is not None and epoch - run["start"] >= run["length"]
+            if done and fine_tuned and not run["pruned"]:
                 _prune(wrapper, smallest(wrapper.graph, recipe.prune_ratio) if method == "slimming"
                        else smallest_filters(wrapper.graph, recipe.prune_ratio))
-                phase.update(start=epoch, length=recipe.finetune_epochs)   # fine-tune on a fresh cosine
-                done, pruned = recipe.finetune_epochs == 0, True
+                run.update(start=epoch, length=recipe.finetune_epochs, pruned=True)   # a fresh cosine
+                done = recipe.finetune_epochs == 0
             sched.step()
             for e in wrapper.surgeries[events:]:
                 logger.write({"epoch": epoch, "event": e.summary()})
@@ -227,16 +298,33 @@ def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: 
                 record["sigma"] = wrapper.sigma
             else:
                 record["utilization"] = wrapper.utilization()
-            history.append(record)
+            run["history"].append(record)
             logger.write(record)
-            if done:
-                break
+            run.update(done=done, seconds=run["seconds"] + time.perf_counter() - tick)
+            if checkpoint is not None:
+                wrapper.save(checkpoint, run=run, scheduler=sched.state_dict(),
+                             shuffle=train_loader.generator.get_state(), rng=torch.get_rng_state())
     finally:
         logger.close()
     result = Result(method, recipe.seed, int(wrapper.graph.count("params")),
-                    int(wrapper.graph.count("flops")), history[-1]["accuracy"], epoch,
-                    time.perf_counter() - t0, history, list(wrapper.surgeries))
+                    int(wrapper.graph.count("flops")), run["history"][-1]["accuracy"], run["epoch"],
+                    run["seconds"], run["history"], list(wrapper.surgeries))
     return wrapper.model.network, result
+
+
+def _resume(wrapper: SurgicalTraining, sched, shuffle: torch.Generator, checkpoint: Path) -> dict:
+    """Load a run's checkpoint into its fresh wrapper, scheduler, shuffling and torch's
+    generator; returns the run's state."""
+    extra = wrapper.load(checkpoint)
+    try:
+        check_fields(extra, {"run": _RUN, "scheduler": dict, "shuffle": torch.Tensor, "rng": torch.Tensor})
+        sched.load_state_dict(extra["scheduler"])
+        shuffle.set_state(extra["shuffle"])
+        torch.set_rng_state(extra["rng"])
+    except MISFIT as err:
+        raise FxSurgeonError(f"cannot resume from {str(checkpoint)!r}: its run state is damaged: "
+                             f"{one_line(err)}") from None
+    return extra["run"]
 
 
 def _prune(nr: NeuralRejuvenation, alive: dict) -> None:

@@ -1,11 +1,14 @@
 """`fxsurgeon plan` / `fxsurgeon prune`, checkpoints and pruned models that load weights-only."""
+import sys
+
+import pytest
 import torch
 from test_planner import kill
 from test_rewrite import randomise_norms
 
 import fxsurgeon as fxs
 from fxsurgeon.cli import main
-from fxsurgeon.zoo import resnet164_cifar
+from fxsurgeon.zoo import digits_cnn, resnet164_cifar
 
 
 def _checkpoint(tmp_path):
@@ -23,7 +26,7 @@ def test_prune_command_saves_a_model_that_loads_weights_only(tmp_path, capsys):
     assert main(["prune", "zoo:resnet164_cifar", "--checkpoint", str(ckpt), "--out", str(out)]) == 0
     assert "1,704,154 -> 828,225 parameters" in capsys.readouterr().out
     torch.load(out, weights_only=True)                 # data only: no pickled code
-    net = fxs.load_pruned(out)
+    net = fxs.load(out)
     x = torch.randn(2, 3, 32, 32)
     y = model(x)
     assert (y - net(x)).abs().max() <= 1e-5 * y.abs().max()
@@ -60,4 +63,60 @@ def test_pruned_model_keeps_its_class_count(tmp_path):
     out = tmp_path / "pruned.pt"
     assert main(["prune", "zoo:resnet164_cifar", "--num-classes", "100", "--checkpoint", str(path),
                  "--out", str(out)]) == 0
-    assert fxs.load_pruned(out)(torch.randn(1, 3, 32, 32)).shape == (1, 100)
+    assert fxs.load(out)(torch.randn(1, 3, 32, 32)).shape == (1, 100)
+
+
+def _saved_surgery(tmp_path, spec=None, model=None):
+    """digits_cnn (or ``model``) with a third of its channels dead, pruned and saved with
+    ``fxs.save``; returns the path and the pruned network."""
+    model = model or digits_cnn()
+    randomise_norms(model)
+    graph = fxs.analyze(model, torch.zeros(1, 1, 8, 8))
+    kill(graph, 0.3)
+    surgery = fxs.rewrite(graph, fxs.plan(graph, fxs.liveliness(graph), target=None, scheme="prune"))
+    path = tmp_path / "net.pt"
+    fxs.save(graph, surgery, path, spec=spec)
+    return path, surgery.module.eval()
+
+
+def _tamper(path, **changes):
+    data = torch.load(path, weights_only=True)
+    torch.save({**data, **changes}, path)
+
+
+def test_a_python_model_saves_and_loads_with_the_callers_model(tmp_path):
+    path, pruned = _saved_surgery(tmp_path, model=digits_cnn(width=8))
+    x = torch.randn(3, 1, 8, 8)
+    assert torch.equal(fxs.load(path, model=digits_cnn(width=8))(x), pruned(x))
+    with pytest.raises(fxs.FxSurgeonError, match=r"does not name its model .* model=YourModel\(\)"):
+        fxs.load(path)
+    with pytest.raises(fxs.FxSurgeonError, match=r"another architecture than this model's: dimension "
+                                                 r"'features.0' is 8 wide in the file, 16 wide in the model"):
+        fxs.load(path, model=digits_cnn())
+
+
+def test_a_file_never_makes_fxsurgeon_import_what_it_names(tmp_path, monkeypatch):
+    trap = tmp_path / "fxs_trap.py"
+    trap.write_text("import sys\nsys.modules['fxs_trap_sprung'] = sys\n\n"
+                    "def factory(**kw):\n    return None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path, pruned = _saved_surgery(tmp_path, spec="zoo:digits_cnn")
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(fxs.load(path)(x), pruned(x))                   # a known source: built by name
+    for spec in ("fxs_trap:factory", "os:getpid", "this:x"):
+        _tamper(path, spec=spec)
+        with pytest.raises(fxs.FxSurgeonError, match=rf"made from '{spec}', and fxsurgeon never imports"):
+            fxs.load(path)
+    assert "fxs_trap" not in sys.modules and "fxs_trap_sprung" not in sys.modules
+    assert torch.equal(fxs.load(path, model=digits_cnn())(x), pruned(x))   # the caller's model: fine
+
+
+def test_files_of_other_kinds_and_versions_say_what_they_are(tmp_path):
+    path, _ = _saved_surgery(tmp_path, spec="zoo:digits_cnn")
+    _tamper(path, format="fxsurgeon.pruned/4")
+    with pytest.raises(fxs.FxSurgeonError, match=r"written by a newer fxsurgeon \(format fxsurgeon.pruned/4; "
+                                                 r"this one reads fxsurgeon.pruned/3\): upgrade"):
+        fxs.load(path)
+    _tamper(path, format="fxsurgeon.nr/2")
+    with pytest.raises(fxs.FxSurgeonError, match="not a model saved by fxsurgeon.save: it is a Neural"):
+        fxs.load(path)

@@ -1,9 +1,16 @@
+import argparse
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import torch
 
-from fxsurgeon.cli import main
+import fxsurgeon as fxs
+from fxsurgeon.cli import main, parser
+from fxsurgeon.zoo import digits_cnn
 
 
 def test_inspect_prints_table_and_writes_json_and_dot(tmp_path, capsys):
@@ -52,3 +59,109 @@ def test_svg_needs_graphviz_or_draws(tmp_path, capsys):
         assert rc == 0 and "<svg" in svg.read_text()
     else:
         assert rc == 2 and "needs graphviz" in capsys.readouterr().err
+
+
+@pytest.fixture
+def files(tmp_path):
+    """What the bad-argument table refers to: a plain file, a checkpoint of digits_cnn and
+    one of another architecture, a folder holding results, an empty image folder and a
+    config that names code."""
+    (tmp_path / "file.txt").write_text("not a model")
+    torch.save(digits_cnn().state_dict(), tmp_path / "ckpt.pt")
+    torch.save(digits_cnn(num_classes=5).state_dict(), tmp_path / "five.pt")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    for split in ("train", "val"):
+        (tmp_path / "images" / split).mkdir(parents=True)
+    (tmp_path / "code.json").write_text(json.dumps({"model": "os:getcwd", "data": "digits"}))
+    return tmp_path
+
+
+TRAIN = ["train", "zoo:digits_cnn", "--data", "digits", "--out", "{tmp}/new"]
+PRUNE = ["prune", "zoo:digits_cnn", "--checkpoint", "{tmp}/ckpt.pt"]
+BAD = [
+    (["inspect"], "the following arguments are required: model (see fxsurgeon inspect --help)"),
+    (["inspect", "resnet50"], "needs the form KIND:NAME"),
+    (["inspect", "zoo:digits_cnn", "--input-shape", "1,1,-8,8"], "'1,1,-8,8' is not whole numbers >= 1"),
+    (["inspect", "zoo:digits_cnn", "--input-shape", "0,1,8,8"], "'0,1,8,8' is not whole numbers >= 1"),
+    (["inspect", "zoo:digits_cnn", "--num-classes", "0"], "'0' is not a whole number of at least 1"),
+    (["inspect", "zoo:digits_cnn", "--json", "{tmp}"], "is a folder, not a file"),
+    (["inspect", "zoo:digits_cnn", "--dot", "{tmp}/file.txt/g.dot"], "file.txt' is a file, not a folder"),
+    (["inspect", "zoo:digits_cnn", "--leaf", "no_such.Block"], "cannot import leaf module class"),
+    (["inspect", "zoo:digits_cnn", "--bogus"], "unrecognized arguments: --bogus"),
+    (["plan", "zoo:digits_cnn", "--target", "nan"], "'nan' is not a positive number"),
+    (["plan", "zoo:digits_cnn", "--target", "0"], "'0' is not a positive number"),
+    (["plan", "zoo:digits_cnn", "--threshold", "1.5"], "'1.5' is not a number between 0 and 1"),
+    (["plan", "zoo:digits_cnn", "--round-to", "0"], "'0' is not a whole number of at least 1"),
+    (["plan", "zoo:digits_cnn", "--scheme", "magic"], "invalid choice: 'magic'"),
+    (["plan", "zoo:digits_cnn", "--checkpoint", "{tmp}/file.txt"], "cannot read checkpoint"),
+    (["plan", "zoo:digits_cnn", "--checkpoint", "{tmp}/five.pt"], "does not match the model: "),
+    (["plan", "zoo:digits_cnn", "--checkpoint", "{tmp}/missing.pt"], "does not exist"),
+    (PRUNE, "the following arguments are required: --out"),
+    ([*PRUNE, "--out", "{tmp}/ckpt.pt"], "is the --checkpoint: write the pruned model elsewhere"),
+    ([*PRUNE, "--out", "{tmp}/file.txt"], "exists: pass --overwrite to replace it"),
+    ([*PRUNE, "--out", "{tmp}"], "is a folder, not a file"),
+    ([*PRUNE, "--out", "{tmp}/file.txt/p.pt"], "is a file, not a folder"),
+    ([*PRUNE, "--out", "{tmp}/p.pt", "--round-to", "2"], "unrecognized arguments: --round-to"),
+    (["train", "zoo:digits_cnn"], "train needs a MODEL and --data"),
+    ([*TRAIN, "--epochs", "0"], "recipe: epochs must be a whole number of at least 1, not 0"),
+    ([*TRAIN, "--batch-size", "0"], "recipe: batch_size must be a whole number of at least 1, not 0"),
+    ([*TRAIN, "--batch-size", "1400", "--method", "demp"], "batch size 1400 is more than the 1309 training"),
+    ([*TRAIN, "--lr", "nan"], "recipe: lr is nan, not float"),
+    ([*TRAIN, "--metric", "time"], "recipe: metric must be params or flops, not 'time'"),
+    ([*TRAIN, "--method", "magic"], "unknown methods ['magic']"),
+    ([*TRAIN, "--seeds", "0,x"], "'0,x' is not whole numbers like 0,1,2"),
+    ([*TRAIN, "--num-classes", "5"], "--num-classes 5 does not match digits, which has 10 classes"),
+    ([*TRAIN, "--resume", "--overwrite"], "not allowed with argument"),
+    ([*TRAIN[:-1], "{tmp}/file.txt"], "is a file, not a folder"),
+    ([*TRAIN[:-1], "{tmp}/run"], "already holds results: pass --resume to continue its run, or --overwrite"),
+    ([*TRAIN[:-1], "{tmp}/run", "--resume"], "holds no run of fxsurgeon train to resume"),
+    (["train", "zoo:digits_cnn", "--data", "imagefolder:{tmp}/images"], "Couldn't find any class folder"),
+    (["train", "zoo:digits_cnn", "--data", "mnist"], "unknown data 'mnist'"),
+    (["train", "zoo:vgg19_cifar", "--data", "digits"], "does not run on the 1x1x8x8 inputs of digits"),
+    (["train", "--config", "{tmp}/code.json"], "names the model 'os:getcwd', which would import code"),
+    (["train", "--config", "{tmp}/file.txt"], "cannot read config"),
+    (["demo", "--epochs", "-1", "--out", "{tmp}/new"], "epochs must be a whole number of at least 1, not -1"),
+    (["demo", "--out", "{tmp}/run"], "already holds results"),
+    (["magic"], "invalid choice: 'magic'"),
+]
+
+
+def _tree(root):
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("argv, message", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_arguments_are_one_line_exit_2_and_leave_no_file(argv, message, files, capsys):
+    before = _tree(files)
+    assert main([a.format(tmp=files) for a in argv]) == 2
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and err.startswith("fxsurgeon: error: ") and message in err, err
+    assert "Traceback" not in out + err
+    assert _tree(files) == before
+
+
+def test_the_installed_command_fails_the_same_way():
+    done = subprocess.run([sys.executable, "-m", "fxsurgeon", "prune", "zoo:digits_cnn"],
+                          capture_output=True, text=True, cwd=Path(fxs.__file__).parents[1], timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == ("fxsurgeon: error: the following arguments are required: --checkpoint, --out "
+                           "(see fxsurgeon prune --help)\n")
+
+
+def _subcommands():
+    top = parser()
+    subs = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    return top, subs.choices
+
+
+def test_help_explains_every_option_of_every_subcommand():
+    top, subs = _subcommands()
+    assert "``" not in top.format_help() and "package.module:factory" in top.format_help()
+    for name, sub in subs.items():
+        for action in sub._actions:
+            assert action.help and action.help != argparse.SUPPRESS, (name, action.dest)
+    assert "--round-to" not in subs["prune"].format_help() and "--round-to" in subs["plan"].format_help()
+    demo, train = " ".join(subs["demo"].format_help().split()), " ".join(subs["train"].format_help().split())
+    assert "follows NR's event (default 20)" in demo and "(default baseline,nr)" in demo
+    assert "follows NR's event (default 160)" in train

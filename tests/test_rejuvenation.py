@@ -147,3 +147,75 @@ def test_bad_resumes_are_clear_errors(tmp_path):
     with pytest.raises(fxs.FxSurgeonError, match="cannot resume from .*run.pt"):
         nr.load(tmp_path / "run.pt")
     assert not list(tmp_path.glob(".run.pt.*"))                      # no half-written files left
+
+
+def wide_net() -> nn.Sequential:
+    """small_net with 16 channels where it has 8."""
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+
+
+@pytest.mark.parametrize("wrapper", [fxs.NeuralRejuvenation,
+                                     lambda *a: fxs.DemP(*a, [batch()], total_steps=5)])
+def test_an_optimizer_without_the_models_parameters_is_refused(wrapper):
+    model, other = small_net(), small_net()
+    with pytest.raises(fxs.FxSurgeonError, match="does not hold 8 of the model's trainable parameters "
+                                                 r"\(the first: '0.weight'\)"):
+        wrapper(model, batch()[0][:1], torch.optim.SGD(other.parameters(), lr=0.1))
+    model[0].requires_grad_(False)                           # frozen: the optimizer need not hold it
+    wrapper(model, batch()[0][:1], torch.optim.SGD(model[1:].parameters(), lr=0.1))
+    with pytest.raises(fxs.FxSurgeonError, match=r"does not hold 2 .* \(the first: '1.weight'\)"):
+        wrapper(model, batch()[0][:1], torch.optim.SGD(model[3:].parameters(), lr=0.1))
+
+
+def test_a_checkpoint_names_the_architecture_optimizer_and_version_it_needs(tmp_path):
+    _run(tmp_path, 6, save_at=6)
+    path = tmp_path / "run.pt"
+    wide = wide_net()
+    nr = fxs.NeuralRejuvenation(wide, batch()[0][:1], torch.optim.SGD(wide.parameters(), lr=0.05))
+    with pytest.raises(fxs.FxSurgeonError, match=r"cannot resume from .*run.pt.: it was written for another "
+                                                 r"architecture: dimension '0' is 8 wide in the file, 16"):
+        nr.load(path)
+    model = small_net()
+    nr = fxs.NeuralRejuvenation(model, batch()[0][:1], torch.optim.Adam(model.parameters()))
+    with pytest.raises(fxs.FxSurgeonError, match=r"written with the optimizer torch.optim.sgd.SGD, "
+                                                 r"not torch.optim.adam.Adam"):
+        nr.load(path)
+    data = torch.load(path, weights_only=True)
+    torch.save({**data, "format": "fxsurgeon.nr/3"}, path)
+    with pytest.raises(fxs.FxSurgeonError, match=r"written by a newer fxsurgeon \(format fxsurgeon.nr/3"):
+        nr.load(path)
+
+
+def test_a_checkpoint_that_does_not_fit_changes_nothing(tmp_path):
+    _run(tmp_path, 6, save_at=6)                     # its history holds the event of step 4
+    data = torch.load(tmp_path / "run.pt", weights_only=True)
+    data["optimizer"]["param_groups"][0]["lr"] = "fast"
+    torch.save(data, tmp_path / "run.pt")
+    model = small_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    nr = fxs.NeuralRejuvenation(model, batch()[0][:1], opt, threshold=0.9)
+    network = nr.model.network
+    with pytest.raises(fxs.FxSurgeonError, match=r"does not fit .* group 0's 'lr' is 'fast' in the"):
+        nr.load(tmp_path / "run.pt")
+    assert nr.model.network is network and nr.graph.module is network and not nr.history
+    assert [id(p) for p in opt.param_groups[0]["params"]] == [id(p) for p in model.parameters()]
+    assert opt.param_groups[0]["lr"] == 0.05
+    train_step(nr)                                  # and it trains as if nothing happened
+
+
+@pytest.mark.parametrize("wrapper, kwargs, message", [
+    (fxs.NeuralRejuvenation, {"target": float("nan")}, "target must be a positive multiple"),
+    (fxs.NeuralRejuvenation, {"target": 0}, "target must be a positive multiple"),
+    (fxs.NeuralRejuvenation, {"threshold": float("inf")}, "threshold must be a utilization"),
+    (fxs.NeuralRejuvenation, {"delta_lambda": -1e-3}, "delta_lambda must be at least 0"),
+    (fxs.NeuralRejuvenation, {"dead_threshold": 1.5}, "dead_threshold must be between 0 and 1"),
+    (lambda *a, **k: fxs.DemP(*a, [batch()], total_steps=5, **k), {"reg_peak": float("nan")},
+     "reg_peak must be at least 0"),
+    (lambda *a, **k: fxs.DemP(*a, [batch()], total_steps=5, **k), {"rise": 1.0}, "rise must be between"),
+])
+def test_bad_numbers_are_refused_when_the_wrapper_is_built(wrapper, kwargs, message):
+    model = small_net()
+    with pytest.raises(fxs.FxSurgeonError, match=message):
+        wrapper(model, batch()[0][:1], torch.optim.SGD(model.parameters(), lr=0.1), **kwargs)

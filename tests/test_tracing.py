@@ -71,3 +71,27 @@ def test_bad_inputs_get_clear_errors():
         fxs.analyze(lambda x: x, torch.randn(1))
     with pytest.raises(fxs.FxSurgeonError, match=r"failed on the example inputs \[\(1, 5, 8, 8\)\]"):
         fxs.analyze(_net(nn.ReLU()), torch.randn(1, 5, 8, 8))
+
+
+class BranchInRoot(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.conv(x)
+        return x
+
+
+def test_control_flow_in_the_root_gets_a_hint_that_can_help():
+    with pytest.raises(fxs.UntraceableModelError) as err:
+        fxs.analyze(BranchInRoot(), torch.randn(1, 3, 8, 8))
+    msg = str(err.value)
+    assert "'<root>' (BranchInRoot)" in msg and "concrete_args" in msg
+    assert "leaf_modules=[BranchInRoot]" not in msg
+
+
+def test_a_data_parallel_model_is_told_to_pass_its_module():
+    with pytest.raises(fxs.UntraceableModelError, match=r"wrapped in DataParallel: pass .*\.module"):
+        fxs.analyze(nn.DataParallel(_net(nn.ReLU())), torch.randn(1, 3, 8, 8))

@@ -1,5 +1,6 @@
 """Data loaders on small data the tests make, training runs, and the train command."""
 import json
+import os
 import pickle
 
 import numpy as np
@@ -16,7 +17,7 @@ from fxsurgeon.zoo import digits_cnn
 FAST = {"epochs": 1, "search_epochs": 1, "batch_size": 64, "lr": 0.05}
 
 
-def _cifar_archive(root, classes, n=6):
+def _cifar_archive(root, classes, n=6, protocol=pickle.DEFAULT_PROTOCOL):
     base = root / ("cifar-10-batches-py" if classes == 10 else "cifar-100-python")
     base.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -25,7 +26,7 @@ def _cifar_archive(root, classes, n=6):
     for name in names:
         with open(base / name, "wb") as f:
             pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                         key: rng.integers(0, classes, n).tolist()}, f)
+                         key: rng.integers(0, classes, n).tolist(), b"batch_label": b"batch"}, f, protocol)
 
 
 @pytest.mark.parametrize("classes", [10, 100])
@@ -38,6 +39,28 @@ def test_cifar_archives_load_without_download(tmp_path, classes):
     assert data.num_classes == classes and data.input_shape == (1, 3, 32, 32)
     with pytest.raises(fxs.FxSurgeonError, match="never downloads"):
         load_data(f"cifar{classes}:{tmp_path / 'empty'}")
+
+
+class _Sprung:
+    """Pickles as a call to os.system: a hostile "archive"."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.path}",)
+
+
+def test_cifar_archives_are_read_as_data_never_run(tmp_path):
+    _cifar_archive(tmp_path / "old", 10, protocol=2)           # as Python 2 and torchvision left them
+    assert len(load_data(f"cifar10:{tmp_path / 'old'}").train) == 30
+    _cifar_archive(tmp_path, 10)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(pickle.dumps({b"data": _Sprung(tmp_path / "sprung"), b"labels": []}))
+    with pytest.raises(fxs.FxSurgeonError, match=r"data_batch_3' is not a CIFAR archive: UnpicklingError: "
+                                                 r"it names posix.system"):
+        load_data(f"cifar10:{tmp_path}")
+    assert not (tmp_path / "sprung").exists()
 
 
 def test_imagefolder_loads_class_folders(tmp_path):
@@ -154,3 +177,58 @@ def test_every_shipped_config_names_a_model_and_a_valid_recipe():
         cfg = load_config(f"paper:{name}")
         recipe_from(cfg["recipe"])
         load_model(cfg["model"], 10)
+
+
+def _interrupt_at(monkeypatch, call: int):
+    """Make the ``call``-th evaluation (the end of an epoch) raise KeyboardInterrupt."""
+    import fxsurgeon.training as training
+    real, calls = training.evaluate, []
+
+    def evaluate(*args):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real(*args)
+    monkeypatch.setattr(training, "evaluate", evaluate)
+
+
+def _without_seconds(path):
+    """The JSON lines or list in ``path``, without their wall-clock times."""
+    text = path.read_text()
+    records = json.loads(text) if path.suffix == ".json" else [json.loads(line) for line in text.splitlines()]
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+RUN = ["train", "zoo:digits_cnn", "--data", "digits", "--method", "baseline,nr", "--epochs", "2",
+       "--batch-size", "256", "--search-epochs", "1", "--threshold", "1.01", "--quiet"]
+
+
+def test_an_interrupted_run_resumes_to_the_same_results(tmp_path, monkeypatch, capsys):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main([*RUN, "--out", str(straight)]) == 0
+    _interrupt_at(monkeypatch, 4)                 # baseline ran 2 epochs; nr is in its second
+    assert main([*RUN, "--out", str(resumed)]) == 130
+    assert "interrupted (continue it with --resume)" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main([*RUN, "--out", str(resumed)]) == 2
+    assert "already holds results: pass --resume" in capsys.readouterr().err
+    assert main([*RUN, "--out", str(resumed), "--epochs", "3", "--resume"]) == 2
+    assert "its recipe was" in capsys.readouterr().err
+    assert main([*RUN, "--out", str(resumed), "--resume"]) == 0
+    for name in ("metrics.jsonl", "results.json"):
+        assert _without_seconds(resumed / name) == _without_seconds(straight / name), name
+    assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == ["baseline-seed0.pt", "nr-seed0.pt"]
+
+
+def test_overwrite_replaces_the_old_results_only_when_the_new_run_has_finished(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    assert main([*RUN, "--method", "baseline", "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    _interrupt_at(monkeypatch, 2)
+    assert main([*RUN, "--method", "nr", "--out", str(out), "--overwrite"]) == 130
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]          # no half-made sibling left
+    monkeypatch.undo()
+    assert main([*RUN, "--method", "nr", "--out", str(out), "--overwrite"]) == 0
+    assert {r["method"] for r in _without_seconds(out / "metrics.jsonl")} == {"nr"}
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]

@@ -1,0 +1,157 @@
+"""Damaged files: NR and DemP checkpoints and saved rewritten models, truncated, with
+flipped bytes, missing or extra keys, or values of the wrong type. Every outcome is an
+FxSurgeonError or a correct load: what was loaded is what the file holds, and it runs."""
+import atexit
+import copy
+import functools
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_checkpoint import _saved_surgery
+from test_demp import kill
+from test_rejuvenation import kill_half
+
+import fxsurgeon as fxs
+from randomnets import examples
+from wrapped import batch, resumable_run, small_net, train_step
+
+SCRATCH = Path(tempfile.mkdtemp(prefix="fxs-fuzz-"))
+atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
+DEATH_SET = [batch(100)]
+#: values that stand where a value of another kind was
+JUNK = ["fuzz", 1.5, -1, True, None, [], {}, torch.zeros(2)]
+
+
+def _nr(model, example, opt):
+    return fxs.NeuralRejuvenation(model, example, opt, threshold=0.9, check_every=4, scheme="cr")
+
+
+def _demp(model, example, opt):
+    return fxs.DemP(model, example, opt, DEATH_SET, total_steps=6, prune_every=3, noise_peak=1e-2, seed=7)
+
+
+WRAPPERS = {"nr": (_nr, kill_half), "demp": (_demp, lambda w: kill(w.model.network))}
+
+
+@functools.cache
+def original(kind: str) -> bytes:
+    """A file of each kind: wrapper checkpoints after their first surgery, and a saved
+    pruned digits_cnn that names its model."""
+    path = SCRATCH / f"{kind}.pt"
+    if kind == "pruned":
+        _saved_surgery(SCRATCH, spec="zoo:digits_cnn")[0].rename(path)
+    else:
+        make, before_step_2 = WRAPPERS[kind]
+        resumable_run(make, 6, path, 6, before_step_2=before_step_2)
+    return path.read_bytes()
+
+
+def _paths(value, prefix=()):
+    """Every place in a nested structure of dicts and lists."""
+    yield prefix
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, sub in items:
+        yield from _paths(sub, (*prefix, key))
+
+
+def _same_kind(a, b) -> bool:
+    if torch.is_tensor(a) or torch.is_tensor(b):
+        return torch.is_tensor(a) and torch.is_tensor(b) and a.shape == b.shape
+    def number(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+    return type(a) is type(b) or number(a) and number(b)
+
+
+def _mutate(data: dict, how: str, path: tuple, pick: int) -> dict:
+    """``data`` with the value at ``path`` dropped, given an extra key, or replaced by junk
+    of another kind."""
+    data = copy.deepcopy(data)
+    if how == "add" or not path:             # to the innermost dict on the path
+        target = node = data
+        for key in path:
+            node = node[key]
+            target = node if isinstance(node, dict) else target
+        target["fuzz_extra"] = pick
+        return data
+    parent = data
+    for key in path[:-1]:
+        parent = parent[key]
+    if how == "drop":
+        del parent[path[-1]]
+    else:
+        wrong = [j for j in JUNK if not _same_kind(j, parent[path[-1]])]
+        parent[path[-1]] = copy.deepcopy(wrong[pick % len(wrong)])
+    return data
+
+
+def damaged(kind: str):
+    """A strategy: the bytes of a file of ``kind``, damaged one way."""
+    raw = original(kind)
+    paths = list(_paths(torch.load(SCRATCH / f"{kind}.pt", weights_only=True)))
+    structural = st.builds(lambda how, path, pick: ("structure", how, path, pick),
+                           st.sampled_from(["drop", "add", "replace"]), st.sampled_from(paths),
+                           st.integers(0, len(JUNK)))
+    in_bytes = st.builds(lambda how, at, mask: (how, at % len(raw), mask),
+                         st.sampled_from(["truncate", "flip"]), st.integers(0, 2 ** 32), st.integers(1, 255))
+    return st.one_of(structural, in_bytes)
+
+
+def write(kind: str, damage: tuple) -> Path:
+    path = SCRATCH / f"damaged-{kind}.pt"
+    raw = original(kind)
+    if damage[0] == "structure":
+        torch.save(_mutate(torch.load(SCRATCH / f"{kind}.pt", weights_only=True), *damage[1:]), path)
+    elif damage[0] == "truncate":
+        path.write_bytes(raw[:damage[1]])
+    else:
+        flipped = bytearray(raw)
+        flipped[damage[1]] ^= damage[2]
+        path.write_bytes(bytes(flipped))
+    return path
+
+
+def _same_tensors(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def held(kind: str, damage: tuple, path: Path) -> dict:
+    """What a correct load holds: what the file says after a structural change; after
+    damaged bytes, the original, since a checksum must catch any change."""
+    return torch.load(path if damage[0] == "structure" else SCRATCH / f"{kind}.pt", weights_only=True)
+
+
+FUZZ = settings(max_examples=examples(25), deadline=None, suppress_health_check=list(HealthCheck))
+
+
+@FUZZ
+@given(st.sampled_from(sorted(WRAPPERS)).flatmap(lambda kind: st.tuples(st.just(kind), damaged(kind))))
+def test_a_damaged_checkpoint_resumes_correctly_or_is_an_error(case):
+    kind, damage = case
+    path = write(kind, damage)
+    model = small_net()
+    wrapper = WRAPPERS[kind][0](model, batch()[0][:1], torch.optim.SGD(model.parameters(), lr=0.05,
+                                                                        momentum=0.9, weight_decay=1e-4))
+    try:
+        wrapper.load(path)
+    except fxs.FxSurgeonError:
+        return
+    data = held(kind, damage, path)
+    assert _same_tensors(wrapper.model.network.state_dict(), data["model"])
+    assert wrapper.steps == data["steps"] and len(wrapper.history) == len(data["history"])
+    train_step(wrapper, 7)                                     # and training goes on
+
+
+@FUZZ
+@given(damaged("pruned"))
+def test_a_damaged_saved_model_loads_correctly_or_is_an_error(damage):
+    path = write("pruned", damage)
+    try:
+        net = fxs.load(path)
+    except fxs.FxSurgeonError:
+        return
+    assert _same_tensors(net.state_dict(), held("pruned", damage, path)["state_dict"]) and not net.training
+    assert net(torch.randn(2, 1, 8, 8)).shape == (2, 10)

@@ -8,12 +8,15 @@ pytest.importorskip("timm")
 
 from coverage_check import SCHEMES, SOURCES, check, models  # noqa: E402 - needs timm
 
-#: a few seconds each: a plain CNN, depthwise + squeeze-excitation, LayerNorm blocks,
-#: attention traced with timm's leaf modules, ghost modules (concatenated halves), a
-#: segmentation head, an FPN backbone and a 3-d CNN
-SAMPLE = {("timm", "test_resnet"), ("timm", "test_efficientnet"), ("timm", "test_convnext"),
-          ("timm", "test_vit"), ("timm", "ghostnet_050"), ("segmentation", "lraspp_mobilenet_v3_large"),
-          ("detection", "fasterrcnn_mobilenet_v3_large_320_fpn"), ("video", "mc3_18")}
+#: cheap (seconds each) and diverse: a plain ResNet; timm's BatchNormAct2d (depthwise,
+#: squeeze-excitation); attention traced with timm's leaf modules; ghost modules
+#: (a concatenation sliced by a constant); MobileViT (SiLU inside leaf BatchNormAct2d);
+#: a grouped conv after zero padding; a segmentation head; an FPN backbone; 3-d convs;
+#: 3-d shifted windows
+SAMPLE = {("timm", "test_resnet"), ("timm", "test_efficientnet"), ("timm", "test_vit"),
+          ("timm", "ghostnet_050"), ("timm", "mobilevit_xxs"), ("timm", "cpubone_nano"),
+          ("segmentation", "lraspp_mobilenet_v3_large"),
+          ("detection", "fasterrcnn_mobilenet_v3_large_320_fpn"), ("video", "mc3_18"), ("video", "swin3d_t")}
 
 
 def _sweep() -> list:

@@ -219,7 +219,7 @@ def _analyse(source: str, model, x, record: dict):
     """The channel graph, with ``traced`` and ``analysed`` filled in (None if none).
 
     A timm model that plain tracing fails on is traced again with timm's own FX
-    registrations (``traced`` then says so); their modules and functions are opaque.
+    registrations (``traced`` then says so): their modules and functions stay whole.
     """
     retries = [("plain", {})] + ([("with timm's leaf modules", _timm_fx_registrations())]
                                  if source == "timm" else [])

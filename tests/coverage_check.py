@@ -1,0 +1,295 @@
+"""Coverage on models nobody here wrote: the model lists, and one model's surgery check.
+
+:func:`check` builds a model in float64 and eval mode, randomises its BatchNorm
+statistics, analyses it (the parameter count must be exact), zeroes the γ of 30 % of
+every free dimension's channels, then runs ``prune``, ``nr``, ``cr`` and ``ca`` (with
+neural rescaling) and compares every output tensor with the original model's. It
+returns a JSON-friendly record; ``tests/test_coverage.py`` asserts on it and
+``bench/coverage.py`` tabulates it in ``docs/coverage.md``.
+
+Sources: ``timm`` (one model per architecture family, see :data:`TIMM_FAMILIES`),
+``segmentation`` (torchvision), ``detection`` (the ``backbone`` of each torchvision
+detector, with its FPN or SSD extra layers) and ``video`` (torchvision).
+"""
+from __future__ import annotations
+
+import math
+import time
+import traceback
+import warnings
+
+import torch
+import torchvision
+from test_planner import kill
+from test_rewrite import randomise_norms
+
+import fxsurgeon as fxs
+
+SOURCES = ("timm", "segmentation", "detection", "video")
+SCHEMES = ("prune", "nr", "cr", "ca")
+#: largest relative difference (per output tensor, against its largest magnitude) still "same"
+TOLERANCE = 1e-8
+#: models above this many parameters are skipped: float64 surgery keeps several copies
+MAX_PARAMS = 150_000_000
+#: models skipped whatever their size, and why
+SKIP = {name: "float64 analysis at its fixed 16x224x224 input peaks at 11 GB, surgery past 20 GB"
+        for name in ("mvit_v1_b", "mvit_v2_s")}
+
+#: The smallest timm model (by parameter count at its default config) of every timm
+#: architecture family, a family being the module that registers the model
+#: (``timm.models.resnet``). Found by :func:`smallest_per_family` on timm 1.0.31;
+#: ``python bench/coverage.py --families`` prints it again for another timm.
+TIMM_FAMILIES = {
+    "beit": "beit_base_patch16_224", "byoanet": "halonet_h1", "byobnet": "test_byobnet",
+    "cait": "cait_xxs24_224", "coat": "coat_tiny", "convit": "convit_tiny",
+    "convmixer": "convmixer_768_32", "convnext": "test_convnext", "cpubone": "cpubone_nano",
+    "crossvit": "crossvit_tiny_240", "csatv2": "csatv2", "cspnet": "cs3darknet_focus_s",
+    "cspnext": "cspnext_tiny", "davit": "davit_tiny", "deepseek_vit": "deepseek_vit_412m",
+    "deit": "deit_tiny_patch16_224", "densenet": "densenet121", "dla": "dla46x_c", "dpn": "dpn48b",
+    "edgenext": "edgenext_xx_small", "efficientformer": "efficientformer_l1",
+    "efficientformer_v2": "efficientformerv2_s0", "efficientnet": "test_efficientnet",
+    "efficientvim": "efficientvim_m1", "efficientvit_mit": "efficientvit_b0",
+    "efficientvit_msra": "efficientvit_m0", "eva": "vit_tiny_patch16_dinov3_qkvb",
+    "fasternet": "fasternet_t0", "fastvit": "fastvit_t8", "focalnet": "focalnet_tiny_srf",
+    "gcvit": "gcvit_xxtiny", "gemma4_vit": "gemma4_vit_167m", "ghostnet": "ghostnet_050",
+    "hardcorenas": "hardcorenas_b", "hgnet": "hgnetv2_b0", "hiera": "hiera_tiny_224",
+    "hieradet_sam2": "sam2_hiera_tiny", "hrnet": "hrnet_w18_small", "iformer": "iformer_t",
+    "inception_next": "inception_next_atto", "inception_resnet_v2": "inception_resnet_v2",
+    "inception_v3": "inception_v3", "inception_v4": "inception_v4", "lcnetv2": "lcnetv2_small",
+    "levit": "levit_128s", "lowformer": "lowformer_b0", "mambaout": "test_mambaout",
+    "maxxvit": "test_coatnet", "metaformer": "poolformerv2_s12", "mlp_mixer": "gmlp_ti16_224",
+    "mobilenetv3": "mobilenetv3_small_050", "mobilenetv5": "mobilenetv5_base",
+    "mobilevit": "mobilevit_xxs", "mvitv2": "mvitv2_tiny",
+    "naflexvit": "naflexvit_base_patch16_parfac_gap", "nasnet": "nasnetalarge", "nest": "nest_tiny",
+    "nextvit": "nextvit_small", "nfnet": "test_nfnet", "pit": "pit_ti_224", "pnasnet": "pnasnet5large",
+    "pvt_v2": "pvt_v2_b0", "qwen3_vit": "qwen3_vit_88m", "rdnet": "rdnet_tiny", "regnet": "regnetx_002",
+    "repghost": "repghostnet_050", "repvit": "repvit_m1", "res2net": "res2next50",
+    "resnest": "resnest14d", "resnet": "test_resnet", "resnetv2": "resnetv2_18", "rexnet": "rexnet_100",
+    "selecsls": "selecsls42", "senet": "legacy_seresnet18", "sequencer": "sequencer2d_s",
+    "shvit": "shvit_s1", "sknet": "skresnet18", "starnet": "starnet_s050", "swiftformer": "swiftformer_xs",
+    "swin_transformer": "swin_tiny_patch4_window7_224",
+    "swin_transformer_v2": "swinv2_tiny_window16_256", "swin_transformer_v2_cr": "swinv2_cr_tiny_224",
+    "tiny_vit": "tiny_vit_5m_224", "tnt": "tnt_s_legacy_patch16_224", "tresnet": "tresnet_m",
+    "twins": "twins_svt_small", "vgg": "vgg11", "visformer": "visformer_tiny",
+    "vision_transformer": "test_vit", "vision_transformer_hybrid": "vit_tiny_r_s16_p8_224",
+    "vision_transformer_relpos": "test_vit_relpos", "vision_transformer_sam": "samvit_base_patch16_224",
+    "vitamin": "vitamin_small_224", "volo": "volo_d1_224", "vovnet": "ese_vovnet19b_slim_dw",
+    "xception": "legacy_xception", "xception_aligned": "xception41p", "xcit": "xcit_nano_12_p8_224",
+}
+
+#: side of the image fed to timm models whose input size is not fixed (their default
+#: when smaller, or when the model fails on this one)
+TIMM_SIDE = 160
+#: input shapes where the default (batch 2, 96 px images; 4 frames of 64 px for video) does not run
+SHAPES = {
+    "ssd300_vgg16": (2, 3, 300, 300), "ssdlite320_mobilenet_v3_large": (2, 3, 320, 320),
+    "s3d": (1, 3, 16, 224, 224),
+}
+
+
+def models(source: str, full: bool = False) -> list[str]:
+    """The model names a source contributes; ``full`` takes every timm model, not one per family."""
+    if source == "timm":
+        import timm
+        return timm.list_models() if full else sorted(TIMM_FAMILIES.values())
+    return torchvision.models.list_models(module=getattr(torchvision.models, source))
+
+
+def smallest_per_family() -> dict[str, str]:
+    """Per timm family, the model with the fewest parameters (built on the meta device)."""
+    import timm
+
+    def size(name: str) -> int:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return sum(p.numel() for p in timm.create_model(name, pretrained=False).parameters())
+    return {family: min(timm.list_models(module=family), key=lambda n: (size(n), n))
+            for family in sorted(timm.list_modules()) if timm.list_models(module=family)}
+
+
+def _factory(source: str, name: str):
+    """A function building the (float32) model."""
+    if source == "timm":
+        import timm
+        return lambda: timm.create_model(name, pretrained=False, num_classes=10)
+    if source == "video":
+        return lambda: torchvision.models.get_model(name, weights=None)
+    if source == "detection":
+        return lambda: torchvision.models.get_model(name, weights=None, weights_backbone=None).backbone
+    return lambda: torchvision.models.get_model(name, weights=None, weights_backbone=None)
+
+
+def _runs(model, x) -> bool:
+    try:
+        with torch.no_grad():
+            model(x)
+        return True
+    except Exception:  # noqa: BLE001 - any failure means this input size does not suit the model
+        return False
+
+
+def build(source: str, name: str, device: str = "cpu") -> tuple[torch.nn.Module, torch.Tensor]:
+    """The model in float64 and eval mode with random BatchNorm statistics, and its input."""
+    torch.manual_seed(0)
+    model = _factory(source, name)().double().eval()
+    randomise_norms(model)
+    model.to(device)
+    g = torch.Generator().manual_seed(0)
+    if source == "timm":
+        cfg = model.pretrained_cfg
+        c, h, w = cfg["input_size"]
+        shapes = [(2, c, h, w)]
+        if not cfg.get("fixed_input_size", False) and min(h, w) > TIMM_SIDE:
+            shapes.insert(0, (2, c, TIMM_SIDE, TIMM_SIDE))
+    else:
+        shapes = [SHAPES.get(name, (2, 3, 4, 64, 64) if source == "video" else (2, 3, 96, 96))]
+    xs = [torch.randn(s, generator=g, dtype=torch.float64).to(device) for s in shapes]
+    return model, next((x for x in xs[:-1] if _runs(model, x)), xs[-1])
+
+
+def _leaves(y) -> list:
+    """The tensors of a model's output, in order (dicts, lists, tuples; None skipped)."""
+    if isinstance(y, torch.Tensor):
+        return [y]
+    if isinstance(y, dict):
+        y = list(y.values())
+    if isinstance(y, (list, tuple)):
+        return [t for v in y for t in _leaves(v)]
+    return []
+
+
+def difference(y0, y1) -> float:
+    """The largest difference between two outputs, relative to each tensor's largest
+    magnitude (``inf`` when their structure or shapes differ, ``nan`` if not finite)."""
+    a, b = _leaves(y0), _leaves(y1)
+    if len(a) != len(b) or any(s.shape != t.shape for s, t in zip(a, b, strict=True)):
+        return float("inf")
+    tiny = torch.finfo(torch.float64).tiny
+    errs = [((s.double() - t.double()).abs().max() / s.double().abs().max().clamp_min(tiny)).item()
+            for s, t in zip(a, b, strict=True) if s.numel()]
+    return math.nan if any(map(math.isnan, errs)) else max(errs, default=0.0)
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [""])[0]
+
+
+def _crash(stage: str, err: Exception, record: dict, key: str) -> str:
+    """The outcome of a non-fxsurgeon exception; its traceback goes into the record."""
+    record.setdefault("tracebacks", {})[key] = "".join(traceback.format_exception(err)[-12:])
+    return f"CRASH in {stage}: {type(err).__name__}: {_first_line(err)}"
+
+
+def _scheme(graph, alive, scheme: str, x, y0, record: dict) -> str:
+    """One scheme's outcome: same, refused, CHANGED, WRONG COST or CRASH."""
+    stage = "plan"
+    try:
+        plan = fxs.plan(graph, alive, metric="params", target=None if scheme == "prune" else 1.0,
+                        scheme=scheme)
+        if scheme == "prune":
+            record["removed"] = int(sum(d.width - len(d.survivors) for d in plan.dims.values()))
+        else:
+            record.setdefault("grown", {})[scheme] = int(sum(d.added for d in plan.dims.values()))
+        stage = "rewrite"
+        new = fxs.rewrite(graph, plan, rescale=scheme == "ca").module
+        stage = "forward"
+        with torch.no_grad():
+            y1 = new(x)
+    except fxs.FxSurgeonError as err:
+        return f"refused: {_first_line(err)}"
+    except Exception as err:  # noqa: BLE001 - every other exception is a crash to report
+        return _crash(stage, err, record, scheme)
+    err = difference(y0, y1)
+    record.setdefault("differences", {})[scheme] = err
+    if not err <= TOLERANCE:
+        return f"CHANGED: relative difference {err:.1e}"
+    n = sum(p.numel() for p in new.parameters())
+    if n != plan.predicted:
+        return f"WRONG COST: {n} parameters, the plan predicted {plan.predicted:.0f}"
+    return "same"
+
+
+def _timm_fx_registrations() -> dict:
+    """The leaf modules and autowrapped functions timm registers for its own FX tracing."""
+    from timm.models import get_notrace_functions, get_notrace_modules
+    return {"leaf_modules": list(get_notrace_modules()), "autowrap_functions": list(get_notrace_functions())}
+
+
+def _analyse(source: str, model, x, record: dict):
+    """The channel graph, with ``traced`` and ``analysed`` filled in (None if none).
+
+    A timm model that plain tracing fails on is traced again with timm's own FX
+    registrations (``traced`` then says so): their modules and functions stay whole.
+    """
+    retries = [("plain", {})] + ([("with timm's leaf modules", _timm_fx_registrations())]
+                                 if source == "timm" else [])
+    for how, options in retries:
+        try:
+            graph = fxs.analyze(model, x, **options)
+            record["traced"] = how
+            break
+        except fxs.UntraceableModelError as err:
+            record.update(traced=False, untraceable=_first_line(err))
+        except fxs.FxSurgeonError as err:
+            record.update(traced=how, analysed=f"refused: {_first_line(err)}")
+            return None
+        except Exception as err:  # noqa: BLE001
+            record.update(traced=how, analysed=_crash("analyze", err, record, "analyze"))
+            return None
+    if not record["traced"]:
+        return None
+    record.pop("untraceable", None)
+    counted, actual = graph.count("params"), sum(p.numel() for p in model.parameters())
+    record["analysed"] = "exact" if counted == actual else \
+        f"WRONG COUNT: counted {counted:.0f}, the model has {actual}"
+    return graph
+
+
+def check(source: str, name: str, max_params: int = MAX_PARAMS, device: str = "cpu") -> dict:
+    """Analyse one model and run every scheme on it; the record says what happened.
+
+    Keys: ``model``, ``source``, ``params``, ``input``, ``seconds``; ``skipped`` (why:
+    too big, or in :data:`SKIP`); ``traced`` (``plain``, ``with timm's leaf modules`` or
+    False) and ``untraceable`` (the tracer's message); ``analysed`` (``exact``, ``WRONG
+    COUNT: ...``, ``refused: ...`` or ``CRASH ...``); ``free`` (channels in free
+    dimensions), ``judged`` (of those, the ones liveliness can judge: a BatchNorm γ
+    follows every writer), ``dead`` (the ones zeroed γ killed), ``removed`` (channels
+    the ``prune`` plan removes), ``grown`` (channels each growing scheme's plan adds);
+    per scheme its outcome (``same``, ``refused: ...``, ``CHANGED: ...``, ``WRONG COST:
+    ...``, ``CRASH in <stage>: ...``); ``differences`` (per scheme that ran, the
+    relative difference of the outputs); ``tracebacks`` of the crashes.
+    """
+    start = time.perf_counter()
+    record = {"model": name, "source": source}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _check(source, name, max_params, device, record)
+    finally:
+        record["seconds"] = round(time.perf_counter() - start, 1)
+    return record
+
+
+def _check(source: str, name: str, max_params: int, device: str, record: dict) -> None:
+    with torch.device("meta"):
+        record["params"] = sum(p.numel() for p in _factory(source, name)().parameters())
+    if record["params"] > max_params:
+        record["skipped"] = f"{record['params'] / 1e6:.0f}M parameters, over {max_params / 1e6:.0f}M"
+    if name in SKIP:
+        record["skipped"] = SKIP[name]
+    if "skipped" in record:
+        return
+    model, x = build(source, name, device)
+    record["input"] = list(x.shape)
+    graph = _analyse(source, model, x, record)
+    if graph is None:
+        return
+    kill(graph, 0.3)
+    alive = fxs.liveliness(graph)
+    record["free"] = sum(d.width for d in graph.free_dims)
+    record["judged"] = sum(d.width for d in graph.free_dims if d.scaled)
+    record["dead"] = int(sum((~a).sum() for a in alive.values()))
+    with torch.no_grad():
+        y0 = model(x)
+    for scheme in SCHEMES:
+        record[scheme] = _scheme(graph, alive, scheme, x, y0, record)

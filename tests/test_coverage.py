@@ -1,0 +1,40 @@
+"""Coverage on models nobody here wrote: on every model ``bench/coverage.py`` sweeps, the
+analysis counts parameters exactly and each scheme keeps the function or refuses with
+an ``FxSurgeonError`` (``coverage_check.check`` does the work). CI runs a sample of
+cheap, diverse models; ``pytest --full`` runs them all (an hour or more)."""
+import pytest
+
+pytest.importorskip("timm")
+
+from coverage_check import SCHEMES, SOURCES, check, models  # noqa: E402 - needs timm
+
+#: cheap (seconds each) and diverse: a plain ResNet; timm's BatchNormAct2d (depthwise,
+#: squeeze-excitation); attention traced with timm's leaf modules; ghost modules
+#: (a concatenation sliced by a constant); MobileViT (SiLU inside leaf BatchNormAct2d);
+#: a grouped conv after zero padding; a segmentation head; an FPN backbone; 3-d convs;
+#: 3-d shifted windows
+SAMPLE = {("timm", "test_resnet"), ("timm", "test_efficientnet"), ("timm", "test_vit"),
+          ("timm", "ghostnet_050"), ("timm", "mobilevit_xxs"), ("timm", "cpubone_nano"),
+          ("segmentation", "lraspp_mobilenet_v3_large"),
+          ("detection", "fasterrcnn_mobilenet_v3_large_320_fpn"), ("video", "mc3_18"), ("video", "swin3d_t")}
+
+
+def _sweep() -> list:
+    return [pytest.param(source, name, id=f"{source}:{name}",
+                         marks=() if (source, name) in SAMPLE else pytest.mark.slow)
+            for source in SOURCES for name in models(source)]
+
+
+def _acceptable(outcome: str) -> bool:
+    return outcome in ("same", "exact") or (outcome.startswith("refused: ") and len(outcome) > 10)
+
+
+@pytest.mark.parametrize(("source", "name"), _sweep())
+def test_surgery_keeps_the_function_or_refuses_with_a_reason(source, name):
+    record = check(source, name)
+    if record.get("skipped"):
+        pytest.skip(record["skipped"])
+    if not record["traced"]:
+        pytest.skip(f"not traceable: {record['untraceable']}")
+    bad = {k: record[k] for k in ("analysed", *SCHEMES) if k in record and not _acceptable(record[k])}
+    assert not bad, "\n".join(f"{k}: {v}\n{record.get('tracebacks', {}).get(k, '')}" for k, v in bad.items())

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 from torch import fx
+from torch.fx.immutable_collections import immutable_dict, immutable_list
 from torch.utils._pytree import tree_flatten
 
 
@@ -61,3 +62,15 @@ def normalized(node: fx.Node, root) -> dict | None:
     except Exception:  # noqa: BLE001 - no signature to go by: positions it is
         return None
     return None if pair is None else dict(pair.kwargs)
+
+
+def mutable(value):
+    """``value`` with fx's read-only lists and dicts (from a node's arguments) copied into
+    plain ones: some user code mutates the lists it is given."""
+    if isinstance(value, (immutable_list, list)):
+        return [mutable(v) for v in value]
+    if isinstance(value, (immutable_dict, dict)):
+        return {k: mutable(v) for k, v in value.items()}
+    if type(value) is tuple:
+        return tuple(mutable(v) for v in value)
+    return value

@@ -15,7 +15,7 @@ import torch
 from torch import fx, nn
 from torch.func import functional_call
 
-from .nodes import getattr_path
+from .nodes import getattr_path, mutable
 
 
 class _Run(nn.Module):
@@ -32,6 +32,10 @@ class _Run(nn.Module):
         run = self
 
         class Capture(fx.Interpreter):
+            def fetch_args_kwargs_from_env(self, n):
+                args, kwargs = super().fetch_args_kwargs_from_env(n)
+                return mutable(args), mutable(kwargs)
+
             def run_node(self, n):
                 if n.name in run.args_of:
                     run.args[n.name] = self.fetch_args_kwargs_from_env(n)

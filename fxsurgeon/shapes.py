@@ -17,6 +17,7 @@ from torch.func import functional_call
 from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
+from .nodes import mutable
 from .ops import TABLE
 
 
@@ -29,6 +30,10 @@ class _ShapeRecorder(fx.Interpreter):
         super().__init__(gm)
         self.by_name = dict(gm.named_modules())
         self.on_meta = on_meta
+
+    def fetch_args_kwargs_from_env(self, n: fx.Node):
+        args, kwargs = super().fetch_args_kwargs_from_env(n)
+        return mutable(args), mutable(kwargs)
 
     def get_attr(self, target, args, kwargs):
         value = super().get_attr(target, args, kwargs)

@@ -73,9 +73,10 @@ class Tags:
             vec = None
         elif bool((m == m[:, :1]).all()):
             vec = m[:, 0].numpy().copy()
-        else:
-            roots = self.uf.find(m.numpy())
-            vec = m[:, 0].numpy().copy() if (roots == roots[:, :1]).all() else None
+        else:       # zeros (no channel: padding) are not another class
+            rep = m.amax(1).numpy().copy()
+            roots, m = self.uf.find(m.numpy()), m.numpy()
+            vec = rep if ((m == 0) | (roots == self.uf.find(rep)[:, None])).all() else None
         if hit is None or hit[0] is not t:
             hit = (t, {})
             self._vec[id(t)] = hit
@@ -83,13 +84,17 @@ class Tags:
         return vec
 
     def varies_along(self, t: torch.Tensor, axis: int) -> bool:
-        """Whether the channel classes in ``t`` change along ``axis``."""
+        """Whether the channel classes in ``t`` change along ``axis`` (zeros, no channel, do
+        not count: padding does not mix channels)."""
         if t.dim() == 0 or t.shape[axis] <= 1:
             return False
         first = t.narrow(axis, 0, 1)
         if bool((t == first).all()):
             return False
-        return not bool((self.uf.find(t.numpy()) == self.uf.find(first.numpy())).all())
+        roots = torch.from_numpy(self.uf.find(t.numpy()))
+        high = roots.amax(axis)
+        low = torch.where(roots == 0, torch.iinfo(roots.dtype).max, roots).amin(axis)
+        return bool(((high != 0) & (low != high)).any())
 
     def unique(self, t: torch.Tensor) -> np.ndarray:
         """The distinct identities in ``t`` (no zeros), cached per tag tensor."""

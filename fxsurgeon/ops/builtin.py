@@ -70,8 +70,8 @@ def register_builtins(table: OpTable) -> None:
     each([torch.cat, torch.concat, torch.concatenate], Concat())
     each([torch.chunk, "chunk"], Chunk())
     each([torch.split, "split"], Split())
-    each([operator.getitem], Select(first=1))
-    each([torch.narrow, "narrow"], Select(first=2))
+    each([operator.getitem], Select())
+    each([torch.narrow, "narrow"], Select(narrow=True))
     each([nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
           nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
           nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample, nn.UpsamplingNearest2d,

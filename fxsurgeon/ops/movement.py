@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_map
 
 from ..nodes import tensors_in
 from ..tags import prod
@@ -102,23 +102,44 @@ class Split(Move):
 
 
 class Select(Move):
-    """Indexing and ``narrow`` (``first`` is the position of the first bound): literal
-    bounds on a channel axis fix its width, so what they cut is pinned."""
+    """Indexing (``x[:, :16]``) and ``narrow``: a literal bound on a channel axis fixes its
+    width, so the channels there are pinned; a bound computed from sizes cuts the axis by
+    position (which channel lands where depends on the width), so it keeps its width."""
 
-    def __init__(self, first: int = 1):
+    def __init__(self, narrow: bool = False):
         super().__init__()
-        self.first = first
+        self.narrow = narrow
+
+    def _cuts(self, node, x) -> list[tuple[int, bool]]:
+        """(axis, literal) for every axis the selection cuts."""
+        if self.narrow:
+            dim, start, length = (node.args[1:4] + (None,) * 3)[:3]
+            if not isinstance(dim, int):
+                return []
+            return [(dim % x.dim(), _is_literal(start) and _is_literal(length))]
+        index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+        if any(i is Ellipsis for i in index):
+            at = index.index(Ellipsis)
+            rest = sum(i is not None for i in index[at + 1:])
+            index = index[:at] + (slice(None),) * (x.dim() - sum(i is not None for i in index[:at]) - rest) \
+                + index[at + 1:]
+        cuts, axis = [], 0
+        for i in index:
+            if i is None:               # a new axis consumes none of x's
+                continue
+            if not (isinstance(i, slice) and i == slice(None)):
+                bounds = [i.start, i.stop, i.step] if isinstance(i, slice) else [i]
+                cuts.append((axis, all(b is None or _is_literal(b) for b in bounds)))
+            axis += 1
+        return cuts
 
     def check(self, walk, node, x, out, args, kwargs):
-        tags = walk.tags
-        bounds = node.args[self.first:]
-        if not any(_is_literal(b) for b in _literals(bounds)):
-            return
-        kept = set()
-        for t in tensors_in(out):
-            kept |= set(tags.uf.find(tags.unique(t)).tolist())
-        if not set(tags.uf.find(tags.unique(x)).tolist()) <= kept:
-            walk.pin(x, f"constant slice of a channel axis at {walk.describe(node)}")
+        for axis, literal in self._cuts(node, x):
+            if axis < x.dim() and walk.tags.varies_along(x, axis):
+                if literal:
+                    walk.pin(x, f"constant slice of a channel axis at {walk.describe(node)}")
+                else:
+                    walk.out.position_splits.append(walk.tags.unique(x))
 
 
 class Pad(Move):
@@ -181,12 +202,4 @@ def _is_literal(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _literals(value):
-    out = []
-    for v in tree_flatten(value)[0]:
-        if isinstance(v, slice):
-            out += [v.start, v.stop, v.step]
-        else:
-            out.append(v)
-    return out
 

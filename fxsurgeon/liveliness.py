@@ -9,18 +9,15 @@ whatever the scales say, so they stay alive.
 """
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
-from .errors import FxSurgeonError
+from .errors import require
 from .graph import ChannelGraph
 
 
 def check_fraction(name: str, value: float) -> None:
     """A fraction in (0, 1), or a clear error."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
-        raise FxSurgeonError(f"{name} must be a fraction in (0, 1), got {value!r}")
+    require(name, value, lambda v: 0 < v < 1, "a fraction in (0, 1)")
 
 
 def _tensors(graph: ChannelGraph) -> dict:

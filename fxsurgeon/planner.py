@@ -8,13 +8,12 @@ original cost`` as integer widths allow without exceeding it.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .cost import METRICS
-from .errors import FxSurgeonError
+from .errors import FxSurgeonError, require
 from .graph import ChannelGraph
 from .liveliness import channel_scales
 from .report import human
@@ -139,10 +138,7 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise FxSurgeonError(f"round_to must be a positive integer, got {round_to!r}")
     if target is not None and scheme != "prune":
-        if isinstance(target, bool) or not isinstance(target, numbers.Real) or not math.isfinite(target) \
-                or target <= 0:
-            raise FxSurgeonError(f"target must be a finite number above 0 (a fraction of the "
-                                 f"original cost), got {target!r}")
+        require("target", target, lambda v: v > 0, "a finite number above 0 (of the original cost)")
         if target > max_target:
             raise FxSurgeonError(f"target {target:g} would make the network {target:g}x its cost; "
                                  f"pass max_target={target:g} (or more) if you mean it")

@@ -92,7 +92,7 @@ def trace_weight(gm: fx.GraphModule, weight: fx.Node, axes: tuple[int, ...], can
                     _shrinks(gm, nodes, leaves, moving, base, b):
                 found[b] = [(canonical(name), a) for name, a in moving]
     why = "" if all(b in found for b in axes) else \
-        f"the weight computed by {weight.format_node()} cannot be resized along its channels"
+        f"the weight computed at {weight.name} cannot be resized along its channels"
     return WeightSource(None, found, why)
 
 

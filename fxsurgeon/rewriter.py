@@ -22,7 +22,7 @@ import torch
 from torch import fx, nn
 
 from .cost import dimension_of
-from .errors import FxSurgeonError
+from .errors import FxSurgeonError, one_line
 from .folding import fold_constants, removed_reads
 from .graph import ChannelGraph
 from .matching import is_identity, match, take
@@ -150,6 +150,21 @@ def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: in
         if r.divisor > 1 and layout.new_size(r.tags) != len(r.tags):
             raise FxSurgeonError(f"rewrite cannot change the width of grouped convolution "
                                  f"{r.node} yet; pin its dimensions or keep their channels")
+    try:
+        return _build(graph, plan, scheme, layout, seed, fold, rescale, gamma0, check)
+    except FxSurgeonError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a crash is a refusal that names its cause
+        raise FxSurgeonError(f"the rewrite could not build the new network ({type(exc).__name__}: "
+                             f"{one_line(exc)}); this is a bug in fxsurgeon or in an op rule "
+                             f"(fxsurgeon.register_op)") from exc
+
+
+def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: int, fold: bool,
+           rescale: bool, gamma0: float, check: bool) -> Surgery:
+    """The steps of :func:`rewrite`, once its arguments are known to fit."""
+    prop = graph.propagation
+    added = layout.added
     old = graph.module
     new = copy.deepcopy(old)
     old_refs = _refs(prop)

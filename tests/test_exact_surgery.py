@@ -1,0 +1,302 @@
+"""Exact surgery or a clear refusal on the patterns real models use: modules called twice,
+tied weights, buffers read in forward, transposed convs, GroupNorm, functional layers,
+computed weights, fused norms, surgery after surgery, folds at every input size."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from test_planner import kill
+from test_rewrite import randomise_norms
+from torch import nn
+
+import fxsurgeon as fxs
+
+SCHEMES = ("prune", "nr", "cr", "ca")
+
+
+def surgery(model, x, scheme, fraction=0.3, seed=0, **analyze_kwargs):
+    """Analyse, zero the γ of ``fraction`` of every free dimension, plan and rewrite."""
+    graph = fxs.analyze(model, x, **analyze_kwargs)
+    kill(graph, fraction, seed)
+    plan = fxs.plan(graph, fxs.liveliness(graph), target=None if scheme == "prune" else 1.0, scheme=scheme)
+    return graph, fxs.rewrite(graph, plan, rescale=scheme == "ca", seed=seed)
+
+
+def same(a, b):
+    return (a - b).abs().max() <= 1e-9 * max(1.0, float(a.abs().max()))
+
+
+def exact_in_every_scheme(model, x, *other_inputs, removes=True, **analyze_kwargs):
+    """Every scheme keeps the function in float64, on ``x`` and on ``other_inputs``
+    (other sizes); returns the surgeries."""
+    model = model.double().eval()
+    randomise_norms(model)
+    done = {}
+    for scheme in SCHEMES:
+        _, s = surgery(model, x.double(), scheme, **analyze_kwargs)
+        for inp in (x, *other_inputs):
+            inp = inp.double()
+            assert same(model(inp), s.module(inp)), (scheme, tuple(inp.shape))
+        done[scheme] = s
+    if removes:
+        count = (lambda m: sum(p.numel() for p in m.parameters()))
+        assert count(done["prune"].module) < count(model)
+    return done
+
+
+def conv_bn(cin, cout, **kw):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, **kw), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class Reuse(nn.Module):
+    """The issue's snippet: one conv applied at two places."""
+
+    def __init__(self):
+        super().__init__()
+        self.c0, self.b0 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.c, self.b1, self.b2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.b1(self.c(torch.relu(self.b0(self.c0(x))))))
+        return self.fc(torch.relu(self.b2(self.c(x))).mean((2, 3)))
+
+
+def test_a_module_called_twice_is_one_set_of_channels():
+    done = exact_in_every_scheme(Reuse(), torch.randn(2, 3, 8, 8))
+    graph = fxs.analyze(Reuse(), torch.randn(1, 3, 8, 8))
+    shared = next(d for d in graph.dims if "c" in d.producers)
+    assert "c0" in shared.producers and shared.free       # c reads c0's channels and its own
+    assert len({m.tensor for m in shared.members if m.tensor == "c.weight" and m.role == "out"}) == 1
+    assert done["prune"].module.c.weight.shape[0] == done["prune"].module.c.weight.shape[1]
+
+
+class Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+        self.b.weight = self.a.weight
+        self.bn, self.bn2, self.head = nn.BatchNorm1d(8), nn.BatchNorm1d(8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn2(self.b(torch.relu(self.bn(self.a(x)))))))
+
+
+def test_tied_weights_stay_one_tensor():
+    done = exact_in_every_scheme(Tied(), torch.randn(4, 8), removes=False)
+    for s in done.values():
+        assert s.module.a.weight is s.module.b.weight
+
+
+class Shift(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c0, self.b0 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.register_buffer("shift", torch.randn(1, 8, 1, 1))
+        self.fc = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.b0(self.c0(x)) + self.shift))
+
+
+def test_a_buffer_read_in_forward_is_resized_with_its_channels():
+    done = exact_in_every_scheme(Shift(), torch.randn(2, 3, 8, 8))
+    assert done["prune"].module.shift.shape[1] == done["prune"].module.c0.weight.shape[0] < 8
+    assert done["nr"].module.shift.shape[1] == done["nr"].module.c0.weight.shape[0]
+
+
+class UNet(nn.Module):
+    """A decoder with a transposed conv (grouped, depthwise or dense) in a concat skip."""
+
+    def __init__(self, groups=1, depthwise=False):
+        super().__init__()
+        self.c0, self.b0 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.d, self.b1 = nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16)
+        self.up = nn.ConvTranspose2d(16, 16, 3, stride=2, padding=1, output_padding=1, groups=16) \
+            if depthwise else nn.ConvTranspose2d(16, 8, 2, stride=2, groups=groups)
+        width = 16 if depthwise else 8
+        self.b2, self.out = nn.BatchNorm2d(width), nn.Conv2d(width + 8, 4, 3, padding=1)
+
+    def forward(self, x):
+        a = torch.relu(self.b0(self.c0(x)))
+        u = torch.relu(self.b2(self.up(torch.relu(self.b1(self.d(a))))))
+        return self.out(torch.cat([u, a], 1))
+
+
+@pytest.mark.parametrize("kind", [{}, {"groups": 2}, {"depthwise": True}],
+                         ids=["dense", "grouped", "depthwise"])
+def test_transposed_convs_in_a_unet_skip(kind):
+    exact_in_every_scheme(UNet(**kind), torch.randn(2, 3, 8, 8), torch.randn(1, 3, 12, 16))
+
+
+class Normed(nn.Module):
+    def __init__(self, groups):
+        super().__init__()
+        self.c0, self.g = nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(groups, 8)
+        self.c1, self.b1, self.fc = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.b1(self.c1(torch.relu(self.g(self.c0(x)))))))
+
+
+def test_groupnorm_is_free_when_each_channel_is_its_group_and_pinned_otherwise():
+    done = exact_in_every_scheme(Normed(8), torch.randn(2, 3, 8, 8))
+    gn = done["nr"].module.g
+    assert gn.num_groups == gn.num_channels == gn.weight.shape[0]
+    graph = fxs.analyze(Normed(4), torch.randn(1, 3, 8, 8))
+    assert "GroupNorm statistics" in graph["c0"].pinned
+    exact_in_every_scheme(Normed(4), torch.randn(2, 3, 8, 8))
+
+
+class Optional(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c0, self.b0, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x, scale=None, flip=False):
+        y = torch.relu(self.b0(self.c0(x)))
+        if scale is not None:
+            y = y * scale
+        if flip:
+            y = y.flip(1)
+        return self.fc(y)
+
+
+def test_forward_arguments_the_example_does_not_give_are_traced_at_their_defaults():
+    exact_in_every_scheme(Optional(), torch.randn(2, 3, 8, 8))
+
+
+class Functional(nn.Module):
+    """Layers as functions of parameters: a plain one, a low-rank update (resizable), and a
+    weight-standardized conv (its inputs cannot be resized: statistics over them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c0, self.b0 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.w = nn.Parameter(torch.randn(10, 8, 3, 3) / 8)
+        self.b1 = nn.BatchNorm2d(10)
+        self.base, self.u, self.v = (nn.Parameter(torch.randn(6, 10) / 4), nn.Parameter(torch.randn(6, 2)),
+                                     nn.Parameter(torch.randn(2, 10) / 4))
+        self.b2 = nn.BatchNorm1d(6)
+        self.std = nn.Parameter(torch.randn(5, 6))
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.b0(self.c0(x)))
+        x = torch.relu(self.b1(F.conv2d(x, self.w, padding=1))).mean((2, 3))
+        x = torch.relu(self.b2(F.linear(x, self.base + self.u @ self.v)))
+        w = self.std - self.std.mean(1, keepdim=True)
+        return self.head(F.linear(x, w / w.std(1, keepdim=True)))
+
+
+def test_functional_layers_and_computed_weights_are_resized_through_their_parameters():
+    done = exact_in_every_scheme(Functional(), torch.randn(2, 3, 8, 8))
+    graph = fxs.analyze(Functional(), torch.randn(1, 3, 8, 8))
+    outs = {d.name: {(m.tensor, m.axis) for m in d.members if m.role == "out"} for d in graph.dims}
+    assert graph["conv2d"].free and outs["conv2d"] == {("w", 0)}
+    # the low-rank update's rows move with the layer's outputs, its columns with its inputs
+    assert outs["linear"] == {("base", 0), ("u", 0)}
+    assert {("base", 1), ("v", 1)} <= {(m.tensor, m.axis) for m in graph["conv2d"].members}
+    # standardization takes statistics over its inputs: those are pinned, its outputs free
+    assert "the weight computed at truediv cannot be resized along its channels" in graph["linear"].pinned
+    assert graph["linear_1"].free and outs["linear_1"] == {("std", 0)}
+    assert done["prune"].module.w.shape[0] < 10
+
+
+def test_folds_are_exact_at_every_input_size():
+    """Zero-padded, strided and transposed convs read removed constants unevenly near the
+    border: the fold computes that map from the input's size."""
+    model = nn.Sequential(
+        conv_bn(3, 8), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.ConvTranspose2d(8, 6, 3, stride=2, padding=1, output_padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+        nn.Conv2d(6, 4, 5, padding=2, dilation=2))
+    sizes = torch.randn(1, 3, 24, 40), torch.randn(1, 3, 9, 7)
+    done = exact_in_every_scheme(model, torch.randn(2, 3, 16, 16), *sizes)
+    assert "map" in done["prune"].folded.values()
+
+
+class Dense(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.a, self.b = conv_bn(3, 8), conv_bn(8, 6), conv_bn(8, 4)
+        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(10, 4, 1), nn.ReLU(),
+                                  nn.Conv2d(4, 10, 1))
+        self.last, self.head = conv_bn(10, 12), nn.Linear(12, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.cat([self.a(x), self.b(x)], 1)
+        x = x * torch.sigmoid(self.gate(x))
+        return self.head(self.last(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("schemes", [("prune", "prune"), ("nr", "nr"), ("nr", "prune"), ("prune", "nr", "cr"),
+                                     ("ca", "prune")], ids="-".join)
+def test_surgery_on_a_rewritten_network_any_number_of_times(schemes):
+    model = Dense().double().eval()
+    randomise_norms(model)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    current, folds = model, set()
+    for i, scheme in enumerate(schemes):
+        graph, s = surgery(current, x, scheme, seed=i)
+        assert same(graph.module(x), s.module(x))     # the network as killed, rewritten
+        folds |= {f["name"] for f in s.folds.values()}
+        names = [n for n, _ in s.module.named_buffers() if n.startswith("_fxs_fold")] + \
+            [n for n, _ in s.module.named_modules() if n.startswith("_fxs_fold")]
+        assert len(names) == len(set(names))
+        current = s.module
+    assert len(folds) >= 2        # folds of both rounds are there, under their own names
+
+
+def test_quasi_dead_channels_become_the_network_with_their_scales_at_zero():
+    """The dead test calls |γ| < 1 % of the largest dead: removing such a channel changes the
+    function slightly; the rewrite equals the network with those scales at exactly zero."""
+    model = nn.Sequential(conv_bn(3, 8), conv_bn(8, 8), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 3)).double().eval()
+    randomise_norms(model)
+    with torch.no_grad():
+        model[0][1].weight[:3] = 1e-3
+        model[0][1].bias[:3] = 0.5          # ReLU passes them: they are nearly constant, not zero
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    graph = fxs.analyze(model, x)
+    s = fxs.rewrite(graph, fxs.plan(graph, fxs.liveliness(graph), target=None, scheme="prune"))
+    assert not same(model(x), s.module(x))
+    with torch.no_grad():
+        model[0][1].weight[:3] = 0
+    assert same(model(x), s.module(x))
+
+
+def test_a_channel_without_a_scale_cannot_be_folded():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    graph = fxs.analyze(model, x)
+    alive = {"0": np.arange(8) % 2 == 0}
+    plan = fxs.plan(graph, alive, target=None, scheme="prune")
+    with pytest.raises(fxs.FxSurgeonError, match="not constant on the example inputs"):
+        fxs.rewrite(graph, plan)
+    assert fxs.rewrite(graph, plan, fold=False).module(x).shape == (2, 4, 8, 8)
+
+
+def test_bad_requests_are_clear_errors():
+    model = Reuse()
+    graph = fxs.analyze(model, torch.randn(1, 3, 8, 8))
+    for threshold in (1.5, 0, -0.1, math.nan, True, "0.1"):
+        with pytest.raises(fxs.FxSurgeonError, match="threshold must be a fraction in"):
+            fxs.liveliness(graph, threshold)
+    for target in (math.nan, math.inf, 0, -1.0):
+        with pytest.raises(fxs.FxSurgeonError, match="target must be a finite number above 0"):
+            fxs.plan(graph, target=target)
+    with pytest.raises(fxs.FxSurgeonError, match="pass max_target=1000"):
+        fxs.plan(graph, target=1000)
+    assert fxs.plan(graph, target=150, max_target=200).alpha > 1
+    with pytest.raises(fxs.FxSurgeonError, match="not a dimension of this graph"):
+        fxs.plan(graph, {"nope": np.ones(3, bool)})
+    with pytest.raises(fxs.FxSurgeonError, match="has shape"):
+        fxs.plan(graph, {graph.free_dims[0].name: np.ones(3, bool)})
+    with pytest.raises(fxs.FxSurgeonError, match="it is pinned"):
+        fxs.plan(graph, {"x": np.zeros(3, bool)})
+    other = fxs.analyze(Reuse(), torch.randn(1, 3, 8, 8))     # same layer names, other graph
+    with pytest.raises(fxs.FxSurgeonError, match="made for another ChannelGraph"):
+        fxs.rewrite(other, fxs.plan(graph, target=None, scheme="prune"))

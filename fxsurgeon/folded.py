@@ -1,13 +1,16 @@
-"""What removed constant channels still add to a convolution, at every input size.
+"""What removed constant channels still add to a layer, at every input size.
 
 A channel whose scale is exactly zero emits a constant (``ReLU(β)``). Removing it must
-leave the consumer's output unchanged, so its contribution is added back. Through a
-zero-padded convolution that contribution is not uniform: positions near the border see
-fewer taps of the constant. :class:`FoldedConstant` computes it at run time from the
-input's size, by the consumer's own geometry applied to a one-channel map of ones with
-the summed kernel ``Σ_c v_c · W[:, c]``; it is exact at every resolution and costs one
-single-channel convolution of one image (not counted as multiply-accumulates: it is a
-constant map, like a bias).
+leave the layers that read it unchanged, so its contribution is added back. Where that
+contribution is not the same at every position (a zero-padded convolution sees less of
+the constant near the border; a zero pad or an average pool that counts padding in
+between makes the constant itself vary), :class:`FoldedConstant` computes it at run
+time from the sizes: the removed channels' constants, spread over the map where they
+are still constant, through the channel-wise ops that lie between (:attr:`chain`), then
+through the layer's weight columns of those channels (:class:`FoldedConv`). It is exact
+at every resolution and costs that layer on one image of the removed channels only (not
+counted as multiply-accumulates: the result is a constant map per input size, like a
+bias).
 """
 from __future__ import annotations
 
@@ -16,59 +19,68 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-class FoldedConstant(nn.Module):
-    """``forward(y, size)``: ``y`` plus the map a constant input contributes to a
-    convolution of an input of ``size`` (the input's ``.size()``: only its shape is read).
+class FoldedConv(nn.Module):
+    """A convolution (transposed or not) with a fixed weight and no bias: a layer restricted
+    to the columns of some of its input channels."""
 
-    ``kernel`` is ``(out, 1, *k)`` (``(1, out, *k)`` when ``transposed``): the consumer's
-    weight columns of the removed channels, summed with their constant values.
-    """
-
-    def __init__(self, kernel: Tensor, stride, padding, dilation, transposed: bool = False,
+    def __init__(self, weight: Tensor, stride, padding, dilation, transposed: bool = False,
                  output_padding=0):
         super().__init__()
-        self.register_buffer("kernel", kernel.detach().clone())
-        self.ndim = kernel.dim() - 2
+        self.register_buffer("weight", weight.detach().clone())
+        self.ndim = weight.dim() - 2
         self.stride = _ints(stride, self.ndim)
         self.padding = _ints(padding, self.ndim)
         self.dilation = _ints(dilation, self.ndim)
         self.output_padding = _ints(output_padding, self.ndim)
         self.transposed = transposed
 
-    def forward(self, y: Tensor, size: list[int]) -> Tensor:
-        ones = y.new_ones([1, 1] + list(size[2:]))
+    def forward(self, x: Tensor) -> Tensor:
         if self.transposed:
             if self.ndim == 1:
-                m = F.conv_transpose1d(ones, self.kernel, None, self.stride, self.padding,
-                                       self.output_padding, 1, self.dilation)
-            elif self.ndim == 2:
-                m = F.conv_transpose2d(ones, self.kernel, None, self.stride, self.padding,
-                                       self.output_padding, 1, self.dilation)
-            else:
-                m = F.conv_transpose3d(ones, self.kernel, None, self.stride, self.padding,
-                                       self.output_padding, 1, self.dilation)
-        elif self.ndim == 1:
-            m = F.conv1d(ones, self.kernel, None, self.stride, self.padding, self.dilation)
-        elif self.ndim == 2:
-            m = F.conv2d(ones, self.kernel, None, self.stride, self.padding, self.dilation)
-        else:
-            m = F.conv3d(ones, self.kernel, None, self.stride, self.padding, self.dilation)
-        return y + m
+                return F.conv_transpose1d(x, self.weight, None, self.stride, self.padding,
+                                          self.output_padding, 1, self.dilation)
+            if self.ndim == 2:
+                return F.conv_transpose2d(x, self.weight, None, self.stride, self.padding,
+                                          self.output_padding, 1, self.dilation)
+            return F.conv_transpose3d(x, self.weight, None, self.stride, self.padding,
+                                      self.output_padding, 1, self.dilation)
+        if self.ndim == 1:
+            return F.conv1d(x, self.weight, None, self.stride, self.padding, self.dilation)
+        if self.ndim == 2:
+            return F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation)
+        return F.conv3d(x, self.weight, None, self.stride, self.padding, self.dilation)
 
     def spec(self) -> dict:
-        """Everything but the kernel's values, as plain data (checkpoints rebuild it)."""
-        return {"shape": list(self.kernel.shape), "stride": self.stride, "padding": self.padding,
+        """Everything but the weight's values, as plain data (checkpoints rebuild it)."""
+        return {"shape": list(self.weight.shape), "stride": self.stride, "padding": self.padding,
                 "dilation": self.dilation, "transposed": self.transposed,
                 "output_padding": self.output_padding}
 
     @classmethod
-    def from_spec(cls, spec: dict) -> FoldedConstant:
-        """A fold shaped as ``spec`` says, with a zero kernel (weights load over it)."""
+    def from_spec(cls, spec: dict) -> FoldedConv:
+        """One shaped as ``spec`` says, with a zero weight (the weights load over it)."""
         return cls(torch.zeros(spec["shape"]), spec["stride"], spec["padding"], spec["dilation"],
                    spec["transposed"], spec["output_padding"])
 
     def extra_repr(self) -> str:
-        return f"kernel={tuple(self.kernel.shape)}, stride={self.stride}, padding={self.padding}"
+        return f"weight={tuple(self.weight.shape)}, stride={self.stride}, padding={self.padding}"
+
+
+class FoldedConstant(nn.Module):
+    """``forward(y, size)``: ``y`` plus what removed channels holding the constants
+    ``values`` add to it, spread over a map of ``size`` (the ``.size()`` of the tensor
+    where they are constant: only its shape is read), through ``chain`` and ``layer``."""
+
+    def __init__(self, values: Tensor, layer: nn.Module, chain: nn.Module | None = None):
+        super().__init__()
+        self.register_buffer("values", values.detach().clone())
+        self.layer = layer
+        self.chain = chain if chain is not None else nn.Identity()
+
+    def forward(self, y: Tensor, size: list[int]) -> Tensor:
+        shape = [1, self.values.shape[0]] + list(size[2:])
+        spread = self.values.to(y.dtype).view([1, -1] + [1] * (len(size) - 2)).expand(shape)
+        return y + self.layer(self.chain(spread))
 
 
 def _ints(v, n: int) -> list[int]:

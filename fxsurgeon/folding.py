@@ -4,11 +4,15 @@ A channel removed because its scale is exactly zero still emits a constant (``Re
 of a BatchNorm with ``γ = 0``). At every call that read it, its contribution is put back:
 into the layer's bias when it is the same at every position and the bias belongs to that
 call alone; else as a per-channel constant added after the call; else (a zero-padded
-convolution, where positions near the border see less of it) as a
-:class:`~fxsurgeon.folded.FoldedConstant` that the layer's rule builds, computing the map
-from the input's size. Each fold is exact at every input size. A removed channel that is
-not constant on the example inputs was not dead: removing it changes the function, and
-folding refuses.
+convolution sees less of the constant near the border; a zero pad or an average pool
+counting padding on the way makes the constant itself vary) as a
+:class:`~fxsurgeon.folded.FoldedConstant`, which computes the contribution at run time
+from the input's size: the constants are spread over the last map where they are
+constant, replayed through the channel-wise ops on the way (the op table says which
+ops act on each channel on its own), then through the layer restricted to those
+channels (its rule builds that). Each fold is exact at every input size, and is checked
+on the example inputs as it is built. A removed channel that is constant nowhere on
+the way was not dead: removing it changes the function, and folding refuses.
 """
 from __future__ import annotations
 
@@ -19,10 +23,13 @@ import torch
 from torch import fx
 
 from .errors import FxSurgeonError
-from .folded import FoldedConstant
+from .folded import FoldedConstant, FoldedConv
 from .matching import is_identity, match, take
-from .nodes import getattr_path
+from .nodes import getattr_path, reads_values
 from .ops import TABLE
+
+#: how many channel-wise ops back from a layer folding looks for where a constant is constant
+_REACH = 8
 
 
 def removed_reads(prop, kept) -> dict:
@@ -31,10 +38,33 @@ def removed_reads(prop, kept) -> dict:
     return {r.node: (r, ~kept(r.tags)) for r in prop.readers.values() if not kept(r.tags).all()}
 
 
-def fold_constants(graph, new: fx.GraphModule, new_prop, surgery, removed: dict, calls: dict) -> None:
+def _way_back(gm: fx.GraphModule, start: fx.Node, modules) -> list[fx.Node]:
+    """``start`` and the nodes before it through channel-wise ops of one tensor input,
+    nearest first: where a layer's input may still hold the removed channels' constants."""
+    way = [start]
+    while len(way) <= _REACH:
+        n = way[-1]
+        inputs = [a for a in n.all_input_nodes if reads_values(a)]
+        if not (n.op.startswith("call_") and TABLE.lookup(n, modules).channelwise and len(inputs) == 1
+                and n.args and n.args[0] is inputs[0]):
+            break
+        way.append(inputs[0])
+    return way
+
+
+def watched(graph, removed: dict) -> set[str]:
+    """The nodes whose values folding reads on the reference run (see :func:`fold_constants`)."""
+    modules = dict(graph.module.named_modules())
+    nodes = {n.name: n for n in graph.module.graph.nodes}
+    return {n.name for r, _ in removed.values() for n in _way_back(graph.module, nodes[r.input], modules)}
+
+
+def fold_constants(graph, new: fx.GraphModule, new_prop, surgery, removed: dict, calls: dict,
+                   values: dict) -> None:
     """Fold the constants of the ``removed`` reads (see :func:`removed_reads`) into ``new``
-    (in place), given each call's arguments in the reference network (``calls``);
-    ``surgery.folded`` says how per call, ``surgery.folds`` what was added (as data)."""
+    (in place), given, on the reference network, each call's arguments (``calls``) and the
+    values of the :func:`watched` nodes; ``surgery.folded`` says how per call,
+    ``surgery.folds`` what was added (as data)."""
     prop = graph.propagation
     modules = dict(graph.module.named_modules())
     old_nodes = {n.name: n for n in graph.module.graph.nodes}
@@ -45,13 +75,12 @@ def fold_constants(graph, new: fx.GraphModule, new_prop, surgery, removed: dict,
         node, call = old_nodes[name], calls[name]
         x = _input(node, call, reader.input)
         axis = reader.axis % x.dim()
-        gone_at = torch.as_tensor(np.nonzero(gone)[0], device=x.device)
-        values = _constants(x, axis, gone_at, name)
-        only_removed = torch.zeros_like(x).index_copy(axis, gone_at, x.index_select(axis, gone_at))
+        at = torch.as_tensor(np.nonzero(gone)[0], device=x.device)
+        only_removed = torch.zeros_like(x).index_copy(axis, at, x.index_select(axis, at))
         with torch.no_grad():
             delta = _call(graph.module, node, _with_input(node, call, reader.input, only_removed)) \
                 - _call(graph.module, node, _with_input(node, call, reader.input, torch.zeros_like(x)))
-        idx = None
+        raw, idx = delta, None
         if name in out_old and name in out_new:
             idx = match(prop.uf.find(out_old[name]), new_prop.uf.find(out_new[name]))
             if is_identity(idx, len(out_old[name])):
@@ -59,7 +88,7 @@ def fold_constants(graph, new: fx.GraphModule, new_prop, surgery, removed: dict,
             else:       # the layer's own outputs changed too (new ones get nothing)
                 delta = take(delta, axis, idx)
         per_channel = delta.mean([a for a in range(delta.dim()) if a != axis], keepdim=True)
-        if _same(delta, per_channel):
+        if _same(delta, per_channel) and _constant(x, axis, at) is not None:
             users = sum(r.bias == reader.bias for r in new_prop.readers.values())
             if reader.bias is not None and users == 1:
                 with torch.no_grad():
@@ -69,17 +98,33 @@ def fold_constants(graph, new: fx.GraphModule, new_prop, surgery, removed: dict,
             surgery.folds[name] = _attach_constant(new, new_nodes[name], per_channel)
             surgery.folded[name] = "constant"
             continue
-        folded = None
-        if reader.weight is not None:
-            kernel = _summed(getattr_path(graph.module, reader.weight), reader.weight_axis, gone_at, values)
-            if idx is not None:
-                kernel = take(kernel, 1 - reader.weight_axis, idx)
-            folded = TABLE.lookup(node, modules).constant_map(node, graph.module, kernel)
-        if folded is None:
-            raise FxSurgeonError(f"cannot fold the channels removed from {name}: their constant "
-                                 f"varies over the output of {node.format_node()}, and its rule "
-                                 f"gives no way to compute that at other input sizes")
-        surgery.folds[name] = _attach_map(new, new_nodes[name], new_nodes[reader.input], folded)
+        way = _way_back(graph.module, old_nodes[reader.input], modules)
+        found = ((n, _constant(values[n.name], axis, at)) for n in way)
+        source, constants = next(((n, c) for n, c in found if c is not None), (None, None))
+        if source is None:
+            raise FxSurgeonError(
+                f"cannot fold the channels removed from {name}: they are not constant on the example "
+                f"inputs, so they are not dead and removing them changes the function (pass "
+                f"fold=False to drop them anyway)")
+        chain = _chain(graph.module, way[:way.index(source)][::-1])
+        weight = getattr_path(graph.module, reader.weight) if reader.weight is not None else \
+            _input(node, call, reader.weight_node)
+        layer = TABLE.lookup(node, modules).restricted(node, graph.module, weight.detach().index_select(
+            reader.weight_axis, at.to(weight.device)))
+        if layer is None:
+            raise FxSurgeonError(f"cannot fold the channels removed from {name}: their constants add a "
+                                 f"map that varies over its output, and its rule (fxsurgeon.ops) cannot "
+                                 f"compute that at other input sizes")
+        folded = FoldedConstant(constants, layer, chain)
+        with torch.no_grad():
+            got = folded(torch.zeros_like(raw[:1]), list(values[source.name].shape))
+        if got.shape != raw[:1].shape or not _same(got, raw[:1]):
+            raise FxSurgeonError(f"cannot fold the channels removed from {name}: computing their "
+                                 f"contribution again from sizes does not give what they add")
+        if idx is not None:
+            layer.weight = take(layer.weight, 1 - reader.weight_axis, idx)
+        surgery.folds[name] = _attach_map(new, new_nodes[name], new_nodes[source.name], folded,
+                                          [n.name for n in way[:way.index(source)][::-1]])
         surgery.folded[name] = "map"
 
 
@@ -88,24 +133,30 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool(((a - b).abs() <= slack).all())
 
 
-def _constants(x: torch.Tensor, axis: int, gone_at: torch.Tensor, name: str) -> torch.Tensor:
-    """The value each removed channel holds everywhere; a channel that varies was not dead."""
-    rows = x.index_select(axis, gone_at).movedim(axis, 0).reshape(len(gone_at), -1)
-    values = rows[:, :1]
-    if not _same(rows, values):
-        raise FxSurgeonError(
-            f"cannot fold the channels removed from {name}: they are not constant on the example "
-            f"inputs, so they are not dead and removing them changes the function (pass "
-            f"fold=False to drop them anyway)")
-    return values[:, 0]
+def _constant(x, axis: int, at: torch.Tensor) -> torch.Tensor | None:
+    """The value each channel ``at`` of ``x`` holds everywhere, or None if one varies."""
+    if not isinstance(x, torch.Tensor) or x.dim() <= axis or x.shape[axis] <= int(at.max()):
+        return None
+    rows = x.index_select(axis, at.to(x.device)).movedim(axis, 0).reshape(len(at), -1)
+    return rows[:, 0] if _same(rows, rows[:, :1]) else None
 
 
-def _summed(weight: torch.Tensor, axis: int, at: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """``Σ_c values[c] · weight.select(axis, at[c])``, keeping ``axis`` with size one."""
-    cols = weight.detach().index_select(axis, at.to(weight.device))
-    shape = [1] * weight.dim()
-    shape[axis] = -1
-    return (cols * values.to(weight.dtype).view(shape)).sum(axis, keepdim=True)
+def _chain(gm: fx.GraphModule, nodes: list[fx.Node]) -> torch.nn.Module | None:
+    """The channel-wise ops ``nodes`` (in order, each reading the one before) as a module of
+    their own, or None if there are none; their other arguments must be literals."""
+    if not nodes:
+        return None
+    g = fx.Graph()
+    x = g.placeholder("x")
+    env = {nodes[0].args[0]: x}
+    for n in nodes:
+        others = [a for a in n.all_input_nodes if a is not n.args[0]]
+        if others:
+            raise FxSurgeonError(f"cannot fold through {n.name}: it reads {others[0].name} besides "
+                                 f"the channels, so it cannot be replayed on them alone")
+        env[n] = g.node_copy(n, lambda a: env[a])
+    g.output(env[nodes[-1]])
+    return fx.GraphModule(gm, g)
 
 
 def _free_name(module: torch.nn.Module) -> str:
@@ -135,8 +186,8 @@ def _attach_constant(module: fx.GraphModule, node: fx.Node, value: torch.Tensor,
 
 
 def _attach_map(module: fx.GraphModule, node: fx.Node, source: fx.Node, folded: FoldedConstant,
-                name: str | None = None) -> dict:
-    """Put ``folded(node's output, the size of its input)`` in place of ``node``'s output."""
+                chain: list[str], name: str | None = None) -> dict:
+    """Put ``folded(node's output, the size of source)`` in place of ``node``'s output."""
     name = name or _free_name(module)
     module.add_submodule(name, folded)
     with module.graph.inserting_after(node):
@@ -144,17 +195,19 @@ def _attach_map(module: fx.GraphModule, node: fx.Node, source: fx.Node, folded: 
     with module.graph.inserting_after(size):
         added = module.graph.call_module(name, (node, size))
     _reroute(node, added)
-    return {"name": name, "kind": "map", "input": source.name, "node": added.name, **folded.spec()}
+    return {"name": name, "kind": "map", "node": added.name, "source": source.name, "chain": chain,
+            "shape": list(folded.values.shape), "layer": folded.layer.spec()}
 
 
 def restore_fold(module: fx.GraphModule, node_name: str, spec: dict) -> None:
     """Add back a fold that :func:`fold_constants` recorded (zeros: the weights load over them)."""
     nodes = {n.name: n for n in module.graph.nodes}
-    if spec.get("kind", "constant") == "constant":
+    if spec["kind"] == "constant":
         _attach_constant(module, nodes[node_name], torch.zeros(spec["shape"]), spec["name"])
-    else:
-        _attach_map(module, nodes[node_name], nodes[spec["input"]], FoldedConstant.from_spec(spec),
-                    spec["name"])
+        return
+    chain = _chain(module, [nodes[n] for n in spec["chain"]])
+    folded = FoldedConstant(torch.zeros(spec["shape"]), FoldedConv.from_spec(spec["layer"]), chain)
+    _attach_map(module, nodes[node_name], nodes[spec["source"]], folded, spec["chain"], spec["name"])
 
 
 def _input(node: fx.Node, call, source: str):

@@ -23,7 +23,7 @@ from torch import fx, nn
 
 from .cost import dimension_of
 from .errors import FxSurgeonError, one_line
-from .folding import fold_constants, removed_reads
+from .folding import fold_constants, removed_reads, watched
 from .graph import ChannelGraph
 from .matching import is_identity, match, take
 from .nodes import getattr_path
@@ -203,8 +203,9 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
     if fold:
         removed = removed_reads(prop, layout.kept)
         overrides = zeroed_scales(graph, layout.kept)
-        expected, calls, _ = run_graph(old, graph.example_inputs, overrides, args_of=removed)
-        fold_constants(graph, new, new_prop, surgery, removed, calls)
+        expected, calls, values = run_graph(old, graph.example_inputs, overrides, args_of=removed,
+                                            outputs_of=watched(graph, removed))
+        fold_constants(graph, new, new_prop, surgery, removed, calls, values)
     if scheme in ("cr", "ca"):
         _partition(new, new_prop, new_refs, layout, surgery)
     _carry_unused(graph, new)

@@ -217,6 +217,27 @@ def test_folds_are_exact_at_every_input_size():
     assert "map" in done["prune"].folded.values()
 
 
+class ConstantOnTheWay(nn.Module):
+    """Removed channels constant at their norm but not at the next layer: an average pool
+    counting its padding (inception's branch pool) and a zero pad (hgnet's stem) between."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = conv_bn(3, 8), conv_bn(8, 8)
+        self.pool, self.conv = nn.Conv2d(8, 6, 1), nn.Conv2d(8, 6, 2)
+
+    def forward(self, x):
+        x = self.a(x)
+        pooled = self.pool(F.avg_pool2d(x, 3, 1, 1))
+        padded = self.conv(F.pad(torch.relu(self.b(x)), (0, 1, 0, 1)))
+        return pooled + padded
+
+
+def test_constants_that_vary_on_the_way_are_replayed_at_every_input_size():
+    done = exact_in_every_scheme(ConstantOnTheWay(), torch.randn(2, 3, 8, 8), torch.randn(1, 3, 13, 6))
+    assert done["prune"].folded["pool"] == done["prune"].folded["conv"] == "map"
+
+
 class Dense(nn.Module):
     def __init__(self):
         super().__init__()

@@ -12,6 +12,7 @@ class Carry(Rule):
     for ``c > 0`` (ReLU, LeakyReLU, identity, dropout)."""
 
     elementwise = True
+    channelwise = True
 
     def __init__(self, homogeneous: bool = False, keeps_dtype: bool = True):
         self._homogeneous = homogeneous

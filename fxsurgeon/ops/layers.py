@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..folded import FoldedConstant
+from ..folded import FoldedConv
 from ..nodes import normalized, tensors_in
 from ..provenance import WeightSource
 from ..tags import prod
@@ -151,7 +151,7 @@ class Layer(Rule):
             return module._conv_forward(args[0], weight, bias)
         return None
 
-    def constant_map(self, node, root, kernel):
+    def restricted(self, node, root, weight):
         if self.linear:
             return None         # a linear layer sees a constant the same everywhere
         if node.op == "call_module":
@@ -166,11 +166,11 @@ class Layer(Rule):
             if any(isinstance(v, fx.Node) for v in geometry.values()):
                 return None
             m = SimpleNamespace(**geometry)
-        padding = _explicit_padding(m.padding, kernel.shape[2:], m.dilation)
+        padding = _explicit_padding(m.padding, weight.shape[2:], m.dilation)
         if padding is None:
             return None
-        return FoldedConstant(kernel, m.stride, padding, m.dilation, self.transposed,
-                              getattr(m, "output_padding", 0))
+        return FoldedConv(weight, m.stride, padding, m.dilation, self.transposed,
+                          getattr(m, "output_padding", 0))
 
     def sync(self, module, old):
         w = getattr(module, self.weight)

@@ -145,6 +145,8 @@ class Select(Move):
 class Pad(Move):
     """Padding: positively homogeneous only when it pads with zeros."""
 
+    channelwise = True
+
     def homogeneous(self, node, module) -> bool:
         if module is not None:
             return getattr(module, "value", 0) == 0
@@ -177,6 +179,8 @@ class Concat(Rule):
 
 class Spatial(Rule):
     """Pooling and interpolation: each channel on its own, along the spatial axes."""
+
+    channelwise = True
 
     def propagate(self, walk, node, args, kwargs):
         x = args[0]

@@ -12,8 +12,9 @@ names of its own:
   :attr:`measure_macs`): how the shape pass may compute its output cheaply, and whether
   its multiply-accumulates are measured by ``FlopCounterMode``;
 - **rescaling** (:meth:`homogeneous`): whether ``f(c·x) = c·f(x)`` per channel for ``c > 0``;
-- **rewriting** (:meth:`sync`, :meth:`constant_map`): how a module's constructor attributes
-  follow its resized tensors, and how a removed constant input is folded into it;
+- **rewriting** (:meth:`sync`, :meth:`restricted`, :attr:`channelwise`): how a module's
+  constructor attributes follow its resized tensors, and how removed constant inputs are
+  folded into it;
 - **tracing** (:attr:`leaf`): a module type with a rule is traced as one call.
 
 Rules are registered in the op table (:mod:`fxsurgeon.ops.table`); users add their own
@@ -40,6 +41,9 @@ class Rule:
     measure_macs = False
     #: tracing: a module of this type is kept as one call, not traced through
     leaf = True
+    #: folding: the op acts on each channel on its own, the same way (an activation,
+    #: pooling, spatial padding), so it can be replayed on removed channels alone
+    channelwise = False
 
     def propagate(self, walk, node: fx.Node, args: tuple, kwargs: dict):
         """The tag value of ``node`` given the tag values of its arguments.
@@ -63,11 +67,11 @@ class Rule:
         """Whether the op is positively homogeneous of degree one, channel by channel."""
         return False
 
-    def constant_map(self, node: fx.Node, root: nn.Module, kernel: Tensor) -> nn.Module | None:
-        """For a layer reading channels through a weight: a module ``m(y, x)`` that adds to
-        its output ``y`` what a constant input contributes at ``x``'s size, given ``kernel``
-        (the weight's columns of the constant channels, summed with their values), or None
-        if the layer cannot say (folding then refuses)."""
+    def restricted(self, node: fx.Node, root: nn.Module, weight: Tensor) -> nn.Module | None:
+        """For a layer that reads channels through a weight: a module computing the layer
+        on those channels alone, with ``weight`` (its weight's columns of them) and no
+        bias, for folding removed constants; None if the layer cannot say (folding then
+        refuses where the constants' contribution varies over the output)."""
         return None
 
     def sync(self, module: nn.Module, old: nn.Module) -> None:

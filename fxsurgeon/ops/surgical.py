@@ -6,13 +6,14 @@ from .rule import Rule
 
 class Folded(Rule):
     """A :class:`~fxsurgeon.folded.FoldedConstant` after a layer: its output holds the
-    layer's channels, and its kernel's output axis holds them too (so a later surgery
-    resizes it). It costs nothing: a constant map per input size, like a bias."""
+    layer's channels, and so does its weight's output axis (a later surgery resizes it).
+    It costs nothing: a constant map per input size, like a bias."""
 
     def propagate(self, walk, node, args, kwargs):
         y = args[0]
         vec = walk.tags.axis_vector(y, 1)
         if vec is None:
             return walk.opaque(node, args, kwargs)
-        walk.ref(f"{node.target}.kernel", 1 if walk.submodule(node).transposed else 0, vec, "param", node)
+        layer = walk.submodule(node).layer
+        walk.ref(f"{node.target}.layer.weight", 1 if layer.transposed else 0, vec, "param", node)
         return y

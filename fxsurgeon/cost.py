@@ -107,7 +107,9 @@ class CostModel:
         """Per dimension: whether every axis that holds it holds all of its channels
         (only then can it grow new ones)."""
         ok = np.ones(len(self.widths), bool)
-        for _, factors in self.terms:
+        for term, factors in self.terms:
+            if term.partial:
+                continue
             for f in factors:
                 for d, rep in f.rep.items():
                     ok[d] &= rep > 0

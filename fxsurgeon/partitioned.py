@@ -1,21 +1,23 @@
-"""S/R-partitioned conv and linear layers: the NR-CR and NR-CA layers of the paper.
+"""Partitioned conv and linear layers: the NR-CR and NR-CA layers of the paper.
 
-A rejuvenated layer's outputs are its survivors (S) followed by its new channels (R);
-its inputs are S, R and fixed (F) channels in whatever order the graph gives them.
-Writing ``A_XY`` for the layer applied to the X inputs into the Y outputs:
+A rejuvenated layer's outputs are grouped by *generation*: the survivors (S, generation
+0) first, then the channels each rejuvenation added (R, generation 1, and so on after
+further ``cr`` events). Its inputs belong to a generation too, or are fixed (F: the
+image, a pinned trunk, a dimension that keeps its width), in whatever order the graph
+gives them. Writing ``A_XY`` for the layer applied to the X inputs into the Y outputs:
 
-- ``cr`` computes only the diagonal blocks: ``S_out = A_SS``, ``R_out = A_RR``;
-- ``ca`` adds the cross blocks through a gate (Eq. 9/10):
+- ``cr`` computes only the diagonal blocks: generation ``g``'s outputs read generation
+  ``g``'s inputs (and the fixed ones), ``S_out = A_SS``, ``R_out = A_RR``;
+- ``ca`` (two generations) adds the cross blocks through a gate (Eq. 9/10):
   ``S_out = A_SS + 2σ(A_SS)·A_RS`` and ``R_out = A_RR + 2σ(A_RR)·A_SR``.
 
-Fixed inputs (the image, a pinned trunk) feed both halves, as part of ``A_SS`` and
-``A_RR``; the bias belongs there too. ``cr`` costs ``S_out·(S_in+F_in) + R_out·(R_in+F_in)``
-multiply-accumulates per position; ``ca`` costs exactly one dense layer of the same
-widths, computed as one layer call per input part. Both script with TorchScript.
+Fixed inputs feed every generation, as part of its diagonal block; the bias belongs
+there too. ``cr`` costs ``Σ_g out_g·(in_g + F_in)`` multiply-accumulates per position;
+``ca`` costs exactly one dense layer of the same widths. Both script with TorchScript.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -27,29 +29,33 @@ from .errors import FxSurgeonError
 SCHEMES = ("cr", "ca")
 
 
-def _span(index: np.ndarray) -> tuple[int, int, bool]:
-    """(start, length, contiguous) of sorted positions."""
-    if len(index) == 0:
-        return 0, 0, True
-    start = int(index[0])
-    return start, len(index), bool((np.diff(index) == 1).all())
+def _runs(index: np.ndarray) -> bool:
+    """Whether sorted positions are one contiguous run."""
+    return len(index) == 0 or bool((np.diff(index) == 1).all())
 
 
 class Partitioned(nn.Module):
-    """A conv or linear layer split into S/R blocks (see the module docstring).
+    """A conv or linear layer split by generation (see the module docstring).
 
-    Parameters ``weight_s``, ``weight_r``, ``weight_f`` hold the columns of the S, R and
-    F inputs (``None`` where a part is empty); under ``cr`` ``weight_s`` has only the S
-    output rows and ``weight_r`` only the R rows. Build one with :meth:`from_dense`.
+    ``blocks[k]`` holds the columns of generation ``block_gen[k]``'s inputs (under ``cr``
+    only that generation's output rows, under ``ca`` every row; a block that would be
+    empty is not there); ``weight_f`` the columns of the fixed inputs, every row (``None``
+    where there are none). ``rows[g]`` counts generation ``g``'s outputs. Build one with
+    :meth:`from_dense`.
     """
 
-    def __init__(self, scheme: str, layer: nn.Module, out_s: int, out_r: int,
-                 parts: list[np.ndarray]):
+    __jit_unused_properties__ = ["weight"]
+
+    def __init__(self, scheme: str, layer: nn.Module, rows: list[int], cols: list[np.ndarray],
+                 fixed: np.ndarray):
         super().__init__()
         if scheme not in SCHEMES:
             raise FxSurgeonError(f"partitioned layers exist for {SCHEMES}, not {scheme!r}")
+        if scheme == "ca" and len(rows) != 2:
+            raise FxSurgeonError(f"a ca layer has two generations (S and R), not {len(rows)}")
         self.scheme = scheme
-        self.out_s, self.out_r = out_s, out_r
+        self.rows = [int(r) for r in rows]
+        self.cols = [len(c) for c in cols]
         if isinstance(layer, nn.Linear):
             self.ndim, self.axis = 0, -1
             self.stride, self.padding, self.dilation = [1], [0], [1]
@@ -58,61 +64,109 @@ class Partitioned(nn.Module):
             self.stride, self.padding = list(layer.stride), list(layer.padding)
             self.dilation = list(layer.dilation)
         self.kernel = list(layer.weight.shape[2:])
-        spans = [_span(p) for p in parts]
-        self.starts = [s[0] for s in spans]
-        self.lengths = [s[1] for s in spans]
-        self.contiguous = [s[2] for s in spans]
+        parts = [*cols, fixed]
         # parts that are contiguous tile the input: one split, whose backward is one cat
-        self.split = all(self.contiguous)
-        order = sorted(range(3), key=lambda k: (self.lengths[k] == 0, self.starts[k]))
-        self.split_sizes = [self.lengths[k] for k in order]
-        self.slot = [order.index(k) for k in range(3)]
-        for name, p in zip(("index_s", "index_r", "index_f"), parts, strict=True):
-            self.register_buffer(name, torch.as_tensor(p, dtype=torch.long, device=layer.weight.device),
-                                 persistent=False)
-        for name in ("weight_s", "weight_r", "weight_f", "bias"):
-            self.register_parameter(name, None)
+        self.split = all(_runs(p) for p in parts)
+        first = [int(p[0]) if len(p) else 0 for p in parts]
+        order = sorted(range(len(parts)), key=lambda k: (len(parts[k]) == 0, first[k]))
+        self.split_sizes = [len(parts[k]) for k in order]
+        self.slot = [order.index(k) for k in range(len(parts))]
+        device = layer.weight.device
+        self.register_buffer("index", torch.as_tensor(np.concatenate(cols), dtype=torch.long, device=device),
+                             persistent=False)
+        self.register_buffer("index_f", torch.as_tensor(fixed, dtype=torch.long, device=device),
+                             persistent=False)
+        self.blocks = nn.ParameterList()
+        self.block_gen: List[int] = []
+        self.register_parameter("weight_f", None)
+        self.register_parameter("bias", None)
 
     @classmethod
-    def from_dense(cls, scheme: str, layer: nn.Module, out_s: int,
-                   s: np.ndarray, r: np.ndarray, f: np.ndarray) -> Partitioned:
-        """The partitioned form of a dense ``layer`` whose first ``out_s`` outputs are S
-        and the rest R, reading its S, R and F inputs at positions ``s``, ``r``, ``f``.
-        Under ``cr`` the cross blocks of ``layer`` are dropped; under ``ca`` they are kept."""
-        w = layer.weight.detach()
-        out_r = w.shape[0] - out_s
-        if len(s) + len(f) == 0:
+    def from_dense(cls, scheme: str, layer: nn.Module, row_gen: np.ndarray, col_gen: np.ndarray
+                   ) -> Partitioned:
+        """The partitioned form of a dense ``layer`` whose output ``i`` belongs to
+        generation ``row_gen[i]`` (grouped, in increasing order) and whose input ``j`` to
+        ``col_gen[j]`` (-1: fixed). Under ``cr`` the blocks between generations are
+        dropped (they must be zero for the function to stay); under ``ca`` they are kept."""
+        row_gen, col_gen = np.asarray(row_gen), np.asarray(col_gen)
+        gens = int(max(row_gen.max(initial=0), col_gen.max(initial=0))) + 1
+        gens = max(gens, 2) if scheme == "ca" else gens
+        if len(row_gen) and (np.diff(row_gen) < 0).any():
+            raise FxSurgeonError("a partitioned layer's outputs must be grouped by generation")
+        rows = [int((row_gen == g).sum()) for g in range(gens)]
+        cols = [np.nonzero(col_gen == g)[0] for g in range(gens)]
+        fixed = np.nonzero(col_gen < 0)[0]
+        if len(cols[0]) + len(fixed) == 0:
             raise FxSurgeonError("a partitioned layer needs survivor or fixed inputs")
-        m = cls(scheme, layer, out_s, out_r, [s, r, f])
-        rows = {"s": w[:out_s], "r": w[out_s:]} if scheme == "cr" else {}   # cr: diagonal only
-        for k, cols in zip("srf", (s, r, f), strict=True):
-            block = rows.get(k, w)
-            if len(cols) and block.shape[0]:
-                value = block.index_select(1, torch.as_tensor(cols, device=w.device)).clone()
-                setattr(m, f"weight_{k}", nn.Parameter(value, layer.weight.requires_grad))
+        m = cls(scheme, layer, rows, cols, fixed)
+        w = layer.weight.detach()
+        starts = np.concatenate([[0], np.cumsum(rows)])
+        for g in range(gens):
+            block = w[starts[g]:starts[g + 1]] if scheme == "cr" else w
+            if block.shape[0] and len(cols[g]):
+                at = torch.as_tensor(cols[g], device=w.device)
+                m.blocks.append(nn.Parameter(block.index_select(1, at).clone(), layer.weight.requires_grad))
+                m.block_gen.append(g)
+        if len(fixed):
+            m.weight_f = nn.Parameter(w.index_select(1, torch.as_tensor(fixed, device=w.device)).clone(),
+                                      layer.weight.requires_grad)
         if layer.bias is not None:
             m.bias = nn.Parameter(layer.bias.detach().clone(), layer.bias.requires_grad)
         return m
 
+    def generations(self) -> tuple[np.ndarray, np.ndarray]:
+        """The generation of every output and input position (-1: fixed input)."""
+        out = np.repeat(np.arange(len(self.rows)), self.rows)
+        cols = np.full(sum(self.cols) + len(self.index_f), -1)
+        cols[self.index.cpu().numpy()] = np.repeat(np.arange(len(self.cols)), self.cols)
+        return out, cols
+
+    @property
+    def weight(self) -> Tensor:
+        """The equivalent dense weight, as :meth:`dense_weight` (what the analyser sees)."""
+        return self.dense_weight()
+
     def dense_weight(self) -> Tensor:
-        """The equivalent dense weight (zero cross blocks under ``cr``), inputs in place."""
-        ref = next(p for p in (self.weight_s, self.weight_r, self.weight_f) if p is not None)
-        n_in = sum(self.lengths)
-        w = ref.new_zeros([self.out_s + self.out_r, n_in, *self.kernel])
-        rows = {"s": slice(0, self.out_s), "r": slice(self.out_s, None)} if self.scheme == "cr" else {}
-        for k in "srf":
-            p, at = getattr(self, f"weight_{k}"), rows.get(k, slice(None))
-            if p is not None:
-                w[at] = w[at].index_copy(1, getattr(self, f"index_{k}"), p.detach())
+        """The equivalent dense weight (zero blocks between generations under ``cr``)."""
+        ref = self.weight_f if self.weight_f is not None else self.blocks[0]
+        out_gen, col_gen = self.generations()
+        w = ref.new_zeros([len(out_gen), len(col_gen), *self.kernel])
+        cuts = np.concatenate([[0], np.cumsum(self.rows)])
+        with torch.no_grad():
+            for g, block in zip(self.block_gen, self.blocks, strict=True):
+                at = slice(int(cuts[g]), int(cuts[g + 1])) if self.scheme == "cr" else slice(None)
+                cols = torch.as_tensor(np.nonzero(col_gen == g)[0], device=w.device)
+                w[at] = w[at].index_copy(1, cols, block.detach())
+            if self.weight_f is not None:
+                w.index_copy_(1, self.index_f, self.weight_f.detach())
         return w
 
-    def _inputs(self, x: Tensor) -> list[Tensor]:
-        """The S, R and F inputs (empty where a part is)."""
+    def dense(self) -> nn.Module:
+        """The standard layer this one computes under ``cr`` (its cross blocks zero)."""
+        w = self.dense_weight()
+        out, n_in = w.shape[:2]
+        kw = {"dtype": w.dtype, "device": w.device}
+        if self.ndim == 0:
+            layer = nn.Linear(n_in, out, bias=self.bias is not None, **kw)
+        else:
+            conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[self.ndim - 1]
+            layer = conv(n_in, out, self.kernel, self.stride, self.padding, self.dilation,
+                         bias=self.bias is not None, **kw)
+        with torch.no_grad():
+            layer.weight.copy_(w)
+            if self.bias is not None:
+                layer.bias.copy_(self.bias)
+        layer.requires_grad_(next(self.parameters()).requires_grad)
+        return layer
+
+    def _inputs(self, x: Tensor) -> List[Tensor]:
+        """Each generation's inputs, then the fixed ones (empty where a part is)."""
         if self.split:
             pieces = torch.split(x, self.split_sizes, self.axis)
-            return [pieces[self.slot[0]], pieces[self.slot[1]], pieces[self.slot[2]]]
-        return [x.index_select(self.axis, self.index_s), x.index_select(self.axis, self.index_r),
-                x.index_select(self.axis, self.index_f)]
+            return [pieces[s] for s in self.slot]
+        parts = list(torch.split(x.index_select(self.axis, self.index), self.cols, self.axis))
+        parts.append(x.index_select(self.axis, self.index_f))
+        return parts
 
     def _layer(self, x: Tensor, w: Tensor) -> Tensor:
         if self.ndim == 0:
@@ -122,13 +176,6 @@ class Partitioned(nn.Module):
         if self.ndim == 2:
             return F.conv2d(x, w, None, self.stride, self.padding, self.dilation)
         return F.conv3d(x, w, None, self.stride, self.padding, self.dilation)
-
-    def _rows(self, y: Optional[Tensor]) -> tuple[Optional[Tensor], Optional[Tensor]]:
-        """``y``'s S and R outputs."""
-        if y is None:
-            return None, None
-        s, r = torch.split(y, [self.out_s, self.out_r], self.axis)
-        return s, r
 
     def _with_bias(self, y: Optional[Tensor], start: int, length: int, like: Tensor) -> Tensor:
         """``y`` (None: zeros) plus the bias of outputs ``start:start+length``."""
@@ -144,40 +191,41 @@ class Partitioned(nn.Module):
         return y
 
     def forward(self, x: Tensor) -> Tensor:
-        so, ro = self.out_s, self.out_r
-        a: Optional[Tensor] = None       # from S inputs
-        b: Optional[Tensor] = None       # from R inputs
-        f: Optional[Tensor] = None       # from F inputs, every output
-        xs, xr, xf = self._inputs(x)
-        if self.weight_s is not None:
-            a = self._layer(xs, self.weight_s)
-        if self.weight_r is not None:
-            b = self._layer(xr, self.weight_r)
+        parts = self._inputs(x)
+        f: Optional[Tensor] = None       # from the fixed inputs, every output
         if self.weight_f is not None:
-            f = self._layer(xf, self.weight_f)
-        if self.scheme == "cr":
-            self_s, self_r = a, b
-            cross_s: Optional[Tensor] = None
-            cross_r: Optional[Tensor] = None
-        else:
-            self_s, cross_r = self._rows(a)
-            cross_s, self_r = self._rows(b)
-        f_s, f_r = self._rows(f)
-        if f_s is not None and f_r is not None:
-            self_s = f_s if self_s is None else self_s + f_s
-            self_r = f_r if self_r is None else self_r + f_r
-        like = a if a is not None else f     # S or F inputs exist: see from_dense
+            f = self._layer(parts[-1], self.weight_f)
+        fixed: List[Tensor] = []
+        if f is not None:
+            fixed = list(torch.split(f, self.rows, self.axis))
+        own: List[Optional[Tensor]] = [None for _ in self.rows]
+        cross: List[Optional[Tensor]] = [None for _ in self.rows]
+        like = f
+        for k, block in enumerate(self.blocks):
+            g = self.block_gen[k]
+            y = self._layer(parts[g], block)
+            like = y
+            if self.scheme == "cr":
+                own[g] = y
+            else:                       # ca: generation g's block reaches every output
+                pieces = torch.split(y, self.rows, self.axis)
+                own[g] = pieces[g]
+                cross[g] = pieces[1 - g]
         assert like is not None
-        out_s = self._with_bias(self_s, 0, so, like)
-        if cross_s is not None:
-            out_s = torch.addcmul(out_s, torch.sigmoid(out_s), cross_s, value=2.0)
-        if ro == 0:
-            return out_s
-        out_r = self._with_bias(self_r, so, ro, like)
-        if cross_r is not None:
-            out_r = torch.addcmul(out_r, torch.sigmoid(out_r), cross_r, value=2.0)
-        return torch.cat([out_s, out_r], self.axis)
+        outs: List[Tensor] = []
+        start = 0
+        for g in range(len(self.rows)):
+            mine = own[g]
+            if len(fixed) > 0:
+                mine = fixed[g] if mine is None else mine + fixed[g]
+            out = self._with_bias(mine, start, self.rows[g], like)
+            gate = cross[1 - g] if self.scheme == "ca" else None
+            if gate is not None:
+                out = torch.addcmul(out, torch.sigmoid(out), gate, value=2.0)
+            outs.append(out)
+            start += self.rows[g]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, self.axis)
 
     def extra_repr(self) -> str:
-        return (f"{self.scheme}, out S {self.out_s} R {self.out_r}, in S {self.lengths[0]} "
-                f"R {self.lengths[1]} F {self.lengths[2]}")
+        return (f"{self.scheme}, outputs {self.rows} by generation, inputs {self.cols} "
+                f"and {len(self.index_f)} fixed")

@@ -142,6 +142,10 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
         if target > max_target:
             raise FxSurgeonError(f"target {target:g} would make the network {target:g}x its cost; "
                                  f"pass max_target={target:g} (or more) if you mean it")
+    if graph.propagation.generations and scheme in ("nr", "ca"):
+        raise FxSurgeonError(f"this network has layers split by an earlier cr rewrite "
+                             f"({next(iter(graph.propagation.generations))}, ...): plan it with "
+                             f"scheme 'cr' (a new generation) or 'prune', not {scheme!r}")
     alive = alive or {}
     _check_masks(graph, alive)
     cost = graph.cost

@@ -67,13 +67,18 @@ class Scale:
 
 @dataclass
 class Term:
-    """A cost term: ``const * prod(alive(tags) / divisor for tags, divisor in factors)``."""
+    """A cost term: ``const * prod(alive(tags) / divisor for tags, divisor in factors)``.
+
+    A ``partial`` term covers some channels of its dimensions by design (the block a
+    ``cr`` layer drops between two generations, with a negative ``const``): new channels
+    never join it, and it does not keep its dimensions from growing."""
 
     node: str
     metric: str                                   # "params" or "flops"
     const: float
     factors: list[tuple[np.ndarray, int]] = field(default_factory=list)
     param: str | None = None
+    partial: bool = False
 
 
 @dataclass
@@ -97,6 +102,9 @@ class Propagation:
     grouped: list[np.ndarray] = field(default_factory=list)  # channels around grouped convs
     aliases: dict[str, list[str]] = field(default_factory=dict)  # tensor -> every name it has
     sources: dict[tuple[str, tuple], WeightSource] = field(default_factory=dict)  # computed weights
+    #: partitioned layers: node -> (output identities, their generations, input identities,
+    #: their generations or -1 for fixed)
+    generations: dict[str, tuple[np.ndarray, ...]] = field(default_factory=dict)
 
 
 def tensor_names(module: nn.Module) -> tuple[dict[str, str], dict[str, list[str]]]:
@@ -134,6 +142,7 @@ class Walk(fx.Interpreter):
         self.out.sources.update(sources or {})
         self.const: set[fx.Node] = set()        # nodes computed from parameters alone
         self.weight_only: set[fx.Node] = set()  # ... that only feed layers as their weights
+        self.accounted: set[str] = set()        # parameters whose cost terms a rule wrote
         self._writer: dict[int, tuple[torch.Tensor, str]] = {}   # tag tensor -> layer that wrote it
         self._normalized: dict[fx.Node, dict | None] = {}
 
@@ -303,10 +312,17 @@ class Walk(fx.Interpreter):
                                            None if bias is None else self.tensor_name(bias),
                                            np.asarray(tags), homogeneous)
 
-    def flops(self, node: fx.Node, const: float, *factors) -> None:
+    def flops(self, node: fx.Node, const: float, *factors, partial: bool = False) -> None:
         """A multiply-accumulate term ``const · prod(factor widths)`` for ``node``."""
         fs = [(np.asarray(v), d) for v, d in factors if v is not None]
-        self.out.terms.append(Term(node.name, "flops", const, fs))
+        self.out.terms.append(Term(node.name, "flops", const, fs, partial=partial))
+
+    def params(self, node: fx.Node, tensor: str, const: float, *factors, partial: bool = False) -> None:
+        """A parameter term for ``tensor``, written by its rule instead of read off its axes
+        (see :class:`Term` for ``partial``)."""
+        fs = [(np.asarray(v), d) for v, d in factors if v is not None]
+        self.out.terms.append(Term(node.name, "params", const, fs, tensor, partial))
+        self.accounted.add(tensor)
 
     def produced(self, node: fx.Node, out: torch.Tensor, axis: int) -> torch.Tensor:
         """``node`` emits new channels along ``axis`` of ``out`` (a group of one dimension)."""
@@ -377,6 +393,8 @@ class Walk(fx.Interpreter):
         ours = {id(p): name for name, p in self.module.named_parameters()}
         for name, p in model.named_parameters():
             name = ours.get(id(p), name)
+            if name in self.accounted:
+                continue
             refs = by_param.get(name, {})
             const = prod(s for a, s in enumerate(p.shape) if a not in refs)
             node = next(iter(refs.values())).node if refs else "<fixed>" if id(p) in ours else "<unused>"

@@ -84,8 +84,10 @@ def _refs(prop) -> dict[tuple[str, int], AxisRef]:
     return {(r.param, r.axis): r for r in prop.axes if r.role != "source" and r.divisor == 1}
 
 
-def _set_tensor(module: nn.Module, names: list[str], value: torch.Tensor, parameter: bool) -> None:
-    """Put ``value`` at every name of one tensor (a tied weight has several)."""
+def _set_tensor(module: nn.Module, names: list[str], value: torch.Tensor) -> None:
+    """Put ``value`` at every name of one tensor (a tied weight has several), as the
+    parameter or buffer it replaces."""
+    parameter = isinstance(getattr_path(module, names[0]), nn.Parameter)
     if parameter:
         value = nn.Parameter(value, requires_grad=getattr_path(module, names[0]).requires_grad)
     for name in names:
@@ -95,6 +97,18 @@ def _set_tensor(module: nn.Module, names: list[str], value: torch.Tensor, parame
             setattr(m, leaf, value)
         else:
             m._buffers[leaf] = value
+
+
+def _unpack(module: fx.GraphModule) -> None:
+    """Replace every layer a rewrite put in by the standard layer it equals, when its rule
+    knows one (a ``cr`` layer is resized, and split again, as its dense form)."""
+    for target in {n.target for n in module.graph.nodes if n.op == "call_module"}:
+        m = module.get_submodule(target)
+        rule = TABLE.module_rule(m)
+        standard = rule.unpack(m) if rule is not None else None
+        if standard is not None:
+            owner, _, leaf = target.rpartition(".")
+            setattr(module.get_submodule(owner) if owner else module, leaf, standard)
 
 
 def _sync_attributes(module: fx.GraphModule, old: nn.Module) -> None:
@@ -167,8 +181,12 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
     added = layout.added
     old = graph.module
     new = copy.deepcopy(old)
+    _unpack(new)
     old_refs = _refs(prop)
     old_tensors = {**dict(old.named_parameters()), **dict(old.named_buffers())}
+    for name, _ in old_refs:          # a layer the rewrite unpacks holds its dense weight
+        if name not in old_tensors:
+            old_tensors[name] = getattr_path(old, name).detach()
     # 1. resize: every axis keeps the old positions of surviving channels, plus new ones
     shapes: dict[str, list[int]] = {}
     for (name, axis), r in old_refs.items():
@@ -176,8 +194,7 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
     for name, shape in shapes.items():
         t = old_tensors[name]
         if shape != list(t.shape):
-            _set_tensor(new, prop.aliases.get(name, [name]), t.new_zeros(shape),
-                        isinstance(t, nn.Parameter))
+            _set_tensor(new, prop.aliases.get(name, [name]), t.new_zeros(shape))
     _sync_attributes(new, old)
     # 2. where each channel now sits: propagate again with the identities each producer emits
     propagate_shapes(new, graph.example_inputs)
@@ -206,8 +223,8 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
         expected, calls, values = run_graph(old, graph.example_inputs, overrides, args_of=removed,
                                             outputs_of=watched(graph, removed))
         fold_constants(graph, new, new_prop, surgery, removed, calls, values)
-    if scheme in ("cr", "ca"):
-        _partition(new, new_prop, new_refs, layout, surgery)
+    if scheme in ("cr", "ca") or prop.generations:
+        _partition(new, prop, new_prop, new_refs, layout, surgery)
     _carry_unused(graph, new)
     new.recompile()
     if fold and check:
@@ -293,47 +310,72 @@ def _init_new_channels(new: fx.GraphModule, refs, prop, layout: _Layout, seed: i
         value.copy_(torch.where(rows & cols, he.to(value.device), value))
 
 
-def _partition(new: fx.GraphModule, prop, refs, layout: _Layout, surgery: Surgery) -> None:
-    """Split every dense conv/linear whose outputs grow and whose inputs hold S or R
-    channels into S/R blocks, exactly where the plan's cost model splits them."""
+def _generations(node: str, out_ids: np.ndarray, in_ids: np.ndarray, old, layout: _Layout, scheme: str
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The generation of each output and input (by class: ``out_ids``, ``in_ids``) of a
+    layer to split: the one it had in an earlier partition (``old``: classes and
+    generations, or None), or 0 for survivors; new channels join a new generation. Inputs
+    of dimensions that do not grow are fixed (-1)."""
+    is_new_out, is_new_in = out_ids >= layout.old_size, in_ids >= layout.old_size
+    if old is None:
+        row = is_new_out.astype(np.int64)
+        col = np.where(is_new_in, 1, np.where(layout.growing(in_ids), 0, -1))
+        return row, col
+    o_ids, o_row, i_ids, i_col = old
+    latest = int(o_row.max()) + 1 if scheme == "cr" else 0
+    rows = dict(zip(o_ids.tolist(), o_row.tolist(), strict=True))
+    cols = dict(zip(i_ids.tolist(), i_col.tolist(), strict=True))
+    row = np.array([latest if n else rows[i] for i, n in zip(out_ids.tolist(), is_new_out, strict=True)])
+    col = np.array([latest if n else cols[i] for i, n in zip(in_ids.tolist(), is_new_in, strict=True)])
+    if ((col == -1) & layout.growing(in_ids) & ~is_new_in).any():
+        raise FxSurgeonError(f"{node}: inputs it read as fixed in an earlier partition now grow; "
+                             f"partitioning it again is not supported")
+    return row, col
+
+
+def _partition(new: fx.GraphModule, old_prop, prop, refs, layout: _Layout, surgery: Surgery) -> None:
+    """Split every dense conv/linear whose blocks between generations are absent from the
+    plan's cost into its generations, exactly where the plan's cost model splits it: the
+    survivors and the new channels of a layer whose outputs grow, and every generation
+    of a layer an earlier ``cr`` rewrite split."""
     modules = {n.name: n.target for n in new.graph.nodes if n.op == "call_module"}
+    scheme = "ca" if surgery.scheme == "ca" else "cr"
     done: dict[str, tuple] = {}
     for node in sorted(prop.blockwise):
         target = modules[node]
         wname = f"{target}.weight"
         if (wname, 1) not in refs:
             continue        # input not channel-structured: one factor, priced dense as well
-        out_roots = prop.uf.find(refs[(wname, 0)].tags)
-        in_roots = prop.uf.find(refs[(wname, 1)].tags)
-        if not layout.growing(out_roots).any():
+        out_ids, in_ids = prop.uf.find(refs[(wname, 0)].tags), prop.uf.find(refs[(wname, 1)].tags)
+        old = old_prop.generations.get(node)
+        if old is not None:         # by class: a depthwise conv's outputs are new identities
+            old = (old_prop.uf.find(old[0]), old[1], old_prop.uf.find(old[2]), old[3])
+        if old is None and (surgery.scheme == "prune" or not layout.growing(out_ids).any()):
             continue                                   # fixed outputs read every input
-        is_new, grow = in_roots >= layout.old_size, layout.growing(in_roots)
-        s, r, f = (np.nonzero(grow & ~is_new)[0], np.nonzero(is_new)[0], np.nonzero(~grow)[0])
-        out_new = out_roots >= layout.old_size
-        so, ro = int((~out_new).sum()), int(out_new.sum())
-        if so * len(r) + ro * len(s) == 0:
-            continue
-        if out_new[:so].any() or not layout.growing(out_roots).all():
-            raise FxSurgeonError(f"{target}: outputs are not survivors then new channels")
-        key = (so, s.tobytes(), r.tobytes())
+        row, col = _generations(node, out_ids, in_ids, old, layout, surgery.scheme)
+        if not any(((row == g).any() and (col == h).any()) for g in set(row.tolist())
+                   for h in set(col.tolist()) - {g, -1}):
+            continue                                   # no block between generations
+        key = (row.tobytes(), col.tobytes())
         if target in done:
             if done[target] != key:
                 raise FxSurgeonError(f"{target} is called on inputs laid out differently; "
                                      f"cannot partition a shared layer")
             continue
         done[target] = key
-        part = Partitioned.from_dense(surgery.scheme, new.get_submodule(target), so, s, r, f)
+        part = Partitioned.from_dense(scheme, new.get_submodule(target), row, col)
         owner, _, leaf = target.rpartition(".")
         setattr(new.get_submodule(owner) if owner else new, leaf, part)
         maps = dict(surgery.index_maps.pop(wname, []))
-        out_idx = maps.get(0, np.arange(len(out_roots)))
-        in_idx = maps.get(1, np.arange(len(in_roots)))
-        rows = {"s": slice(0, so), "r": slice(so, None)} if surgery.scheme == "cr" else {}
-        for k, cols in zip("srf", (s, r, f), strict=True):
-            if getattr(part, f"weight_{k}") is not None:
-                surgery.index_maps[f"{wname}_{k}"] = [(0, out_idx[rows.get(k, slice(None))]),
-                                                     (1, in_idx[cols])]
-                surgery.origins[f"{wname}_{k}"] = wname
+        out_idx = maps.get(0, np.arange(len(out_ids)))
+        in_idx = maps.get(1, np.arange(len(in_ids)))
+        for k, g in enumerate(part.block_gen):
+            rows = out_idx[row == g] if scheme == "cr" else out_idx
+            surgery.index_maps[f"{target}.blocks.{k}"] = [(0, rows), (1, in_idx[col == g])]
+            surgery.origins[f"{target}.blocks.{k}"] = wname
+        if part.weight_f is not None:
+            surgery.index_maps[f"{target}.weight_f"] = [(0, out_idx), (1, in_idx[col == -1])]
+            surgery.origins[f"{target}.weight_f"] = wname
         surgery.partitioned.append(target)
 
 

@@ -253,22 +253,57 @@ class Dense(nn.Module):
         return self.head(self.last(x).mean((2, 3)))
 
 
-@pytest.mark.parametrize("schemes", [("prune", "prune"), ("nr", "nr"), ("nr", "prune"), ("prune", "nr", "cr"),
-                                     ("ca", "prune")], ids="-".join)
-def test_surgery_on_a_rewritten_network_any_number_of_times(schemes):
-    model = Dense().double().eval()
+def chain():
+    """Hidden dimensions that all grow: cr splits every layer between them."""
+    return nn.Sequential(conv_bn(3, 8), conv_bn(8, 8), conv_bn(8, 8), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 3))
+
+
+@pytest.mark.parametrize("make, schemes", [
+    (Dense, ("prune", "prune")), (Dense, ("nr", "nr")), (Dense, ("nr", "prune")),
+    (Dense, ("prune", "nr", "cr")), (chain, ("cr", "cr", "prune")), (chain, ("cr", "prune", "cr")),
+    (Dense, ("ca", "prune"))],
+    ids=lambda v: "-".join(v) if isinstance(v, tuple) else v.__name__)
+def test_surgery_on_a_rewritten_network_any_number_of_times(make, schemes):
+    model = make().double().eval()
     randomise_norms(model)
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     current, folds = model, set()
     for i, scheme in enumerate(schemes):
         graph, s = surgery(current, x, scheme, seed=i)
+        assert graph.free_dims                        # a rewritten network is not left pinned
         assert same(graph.module(x), s.module(x))     # the network as killed, rewritten
-        folds |= {f["name"] for f in s.folds.values()}
+        recount = fxs.analyze(s.module, x)
+        assert recount.count("params") == s.plan.predicted == sum(p.numel() for p in s.module.parameters())
         names = [n for n, _ in s.module.named_buffers() if n.startswith("_fxs_fold")] + \
             [n for n, _ in s.module.named_modules() if n.startswith("_fxs_fold")]
         assert len(names) == len(set(names))
+        folds |= {f["name"] for f in s.folds.values()}
         current = s.module
-    assert len(folds) >= 2        # folds of both rounds are there, under their own names
+    assert len(folds) >= 2        # folds of every round are there, under their own names
+
+
+def test_cr_layers_grow_a_generation_at_each_cr_rewrite():
+    model = chain().double().eval()
+    randomise_norms(model)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    _, first = surgery(model, x, "cr")
+    _, second = surgery(first.module, x, "cr", seed=1)
+    layer = second.module.get_submodule("2.0")
+    assert len(layer.rows) == 3 and all(r > 0 for r in layer.rows)
+    graph = fxs.analyze(second.module, x)
+    with pytest.raises(fxs.FxSurgeonError, match="plan it with scheme 'cr'"):
+        fxs.plan(graph, scheme="nr")
+
+
+def test_ca_layers_keep_their_widths_with_the_reason():
+    model = chain().double().eval()
+    randomise_norms(model)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    _, ca = surgery(model, x, "ca")
+    graph = fxs.analyze(ca.module, x)
+    assert any(d.pinned and "a ca layer" in d.pinned for d in graph.dims)
+    assert graph.count("params") == sum(p.numel() for p in ca.module.parameters())
 
 
 def test_quasi_dead_channels_become_the_network_with_their_scales_at_zero():

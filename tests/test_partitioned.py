@@ -29,50 +29,68 @@ def _blocks(layer, x, rows, cols):
 
 
 @st.composite
-def layouts(draw):
-    """A dense layer, its S/R output split and a random interleaving of S/R/F inputs."""
-    so, ro = draw(st.integers(1, 4)), draw(st.integers(0, 4))
-    s, r, f = draw(st.integers(1, 4)), draw(st.integers(0, 4)), draw(st.integers(0, 3))
-    perm = np.random.default_rng(draw(st.integers(0, 99))).permutation(s + r + f)
-    parts = [np.sort(perm[:s]), np.sort(perm[s:s + r]), np.sort(perm[s + r:])]
+def layouts(draw, generations=2):
+    """A dense layer, the generation of each output (grouped) and a random interleaving of
+    its inputs' generations (-1: fixed)."""
+    rows = [draw(st.integers(1, 4))] + [draw(st.integers(0, 4)) for _ in range(generations - 1)]
+    cols = [draw(st.integers(1, 4))] + [draw(st.integers(0, 4)) for _ in range(generations - 1)]
+    fixed = draw(st.integers(0, 3))
+    n_in, out = sum(cols) + fixed, sum(rows)
+    col_gen = np.random.default_rng(draw(st.integers(0, 99))).permutation(
+        np.repeat(np.arange(-1, generations), [fixed, *cols]))
+    row_gen = np.repeat(np.arange(generations), rows)
     linear = draw(st.booleans())
     torch.manual_seed(draw(st.integers(0, 99)))
-    layer = (nn.Linear(s + r + f, so + ro, bias=draw(st.booleans())) if linear else
-             nn.Conv2d(s + r + f, so + ro, 3, padding=1, stride=draw(st.sampled_from([1, 2])),
+    layer = (nn.Linear(n_in, out, bias=draw(st.booleans())) if linear else
+             nn.Conv2d(n_in, out, 3, padding=1, stride=draw(st.sampled_from([1, 2])),
                        bias=draw(st.booleans()))).double()
-    x = torch.randn((2, 3, s + r + f) if linear else (2, s + r + f, 5, 5), dtype=torch.float64)
-    return layer, so, parts, x
+    x = torch.randn((2, 3, n_in) if linear else (2, n_in, 5, 5), dtype=torch.float64)
+    return layer, row_gen, col_gen, x
+
+
+def _check_blocks(layer, row_gen, col_gen, x, scheme):
+    out = len(row_gen)
+    bias = torch.zeros(out, dtype=x.dtype) if layer.bias is None else layer.bias.detach()
+    b = bias if isinstance(layer, nn.Linear) else bias.view(-1, 1, 1)
+    fixed = np.nonzero(col_gen == -1)[0]
+    gens = max(row_gen.max(), col_gen.max(), 1 if scheme == "ca" else 0) + 1
+    mine = [(np.nonzero(row_gen == g)[0], np.nonzero(col_gen == g)[0]) for g in range(gens)]
+    own = [_blocks(layer, x, rows, np.r_[cols, fixed]) + (b[..., rows] if isinstance(layer, nn.Linear)
+                                                           else b[rows]) for rows, cols in mine]
+    if scheme == "cr":                      # fixed inputs feed every generation
+        want = own
+    else:
+        (s_rows, s_cols), (r_rows, r_cols) = mine
+        a_rs, a_sr = _blocks(layer, x, s_rows, r_cols), _blocks(layer, x, r_rows, s_cols)
+        want = [own[0] + 2 * torch.sigmoid(own[0]) * a_rs, own[1] + 2 * torch.sigmoid(own[1]) * a_sr]
+    part = Partitioned.from_dense(scheme, layer, row_gen, col_gen)
+    torch.testing.assert_close(part(x), torch.cat(want, -1 if isinstance(layer, nn.Linear) else 1))
+    # multiply-accumulates: cr only the diagonal blocks, ca exactly one dense layer
+    with FlopCounterMode(display=False) as dense:
+        layer(x)
+    with FlopCounterMode(display=False) as parted:
+        part(x)
+    if scheme == "cr":
+        share = sum(len(rows) * (len(cols) + len(fixed)) for rows, cols in mine) / (out * len(col_gen))
+    else:
+        share = 1.0
+    assert parted.get_total_flops() == pytest.approx(dense.get_total_flops() * share)
+    # the dense weight it equals, cross blocks zero under cr
+    if scheme == "cr":
+        torch.testing.assert_close(part.dense()(x), part(x))
 
 
 @settings(max_examples=examples(60), deadline=None)
 @given(layouts(), st.sampled_from(["cr", "ca"]))
 def test_partitioned_layers_compute_the_papers_blocks(layout, scheme):
-    layer, so, (s, r, f), x = layout
-    out = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
-    S, R = list(range(so)), list(range(so, out))
-    bias = torch.zeros(out, dtype=x.dtype) if layer.bias is None else layer.bias.detach()
-    b = bias if isinstance(layer, nn.Linear) else bias.view(-1, 1, 1)
-    bs, br = (b[..., :so], b[..., so:]) if isinstance(layer, nn.Linear) else (b[:so], b[so:])
-    a_ss = _blocks(layer, x, S, np.r_[s, f]) + bs         # fixed inputs feed both halves
-    a_rr = _blocks(layer, x, R, np.r_[r, f]) + br
-    if scheme == "cr":
-        want = [a_ss, a_rr]
-    else:
-        a_rs, a_sr = _blocks(layer, x, S, r), _blocks(layer, x, R, s)
-        want = [a_ss + 2 * torch.sigmoid(a_ss) * a_rs, a_rr + 2 * torch.sigmoid(a_rr) * a_sr]
-    got = Partitioned.from_dense(scheme, layer, so, s, r, f)(x)
-    torch.testing.assert_close(got, torch.cat(want, -1 if isinstance(layer, nn.Linear) else 1))
-    # multiply-accumulates: cr only the diagonal blocks, ca exactly one dense layer
-    with FlopCounterMode(display=False) as dense:
-        layer(x)
-    with FlopCounterMode(display=False) as part:
-        Partitioned.from_dense(scheme, layer, so, s, r, f)(x)
-    n_in = len(s) + len(r) + len(f)
-    if scheme == "cr":
-        share = (so * (len(s) + len(f)) + (out - so) * (len(r) + len(f))) / (out * n_in)
-    else:
-        share = 1.0
-    assert part.get_total_flops() == pytest.approx(dense.get_total_flops() * share)
+    _check_blocks(*layout, scheme)
+
+
+@settings(max_examples=examples(30), deadline=None)
+@given(layouts(generations=3))
+def test_cr_layers_keep_each_generation_apart(layout):
+    """After several cr events a layer holds several generations, each on its own."""
+    _check_blocks(*layout, "cr")
 
 
 def _rejuvenated(scheme, rescale=False):
@@ -103,8 +121,9 @@ def test_export_turns_cr_layers_into_standard_ones():
     conv = deployable.get_submodule(surgery.partitioned[3])
     part = surgery.module.get_submodule(surgery.partitioned[3])
     assert isinstance(conv, nn.Conv2d)
-    assert (conv.weight[:part.out_s, part.index_r] == 0).all()           # no cross blocks
-    assert (conv.weight[part.out_s:, part.index_s] == 0).all()
+    row_gen, col_gen = part.generations()
+    cross = torch.as_tensor(row_gen[:, None] != col_gen[None, :]) & torch.as_tensor(col_gen[None, :] >= 0)
+    assert cross.any() and (conv.weight[cross] == 0).all()                   # no cross blocks
 
 
 def test_ca_layers_script_and_run_in_onnx(tmp_path):
@@ -128,14 +147,14 @@ def test_index_maps_carry_old_tensors_into_the_blocks():
     name = surgery.partitioned[2]
     part = surgery.module.get_submodule(name)
     old_momentum = torch.randn_like(model.get_submodule(name).weight)
-    assert surgery.origin(f"{name}.weight_s") == f"{name}.weight"
-    carried = surgery.carry(f"{name}.weight_s", old_momentum)
-    assert carried.shape == part.weight_s.shape
-    rows, cols = (idx for _, idx in surgery.index_maps[f"{name}.weight_s"])
+    assert surgery.origin(f"{name}.blocks.0") == f"{name}.weight"
+    carried = surgery.carry(f"{name}.blocks.0", old_momentum)
+    assert carried.shape == part.blocks[0].shape
+    rows, cols = (idx for _, idx in surgery.index_maps[f"{name}.blocks.0"])
     assert (rows >= 0).all() and (cols >= 0).all()                      # S block: all survivors
     assert torch.equal(carried, old_momentum[rows][:, cols])
     # the R block holds only new channels: it starts from zero state
-    assert (surgery.carry(f"{name}.weight_r", old_momentum) == 0).all()
+    assert (surgery.carry(f"{name}.blocks.1", old_momentum) == 0).all()
 
 
 class Paths(nn.Module):

@@ -8,13 +8,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..folded import FoldedConstant
+from ..partitioned import Partitioned
 from .attention import MultiheadAttention
 from .elementwise import Carry, Couple
 from .layers import Embedding, FunctionalLayer, Layer, Matmul, PReLU
 from .movement import Chunk, Concat, Move, Pad, Reshape, Select, Spatial, Split
 from .norms import Norm
 from .reductions import Reduce, Softmax
-from .surgical import Folded
+from .surgical import Blocks, Folded
 from .table import OpTable
 
 
@@ -105,3 +106,4 @@ def register_builtins(table: OpTable) -> None:
 
     # the layers rewrites put in
     table.register(FoldedConstant, Folded())
+    table.register(Partitioned, Blocks())

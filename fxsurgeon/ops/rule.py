@@ -74,6 +74,12 @@ class Rule:
         refuses where the constants' contribution varies over the output)."""
         return None
 
+    def unpack(self, module: nn.Module) -> nn.Module | None:
+        """The standard layer that computes exactly what ``module`` computes, with its
+        weights as one tensor, or None: a rewrite resizes that layer instead (a layer a
+        rewrite put in, such as a ``cr`` partitioned one), and export deploys it."""
+        return None
+
     def sync(self, module: nn.Module, old: nn.Module) -> None:
         """Bring ``module``'s attributes in line with its resized tensors (``old`` is the
         module before the rewrite)."""

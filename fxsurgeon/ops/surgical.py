@@ -1,6 +1,11 @@
 """Rules of the layers fxsurgeon itself puts into rewritten networks."""
 from __future__ import annotations
 
+import torch
+
+from ..folded import FoldedConv
+from ..provenance import WeightSource
+from .layers import produce
 from .rule import Rule
 
 
@@ -17,3 +22,57 @@ class Folded(Rule):
         layer = walk.submodule(node).layer
         walk.ref(f"{node.target}.layer.weight", 1 if layer.transposed else 0, vec, "param", node)
         return y
+
+
+class Blocks(Rule):
+    """A :class:`~fxsurgeon.partitioned.Partitioned` layer (``cr`` or ``ca``).
+
+    It is analysed as the dense layer it equals, less the blocks a ``cr`` layer drops
+    between generations: those blocks stay dropped when it is planned again (a new
+    generation adds its own), and a rewrite resizes the dense layer (:meth:`unpack`) and
+    splits it again by generation. A ``ca`` layer has no dense equivalent (its gate),
+    so its channels keep their widths.
+    """
+
+    def propagate(self, walk, node, args, kwargs):
+        m = walk.submodule(node)
+        w = m.dense_weight()
+        bias = None if m.bias is None else WeightSource.of(walk.tensor_name(f"{node.target}.bias"), 1)
+        out = produce(walk, node, args[0], WeightSource.of(f"{node.target}.weight", w.dim()), bias,
+                      tuple(w.shape), 1, m.ndim == 0, False)
+        vin, vout = walk.tags.axis_vector(args[0], m.axis), walk.tags.axis_vector(out, m.axis)
+        if vin is None:
+            return out
+        kernel = int(w[0, 0].numel())
+        spatial = int(out.numel() // out.shape[m.axis])
+        walk.params(node, f"{node.target}.weight", kernel, (vout, 1), (vin, 1))
+        walk.accounted |= {walk.tensor_name(f"{node.target}.{name}") for name, _ in m.named_parameters()
+                           if name != "bias"}       # the blocks: counted as the dense weight less the gaps
+        if m.scheme == "ca":
+            why = f"a ca layer ({node.target}) keeps its widths: its gates have no dense form to resize"
+            walk.pin(out, why)
+            walk.pin(args[0], why)
+            return out
+        row_gen, col_gen = m.generations()
+        walk.out.generations[node.name] = (vout, row_gen, vin, col_gen)
+        walk.out.blockwise.add(node.name)
+        for g in range(len(m.rows)):         # the blocks between generations: not there
+            for h in range(len(m.rows)):
+                rows, cols = vout[row_gen == g], vin[col_gen == h]
+                if g != h and len(rows) and len(cols):
+                    walk.params(node, f"{node.target}.weight", -kernel, (rows, 1), (cols, 1), partial=True)
+                    walk.flops(node, -spatial * kernel, (rows, 1), (cols, 1), partial=True)
+        return out
+
+    def forward_with(self, module, tensors, args):
+        x = args[0]
+        w = torch.empty([module.out_s + module.out_r, x.shape[module.axis], *module.kernel],
+                        dtype=x.dtype, device=x.device)
+        return module._layer(x, w)
+
+    def restricted(self, node, root, weight):
+        m = root.get_submodule(node.target)
+        return FoldedConv(weight, m.stride, m.padding, m.dilation) if m.ndim else None
+
+    def unpack(self, module):
+        return module.dense() if module.scheme == "cr" else None

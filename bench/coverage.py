@@ -166,6 +166,7 @@ def main() -> None:
     records = [records[spec] for spec in specs]
     seconds = time.perf_counter() - start
     out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(records, indent=1) + "\n")
     out.write_text(markdown(records, seconds))
     print(f"{len(records)} models in {seconds:.0f} s: {dict(Counter(status(r) for r in records))}; "

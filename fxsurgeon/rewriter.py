@@ -112,13 +112,18 @@ def _unpack(module: fx.GraphModule) -> None:
 
 
 def _sync_attributes(module: fx.GraphModule, old: nn.Module) -> None:
-    """Keep constructor attributes (channels, features, groups) in step with new tensors,
-    as each module's rule says."""
+    """Keep constructor attributes (channels, features, groups) and the literal arguments
+    of function calls in step with new tensors, as each op's rule says."""
+    modules = dict(module.named_modules())
     for target in {n.target for n in module.graph.nodes if n.op == "call_module"}:
         m = module.get_submodule(target)
         rule = TABLE.module_rule(m)
         if rule is not None:
             rule.sync(m, old.get_submodule(target))
+    for node in module.graph.nodes:
+        if node.op in ("call_function", "call_method"):
+            TABLE.lookup(node, modules).sync_call(node, module, old)
+    module.recompile()
 
 
 def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: int = 0,

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..folded import FoldedConv
-from ..nodes import normalized, tensors_in
+from ..nodes import getattr_path, normalized, tensors_in
 from ..provenance import WeightSource
 from ..tags import prod
 from .rule import Rule
@@ -171,6 +171,24 @@ class Layer(Rule):
             return None
         return FoldedConv(weight, m.stride, padding, m.dilation, self.transposed,
                           getattr(m, "output_padding", 0))
+
+    def sync_call(self, node, root, old_root):
+        """A functional depthwise conv's literal ``groups`` follows its channels."""
+        wnode = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+        groups = node.kwargs.get("groups", node.args[6] if len(node.args) > 6 else 1)
+        if self.linear or not (isinstance(wnode, fx.Node) and wnode.op == "get_attr") or \
+                not isinstance(groups, int) or groups == 1:
+            return
+        old, new = getattr_path(old_root, wnode.target), getattr_path(root, wnode.target)
+        if self.transposed:             # (in, out / groups, k): depthwise when in == groups
+            width = new.shape[0] if old.shape[0] == groups else groups
+        else:                           # (out, in / groups, k): depthwise when in / groups == 1
+            width = new.shape[0] // (old.shape[0] // groups) if old.shape[1] == 1 else groups
+        if width != groups:
+            if "groups" in node.kwargs:
+                node.update_kwarg("groups", width)
+            else:
+                node.update_arg(6, width)
 
     def sync(self, module, old):
         w = getattr(module, self.weight)

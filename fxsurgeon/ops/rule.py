@@ -84,6 +84,11 @@ class Rule:
         """Bring ``module``'s attributes in line with its resized tensors (``old`` is the
         module before the rewrite)."""
 
+    def sync_call(self, node: fx.Node, root: nn.Module, old_root: nn.Module) -> None:
+        """Bring the literal arguments of a function call ``node`` in line with the resized
+        tensors of ``root`` (``old_root`` holds them as they were), as :meth:`sync` does
+        for a module's attributes."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 

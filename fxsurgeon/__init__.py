@@ -11,7 +11,10 @@ plan and rewrite it (``plan``, ``rewrite``, ``export``; ``save`` and ``load`` ke
 rewritten model as data), or train it with Neural
 Rejuvenation by swapping ``optimizer.step()`` for ``NeuralRejuvenation.step()``, or
 prune it while it trains with ``DemP.step()`` (dead neurons found by their activations).
+What fxsurgeon knows about each op is in its op table (:mod:`fxsurgeon.ops`);
+``register_op`` teaches it a layer of your own.
 """
+from . import ops
 from .activations import activation_liveliness, activation_peaks
 from .checkpoint import load, save
 from .demp import DemP, Pruning
@@ -20,6 +23,7 @@ from .errors import FxSurgeonError, UntraceableModelError
 from .export import export
 from .graph import ChannelGraph, analyze
 from .liveliness import liveliness
+from .ops import register_op
 from .partitioned import Partitioned
 from .planner import DimPlan, Plan, plan
 from .rejuvenation import Event, NeuralRejuvenation
@@ -29,5 +33,5 @@ from .surgical import SurgicalModel
 __all__ = ["analyze", "ChannelGraph", "Dimension", "Member", "FxSurgeonError",
            "UntraceableModelError", "liveliness", "plan", "Plan", "DimPlan", "rewrite",
            "Surgery", "save", "load", "Partitioned", "export", "NeuralRejuvenation", "SurgicalModel",
-           "Event", "DemP", "Pruning", "activation_liveliness", "activation_peaks"]
+           "Event", "DemP", "Pruning", "activation_liveliness", "activation_peaks", "ops", "register_op"]
 __version__ = "0.1.0"

@@ -14,7 +14,6 @@ bias).
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -49,18 +48,6 @@ class FoldedConv(nn.Module):
         if self.ndim == 2:
             return F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation)
         return F.conv3d(x, self.weight, None, self.stride, self.padding, self.dilation)
-
-    def spec(self) -> dict:
-        """Everything but the weight's values, as plain data (checkpoints rebuild it)."""
-        return {"shape": list(self.weight.shape), "stride": self.stride, "padding": self.padding,
-                "dilation": self.dilation, "transposed": self.transposed,
-                "output_padding": self.output_padding}
-
-    @classmethod
-    def from_spec(cls, spec: dict) -> FoldedConv:
-        """One shaped as ``spec`` says, with a zero weight (the weights load over it)."""
-        return cls(torch.zeros(spec["shape"]), spec["stride"], spec["padding"], spec["dilation"],
-                   spec["transposed"], spec["output_padding"])
 
     def extra_repr(self) -> str:
         return f"weight={tuple(self.weight.shape)}, stride={self.stride}, padding={self.padding}"

@@ -23,7 +23,7 @@ import torch
 from torch import fx
 
 from .errors import FxSurgeonError
-from .folded import FoldedConstant, FoldedConv
+from .folded import FoldedConstant
 from .matching import is_identity, match, take
 from .nodes import getattr_path, reads_values
 from .ops import TABLE
@@ -121,10 +121,13 @@ def fold_constants(graph, new: fx.GraphModule, new_prop, surgery, removed: dict,
         if got.shape != raw[:1].shape or not _same(got, raw[:1]):
             raise FxSurgeonError(f"cannot fold the channels removed from {name}: computing their "
                                  f"contribution again from sizes does not give what they add")
-        if idx is not None:
-            layer.weight = take(layer.weight, 1 - reader.weight_axis, idx)
+        if idx is not None:         # the layer's outputs as they now are
+            for attr, out_axis in TABLE.module_rule(layer).output_axes(layer):
+                layer.register_buffer(attr, take(getattr(layer, attr), out_axis, idx))
+        held = TABLE.module_rule(layer).output_axes(layer)[0][0]
         surgery.folds[name] = _attach_map(new, new_nodes[name], new_nodes[source.name], folded,
-                                          [n.name for n in way[:way.index(source)][::-1]])
+                                          [n.name for n in way[:way.index(source)][::-1]],
+                                          list(getattr(layer, held).shape))
         surgery.folded[name] = "map"
 
 
@@ -186,7 +189,7 @@ def _attach_constant(module: fx.GraphModule, node: fx.Node, value: torch.Tensor,
 
 
 def _attach_map(module: fx.GraphModule, node: fx.Node, source: fx.Node, folded: FoldedConstant,
-                chain: list[str], name: str | None = None) -> dict:
+                chain: list[str], weight: list[int], name: str | None = None) -> dict:
     """Put ``folded(node's output, the size of source)`` in place of ``node``'s output."""
     name = name or _free_name(module)
     module.add_submodule(name, folded)
@@ -196,7 +199,7 @@ def _attach_map(module: fx.GraphModule, node: fx.Node, source: fx.Node, folded: 
         added = module.graph.call_module(name, (node, size))
     _reroute(node, added)
     return {"name": name, "kind": "map", "node": added.name, "source": source.name, "chain": chain,
-            "shape": list(folded.values.shape), "layer": folded.layer.spec()}
+            "shape": list(folded.values.shape), "weight": weight}
 
 
 def restore_fold(module: fx.GraphModule, node_name: str, spec: dict) -> None:
@@ -206,8 +209,11 @@ def restore_fold(module: fx.GraphModule, node_name: str, spec: dict) -> None:
         _attach_constant(module, nodes[node_name], torch.zeros(spec["shape"]), spec["name"])
         return
     chain = _chain(module, [nodes[n] for n in spec["chain"]])
-    folded = FoldedConstant(torch.zeros(spec["shape"]), FoldedConv.from_spec(spec["layer"]), chain)
-    _attach_map(module, nodes[node_name], nodes[spec["source"]], folded, spec["chain"], spec["name"])
+    consumer = nodes[node_name]
+    layer = TABLE.lookup(consumer, dict(module.named_modules())).restricted(
+        consumer, module, torch.zeros(spec["weight"]))
+    folded = FoldedConstant(torch.zeros(spec["shape"]), layer, chain)
+    _attach_map(module, consumer, nodes[spec["source"]], folded, spec["chain"], spec["weight"], spec["name"])
 
 
 def _input(node: fx.Node, call, source: str):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..folded import FoldedConstant
+from ..folded import FoldedConstant, FoldedConv
 from ..partitioned import Partitioned
 from .attention import MultiheadAttention
 from .elementwise import Carry, Couple
@@ -15,7 +15,7 @@ from .layers import Embedding, FunctionalLayer, Layer, Matmul, PReLU
 from .movement import Chunk, Concat, Move, Pad, Reshape, Select, Spatial, Split
 from .norms import Norm
 from .reductions import Reduce, Softmax
-from .surgical import Blocks, Folded
+from .surgical import Blocks, Folded, Restricted
 from .table import OpTable
 
 
@@ -106,4 +106,5 @@ def register_builtins(table: OpTable) -> None:
 
     # the layers rewrites put in
     table.register(FoldedConstant, Folded())
+    table.register(FoldedConv, Restricted())
     table.register(Partitioned, Blocks())

@@ -4,7 +4,7 @@ their inputs' channels; a depthwise convolution couples each output to its input
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
+import copy
 
 import numpy as np
 import torch
@@ -116,7 +116,8 @@ class Layer(Rule):
                           None if bias is None else WeightSource.of(walk.tensor_name(bias), 1),
                           tuple(w.shape), getattr(m, "groups", 1), self.linear, self.transposed)
             tied = len(walk.out.aliases.get(walk.tensor_name(weight), ())) > 1
-            if (not self.transposed and not tied and getattr(m, "groups", 1) == 1
+            if (type(m).forward in _TORCH_FORWARDS and not self.transposed and not tied
+                    and getattr(m, "groups", 1) == 1
                     and node.name not in walk.out.depthwise
                     and getattr(m, "padding_mode", "zeros") == "zeros"
                     and not isinstance(getattr(m, "padding", 0), str)):
@@ -152,25 +153,33 @@ class Layer(Rule):
         return None
 
     def restricted(self, node, root, weight):
+        if node.op == "call_module":        # the module itself, with those columns and no bias
+            if node.kwargs or len(node.args) > 1:
+                return None
+            layer = copy.deepcopy(root.get_submodule(node.target))
+            for name, t in list(layer.named_parameters(recurse=False)):
+                delattr(layer, name)                        # fixed: no parameter of its own
+                layer.register_buffer(name, t.detach())
+            layer.register_buffer(self.weight, weight.detach().clone())
+            if isinstance(getattr(layer, self.bias, None), torch.Tensor):
+                getattr(layer, self.bias).zero_()
+            return layer
         if self.linear:
             return None         # a linear layer sees a constant the same everywhere
-        if node.op == "call_module":
-            m = root.get_submodule(node.target)
-            if type(m).forward not in _TORCH_FORWARDS or node.kwargs.get("output_size") is not None \
-                    or len(node.args) > 1:
-                return None
-        else:
-            call = normalized(node, root) or {}
-            geometry = {k: call.get(k, d) for k, d in (("stride", 1), ("padding", 0), ("dilation", 1),
-                                                       ("output_padding", 0))}
-            if any(isinstance(v, fx.Node) for v in geometry.values()):
-                return None
-            m = SimpleNamespace(**geometry)
-        padding = _explicit_padding(m.padding, weight.shape[2:], m.dilation)
+        call = normalized(node, root) or {}
+        geometry = {k: call.get(k, d) for k, d in (("stride", 1), ("padding", 0), ("dilation", 1),
+                                                   ("output_padding", 0))}
+        if any(isinstance(v, fx.Node) for v in geometry.values()):
+            return None
+        padding = _explicit_padding(geometry["padding"], weight.shape[2:], geometry["dilation"])
         if padding is None:
             return None
-        return FoldedConv(weight, m.stride, padding, m.dilation, self.transposed,
-                          getattr(m, "output_padding", 0))
+        return FoldedConv(weight, geometry["stride"], padding, geometry["dilation"], self.transposed,
+                          geometry["output_padding"])
+
+    def output_axes(self, module):
+        held = [(self.weight, 1 if self.transposed else 0)]
+        return held + ([(self.bias, 0)] if isinstance(getattr(module, self.bias, None), torch.Tensor) else [])
 
     def sync_call(self, node, root, old_root):
         """A functional depthwise conv's literal ``groups`` follows its channels."""

@@ -74,6 +74,12 @@ class Rule:
         refuses where the constants' contribution varies over the output)."""
         return None
 
+    def output_axes(self, module: nn.Module) -> list[tuple[str, int]]:
+        """For a layer: its tensors that hold its output channels, and on which axis (what
+        folding lays out anew and a later surgery resizes in a fold built from it, see
+        :meth:`restricted`)."""
+        return []
+
     def unpack(self, module: nn.Module) -> nn.Module | None:
         """The standard layer that computes exactly what ``module`` computes, with its
         weights as one tensor, or None: a rewrite resizes that layer instead (a layer a

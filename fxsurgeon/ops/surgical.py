@@ -7,6 +7,7 @@ from ..folded import FoldedConv
 from ..provenance import WeightSource
 from .layers import produce
 from .rule import Rule
+from .table import TABLE
 
 
 class Folded(Rule):
@@ -20,8 +21,17 @@ class Folded(Rule):
         if vec is None:
             return walk.opaque(node, args, kwargs)
         layer = walk.submodule(node).layer
-        walk.ref(f"{node.target}.layer.weight", 1 if layer.transposed else 0, vec, "param", node)
+        for name, axis in TABLE.module_rule(layer).output_axes(layer):
+            walk.ref(f"{node.target}.layer.{name}", axis, vec, "param", node)
         return y
+
+
+class Restricted(Rule):
+    """A :class:`~fxsurgeon.folded.FoldedConv`, the layer of a fold: its weight's output
+    axis holds the channels of the layer it stands for."""
+
+    def output_axes(self, module):
+        return [("weight", 1 if module.transposed else 0)]
 
 
 class Blocks(Rule):

@@ -71,7 +71,8 @@ def test_a_registered_layer_is_analysed_planned_and_rewritten_like_a_builtin():
         for inp in (x, other):
             assert torch.allclose(model(inp), surgery.module(inp), rtol=0, atol=1e-10), scheme
         assert sum(p.numel() for p in surgery.module.parameters()) == plan.predicted
-        assert surgery.module.get_submodule("1").gain.shape[0] == surgery.module.get_submodule("0").kernel.shape[0]
+        new = surgery.module
+        assert new.get_submodule("1").gain.shape[0] == new.get_submodule("0").kernel.shape[0]
 
 
 class Swish(nn.Module):

@@ -128,7 +128,8 @@ class Walk(fx.Interpreter):
 
     def __init__(self, gm: fx.GraphModule, uf: UnionFind | None = None,
                  prescribed: dict[str, np.ndarray] | None = None,
-                 depthwise: set[str] = frozenset(), sources: dict | None = None, table: OpTable = TABLE):
+                 depthwise: set[str] = frozenset(), sources: dict | None = None,
+                 attr_axes: dict[str, int] | None = None, table: OpTable = TABLE):
         super().__init__(gm)
         self.table = table
         self.modules = dict(gm.named_modules())
@@ -140,6 +141,7 @@ class Walk(fx.Interpreter):
         self.attr_tags: dict[str, torch.Tensor] = {}
         self._refs: dict[tuple, AxisRef] = {}
         self.out.sources.update(sources or {})
+        self.attr_axes = attr_axes or {}        # attribute tensor -> the channel axis it had
         self.const: set[fx.Node] = set()        # nodes computed from parameters alone
         self.weight_only: set[fx.Node] = set()  # ... that only feed layers as their weights
         self.accounted: set[str] = set()        # parameters whose cost terms a rule wrote
@@ -374,6 +376,8 @@ class Walk(fx.Interpreter):
                 continue
             axes = [a for a in range(t.dim()) if t.shape[a] > 1 and all(
                 not _varies(roots, b) for b in range(t.dim()) if b != a)]
+            if not axes and name in self.attr_axes:     # one channel left: the axis it had
+                axes = [self.attr_axes[name]]
             if len(axes) == 1:
                 a = axes[0]
                 vec = t.movedim(a, 0).reshape(t.shape[a], -1)[:, 0].numpy()
@@ -410,15 +414,19 @@ def _varies(roots: np.ndarray, axis: int) -> bool:
     return not (roots == first).all()
 
 
-def propagate(gm: fx.GraphModule, args: tuple, model: nn.Module, uf: UnionFind | None = None,
-              prescribed: dict[str, np.ndarray] | None = None,
-              depthwise: set[str] = frozenset(), sources: dict | None = None) -> Propagation:
+def propagate(gm: fx.GraphModule, args: tuple, model: nn.Module, before: Propagation | None = None,
+              prescribed: dict[str, np.ndarray] | None = None) -> Propagation:
     """Run identity propagation over a shape-annotated GraphModule traced from ``model``.
 
-    A rewrite passes the analysed model's union-find (``uf``, copied), the identities
-    each producer now emits (``prescribed``), the convs that were depthwise and where
-    computed weights come from (``sources``), so old and new channels share identities.
+    A rewrite passes the analysed model's propagation (``before``: its union-find is
+    copied, and what it found about depthwise convs, computed weights and the channel
+    axes of attribute tensors holds still) and the identities each producer now emits
+    (``prescribed``), so old and new channels share identities.
     """
-    walk = Walk(gm, uf, prescribed, depthwise, sources)
+    if before is None:
+        walk = Walk(gm)
+    else:
+        attr_axes = {r.param: r.axis for r in before.axes if r.node == r.param}
+        walk = Walk(gm, before.uf, prescribed, before.depthwise, before.sources, attr_axes)
     walk.run(*args)
     return walk.finish(model)

@@ -53,9 +53,9 @@ def rescale(module: fx.GraphModule, prop: Propagation, gamma0: float = 1.0
     modules = dict(module.named_modules())
     nodes = {n.name: n for n in module.graph.nodes}
     done, skipped = {}, {}
-    shared: dict[str, int] = {}          # weight -> how many calls read through it
-    for r in prop.readers.values():
-        shared[r.weight] = shared.get(r.weight, 0) + 1
+    shared: dict[str, int] = {}          # weight or scale -> how many calls use it
+    for t in [r.weight for r in prop.readers.values()] + [sc.weight for sc in prop.scales.values()]:
+        shared[t] = shared.get(t, 0) + 1
     for name, scale in prop.scales.items():
         node = nodes[name]
         key = scale.weight.rpartition(".")[0] or scale.weight
@@ -66,6 +66,8 @@ def rescale(module: fx.GraphModule, prop: Propagation, gamma0: float = 1.0
             continue
         readers, why = _readers(node, prop, modules) if scale.homogeneous else \
             ([], "its own activation after the scale is not positively homogeneous")
+        if shared[scale.weight] > 1:
+            why = "its norm is called at several places"
         reads = [prop.readers[u.name] for u in readers]
         if not why and any(r.weight is None for r in reads):
             why = "a layer reads it through a computed weight"

@@ -15,6 +15,7 @@ against the reference network on the example inputs (:mod:`fxsurgeon.selfcheck`)
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -203,8 +204,8 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
     _sync_attributes(new, old)
     # 2. where each channel now sits: propagate again with the identities each producer emits
     propagate_shapes(new, graph.example_inputs)
-    new_prop = propagate(new, graph.example_inputs, new, layout.uf, layout.prescribed, prop.depthwise,
-                         prop.sources)
+    new_prop = propagate(new, graph.example_inputs, new, dataclasses.replace(prop, uf=layout.uf),
+                         layout.prescribed)
     new_refs = _refs(new_prop)
     surgery = Surgery(new, plan, scheme)
     for key, r_old in old_refs.items():

@@ -29,6 +29,8 @@ SOURCES = ("timm", "segmentation", "detection", "video")
 SCHEMES = ("prune", "nr", "cr", "ca")
 #: largest relative difference (per output tensor, against its largest magnitude) still "same"
 TOLERANCE = 1e-8
+#: the budget of the growing schemes where nothing died (else 1.0: what the dead freed)
+GROWTH = 1.5
 #: models above this many parameters are skipped: float64 surgery keeps several copies
 MAX_PARAMS = 150_000_000
 #: models skipped whatever their size, and why
@@ -184,7 +186,7 @@ def _scheme(graph, alive, scheme: str, x, y0, record: dict) -> str:
     """One scheme's outcome: same, refused, CHANGED, WRONG COST or CRASH."""
     stage = "plan"
     try:
-        plan = fxs.plan(graph, alive, metric="params", target=None if scheme == "prune" else 1.0,
+        plan = fxs.plan(graph, alive, metric="params", target=None if scheme == "prune" else record["target"],
                         scheme=scheme)
         if scheme == "prune":
             record["removed"] = int(sum(d.width - len(d.survivors) for d in plan.dims.values()))
@@ -209,36 +211,20 @@ def _scheme(graph, alive, scheme: str, x, y0, record: dict) -> str:
     return "same"
 
 
-def _timm_fx_registrations() -> dict:
-    """The leaf modules and autowrapped functions timm registers for its own FX tracing."""
-    from timm.models import get_notrace_functions, get_notrace_modules
-    return {"leaf_modules": list(get_notrace_modules()), "autowrap_functions": list(get_notrace_functions())}
-
-
-def _analyse(source: str, model, x, record: dict):
-    """The channel graph, with ``traced`` and ``analysed`` filled in (None if none).
-
-    A timm model that plain tracing fails on is traced again with timm's own FX
-    registrations (``traced`` then says so): their modules and functions stay whole.
-    """
-    retries = [("plain", {})] + ([("with timm's leaf modules", _timm_fx_registrations())]
-                                 if source == "timm" else [])
-    for how, options in retries:
-        try:
-            graph = fxs.analyze(model, x, **options)
-            record["traced"] = how
-            break
-        except fxs.UntraceableModelError as err:
-            record.update(traced=False, untraceable=_first_line(err))
-        except fxs.FxSurgeonError as err:
-            record.update(traced=how, analysed=f"refused: {_first_line(err)}")
-            return None
-        except Exception as err:  # noqa: BLE001
-            record.update(traced=how, analysed=_crash("analyze", err, record, "analyze"))
-            return None
-    if not record["traced"]:
+def _analyse(model, x, record: dict):
+    """The channel graph, with ``traced`` and ``analysed`` filled in (None if none)."""
+    try:
+        graph = fxs.analyze(model, x)
+        record["traced"] = True
+    except fxs.UntraceableModelError as err:
+        record.update(traced=False, untraceable=_first_line(err))
         return None
-    record.pop("untraceable", None)
+    except fxs.FxSurgeonError as err:
+        record.update(traced=True, analysed=f"refused: {_first_line(err)}")
+        return None
+    except Exception as err:  # noqa: BLE001
+        record.update(traced=True, analysed=_crash("analyze", err, record, "analyze"))
+        return None
     counted, actual = graph.count("params"), sum(p.numel() for p in model.parameters())
     record["analysed"] = "exact" if counted == actual else \
         f"WRONG COUNT: counted {counted:.0f}, the model has {actual}"
@@ -249,8 +235,9 @@ def check(source: str, name: str, max_params: int = MAX_PARAMS, device: str = "c
     """Analyse one model and run every scheme on it; the record says what happened.
 
     Keys: ``model``, ``source``, ``params``, ``input``, ``seconds``; ``skipped`` (why:
-    too big, or in :data:`SKIP`); ``traced`` (``plain``, ``with timm's leaf modules`` or
-    False) and ``untraceable`` (the tracer's message); ``analysed`` (``exact``, ``WRONG
+    too big, or in :data:`SKIP`); ``traced`` (True or False) and ``untraceable`` (the
+    tracer's message); ``target`` (the growing schemes' budget: 1.0, or :data:`GROWTH`
+    where nothing died); ``analysed`` (``exact``, ``WRONG
     COUNT: ...``, ``refused: ...`` or ``CRASH ...``); ``free`` (channels in free
     dimensions), ``judged`` (of those, the ones liveliness can judge: a BatchNorm γ
     follows every writer), ``dead`` (the ones zeroed γ killed), ``removed`` (channels
@@ -281,7 +268,7 @@ def _check(source: str, name: str, max_params: int, device: str, record: dict) -
         return
     model, x = build(source, name, device)
     record["input"] = list(x.shape)
-    graph = _analyse(source, model, x, record)
+    graph = _analyse(model, x, record)
     if graph is None:
         return
     kill(graph, 0.3)
@@ -289,6 +276,8 @@ def _check(source: str, name: str, max_params: int, device: str, record: dict) -
     record["free"] = sum(d.width for d in graph.free_dims)
     record["judged"] = sum(d.width for d in graph.free_dims if d.scaled)
     record["dead"] = int(sum((~a).sum() for a in alive.values()))
+    # with nothing dead, the growing schemes grow anyway: half again the parameters
+    record["target"] = 1.0 if record["dead"] else GROWTH
     with torch.no_grad():
         y0 = model(x)
     for scheme in SCHEMES:

@@ -1,6 +1,8 @@
 """Random traceable CNNs for property tests: conv/BN/activation, residual adds,
 concatenations, chunk splits, pooling, squeeze-excitation gates, grouped and
-depthwise convs, and a linear head. ``nets()`` is the hypothesis strategy."""
+depthwise convs, a block called twice, tied weights, a buffer read in forward,
+transposed convs (dense, grouped, depthwise) in a down-up pair, GroupNorm, functional
+convs, and a linear head. ``nets()`` is the hypothesis strategy."""
 from __future__ import annotations
 
 import os
@@ -70,6 +72,78 @@ class Gate(nn.Module):
         return x * torch.sigmoid(self.fc2(torch.relu(self.fc1(self.pool(x)))))
 
 
+class Twice(nn.Module):
+    """One block applied at two places (one set of weights, two call sites)."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.block = block
+
+    def forward(self, x):
+        return self.block(self.block(x))
+
+
+class Tied(nn.Module):
+    """Two convs sharing one weight, each with its own norm."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.b.weight = self.a.weight
+        self.na, self.nb = nn.BatchNorm2d(c), nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return torch.relu(self.nb(self.b(torch.relu(self.na(self.a(x))))))
+
+
+class Shift(nn.Module):
+    """A per-channel buffer added in forward."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.register_buffer("shift", torch.randn(1, c, 1, 1))
+
+    def forward(self, x):
+        return x + self.shift
+
+
+class DownUp(nn.Module):
+    """A strided conv down, a transposed conv (dense, grouped or depthwise) back up."""
+
+    def __init__(self, c, groups, act):
+        super().__init__()
+        self.down = ConvBlock(c, c, 3, act=act)
+        self.down.conv.stride = (2, 2)
+        self.up = nn.ConvTranspose2d(c, c, 2, stride=2, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.up(self.down(x))))
+
+
+class Grouped(nn.Module):
+    """A conv then GroupNorm (one group per channel, or fewer)."""
+
+    def __init__(self, c, c2, groups):
+        super().__init__()
+        self.conv, self.norm = nn.Conv2d(c, c2, 3, padding=1), nn.GroupNorm(groups, c2)
+
+    def forward(self, x):
+        return torch.relu(self.norm(self.conv(x)))
+
+
+class Functional(nn.Module):
+    """``F.conv2d`` with a parameter of the block's own, then a BatchNorm."""
+
+    def __init__(self, c, c2):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(c2, c, 3, 3) / (3 * c) ** 0.5)
+        self.bn = nn.BatchNorm2d(c2)
+
+    def forward(self, x):
+        return torch.relu(self.bn(nn.functional.conv2d(x, self.weight, padding=1)))
+
+
 class Net(nn.Module):
     def __init__(self, blocks, c, classes):
         super().__init__()
@@ -93,7 +167,8 @@ def nets(draw, max_blocks=5):
     c = c2
     for _ in range(draw(st.integers(0, max_blocks))):
         kind = draw(st.sampled_from(["conv", "grouped", "depthwise", "residual", "concat",
-                                     "split", "gate", "pool"]))
+                                     "split", "gate", "pool", "twice", "tied", "buffer", "downup",
+                                     "groupnorm", "functional"]))
         act = draw(st.sampled_from(list(ACTS)))
         if kind == "conv":
             c2 = draw(widths)
@@ -126,6 +201,26 @@ def nets(draw, max_blocks=5):
         elif kind == "gate":
             blocks.append(Gate(c, draw(widths)))
             c2 = c
+        elif kind == "twice":
+            blocks.append(Twice(ConvBlock(c, c, 3, act=act)))
+            c2 = c
+        elif kind == "tied":
+            blocks.append(Tied(c))
+            c2 = c
+        elif kind == "buffer":
+            blocks.append(Shift(c))
+            c2 = c
+        elif kind == "downup":
+            if size < 2 or size % 2:
+                continue
+            blocks.append(DownUp(c, draw(st.sampled_from([1, c] + _divisors(c)[1:2])), act))
+            c2 = c
+        elif kind == "groupnorm":
+            c2 = draw(widths)
+            blocks.append(Grouped(c, c2, draw(st.sampled_from([c2] + _divisors(c2)[:2]))))
+        elif kind == "functional":
+            c2 = draw(widths)
+            blocks.append(Functional(c, c2))
         else:
             if size < 2:
                 continue

@@ -9,10 +9,10 @@ pytest.importorskip("timm")
 from coverage_check import SCHEMES, SOURCES, check, models  # noqa: E402 - needs timm
 
 #: cheap (seconds each) and diverse: a plain ResNet; timm's BatchNormAct2d (depthwise,
-#: squeeze-excitation); attention traced with timm's leaf modules; ghost modules
-#: (a concatenation sliced by a constant); MobileViT (SiLU inside leaf BatchNormAct2d);
-#: a grouped conv after zero padding; a segmentation head; an FPN backbone; 3-d convs;
-#: 3-d shifted windows
+#: squeeze-excitation); a ViT (LayerNorm: it grows at 1.5x); ghost modules (a
+#: concatenation sliced by a constant); MobileViT (blocks timm keeps from tracing, SiLU
+#: inside BatchNormAct2d); a grouped conv after zero padding; a segmentation head; an FPN
+#: backbone; 3-d convs; 3-d shifted windows
 SAMPLE = {("timm", "test_resnet"), ("timm", "test_efficientnet"), ("timm", "test_vit"),
           ("timm", "ghostnet_050"), ("timm", "mobilevit_xxs"), ("timm", "cpubone_nano"),
           ("segmentation", "lraspp_mobilenet_v3_large"),

@@ -7,11 +7,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_planner import kill
 from test_rewrite import randomise_norms
 from torch import nn
 
 import fxsurgeon as fxs
+from randomnets import examples, nets
 
 SCHEMES = ("prune", "nr", "cr", "ca")
 
@@ -356,3 +359,31 @@ def test_bad_requests_are_clear_errors():
     other = fxs.analyze(Reuse(), torch.randn(1, 3, 8, 8))     # same layer names, other graph
     with pytest.raises(fxs.FxSurgeonError, match="made for another ChannelGraph"):
         fxs.rewrite(other, fxs.plan(graph, target=None, scheme="prune"))
+
+
+@st.composite
+def schemes(draw):
+    """Two or three surgeries in a row; after cr only cr or prune (its generations stay)."""
+    done = [draw(st.sampled_from(SCHEMES))]
+    for _ in range(draw(st.integers(1, 2))):
+        done.append(draw(st.sampled_from(("cr", "prune") if "cr" in done else SCHEMES)))
+    return done
+
+
+@settings(max_examples=examples(20), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(nets(), schemes(), st.floats(0.1, 0.6), st.integers(0, 3))
+def test_random_nets_keep_their_function_through_surgery_after_surgery(net, order, fraction, seed):
+    model, x = net
+    model = model.double().eval()
+    randomise_norms(model, seed)
+    x = torch.randn(3, *x.shape[1:], dtype=torch.float64)
+    current = model
+    for i, scheme in enumerate(order):
+        try:
+            graph, s = surgery(current, x, scheme, fraction, seed + i)
+        except fxs.FxSurgeonError as err:
+            assert "impossible budget" in str(err) or "never binds" in str(err)
+            return
+        assert same(graph.module(x), s.module(x)), order[:i + 1]
+        assert fxs.analyze(s.module, x).count("params") == s.plan.predicted
+        current = s.module

@@ -73,9 +73,12 @@ def produce(walk, node: fx.Node, x, weight: WeightSource, bias: WeightSource | N
         if 0 not in bias.axes:
             walk.pin(out, f"{bias.why} at {walk.describe(node)}")
     kernel = prod(wshape[2:])
-    if transposed:
+    if transposed:          # every input position reaches out / groups outputs per tap
         spatial = prod(x.shape) // n_in
-        walk.flops(node, spatial * kernel / groups, (vin, 1), (vout, 1))
+        if depthwise:
+            walk.flops(node, spatial * kernel * (len(vout) // groups), (vin, 1))
+        else:
+            walk.flops(node, spatial * kernel / groups, (vin, 1), (vout, 1))
     else:
         spatial = prod(y.shape) // y.shape[axis]
         ins = None if depthwise else vin

@@ -55,9 +55,12 @@ class Blocks(Rule):
             return out
         kernel = int(w[0, 0].numel())
         spatial = int(out.numel() // out.shape[m.axis])
-        walk.params(node, f"{node.target}.weight", kernel, (vout, 1), (vin, 1))
-        walk.accounted |= {walk.tensor_name(f"{node.target}.{name}") for name, _ in m.named_parameters()
-                           if name != "bias"}       # the blocks: counted as the dense weight less the gaps
+        dense = f"{node.target}.weight"
+        first = dense not in walk.accounted          # a layer called twice has its weights once
+        if first:
+            walk.params(node, dense, kernel, (vout, 1), (vin, 1))
+            walk.accounted |= {walk.tensor_name(f"{node.target}.{name}") for name, _ in m.named_parameters()
+                               if name != "bias"}   # the blocks: counted as the dense weight less the gaps
         if m.scheme == "ca":
             why = f"a ca layer ({node.target}) keeps its widths: its gates have no dense form to resize"
             walk.pin(out, why)
@@ -70,7 +73,8 @@ class Blocks(Rule):
             for h in range(len(m.rows)):
                 rows, cols = vout[row_gen == g], vin[col_gen == h]
                 if g != h and len(rows) and len(cols):
-                    walk.params(node, f"{node.target}.weight", -kernel, (rows, 1), (cols, 1), partial=True)
+                    if first:
+                        walk.params(node, dense, -kernel, (rows, 1), (cols, 1), partial=True)
                     walk.flops(node, -spatial * kernel, (rows, 1), (cols, 1), partial=True)
         return out
 

@@ -149,7 +149,8 @@ class DemP(SurgicalTraining):
     def _set_graph(self, graph: ChannelGraph) -> None:
         super()._set_graph(graph)
         params = dict(graph.module.named_parameters())
-        shifts = {name: params.get(name.rpartition(".")[0] + ".bias") for name in self.scales}
+        shift_of = {sc.weight: sc.bias for sc in graph.propagation.scales.values()}
+        shifts = {name: params.get(shift_of.get(name)) for name in self.scales}
         #: what "l2+" pushes down: the free scales and the shifts beside them
         self._positive = list(self.scales.values()) + [
             (shifts[name], mask) for name, (_, mask) in self.scales.items()

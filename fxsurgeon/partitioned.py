@@ -76,6 +76,8 @@ class Partitioned(nn.Module):
                              persistent=False)
         self.register_buffer("index_f", torch.as_tensor(fixed, dtype=torch.long, device=device),
                              persistent=False)
+        # the layer's dtype and device, for a layer whose every block is gone
+        self.register_buffer("like", layer.weight.new_zeros(0), persistent=False)
         self.blocks = nn.ParameterList()
         self.block_gen: List[int] = []
         self.register_parameter("weight_f", None)
@@ -96,8 +98,6 @@ class Partitioned(nn.Module):
         rows = [int((row_gen == g).sum()) for g in range(gens)]
         cols = [np.nonzero(col_gen == g)[0] for g in range(gens)]
         fixed = np.nonzero(col_gen < 0)[0]
-        if len(cols[0]) + len(fixed) == 0:
-            raise FxSurgeonError("a partitioned layer needs survivor or fixed inputs")
         m = cls(scheme, layer, rows, cols, fixed)
         w = layer.weight.detach()
         starts = np.concatenate([[0], np.cumsum(rows)])
@@ -128,7 +128,8 @@ class Partitioned(nn.Module):
 
     def dense_weight(self) -> Tensor:
         """The equivalent dense weight (zero blocks between generations under ``cr``)."""
-        ref = self.weight_f if self.weight_f is not None else self.blocks[0]
+        ref = self.weight_f if self.weight_f is not None else \
+            self.blocks[0] if len(self.blocks) else self.like
         out_gen, col_gen = self.generations()
         w = ref.new_zeros([len(out_gen), len(col_gen), *self.kernel])
         cuts = np.concatenate([[0], np.cumsum(self.rows)])
@@ -211,7 +212,8 @@ class Partitioned(nn.Module):
                 pieces = torch.split(y, self.rows, self.axis)
                 own[g] = pieces[g]
                 cross[g] = pieces[1 - g]
-        assert like is not None
+        if like is None:        # its outputs read nothing (their inputs all died): zeros
+            like = self._layer(x.narrow(self.axis, 0, 1), x.new_zeros([sum(self.rows), 1] + self.kernel))
         outs: List[Tensor] = []
         start = 0
         for g in range(len(self.rows)):

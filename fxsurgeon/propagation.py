@@ -332,9 +332,9 @@ class Walk(fx.Interpreter):
         self.out.out_axes[node.name] = axis % out.dim()
         return out
 
-    def wrote(self, out: torch.Tensor, node: fx.Node) -> None:
+    def wrote(self, out: torch.Tensor, node: fx.Node | str) -> None:
         """``out`` was written by layer ``node`` (a norm right after it may judge it)."""
-        self._writer[id(out)] = (out, node.name)
+        self._writer[id(out)] = (out, node if isinstance(node, str) else node.name)
 
     def writer_of(self, t: torch.Tensor) -> str | None:
         hit = self._writer.get(id(t))

@@ -394,8 +394,11 @@ def _along(mask: torch.Tensor, axis: int, ndim: int) -> torch.Tensor:
 def _carry_unused(graph: ChannelGraph, new: fx.GraphModule) -> None:
     """Copy submodules the traced graph never calls (an aux head in eval mode), so the new
     module holds every parameter of the user's model that was not removed."""
+    used = {n.target for n in graph.module.graph.nodes if n.op in ("call_module", "get_attr")}
     for name, _ in graph.model.named_parameters():
         parts = name.split(".")[:-1]
+        if any(".".join(parts[:i]) in used for i in range(len(parts) + 1)) or name in used:
+            continue                    # the graph reads it (through a layer it calls)
         for i in range(1, len(parts) + 1):
             prefix = ".".join(parts[:i])
             if not _has_module(new, prefix):

@@ -106,6 +106,8 @@ class SurgicalTraining:
         masks: dict[str, torch.Tensor] = {}
         for d in graph.free_dims:
             for m in d.sources:
+                if m.tensor not in params:          # a frozen scale (a buffer): not trained
+                    continue
                 p = params[m.tensor]
                 mask = masks.setdefault(m.tensor, torch.zeros(p.numel(), dtype=p.dtype, device=p.device))
                 mask[torch.as_tensor(m.positions, device=p.device)] = 1

@@ -385,5 +385,29 @@ def test_random_nets_keep_their_function_through_surgery_after_surgery(net, orde
             assert "impossible budget" in str(err) or "never binds" in str(err)
             return
         assert same(graph.module(x), s.module(x)), order[:i + 1]
-        assert fxs.analyze(s.module, x).count("params") == s.plan.predicted
+        after = fxs.analyze(s.module, x)
+        assert after.count("params") == s.plan.predicted
+        # what liveliness judged, it still judges (folds and partitions keep norms judging)
+        judged = {d.name for d in graph.free_dims if d.scaled}
+        assert judged & {d.name for d in after.free_dims} <= {d.name for d in after.free_dims if d.scaled}
         current = s.module
+
+
+def test_norms_with_a_fused_activation_or_frozen_statistics_judge_their_channels():
+    """timm's BatchNormAct2d (read for its shape first, its activation inside) and
+    torchvision's FrozenBatchNorm2d (buffers only) are liveliness sources; rescaling goes
+    through a fused ReLU, not a fused SiLU."""
+    norm_act = pytest.importorskip("timm.layers").BatchNormAct2d
+    from torchvision.ops.misc import FrozenBatchNorm2d
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), norm_act(8, act_layer=nn.SiLU),
+                          nn.Conv2d(8, 8, 3, padding=1), norm_act(8), nn.Conv2d(8, 6, 1),
+                          FrozenBatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 4, 1)).double().eval()
+    randomise_norms(model)
+    with torch.no_grad():
+        model[5].weight.copy_(torch.rand(6) + 0.5)
+        model[5].bias.copy_(torch.randn(6))
+    graph = fxs.analyze(model, torch.randn(1, 3, 8, 8, dtype=torch.float64))
+    assert {d.name: [m.tensor for m in d.sources] for d in graph.free_dims} == \
+        {"0": ["1.weight"], "2": ["3.weight"], "4": ["5.weight"]}
+    done = exact_in_every_scheme(model, torch.randn(2, 3, 8, 8), torch.randn(1, 3, 12, 10))
+    assert "3" in done["ca"].rescaled and "not positively homogeneous" in done["ca"].rescale_skipped["1"][1]

@@ -15,7 +15,7 @@ from randomnets import examples, nets
 def kill(graph, fraction, seed=0):
     """Zero the γ of a random ``fraction`` of every free dimension's channels."""
     rng = np.random.default_rng(seed)
-    params = dict(graph.module.named_parameters())
+    params = {**dict(graph.module.named_parameters()), **dict(graph.module.named_buffers())}
     dead = {}
     for d in graph.free_dims:
         dead[d.name] = rng.random(d.width) < fraction

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from torch import fx
 
 from .rule import Rule
 
@@ -40,10 +41,16 @@ class Couple(Rule):
         if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
             return a if isinstance(a, torch.Tensor) else b
         out_shape = tuple(torch.broadcast_shapes(a.shape, b.shape))
-        fast = self._structured(walk, a, b, out_shape)
-        if fast is not None:
-            return fast
-        return self._general(walk, node, a, b, out_shape)
+        out = self._structured(walk, a, b, out_shape)
+        if out is None:
+            out = self._general(walk, node, a, b, out_shape)
+        # a layer's output plus a constant (a folded one, a bias) is still that layer's
+        constant = [isinstance(arg, fx.Node) and arg in walk.const for arg in node.args[:2]]
+        if len(constant) == 2 and any(constant) and not all(constant):
+            writer = walk.writer_of(b if constant[0] else a)
+            if writer is not None:
+                walk.wrote(out, writer)
+        return out
 
     def _structured(self, walk, a, b, out_shape):
         tags = walk.tags

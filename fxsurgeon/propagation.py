@@ -13,12 +13,13 @@ from which :mod:`fxsurgeon.dimension` builds the dimensions.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import fx, nn
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_map
 
 from .nodes import describe, getattr_path, normalized, reads_values, tensors_in
 from .ops.table import TABLE, OpTable
@@ -145,6 +146,7 @@ class Walk(fx.Interpreter):
         self.const: set[fx.Node] = set()        # nodes computed from parameters alone
         self.weight_only: set[fx.Node] = set()  # ... that only feed layers as their weights
         self.accounted: set[str] = set()        # parameters whose cost terms a rule wrote
+        self.shaped: dict[fx.Node, torch.Tensor] = {}   # tensors whose size is read -> their tags
         self._writer: dict[int, tuple[torch.Tensor, str]] = {}   # tag tensor -> layer that wrote it
         self._normalized: dict[fx.Node, dict | None] = {}
 
@@ -165,6 +167,12 @@ class Walk(fx.Interpreter):
                 self.flops(n, n.meta["fxs_macs"])
             return tree_map(lambda v: self.tags.none(v.shape) if isinstance(v, torch.Tensor) else v,
                             self.real(n))
+        value = self._run(n)
+        if isinstance(value, torch.Tensor) and any(not reads_values(u) for u in n.users):
+            self.shaped[n] = value          # its size is read: remember its channels
+        return value
+
+    def _run(self, n: fx.Node):
         args, kwargs = self.fetch_args_kwargs_from_env(n)
         if n.op == "placeholder":
             return self._placeholder(n, next(self.args_iter, n.args[0] if n.args else None))
@@ -242,6 +250,24 @@ class Walk(fx.Interpreter):
         if raw is _MISSING:
             return default
         return fx.node.map_arg(raw, lambda n: self.env[n])
+
+    def sized_by(self, value) -> list[tuple[fx.Node, torch.Tensor, int | None]]:
+        """The tensors (node, tag tensor, axis or None if not known) whose sizes the number
+        ``value`` (an fx argument) is computed from."""
+        found, stack, seen = [], [a for a in tree_flatten(value)[0] if isinstance(a, fx.Node)], set()
+        while stack:
+            n = stack.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            source = _size_read(n)
+            if source is not None and source[0] in self.shaped:
+                found.append((source[0], self.shaped[source[0]], source[1]))
+            elif reads_values(n):
+                found.append((n, self.shaped.get(n), None))
+            else:
+                stack.extend(n.all_input_nodes)
+        return found
 
     def describe(self, node: fx.Node) -> str:
         """A short human name of what ``node`` runs, for pin reasons."""
@@ -407,6 +433,19 @@ class Walk(fx.Interpreter):
 
 
 _MISSING = object()
+
+
+def _size_read(n: fx.Node) -> tuple[fx.Node, int] | None:
+    """``(tensor, axis)`` when ``n`` reads one axis's size: ``t.shape[k]``, ``t.size(k)``."""
+    if n.op == "call_method" and n.target == "size" and len(n.args) == 2 and isinstance(n.args[1], int):
+        return n.args[0], n.args[1]
+    if n.op == "call_function" and n.target is operator.getitem and isinstance(n.args[1], int):
+        shape = n.args[0]
+        if isinstance(shape, fx.Node) and (shape.op == "call_method" and shape.target == "size" and
+                                           len(shape.args) == 1 or shape.op == "call_function" and
+                                           shape.target is getattr and shape.args[1:] == ("shape",)):
+            return shape.args[0], n.args[1]
+    return None
 
 
 def _varies(roots: np.ndarray, axis: int) -> bool:

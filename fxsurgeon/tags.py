@@ -83,6 +83,15 @@ class Tags:
         hit[1][axis] = vec
         return vec
 
+    def carries(self, t: torch.Tensor, axis: int) -> bool:
+        """Whether ``axis`` of ``t`` holds channels: they vary along it, or it is the axis
+        of a tensor with one channel."""
+        axis %= max(t.dim(), 1)
+        if self.varies_along(t, axis):
+            return True
+        st = self.structure(t, t.dim()) if t.dim() else None
+        return st is not None and st[0] == axis and bool((st[1] != 0).any())
+
     def varies_along(self, t: torch.Tensor, axis: int) -> bool:
         """Whether the channel classes in ``t`` change along ``axis`` (zeros, no channel, do
         not count: padding does not mix channels)."""

@@ -208,6 +208,42 @@ def test_functional_layers_and_computed_weights_are_resized_through_their_parame
     assert done["prune"].module.w.shape[0] < 10
 
 
+class OneChannel(nn.Module):
+    """A one-channel map squeezed away (CoaT), one whose size reshapes another tensor
+    (CSATv2), one broadcast across channels (CBAM's spatial attention) and one reduced
+    over: each ties that channel count to one."""
+
+    def __init__(self):
+        super().__init__()
+        self.c0, self.b0 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.gate, self.map, self.head = nn.Conv2d(8, 1, 1), nn.Conv2d(8, 1, 3, padding=1), nn.Conv2d(8, 1, 1)
+        self.out, self.spatial, self.norm = nn.Conv2d(1, 4, 1), nn.Conv2d(8, 1, 7, padding=3), nn.Conv2d(8, 1, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.b0(self.c0(x)))
+        y = y * torch.sigmoid(self.spatial(y)) + self.norm(y).mean(1, keepdim=True)
+        g = torch.sigmoid(self.gate(y)).squeeze(1)              # (B, H, W)
+        m = self.map(y)
+        b, c, h, w = m.shape
+        t = torch.tanh(x.mean(1).flatten(1)).unsqueeze(1)     # (B, 1, HW): no channel axis
+        return self.out(self.head(y * g.unsqueeze(1)) + m + t.reshape(b, c, h, w))
+
+
+def test_one_channel_axes_read_by_shape_keep_their_width():
+    model = OneChannel().double().eval()
+    randomise_norms(model)
+    x = torch.randn(2, 3, 8, 8).double()
+    graph = fxs.analyze(model, x)
+    assert "squeeze of a one-channel axis" in graph["gate"].pinned
+    assert "reshape to the channel count of map (Conv2d)" in graph["map+1"].pinned
+    assert "one channel broadcast across many" in graph["spatial"].pinned
+    assert "reduction over the channel axis" in graph["norm"].pinned
+    for scheme in ("nr", "cr", "ca"):      # grow with nothing dead: one channel would become two
+        p = fxs.plan(graph, fxs.liveliness(graph), target=3.0, scheme=scheme)
+        assert p.dims["c0"].new_width > 8
+        assert same(model(x), fxs.rewrite(graph, p, rescale=scheme == "ca").module(x))
+
+
 def test_folds_are_exact_at_every_input_size():
     """Zero-padded, strided and transposed convs read removed constants unevenly near the
     border: the fold computes that map from the input's size."""

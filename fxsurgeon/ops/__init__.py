@@ -9,7 +9,7 @@ from .builtin import register_builtins
 from .elementwise import Carry, Couple
 from .layers import Embedding, FunctionalLayer, Layer, Matmul, PReLU
 from .libraries import NormAct, register_libraries
-from .movement import Chunk, Concat, Move, Pad, Reshape, Select, Spatial, Split
+from .movement import Chunk, Concat, Move, Pad, Reshape, Select, Spatial, Split, Squeeze
 from .norms import Norm, PerChannel
 from .reductions import Reduce, Softmax
 from .rule import Opaque, Rule
@@ -19,6 +19,6 @@ register_builtins(TABLE)
 register_libraries(TABLE)
 
 __all__ = ["TABLE", "OpTable", "register_op", "Rule", "Opaque", "Carry", "Couple", "Move", "Reshape",
-           "Chunk", "Split", "Select", "Pad", "Concat", "Spatial", "Reduce", "Softmax", "PerChannel", "Norm",
-           "NormAct", "Layer",
-           "FunctionalLayer", "Embedding", "Matmul", "PReLU", "MultiheadAttention"]
+           "Chunk", "Split", "Squeeze", "Select", "Pad", "Concat", "Spatial", "Reduce", "Softmax",
+           "PerChannel", "Norm", "NormAct", "Layer", "FunctionalLayer", "Embedding", "Matmul", "PReLU",
+           "MultiheadAttention"]

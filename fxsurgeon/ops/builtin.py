@@ -12,7 +12,7 @@ from ..partitioned import Partitioned
 from .attention import MultiheadAttention
 from .elementwise import Carry, Couple
 from .layers import Embedding, FunctionalLayer, Layer, Matmul, PReLU
-from .movement import Chunk, Concat, Move, Pad, Reshape, Select, Spatial, Split
+from .movement import Chunk, Concat, Move, Pad, Reshape, Select, Spatial, Split, Squeeze
 from .norms import Norm
 from .reductions import Reduce, Softmax
 from .surgical import Blocks, Folded, Restricted
@@ -53,10 +53,10 @@ def register_builtins(table: OpTable) -> None:
     # data movement
     move = Move()
     each([nn.Flatten, nn.Unflatten, nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle,
-          torch.flatten, torch.permute, torch.transpose, torch.stack, torch.squeeze, torch.unsqueeze,
+          torch.flatten, torch.permute, torch.transpose, torch.stack, torch.unsqueeze,
           torch.roll, torch.flip, torch.movedim, torch.swapaxes, F.pixel_shuffle, F.pixel_unshuffle,
           F.channel_shuffle, torch.channel_shuffle, torch.unbind, torch.unflatten,
-          "permute", "transpose", "flatten", "squeeze", "unsqueeze", "expand", "repeat", "roll", "flip",
+          "permute", "transpose", "flatten", "unsqueeze", "expand", "repeat", "roll", "flip",
           "unflatten", "movedim", "swapaxes", "unbind"], move)
     each(_existing(nn, "ReflectionPad1d", "ReflectionPad2d", "ReflectionPad3d", "ReplicationPad1d",
                    "ReplicationPad2d", "ReplicationPad3d", "CircularPad1d", "CircularPad2d",
@@ -64,6 +64,7 @@ def register_builtins(table: OpTable) -> None:
     each([nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d, F.pad,
           *_existing(nn, "ZeroPad1d", "ZeroPad3d")], Pad())
     each([torch.reshape, "reshape"], Reshape())
+    each([torch.squeeze, "squeeze"], Squeeze())
     table.register("view", Reshape(tag_method="reshape"))
     table.register("expand_as", Move(shape_only=True))
     table.register("view_as", Move(shape_only=True, tag_method="reshape_as"))

@@ -41,7 +41,7 @@ class Couple(Rule):
         if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
             return a if isinstance(a, torch.Tensor) else b
         out_shape = tuple(torch.broadcast_shapes(a.shape, b.shape))
-        out = self._structured(walk, a, b, out_shape)
+        out = self._structured(walk, node, a, b, out_shape)
         if out is None:
             out = self._general(walk, node, a, b, out_shape)
         # a layer's output plus a constant (a folded one, a bias) is still that layer's
@@ -52,7 +52,7 @@ class Couple(Rule):
                 walk.wrote(out, writer)
         return out
 
-    def _structured(self, walk, a, b, out_shape):
+    def _structured(self, walk, node, a, b, out_shape):
         tags = walk.tags
         nd = len(out_shape)
         sa, sb = tags.structure(a, nd), tags.structure(b, nd)
@@ -62,11 +62,18 @@ class Couple(Rule):
         if len(va) == len(vb):
             walk.couple(va, vb, self.label)
             return tags.structured(va, out_shape, axis)
-        if len(vb) == 1:        # b is broadcast across a's channels: shared, not coupled
-            return tags.structured(va, out_shape, axis)
-        if len(va) == 1:
-            return tags.structured(vb, out_shape, axis)
+        for one, v in ((b, va), (a, vb)):
+            if len(v) > 1 and one.shape[axis - nd + one.dim()] == 1:   # broadcast across the other's channels
+                self._broadcast(walk, node, one, axis - nd + one.dim())
+                return tags.structured(v, out_shape, axis)
         return None
+
+    @staticmethod
+    def _broadcast(walk, node, t, axis):
+        """``t`` is shared by every channel of the other operand: if its own axis holds a
+        channel, more of them would no longer broadcast, so that one channel stays one."""
+        if walk.tags.carries(t, axis):
+            walk.pin(t, f"one channel broadcast across many at {walk.describe(node)}")
 
     def _general(self, walk, node, a, b, out_shape):
         tags = walk.tags
@@ -77,6 +84,9 @@ class Couple(Rule):
             bcast = [k for k in range(nd) if out_shape[k] > 1 and (k < pad or t.shape[k - pad] == 1)]
             o = other.expand(out_shape)
             shared.append(any(tags.varies_along(o, k) for k in bcast))
+            for k in bcast:
+                if k >= pad and tags.varies_along(o, k):
+                    self._broadcast(walk, node, t, k - pad)
         if shared[0] and shared[1]:
             return walk.opaque(node, (a, b), {}, reason=f"outer-product broadcast {walk.describe(node)}")
         if shared[0]:

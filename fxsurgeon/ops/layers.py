@@ -272,14 +272,14 @@ class Matmul(Rule):
         tags = walk.tags
         out_shape = tensors_in(walk.real(node))[0].shape
         where = walk.describe(node)
-        if a.dim() < 2 or b.dim() < 2 or tags.varies_along(a, a.dim() - 2):
+        if a.dim() < 2 or b.dim() < 2 or tags.carries(a, a.dim() - 2):
             return walk.opaque(node, args, kwargs, reason=f"matmul with channels on its rows at {where}")
         w = node.args[1]
         if w in walk.weight_only and b.dim() == 2:      # x @ W: a linear layer, weight (in, out)
             weight = walk.weight_source(w, (1, 0))
             return produce(walk, node, a, weight, None, tuple(b.shape), 1, True, True,
                            weight_node=None if weight.direct else w)
-        a_k, b_k = tags.varies_along(a, a.dim() - 1), tags.varies_along(b, b.dim() - 2)
+        a_k, b_k = tags.carries(a, a.dim() - 1), tags.carries(b, b.dim() - 2)
         k_vec = None
         if a_k and b_k:
             k_vec, kb = tags.axis_vector(a, -1), tags.axis_vector(b, -2)
@@ -289,7 +289,7 @@ class Matmul(Rule):
         elif a_k or b_k:
             walk.pin(a if a_k else b, f"matmul contracts channels with an operand without them at {where}")
         j_vec = None
-        if tags.varies_along(b, b.dim() - 1):
+        if tags.carries(b, b.dim() - 1):
             j_vec = tags.axis_vector(b, -1)
             if j_vec is None:
                 return walk.opaque(node, args, kwargs, reason=f"matmul over a split channel axis at {where}")

@@ -71,12 +71,36 @@ class Reshape(Move):
         if len(raw) != out.dim():
             return
         tags = walk.tags
-        carrying = [k for k in range(out.dim()) if tags.varies_along(out, k)]
+        carrying = [k for k in range(out.dim()) if tags.carries(out, k)]
         literal = [k for k in carrying if isinstance(raw[k], int) and raw[k] != -1]
         if carrying and len(literal) == len(carrying):
             walk.pin(x, f"constant reshape size at {walk.describe(node)}")
         elif literal:
             walk.out.divisors.append((tags.unique(x), prod(raw[k] for k in literal)))
+        # a size read off a channel axis of another tensor ties that width to this reshape
+        classes = set(tags.uf.find(tags.unique(x)).tolist())
+        for size in raw:
+            for other, theirs, axis in walk.sized_by(size):
+                if other is node.args[0] or theirs is None or not tags.unique(theirs).size:
+                    continue
+                if axis is not None and not tags.carries(theirs, axis):
+                    continue
+                if not set(tags.uf.find(tags.unique(theirs)).tolist()) <= classes:
+                    why = f"reshape to the channel count of {walk.describe(other)} at {walk.describe(node)}"
+                    walk.pin(theirs, why)
+                    walk.pin(x, why)
+
+
+class Squeeze(Move):
+    """``squeeze``: dropping a channel axis that holds one channel fixes its width at one."""
+
+    def check(self, walk, node, x, out, args, kwargs):
+        if out.dim() < x.dim():
+            dims = args[1] if len(args) > 1 else kwargs.get("dim")
+            squeezed = range(x.dim()) if dims is None else [d % x.dim() for d in (
+                dims if isinstance(dims, (tuple, list)) else [dims])]
+            if any(x.shape[d] == 1 and walk.tags.carries(x, d) for d in squeezed):
+                walk.pin(x, f"squeeze of a one-channel axis at {walk.describe(node)}")
 
 
 class Chunk(Move):
@@ -84,7 +108,7 @@ class Chunk(Move):
 
     def check(self, walk, node, x, out, args, kwargs):
         dim = walk.argument(node, "dim", 2, 0)
-        if walk.tags.varies_along(x, dim % x.dim()):
+        if walk.tags.carries(x, dim % x.dim()):
             walk.out.divisors.append((walk.tags.unique(x), walk.argument(node, "chunks", 1)))
             walk.out.position_splits.append(walk.tags.unique(x))
 
@@ -97,7 +121,7 @@ class Split(Move):
         if sizes is None:
             sizes = walk.node_argument(node, "split_size", 1)
         dim = walk.argument(node, "dim", 2, 0)
-        if _is_literal(sizes) and walk.tags.varies_along(x, dim % x.dim()):
+        if _is_literal(sizes) and walk.tags.carries(x, dim % x.dim()):
             walk.pin(x, f"constant split sizes on a channel axis at {walk.describe(node)}")
 
 
@@ -135,7 +159,7 @@ class Select(Move):
 
     def check(self, walk, node, x, out, args, kwargs):
         for axis, literal in self._cuts(node, x):
-            if axis < x.dim() and walk.tags.varies_along(x, axis):
+            if axis < x.dim() and walk.tags.carries(x, axis):
                 if literal:
                     walk.pin(x, f"constant slice of a channel axis at {walk.describe(node)}")
                 else:

@@ -126,7 +126,7 @@ class Norm(PerChannel):
         where = walk.describe(node)
         if self.flavour == "layer":
             axes = range(x.dim() - len(nshape), x.dim())
-            if any(walk.tags.varies_along(x, k) for k in axes):
+            if any(walk.tags.carries(x, k) for k in axes):
                 walk.pin(x, f"LayerNorm statistics over the channel axis at {where}")
             return len(nshape) == 1
         if self.flavour == "group" and groups not in (None, x.shape[1]):

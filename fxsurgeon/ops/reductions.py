@@ -14,11 +14,12 @@ class Reduce(Rule):
         keep = keep if isinstance(keep, bool) else False
         dims = list(range(x.dim())) if dims is None else [dims] if isinstance(dims, int) else list(dims)
         dims = sorted(d % x.dim() for d in dims)
-        if any(walk.tags.varies_along(x, d) for d in dims):
-            walk.pin(x, f"reduction over the channel axis at {walk.describe(node)}")
         out = x
         for d in reversed(dims):
             out = out.narrow(d, 0, 1) if keep else out.select(d, 0)
+        if any(walk.tags.carries(x, d) for d in dims):
+            walk.pin(x, f"reduction over the channel axis at {walk.describe(node)}")
+            return walk.tags.none(out.shape)       # a statistic of channels is none of them
         return out
 
 
@@ -28,6 +29,6 @@ class Softmax(Rule):
     def propagate(self, walk, node, args, kwargs):
         x = args[0]
         dim = (walk.submodule(node).dim if node.op == "call_module" else walk.argument(node, "dim", 1))
-        if dim is None or walk.tags.varies_along(x, dim % x.dim()):
+        if dim is None or walk.tags.carries(x, dim % x.dim()):
             walk.pin(x, f"softmax over the channel axis at {walk.describe(node)}")
         return x

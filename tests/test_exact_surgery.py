@@ -217,7 +217,8 @@ class OneChannel(nn.Module):
         super().__init__()
         self.c0, self.b0 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
         self.gate, self.map, self.head = nn.Conv2d(8, 1, 1), nn.Conv2d(8, 1, 3, padding=1), nn.Conv2d(8, 1, 1)
-        self.out, self.spatial, self.norm = nn.Conv2d(1, 4, 1), nn.Conv2d(8, 1, 7, padding=3), nn.Conv2d(8, 1, 1)
+        self.out, self.spatial = nn.Conv2d(1, 4, 1), nn.Conv2d(8, 1, 7, padding=3)
+        self.norm = nn.Conv2d(8, 1, 1)
 
     def forward(self, x):
         y = torch.relu(self.b0(self.c0(x)))

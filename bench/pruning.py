@@ -48,7 +48,7 @@ def replot(path: Path, runs_files: list[Path]) -> Path:
     for f in runs_files:
         for row in json.loads(f.read_text()):
             pairs = zip(row["accuracy"], row["sparsity"], strict=True)
-            groups.append([Result(row["method"], seed, 0, 0, acc, 0, 0.0, [{"sparsity": s}])
+            groups.append([Result(row["method"], seed, 0, 0, acc, acc, 0, 0.0, [{"sparsity": s}])
                            for seed, (acc, s) in enumerate(pairs)])
     return plot_tradeoff(groups, path)
 

@@ -134,7 +134,7 @@ def test_train_command_writes_metrics_results_and_plots(tmp_path, capsys):
                  "--tensorboard"]) == 0
     text = capsys.readouterr().out
     assert text.splitlines()[0].split() == ["method", "seeds", "params", "FLOPs", "(MACs)", "sparsity",
-                                            "accuracy", "time", "surgeries"]
+                                            "accuracy", "(last)", "best", "epochs", "time", "surgeries"]
     for name in ("metrics.jsonl", "results.json", "training.png", "widths-nr-seed0.png"):
         assert (out / name).stat().st_size > 0, name
     assert not (out / "sparsity.png").exists()                # no pruning method ran
@@ -172,7 +172,7 @@ def test_every_shipped_config_names_a_model_and_a_valid_recipe():
     from fxsurgeon.experiment import load_config, recipe_from
     from fxsurgeon.models import load_model
     names = sorted(p.name[:-5] for p in (resources.files("fxsurgeon") / "configs").iterdir())
-    assert len(names) == 8
+    assert len(names) == 8 + 3
     for name in names:
         cfg = load_config(f"paper:{name}")
         recipe_from(cfg["recipe"])

@@ -98,8 +98,8 @@ def _choice(*values: str):
 
 #: recipe settings whose flags parse their own way (the others by their type)
 _RECIPE_TYPES = {"events": (_events, "N|unlimited"), "lr_steps": (_steps, "E1,E2,..."),
-                 "fixed": (_choice("trunk"), "trunk"), "sparsity": (_choice("auto", "subgradient", "proximal"),
-                                                                    "auto|subgradient|proximal"),
+                 "fixed": (_choice("trunk"), "trunk"),
+                 "sparsity": (_choice("auto", "subgradient", "proximal"), "auto|subgradient|proximal"),
                  "death_set": (_choice("train", "held-out"), "train|held-out")}
 
 

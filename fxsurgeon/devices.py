@@ -48,7 +48,8 @@ def _device(name: str | None) -> torch.device:
         if not torch.cuda.is_available():
             raise FxSurgeonError(f"device {name!r}: CUDA is not available on this machine")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise FxSurgeonError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA devices")
+            raise FxSurgeonError(f"device {name!r}: this machine has only {torch.cuda.device_count()} "
+                                 f"CUDA devices")
     elif device.type != "cpu":
         raise FxSurgeonError(f"device {name!r}: fxsurgeon train runs on cpu or cuda")
     return device

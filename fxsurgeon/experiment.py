@@ -9,7 +9,6 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-
 from torch.utils.data import Subset
 
 from .data import Data, load_data
@@ -162,7 +161,8 @@ def run(runs: Runs, data: Data, out: Path, tensorboard: bool = False, progress: 
 
 
 def _mean_sd(values: list[float]) -> str:
-    return f"{statistics.mean(values):.2f}" + (f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else "")
+    spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+    return f"{statistics.mean(values):.2f}{spread}"
 
 
 def _columns(rows: list[tuple]) -> str:
@@ -184,7 +184,8 @@ def table(results: list[Result]) -> str:
         rows.append((method, str(len(rs)), human(statistics.mean(r.params for r in rs)),
                      human(statistics.mean(r.flops for r in rs)),
                      f"{100 * statistics.mean(r.history[-1]['sparsity'] for r in rs):.1f} %",
-                     _mean_sd([100 * r.accuracy for r in rs]) + " %", _mean_sd([100 * r.best for r in rs]) + " %",
+                     _mean_sd([100 * r.accuracy for r in rs]) + " %",
+                     _mean_sd([100 * r.best for r in rs]) + " %",
                      f"{statistics.mean(r.epochs for r in rs):g}",
                      f"{statistics.mean(r.training_seconds for r in rs):.1f} s",
                      str(sum(len(r.events) for r in rs))))

@@ -191,8 +191,9 @@ class DemPMethod(Method):
         death = self.recent if r.death_set == "train" else self.held
         steps = r.epochs * steps_per_epoch
         return DemP(model, example, optimizer, death, total_steps=steps, regularization=r.demp_regularization,
-                    reg_peak=r.demp_reg, noise_peak=r.demp_noise, prune_every=r.demp_prune_every or steps_per_epoch,
-                    epsilon=r.epsilon, seed=r.seed, **_sparsity(r))
+                    reg_peak=r.demp_reg, noise_peak=r.demp_noise,
+                    prune_every=r.demp_prune_every or steps_per_epoch, epsilon=r.epsilon, seed=r.seed,
+                    **_sparsity(r))
 
     def metrics(self, wrapper):
         return {"sigma": wrapper.sigma}

@@ -173,10 +173,13 @@ def test_every_shipped_config_names_a_model_and_a_valid_recipe():
     from fxsurgeon.experiment import load_config, recipe_from
     from fxsurgeon.models import load_model
     names = sorted(p.name[:-5] for p in (resources.files("fxsurgeon") / "configs").iterdir())
-    assert len(names) == 8 + 3
+    assert len(names) == 9
     for name in names:
         cfg = load_config(f"paper:{name}")
-        recipe_from(cfg["recipe"])
+        recipe = recipe_from(cfg["recipe"])
+        assert cfg["paper"]["table"] in ("2", "4", "5") and set(cfg["paper"]["error"]) <= set(cfg["methods"])
+        assert ("nr-cr" in cfg["methods"]) == (cfg["paper"]["table"] in ("4", "5"))
+        assert (recipe.fixed == "trunk") == ("resnet" in name), name
         load_model(cfg["model"], 10)
 
 

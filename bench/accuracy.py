@@ -15,7 +15,9 @@ import warnings
 
 import torch
 
+from common import device_argument
 from fxsurgeon.data import load_data
+from fxsurgeon.devices import Hardware
 from fxsurgeon.experiment import table
 from fxsurgeon.training import Recipe, train
 from fxsurgeon.zoo import digits_cnn
@@ -27,6 +29,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--search", type=int, default=25)
     parser.add_argument("--epochs", type=int, default=25)
+    device_argument(parser)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(2)
@@ -40,7 +43,8 @@ def main() -> None:
         for method, recipe in recipes.items():
             torch.manual_seed(seed)
             recipe.seed = seed
-            _, res = train(digits_cnn(width=args.width), data, method, recipe, progress=False)
+            _, res = train(digits_cnn(width=args.width), data, method, recipe, progress=False,
+                           hardware=Hardware(args.device))
             results[method].append(res)
             event = ""
             if res.events:

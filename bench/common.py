@@ -26,12 +26,26 @@ def kill(graph, fraction: float = 0.3, seed: int = 0, by_activation: bool = Fals
                 params[name][torch.as_tensor(s.positions[dead[s.channels]])] = -1e4 if by_activation else 0
 
 
+def device_argument(parser) -> None:
+    """``--device``: where the bench trains or times (default cuda when available)."""
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu, cuda or cuda:N (default cuda when available, else cpu)")
+
+
+def sync() -> None:
+    """Wait for the GPU, so that a wall time counts its work."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def median_time(fn, repeat: int) -> float:
     """The median wall time of ``repeat`` calls of ``fn``."""
     times = []
     for _ in range(repeat):
+        sync()
         t = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
@@ -40,9 +54,11 @@ def train_step_time(model, step, x, y, repeat: int = 7) -> float:
     """The median time of a training step (forward, backward, ``step()``), after one warm-up."""
     times = []
     for _ in range(repeat + 1):
+        sync()
         t = time.perf_counter()
         loss = torch.nn.functional.cross_entropy(model(x), y)
         loss.backward()
         step()
+        sync()
         times.append(time.perf_counter() - t)
     return statistics.median(times[1:])

@@ -11,6 +11,7 @@ epoch (782 steps); and the step time after the pruning over the step time before
 """
 from __future__ import annotations
 
+import argparse
 import time
 import warnings
 from functools import partial
@@ -18,7 +19,7 @@ from functools import partial
 import torch
 
 import fxsurgeon as fxs
-from common import kill, median_time, train_step_time
+from common import device_argument, kill, median_time, sync, train_step_time
 from fxsurgeon.zoo import MODELS
 
 STEPS_PER_EPOCH = 50_000 // 64
@@ -31,14 +32,17 @@ def _at_peak(demp: fxs.DemP) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    device_argument(parser)
+    device = torch.device(parser.parse_args().device)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
-    x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
-    death_set = [torch.randn(64, 3, 32, 32) for _ in range(4)]
+    x, y = torch.randn(64, 3, 32, 32, device=device), torch.randint(0, 10, (64,), device=device)
+    death_set = [torch.randn(64, 3, 32, 32, device=device) for _ in range(4)]
     print(f"{'model':26s} {'train step s':>12s} {'opt.step s':>10s} {'demp.step s':>11s} {'overhead':>8s} "
           f"{'death s':>8s} {'death/epoch':>11s} {'prune s':>8s} {'prune/epoch':>11s} {'after/before':>12s}")
     for name in ("vgg19_cifar", "resnet164_cifar", "densenet_bc100_k40_cifar"):
-        model = MODELS[name]().train()
+        model = MODELS[name]().train().to(device)
         opt = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9, weight_decay=1e-4)
         demp = fxs.DemP(model, x[:1], opt, death_set, total_steps=10, prune_every=None, reg_peak=1e-4,
                         noise_peak=1e-6)
@@ -48,12 +52,16 @@ def main() -> None:
         # the wrapper's own cost: the same gradients, stepped both ways
         bare = median_time(opt.step, 15)
         wrapped = median_time(peak_step, 15)
+        sync()
         t = time.perf_counter()
         demp.alive()
+        sync()
         death = time.perf_counter() - t
         kill(demp.graph, by_activation=True)
+        sync()
         t = time.perf_counter()
         pruning = demp.prune()
+        sync()
         took = time.perf_counter() - t
         assert pruning is not None
         after = train_step_time(demp.model, peak_step, x, y)

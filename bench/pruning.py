@@ -25,7 +25,9 @@ from pathlib import Path
 
 import torch
 
+from common import device_argument
 from fxsurgeon.data import load_data
+from fxsurgeon.devices import Hardware
 from fxsurgeon.plots import plot_tradeoff
 from fxsurgeon.training import Recipe, Result, train
 from fxsurgeon.zoo import digits_cnn
@@ -48,7 +50,7 @@ def replot(path: Path, runs_files: list[Path]) -> Path:
     for f in runs_files:
         for row in json.loads(f.read_text()):
             pairs = zip(row["accuracy"], row["sparsity"], strict=True)
-            groups.append([Result(row["method"], seed, 0, 0, acc, 0, 0.0, [{"sparsity": s}])
+            groups.append([Result(row["method"], seed, 0, 0, acc, acc, 0, 0.0, [{"sparsity": s}])
                            for seed, (acc, s) in enumerate(pairs)])
     return plot_tradeoff(groups, path)
 
@@ -64,6 +66,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("out/bench-pruning"))
     parser.add_argument("--replot", type=Path, nargs="+", metavar=("PNG", "RUNS"),
                         help="only draw PNG from runs.json files of earlier sweeps")
+    device_argument(parser)
     args = parser.parse_args()
     if args.replot:
         print(f"plot: {replot(args.replot[0], args.replot[1:])}")
@@ -79,7 +82,8 @@ def main() -> None:
         for seed in range(args.seeds):
             torch.manual_seed(seed)
             _, res = train(digits_cnn(width=args.width), data, method,
-                           Recipe(**common, **overrides, seed=seed), progress=False)
+                           Recipe(**common, **overrides, seed=seed), progress=False,
+                           hardware=Hardware(args.device))
             runs.append(res)
         groups.append(runs)
         rows.append({"method": method, "setting": label,

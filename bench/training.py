@@ -11,26 +11,30 @@ time after the event over the step time before.
 """
 from __future__ import annotations
 
+import argparse
 import time
 import warnings
 
 import torch
 
 import fxsurgeon as fxs
-from common import kill, median_time, train_step_time
+from common import device_argument, kill, median_time, sync, train_step_time
 from fxsurgeon.zoo import MODELS
 
 STEPS_PER_EPOCH = 50_000 // 64
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    device_argument(parser)
+    device = torch.device(parser.parse_args().device)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
-    x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
+    x, y = torch.randn(64, 3, 32, 32, device=device), torch.randint(0, 10, (64,), device=device)
     print(f"{'model':26s} {'train step s':>12s} {'opt.step s':>10s} {'nr.step s':>9s} {'overhead':>8s} "
           f"{'event s':>8s} {'event/epoch':>11s} {'after/before':>12s}")
     for name in ("vgg19_cifar", "resnet164_cifar", "densenet_bc100_k40_cifar"):
-        model = MODELS[name]().train()
+        model = MODELS[name]().train().to(device)
         opt = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9, weight_decay=1e-4)
         nr = fxs.NeuralRejuvenation(model, x[:1], opt, threshold=0.9)
         nr.lam = 1e-4                                  # the L1 subgradient is added
@@ -39,8 +43,10 @@ def main() -> None:
         bare = median_time(opt.step, 25)
         wrapped = median_time(nr.step, 25)
         kill(nr.graph)
+        sync()
         t = time.perf_counter()
         event = nr.check()
+        sync()
         took = time.perf_counter() - t
         assert event is not None
         after = train_step_time(nr.model, nr.step, x, y)

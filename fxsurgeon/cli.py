@@ -72,6 +72,37 @@ def _methods(text: str) -> list[str]:
     return methods
 
 
+def _events(text: str) -> int | str:
+    if text == "unlimited":
+        return text
+    return _count(text)
+
+
+def _steps(text: str) -> list[int]:
+    try:
+        steps = [int(s) for s in text.split(",")]
+    except ValueError:
+        steps = []
+    if not steps or steps != sorted(set(steps)) or steps[0] < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not increasing whole numbers >= 1 like 30,60,90")
+    return steps
+
+
+def _choice(*values: str):
+    def parse(text: str) -> str:
+        if text not in values:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {' or '.join(values)}")
+        return text
+    return parse
+
+
+#: recipe settings whose flags parse their own way (the others by their type)
+_RECIPE_TYPES = {"events": (_events, "N|unlimited"), "lr_steps": (_steps, "E1,E2,..."),
+                 "fixed": (_choice("trunk"), "trunk"),
+                 "sparsity": (_choice("auto", "subgradient", "proximal"), "auto|subgradient|proximal"),
+                 "death_set": (_choice("train", "held-out"), "train|held-out")}
+
+
 def _leaf(text: str) -> type:
     module, _, name = text.rpartition(".")
     try:
@@ -146,19 +177,30 @@ def _experiment(cfg: dict, args) -> None:
     """Run a config (overridden by the command line) into ``--out``, safely; print the
     table and the plots."""
     from . import experiment, outdir
+    from .devices import Hardware
 
     recipe = dict(cfg.get("recipe", {}))
     recipe.update({k: v for k, v in vars(args).items() if k in _RECIPE and v is not None})
+    if recipe.get("events") == "unlimited":
+        recipe["events"] = None
     runs = experiment.Runs(args.model or cfg["model"], args.data or cfg["data"],
                            args.method or cfg.get("methods", ["nr"]), args.seeds or cfg.get("seeds", [0]),
                            experiment.recipe_from(recipe), getattr(args, "num_classes", None))
+    if args.smoke:
+        runs, note = experiment.smoke(runs)
+        if note:
+            print(note)
+    hardware = Hardware(args.device, args.workers, args.amp, args.channels_last)
+    hardware.resolve()                                  # a bad one is an error before the work
     out, how = Path(args.out), {"resume": args.resume, "overwrite": args.overwrite}
     outdir.check_folder(out, runs.settings(), **how)
     data = experiment.prepare(runs)
     with outdir.folder(out, runs.settings(), **how) as where:
-        results = experiment.run(runs, data, where, args.tensorboard, not args.quiet)
+        results = experiment.run(runs, data, where, args.tensorboard, not args.quiet, hardware)
         plots = experiment.plots(results, where)
     print(experiment.table(results))
+    if "paper" in cfg:
+        print("\n" + experiment.paper_table(results, cfg["paper"]))
     print(f"\nmetrics: {out / 'metrics.jsonl'}\nresults: {out / 'results.json'}")
     for path in plots:
         print(f"plot:    {out / path.relative_to(where)}")
@@ -210,11 +252,25 @@ def _training_arguments(p: argparse.ArgumentParser, cfg: dict, out: str, default
                        help="replace what --out holds, once the new run has finished")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs (OUT/tensorboard)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--smoke", action="store_true", help="a smoke test: 2 epochs on 256 samples, on the "
+                   "digits-sized stand-in (zoo:digits_cnn, digits) when the data is absent")
+    run = p.add_argument_group("where it runs")
+    run.add_argument("--device", help="cpu, cuda or cuda:N (default cuda when available, else cpu)")
+    run.add_argument("--workers", type=_numbers(int, lambda v: v >= 0, "a whole number of at least 0"),
+                     help="DataLoader worker processes (default min(4, CPUs) on CUDA, 0 on CPU)")
+    run.add_argument("--amp", type=_choice("bf16", "fp16"), help="mixed precision: bf16 or fp16 (autocast; "
+                     "fp16 with a gradient scaler); default off")
+    run.add_argument("--channels-last", action="store_true", help="channels-last memory layout")
     group = p.add_argument_group(f"recipe ({defaults}; see docs/training.md)")
     for name, f in _RECIPE.items():
         flag, default = "--" + name.replace("_", "-"), recipe.get(name, f.default)
         text = f"{HELP[name]} (default {'every epoch' if default is None else default})"
-        if isinstance(f.default, bool):
+        if name in _RECIPE_TYPES:
+            kind, metavar = _RECIPE_TYPES[name]
+            default = "unlimited" if name == "events" and default is None else default
+            text = f"{HELP[name]} (default {'none' if default is None else default})"
+            group.add_argument(flag, type=kind, default=None, metavar=metavar, help=text)
+        elif isinstance(f.default, bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
             kind = {"int": int, "int | None": int, "float": float}.get(f.type, str)

@@ -1,18 +1,17 @@
-"""Training runs for ``fxsurgeon train``: baseline, Neural Rejuvenation, DemP, and the
-pruning baselines Network Slimming and magnitude (filter-norm) pruning.
+"""Training runs for ``fxsurgeon train``: one loop for every method of
+:mod:`fxsurgeon.methods` (baseline, Neural Rejuvenation and its ablations, DemP, Network
+Slimming, magnitude pruning), on CPU or CUDA, optionally in mixed precision.
 
 NR's recipe follows its paper: SGD with momentum, λ adapted every epoch (Δλ = 5e-5,
-Δr = 0.01), T_r = 0.5, one event; the learning rate stays constant until the event,
-then the full cosine schedule of ``epochs`` runs. The other methods run the cosine
-schedule from the start; slimming and magnitude pruning then prune and fine-tune on a
-fresh cosine; DemP prunes as it goes, on a death set held out of the training data.
-Every epoch appends one JSON line to the log (and TensorBoard scalars if asked) and,
-given a checkpoint file, saves the run there, so that an interrupted run continues.
+Δr = 0.01), T_r = 0.5; the learning rate stays constant while NR searches (until its
+``events`` have fired, or ``search_epochs``), then the full schedule of ``epochs`` runs
+(a cosine, or steps at ``lr_steps``). The other methods run the schedule from the
+start. Every epoch appends one JSON line to the log (and TensorBoard scalars if asked)
+and, given a checkpoint file, saves the run there, so that an interrupted run continues.
 """
 from __future__ import annotations
 
 import json
-import math
 import time
 import typing
 from dataclasses import dataclass, field, fields
@@ -24,17 +23,17 @@ from torch.utils.data import DataLoader, Subset
 
 from .checkpoint import MISFIT
 from .data import Data
-from .demp import REGULARIZATIONS, DemP, Pruning
+from .demp import REGULARIZATIONS, Pruning
+from .devices import Hardware, Placement
 from .errors import FxSurgeonError, one_line
 from .fileformat import check_fields, problem
-from .liveliness import smallest, smallest_filters
-from .planner import plan
-from .rejuvenation import Event, NeuralRejuvenation
-from .rewriter import rewrite
+from .methods import METHODS as _CLASSES
+from .rejuvenation import Event
 from .surgical import SurgicalTraining
 
-METHODS = ("baseline", "slimming", "magnitude", "demp", "nr", "nr-cr", "nr-ca")
-PRUNING = ("slimming", "magnitude", "demp")     # the methods whose aim is sparsity
+METHODS = tuple(_CLASSES)
+PRUNING = tuple(name for name, cls in _CLASSES.items() if cls.pruning)   # their aim is sparsity
+SEARCHING = tuple(name for name, cls in _CLASSES.items() if cls.searches)  # NR and its ablations
 
 
 @dataclass
@@ -55,6 +54,11 @@ class Recipe:
     check_every: int | None = None
     search_epochs: int = 160
     rescale: bool = True
+    events: int | None = 1
+    fixed: str | None = None
+    sparsity: str = "auto"
+    lr_steps: list[int] | None = None
+    equal_epochs: bool = False
     slimming_lambda: float = 1e-4
     prune_ratio: float = 0.5
     finetune_epochs: int = 40
@@ -62,6 +66,7 @@ class Recipe:
     demp_noise: float = 1e-3
     demp_regularization: str = "l1"
     demp_prune_every: int | None = None
+    death_set: str = "held-out"
     death_samples: int = 128
     epsilon: float = 0.0
     seed: int = 0
@@ -80,7 +85,7 @@ class Recipe:
 
 #: what each recipe setting means (the command line's help)
 HELP = {
-    "epochs": "epochs of the cosine schedule: the whole run, or what follows NR's event",
+    "epochs": "epochs of the LR schedule: the whole run, or what follows NR's search",
     "batch_size": "training batch size",
     "lr": "SGD learning rate",
     "momentum": "SGD momentum",
@@ -91,8 +96,14 @@ HELP = {
     "delta_r": "NR's Δr: λ grows at each check where utilization fell by less",
     "delta_lambda": "NR's Δλ: what λ grows by",
     "check_every": "NR: optimizer steps between checks",
-    "search_epochs": "NR: at most this many epochs at constant LR before the event",
+    "search_epochs": "NR: at most this many epochs at constant LR while it searches",
     "rescale": "NR: neural rescaling at the event",
+    "events": "NR: the search ends once this many events fired (unlimited: at search_epochs)",
+    "fixed": "NR: trunk keeps residual trunks and the stem at their width, out of the L1",
+    "sparsity": "NR, DemP: the L1's form: subgradient (the paper's), proximal, or auto (by optimizer)",
+    "lr_steps": "epochs after the schedule's start where the LR drops ×0.1, e.g. 30,60,90 "
+                "(default: a cosine)",
+    "equal_epochs": "baseline: train as many epochs as the first NR method did (search + schedule)",
     "slimming_lambda": "Network Slimming's L1 on γ",
     "prune_ratio": "slimming, magnitude: the share of channels removed",
     "finetune_epochs": "slimming, magnitude: epochs of fine-tuning after pruning",
@@ -100,10 +111,14 @@ HELP = {
     "demp_noise": "DemP: peak σ of the noise on live units",
     "demp_regularization": "DemP: l1 (on the scales) or l2+ (positive part of scales and shifts)",
     "demp_prune_every": "DemP: optimizer steps between prunings",
-    "death_samples": "DemP: training samples held out as the death set",
+    "death_set": "DemP: train (the latest training batches, as the authors' code) or held-out",
+    "death_samples": "DemP: samples in the death set",
     "epsilon": "DemP: dead means |activation| <= epsilon on the whole death set",
     "seed": "seed of the model's initialisation, the data order and every surgery",
 }
+
+SPARSITY = ("auto", "subgradient", "proximal")
+DEATH_SETS = ("train", "held-out")
 
 #: what each recipe setting must be, beyond its type
 _LIMITS = {name: (test, wanted) for names, test, wanted in [
@@ -115,6 +130,12 @@ _LIMITS = {name: (test, wanted) for names, test, wanted in [
      lambda v: v >= 0, "a number of at least 0"),
     (("momentum", "prune_ratio"), lambda v: 0 <= v < 1, "a number in [0, 1)"),
     (("metric",), lambda v: v in ("params", "flops"), "params or flops"),
+    (("events",), lambda v: v >= 1, "a whole number of at least 1, or null (unlimited)"),
+    (("fixed",), lambda v: v == "trunk", "trunk or null"),
+    (("sparsity",), lambda v: v in SPARSITY, " or ".join(SPARSITY)),
+    (("death_set",), lambda v: v in DEATH_SETS, " or ".join(DEATH_SETS)),
+    (("lr_steps",), lambda v: v == sorted(set(v)) and min(v, default=1) >= 1,
+     "increasing whole numbers of at least 1"),
     (("demp_regularization",), lambda v: v in REGULARIZATIONS, " or ".join(REGULARIZATIONS)),
 ] for name in names}
 
@@ -127,7 +148,8 @@ class Result:
     seed: int
     params: int
     flops: int
-    accuracy: float
+    accuracy: float                     # at the last epoch
+    best: float                         # the best of every epoch's
     epochs: int
     seconds: float
     history: list[dict] = field(default_factory=list)
@@ -139,14 +161,15 @@ class Result:
         return sum(h["seconds"] for h in self.history)
 
 
-def evaluate(model: torch.nn.Module, loader: DataLoader) -> float:
-    """Top-1 accuracy, in eval mode (the model's mode is restored)."""
+def evaluate(model: torch.nn.Module, loader: DataLoader, place: Placement | None = None) -> float:
+    """Top-1 accuracy, in eval mode (the model's mode is restored), where ``place`` runs."""
+    place = place or Hardware("cpu").resolve()
     was = model.training
     model.eval()
     correct = total = 0
-    with torch.no_grad():
+    with torch.no_grad(), place.autocast():
         for x, y in loader:
-            correct += int((model(x).argmax(1) == y).sum())
+            correct += int((model(place.batch(x)).argmax(1).cpu() == y).sum())
             total += len(y)
     model.train(was)
     return correct / total
@@ -188,7 +211,8 @@ class _Logger:
                 h.close()
 
 
-def _loaders(data: Data, recipe: Recipe, hold_out: int) -> tuple[DataLoader, DataLoader, list]:
+def _loaders(data: Data, recipe: Recipe, hold_out: int, place: Placement) -> tuple[DataLoader, DataLoader,
+                                                                                   list]:
     """Training and test loaders, and the first ``hold_out`` training samples (by a seeded
     permutation) as batches of a death set, kept out of training."""
     g = torch.Generator().manual_seed(recipe.seed)
@@ -198,30 +222,11 @@ def _loaders(data: Data, recipe: Recipe, hold_out: int) -> tuple[DataLoader, Dat
         order = torch.randperm(len(train_set), generator=g).tolist()
         held = Subset(train_set, order[:hold_out])
         train_set = Subset(train_set, order[hold_out:])
-        death = list(DataLoader(held, recipe.batch_size))
-    return (DataLoader(train_set, recipe.batch_size, shuffle=True, generator=g, drop_last=True),
-            DataLoader(data.test, 256), death)
-
-
-def _wrapper(method: str, model: torch.nn.Module, example, opt, recipe: Recipe, death: list,
-             steps: int) -> SurgicalTraining:
-    """The optimizer wrapper of ``method``: DemP, or NeuralRejuvenation (the other methods
-    use it for its L1 and its surgery, with no event)."""
-    if method == "demp":
-        return DemP(model, example, opt, death, total_steps=steps, regularization=recipe.demp_regularization,
-                    reg_peak=recipe.demp_reg, noise_peak=recipe.demp_noise,
-                    prune_every=recipe.demp_prune_every or steps // recipe.epochs, epsilon=recipe.epsilon,
-                    seed=recipe.seed)
-    rejuvenating = method.startswith("nr")
-    nr = NeuralRejuvenation(
-        model, example, opt, metric=recipe.metric, threshold=recipe.threshold if rejuvenating else -1,
-        target=recipe.target, scheme={"nr": "nr", "nr-cr": "cr", "nr-ca": "ca"}.get(method, "nr"),
-        rescale=recipe.rescale, check_every=recipe.check_every, delta_r=recipe.delta_r,
-        delta_lambda=recipe.delta_lambda if rejuvenating else 0.0, seed=recipe.seed,
-        max_events=1 if rejuvenating else 0)
-    if method == "slimming":
-        nr.lam = recipe.slimming_lambda
-    return nr
+        death = [(place.batch(x),) for x, _ in DataLoader(held, recipe.batch_size)]
+    how = {"num_workers": place.workers, "pin_memory": place.pin_memory,
+           "persistent_workers": place.workers > 0}
+    return (DataLoader(train_set, recipe.batch_size, shuffle=True, generator=g, drop_last=True, **how),
+            DataLoader(data.test, 256, **how), death)
 
 
 #: the state of a run between epochs, as a checkpoint's ``extra`` holds it
@@ -230,107 +235,91 @@ _RUN = {"epoch": int, "start": int | None, "length": int, "pruned": bool, "done"
 
 
 def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: Path | None = None,
-          tensorboard: bool = False, progress: bool = True,
-          checkpoint: Path | None = None) -> tuple[torch.nn.Module, Result]:
-    """Train ``model`` by ``method`` (one of :data:`METHODS`); returns the trained
-    network and its :class:`Result`. With ``checkpoint`` the run saves itself there after
-    every epoch, and continues from it if it exists (a finished run is only read back)."""
+          tensorboard: bool = False, progress: bool = True, checkpoint: Path | None = None,
+          hardware: Hardware | None = None) -> tuple[torch.nn.Module, Result]:
+    """Train ``model`` by ``method`` (one of :data:`METHODS`) where ``hardware`` says
+    (default: CUDA when there is one); returns the trained network and its
+    :class:`Result`. With ``checkpoint`` the run saves itself there after every epoch,
+    and continues from it if it exists (a finished run is only read back)."""
+    if method not in _CLASSES:
+        raise FxSurgeonError(f"unknown method {method!r}: use {', '.join(METHODS)}")
+    how = _CLASSES[method](recipe)
+    place = (hardware or Hardware()).resolve()
     torch.manual_seed(recipe.seed)
-    train_loader, test_loader, death = _loaders(data, recipe, recipe.death_samples if method == "demp" else 0)
-    example = torch.zeros(data.input_shape)
+    train_loader, test_loader, death = _loaders(data, recipe, how.held_out(), place)
+    if death:
+        how.held = death
+    model = place.model(model)
+    example = place.batch(torch.zeros(data.input_shape))
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                           weight_decay=recipe.weight_decay)
-    wrapper = _wrapper(method, model, example, opt, recipe, death, recipe.epochs * len(train_loader))
+    wrapper = how.wrapper(model, example, opt, len(train_loader))
     original = wrapper.graph.count("params")
-    rejuvenating = method.startswith("nr")
-    fine_tuned = method in ("slimming", "magnitude")
-    # constant LR until NR's event, then a cosine over `length` epochs from `start`
-    run = {"epoch": 0, "start": None if rejuvenating else 0, "length": recipe.epochs, "pruned": False,
+    run = {"epoch": 0, "start": None if how.searches else 0, "length": recipe.epochs, "pruned": False,
            "done": False, "seconds": 0.0, "history": []}
-
-    def lr_factor(e: int) -> float:
-        if run["start"] is None or e < run["start"]:
-            return 1.0
-        return 0.5 * (1 + math.cos(math.pi * min(e - run["start"], run["length"]) / run["length"]))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: how.lr_factor(e, run))
     if checkpoint is not None and checkpoint.exists():
-        run.update(_resume(wrapper, sched, train_loader.generator, checkpoint))
-        if rejuvenating and run["start"] is not None:
-            wrapper.max_events = len(wrapper.events)
-    total = None if rejuvenating else recipe.epochs + (recipe.finetune_epochs if fine_tuned else 0)
-    logger = _Logger(log, method, recipe.seed, tensorboard, progress and not run["done"], total, run["epoch"])
+        run.update(_resume(wrapper, sched, train_loader.generator, place, checkpoint))
+        how.resumed(wrapper, run)
+    logger = _Logger(log, method, recipe.seed, tensorboard, progress and not run["done"], how.total_epochs(),
+                     run["epoch"])
     net = wrapper.model
     net.train()
     try:
         while not run["done"]:
             tick = time.perf_counter()
-            loss_sum, n, events = 0.0, 0, len(wrapper.surgeries)
+            loss_sum, n, before = 0.0, 0, len(wrapper.surgeries)
             for x, y in train_loader:
-                loss = F.cross_entropy(net(x), y)
-                opt.zero_grad()
-                loss.backward()
-                wrapper.step()
+                x, y = place.batch(x), y.to(place.device, non_blocking=place.pin_memory)
+                how.on_batch(x)
+                with place.autocast():
+                    loss = F.cross_entropy(net(x), y)
+                place.step(loss, opt, wrapper.step)
                 loss_sum, n = loss_sum + loss.item() * len(y), n + len(y)
-            if rejuvenating and recipe.check_every is None:
-                wrapper.check()
             run["epoch"] = epoch = run["epoch"] + 1
+            how.after_epoch(wrapper, run, before)
             seconds = time.perf_counter() - tick
-            fired = len(wrapper.surgeries) > events
-            if rejuvenating and run["start"] is None and (fired or epoch >= recipe.search_epochs):
-                run["start"] = epoch           # the event fired (or never will): full schedule
-                wrapper.max_events = len(wrapper.events)
-            done = run["start"] is not None and epoch - run["start"] >= run["length"]
-            if done and fine_tuned and not run["pruned"]:
-                _prune(wrapper, smallest(wrapper.graph, recipe.prune_ratio) if method == "slimming"
-                       else smallest_filters(wrapper.graph, recipe.prune_ratio))
-                run.update(start=epoch, length=recipe.finetune_epochs, pruned=True)   # a fresh cosine
-                done = recipe.finetune_epochs == 0
             sched.step()
-            for e in wrapper.surgeries[events:]:
+            if len(wrapper.surgeries) > before:
+                place.model(wrapper.model.network)     # a surgery's new tensors: channels-last too
+            for e in wrapper.surgeries[before:]:
                 logger.write({"epoch": epoch, "event": e.summary()})
             params = wrapper.graph.count("params")
             record = {"epoch": epoch, "step": wrapper.steps, "lr": opt.param_groups[0]["lr"],
-                      "loss": loss_sum / max(n, 1), "accuracy": evaluate(net, test_loader),
+                      "loss": loss_sum / max(n, 1), "accuracy": evaluate(net, test_loader, place),
                       "params": params, "flops": wrapper.graph.count("flops"),
-                      "sparsity": 1 - params / original, "lambda": wrapper.lam, "seconds": seconds}
-            if method == "demp":
-                record["sigma"] = wrapper.sigma
-            else:
-                record["utilization"] = wrapper.utilization()
+                      "sparsity": 1 - params / original, "lambda": wrapper.lam, "seconds": seconds,
+                      **how.metrics(wrapper)}
             run["history"].append(record)
             logger.write(record)
-            run.update(done=done, seconds=run["seconds"] + time.perf_counter() - tick)
+            run["seconds"] += time.perf_counter() - tick
             if checkpoint is not None:
                 wrapper.save(checkpoint, run=run, scheduler=sched.state_dict(),
-                             shuffle=train_loader.generator.get_state(), rng=torch.get_rng_state())
+                             shuffle=train_loader.generator.get_state(), rng=torch.get_rng_state(),
+                             scaler=place.scaler.state_dict() if place.scaler else {})
     finally:
         logger.close()
+    accuracies = [h["accuracy"] for h in run["history"]]
     result = Result(method, recipe.seed, int(wrapper.graph.count("params")),
-                    int(wrapper.graph.count("flops")), run["history"][-1]["accuracy"], run["epoch"],
+                    int(wrapper.graph.count("flops")), accuracies[-1], max(accuracies), run["epoch"],
                     run["seconds"], run["history"], list(wrapper.surgeries))
     return wrapper.model.network, result
 
 
-def _resume(wrapper: SurgicalTraining, sched, shuffle: torch.Generator, checkpoint: Path) -> dict:
-    """Load a run's checkpoint into its fresh wrapper, scheduler, shuffling and torch's
-    generator; returns the run's state."""
+def _resume(wrapper: SurgicalTraining, sched, shuffle: torch.Generator, place: Placement,
+            checkpoint: Path) -> dict:
+    """Load a run's checkpoint into its fresh wrapper, scheduler, shuffling, gradient
+    scaler and torch's generator; returns the run's state."""
     extra = wrapper.load(checkpoint)
     try:
-        check_fields(extra, {"run": _RUN, "scheduler": dict, "shuffle": torch.Tensor, "rng": torch.Tensor})
+        check_fields(extra, {"run": _RUN, "scheduler": dict, "shuffle": torch.Tensor, "rng": torch.Tensor,
+                             "scaler": dict})
         sched.load_state_dict(extra["scheduler"])
         shuffle.set_state(extra["shuffle"])
         torch.set_rng_state(extra["rng"])
+        if place.scaler is not None and extra["scaler"]:
+            place.scaler.load_state_dict(extra["scaler"])
     except MISFIT as err:
         raise FxSurgeonError(f"cannot resume from {str(checkpoint)!r}: its run state is damaged: "
                              f"{one_line(err)}") from None
     return extra["run"]
-
-
-def _prune(nr: NeuralRejuvenation, alive: dict) -> None:
-    """The pruning baselines' step: remove the channels ``alive`` calls dead (for Network
-    Slimming, those its L1 drove down; for magnitude pruning, the smallest filters), as
-    their papers do: dropped, not folded (they are small, not constant), and stop the L1."""
-    graph = nr.graph
-    nr.apply_surgery(rewrite(graph, plan(graph, alive, target=None, scheme="prune"), fold=False))
-    nr.lam = 0.0

@@ -110,6 +110,12 @@ BAD = [
     ([*TRAIN, "--lr", "nan"], "recipe: lr is nan, not float"),
     ([*TRAIN, "--metric", "time"], "recipe: metric must be params or flops, not 'time'"),
     ([*TRAIN, "--method", "magic"], "unknown methods ['magic']"),
+    ([*TRAIN, "--device", "tpu"], "unknown device 'tpu': use cpu, cuda or cuda:N"),
+    ([*TRAIN, "--amp", "fp8"], "'fp8' is not bf16 or fp16"),
+    ([*TRAIN, "--events", "0"], "'0' is not a whole number of at least 1"),
+    ([*TRAIN, "--lr-steps", "60,30"], "'60,30' is not increasing whole numbers"),
+    ([*TRAIN, "--death-set", "test"], "'test' is not train or held-out"),
+    ([*TRAIN, "--equal-epochs", "--method", "nr"], "--method needs baseline and one of nr"),
     ([*TRAIN, "--seeds", "0,x"], "'0,x' is not whole numbers like 0,1,2"),
     ([*TRAIN, "--num-classes", "5"], "--num-classes 5 does not match digits, which has 10 classes"),
     ([*TRAIN, "--resume", "--overwrite"], "not allowed with argument"),
@@ -163,5 +169,5 @@ def test_help_explains_every_option_of_every_subcommand():
             assert action.help and action.help != argparse.SUPPRESS, (name, action.dest)
     assert "--round-to" not in subs["prune"].format_help() and "--round-to" in subs["plan"].format_help()
     demo, train = " ".join(subs["demo"].format_help().split()), " ".join(subs["train"].format_help().split())
-    assert "follows NR's event (default 20)" in demo and "(default baseline,nr)" in demo
-    assert "follows NR's event (default 160)" in train
+    assert "follows NR's search (default 20)" in demo and "(default baseline,nr)" in demo
+    assert "follows NR's search (default 160)" in train and "--events N|unlimited" in train

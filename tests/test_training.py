@@ -1,5 +1,6 @@
 """Data loaders on small data the tests make, training runs, and the train command."""
 import json
+import math
 import os
 import pickle
 
@@ -134,7 +135,7 @@ def test_train_command_writes_metrics_results_and_plots(tmp_path, capsys):
                  "--tensorboard"]) == 0
     text = capsys.readouterr().out
     assert text.splitlines()[0].split() == ["method", "seeds", "params", "FLOPs", "(MACs)", "sparsity",
-                                            "accuracy", "time", "surgeries"]
+                                            "accuracy", "(last)", "best", "epochs", "time", "surgeries"]
     for name in ("metrics.jsonl", "results.json", "training.png", "widths-nr-seed0.png"):
         assert (out / name).stat().st_size > 0, name
     assert not (out / "sparsity.png").exists()                # no pruning method ran
@@ -172,10 +173,13 @@ def test_every_shipped_config_names_a_model_and_a_valid_recipe():
     from fxsurgeon.experiment import load_config, recipe_from
     from fxsurgeon.models import load_model
     names = sorted(p.name[:-5] for p in (resources.files("fxsurgeon") / "configs").iterdir())
-    assert len(names) == 8
+    assert len(names) == 9
     for name in names:
         cfg = load_config(f"paper:{name}")
-        recipe_from(cfg["recipe"])
+        recipe = recipe_from(cfg["recipe"])
+        assert cfg["paper"]["table"] in ("2", "4", "5") and set(cfg["paper"]["error"]) <= set(cfg["methods"])
+        assert ("nr-cr" in cfg["methods"]) == (cfg["paper"]["table"] in ("4", "5"))
+        assert (recipe.fixed == "trunk") == ("resnet" in name), name
         load_model(cfg["model"], 10)
 
 
@@ -232,3 +236,127 @@ def test_overwrite_replaces_the_old_results_only_when_the_new_run_has_finished(t
     assert main([*RUN, "--method", "nr", "--out", str(out), "--overwrite"]) == 0
     assert {r["method"] for r in _without_seconds(out / "metrics.jsonl")} == {"nr"}
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def _few_digits(n=256):
+    from torch.utils.data import Subset
+
+    from fxsurgeon.data import Data
+    data = load_data("digits")
+    return Data(Subset(data.train, range(n)), Subset(data.test, range(128)), data.input_shape, 10)
+
+
+def test_cpu_training_in_bf16_and_clear_device_errors():
+    from fxsurgeon.devices import Hardware
+    torch.manual_seed(0)
+    net, result = train(digits_cnn(), _few_digits(), "baseline", Recipe(**FAST), progress=False,
+                        hardware=Hardware("cpu", amp="bf16"))
+    assert next(net.parameters()).device.type == "cpu" and math.isfinite(result.history[0]["loss"])
+    assert result.best == max(h["accuracy"] for h in result.history) >= result.accuracy
+    with pytest.raises(fxs.FxSurgeonError, match="unknown device 'tpu'"):
+        Hardware("tpu").resolve()
+    with pytest.raises(fxs.FxSurgeonError, match="runs on cpu or cuda"):
+        Hardware("meta").resolve()
+    if not torch.cuda.is_available():
+        with pytest.raises(fxs.FxSurgeonError, match="CUDA is not available"):
+            Hardware("cuda").resolve()
+        assert Hardware().resolve().device.type == "cpu" and Hardware().resolve().workers == 0
+
+
+def test_fp16_steps_only_on_finite_gradients_and_lowers_the_scale():
+    from fxsurgeon.devices import Hardware
+    place = Hardware("cpu", amp="fp16").resolve()
+    w = torch.nn.Parameter(torch.ones(3))
+    opt, steps = torch.optim.SGD([w], lr=0.1), []
+    scale = place.scaler.get_scale()
+    place.step((w * float("inf")).sum(), opt, lambda: steps.append(1))
+    assert steps == [] and place.scaler.get_scale() < scale
+    place.step((2 * w).sum(), opt, lambda: steps.append(1))
+    assert steps == [1] and torch.equal(w.grad, torch.full((3,), 2.0))       # unscaled before the step
+
+
+def test_lr_schedule_is_constant_while_searching_then_a_cosine_or_steps():
+    from fxsurgeon.methods import Method
+    run = {"start": None, "length": 6}
+    steps, cosine = Method(Recipe(lr_steps=[2, 4])), Method(Recipe())
+    assert steps.lr_factor(5, run) == cosine.lr_factor(5, run) == 1.0
+    run["start"] = 3
+    assert [round(steps.lr_factor(e, run), 6) for e in range(3, 10)] == [1, 1, 0.1, 0.1, 0.01, 0.01, 0.01]
+    assert cosine.lr_factor(3, run) == 1 and cosine.lr_factor(6, run) == pytest.approx(0.5)
+    with pytest.raises(fxs.FxSurgeonError, match="lr_steps must be increasing"):
+        Recipe(lr_steps=[3, 2])
+    with pytest.raises(fxs.FxSurgeonError, match="events must be a whole number of at least 1, or null"):
+        Recipe(events=0)
+
+
+def test_nr_ip_prunes_at_the_event_and_reallocates_nothing():
+    torch.manual_seed(0)
+    model = digits_cnn()
+    with torch.no_grad():
+        model.features[1].weight[:4] = 0                      # four dead channels
+    recipe = Recipe(**{**FAST, "lr": 1e-4}, threshold=1.01, check_every=1)
+    _, result = train(model, _few_digits(), "nr-ip", recipe, progress=False)
+    event, = result.events
+    assert event.scheme == "prune" and event.alpha == 1 and event.widths_after["features.0"] == 12
+    assert result.params == event.cost_after < event.cost_before and result.epochs == 2
+
+
+def test_nr_fs_reinitialises_the_found_architecture_and_its_optimizer_state():
+    from fxsurgeon.methods import FromScratch
+    torch.manual_seed(0)
+    model = digits_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    how = FromScratch(Recipe(threshold=1.01))
+    nr = how.wrapper(model, torch.zeros(1, 1, 8, 8), opt, 1)
+    x, y = next(iter(torch.utils.data.DataLoader(load_data("digits").train, 64)))
+    for _ in range(3):
+        torch.nn.functional.cross_entropy(nr.model(x), y).backward()
+        nr.step()
+    run = {"epoch": 1, "start": None, "length": 1, "pruned": False, "done": False}
+    how.after_epoch(nr, run, 0)                    # the check fires the event; the search ends
+    assert len(nr.events) == 1 and run["start"] == 1 and not opt.state
+    norms = [m for m in nr.model.network.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in norms)
+
+
+def test_demp_death_set_from_the_latest_training_batches():
+    from fxsurgeon.methods import RecentBatches
+    recent = RecentBatches(2)
+    for i in range(3):
+        recent.add(torch.full((1,), float(i)))
+    assert [b[0].item() for b, in recent] == [1, 2] and list(recent) == list(recent)
+    torch.manual_seed(0)
+    recipe = Recipe(**{**FAST, "epochs": 2}, demp_reg=0.5, death_set="train", death_samples=64)
+    net, result = train(digits_cnn(), load_data("digits"), "demp", recipe, progress=False)
+    assert result.events and result.history[-1]["sparsity"] > 0.05
+
+
+def test_equal_epochs_give_the_baseline_nr_s_search_and_schedule(tmp_path):
+    from fxsurgeon.experiment import Runs, prepare, run
+    recipe = Recipe(**{**FAST, "batch_size": 128}, threshold=1.01, equal_epochs=True)
+    runs = Runs("zoo:digits_cnn", "digits", ["baseline", "nr"], [0], recipe, smoke=True)
+    results = run(runs, prepare(runs), tmp_path, progress=False)
+    assert [(r.method, r.epochs) for r in results] == [("baseline", 2), ("nr", 2)]   # NR: search + 1
+    with pytest.raises(fxs.FxSurgeonError, match="needs baseline and one of nr"):
+        prepare(Runs("zoo:digits_cnn", "digits", ["baseline"], [0], recipe))
+
+
+def test_smoke_runs_a_paper_config_on_the_stand_in_and_compares_with_the_paper(tmp_path, capsys):
+    assert main(["train", "--config", "paper:vgg19-cifar10", "--smoke", "--device", "cpu", "--quiet",
+                 "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("smoke run on the stand-in zoo:digits_cnn with digits: no CIFAR-10 archive")
+    assert "paper: Table 4, VGG-19, CIFAR-10, NR-CR at half the parameters" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[out.splitlines().index(
+        "paper: Table 4, VGG-19, CIFAR-10, NR-CR at half the parameters") + 2:][:2]}
+    assert rows["baseline"][-2:] == ["5.44", "%"] and rows["nr-cr"][-2:] == ["4.19", "%"]
+
+
+@pytest.mark.skipif(not hasattr(fxs.NeuralRejuvenation, "end_search"), reason="needs the NR core's events")
+def test_table5_smoke_runs_several_events_until_the_search_ends(tmp_path, capsys):
+    assert main(["train", "--config", "paper:vgg19-cifar10-table5", "--smoke", "--device", "cpu", "--quiet",
+                 "--threshold", "1.01", "--search-epochs", "3", "--out", str(tmp_path / "run")]) == 0
+    assert "paper: Table 5" in capsys.readouterr().out
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    nr = next(r for r in results if r["method"] == "nr-cr")
+    assert len(nr["events"]) == 3 and nr["epochs"] == 5       # an event per search epoch, then 2

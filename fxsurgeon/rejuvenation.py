@@ -189,12 +189,12 @@ class NeuralRejuvenation(SurgicalTraining):
     def _rejuvenate(self, alive: dict, r: float) -> Event:
         graph = self.graph
         current = graph.count(self.metric)
+        if all(d.name in self.fixed_dims for d in graph.free_dims):
+            why = sorted({d.pinned for d in graph.dims if d.pinned})
+            raise FxSurgeonError(f"nothing to rejuvenate: every dimension is fixed "
+                                 f"({len(self.fixed_dims)}) or pinned ({'; '.join(why)})")
         p = plan(graph, alive, metric=self.metric, target=self.budget / current, scheme=self.scheme,
                  fixed=self.fixed)
-        if all(d.new_width == d.width == len(d.survivors) for d in p.dims.values()):
-            why = sorted({d.pinned for d in graph.dims if d.pinned})
-            raise FxSurgeonError(f"nothing to rejuvenate: no dimension can lose or gain a channel "
-                                 f"(fixed: {len(self.fixed_dims)}; pinned: {'; '.join(why) or 'none'})")
         seed = self.seed + len(self.events)
         surgery = rewrite(graph, p, seed=seed, rescale=self.rescale)
         self.apply_surgery(surgery, seed)

@@ -61,7 +61,12 @@ class DemP(SurgicalTraining):
     rises over its first ``rise`` fraction and decays to 0 at its end, where the last
     pruning happens. ``regularization`` is ``"l1"`` (λ·sign(γ) on the free scales) or
     ``"l2+"`` (λ·max(θ, 0) on the free scales and their shifts: the gradient of the
-    positive-part L2 penalty, which pushes pre-activations below zero). ``prune_every``
+    positive-part L2 penalty, which pushes pre-activations below zero). ``sparsity``
+    is the form of the penalty: ``"subgradient"`` (its gradient added before the step),
+    ``"proximal"`` (its proximal step after it, with the group's learning rate: L1
+    soft-thresholds, l2+ divides positive entries by ``1 + lr·λ``) or ``"auto"`` (the
+    gradient for plain SGD, the proximal step for other optimizers, which would
+    normalise the gradient away). ``prune_every``
     counts optimizer steps (``None``: only at the end and when you call
     :meth:`prune`). ``on_prune`` is called with each :class:`Pruning`. Train
     :attr:`model`, not the model you passed in; ``ddp`` as in
@@ -77,7 +82,7 @@ class DemP(SurgicalTraining):
                  reg_peak: float = 1e-3, noise_peak: float = 1e-3, rise: float = 0.3,
                  prune_every: int | None = 1000, epsilon: float = 0.0, seed: int = 0,
                  on_prune: Callable[[Pruning], None] | None = None, ddp: dict | bool = False,
-                 **analyze_kwargs):
+                 sparsity: str = "auto", **analyze_kwargs):
         if regularization not in REGULARIZATIONS:
             raise FxSurgeonError(f"regularization must be one of {', '.join(REGULARIZATIONS)}, "
                                  f"not {regularization!r}")
@@ -94,7 +99,7 @@ class DemP(SurgicalTraining):
                                  "not an iterator: it is read at every pruning")
         if hasattr(death_set, "__len__") and len(death_set) == 0:
             raise FxSurgeonError("the death set is empty: death is measured on at least one batch")
-        super().__init__(model, example_inputs, optimizer, ddp=ddp, **analyze_kwargs)
+        super().__init__(model, example_inputs, optimizer, ddp=ddp, sparsity=sparsity, **analyze_kwargs)
         self.death_set, self.total_steps, self.regularization = death_set, total_steps, regularization
         self.reg_peak, self.noise_peak, self.rise = reg_peak, noise_peak, rise
         self.prune_every, self.epsilon, self.seed, self.on_prune = prune_every, epsilon, seed, on_prune
@@ -134,8 +139,7 @@ class DemP(SurgicalTraining):
         lam, sigma = self.lam, self.sigma
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         live = [p.grad != 0 for p in params] if sigma else []
-        self._regularize(lam)
-        self.optimizer.step()
+        self.penalized_step(lam)
         if sigma:
             with torch.no_grad():
                 for p, mask in zip(params, live, strict=True):
@@ -156,14 +160,23 @@ class DemP(SurgicalTraining):
             (shifts[name], mask) for name, (_, mask) in self.scales.items()
             if shifts[name] is not None and shifts[name].shape == mask.shape]
 
-    def _regularize(self, lam: float) -> None:
+    def _penalty_gradient(self, lam: float) -> None:
         if self.regularization == "l1":
-            self.add_l1(lam)
+            super()._penalty_gradient(lam)
         elif lam:
             with torch.no_grad():
                 for p, mask in self._positive:
                     if p.grad is not None:
                         p.grad.add_(lam * p.clamp(min=0) * mask)
+
+    def _penalty_proximal(self, lam: float) -> None:
+        if self.regularization == "l1":
+            super()._penalty_proximal(lam)
+        elif lam:
+            lr = self._learning_rates()
+            with torch.no_grad():
+                for p, mask in self._positive:
+                    p.copy_(torch.where(p > 0, p / (1 + lr[id(p)] * lam * mask), p))
 
     def _generator(self, device: torch.device) -> torch.Generator:
         key = str(device)

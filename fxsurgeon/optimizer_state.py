@@ -2,6 +2,7 @@
 kept), and check that an optimizer and a saved optimizer state fit a wrapper."""
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 
 import torch
@@ -9,6 +10,7 @@ from torch import nn
 
 from .errors import FxSurgeonError
 from .fileformat import problem
+from .ops import TABLE
 from .rewriter import Surgery
 
 
@@ -24,10 +26,14 @@ def remap_optimizer(optimizer: torch.optim.Optimizer, old: nn.Module, new: nn.Mo
     stay as they are.
     """
     old_names = {id(p): n for n, p in old.named_parameters()}
+    old_params = dict(old.named_parameters())
     new_params = dict(new.named_parameters())
     children = defaultdict(list)
+    origins = {surgery.origin(name) for name in new_params}
+    unpacked = {o: _unpack_state(optimizer, old, o, origins) for o in origins if o not in old_params}
     for name in new_params:
-        children[surgery.origin(name)].append(name)
+        origin = surgery.origin(name)
+        children[unpacked.get(origin, origin)].append(name)
     for group in optimizer.param_groups:
         params = []
         for p in group["params"]:
@@ -36,14 +42,47 @@ def remap_optimizer(optimizer: torch.optim.Optimizer, old: nn.Module, new: nn.Mo
                 params.append(p)
                 continue
             state = optimizer.state.pop(p, {})
+            dense = name in unpacked.values()        # its state is the unpacked layer's
             for child in children.get(name, []):
                 q = new_params[child]
                 params.append(q)
                 if state:
                     optimizer.state[q] = {
-                        k: surgery.carry(child, v) if torch.is_tensor(v) and v.shape == p.shape
+                        k: surgery.carry(child, v)
+                        if torch.is_tensor(v) and (v.shape == p.shape or dense and v.dim() > 0)
                         else (v.clone() if torch.is_tensor(v) else v) for k, v in state.items()}
         group["params"] = params
+
+
+def _unpack_state(optimizer: torch.optim.Optimizer, old: nn.Module, name: str, taken: set[str]) -> str:
+    """``name`` is a tensor of a layer of ``old`` that a rewrite unpacks into its standard
+    form (a cr layer, whose generations' blocks are parameters): give its first parameter
+    the state of the unpacked tensor (each state tensor unpacked as the weights are) and
+    return that parameter's name, which the new tensor then follows."""
+    owner, _, leaf = name.rpartition(".")
+    layer = old.get_submodule(owner)
+    named = [(f"{owner}.{n}", p) for n, p in layer.named_parameters() if p.requires_grad]
+    parts = [p for _, p in named]
+    free = [n for n, _ in named if n not in taken]
+    rule = TABLE.module_rule(layer)
+    if not free or rule is None:
+        raise FxSurgeonError(f"cannot carry the optimizer state to {name}: it is no parameter of "
+                             f"the old network and {owner} is no layer the rewrite unpacks")
+    states = [optimizer.state.get(p, {}) for p in parts]
+    carried = {}
+    for key in {k for st in states for k in st}:
+        if not all(torch.is_tensor(st.get(key)) and st[key].shape == p.shape
+                   for p, st in zip(parts, states, strict=True)):
+            carried[key] = next(st[key] for st in states if key in st)
+            continue
+        twin = copy.deepcopy(layer)
+        with torch.no_grad():
+            for q, st in zip([q for q in twin.parameters() if q.requires_grad], states, strict=True):
+                q.copy_(st[key])
+        carried[key] = getattr(rule.unpack(twin), leaf).detach().clone()
+    if carried:
+        optimizer.state[dict(named)[free[0]]] = carried
+    return free[0]
 
 
 def optimizer_type(optimizer: torch.optim.Optimizer) -> str:

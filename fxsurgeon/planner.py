@@ -14,6 +14,7 @@ import numpy as np
 
 from .cost import METRICS
 from .errors import FxSurgeonError, require
+from .fixed import Fixed, fixed_names
 from .graph import ChannelGraph
 from .liveliness import channel_scales
 from .report import human
@@ -120,7 +121,7 @@ def _keep(graph: ChannelGraph, d, mask: np.ndarray) -> tuple[np.ndarray, str]:
 
 def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric: str = "params",
          target: float | None = 1.0, scheme: str = "nr", round_to: int = 1,
-         alpha: float | None = None, max_target: float = 100.0) -> Plan:
+         alpha: float | None = None, max_target: float = 100.0, fixed: Fixed = None) -> Plan:
     """Remove the dead channels and find the shared expansion α for ``target · cost``.
 
     ``alive`` maps free dimension names to bool masks (missing: all alive), as
@@ -128,8 +129,11 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
     multiples (groups, shuffles); widths that grow are multiples of ``round_to`` too.
     ``alpha`` fixes the expansion instead of searching it (the budget is then only
     reported, not enforced). ``target=None`` (or ``scheme="prune"``) only
-    removes the dead. Raises :class:`FxSurgeonError` when the budget is impossible, and
-    for a ``target`` above ``max_target`` (a budget that large is more likely a typo).
+    removes the dead. ``fixed`` (dimension names, a predicate on a dimension, or
+    ``"trunk"``: see :mod:`fxsurgeon.fixed`) keeps those free dimensions as they are:
+    every channel, dead or alive, and no new one. Raises :class:`FxSurgeonError` when
+    the budget is impossible, and for a ``target`` above ``max_target`` (a budget that
+    large is more likely a typo).
     """
     if scheme not in SCHEMES:
         raise FxSurgeonError(f"unknown scheme {scheme!r}: use one of {SCHEMES}")
@@ -148,6 +152,7 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
                              f"scheme 'cr' (a new generation) or 'prune', not {scheme!r}")
     alive = alive or {}
     _check_masks(graph, alive)
+    kept_as_is = fixed_names(graph, fixed)
     cost = graph.cost
     growable = cost.growable()
     # channels of dimensions that grow split into survivors and new ones (S and R); all
@@ -163,15 +168,15 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
             step.append(0)
             continue
         mask = np.asarray(alive.get(d.name, np.ones(d.width, bool)), bool)
-        fixed = _keeps_width(d)
-        if fixed:
-            survivors, note = np.arange(d.width), f"{fixed}: keeps its width"
+        whole = "fixed" if d.name in kept_as_is else _keeps_width(d)
+        if whole:
+            survivors, note = np.arange(d.width), f"{whole}: keeps its width"
         else:
             survivors, note = _keep(graph, d, mask)
         kept[sl] = False
         kept[sl.start + survivors] = True
-        stuck = fixed or _cannot_grow(d, growable[i])
-        if stuck and not fixed:
+        stuck = whole or _cannot_grow(d, growable[i])
+        if stuck and not whole:
             note = note or f"{stuck}: does not grow"
         dims[d.name] = DimPlan(d.name, d.width, survivors, len(survivors), grows=not stuck, note=note)
         base.append(len(survivors))

@@ -1,7 +1,8 @@
 """Neural Rejuvenation as an optimizer wrapper (Qiao et al., CVPR 2019, Algorithm 1).
 
-``nr.step()`` replaces ``optimizer.step()``: it adds the L1 subgradient ``λ·sign(γ)``
-to the scales of free dimensions, steps the user's optimizer and, every
+``nr.step()`` replaces ``optimizer.step()``: it steps the user's optimizer with the L1
+penalty ``λ·|γ|`` on the scales of free dimensions (the paper's subgradient, or its
+proximal form for adaptive optimizers) and, every
 ``check_every`` steps, measures utilization. Below ``threshold`` it removes the dead
 channels, spends the freed budget with one shared α and keeps training: the model,
 optimizer and scheduler objects the user holds stay valid.
@@ -17,6 +18,7 @@ from torch import nn
 
 from .errors import FxSurgeonError, require
 from .fileformat import build, schema_of
+from .fixed import Fixed
 from .liveliness import liveliness
 from .planner import SCHEMES, plan
 from .rewriter import Surgery, rewrite
@@ -50,11 +52,16 @@ class NeuralRejuvenation(SurgicalTraining):
     """Wrap ``optimizer`` to train ``model`` with Neural Rejuvenation.
 
     ``metric`` ("params" or "flops") is the resource; the budget is ``target`` times
-    the original model's cost. ``threshold`` is T_r: an event fires when utilization
-    drops below it (at most ``max_events`` times). λ starts at 0 and grows by
-    ``delta_lambda`` at every check where utilization fell by less than ``delta_r``
-    since the previous check; it returns to 0 after an event (and stays there after the
-    last one). ``check_every`` counts
+    the original model's cost, and every event plans against it. ``threshold`` is T_r: an
+    event fires when utilization drops below it (at most ``max_events`` times; None: no
+    limit). λ starts at 0 and grows by ``delta_lambda`` at every check where utilization
+    fell by less than ``delta_r`` since the previous one (at the first check, and the first
+    after an event, it grows); it returns to 0 after an event and stays there after the
+    last one and after :meth:`end_search`. ``fixed`` keeps dimensions at their width and
+    out of the penalty (names, a predicate on a dimension, or ``"trunk"``: the residual
+    trunk and the stem, as the paper does for ResNets). ``sparsity`` is the form of the
+    penalty: ``"subgradient"``, ``"proximal"`` or ``"auto"`` (see
+    :class:`~fxsurgeon.surgical.SurgicalTraining`). ``check_every`` counts
     optimizer steps (``None``: call :meth:`check` yourself, e.g. once per epoch).
     ``dead_threshold`` is the paper's 0.01. ``on_event`` is called with each
     :class:`Event`. Train :attr:`model`, not the model you passed in.
@@ -65,17 +72,17 @@ class NeuralRejuvenation(SurgicalTraining):
     and builds identical new parameters (DDP broadcasts rank 0's anyway).
     """
 
-    FORMAT = "fxsurgeon.nr/2"
+    FORMAT = "fxsurgeon.nr/3"
     SCHEMA = {**SurgicalTraining.SCHEMA, "lam": float, "last_utilization": float | None,
-              "events": list[schema_of(Event)]}
+              "events": list[schema_of(Event)], "max_events": int | None}
 
     def __init__(self, model: nn.Module, example_inputs, optimizer: torch.optim.Optimizer, *,
                  metric: str = "params", threshold: float = 0.5, target: float = 1.0,
                  scheme: str = "nr", rescale: bool = False, check_every: int | None = None,
-                 delta_r: float = 0.01, delta_lambda: float = 5e-5, max_events: int = 1,
+                 delta_r: float = 0.01, delta_lambda: float = 5e-5, max_events: int | None = 1,
                  dead_threshold: float = 0.01, seed: int = 0,
                  on_event: Callable[[Event], None] | None = None, ddp: dict | bool = False,
-                 **analyze_kwargs):
+                 fixed: Fixed = None, sparsity: str = "auto", **analyze_kwargs):
         if scheme not in SCHEMES or scheme == "prune":
             raise FxSurgeonError(f"scheme must be one of nr, cr, ca, not {scheme!r}")
         require("target", target, lambda v: v > 0, "a positive multiple of the model's cost")
@@ -83,9 +90,13 @@ class NeuralRejuvenation(SurgicalTraining):
         require("delta_r", delta_r, lambda v: v >= 0, "at least 0")
         require("delta_lambda", delta_lambda, lambda v: v >= 0, "at least 0")
         require("dead_threshold", dead_threshold, lambda v: 0 < v < 1, "between 0 and 1")
+        if max_events is not None and (isinstance(max_events, bool) or not isinstance(max_events, int)
+                                       or max_events < 0):
+            raise FxSurgeonError(f"max_events must be a number of events or None, got {max_events!r}")
         if check_every is not None and check_every < 1:
             raise FxSurgeonError(f"check_every must be a positive number of steps, got {check_every}")
-        super().__init__(model, example_inputs, optimizer, ddp=ddp, **analyze_kwargs)
+        super().__init__(model, example_inputs, optimizer, ddp=ddp, fixed=fixed, sparsity=sparsity,
+                         **analyze_kwargs)
         self.metric, self.threshold, self.target = metric, threshold, target
         self.scheme, self.rescale = scheme, rescale
         self.check_every, self.delta_r, self.delta_lambda = check_every, delta_r, delta_lambda
@@ -98,9 +109,8 @@ class NeuralRejuvenation(SurgicalTraining):
 
     # ---- training ------------------------------------------------------------------
     def step(self, closure=None):
-        """Add the L1 subgradient, step the optimizer, and check every ``check_every`` steps."""
-        self.add_l1(self.lam)
-        loss = self.optimizer.step(closure)
+        """Step the optimizer with the L1 penalty, and check every ``check_every`` steps."""
+        loss = self.penalized_step(self.lam, closure)
         self.steps += 1
         if self.check_every and self.steps % self.check_every == 0:
             self.check()
@@ -115,9 +125,20 @@ class NeuralRejuvenation(SurgicalTraining):
         """The paper's r = U(θ) / c(A) of the current network."""
         return self.graph.utilization(self._liveliness(), self.metric)
 
+    @property
+    def searching(self) -> bool:
+        """Whether more events may come."""
+        return self.max_events is None or len(self.events) < self.max_events
+
+    def end_search(self) -> None:
+        """End the search phase: λ → 0 and no further events."""
+        self.lam, self.max_events = 0.0, len(self.events)
+
     def _liveliness(self) -> dict:
-        """Alive masks; under torch.distributed every rank takes rank 0's."""
-        return shared(lambda: liveliness(self.graph, self.dead_threshold))
+        """Alive masks (fixed dimensions count as alive: they are not rejuvenated); under
+        torch.distributed every rank takes rank 0's."""
+        alive = shared(lambda: liveliness(self.graph, self.dead_threshold))
+        return {n: m for n, m in alive.items() if n not in self.fixed_dims}
 
     def check(self) -> Event | None:
         """Measure utilization; rejuvenate below the threshold, else adapt λ."""
@@ -125,39 +146,55 @@ class NeuralRejuvenation(SurgicalTraining):
         r = self.graph.utilization(alive, self.metric)
         entry = {"step": self.steps, "lambda": self.lam, "utilization": r, "event": False}
         self.log.append(entry)
-        if r < self.threshold and len(self.events) < self.max_events:
+        if r < self.threshold and self.searching:
             try:
-                event = self._rejuvenate(alive, r)
+                with self._all_or_nothing():
+                    event = self._rejuvenate(alive, r)
             except FxSurgeonError as err:       # keep training the network as it is
                 entry["error"] = str(err)
                 warnings.warn(f"rejuvenation at step {self.steps} skipped: {err}", stacklevel=2)
+                return None
+            except Exception as err:            # a bug: the network and optimizer are as they were
+                entry["error"] = f"{type(err).__name__}: {err}"
+                warnings.warn(f"rejuvenation at step {self.steps} failed ({entry['error']}); training "
+                              f"goes on with the network as it was: please report it", stacklevel=2)
                 return None
             entry["event"] = True
             self.lam, self._last_utilization = 0.0, None
             if self.on_event:
                 self.on_event(event)
             return event
-        more = len(self.events) < self.max_events      # after the last event λ stays where it is
-        if more and self._last_utilization is not None and self._last_utilization - r < self.delta_r:
+        last = self._last_utilization          # after the last event λ stays where it is
+        if self.searching and (last is None or last - r < self.delta_r):
             self.lam += self.delta_lambda
         self._last_utilization = r
         return None
 
     # ---- checkpoints -----------------------------------------------------------------
     def _state(self) -> dict:
-        return {"lam": self.lam, "last_utilization": self._last_utilization,
+        return {"lam": self.lam, "last_utilization": self._last_utilization, "max_events": self.max_events,
                 "events": [{f.name: getattr(e, f.name) for f in fields(e) if f.name != "surgery"}
                            for e in self.events]}
 
     def _load_state(self, data: dict) -> None:
         self.lam, self._last_utilization = data["lam"], data["last_utilization"]
-        self.events = [build(Event, e) for e in data["events"]]
+        self.events, self.max_events = [build(Event, e) for e in data["events"]], data["max_events"]
+
+    def _upgrade(self, data):
+        if isinstance(data, dict) and data.get("format") == "fxsurgeon.nr/2":   # before end_search
+            return {**data, "format": self.FORMAT, "max_events": self.max_events}
+        return data
 
     # ---- the event -------------------------------------------------------------------
     def _rejuvenate(self, alive: dict, r: float) -> Event:
         graph = self.graph
         current = graph.count(self.metric)
-        p = plan(graph, alive, metric=self.metric, target=self.budget / current, scheme=self.scheme)
+        if all(d.name in self.fixed_dims for d in graph.free_dims):
+            why = sorted({d.pinned for d in graph.dims if d.pinned})
+            raise FxSurgeonError(f"nothing to rejuvenate: every dimension is fixed "
+                                 f"({len(self.fixed_dims)}) or pinned ({'; '.join(why)})")
+        p = plan(graph, alive, metric=self.metric, target=self.budget / current, scheme=self.scheme,
+                 fixed=self.fixed)
         seed = self.seed + len(self.events)
         surgery = rewrite(graph, p, seed=seed, rescale=self.rescale)
         self.apply_surgery(surgery, seed)

@@ -1,13 +1,19 @@
 """Neural rescaling: lift small per-channel scales back to their initial level.
 
-A channel whose scale γ shrank (survivors of an L1-regularised run) gets
-``|γ'| = max(|γ|, γ0)`` with its sign kept, β scaled by the same factor ``c``, and the
-weights of every layer reading that channel divided by ``c``. This is exact only when
-every path from the norm to those layers is positively homogeneous (``f(c·x) = c·f(x)``
-for ``c > 0``, as the op table says: ReLU, max/avg pooling, moves, identity) and each
-layer reads the channel through a weight it holds directly. Norms with any other path
-(a residual add, a gate, a bounded activation, the model output) are left alone and
-reported.
+A channel whose scale γ shrank (survivors of an L1-regularised run) is multiplied by
+``c = γ0 / sqrt(γ² + β²)`` when that is above 1: γ and β by ``c``, the weights of every
+layer reading the channel divided by it. ``sqrt(γ² + β²)`` is the RMS of the norm's
+output ``γ·x̂ + β`` (x̂ has zero mean and unit variance), so the lifted channel speaks at
+the level of a fresh one (γ0, β = 0); without a shift this is the paper's
+``|γ'| = max(|γ|, γ0)``. Lifting γ alone to γ0 would multiply an unpenalised β by
+``γ0/|γ|`` (hundreds, when L1 drove γ near the dead threshold): a huge constant
+activation whose readers then take steps ∝ its square, and training diverges.
+
+This is exact only when every path from the norm to those layers is positively
+homogeneous (``f(c·x) = c·f(x)`` for ``c > 0``, as the op table says: ReLU, max/avg
+pooling, moves, identity) and each layer reads the channel through a weight it holds
+directly. Norms with any other path (a residual add, a gate, a bounded activation, the
+model output) are left alone and reported.
 """
 from __future__ import annotations
 
@@ -60,8 +66,10 @@ def rescale(module: fx.GraphModule, prop: Propagation, gamma0: float = 1.0
         node = nodes[name]
         key = scale.weight.rpartition(".")[0] or scale.weight
         gamma = getattr_path(module, scale.weight)
+        beta = getattr_path(module, scale.bias) if scale.bias is not None else None
         g = gamma.detach()
-        small = (g.abs() < gamma0) & (g != 0)
+        level = g.hypot(beta.detach()) if beta is not None else g.abs()
+        small = (level < gamma0) & (g != 0)
         if not small.any():
             continue
         readers, why = _readers(node, prop, modules) if scale.homogeneous else \
@@ -81,11 +89,11 @@ def rescale(module: fx.GraphModule, prop: Propagation, gamma0: float = 1.0
         if why:
             skipped[key] = (torch.nonzero(small).reshape(-1).tolist(), why)
             continue
-        c = torch.where(small, gamma0 / g.abs().clamp_min(1e-30), torch.ones_like(g))
+        c = torch.where(small, gamma0 / level.clamp_min(1e-30), torch.ones_like(g))
         with torch.no_grad():
             gamma.mul_(c)
-            if scale.bias is not None:
-                getattr_path(module, scale.bias).mul_(c)
+            if beta is not None:
+                beta.mul_(c)
         # raw identities, not their coupled classes: a depthwise conv's outputs are coupled
         # to its inputs but carry identities of their own
         factor = dict(zip(scale.tags.tolist(), c.tolist(), strict=True))

@@ -21,6 +21,7 @@ from torch import nn
 from .checkpoint import MISFIT, RECORD, read
 from .errors import FxSurgeonError, one_line
 from .fileformat import FINGERPRINT, check_fields, check_format, fingerprint, first_difference
+from .fixed import Fixed, fixed_names
 from .graph import ChannelGraph, analyze
 from .history import record, replay, write_atomic
 from .optimizer_state import check_state, missing_parameters, optimizer_type, remap_optimizer
@@ -69,11 +70,23 @@ def shared(compute: Callable[[], T]) -> T:
     return compute()
 
 
+SPARSITY = ("auto", "subgradient", "proximal")
+
+
 class SurgicalTraining:
     """Base of the optimizer wrappers: train :attr:`model`, call :meth:`step` instead
     of ``optimizer.step()``. The optimizer must hold every trainable parameter of
     ``model``. Subclasses set ``FORMAT`` and add their own state through :meth:`_state` /
-    :meth:`_load_state`, and its fields and types to ``SCHEMA``."""
+    :meth:`_load_state`, and its fields and types to ``SCHEMA``.
+
+    ``fixed`` (names, a predicate or ``"trunk"``, see :mod:`fxsurgeon.fixed`) keeps free
+    dimensions out of the penalty. ``sparsity`` is how the L1 penalty λ·|γ| on the free
+    scales is applied: ``"subgradient"`` adds λ·sign(γ) to their gradients before the
+    step (the paper's form), ``"proximal"`` soft-thresholds them after it,
+    γ ← sign(γ)·max(|γ| − lr·λ, 0) with the scale's own learning rate (decoupled from the
+    optimizer, as AdamW's weight decay; an adaptive optimizer would normalise the
+    subgradient away), ``"auto"`` the subgradient for plain ``torch.optim.SGD``, the
+    proximal form for every other optimizer."""
 
     FORMAT = ""
     #: the fields of :meth:`state_dict` and their types, checked before a checkpoint loads
@@ -81,7 +94,10 @@ class SurgicalTraining:
               "optimizer": dict, "optimizer_type": str, "architecture": FINGERPRINT}
 
     def __init__(self, model: nn.Module, example_inputs, optimizer: torch.optim.Optimizer, *,
-                 ddp: dict | bool = False, **analyze_kwargs):
+                 ddp: dict | bool = False, fixed: Fixed = None, sparsity: str = "auto",
+                 **analyze_kwargs):
+        if sparsity not in SPARSITY:
+            raise FxSurgeonError(f"sparsity must be one of {', '.join(SPARSITY)}, not {sparsity!r}")
         missing = missing_parameters(optimizer, model)
         if missing:
             raise FxSurgeonError(
@@ -91,6 +107,10 @@ class SurgicalTraining:
         self.example_inputs = as_tuple(example_inputs)
         self.optimizer = optimizer
         self._analyze_kwargs = analyze_kwargs
+        self.fixed = fixed
+        #: the form of the penalty: "subgradient" or "proximal"
+        self.sparsity_form = sparsity if sparsity != "auto" else \
+            "subgradient" if type(optimizer) is torch.optim.SGD else "proximal"
         self._set_graph(analyze(model, self.example_inputs, **analyze_kwargs))
         self._architecture = fingerprint(self.graph)     # the original model's, checked on resume
         self.model = SurgicalModel(self.graph.module, None if ddp is False else {} if ddp is True else ddp)
@@ -104,7 +124,11 @@ class SurgicalTraining:
         self.graph = graph
         params = dict(graph.module.named_parameters())
         masks: dict[str, torch.Tensor] = {}
+        #: the free dimensions kept at their width and out of the penalty
+        self.fixed_dims = fixed_names(graph, self.fixed)
         for d in graph.free_dims:
+            if d.name in self.fixed_dims:
+                continue
             for m in d.sources:
                 if m.tensor not in params:          # a frozen scale (a buffer): not trained
                     continue
@@ -114,13 +138,35 @@ class SurgicalTraining:
         #: scale name -> (the parameter, the mask of its positions in free dimensions)
         self.scales = {n: (params[n], mask.view_as(params[n])) for n, mask in masks.items()}
 
-    def add_l1(self, lam: float) -> None:
+    def _penalty_gradient(self, lam: float) -> None:
         """Add the subgradient ``lam · sign(γ)`` to the gradients of the free scales."""
         if lam:
             with torch.no_grad():
                 for p, mask in self.scales.values():
                     if p.grad is not None:
                         p.grad.add_(lam * torch.sign(p) * mask)
+
+    def _learning_rates(self) -> dict[int, float]:
+        return {id(q): float(g["lr"]) for g in self.optimizer.param_groups for q in g["params"]}
+
+    def _penalty_proximal(self, lam: float) -> None:
+        """Soft-threshold the free scales by ``lr · lam`` (the proximal step of the L1
+        penalty), each with the learning rate of its parameter group."""
+        if lam:
+            lr = self._learning_rates()
+            with torch.no_grad():
+                for p, mask in self.scales.values():
+                    shrunk = p.abs().sub_(lr[id(p)] * lam * mask).clamp_(min=0)
+                    p.copy_(p.sign() * shrunk)
+
+    def penalized_step(self, lam: float, closure=None):
+        """``optimizer.step(closure)`` with the L1 penalty ``lam`` in the chosen form."""
+        if self.sparsity_form == "subgradient":
+            self._penalty_gradient(lam)
+        loss = self.optimizer.step(closure)
+        if self.sparsity_form == "proximal":
+            self._penalty_proximal(lam)
+        return loss
 
     @property
     def surgeries(self) -> list:
@@ -159,10 +205,15 @@ class SurgicalTraining:
                 "optimizer": self.optimizer.state_dict(), "optimizer_type": optimizer_type(self.optimizer),
                 **self._state()}
 
+    def _upgrade(self, data):
+        """``data`` in this version's format, where an older one is cheap to read."""
+        return data
+
     def load_state_dict(self, data: dict) -> None:
         """Resume from :meth:`state_dict` on a wrapper built as the saved one was (same
         original model, optimizer type and arguments), before it has trained. A checkpoint
         that does not fit is an error that changes nothing."""
+        data = self._upgrade(data)
         check_format(data, self.FORMAT)
         if self.steps or self.history:
             raise FxSurgeonError(f"load a checkpoint into a fresh {type(self).__name__}, before training")
@@ -206,7 +257,7 @@ class SurgicalTraining:
 
     def load(self, path: str | os.PathLike) -> dict:
         """Resume from a file written by :meth:`save`; returns its ``extra``."""
-        data = read(path)
+        data = self._upgrade(read(path))
         try:
             check_format(data, self.FORMAT)
             check_fields(data, {"extra": dict})

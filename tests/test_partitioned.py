@@ -187,15 +187,17 @@ def test_rescaling_lifts_small_scales_only_where_exact():
     plan = fxs.plan(graph, {}, target=None, scheme="prune")
     surgery = fxs.rewrite(graph, plan, rescale=True)
     assert_same_function(model, surgery.module, x)
-    small = (model.b1.weight.abs() < 1).sum().item()
+    level = model.b1.weight.hypot(model.b1.bias)       # the RMS of γ·x̂ + β
+    small = (level < 1).sum().item()
     assert surgery.rescaled == {"b1": small} and small > 0
-    g = surgery.module.get_submodule("b1").weight
-    assert (g.abs() >= 1 - 1e-12).all() and torch.equal(g.sign(), model.b1.weight.sign())
+    b1 = surgery.module.get_submodule("b1")
+    assert torch.allclose(b1.weight.hypot(b1.bias), level.clamp(min=1))   # lifted to γ0 = 1
+    assert torch.equal(b1.weight.sign(), model.b1.weight.sign())
     reasons = {k: why for k, (_, why) in surgery.rescale_skipped.items()}
     assert "add()" in reasons["b2"] and "relu6()" in reasons["b3"]
     assert reasons["b4"] == "its input is also read around it"
     channels, _ = surgery.rescale_skipped["b2"]
-    assert channels == torch.nonzero(model.b2.weight.abs() < 1).reshape(-1).tolist()
+    assert channels == torch.nonzero(model.b2.weight.hypot(model.b2.bias) < 1).reshape(-1).tolist()
 
 
 def test_rescaling_a_cifar_net_changes_nothing_it_computes():

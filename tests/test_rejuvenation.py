@@ -38,9 +38,9 @@ def test_lambda_grows_while_utilization_stalls_and_resets_after_an_event():
                                 delta_lambda=1e-3, delta_r=0.01)
     for i in range(6):
         train_step(nr, i)
-    # checks at steps 2, 4, 6: the first only records r; then r fell by 0 < Δr twice
-    assert [e["lambda"] for e in nr.log] == [0.0, 0.0, 1e-3]
-    assert nr.lam == pytest.approx(2e-3) and not nr.events
+    # checks at steps 2, 4, 6: λ grows from the first; then r fell by 0 < Δr twice
+    assert [e["lambda"] for e in nr.log] == [0.0, 1e-3, 2e-3]
+    assert nr.lam == pytest.approx(3e-3) and not nr.events
     kill_half(nr)
     train_step(nr, 6)
     train_step(nr, 7)                                  # check at step 8 fires the event
@@ -183,8 +183,8 @@ def test_a_checkpoint_names_the_architecture_optimizer_and_version_it_needs(tmp_
                                                  r"not torch.optim.adam.Adam"):
         nr.load(path)
     data = torch.load(path, weights_only=True)
-    torch.save({**data, "format": "fxsurgeon.nr/3"}, path)
-    with pytest.raises(fxs.FxSurgeonError, match=r"written by a newer fxsurgeon \(format fxsurgeon.nr/3"):
+    torch.save({**data, "format": "fxsurgeon.nr/4"}, path)
+    with pytest.raises(fxs.FxSurgeonError, match=r"written by a newer fxsurgeon \(format fxsurgeon.nr/4"):
         nr.load(path)
 
 

@@ -179,15 +179,15 @@ def _experiment(cfg: dict, args) -> None:
     from . import experiment, outdir
     from .devices import Hardware
 
-    recipe = dict(cfg.get("recipe", {}))
-    recipe.update({k: v for k, v in vars(args).items() if k in _RECIPE and v is not None})
-    if recipe.get("events") == "unlimited":
-        recipe["events"] = None
+    given = {k: v for k, v in vars(args).items() if k in _RECIPE and v is not None}
+    if given.get("events") == "unlimited":
+        given["events"] = None
+    recipe = {**cfg.get("recipe", {}), **given}
     runs = experiment.Runs(args.model or cfg["model"], args.data or cfg["data"],
                            args.method or cfg.get("methods", ["nr"]), args.seeds or cfg.get("seeds", [0]),
                            experiment.recipe_from(recipe), getattr(args, "num_classes", None))
     if args.smoke:
-        runs, note = experiment.smoke(runs)
+        runs, note = experiment.smoke(runs, given)
         if note:
             print(note)
     hardware = Hardware(args.device, args.workers, args.amp, args.channels_last)

@@ -80,11 +80,11 @@ class Runs:
         return asdict(self)
 
 
-def smoke(runs: Runs) -> tuple[Runs, str | None]:
-    """``runs`` made a smoke test: :data:`SMOKE`'s recipe and samples, and, when the
-    data cannot be loaded here, the digits-sized stand-in model and data (with a note
-    saying why)."""
-    recipe = Recipe(**{**asdict(runs.recipe), **SMOKE["recipe"]})
+def smoke(runs: Runs, given: dict | None = None) -> tuple[Runs, str | None]:
+    """``runs`` made a smoke test: :data:`SMOKE`'s recipe (but for the settings ``given``
+    on the command line) and samples, and, when the data cannot be loaded here, the
+    digits-sized stand-in model and data (with a note saying why)."""
+    recipe = Recipe(**{**asdict(runs.recipe), **SMOKE["recipe"], **(given or {})})
     note = None
     try:
         load_data(runs.data)

@@ -19,7 +19,7 @@ from .demp import DemP, Pruning
 from .fileformat import build, schema_of
 from .liveliness import liveliness, smallest, smallest_filters
 from .planner import plan
-from .rejuvenation import Event, NeuralRejuvenation
+from .rejuvenation import NeuralRejuvenation
 from .rewriter import rewrite
 from .surgical import SurgicalTraining
 
@@ -31,15 +31,14 @@ class PlainTraining(SurgicalTraining):
     FORMAT = "fxsurgeon.plain/1"
     SCHEMA = {**SurgicalTraining.SCHEMA, "lam": float, "prunings": list[schema_of(Pruning)]}
 
-    def __init__(self, model, example_inputs, optimizer, lam: float = 0.0):
-        super().__init__(model, example_inputs, optimizer)
+    def __init__(self, model, example_inputs, optimizer, lam: float = 0.0, sparsity: str = "auto"):
+        super().__init__(model, example_inputs, optimizer, sparsity=sparsity)
         self.lam = lam
         self.prunings: list[Pruning] = []
 
     def step(self, closure=None):
-        """Add the L1 subgradient (if any) and step the optimizer."""
-        self.add_l1(self.lam)
-        loss = self.optimizer.step(closure)
+        """Step the optimizer with the L1 penalty ``lam`` (if any)."""
+        loss = self.penalized_step(self.lam, closure)
         self.steps += 1
         return loss
 
@@ -140,7 +139,8 @@ class Slimming(FineTuned):
     """Network Slimming: L1 on γ for the schedule, then the smallest |γ| go."""
 
     def wrapper(self, model, example, optimizer, steps_per_epoch):
-        return PlainTraining(model, example, optimizer, lam=self.recipe.slimming_lambda)
+        return PlainTraining(model, example, optimizer, lam=self.recipe.slimming_lambda,
+                             sparsity=self.recipe.sparsity)
 
     def dead(self, graph):
         return smallest(graph, self.recipe.prune_ratio)
@@ -193,15 +193,12 @@ class DemPMethod(Method):
         return DemP(model, example, optimizer, death, total_steps=steps, regularization=r.demp_regularization,
                     reg_peak=r.demp_reg, noise_peak=r.demp_noise,
                     prune_every=r.demp_prune_every or steps_per_epoch, epsilon=r.epsilon, seed=r.seed,
-                    **_sparsity(r))
+                    sparsity=r.sparsity)
 
     def metrics(self, wrapper):
         return {"sigma": wrapper.sigma}
 
 
-def _sparsity(recipe) -> dict:
-    """The ``sparsity`` argument, passed only when it is not the default (``"auto"``)."""
-    return {} if recipe.sparsity == "auto" else {"sparsity": recipe.sparsity}
 
 
 class Rejuvenation(Method):
@@ -222,10 +219,10 @@ class Rejuvenation(Method):
     def arguments(self) -> dict:
         """NeuralRejuvenation's keyword arguments."""
         r = self.recipe
-        extra = _sparsity(r) | ({} if r.fixed is None else {"fixed": r.fixed})
         return dict(metric=r.metric, threshold=r.threshold, target=r.target, scheme=self.scheme,
                     rescale=r.rescale, check_every=r.check_every, delta_r=r.delta_r,
-                    delta_lambda=r.delta_lambda, seed=r.seed, max_events=r.events, **extra)
+                    delta_lambda=r.delta_lambda, seed=r.seed, max_events=r.events, fixed=r.fixed,
+                    sparsity=r.sparsity)
 
     def after_epoch(self, wrapper, run, surgeries_before):
         if self.recipe.check_every is None:
@@ -233,25 +230,15 @@ class Rejuvenation(Method):
         spent = self.recipe.events is not None and len(wrapper.events) >= self.recipe.events
         if run["start"] is None and (spent or run["epoch"] >= self.recipe.search_epochs):
             run["start"] = run["epoch"]
-            _end_search(wrapper)
+            wrapper.end_search()
         super().after_epoch(wrapper, run, surgeries_before)
 
     def resumed(self, wrapper, run):
         if run["start"] is not None:
-            _end_search(wrapper)
+            wrapper.end_search()
 
     def metrics(self, wrapper):
         return {"utilization": wrapper.utilization()}
-
-
-def _end_search(nr: NeuralRejuvenation) -> None:
-    """λ off and no more events. (Until ``end_search`` is in NeuralRejuvenation: no more
-    events, λ where it is.)"""
-    end = getattr(nr, "end_search", None)
-    if end is not None:
-        end()
-    else:
-        nr.max_events = len(nr.events)
 
 
 class CrossRemoved(Rejuvenation):
@@ -270,17 +257,8 @@ class _PruneAtEvent(NeuralRejuvenation):
     """NR's search, whose event only removes the dead channels (their constant output
     folded into the consumers: the function is kept) and reallocates nothing."""
 
-    def _rejuvenate(self, alive: dict, r: float) -> Event:
-        graph = self.graph
-        current = graph.count(self.metric)
-        p = plan(graph, alive, target=None, scheme="prune")
-        self.apply_surgery(rewrite(graph, p, scheme="prune"), self.seed)
-        event = Event(self.steps, r, 1.0, self.metric, "prune", current, graph.count(self.metric, alive),
-                      self.graph.count(self.metric), {n: d.width for n, d in p.dims.items()},
-                      {n: d.new_width for n, d in p.dims.items()},
-                      {n: len(d.survivors) for n, d in p.dims.items()})
-        self.events.append(event)
-        return event
+    def _plan(self, alive, current):
+        return plan(self.graph, alive, metric=self.metric, target=None, scheme="prune", fixed=self.fixed)
 
 
 class PrunedOnly(Rejuvenation):

@@ -20,7 +20,7 @@ from .errors import FxSurgeonError, require
 from .fileformat import build, schema_of
 from .fixed import Fixed
 from .liveliness import liveliness
-from .planner import SCHEMES, plan
+from .planner import SCHEMES, Plan, plan
 from .rewriter import Surgery, rewrite
 from .surgical import SurgicalTraining, shared
 
@@ -193,15 +193,19 @@ class NeuralRejuvenation(SurgicalTraining):
             why = sorted({d.pinned for d in graph.dims if d.pinned})
             raise FxSurgeonError(f"nothing to rejuvenate: every dimension is fixed "
                                  f"({len(self.fixed_dims)}) or pinned ({'; '.join(why)})")
-        p = plan(graph, alive, metric=self.metric, target=self.budget / current, scheme=self.scheme,
-                 fixed=self.fixed)
+        p = self._plan(alive, current)
         seed = self.seed + len(self.events)
-        surgery = rewrite(graph, p, seed=seed, rescale=self.rescale)
+        surgery = rewrite(graph, p, seed=seed, rescale=self.rescale and p.scheme != "prune")
         self.apply_surgery(surgery, seed)
-        event = Event(self.steps, r, p.alpha, self.metric, self.scheme, current,
+        event = Event(self.steps, r, p.alpha, self.metric, p.scheme, current,
                       graph.count(self.metric, alive), self.graph.count(self.metric),
                       {n: d.width for n, d in p.dims.items()},
                       {n: d.new_width for n, d in p.dims.items()},
                       {n: len(d.survivors) for n, d in p.dims.items()}, surgery)
         self.events.append(event)
         return event
+
+    def _plan(self, alive: dict, current: float) -> Plan:
+        """The event's plan: the survivors and one shared α that spends the original budget."""
+        return plan(self.graph, alive, metric=self.metric, target=self.budget / current, scheme=self.scheme,
+                    fixed=self.fixed)

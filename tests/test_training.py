@@ -352,7 +352,6 @@ def test_smoke_runs_a_paper_config_on_the_stand_in_and_compares_with_the_paper(t
     assert rows["baseline"][-2:] == ["5.44", "%"] and rows["nr-cr"][-2:] == ["4.19", "%"]
 
 
-@pytest.mark.skipif(not hasattr(fxs.NeuralRejuvenation, "end_search"), reason="needs the NR core's events")
 def test_table5_smoke_runs_several_events_until_the_search_ends(tmp_path, capsys):
     assert main(["train", "--config", "paper:vgg19-cifar10-table5", "--smoke", "--device", "cpu", "--quiet",
                  "--threshold", "1.01", "--search-epochs", "3", "--out", str(tmp_path / "run")]) == 0

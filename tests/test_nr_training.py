@@ -1,0 +1,92 @@
+"""NR and DemP trained on the digits: the loss stays where it was through an event in every
+scheme (with and without neural rescaling) under a strong L1, and with AdamW the
+proximal penalty makes NR fire and DemP prune."""
+import pytest
+import torch
+from torch import nn
+
+import fxsurgeon as fxs
+from fxsurgeon.data import load_data
+
+
+def cbr(cin, cout, k):
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class Inception(nn.Module):
+    def __init__(self, cin, width):
+        super().__init__()
+        self.a, self.b, self.c = cbr(cin, width, 1), cbr(cin, width, 3), nn.Sequential(cbr(cin, width, 1),
+                                                                                      cbr(width, width, 3))
+
+    def forward(self, x):
+        return torch.cat([self.a(x), self.b(x), self.c(x)], 1)
+
+
+def inception_net() -> nn.Module:
+    """The small inception-style CNN of the issue that found the divergence."""
+    torch.manual_seed(0)
+    return nn.Sequential(cbr(1, 16, 3), Inception(16, 8), nn.MaxPool2d(2), Inception(24, 16),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(48, 10))
+
+
+def losses_around_event(wrapper, steps: int, after: int = 20):
+    """Train on the digits until ``after`` steps past the first event (or ``steps``);
+    returns the losses and the step of the event (None if none fired)."""
+    x, y = load_data("digits").train.tensors
+    g = torch.Generator().manual_seed(0)
+    losses, event = [], None
+    for step in range(steps):
+        idx = torch.randint(0, len(y), (64,), generator=g)
+        wrapper.zero_grad()
+        loss = nn.functional.cross_entropy(wrapper.model(x[idx]), y[idx])
+        loss.backward()
+        wrapper.step()
+        losses.append(loss.item())
+        if event is None and wrapper.surgeries:
+            event = step + 1
+        if event is not None and step + 1 >= event + after:
+            break
+    return losses, event
+
+
+LIFTED = pytest.mark.xfail(strict=True, reason="rescaled survivors of a strong L1 still step ~c² too far: "
+                           "0.50 -> 1.06 (nr), 1.03 (ca) mean loss; cr 0.50")
+
+
+@pytest.mark.parametrize("scheme, rescale", [("nr", False), ("cr", False), ("ca", False), ("cr", True),
+                                             pytest.param("nr", True, marks=LIFTED),
+                                             pytest.param("ca", True, marks=LIFTED)])
+def test_the_loss_after_an_event_stays_where_it_was(scheme, rescale):
+    """Before the fix, rescaling lifted an unpenalised β by γ0/|γ| (up to ~1 000): the loss
+    went from 0.47 to 672 on the step after the event."""
+    model = inception_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    nr = fxs.NeuralRejuvenation(model, torch.zeros(1, 1, 8, 8), opt, threshold=0.9, target=1.0, scheme=scheme,
+                                rescale=rescale, check_every=10, delta_lambda=0.005)
+    losses, event = losses_around_event(nr, 400)
+    assert event is not None, nr.log[-1]
+    before, after = losses[event - 20:event], losses[event:event + 20]
+    assert sum(after) / 20 <= 2 * sum(before) / 20, (sum(before) / 20, sum(after) / 20, max(after))
+
+
+def test_nr_with_adamw_fires_an_event():
+    model = inception_net()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    nr = fxs.NeuralRejuvenation(model, torch.zeros(1, 1, 8, 8), opt, threshold=0.9, target=1.0, scheme="cr",
+                                check_every=10, delta_lambda=0.1)
+    assert nr.sparsity_form == "proximal"
+    _, event = losses_around_event(nr, 600, after=1)
+    assert event is not None, nr.log[-1]
+
+
+def test_demp_with_adamw_prunes():
+    model = inception_net()
+    x = load_data("digits").train.tensors[0]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    before = sum(p.numel() for p in model.parameters())
+    demp = fxs.DemP(model, torch.zeros(1, 1, 8, 8), opt, [x[:128]], total_steps=300, reg_peak=10.0,
+                    prune_every=50)
+    assert demp.sparsity_form == "proximal"
+    losses_around_event(demp, 300, after=1)
+    assert demp.surgeries and sum(p.numel() for p in demp.model.network.parameters()) < before

@@ -45,8 +45,8 @@ def _row(label: str, results: list) -> str:
         return f"{statistics.mean(values):.2f} ± {sd:.2f}"
     return (f"| {label} | {statistics.mean(r.params for r in results):,.0f} | "
             f"{ms(100 * r.accuracy for r in results)} | {ms(100 * r.best for r in results)} | "
-            f"{statistics.mean(len(r.events) for r in results):g} | "
-            f"{statistics.mean(r.epochs for r in results):g} |")
+            f"{statistics.mean(len(r.events) for r in results):.1f} | "
+            f"{statistics.mean(r.epochs for r in results):.1f} |")
 
 
 def _plot(runs: dict[str, list], path: Path) -> None:

@@ -11,12 +11,10 @@ take, one cosine schedule over ``--search + --epochs``. Prints mean and spread o
 from __future__ import annotations
 
 import argparse
-import warnings
 
 import torch
 
-from common import device_argument
-from fxsurgeon.data import load_data
+from common import DIGITS, digits_study
 from fxsurgeon.devices import Hardware
 from fxsurgeon.experiment import table
 from fxsurgeon.training import Recipe, train
@@ -25,18 +23,9 @@ from fxsurgeon.zoo import digits_cnn
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--width", type=int, default=8)
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--search", type=int, default=25)
-    parser.add_argument("--epochs", type=int, default=25)
-    device_argument(parser)
-    args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-    torch.set_num_threads(2)
-    data = load_data("digits")
-    common = {"batch_size": 32, "lr": 0.05, "weight_decay": 5e-4}
-    recipes = {"baseline": Recipe(**common, epochs=args.search + args.epochs),
-               "nr": Recipe(**common, epochs=args.epochs, search_epochs=args.search, threshold=0.7,
+    args, data = digits_study(parser, width=8, seeds=5, search=25, epochs=25)
+    recipes = {"baseline": Recipe(**DIGITS, epochs=args.search + args.epochs),
+               "nr": Recipe(**DIGITS, epochs=args.epochs, search_epochs=args.search, threshold=0.7,
                             delta_lambda=2e-3)}
     results: dict[str, list] = {m: [] for m in recipes}
     for seed in range(args.seeds):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -62,3 +63,22 @@ def train_step_time(model, step, x, y, repeat: int = 7) -> float:
         sync()
         times.append(time.perf_counter() - t)
     return statistics.median(times[1:])
+
+
+#: the digits studies' optimisation settings (SGD at a constant LR while NR searches)
+DIGITS = {"batch_size": 32, "lr": 0.05, "weight_decay": 5e-4}
+
+
+def digits_study(parser, width: int, seeds: int, search: int, epochs: int):
+    """The arguments every digits study takes (``--width --seeds --search --epochs
+    --device``), parsed, with torch set to 2 threads; returns them and the digits."""
+    from fxsurgeon.data import load_data
+    parser.add_argument("--width", type=int, default=width)
+    parser.add_argument("--seeds", type=int, default=seeds)
+    parser.add_argument("--search", type=int, default=search)
+    parser.add_argument("--epochs", type=int, default=epochs)
+    device_argument(parser)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(2)
+    return args, load_data("digits")

@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import warnings
 from pathlib import Path
 
 import torch
 
-from common import device_argument
-from fxsurgeon.data import load_data
+from common import DIGITS, digits_study
 from fxsurgeon.devices import Hardware
 from fxsurgeon.training import Recipe, train
 from fxsurgeon.zoo import digits_cnn
@@ -71,21 +69,12 @@ def _plot(runs: dict[str, list], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--width", type=int, default=16)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--search", type=int, default=30)
-    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--threshold", type=float, default=0.5, help="T_r of the NR runs")
     parser.add_argument("--plot", type=Path, default=None)
-    device_argument(parser)
-    args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-    torch.set_num_threads(2)
-    data = load_data("digits")
-    common = {"batch_size": 32, "lr": 0.05, "weight_decay": 5e-4}
-    nr = {**common, "epochs": args.epochs, "search_epochs": args.search, "threshold": args.threshold,
+    args, data = digits_study(parser, width=16, seeds=3, search=30, epochs=30)
+    nr = {**DIGITS, "epochs": args.epochs, "search_epochs": args.search, "threshold": args.threshold,
           "delta_lambda": 2e-3}
-    baseline = Recipe(**common, epochs=args.search + args.epochs)
+    baseline = Recipe(**DIGITS, epochs=args.search + args.epochs)
     runs: dict[str, list] = {}
 
     def run(label: str, method: str, recipe: Recipe, width: int) -> list:

@@ -21,6 +21,7 @@ from .fileformat import build, schema_of
 from .fixed import Fixed
 from .liveliness import liveliness
 from .planner import SCHEMES, Plan, plan
+from .rescaling import GOALS as RESCALE_GOALS
 from .rewriter import Surgery, rewrite
 from .surgical import SurgicalTraining, shared
 
@@ -78,7 +79,7 @@ class NeuralRejuvenation(SurgicalTraining):
 
     def __init__(self, model: nn.Module, example_inputs, optimizer: torch.optim.Optimizer, *,
                  metric: str = "params", threshold: float = 0.5, target: float = 1.0,
-                 scheme: str = "nr", rescale: bool = False, check_every: int | None = None,
+                 scheme: str = "nr", rescale: bool | str = False, check_every: int | None = None,
                  delta_r: float = 0.01, delta_lambda: float = 5e-5, max_events: int | None = 1,
                  dead_threshold: float = 0.01, seed: int = 0,
                  on_event: Callable[[Event], None] | None = None, ddp: dict | bool = False,
@@ -93,6 +94,8 @@ class NeuralRejuvenation(SurgicalTraining):
         if max_events is not None and (isinstance(max_events, bool) or not isinstance(max_events, int)
                                        or max_events < 0):
             raise FxSurgeonError(f"max_events must be a number of events or None, got {max_events!r}")
+        if rescale not in (False, True, *RESCALE_GOALS):
+            raise FxSurgeonError(f"rescale must be True, False or one of {RESCALE_GOALS}, got {rescale!r}")
         if check_every is not None and check_every < 1:
             raise FxSurgeonError(f"check_every must be a positive number of steps, got {check_every}")
         super().__init__(model, example_inputs, optimizer, ddp=ddp, fixed=fixed, sparsity=sparsity,
@@ -195,7 +198,7 @@ class NeuralRejuvenation(SurgicalTraining):
                                  f"({len(self.fixed_dims)}) or pinned ({'; '.join(why)})")
         p = self._plan(alive, current)
         seed = self.seed + len(self.events)
-        surgery = rewrite(graph, p, seed=seed, rescale=self.rescale and p.scheme != "prune")
+        surgery = rewrite(graph, p, seed=seed, rescale=self.rescale if p.scheme != "prune" else False)
         self.apply_surgery(surgery, seed)
         event = Event(self.steps, r, p.alpha, self.metric, p.scheme, current,
                       graph.count(self.metric, alive), self.graph.count(self.metric),

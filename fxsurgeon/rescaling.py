@@ -1,13 +1,25 @@
-"""Neural rescaling: lift small per-channel scales back to their initial level.
+"""Neural rescaling: lift small per-channel scales of survivors to a common level.
 
-A channel whose scale γ shrank (survivors of an L1-regularised run) is multiplied by
-``c = γ0 / sqrt(γ² + β²)`` when that is above 1: γ and β by ``c``, the weights of every
-layer reading the channel divided by it. ``sqrt(γ² + β²)`` is the RMS of the norm's
-output ``γ·x̂ + β`` (x̂ has zero mean and unit variance), so the lifted channel speaks at
-the level of a fresh one (γ0, β = 0); without a shift this is the paper's
-``|γ'| = max(|γ|, γ0)``. Lifting γ alone to γ0 would multiply an unpenalised β by
-``γ0/|γ|`` (hundreds, when L1 drove γ near the dead threshold): a huge constant
-activation whose readers then take steps ∝ its square, and training diverges.
+A surviving channel whose scale γ shrank (an L1-regularised run) is multiplied by
+``c = goal / sqrt(γ² + β²)`` when that is above 1: γ and β by ``c``, the weights of
+every layer reading the channel divided by it. ``sqrt(γ² + β²)`` is the RMS of the
+norm's output ``γ·x̂ + β`` (x̂ has zero mean and unit variance). Lifting γ alone would
+multiply an unpenalised β by ``goal/|γ|`` (hundreds, when L1 drove γ near the dead
+threshold): a huge constant activation whose readers then take steps ∝ its square.
+
+Two goals (``to``):
+
+- ``"layer"`` (the default): the level of the norm's strongest survivor, at most γ0.
+  Under a strong L1 every survivor of a layer is far below γ0 (the digits CNN of
+  ``tests/test_nr_training.py``: medians ~0.1, maxima 0.2-0.5); lifting all of them to
+  γ0 multiplies the curvature seen by their readers' weights by c² (~100), and SGD at
+  the learning rate the network was stable at overshoots (the loss doubles after the
+  event). Lifting to the layer's strongest survivor equalises the survivors at a level
+  the optimizer already handles: no reader direction gets more curvature than the
+  strongest channel gave it before the event.
+- ``"gamma0"``: the paper's ``|γ'| = max(|γ|, γ0)`` (with the RMS level above).
+
+New channels keep their initial scale either way.
 
 This is exact only when every path from the norm to those layers is positively
 homogeneous (``f(c·x) = c·f(x)`` for ``c > 0``, as the op table says: ReLU, max/avg
@@ -17,6 +29,9 @@ model output) are left alone and reported.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import torch
 from torch import fx
 
@@ -48,13 +63,19 @@ def _readers(norm: fx.Node, prop: Propagation, modules) -> tuple[list[fx.Node], 
     return found, ""
 
 
-def rescale(module: fx.GraphModule, prop: Propagation, gamma0: float = 1.0
+GOALS = ("layer", "gamma0")
+
+
+def rescale(module: fx.GraphModule, prop: Propagation, gamma0: float = 1.0, to: str = "layer",
+            is_new: Callable[[np.ndarray], np.ndarray] | None = None
             ) -> tuple[dict[str, int], dict[str, tuple[list[int], str]]]:
     """Rescale every per-channel scale of ``module`` (in place) whose paths allow it.
 
-    ``prop`` is the identity propagation of ``module``. Returns the number of channels
-    rescaled per norm, and per norm that had small scales but was skipped, those
-    channels and the reason.
+    ``prop`` is the identity propagation of ``module``; ``to`` the goal (see the module
+    docstring); ``is_new`` tells, from a norm's channel identities, which channels the
+    rewrite added (they are neither lifted nor a measure of the layer's level). Returns
+    the number of channels rescaled per norm, and per norm that had small scales but was
+    skipped, those channels and the reason.
     """
     modules = dict(module.named_modules())
     nodes = {n.name: n for n in module.graph.nodes}
@@ -69,7 +90,12 @@ def rescale(module: fx.GraphModule, prop: Propagation, gamma0: float = 1.0
         beta = getattr_path(module, scale.bias) if scale.bias is not None else None
         g = gamma.detach()
         level = g.hypot(beta.detach()) if beta is not None else g.abs()
-        small = (level < gamma0) & (g != 0)
+        old = torch.ones_like(g, dtype=torch.bool) if is_new is None else \
+            torch.as_tensor(~is_new(scale.tags), device=g.device)
+        if not old.any():
+            continue
+        goal = gamma0 if to == "gamma0" else min(gamma0, level[old].max().item())
+        small = (level < goal) & (g != 0) & old
         if not small.any():
             continue
         readers, why = _readers(node, prop, modules) if scale.homogeneous else \
@@ -89,7 +115,7 @@ def rescale(module: fx.GraphModule, prop: Propagation, gamma0: float = 1.0
         if why:
             skipped[key] = (torch.nonzero(small).reshape(-1).tolist(), why)
             continue
-        c = torch.where(small, gamma0 / level.clamp_min(1e-30), torch.ones_like(g))
+        c = torch.where(small, goal / level.clamp_min(1e-30), torch.ones_like(g))
         with torch.no_grad():
             gamma.mul_(c)
             if beta is not None:

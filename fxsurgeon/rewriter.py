@@ -33,6 +33,7 @@ from .partitioned import Partitioned
 from .planner import SCHEMES, Plan
 from .propagation import AxisRef, propagate
 from .reference import run_graph, zeroed_scales
+from .rescaling import GOALS as RESCALE_GOALS
 from .rescaling import rescale as neural_rescale
 from .selfcheck import verify
 from .shapes import propagate_shapes
@@ -128,7 +129,8 @@ def _sync_attributes(module: fx.GraphModule, old: nn.Module) -> None:
 
 
 def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: int = 0,
-            fold: bool = True, rescale: bool = False, gamma0: float = 1.0, check: bool = True) -> Surgery:
+            fold: bool = True, rescale: bool | str = False, gamma0: float = 1.0,
+            check: bool = True) -> Surgery:
     """Build the new network a plan describes.
 
     ``scheme="prune"`` removes the dead channels. ``scheme="nr"`` also appends the
@@ -139,8 +141,10 @@ def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: in
     ``"cr"`` and ``"ca"`` start the same way, then split every dense conv and linear
     layer that mixes S and R into a :class:`~fxsurgeon.partitioned.Partitioned` layer
     (no cross blocks, or gated cross blocks). ``prune`` and ``nr`` give plain torch
-    modules. ``rescale=True`` applies neural rescaling to scales below ``gamma0``
-    where it is exact (see :mod:`fxsurgeon.rescaling`).
+    modules. ``rescale=True`` (or ``"layer"``) applies neural rescaling where it is
+    exact, lifting small survivors to their layer's strongest one (at most ``gamma0``);
+    ``rescale="gamma0"`` lifts them to ``gamma0``, as the paper does (see
+    :mod:`fxsurgeon.rescaling`).
 
     The new network computes the old one's function with the removed channels' scales
     set to zero: exactly the old function when they are zero already (see
@@ -164,6 +168,8 @@ def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: in
     if scheme == "prune" and added.any():
         raise FxSurgeonError("scheme 'prune' adds no channels, but the plan grows "
                              f"{[d.name for d in graph.dims if plan.dims[d.name].added][:3]}")
+    if rescale not in (False, True, *RESCALE_GOALS):
+        raise FxSurgeonError(f"rescale must be True, False or one of {RESCALE_GOALS}, got {rescale!r}")
     layout = _Layout(graph, plan, added)
     prop = graph.propagation
     for r in prop.axes:
@@ -181,7 +187,7 @@ def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: in
 
 
 def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: int, fold: bool,
-           rescale: bool, gamma0: float, check: bool) -> Surgery:
+           rescale: bool | str, gamma0: float, check: bool) -> Surgery:
     """The steps of :func:`rewrite`, once its arguments are known to fit."""
     prop = graph.propagation
     added = layout.added
@@ -222,7 +228,9 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
         if added.any():
             _init_new_channels(new, new_refs, new_prop, layout, seed)
     if rescale:
-        surgery.rescaled, surgery.rescale_skipped = neural_rescale(new, new_prop, gamma0)
+        surgery.rescaled, surgery.rescale_skipped = neural_rescale(
+            new, new_prop, gamma0, "layer" if rescale is True else rescale,
+            lambda tags: new_prop.uf.find(tags) >= layout.old_size)
     if fold:
         removed = removed_reads(prop, layout.kept)
         overrides = zeroed_scales(graph, layout.kept)

@@ -60,18 +60,16 @@ def losses_around_event(wrapper, steps: int, after: int = 20):
     return losses, event
 
 
-LIFTED = pytest.mark.xfail(strict=True, reason="rescaled survivors of a strong L1 still step ~c² too far: "
-                           "the mean loss of the 20 steps after the event ~2.1x the 20 before (docs/nr.md)")
-
-
 SCHEMES = ("nr", "cr", "ca")
 
 
-@pytest.mark.parametrize("scheme, rescale", [*((s, False) for s in SCHEMES),
-                                             *(pytest.param(s, True, marks=LIFTED) for s in SCHEMES)])
+@pytest.mark.parametrize("rescale", [False, True])
+@pytest.mark.parametrize("scheme", SCHEMES)
 def test_the_loss_after_an_event_stays_where_it_was(scheme, rescale, one_thread):
-    """Before the fix, rescaling lifted an unpenalised β by γ0/|γ| (up to ~1 000): the loss
-    went from 0.47 to 672 on the step after the event."""
+    """Lifting γ alone multiplied an unpenalised β by γ0/|γ| (up to ~1 000): the loss went
+    from 0.47 to 672 on the step after the event. Lifting every survivor to γ0 (the paper's
+    goal) still doubled it: under this L1 every survivor is far below γ0, and their readers
+    saw c² (~100) times the curvature. Survivors now rise to their layer's strongest."""
     model = inception_net()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     nr = fxs.NeuralRejuvenation(model, torch.zeros(1, 1, 8, 8), opt, threshold=0.9, target=1.0, scheme=scheme,

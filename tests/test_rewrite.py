@@ -193,3 +193,27 @@ def test_a_dimension_whose_producer_repeats_channels_does_not_grow():
     graph, plan, surgery = rejuvenate(model, x, 0.5)
     assert "repeats its channels" in plan.dims["blocks.*"].note
     assert_same_function(model, surgery.module, x)
+
+
+@pytest.mark.parametrize("rescale, goal", [(True, 0.4), ("layer", 0.4), ("gamma0", 1.0)])
+def test_rescaling_lifts_survivors_to_the_layers_strongest_or_to_gamma0(rescale, goal):
+    """Survivors rise to their layer's strongest level (at most γ0), or to γ0 itself."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([0.4, 0.1, -0.05, 0.0]))
+        model[1].bias.zero_()
+    x = torch.randn(2, 3, 8, 8)
+    graph = fxs.analyze(model, x)
+    plan = fxs.plan(graph, fxs.liveliness(graph), target=None, scheme="prune")
+    surgery = fxs.rewrite(graph, plan, rescale=rescale)
+    bn = [m for m in surgery.module.modules() if isinstance(m, nn.BatchNorm2d)][0]
+    assert torch.allclose(bn.weight.abs(), torch.full((3,), goal)), bn.weight
+    assert (bn.weight[2] < 0) and torch.allclose(surgery.module(x), model(x), atol=1e-5)
+
+
+def test_rescaling_refuses_an_unknown_goal():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    graph = fxs.analyze(model, torch.randn(1, 3, 8, 8))
+    with pytest.raises(fxs.FxSurgeonError, match="rescale must be"):
+        fxs.rewrite(graph, fxs.plan(graph, target=None, scheme="prune"), rescale="paper")

@@ -157,7 +157,8 @@ class Partitioned(nn.Module):
             layer.weight.copy_(w)
             if self.bias is not None:
                 layer.bias.copy_(self.bias)
-        layer.requires_grad_(next(self.parameters()).requires_grad)
+        state = next(self.parameters(), None)       # none when every block and the bias are gone
+        layer.requires_grad_(state is None or state.requires_grad)
         return layer
 
     def _inputs(self, x: Tensor) -> List[Tensor]:

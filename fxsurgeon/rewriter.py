@@ -336,7 +336,9 @@ def _generations(node: str, out_ids: np.ndarray, in_ids: np.ndarray, old, layout
         col = np.where(is_new_in, 1, np.where(layout.growing(in_ids), 0, -1))
         return row, col
     o_ids, o_row, i_ids, i_col = old
-    latest = int(o_row.max()) + 1 if scheme == "cr" else 0
+    # new channels join a generation of their own: above every generation the layer has,
+    # its inputs' included (a generation may have inputs and no outputs left)
+    latest = int(max(o_row.max(initial=0), i_col.max(initial=0))) + 1 if scheme == "cr" else 0
     rows = dict(zip(o_ids.tolist(), o_row.tolist(), strict=True))
     cols = dict(zip(i_ids.tolist(), i_col.tolist(), strict=True))
     row = np.array([latest if n else rows[i] for i, n in zip(out_ids.tolist(), is_new_out, strict=True)])

@@ -14,7 +14,7 @@ from test_rewrite import randomise_norms
 from torch import nn
 
 import fxsurgeon as fxs
-from randomnets import examples, nets
+from randomnets import Concat, ConvBlock, Net, examples, nets
 
 SCHEMES = ("prune", "nr", "cr", "ca")
 
@@ -407,10 +407,44 @@ def schemes(draw):
     return done
 
 
+def _found(blocks, width):
+    torch.manual_seed(0)
+    return Net(blocks, width, 2), torch.randn(1, 3, 8, 8)
+
+
+#: cases hypothesis found (FXS_HYPOTHESIS_SCALE=5, seed 11), each a bug fixed since
+SURGERIES_FOUND = {
+    # a cr layer whose every block and bias went: rebuilding its dense form crashed
+    "cr layer with no parameters left": (lambda: _found(
+        [ConvBlock(3, 4, 3), Concat([ConvBlock(4, 2, 1), ConvBlock(4, 2, 1)]), ConvBlock(4, 2, 1),
+         ConvBlock(2, 2, 1), ConvBlock(2, 1, 3)], 1), ["cr", "prune", "cr"], 0.5, 0),
+    # a cr layer with inputs of generation 1 and no outputs of it: the next generation was
+    # numbered 1 too and read those inputs, one parameter above the plan's count
+    "cr generation numbered from inputs too": (lambda: _found(
+        [ConvBlock(3, 4, 3), ConvBlock(4, 2, 1), ConvBlock(2, 2, 3, groups=2), ConvBlock(2, 2, 3, groups=2)],
+        2), ["cr", "cr"], 0.5, 1),
+    # rescaling into a ca layer divided a copy of its dense weight: the self-check refused
+    "ca layer read through a computed weight": (lambda: _found(
+        [ConvBlock(3, 6, 3), ConvBlock(6, 3, 1)], 3), ["prune", "ca", "ca"], 0.5, 0),
+}
+
+
+@pytest.mark.parametrize("case", SURGERIES_FOUND)
+def test_surgeries_in_a_row_hypothesis_found(case):
+    make, order, fraction, seed = SURGERIES_FOUND[case]
+    surgeries_in_a_row(*make(), order, fraction, seed)
+
+
 @settings(max_examples=examples(20), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(nets(), schemes(), st.floats(0.1, 0.6), st.integers(0, 3))
 def test_random_nets_keep_their_function_through_surgery_after_surgery(net, order, fraction, seed):
     model, x = net
+    surgeries_in_a_row(model, x, order, fraction, seed)
+
+
+def surgeries_in_a_row(model, x, order, fraction, seed):
+    """Each surgery of ``order`` on the last one's network: the same function, its cost
+    as planned, and what liveliness judged still judged."""
     model = model.double().eval()
     randomise_norms(model, seed)
     x = torch.randn(3, *x.shape[1:], dtype=torch.float64)

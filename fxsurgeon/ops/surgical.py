@@ -48,8 +48,10 @@ class Blocks(Rule):
         m = walk.submodule(node)
         w = m.dense_weight()
         bias = None if m.bias is None else WeightSource.of(walk.tensor_name(f"{node.target}.bias"), 1)
-        out = produce(walk, node, args[0], WeightSource.of(f"{node.target}.weight", w.dim()), bias,
-                      tuple(w.shape), 1, m.ndim == 0, False)
+        weight = WeightSource.of(f"{node.target}.weight", w.dim())
+        if m.scheme == "ca":      # its dense weight is a copy: a pass that wrote into it (rescaling)
+            weight.direct = None  # would change nothing, so it reads as a computed weight
+        out = produce(walk, node, args[0], weight, bias, tuple(w.shape), 1, m.ndim == 0, False)
         vin, vout = walk.tags.axis_vector(args[0], m.axis), walk.tags.axis_vector(out, m.axis)
         if vin is None:
             return out

@@ -80,6 +80,33 @@ def test_the_loss_after_an_event_stays_where_it_was(scheme, rescale, one_thread)
     assert sum(after) / 20 <= 2 * sum(before) / 20, (sum(before) / 20, sum(after) / 20, max(after))
 
 
+@pytest.mark.parametrize("scheme", ["nr", "cr"])
+def test_the_loss_stays_where_it_was_through_three_rescaled_events(scheme, one_thread):
+    """Event after event (a ca network has nothing left to re-plan: docs/nr.md)."""
+    model = inception_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    nr = fxs.NeuralRejuvenation(model, torch.zeros(1, 1, 8, 8), opt, threshold=0.9, target=1.0, scheme=scheme,
+                                rescale=True, check_every=10, delta_lambda=0.005, max_events=3)
+    x, y = load_data("digits").train.tensors
+    g = torch.Generator().manual_seed(0)
+    losses, events = [], []
+    for step in range(900):
+        idx = torch.randint(0, len(y), (64,), generator=g)
+        nr.zero_grad()
+        loss = nn.functional.cross_entropy(nr.model(x[idx]), y[idx])
+        loss.backward()
+        nr.step()
+        losses.append(loss.item())
+        if len(nr.surgeries) > len(events):
+            events.append(step + 1)
+        if len(events) == 3 and step + 1 >= events[-1] + 20:
+            break
+    assert len(events) == 3, nr.log[-1]
+    for e in events:
+        before, after = losses[e - 20:e], losses[e:e + 20]
+        assert sum(after) <= 2 * sum(before), (e, sum(before) / 20, sum(after) / 20)
+
+
 def test_nr_with_adamw_fires_an_event():
     model = inception_net()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)

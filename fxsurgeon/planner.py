@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import importance
+from .budget import Prunable, choose
 from .cost import METRICS
 from .errors import FxSurgeonError, require
 from .fixed import Fixed, fixed_names
@@ -96,11 +98,12 @@ def _cannot_grow(d, growable: bool) -> str | None:
     return None
 
 
-def _keep(graph: ChannelGraph, d, mask: np.ndarray) -> tuple[np.ndarray, str]:
+def _keep(graph: ChannelGraph, d, mask: np.ndarray, m: int) -> tuple[np.ndarray, str]:
     """Survivors of a free dimension. Every producer keeps at least one channel (a
     layer cannot have zero outputs), then the survivors are padded up to a multiple of
-    the dimension's own constraint (groups, shuffles); both take the dead channels
-    whose scales are largest. The original width is such a multiple, so this fits."""
+    ``m`` (the dimension's own constraint, groups or shuffles, and under ``prune`` the
+    plan's ``round_to``, up to the whole width); both take the dead channels whose
+    scales are largest."""
     score = channel_scales(graph, d)
     keep = mask.copy()
     notes = ["all channels dead: keeps the minimum"] if not mask.any() else []
@@ -110,8 +113,7 @@ def _keep(graph: ChannelGraph, d, mask: np.ndarray) -> tuple[np.ndarray, str]:
             keep[own[np.argmax(score[own])]] = True
     if not notes and keep.sum() > mask.sum():
         notes.append(f"keeps {int(keep.sum() - mask.sum())} dead channel(s): every producer keeps one")
-    m = d.multiple_of
-    short = max(m, -(-int(keep.sum()) // m) * m) - int(keep.sum())
+    short = min(d.width, max(m, -(-int(keep.sum()) // m) * m)) - int(keep.sum())
     if short:
         dead = np.nonzero(~keep)[0]
         keep[dead[np.argsort(-score[dead], kind="stable")][:short]] = True
@@ -121,15 +123,22 @@ def _keep(graph: ChannelGraph, d, mask: np.ndarray) -> tuple[np.ndarray, str]:
 
 def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric: str = "params",
          target: float | None = 1.0, scheme: str = "nr", round_to: int = 1,
-         alpha: float | None = None, max_target: float = 100.0, fixed: Fixed = None) -> Plan:
+         alpha: float | None = None, max_target: float = 100.0, fixed: Fixed = None,
+         scores: dict[str, np.ndarray] | None = None, ranking: str = "global") -> Plan:
     """Remove the dead channels and find the shared expansion α for ``target · cost``.
 
     ``alive`` maps free dimension names to bool masks (missing: all alive), as
     :func:`fxsurgeon.liveliness` returns. Widths always respect the graph's own
     multiples (groups, shuffles); widths that grow are multiples of ``round_to`` too.
     ``alpha`` fixes the expansion instead of searching it (the budget is then only
-    reported, not enforced). ``target=None`` (or ``scheme="prune"``) only
-    removes the dead. ``fixed`` (dimension names, a predicate on a dimension, or
+    reported, not enforced). ``target=None`` only removes the dead.
+
+    ``scheme="prune"`` with ``target`` below 1 prunes to a budget: after the dead, it
+    keeps the most important channels while the cost is at most ``target`` of the
+    original (within one channel of it), by ``scores`` (``{dimension: importance per
+    channel}``, from :mod:`fxsurgeon.importance`; default its ``magnitude``), ranked
+    ``"global"`` or ``"per-dimension"`` (see :mod:`fxsurgeon.budget`); pruned widths are
+    multiples of ``round_to``. ``fixed`` (dimension names, a predicate on a dimension, or
     ``"trunk"``: see :mod:`fxsurgeon.fixed`) keeps those free dimensions as they are:
     every channel, dead or alive, and no new one. Raises :class:`FxSurgeonError` when
     the budget is impossible, and for a ``target`` above ``max_target`` (a budget that
@@ -141,9 +150,9 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
         raise FxSurgeonError(f"unknown metric {metric!r}: use one of {METRICS}")
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise FxSurgeonError(f"round_to must be a positive integer, got {round_to!r}")
-    if target is not None and scheme != "prune":
+    if target is not None:
         require("target", target, lambda v: v > 0, "a finite number above 0 (of the original cost)")
-        if target > max_target:
+        if target > max_target and scheme != "prune":
             raise FxSurgeonError(f"target {target:g} would make the network {target:g}x its cost; "
                                  f"pass max_target={target:g} (or more) if you mean it")
     if graph.propagation.generations and scheme in ("nr", "ca"):
@@ -152,6 +161,11 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
                              f"scheme 'cr' (a new generation) or 'prune', not {scheme!r}")
     alive = alive or {}
     _check_masks(graph, alive)
+    budgeted = scheme == "prune" and target is not None and target < 1
+    if budgeted:
+        scores = importance.magnitude(graph) if scores is None else scores
+        _check_scores(graph, scores)
+    prunable: list[Prunable] = []
     kept_as_is = fixed_names(graph, fixed)
     cost = graph.cost
     growable = cost.growable()
@@ -172,7 +186,10 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
         if whole:
             survivors, note = np.arange(d.width), f"{whole}: keeps its width"
         else:
-            survivors, note = _keep(graph, d, mask)
+            m = _multiple(d, round_to) if scheme == "prune" else d.multiple_of
+            survivors, note = _keep(graph, d, mask, m)
+            if budgeted:
+                prunable.append(_prunable(d, survivors, scores[d.name], _multiple(d, round_to)))
         kept[sl] = False
         kept[sl.start + survivors] = True
         stuck = whole or _cannot_grow(d, growable[i])
@@ -182,6 +199,22 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
         base.append(len(survivors))
         step.append(0 if stuck else _multiple(d, round_to))
         partitioned[sl] = not stuck
+    if prunable:
+        def pruned_cost(chosen: dict[str, np.ndarray]) -> float:
+            mask = kept.copy()
+            for name, survivors in chosen.items():
+                sl = slice(cost.offsets[index[name]], cost.offsets[index[name] + 1])
+                mask[sl] = False
+                mask[sl.start + survivors] = True
+            return cost.count_plan(metric, mask, partitioned, np.zeros(len(graph.dims), np.int64), scheme)
+
+        index = {d.name: i for i, d in enumerate(graph.dims)}
+        for name, survivors in choose(prunable, ranking, pruned_cost, target * graph.count(metric)).items():
+            i = index[name]
+            kept[cost.offsets[i]:cost.offsets[i + 1]] = False
+            kept[cost.offsets[i] + survivors] = True
+            dims[name].survivors, dims[name].new_width = survivors, len(survivors)
+            base[i] = len(survivors)
     base_a, step_a = np.array(base), np.array(step)
 
     def widths(alpha: float) -> np.ndarray:
@@ -193,13 +226,19 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
         return cost.count_plan(metric, kept, partitioned, widths(alpha) - base_a, scheme)
 
     original = graph.count(metric)
-    budget = None if scheme == "prune" or target is None else target * original
+    budget = target * original if budgeted or (scheme != "prune" and target is not None) else None
     if alpha is not None:
         if alpha < 1 or scheme == "prune":
             raise FxSurgeonError(f"alpha must be at least 1 and needs a growing scheme, got "
                                  f"{alpha} with {scheme!r}")
-    elif budget is None:
+    elif budget is None or scheme == "prune":
         alpha = 1.0
+        if budget is not None and cost_at(1.0) > budget:
+            raise FxSurgeonError(
+                f"impossible budget: with every prunable channel at its minimum the model still costs "
+                f"{human(cost_at(1.0))} {metric}, above the target {target:g} x {human(original)} = "
+                f"{human(budget)} ({len(prunable)} of {len(graph.free_dims)} free dimensions can shrink; "
+                f"the rest are pinned, fixed or keep their width)")
     else:
         if cost_at(1.0) > budget:
             raise FxSurgeonError(
@@ -231,6 +270,33 @@ def _check_masks(graph: ChannelGraph, alive: dict) -> None:
         if not d.free and not mask.all():
             raise FxSurgeonError(f"alive mask calls channels of {name!r} dead, but it is pinned "
                                  f"({d.pinned}): its channels cannot be removed")
+
+
+def _check_scores(graph: ChannelGraph, scores: dict) -> None:
+    """Scores name free dimensions of ``graph``, one finite number per channel, for each."""
+    free = {d.name: d for d in graph.free_dims}
+    for name, s in scores.items():
+        if name not in free:
+            raise FxSurgeonError(f"scores for {name!r}, which is not a free dimension of this graph")
+        s = np.asarray(s)
+        if s.shape != (free[name].width,) or not np.isfinite(s).all():
+            raise FxSurgeonError(f"scores for {name!r} must be {free[name].width} finite numbers, "
+                                 f"got shape {s.shape}")
+    missing = [n for n in free if n not in scores]
+    if missing:
+        raise FxSurgeonError(f"no scores for {missing[:3]}{'...' if len(missing) > 3 else ''}: give every "
+                             f"free dimension a score per channel (fxsurgeon.importance)")
+
+
+def _prunable(d, survivors: np.ndarray, scores, step: int) -> Prunable:
+    """A dimension's survivors as candidates, the best of each producer's kept whatever."""
+    scores = np.asarray(scores, dtype=np.float64)
+    forced = set()
+    for member in d.members:
+        own = np.intersect1d(np.unique(member.channels), survivors) if member.role == "out" else []
+        if len(own) and not forced & set(own.tolist()):
+            forced.add(int(own[np.argmax(scores[own])]))
+    return Prunable(d.name, survivors, scores[survivors], np.array(sorted(forced), dtype=np.int64), step)
 
 
 def _largest_alpha(cost_at, budget: float) -> float:

@@ -11,6 +11,7 @@ and for the rewrite's self-check to compare against.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import fx, nn
 from torch.func import functional_call
@@ -65,13 +66,29 @@ def run_graph(gm: fx.GraphModule, inputs: tuple, overrides: dict | None = None, 
 
 
 def zeroed_scales(graph, kept) -> dict[str, torch.Tensor]:
-    """Copies of the scales of the channels ``kept`` drops, with those channels at zero."""
+    """Copies of the tensors that silence the channels ``kept`` drops: the scales of those
+    that have one (γ at zero), and for a channel no scale judges (pruned by importance,
+    not found dead), the rows its producers write it with. Either way the channel then
+    emits a constant, which folding puts back."""
+    prop = graph.propagation
     out: dict[str, torch.Tensor] = {}
-    for scale in graph.propagation.scales.values():
+
+    def silence(name: str, axis: int, gone: np.ndarray) -> None:
+        t = out.get(name)
+        t = getattr_path(graph.module, name).detach().clone() if t is None else t
+        index = torch.as_tensor(np.nonzero(gone)[0], device=t.device)
+        out[name] = t.index_fill(axis, index, 0)
+
+    judged = [prop.uf.find(sc.tags) for sc in prop.scales.values()]
+    judged = np.unique(np.concatenate(judged)) if judged else np.zeros(0, np.int64)
+    for scale in prop.scales.values():
         gone = ~kept(scale.tags)
         if gone.any():
-            g = out.get(scale.weight)
-            g = getattr_path(graph.module, scale.weight).detach().clone() if g is None else g
-            g[torch.as_tensor(gone, device=g.device)] = 0
-            out[scale.weight] = g
+            silence(scale.weight, 0, gone)
+    for r in prop.axes:
+        if r.role != "out" or r.divisor != 1:
+            continue
+        gone = ~kept(r.tags) & ~np.isin(prop.uf.find(r.tags), judged) & (r.tags != 0)
+        if gone.any():
+            silence(r.param, r.axis, gone)
     return out

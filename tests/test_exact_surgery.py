@@ -1,6 +1,7 @@
 """Exact surgery or a clear refusal on the patterns real models use: modules called twice,
 tied weights, buffers read in forward, transposed convs, GroupNorm, functional layers,
 computed weights, fused norms, surgery after surgery, folds at every input size."""
+import copy
 import math
 
 import numpy as np
@@ -364,15 +365,20 @@ def test_quasi_dead_channels_become_the_network_with_their_scales_at_zero():
     assert same(model(x), s.module(x))
 
 
-def test_a_channel_without_a_scale_cannot_be_folded():
+def test_a_channel_without_a_scale_is_silenced_at_its_producer():
+    """No scale judges these channels (importance pruning removes such): the new network
+    is the old one with the removed channels' producer rows at zero, at every input."""
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).double()
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     graph = fxs.analyze(model, x)
     alive = {"0": np.arange(8) % 2 == 0}
-    plan = fxs.plan(graph, alive, target=None, scheme="prune")
-    with pytest.raises(fxs.FxSurgeonError, match="not constant on the example inputs"):
-        fxs.rewrite(graph, plan)
-    assert fxs.rewrite(graph, plan, fold=False).module(x).shape == (2, 4, 8, 8)
+    s = fxs.rewrite(graph, fxs.plan(graph, alive, target=None, scheme="prune"))
+    assert s.module.get_submodule("0").out_channels == 4
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        reference[0].weight[1::2] = 0
+    other = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    assert same(reference(other), s.module(other)) and not same(model(other), s.module(other))
 
 
 def test_bad_requests_are_clear_errors():

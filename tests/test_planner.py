@@ -135,9 +135,12 @@ def test_round_to_and_shuffle_multiples_are_respected():
     g = fxs.analyze(Shuffled(), torch.randn(1, 3, 4, 4))
     assert g["a"].multiple_of == 4 and g["a"].free
     alive = {"a": np.array([1] * 17 + [0] * 7, bool)}
-    pruned = fxs.plan(g, alive, target=None, scheme="prune", round_to=8)
+    pruned = fxs.plan(g, alive, target=None, scheme="prune", round_to=4)
     assert len(pruned.dims["a"].survivors) == 20          # 17 alive + 3 dead for the shuffle
     assert "keeps 3 dead channel(s) for a multiple of 4" in pruned.dims["a"].note
+    pruned = fxs.plan(g, alive, target=None, scheme="prune", round_to=8)
+    assert len(pruned.dims["a"].survivors) == 24          # and for round_to: pruned widths honour it
+    assert "keeps 7 dead channel(s) for a multiple of 8" in pruned.dims["a"].note
     grown = fxs.plan(g, alive, metric="params", target=1.0, round_to=8, scheme="nr")
     assert grown.dims["a"].new_width == 24
 

@@ -1,0 +1,77 @@
+"""Pruning to a budget: keep the most important channels while the cost fits.
+
+The channels of every prunable dimension are ranked by their scores (see
+:mod:`fxsurgeon.importance`). ``ranking="global"`` ranks all of them together, each
+dimension's scores divided by its largest (so layers of different scales compare);
+keeping the top ``t`` of that order keeps, in each dimension, those of its channels
+among them. ``ranking="per-dimension"`` keeps the same share ``t / N`` of every
+dimension. Either way a dimension keeps at least one channel per producer (a layer
+cannot have zero outputs) and a multiple of its step (its own constraint and
+``round_to``), rounding down. The cost never falls as ``t`` grows, so a bisection finds
+the largest ``t`` whose cost fits: one more channel in the order and it would not.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import FxSurgeonError
+
+RANKINGS = ("global", "per-dimension")
+
+
+@dataclass
+class Prunable:
+    """One dimension's candidates for pruning to a budget."""
+
+    name: str
+    candidates: np.ndarray      # channel indices that may stay (the dead are gone already)
+    scores: np.ndarray          # importance of each candidate
+    forced: np.ndarray          # candidates that stay whatever the budget (one per producer)
+    step: int                   # kept counts are multiples of this
+
+    def keep(self, k: int) -> np.ndarray:
+        """The ``k`` most important candidates (rounded as the dimension requires), forced ones first."""
+        least = math.ceil(max(len(self.forced), 1) / self.step) * self.step
+        k = min(len(self.candidates), max(least, k // self.step * self.step))
+        rest = np.setdiff1d(self.candidates, self.forced, assume_unique=True)
+        order = np.argsort(-self.scores[np.searchsorted(self.candidates, rest)], kind="stable")
+        return np.sort(np.concatenate([self.forced, rest[order[:max(k - len(self.forced), 0)]]]))
+
+
+def choose(dims: list[Prunable], ranking: str, cost: Callable[[dict[str, np.ndarray]], float],
+           budget: float) -> dict[str, np.ndarray]:
+    """Survivors per dimension: the most channels, by importance, whose ``cost`` fits ``budget``."""
+    if ranking not in RANKINGS:
+        raise FxSurgeonError(f"ranking must be one of {RANKINGS}, not {ranking!r}")
+    if ranking == "global":
+        normalised = [d.scores / d.scores.max() if d.scores.max() > 0 else np.zeros_like(d.scores)
+                      for d in dims]
+        owner = np.concatenate([np.full(len(d.candidates), i) for i, d in enumerate(dims)]
+                               or [np.zeros(0, int)])
+        flat = np.concatenate(normalised or [np.zeros(0)])
+        order = owner[np.argsort(-flat, kind="stable")]
+        total = len(order)
+
+        def counts(t: int) -> list[int]:
+            return np.bincount(order[:t], minlength=len(dims)).tolist()
+    else:
+        total = max((len(d.candidates) for d in dims), default=0)
+
+        def counts(t: int) -> list[int]:
+            return [math.ceil(t * len(d.candidates) / total) for d in dims]
+
+    def survivors(t: int) -> dict[str, np.ndarray]:
+        return {d.name: d.keep(k) for d, k in zip(dims, counts(t), strict=True)}
+
+    if cost(survivors(0)) > budget:
+        raise FxSurgeonError(f"impossible budget: keeping one channel per layer still costs "
+                             f"{cost(survivors(0)):g}, above {budget:g}")
+    lo, hi = 0, total
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if cost(survivors(mid)) <= budget else (lo, mid - 1)
+    return survivors(lo)

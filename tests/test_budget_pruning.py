@@ -1,0 +1,135 @@
+"""Pruning to a budget: ``plan(..., scheme="prune", target=t, scores=...)`` keeps the most
+important channels while the cost is at most ``t`` of the original, within a channel
+step of it; widths are multiples of ``round_to``; fixed dimensions keep their width; the
+rewrite is the original network with the removed channels silenced, at every input."""
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_exact_surgery import same
+from torch import nn
+
+import fxsurgeon as fxs
+from fxsurgeon import importance
+from randomnets import examples, nets
+
+SUBSET = ["resnet50", "densenet121", "mobilenet_v3_large", "efficientnet_b0", "shufflenet_v2_x1_0",
+          "convnext_tiny", "regnet_y_400mf", "vit_b_16", "swin_t", "squeezenet1_0"]
+
+
+def widths_are_multiples(graph, plan, round_to):
+    for d in graph.free_dims:
+        dp = plan.dims[d.name]
+        step = math.lcm(d.multiple_of, round_to)
+        assert dp.new_width in (d.width, step) or dp.new_width % step == 0 or "keeps" in dp.note, \
+            (d.name, d.width, dp.new_width, step)
+
+
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(nets(), st.floats(0.2, 0.95), st.sampled_from(["params", "flops"]), st.sampled_from([1, 2, 4]),
+       st.sampled_from(["global", "per-dimension"]), st.integers(0, 3))
+def test_a_budget_plan_fits_and_the_rewrite_costs_what_it_planned(net, target, metric, round_to, ranking,
+                                                                   seed):
+    model, x = net
+    model = model.double().eval()
+    x = torch.randn(2, *x.shape[1:], dtype=torch.float64)
+    graph = fxs.analyze(model, x)
+    try:
+        plan = fxs.plan(graph, metric=metric, target=target, scheme="prune", round_to=round_to,
+                        scores=importance.random(graph, seed), ranking=ranking)
+    except fxs.FxSurgeonError as err:
+        assert "impossible budget" in str(err)
+        return
+    assert plan.predicted <= target * plan.original
+    widths_are_multiples(graph, plan, round_to)
+    surgery = fxs.rewrite(graph, plan)          # checks itself against the silenced network
+    assert fxs.analyze(surgery.module, x).count(metric) == plan.predicted
+
+
+def test_the_pruned_network_is_the_original_with_its_removed_channels_silenced():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 4, 1)).double().eval()
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    graph = fxs.analyze(model, x)
+    plan = fxs.plan(graph, metric="params", target=0.5, scheme="prune")
+    surgery = fxs.rewrite(graph, plan)
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        gone = np.setdiff1d(np.arange(16), plan.dims["0"].survivors)
+        reference[1].weight[gone] = 0                       # judged by a norm: its scale
+        gone = np.setdiff1d(np.arange(16), plan.dims["3"].survivors)
+        reference[3].weight[gone] = 0                       # no norm: its producer's rows
+    other = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    assert same(reference(other), surgery.module(other))
+
+
+def test_importance_decides_which_channels_stay():
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 2, 1))
+    graph = fxs.analyze(model, torch.randn(1, 3, 4, 4))
+    scores = {"0": np.arange(8.0)}
+    plan = fxs.plan(graph, metric="params", target=0.55, scheme="prune", scores=scores)
+    kept = plan.dims["0"].survivors
+    assert list(kept) == list(range(8 - len(kept), 8))
+
+
+def test_fixed_dimensions_keep_their_width_and_the_rest_pay():
+    model = torchvision.models.resnet18().eval()
+    graph = fxs.analyze(model, torch.randn(1, 3, 32, 32))
+    plan = fxs.plan(graph, metric="flops", target=0.5, scheme="prune", fixed="trunk")
+    trunk = fxs.plan(graph, target=None, scheme="prune", fixed="trunk")
+    for name, dp in trunk.dims.items():
+        if "fixed" in dp.note:
+            assert plan.dims[name].new_width == dp.width
+    assert plan.predicted <= 0.5 * plan.original
+
+
+@pytest.mark.parametrize("name", SUBSET)
+def test_budget_pruning_on_the_ci_subset(name):
+    model = getattr(torchvision.models, name)(**({"image_size": 64} if name == "vit_b_16" else {})).eval()
+    x = torch.randn(1, 3, 64, 64)
+    graph = fxs.analyze(model, x)
+    target = 0.5
+    try:
+        plan = fxs.plan(graph, metric="flops", target=target, scheme="prune", round_to=8)
+    except fxs.FxSurgeonError as err:     # swin_t: its attention is pinned (~70 % of its MACs)
+        assert "impossible budget" in str(err)
+        target = 0.8
+        plan = fxs.plan(graph, metric="flops", target=target, scheme="prune", round_to=8)
+    budget = target * graph.count("flops")
+    assert budget * 0.97 <= plan.predicted <= budget, plan.predicted / plan.original
+    widths_are_multiples(graph, plan, 8)
+    surgery = fxs.rewrite(graph, plan)
+    assert fxs.analyze(surgery.module, x).count("flops") == plan.predicted
+
+
+def test_criteria_score_every_free_channel():
+    model = torchvision.models.resnet18()
+    x = torch.randn(2, 3, 32, 32)
+    graph = fxs.analyze(model, x)
+    with pytest.raises(fxs.FxSurgeonError, match="needs gradients"):
+        importance.taylor(graph)
+    model(x).sum().backward()
+    for scores in (importance.magnitude(graph), importance.magnitude(graph, p=1), importance.bn_scale(graph),
+                   importance.taylor(graph), importance.random(graph), importance.activation(graph, [x])):
+        assert {d.name: d.width for d in graph.free_dims} == {k: len(v) for k, v in scores.items()}
+        assert all(np.isfinite(v).all() for v in scores.values())
+        fxs.plan(graph, metric="flops", target=0.6, scheme="prune", scores=scores)
+
+
+@pytest.mark.parametrize("scores, message", [
+    ({"nope": np.ones(3)}, "not a free dimension"),
+    ({"layer1.0.conv1": np.ones(3)}, "finite numbers"),
+    ({"layer1.0.conv1": np.ones(64)}, "no scores for"),
+])
+def test_bad_scores_are_clear_errors(scores, message):
+    graph = fxs.analyze(torchvision.models.resnet18(), torch.randn(1, 3, 32, 32))
+    with pytest.raises(fxs.FxSurgeonError, match=message):
+        fxs.plan(graph, target=0.5, scheme="prune", scores=scores)
+    with pytest.raises(fxs.FxSurgeonError, match="ranking"):
+        fxs.plan(graph, target=0.5, scheme="prune", ranking="best")

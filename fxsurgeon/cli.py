@@ -159,18 +159,32 @@ def plan_command(args) -> None:
 
 
 def prune_command(args) -> None:
-    from . import plan, rewrite, save
+    from . import analyze, importance, plan, rewrite, save
     from .outdir import check_file
+    from .report import human
+    from .timing import latency
 
-    if Path(args.out).resolve() == Path(args.checkpoint).resolve():
+    if args.checkpoint and Path(args.out).resolve() == Path(args.checkpoint).resolve():
         raise FxSurgeonError(f"--out {args.out!r} is the --checkpoint: write the pruned model elsewhere")
     check_file(args.out, "--out", overwrite=args.overwrite)
     graph, alive = _planned(args)
-    surgery = rewrite(graph, plan(graph, alive, metric="params", target=None, scheme="prune"))
+    scores = importance.CRITERIA[args.importance](graph) if args.target is not None else None
+    p = plan(graph, alive, metric=args.metric, target=args.target, scheme="prune", round_to=args.round_to,
+             scores=scores)
+    surgery = rewrite(graph, p)
     save(graph, surgery, args.out, spec=args.model, num_classes=args.num_classes)
-    before, after = graph.count("params"), sum(t.numel() for t in surgery.module.parameters())
-    print(f"pruned {args.model}: {before:,} -> {after:,} parameters ({after / before:.1%}); "
-          f"wrote {args.out} (load it with fxsurgeon.load)")
+    after = analyze(surgery.module, graph.example_inputs)
+    old_t, new_t = (latency(m, graph.example_inputs) for m in (graph.module, surgery.module))
+    rows = [("", "before", "after", "ratio")]
+    for metric in ("params", "flops"):
+        a, b = graph.count(metric), after.count(metric)
+        rows.append((metric, human(a), human(b), f"{b / a:.1%}"))
+    rows.append(("latency", f"{old_t * 1e3:.2f} ms", f"{new_t * 1e3:.2f} ms", f"{old_t / new_t:.2f}x faster"))
+    width = [max(len(r[i]) for r in rows) for i in range(4)]
+    print(f"pruned {args.model}" + ("" if args.target is None else
+                                    f" to {args.target:g} of its {args.metric} by {args.importance}"))
+    print("\n".join("  ".join(c.rjust(width[i]) for i, c in enumerate(r)) for r in rows))
+    print(f"wrote {args.out} (load it with fxsurgeon.load)")
 
 
 def _experiment(cfg: dict, args) -> None:
@@ -305,10 +319,11 @@ def parser() -> argparse.ArgumentParser:
     ins.add_argument("--only", metavar="GLOB", help="draw only dimensions whose name matches, e.g. 'layer1*'")
     ins.set_defaults(run=inspect)
     for name, run, text in (("plan", plan_command, "plan the widths after removing dead channels"),
-                            ("prune", prune_command, "remove dead channels and save the model")):
+                            ("prune", prune_command,
+                             "remove dead channels (or prune to a budget) and save the model")):
         cmd = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         _model_arguments(cmd)
-        cmd.add_argument("--checkpoint", metavar="FILE", required=name == "prune",
+        cmd.add_argument("--checkpoint", metavar="FILE",
                          help="state dict to load first (bare, or under 'state_dict' or 'model'; "
                               "read as data, with torch.load(weights_only=True))")
         cmd.add_argument("--threshold", type=_fraction, default=0.01,
@@ -324,6 +339,14 @@ def parser() -> argparse.ArgumentParser:
             cmd.add_argument("--round-to", type=_count, default=1,
                              help="grow widths in multiples of this (default 1)")
         else:
+            cmd.add_argument("--target", type=_fraction, default=None,
+                             help="prune to this share of the model's --metric, keeping the most "
+                                  "important channels (default: remove only the dead)")
+            cmd.add_argument("--metric", choices=["params", "flops"], default="flops",
+                             help="the resource --target counts (default flops)")
+            cmd.add_argument("--importance", choices=["magnitude", "bn_scale", "random"], default="magnitude",
+                             help="what ranks the channels (default magnitude: L2 of producer weights)")
+            cmd.add_argument("--round-to", type=_count, default=1, help="pruned widths in multiples of this")
             cmd.add_argument("--out", metavar="FILE", required=True,
                              help="where to write the pruned model (data; load it with fxsurgeon.load)")
             cmd.add_argument("--overwrite", action="store_true", help="replace --out if it exists")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 
 import fxsurgeon as fxs
 from fxsurgeon.cli import main, parser
@@ -102,7 +103,8 @@ BAD = [
     ([*PRUNE, "--out", "{tmp}/file.txt"], "exists: pass --overwrite to replace it"),
     ([*PRUNE, "--out", "{tmp}"], "is a folder, not a file"),
     ([*PRUNE, "--out", "{tmp}/file.txt/p.pt"], "is a file, not a folder"),
-    ([*PRUNE, "--out", "{tmp}/p.pt", "--round-to", "2"], "unrecognized arguments: --round-to"),
+    ([*PRUNE, "--out", "{tmp}/p.pt", "--target", "1.5"], "--target"),
+    ([*PRUNE, "--out", "{tmp}/p.pt", "--importance", "taylor"], "invalid choice: 'taylor'"),
     (["train", "zoo:digits_cnn"], "train needs a MODEL and --data"),
     ([*TRAIN, "--epochs", "0"], "recipe: epochs must be a whole number of at least 1, not 0"),
     ([*TRAIN, "--batch-size", "0"], "recipe: batch_size must be a whole number of at least 1, not 0"),
@@ -151,7 +153,7 @@ def test_the_installed_command_fails_the_same_way():
     done = subprocess.run([sys.executable, "-m", "fxsurgeon", "prune", "zoo:digits_cnn"],
                           capture_output=True, text=True, cwd=Path(fxs.__file__).parents[1], timeout=120)
     assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr == ("fxsurgeon: error: the following arguments are required: --checkpoint, --out "
+    assert done.stderr == ("fxsurgeon: error: the following arguments are required: --out "
                            "(see fxsurgeon prune --help)\n")
 
 
@@ -167,7 +169,19 @@ def test_help_explains_every_option_of_every_subcommand():
     for name, sub in subs.items():
         for action in sub._actions:
             assert action.help and action.help != argparse.SUPPRESS, (name, action.dest)
-    assert "--round-to" not in subs["prune"].format_help() and "--round-to" in subs["plan"].format_help()
+    assert "--importance" in subs["prune"].format_help() and "--round-to" in subs["plan"].format_help()
     demo, train = " ".join(subs["demo"].format_help().split()), " ".join(subs["train"].format_help().split())
     assert "follows NR's search (default 20)" in demo and "(default baseline,nr)" in demo
     assert "follows NR's search (default 160)" in train and "--events N|unlimited" in train
+
+
+def test_prune_to_a_budget_prints_costs_and_latency_and_writes_the_model(tmp_path, capsys):
+    out = tmp_path / "pruned.fxs"
+    assert main(["prune", "torchvision:resnet18", "--input-shape", "1,3,32,32", "--target", "0.5",
+                 "--importance", "magnitude", "--round-to", "8", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "to 0.5 of its flops by magnitude" in text and "latency" in text and "x faster" in text
+    model = fxs.load(out)
+    graph = fxs.analyze(model, torch.randn(1, 3, 32, 32))
+    full = fxs.analyze(torchvision.models.resnet18(), torch.randn(1, 3, 32, 32))
+    assert graph.count("flops") <= 0.5 * full.count("flops")

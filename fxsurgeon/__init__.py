@@ -10,11 +10,12 @@ count its cost exactly, and inspect it::
 plan and rewrite it (``plan``, ``rewrite``, ``export``; ``save`` and ``load`` keep a
 rewritten model as data), or train it with Neural
 Rejuvenation by swapping ``optimizer.step()`` for ``NeuralRejuvenation.step()``, or
-prune it while it trains with ``DemP.step()`` (dead neurons found by their activations).
+prune it while it trains with ``DemP.step()`` (dead neurons found by their activations),
+or prune it to a budget by the importance of its channels (:mod:`fxsurgeon.importance`).
 What fxsurgeon knows about each op is in its op table (:mod:`fxsurgeon.ops`);
 ``register_op`` teaches it a layer of your own.
 """
-from . import ops
+from . import importance, ops
 from .activations import activation_liveliness, activation_peaks
 from .checkpoint import load, save
 from .demp import DemP, Pruning
@@ -33,5 +34,6 @@ from .surgical import SurgicalModel
 __all__ = ["analyze", "ChannelGraph", "Dimension", "Member", "FxSurgeonError",
            "UntraceableModelError", "liveliness", "plan", "Plan", "DimPlan", "rewrite",
            "Surgery", "save", "load", "Partitioned", "export", "NeuralRejuvenation", "SurgicalModel",
-           "Event", "DemP", "Pruning", "activation_liveliness", "activation_peaks", "ops", "register_op"]
+           "Event", "DemP", "Pruning", "activation_liveliness", "activation_peaks", "importance", "ops",
+           "register_op"]
 __version__ = "0.1.0"

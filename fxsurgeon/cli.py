@@ -161,7 +161,6 @@ def plan_command(args) -> None:
 def prune_command(args) -> None:
     from . import analyze, importance, plan, rewrite, save
     from .outdir import check_file
-    from .report import human
     from .timing import latency
 
     if args.checkpoint and Path(args.out).resolve() == Path(args.checkpoint).resolve():
@@ -178,7 +177,7 @@ def prune_command(args) -> None:
     rows = [("", "before", "after", "ratio")]
     for metric in ("params", "flops"):
         a, b = graph.count(metric), after.count(metric)
-        rows.append((metric, human(a), human(b), f"{b / a:.1%}"))
+        rows.append((metric, f"{a:,}", f"{b:,}", f"{b / a:.1%}"))
     rows.append(("latency", f"{old_t * 1e3:.2f} ms", f"{new_t * 1e3:.2f} ms", f"{old_t / new_t:.2f}x faster"))
     width = [max(len(r[i]) for r in rows) for i in range(4)]
     print(f"pruned {args.model}" + ("" if args.target is None else

@@ -24,7 +24,8 @@ def test_prune_command_saves_a_model_that_loads_weights_only(tmp_path, capsys):
     model, ckpt = _checkpoint(tmp_path)
     out = tmp_path / "sub" / "pruned.pt"
     assert main(["prune", "zoo:resnet164_cifar", "--checkpoint", str(ckpt), "--out", str(out)]) == 0
-    assert "1,704,154 -> 828,225 parameters" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "1,704,154" in out_text and "828,225" in out_text
     torch.load(out, weights_only=True)                 # data only: no pickled code
     net = fxs.load(out)
     x = torch.randn(2, 3, 32, 32)

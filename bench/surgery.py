@@ -6,11 +6,19 @@ has dead channels to remove and budget to spend. The ``cr`` and ``ca`` networks 
 planned for the same FLOP budget) are timed against the dense network of their own
 widths (targets: at most 0.75x for cr at α near 2, at most 1.15x for ca).
 
-    python bench/surgery.py            # the paper's CIFAR nets + a few torchvision models
+Steps are timed with CUDA events on a GPU (``--device cuda``); the last column is the
+process's peak resident memory so far (analysis, surgery and training of every model
+up to that row).
+
+    python bench/surgery.py                    # the paper's CIFAR nets + a few torchvision models
+    python bench/surgery.py --device cuda --models vgg19_cifar,resnet50
 """
 from __future__ import annotations
 
+import argparse
+import resource
 import statistics
+import sys
 import time
 import warnings
 
@@ -18,7 +26,7 @@ import torch
 import torchvision
 
 import fxsurgeon as fxs
-from common import kill
+from common import device_argument, kill
 from fxsurgeon.zoo import MODELS, SHAPES
 
 CASES = [(name, factory, (8, 3, 32, 32)) for name, factory in MODELS.items() if name not in SHAPES] + \
@@ -27,13 +35,28 @@ CASES = [(name, factory, (8, 3, 32, 32)) for name, factory in MODELS.items() if 
 
 
 def _step_time(model, x, repeat=5) -> float:
+    """Median seconds of a forward and backward pass, after one warm-up."""
     model.train()
     times = []
     for _ in range(repeat + 1):
-        t = time.perf_counter()
-        model(x).sum().backward()
-        times.append(time.perf_counter() - t)
+        if x.is_cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            model(x).sum().backward()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000)
+        else:
+            t = time.perf_counter()
+            model(x).sum().backward()
+            times.append(time.perf_counter() - t)
     return statistics.median(times[1:])
+
+
+def _peak_rss_gb() -> float:
+    """The process's peak resident memory so far, in GB (ru_maxrss: KB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**30 if sys.platform == "darwin" else 2**20)
 
 
 def _dense_like(graph, alive, plan):
@@ -43,16 +66,23 @@ def _dense_like(graph, alive, plan):
 
 
 def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", help="comma-separated names of the cases (default all)")
+    device_argument(p)
+    args = p.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
-    print("fwd+bwd step times in seconds, 1 thread; cr/ca against the dense network of the "
-          "same widths")
+    print(f"fwd+bwd step times in seconds on {args.device} (1 CPU thread); cr/ca against the dense "
+          f"network of the same widths")
     print(f"{'model':26s} {'plan s':>7s} {'rewrite s':>9s} {'step s':>7s} {'nr α':>6s} {'nr/orig':>7s} "
-          f"{'cr α':>6s} {'cr/dense':>8s} {'ca α':>6s} {'ca/dense':>8s}")
+          f"{'cr α':>6s} {'cr/dense':>8s} {'ca α':>6s} {'ca/dense':>8s} {'peak GB':>7s}")
     ratios = {"nr": [], "cr": [], "ca": []}
+    wanted = set(args.models.split(",")) if args.models else None
     for name, factory, shape in CASES:
-        model = factory().eval()
-        x = torch.randn(shape)
+        if wanted is not None and name not in wanted:
+            continue
+        model = factory().eval().to(args.device)
+        x = torch.randn(shape, device=args.device)
         graph = fxs.analyze(model, x[:1])
         kill(graph)
         alive = fxs.liveliness(graph)
@@ -71,7 +101,7 @@ def main() -> None:
             dense = _step_time(_dense_like(graph, alive, p), x)
             ratios[scheme].append(_step_time(fxs.rewrite(graph, p).module, x) / dense)
             row += f" {p.alpha:6.3f} {ratios[scheme][-1]:8.2f}"
-        print(row, flush=True)
+        print(row + f" {_peak_rss_gb():7.2f}", flush=True)
     print(f"\nmedians: nr step {statistics.median(ratios['nr']):.2f}x the original's at the same FLOP "
           f"budget; cr {statistics.median(ratios['cr']):.2f}x dense (target <= 0.75 at α near 2); "
           f"ca {statistics.median(ratios['ca']):.2f}x dense (target <= 1.15)")

@@ -226,3 +226,47 @@ def test_aten_rules_live_in_the_op_table():
     assert TABLE.function_rule(aten.conv2d.default) is not None
     assert TABLE.function_rule(aten.batch_norm.default).mode_argument == ("training", 5)
     assert TABLE.function_rule(aten.nonzero.default) is None        # unknown: opaque
+
+
+def test_neural_rejuvenation_and_demp_train_an_exported_model():
+    """The optimizer wrappers take an exported model unchanged: an event keeps the function,
+    and training goes on in train mode (batch statistics) through the rewritten graph."""
+    model, (x, _) = _hf("resnet")
+    model = model.double()
+    randomise_norms(model)
+    x = x.double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    nr = fxs.NeuralRejuvenation(model, x, opt, threshold=0.9)
+    assert nr.graph.frontend == "export"
+    net = nr.model
+
+    def step(wrapper):
+        net.train()
+        opt.zero_grad()
+        _leaves(net(x))[0].square().mean().backward()
+        wrapper.step()
+
+    step(nr)
+    kill(nr.graph, 0.5)
+    net.eval()
+    with torch.no_grad():
+        before = net(x)
+    assert nr.check() is not None
+    with torch.no_grad():
+        assert _same(before, net(x))
+    step(nr)
+
+    model, (x, _) = _hf("vit")
+    model, x = model.double().eval(), x.double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    demp = fxs.DemP(model, x, opt, [x], total_steps=4, prune_every=2, reg_peak=0.0, noise_peak=0.0)
+    _kill_outputs(demp.graph, 0.5)
+    net = demp.model
+    with torch.no_grad():
+        before = net(x)
+    step(demp)
+    step(demp)
+    assert demp.prunings
+    net.eval()
+    with torch.no_grad():
+        assert _same(before, net(x))

@@ -395,11 +395,13 @@ class Walk(fx.Interpreter):
     def _resolve_attrs(self) -> None:
         """Turn get_attr tensors that were coupled element by element into axis refs."""
         explicit = {r.param for r in self.out.axes}
+        uf = self.tags.uf
+        members = np.bincount(uf.find(np.arange(uf.size)), minlength=uf.size)   # per class root
         for name, t in self.attr_tags.items():
             if name in explicit or t.dim() == 0:
                 continue
-            roots = self.tags.uf.find(t.numpy())
-            coupled = roots != t.numpy()
+            roots = uf.find(t.numpy())
+            coupled = members[roots] > 1     # (an attribute read first may be its class's root)
             if not coupled.any():
                 continue
             axes = [a for a in range(t.dim()) if t.shape[a] > 1 and all(

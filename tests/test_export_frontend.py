@@ -270,3 +270,20 @@ def test_neural_rejuvenation_and_demp_train_an_exported_model():
     net.eval()
     with torch.no_grad():
         assert _same(before, net(x))
+
+
+def test_a_parameter_read_before_its_channels_exist_is_resized_with_them():
+    """An exported graph reads every parameter first, so a per-channel one (a layer scale)
+    holds the oldest identity of each class it is coupled into: it is still its channels'."""
+    class LayerScale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+            self.gamma = nn.Parameter(torch.rand(8) + 0.5)
+            self.head = nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return self.head(self.bn(self.conv(x)).relu() * self.gamma.view(1, -1, 1, 1))
+
+    graph, done = exact(LayerScale(), torch.randn(2, 3, 8, 8), torch.randn(1, 3, 12, 12))
+    assert done["prune"].gamma.shape[0] < 8

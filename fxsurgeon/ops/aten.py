@@ -116,6 +116,9 @@ def register_aten(table: OpTable) -> None:
     each([aten.view, aten.reshape, aten._unsafe_view],
          Reshape(tag_function=aten.reshape.default, follow_sizes=True))
     table.register(aten.expand.default, Reshape(follow_sizes=True))
+    table.register(aten.reshape_as.default, Move(shape_only=True))
+    table.register(aten.view_as.default, Move(shape_only=True, tag_function=aten.reshape_as.default))
+    table.register(aten.expand_as.default, Move(shape_only=True))
     each([aten.cat, aten.concat, aten.concatenate], Concat())
     table.register(aten.chunk.default, Chunk())
     each([aten.split, aten.split_with_sizes, aten.unsafe_split], Split())

@@ -287,3 +287,22 @@ def test_a_parameter_read_before_its_channels_exist_is_resized_with_them():
 
     graph, done = exact(LayerScale(), torch.randn(2, 3, 8, 8), torch.randn(1, 3, 12, 12))
     assert done["prune"].gamma.shape[0] < 8
+
+
+def test_cli_and_saved_surgery_take_the_export_front_end(tmp_path, capsys):
+    from fxsurgeon.cli import main
+    assert main(["inspect", "torchvision:resnet18", "--frontend", "export",
+                 "--input-shape", "1,3,64,64"]) == 0
+    assert "11,689,512" in capsys.readouterr().out
+    model, (x, other) = _hf("resnet")
+    model = model.double().eval()
+    randomise_norms(model)
+    x, other = x.double(), other.double()
+    graph = fxs.analyze(model, x)
+    kill(graph, 0.3)
+    surgery = fxs.rewrite(graph, fxs.plan(graph, fxs.liveliness(graph), target=None, scheme="prune"))
+    fxs.save(graph, surgery, tmp_path / "net.pt")
+    fresh, _ = _hf("resnet")
+    loaded = fxs.load(tmp_path / "net.pt", model=fresh.double().eval())
+    with torch.no_grad():
+        assert _same(surgery.module(other), loaded(other))

@@ -13,6 +13,7 @@ architecture family (the smallest), or every model with ``--full``.
     python bench/coverage.py --source video --jobs 1
     python bench/coverage.py --only resnet,vit      # models whose name contains a pattern
     python bench/coverage.py --full                 # every timm model (many hours)
+    python bench/coverage.py --frontend export --only levit --out docs/coverage-export.md
     python bench/coverage.py --resume               # go on where an interrupted sweep stopped
     python bench/coverage.py --families             # recompute tests/coverage_check.TIMM_FAMILIES
 """
@@ -36,13 +37,15 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # this checkout's fxsurgeon, an
 import coverage_check  # noqa: E402 - importable only now
 from coverage_check import SCHEMES, SOURCES  # noqa: E402
 
+from fxsurgeon.graph import FRONTENDS  # noqa: E402
+
 
 def _worker(spec: str, args) -> None:
     """Check one model (``source:name``) and print its record as the last line."""
     import torch
     torch.set_num_threads(int(os.environ.get("COVERAGE_THREADS", "1")))
     source, name = spec.split(":", 1)
-    record = coverage_check.check(source, name, args.max_params, args.device)
+    record = coverage_check.check(source, name, args.max_params, args.device, args.frontend)
     record["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     print(json.dumps(record))
 
@@ -51,7 +54,7 @@ def _run(spec: str, args) -> dict:
     """One model's record from a fresh process; a crash or timeout becomes the record."""
     source, name = spec.split(":", 1)
     cmd = [sys.executable, __file__, "--worker", spec, "--max-params", str(args.max_params),
-           "--device", args.device]
+           "--device", args.device, "--frontend", args.frontend]
     env = dict(os.environ, COVERAGE_THREADS=str(max(1, (os.cpu_count() or 1) // args.jobs)))
     start = time.perf_counter()
     try:
@@ -111,6 +114,9 @@ def markdown(records: list[dict]) -> str:
         f"Of the {len(traced)} traced models, {counts['refused']} "
         f"({counts['refused'] / max(1, len(traced)):.1%}) refuse some scheme (and nothing worse); "
         f"{counts['CRASH']} crash and {counts['CHANGED']} change the function silently.",
+        *(["Front ends: " + ", ".join(f"{n} traced by torch.{f}" for f, n in sorted(
+            Counter(r["frontend"] for r in traced if "frontend" in r).items())) + "."]
+          if any("frontend" in r for r in traced) else []),
         "",
         "| scheme | " + " | ".join(kinds) + " |",
         "|---" * (1 + len(kinds)) + "|",
@@ -143,6 +149,8 @@ def main() -> None:
     parser.add_argument("--max-params", type=int, default=coverage_check.MAX_PARAMS,
                         help="skip bigger models (default %(default)s)")
     parser.add_argument("--device", default="cpu", help="where the models run (default cpu)")
+    parser.add_argument("--frontend", default="auto", choices=FRONTENDS,
+                        help="how models are traced: fx, export, or auto (fx, else export)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "coverage.md"),
                         help="the table; the records go beside it as .json")
     parser.add_argument("--resume", action="store_true",

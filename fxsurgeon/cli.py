@@ -121,7 +121,8 @@ def inspect(args) -> None:
     for flag, path in outputs.items():
         check_file(path, f"--{flag}")
     model, shape = load_model(args.model, args.num_classes)
-    graph = analyze(model, torch.randn(args.input_shape or shape), leaf_modules=args.leaf)
+    graph = analyze(model, torch.randn(args.input_shape or shape), leaf_modules=args.leaf,
+                    frontend=args.frontend)
     print(graph.summary())
     for path in outputs.values():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -145,7 +146,7 @@ def _planned(args):
     model, shape = load_model(args.model, args.num_classes)
     if args.checkpoint:
         load_weights(model, args.checkpoint)
-    graph = analyze(model.eval(), torch.randn(args.input_shape or shape))
+    graph = analyze(model.eval(), torch.randn(args.input_shape or shape), frontend=args.frontend)
     return graph, liveliness(graph, args.threshold)
 
 
@@ -291,11 +292,15 @@ def _training_arguments(p: argparse.ArgumentParser, cfg: dict, out: str, default
 
 
 def _model_arguments(p: argparse.ArgumentParser) -> None:
+    from .graph import FRONTENDS
+
     p.add_argument("model", help="zoo:NAME, torchvision:NAME, timm:NAME or package.module:factory "
                    "(imports and runs that code)")
     p.add_argument("--input-shape", type=_shape, help="example input shape, e.g. 1,3,224,224 "
                    "(default: the model's usual one)")
     p.add_argument("--num-classes", type=_count, help="passed to the model factory")
+    p.add_argument("--frontend", choices=FRONTENDS, default="auto",
+                   help="how the model is traced: torch.fx, torch.export, or auto (fx, else export)")
 
 
 def parser() -> argparse.ArgumentParser:

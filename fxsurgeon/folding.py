@@ -205,14 +205,16 @@ def _attach_map(module: fx.GraphModule, node: fx.Node, source: fx.Node, folded: 
 def restore_fold(module: fx.GraphModule, node_name: str, spec: dict) -> None:
     """Add back a fold that :func:`fold_constants` recorded (zeros: the weights load over them)."""
     nodes = {n.name: n for n in module.graph.nodes}
+    like = next(module.parameters(), torch.zeros(()))      # the network's dtype and device
+    zeros = (lambda shape: torch.zeros(shape, dtype=like.dtype, device=like.device))
     if spec["kind"] == "constant":
-        _attach_constant(module, nodes[node_name], torch.zeros(spec["shape"]), spec["name"])
+        _attach_constant(module, nodes[node_name], zeros(spec["shape"]), spec["name"])
         return
     chain = _chain(module, [nodes[n] for n in spec["chain"]])
     consumer = nodes[node_name]
     layer = TABLE.lookup(consumer, dict(module.named_modules())).restricted(
-        consumer, module, torch.zeros(spec["weight"]))
-    folded = FoldedConstant(torch.zeros(spec["shape"]), layer, chain)
+        consumer, module, zeros(spec["weight"]))
+    folded = FoldedConstant(zeros(spec["shape"]), layer, chain)
     _attach_map(module, consumer, nodes[spec["source"]], folded, spec["chain"], spec["weight"], spec["name"])
 
 

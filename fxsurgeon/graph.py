@@ -10,10 +10,11 @@ from torch import fx, nn
 
 from .cost import CostModel
 from .dimension import Dimension, build_dimensions
-from .errors import FxSurgeonError
+from .errors import FxSurgeonError, UntraceableModelError
+from .exported import export_module, layer_names
 from .propagation import propagate
 from .shapes import propagate_shapes
-from .tracing import as_tuple, defaults_beyond, trace
+from .tracing import as_tuple, defaults_beyond, refuse_wrapped, trace
 
 _TOKENS = itertools.count(1)
 
@@ -100,32 +101,42 @@ def _training_flags(model: nn.Module) -> list[tuple[nn.Module, bool]]:
 
 def analyze(model: nn.Module, example_inputs, *, leaf_modules: Iterable[type] = (),
             autowrap_functions: Iterable[Callable] = (),
-            concrete_args: dict | None = None) -> ChannelGraph:
-    """Trace ``model`` with torch.fx and build its :class:`ChannelGraph`.
+            concrete_args: dict | None = None, frontend: str = "auto") -> ChannelGraph:
+    """Trace ``model`` and build its :class:`ChannelGraph`.
 
     ``example_inputs`` is a tensor or a tuple of positional inputs (batch 1 is
     enough; FLOPs are counted for exactly this input). ``leaf_modules`` are module
     types kept opaque (their channels are pinned); ``autowrap_functions`` are free
     functions kept as single calls. The user's model is not modified.
+
+    ``frontend`` says how the model is traced: ``"fx"`` (``torch.fx`` symbolic tracing),
+    ``"export"`` (``torch.export``, non-strict: see :mod:`fxsurgeon.exported`) or
+    ``"auto"``: fx, and export where fx cannot trace the model or run the trace on the
+    example inputs. ``graph.frontend`` says which one did.
     """
     if not isinstance(model, nn.Module):
         raise FxSurgeonError(f"analyze() needs a torch.nn.Module, got {type(model).__name__}")
+    if frontend not in FRONTENDS:
+        raise FxSurgeonError(f"unknown frontend {frontend!r}: use one of {FRONTENDS}")
+    refuse_wrapped(model)
     args = as_tuple(example_inputs)
-    concrete_args = {**defaults_beyond(model, len(args)), **(concrete_args or {})}
-    gm = trace(model, leaf_modules, autowrap_functions, concrete_args or None)
-    flags = _training_flags(gm)
-    gm.eval()
-    try:
-        propagate_shapes(gm, args)
-    except Exception as exc:
-        raise FxSurgeonError(f"the traced model failed on the example inputs "
-                             f"{[tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]}: "
-                             f"{type(exc).__name__}: {exc}") from exc
-    finally:
-        for m, t in flags:
-            m.training = t
+    if frontend == "export":
+        gm = _exported(model, args, leaf_modules, autowrap_functions, concrete_args)
+    else:
+        try:
+            gm = _traced(model, args, leaf_modules, autowrap_functions, concrete_args)
+        except FxSurgeonError as exc:
+            if frontend == "fx" or isinstance(model, fx.GraphModule):
+                raise
+            try:
+                gm = _exported(model, args)
+            except UntraceableModelError as second:
+                raise UntraceableModelError(f"{exc}\n{second}") from exc
+    names = _node_names(gm)
+    if gm.meta.get(_FRONTEND) == "export":
+        names.update(layer_names(gm))
     prop = propagate(gm, args, model)
-    dims, dim_of_root, chan_of_root = build_dimensions(prop, _node_names(gm))
+    dims, dim_of_root, chan_of_root = build_dimensions(prop, names)
     offsets = np.concatenate([[0], np.cumsum([d.width for d in dims])]).astype(np.int64)
 
     def lookup(tags: np.ndarray) -> np.ndarray:
@@ -135,4 +146,46 @@ def analyze(model: nn.Module, example_inputs, *, leaf_modules: Iterable[type] = 
 
     cost = CostModel(prop.terms, lookup, [d.width for d in dims], [d.name for d in dims],
                      frozenset(prop.blockwise))
-    return ChannelGraph(gm, dims, cost, args, prop, lookup, model)
+    graph = ChannelGraph(gm, dims, cost, args, prop, lookup, model)
+    graph.frontend = gm.meta.get(_FRONTEND, "fx")
+    return graph
+
+
+#: how :func:`analyze` may trace a model
+FRONTENDS = ("auto", "fx", "export")
+#: the GraphModule's meta key that says which front end made it
+_FRONTEND = "fxs_frontend"
+
+
+def _traced(model, args, leaf_modules=(), autowrap_functions=(), concrete_args=None) -> fx.GraphModule:
+    """``model`` symbolically traced, with shapes for ``args``."""
+    concrete_args = {**defaults_beyond(model, len(args)), **(concrete_args or {})}
+    gm = trace(model, leaf_modules, autowrap_functions, concrete_args or None)
+    _shapes(gm, args, "traced")
+    return gm
+
+
+def _exported(model, args, leaf_modules=(), autowrap_functions=(), concrete_args=None) -> fx.GraphModule:
+    """``model`` exported, with shapes for ``args``."""
+    if leaf_modules or autowrap_functions or concrete_args:
+        raise FxSurgeonError("leaf_modules, autowrap_functions and concrete_args steer torch.fx "
+                             "tracing; torch.export takes none of them (frontend='export')")
+    gm = export_module(model, args)
+    gm.meta[_FRONTEND] = "export"
+    _shapes(gm, args, "exported")
+    return gm
+
+
+def _shapes(gm: fx.GraphModule, args: tuple, how: str) -> None:
+    """Annotate ``gm`` with shapes for ``args``, in eval mode (its flags restored after)."""
+    flags = _training_flags(gm)
+    gm.eval()
+    try:
+        propagate_shapes(gm, args)
+    except Exception as exc:
+        raise FxSurgeonError(f"the {how} model failed on the example inputs "
+                             f"{[tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]}: "
+                             f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        for m, t in flags:
+            m.training = t

@@ -106,6 +106,8 @@ class Propagation:
     #: partitioned layers: node -> (output identities, their generations, input identities,
     #: their generations or -1 for fixed)
     generations: dict[str, tuple[np.ndarray, ...]] = field(default_factory=dict)
+    #: literal sizes that follow a channel axis (node, index in its size list, its channels)
+    sizes: list[tuple[str, int, np.ndarray]] = field(default_factory=list)
 
 
 def tensor_names(module: nn.Module) -> tuple[dict[str, str], dict[str, list[str]]]:
@@ -393,11 +395,13 @@ class Walk(fx.Interpreter):
     def _resolve_attrs(self) -> None:
         """Turn get_attr tensors that were coupled element by element into axis refs."""
         explicit = {r.param for r in self.out.axes}
+        uf = self.tags.uf
+        members = np.bincount(uf.find(np.arange(uf.size)), minlength=uf.size)   # per class root
         for name, t in self.attr_tags.items():
             if name in explicit or t.dim() == 0:
                 continue
-            roots = self.tags.uf.find(t.numpy())
-            coupled = roots != t.numpy()
+            roots = uf.find(t.numpy())
+            coupled = members[roots] > 1     # (an attribute read first may be its class's root)
             if not coupled.any():
                 continue
             axes = [a for a in range(t.dim()) if t.shape[a] > 1 and all(
@@ -433,11 +437,14 @@ class Walk(fx.Interpreter):
 
 
 _MISSING = object()
+#: how an exported graph reads one axis's size
+_SYM_SIZE = torch.ops.aten.sym_size.int
 
 
 def _size_read(n: fx.Node) -> tuple[fx.Node, int] | None:
     """``(tensor, axis)`` when ``n`` reads one axis's size: ``t.shape[k]``, ``t.size(k)``."""
-    if n.op == "call_method" and n.target == "size" and len(n.args) == 2 and isinstance(n.args[1], int):
+    if (n.op == "call_method" and n.target == "size" or n.op == "call_function" and n.target is _SYM_SIZE) \
+            and len(n.args) == 2 and isinstance(n.args[1], int):
         return n.args[0], n.args[1]
     if n.op == "call_function" and n.target is operator.getitem and isinstance(n.args[1], int):
         shape = n.args[0]

@@ -128,6 +128,15 @@ def _sync_attributes(module: fx.GraphModule, old: nn.Module) -> None:
     module.recompile()
 
 
+def _sync_sizes(module: fx.GraphModule, prop, layout: _Layout) -> None:
+    """Literal sizes that follow a channel axis (an exported graph's reshapes) take its new width."""
+    modules = dict(module.named_modules())
+    nodes = {n.name: n for n in module.graph.nodes}
+    for name, index, tags in prop.sizes:
+        TABLE.lookup(nodes[name], modules).set_size(nodes[name], index, layout.new_size(tags))
+    module.recompile()
+
+
 def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: int = 0,
             fold: bool = True, rescale: bool | str = False, gamma0: float = 1.0,
             check: bool = True) -> Surgery:
@@ -208,6 +217,7 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
         if shape != list(t.shape):
             _set_tensor(new, prop.aliases.get(name, [name]), t.new_zeros(shape))
     _sync_attributes(new, old)
+    _sync_sizes(new, prop, layout)
     # 2. where each channel now sits: propagate again with the identities each producer emits
     propagate_shapes(new, graph.example_inputs)
     new_prop = propagate(new, graph.example_inputs, new, dataclasses.replace(prop, uf=layout.uf),

@@ -97,16 +97,21 @@ def _hint(cls: type) -> str:
             f"with data-dependent control flow.")
 
 
+def refuse_wrapped(model: nn.Module) -> None:
+    """Raise :class:`UntraceableModelError` for a model wrapped for data parallelism."""
+    if isinstance(model, _WRAPPERS):
+        raise UntraceableModelError(
+            f"the model is wrapped in {type(model).__name__}: pass the model itself (its .module); "
+            f"fxsurgeon's training wrappers build DistributedDataParallel themselves (ddp=True)")
+
+
 def trace(model: nn.Module, leaf_modules: Iterable[type] = (),
           autowrap_functions: Iterable[Callable] = (),
           concrete_args: dict | None = None) -> fx.GraphModule:
     """Trace ``model`` into a GraphModule, or raise :class:`UntraceableModelError`."""
     if isinstance(model, fx.GraphModule):
         return model
-    if isinstance(model, _WRAPPERS):
-        raise UntraceableModelError(
-            f"the model is wrapped in {type(model).__name__}: pass the model itself (its .module); "
-            f"fxsurgeon's training wrappers build DistributedDataParallel themselves (ddp=True)")
+    refuse_wrapped(model)
     tracer = _Tracer(list(leaf_modules), list(autowrap_functions))
     try:
         graph = tracer.trace(model, concrete_args=concrete_args)

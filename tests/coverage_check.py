@@ -211,11 +211,11 @@ def _scheme(graph, alive, scheme: str, x, y0, record: dict) -> str:
     return "same"
 
 
-def _analyse(model, x, record: dict):
-    """The channel graph, with ``traced`` and ``analysed`` filled in (None if none)."""
+def _analyse(model, x, record: dict, frontend: str = "auto"):
+    """The channel graph, with ``traced``, ``frontend`` and ``analysed`` filled in (None if none)."""
     try:
-        graph = fxs.analyze(model, x)
-        record["traced"] = True
+        graph = fxs.analyze(model, x, frontend=frontend)
+        record.update(traced=True, frontend=graph.frontend)
     except fxs.UntraceableModelError as err:
         record.update(traced=False, untraceable=_first_line(err))
         return None
@@ -231,12 +231,14 @@ def _analyse(model, x, record: dict):
     return graph
 
 
-def check(source: str, name: str, max_params: int = MAX_PARAMS, device: str = "cpu") -> dict:
+def check(source: str, name: str, max_params: int = MAX_PARAMS, device: str = "cpu",
+          frontend: str = "auto") -> dict:
     """Analyse one model and run every scheme on it; the record says what happened.
 
     Keys: ``model``, ``source``, ``params``, ``input``, ``seconds``; ``skipped`` (why:
     too big, or in :data:`SKIP`); ``traced`` (True or False) and ``untraceable`` (the
-    tracer's message); ``target`` (the growing schemes' budget: 1.0, or :data:`GROWTH`
+    tracer's message); ``frontend`` (``fx`` or ``export``: which one traced it, as
+    ``analyze(frontend=frontend)`` chose); ``target`` (the growing schemes' budget: 1.0, or :data:`GROWTH`
     where nothing died); ``analysed`` (``exact``, ``WRONG
     COUNT: ...``, ``refused: ...`` or ``CRASH ...``); ``free`` (channels in free
     dimensions), ``judged`` (of those, the ones liveliness can judge: a BatchNorm γ
@@ -251,13 +253,13 @@ def check(source: str, name: str, max_params: int = MAX_PARAMS, device: str = "c
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            _check(source, name, max_params, device, record)
+            _check(source, name, max_params, device, record, frontend)
     finally:
         record["seconds"] = round(time.perf_counter() - start, 1)
     return record
 
 
-def _check(source: str, name: str, max_params: int, device: str, record: dict) -> None:
+def _check(source: str, name: str, max_params: int, device: str, record: dict, frontend: str) -> None:
     with torch.device("meta"):
         record["params"] = sum(p.numel() for p in _factory(source, name)().parameters())
     if record["params"] > max_params:
@@ -268,7 +270,7 @@ def _check(source: str, name: str, max_params: int, device: str, record: dict) -
         return
     model, x = build(source, name, device)
     record["input"] = list(x.shape)
-    graph = _analyse(model, x, record)
+    graph = _analyse(model, x, record, frontend)
     if graph is None:
         return
     kill(graph, 0.3)

@@ -48,8 +48,11 @@ class Unregistered(Kernel):
 
 
 def test_an_unknown_layer_fx_cannot_trace_names_itself():
+    """... and torch.export, which the default front end falls back to, takes it."""
+    model, x = nn.Sequential(Unregistered(3, 4)), torch.randn(1, 3, 8, 8)
     with pytest.raises(fxs.UntraceableModelError, match="Unregistered"):
-        fxs.analyze(nn.Sequential(Unregistered(3, 4)), torch.randn(1, 3, 8, 8))
+        fxs.analyze(model, x, frontend="fx")
+    assert fxs.analyze(model, x).frontend == "export"
 
 
 def test_a_registered_layer_is_analysed_planned_and_rewritten_like_a_builtin():

@@ -78,7 +78,7 @@ def produce(walk, node: fx.Node, x, weight: WeightSource, bias: WeightSource | N
         if depthwise:
             walk.flops(node, spatial * kernel * (len(vout) // groups), (vin, 1))
         else:
-            walk.flops(node, spatial * kernel / groups, (vin, 1), (vout, 1))
+            walk.flops(node, spatial * kernel / groups * (n_in if vin is None else 1), (vin, 1), (vout, 1))
     else:
         spatial = prod(y.shape) // y.shape[axis]
         ins = None if depthwise else vin
@@ -259,6 +259,46 @@ class Embedding(Rule):
 
     def sync(self, module, old):
         module.num_embeddings, module.embedding_dim = module.weight.shape
+
+
+class FunctionalEmbedding(Rule):
+    """``embedding(weight, indices)`` (ATen's argument order): fresh channels along the last
+    axis, from the columns of a weight read as an attribute."""
+
+    def propagate(self, walk, node, args, kwargs):
+        w = node.args[0]
+        if not (isinstance(w, fx.Node) and w.op == "get_attr"):
+            return walk.opaque(node, args, kwargs, reason=f"{walk.describe(node)} computes its table")
+        y = tensors_in(walk.real(node))[0]
+        out = walk.fresh(y.shape, -1, node)
+        walk.ref(w.target, 1, walk.tags.axis_vector(out, -1), "out", node, init="he")
+        return walk.produced(node, out, -1)
+
+    def weights(self, walk, node):
+        w = node.args[0]
+        return [w] if isinstance(w, fx.Node) and w.op == "get_attr" else []
+
+
+class Addmm(Rule):
+    """``addmm(bias, x, W)``: a linear layer whose weight is laid out ``(in, out)``
+    (HuggingFace's ``Conv1D``), with a bias of one entry per output."""
+
+    measure_macs = True
+
+    def propagate(self, walk, node, args, kwargs):
+        bnode, xnode, wnode = node.args[:3]
+        plain = node.kwargs.get("beta", 1) == 1 and node.kwargs.get("alpha", 1) == 1
+        if not (plain and isinstance(wnode, fx.Node) and wnode in walk.const
+                and isinstance(bnode, fx.Node) and bnode in walk.const and walk.real(bnode).dim() == 1):
+            return walk.opaque(node, args, kwargs, reason=f"{walk.describe(node)} is not a linear layer "
+                                                          f"with a weight and a bias of parameters")
+        weight = walk.weight_source(wnode, (1, 0))
+        return produce(walk, node, walk.env[xnode], weight, walk.weight_source(bnode, (0,)),
+                       tuple(walk.real(wnode).shape), 1, True, True, xnode,
+                       None if weight.direct else wnode)
+
+    def weights(self, walk, node):
+        return [a for a in (node.args[0], node.args[2]) if isinstance(a, fx.Node) and a in walk.const]
 
 
 class Matmul(Rule):

@@ -19,12 +19,13 @@ class Move(Rule):
     """Runs on the tag tensor itself: identities move exactly as values do.
 
     ``shape_only`` ops (``expand_as``, ``view_as``) take a second tensor for its shape
-    only; ``tag_method`` names the method to run on tags instead (tag tensors are often
-    expanded views: ``view`` becomes ``reshape``)."""
+    only; ``tag_method`` names the method to run on tags instead, ``tag_function`` the
+    function (tag tensors are often expanded views: ``view`` becomes ``reshape``)."""
 
-    def __init__(self, shape_only: bool = False, tag_method: str | None = None):
+    def __init__(self, shape_only: bool = False, tag_method: str | None = None, tag_function=None):
         self.shape_only = shape_only
         self.tag_method = tag_method
+        self.tag_function = tag_function
 
     def propagate(self, walk, node, args, kwargs):
         if not self.shape_only and tensors_in((args[1:], kwargs)):
@@ -45,7 +46,7 @@ class Move(Rule):
 
     def _run(self, walk, node, args, kwargs):
         if node.op == "call_function":
-            fn = node.target
+            fn = self.tag_function or node.target
         elif node.op == "call_module":
             fn = walk.submodule(node)
         else:
@@ -62,7 +63,16 @@ class Move(Rule):
 
 class Reshape(Move):
     """``view``/``reshape``: a channel axis whose new sizes are all literals is pinned;
-    literal factors of a size-derived reshape become a multiple."""
+    literal factors of a size-derived reshape become a multiple.
+
+    ``follow_sizes`` (an exported graph, where every size is a literal): a literal size
+    of an axis that holds a channel axis of the input whole is recorded instead, and a
+    rewrite sets it to the axis's new width (:meth:`set_size`)."""
+
+    def __init__(self, shape_only: bool = False, tag_method: str | None = None, tag_function=None,
+                 follow_sizes: bool = False):
+        super().__init__(shape_only, tag_method, tag_function)
+        self.follow_sizes = follow_sizes
 
     def check(self, walk, node, x, out, args, kwargs):
         raw = node.args[1:]
@@ -73,6 +83,11 @@ class Reshape(Move):
         tags = walk.tags
         carrying = [k for k in range(out.dim()) if tags.carries(out, k)]
         literal = [k for k in carrying if isinstance(raw[k], int) and raw[k] != -1]
+        if self.follow_sizes:
+            for k in [k for k in literal if _whole(tags, x, out, k)]:
+                walk.out.sizes.append((node.name, k, tags.axis_vector(out, k)))
+                literal.remove(k)
+                carrying.remove(k)
         if carrying and len(literal) == len(carrying):
             walk.pin(x, f"constant reshape size at {walk.describe(node)}")
         elif literal:
@@ -89,6 +104,21 @@ class Reshape(Move):
                     why = f"reshape to the channel count of {walk.describe(other)} at {walk.describe(node)}"
                     walk.pin(theirs, why)
                     walk.pin(x, why)
+
+    def set_size(self, node, index: int, width: int) -> None:
+        """Set the literal size at ``index`` of ``node``'s size list (recorded by
+        :meth:`check`) to ``width``."""
+        sizes = list(node.args[1])
+        sizes[index] = width
+        node.update_arg(1, sizes)
+
+
+def _whole(tags, x, out, k: int) -> bool:
+    """Whether axis ``k`` of ``out`` holds the channels of one axis of ``x``, all of them, in order."""
+    vec = tags.axis_vector(out, k)
+    return vec is not None and any(
+        tags.carries(x, j) and np.array_equal(tags.axis_vector(x, j), vec) for j in range(x.dim())
+        if x.shape[j] == len(vec))
 
 
 class Squeeze(Move):
@@ -167,14 +197,20 @@ class Select(Move):
 
 
 class Pad(Move):
-    """Padding: positively homogeneous only when it pads with zeros."""
+    """Padding: positively homogeneous only when it pads with zeros (``value_at``: the
+    position of the fill value among a function's arguments)."""
 
     channelwise = True
+
+    def __init__(self, value_at: int = 3):
+        super().__init__()
+        self.value_at = value_at
 
     def homogeneous(self, node, module) -> bool:
         if module is not None:
             return getattr(module, "value", 0) == 0
-        value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value", 0)
+        at = self.value_at
+        value = node.args[at] if len(node.args) > at else node.kwargs.get("value", 0)
         return not value
 
 

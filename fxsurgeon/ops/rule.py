@@ -15,7 +15,9 @@ names of its own:
 - **rewriting** (:meth:`sync`, :meth:`restricted`, :attr:`channelwise`): how a module's
   constructor attributes follow its resized tensors, and how removed constant inputs are
   folded into it;
-- **tracing** (:attr:`leaf`): a module type with a rule is traced as one call.
+- **tracing** (:attr:`leaf`): a module type with a rule is traced as one call;
+  (:attr:`mode_argument`): the argument of a function that says whether it runs in
+  training mode, which the torch.export front end ties to the module's ``training`` flag.
 
 Rules are registered in the op table (:mod:`fxsurgeon.ops.table`); users add their own
 with :func:`fxsurgeon.register_op`.
@@ -44,6 +46,10 @@ class Rule:
     #: folding: the op acts on each channel on its own, the same way (an activation,
     #: pooling, spatial padding), so it can be replayed on removed channels alone
     channelwise = False
+    #: tracing: ``(name, position)`` of the argument saying whether the op runs in training
+    #: mode (``aten.batch_norm``'s ``training``); an exported graph reads it from the
+    #: module's ``training`` flag, so ``train()`` and ``eval()`` switch it
+    mode_argument: tuple[str, int] | None = None
 
     def propagate(self, walk, node: fx.Node, args: tuple, kwargs: dict):
         """The tag value of ``node`` given the tag values of its arguments.

@@ -1,0 +1,151 @@
+"""The rules of the ATen ops that ``torch.export`` graphs call (see :mod:`fxsurgeon.exported`).
+
+An exported graph calls ``torch.ops.aten`` overloads with parameters read as attributes
+under the user's module names, much as a symbolic trace calls functional layers
+(``F.conv2d(x, self.weight)``): most overloads take the rule of the torch function they
+mirror, with the same argument names. What differs: ``view``/``reshape``/``expand`` sizes
+are literals, so the ones that keep a channel axis whole follow its width on a rewrite;
+``slice``/``select`` index by ``dim``; ``addmm`` and ``embedding`` lay their weights out
+their own way; ``batch_norm`` and ``dropout`` say whether they train. An overload
+without a rule here is opaque, like any op fxsurgeon does not know.
+"""
+from __future__ import annotations
+
+import torch
+from torch import fx
+
+from ..tags import prod
+from .elementwise import Carry, Couple
+from .layers import Addmm, FunctionalEmbedding, FunctionalLayer, Matmul
+from .movement import Chunk, Concat, Move, Pad, Reshape, Spatial, Squeeze
+from .norms import Norm
+from .reductions import Reduce, Softmax
+from .rule import Rule
+from .table import OpTable
+
+aten = torch.ops.aten
+
+
+def _overloads(*packets) -> list:
+    """Every overload of each op packet (``aten.add`` -> ``aten.add.Tensor``, ...)."""
+    return [getattr(p, name) for p in packets for name in p.overloads()]
+
+
+def _with_mode(rule: Rule, name: str, position: int) -> Rule:
+    rule.mode_argument = (name, position)
+    return rule
+
+
+class Split(Move):
+    """``split``/``split_with_sizes``/``unsafe_split`` (sizes at position 1, ``dim`` at 2): an
+    exported graph's sizes are literals, so a channel axis it cuts is pinned."""
+
+    def check(self, walk, node, x, out, args, kwargs):
+        dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+        if walk.tags.carries(x, dim % x.dim()):
+            walk.pin(x, f"constant split sizes on a channel axis at {walk.describe(node)}")
+
+
+class Slice(Move):
+    """``slice(x, dim, start, end, step)``, ``select(x, dim, index)``, ``narrow(x, dim, start,
+    length)``: a cut of a channel axis by literal bounds pins it, by computed bounds cuts it
+    by position; a slice over the whole axis is no cut."""
+
+    def check(self, walk, node, x, out, args, kwargs):
+        dim = (node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)) % x.dim()
+        if not walk.tags.carries(x, dim) or out.dim() == x.dim() and out.shape[dim] == x.shape[dim] \
+                and _whole_slice(node, x.shape[dim]):
+            return
+        bounds = [a for a in node.args[2:] if a is not None]
+        if all(isinstance(b, int) for b in bounds):
+            walk.pin(x, f"constant slice of a channel axis at {walk.describe(node)}")
+        else:
+            walk.out.position_splits.append(walk.tags.unique(x))
+
+
+def _whole_slice(node: fx.Node, size: int) -> bool:
+    """Whether a ``slice`` node takes every position of an axis of ``size`` (of any size)."""
+    if node.target is not aten.slice.Tensor:
+        return False
+    start, end, step = (list(node.args[2:5]) + [None, None, None])[:3]
+    return start in (None, 0) and (end is None or isinstance(end, int) and end >= 2 ** 62) \
+        and step in (None, 1)
+
+
+class Attention(Rule):
+    """``scaled_dot_product_attention``: opaque (its heads keep their width), costed as its
+    two matmuls (``q @ kᵀ``, then ``@ v``), which a fused kernel hides from ``FlopCounterMode``."""
+
+    def propagate(self, walk, node, args, kwargs):
+        q, k, v = (walk.real(a) for a in node.args[:3])
+        rows = prod(q.shape[:-1])
+        node.meta["fxs_macs"] = rows * k.shape[-2] * (q.shape[-1] + v.shape[-1])
+        return walk.opaque(node, args, kwargs,
+                           reason=f"attention keeps its heads' width at {walk.describe(node)}")
+
+
+def register_aten(table: OpTable) -> None:
+    """Fill ``table`` with the rules of the ATen overloads exported graphs call."""
+    def each(packets, rule):
+        for overload in _overloads(*packets):
+            table.register(overload, rule)
+
+    each([aten.relu, aten.relu_, aten.leaky_relu, aten.leaky_relu_, aten.clone, aten.contiguous,
+          aten.alias, aten.detach, aten.lift_fresh_copy], Carry(homogeneous=True))
+    each([aten.dropout, aten.feature_dropout], _with_mode(Carry(homogeneous=True), "train", 2))
+    each([aten.alpha_dropout], _with_mode(Carry(), "train", 2))
+    each([aten.to, aten._to_copy, aten.type_as], Carry(homogeneous=True, keeps_dtype=False))
+    each([aten.gelu, aten.gelu_, aten.silu, aten.silu_, aten.sigmoid, aten.sigmoid_, aten.tanh,
+          aten.tanh_, aten.hardswish, aten.hardswish_, aten.hardsigmoid, aten.hardsigmoid_,
+          aten.hardtanh, aten.hardtanh_, aten.relu6, aten.elu, aten.elu_, aten.selu, aten.celu,
+          aten.mish, aten.softplus, aten.exp, aten.sqrt, aten.rsqrt, aten.abs, aten.neg,
+          aten.erf, aten.log, aten.sin, aten.cos, aten.reciprocal, aten.square],
+         Carry())
+    # scalar-only overloads: a tensor bound or exponent is a second operand, opaque
+    for overload in (aten.clamp.default, aten.clamp_.default, aten.clamp_min.default,
+                     aten.clamp_max.default, aten.pow.Tensor_Scalar, aten.clip.default):
+        table.register(overload, Carry())
+    each([aten.add, aten.add_, aten.sub, aten.sub_], Couple("residual"))
+    each([aten.mul, aten.mul_, aten.div, aten.div_, aten.maximum, aten.minimum], Couple("gate"))
+
+    each([aten.permute, aten.transpose, aten.t, aten.flatten, aten.unsqueeze, aten.unflatten,
+          aten.pixel_shuffle, aten.pixel_unshuffle, aten.channel_shuffle, aten.native_channel_shuffle,
+          aten.roll, aten.flip, aten.movedim, aten.swapaxes, aten.unbind, aten.stack, aten.repeat],
+         Move())
+    each([aten.squeeze, aten.squeeze_], Squeeze())
+    each([aten.view, aten.reshape, aten._unsafe_view],
+         Reshape(tag_function=aten.reshape.default, follow_sizes=True))
+    table.register(aten.expand.default, Reshape(follow_sizes=True))
+    table.register(aten.reshape_as.default, Move(shape_only=True))
+    table.register(aten.view_as.default, Move(shape_only=True, tag_function=aten.reshape_as.default))
+    table.register(aten.expand_as.default, Move(shape_only=True))
+    each([aten.cat, aten.concat, aten.concatenate], Concat())
+    table.register(aten.chunk.default, Chunk())
+    each([aten.split, aten.split_with_sizes, aten.unsafe_split], Split())
+    each([aten.slice, aten.select, aten.narrow], Slice())
+    table.register(aten.constant_pad_nd.default, Pad(value_at=2))
+    table.register(aten.pad.default, Pad(value_at=3))
+    each([aten.max_pool1d, aten.max_pool2d, aten.max_pool3d, aten.max_pool2d_with_indices,
+          aten.max_pool3d_with_indices, aten.avg_pool1d, aten.avg_pool2d, aten.avg_pool3d,
+          aten.adaptive_avg_pool1d, aten.adaptive_avg_pool2d, aten.adaptive_avg_pool3d,
+          aten._adaptive_avg_pool2d, aten.adaptive_max_pool1d, aten.adaptive_max_pool2d,
+          aten.adaptive_max_pool3d, aten.upsample_nearest1d, aten.upsample_nearest2d,
+          aten.upsample_nearest3d, aten.upsample_bilinear2d, aten.upsample_linear1d,
+          aten.upsample_bicubic2d, aten.upsample_trilinear3d], Spatial())
+
+    each([aten.mean, aten.sum, aten.amax, aten.amin, aten.var, aten.std, aten.logsumexp], Reduce())
+    each([aten.softmax, aten._softmax, aten.log_softmax, aten._log_softmax], Softmax())
+    table.register(aten.batch_norm.default, _with_mode(Norm("batch"), "training", 5))
+    table.register(aten.instance_norm.default, Norm("batch"))
+    table.register(aten.layer_norm.default, Norm("layer"))
+    table.register(aten.group_norm.default, Norm("group"))
+
+    each([aten.conv1d, aten.conv2d, aten.conv3d], FunctionalLayer())
+    each([aten.conv_transpose1d, aten.conv_transpose2d, aten.conv_transpose3d],
+         FunctionalLayer(transposed=True))
+    table.register(aten.linear.default, FunctionalLayer(linear=True))
+    table.register(aten.addmm.default, Addmm())
+    each([aten.matmul, aten.mm, aten.bmm], Matmul())
+    table.register(aten.embedding.default, FunctionalEmbedding())
+    table.register(aten.scaled_dot_product_attention.default, Attention())
+

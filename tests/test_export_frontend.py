@@ -1,0 +1,308 @@
+"""torch.export as a second front end: the models symbolic tracing cannot take (HuggingFace
+transformers, ultralytics YOLO) analysed exactly and rewritten with the same function.
+
+Each model is built from a small config (nothing is downloaded), in float64: its parameters
+are counted exactly, its multiply-accumulates equal FlopCounterMode's, and ``prune`` and
+``nr`` keep its function, on the example and on inputs of other sizes.
+"""
+import os
+import tempfile
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from test_planner import kill
+from test_rewrite import randomise_norms
+from test_torchvision_zoo import _flop_counter_macs
+from torch import nn
+
+import fxsurgeon as fxs
+from fxsurgeon.ops import TABLE
+
+
+def _hf(name):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    tokens = (torch.randint(0, 100, (2, 12)), torch.randint(0, 100, (3, 7)))
+    images = (torch.randn(2, 3, 32, 32), torch.randn(3, 3, 32, 32))
+    if name == "bert":
+        config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                         num_attention_heads=4, intermediate_size=37,
+                                         max_position_embeddings=64)
+        return transformers.BertModel(config), tokens
+    if name == "gpt2":
+        config = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                         use_cache=False, bos_token_id=0, eos_token_id=0)
+        return transformers.GPT2Model(config), tokens
+    if name == "vit":
+        config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                        num_attention_heads=4, intermediate_size=37)
+        return transformers.ViTModel(config), images
+    if name == "convnext":
+        config = transformers.ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2)
+        return transformers.ConvNextModel(config), (images[0], torch.randn(3, 3, 48, 48))
+    config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                                       layer_type="bottleneck")
+    return transformers.ResNetModel(config), (images[0], torch.randn(3, 3, 48, 48))
+
+
+def _yolo():
+    """YOLOv8n from its yaml, with ultralytics' settings in a temporary folder and offline."""
+    os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp())
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    tasks = pytest.importorskip("ultralytics.nn.tasks")
+    torch.manual_seed(0)
+    return tasks.DetectionModel("yolov8n.yaml", verbose=False), (torch.randn(1, 3, 64, 64),
+                                                                  torch.randn(1, 3, 96, 96))
+
+
+def _fasterrcnn_fpn():
+    model = torchvision.models.get_model("fasterrcnn_mobilenet_v3_large_fpn", weights=None,
+                                         weights_backbone=None)
+    return model.backbone, (torch.randn(2, 3, 96, 96), torch.randn(1, 3, 128, 128))
+
+
+def _leaves(y) -> list:
+    if isinstance(y, torch.Tensor):
+        return [y]
+    if hasattr(y, "to_tuple"):
+        y = y.to_tuple()
+    if isinstance(y, dict):
+        y = list(y.values())
+    return [t for v in y for t in _leaves(v)] if isinstance(y, (list, tuple)) else []
+
+
+def _same(a, b) -> bool:
+    a, b = _leaves(a), _leaves(b)
+    return len(a) == len(b) and all(
+        s.shape == t.shape and float((s - t).abs().max()) <= 1e-9 * max(1.0, float(s.abs().max()))
+        for s, t in zip(a, b, strict=True))
+
+
+def _kill_outputs(graph, fraction: float, seed: int = 0) -> dict:
+    """Make a ``fraction`` of every free dimension's channels dead: their producers' rows
+    and biases at zero, so the activation after them (ReLU, GELU) is zero. Returns the
+    alive masks."""
+    rng = np.random.default_rng(seed)
+    tensors = {**dict(graph.module.named_parameters()), **dict(graph.module.named_buffers())}
+    alive = {}
+    for d in graph.free_dims:
+        dead = rng.random(d.width) < fraction
+        alive[d.name] = ~dead
+        for m in d.members:
+            if m.role in ("out", "param") and m.divisor == 1:
+                with torch.no_grad():
+                    tensors[m.tensor].index_fill_(m.axis, torch.as_tensor(m.positions[dead[m.channels]]), 0)
+    return alive
+
+
+def exact(model, example, other, frontend="export"):
+    """Analyse ``model`` (float64, eval) from its example, check the cost model, make 30 % of
+    its free channels dead (zero γ where a BatchNorm judges them, else zero producers, which
+    DemP's activation test must find dead), then ``prune`` and ``nr``: the same function on ``example`` and on
+    ``other`` (another size). Returns the graph and the two rewritten modules."""
+    model = model.double().eval()
+    randomise_norms(model)
+    double = (lambda t: t.double() if t.is_floating_point() else t)
+    example, other = double(example), double(other)
+    graph = fxs.analyze(model, example, frontend=frontend)
+    assert graph.frontend == frontend
+    assert graph.count("params") == sum(p.numel() for p in model.parameters())
+    assert graph.count("flops") == _flop_counter_macs(model, example)
+    assert graph.free_dims
+    if any(d.scaled for d in graph.free_dims):
+        kill(graph, 0.3)
+        alive = fxs.liveliness(graph)
+    else:       # DemP's test finds them dead (and maybe more, dead on these inputs by chance)
+        alive = _kill_outputs(graph, 0.3)
+        measured = fxs.activation_liveliness(graph, [example, other])
+        assert all((measured[k] <= a).all() for k, a in alive.items())
+    assert any((~a).any() for a in alive.values())
+    with torch.no_grad():
+        before = [model(example), model(other)]
+    done = {}
+    for scheme in ("prune", "nr"):
+        plan = fxs.plan(graph, alive, target=None if scheme == "prune" else 1.0, scheme=scheme)
+        new = fxs.rewrite(graph, plan).module
+        assert sum(p.numel() for p in new.parameters()) == plan.predicted
+        with torch.no_grad():
+            assert _same(before[0], new(example)), scheme
+            assert _same(before[1], new(other)), (scheme, "other input size")
+        done[scheme] = new
+    assert sum(p.numel() for p in done["prune"].parameters()) < graph.count("params")
+    return graph, done
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2", "vit", "convnext", "resnet"])
+def test_huggingface_models_need_export_and_are_exact(name):
+    model, (x, other) = _hf(name)
+    with pytest.raises(fxs.UntraceableModelError):
+        fxs.analyze(model, x, frontend="fx")
+    graph, _ = exact(model, x, other, frontend="export")
+    # the user's layer names, not the ATen calls'
+    assert all(not d.name.startswith(("linear", "conv2d", "addmm")) for d in graph.free_dims)
+
+
+def test_auto_falls_back_to_export_where_fx_fails():
+    model, (x, _) = _hf("resnet")
+    assert fxs.analyze(model, x).frontend == "export"
+    assert fxs.analyze(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64)).frontend == "fx"
+
+
+def test_yolov8n_from_its_yaml():
+    model, (x, other) = _yolo()
+    with pytest.raises(fxs.UntraceableModelError):
+        fxs.analyze(model, x, frontend="fx")
+    exact(model, x, other)
+
+
+def test_fasterrcnn_backbone_with_its_fpn_through_export():
+    model, (x, other) = _fasterrcnn_fpn()
+    exact(model, x, other)
+
+
+def test_a_whole_detector_is_refused_with_both_front_ends_reasons():
+    """Its NMS keeps a data-dependent number of boxes, which neither front end can trace."""
+    model = torchvision.models.get_model("fasterrcnn_mobilenet_v3_large_fpn", weights=None,
+                                         weights_backbone=None).eval()
+    with pytest.raises(fxs.UntraceableModelError, match="(?s)torch.fx cannot trace.*torch.export cannot"):
+        fxs.analyze(model, ([torch.randn(3, 64, 64)],))
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.drop, self.fc = nn.Dropout(0.5), nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x)).relu()
+        return self.fc(self.drop(y.mean((2, 3))))
+
+
+def test_an_exported_graph_trains_and_evaluates_as_the_model_does():
+    """Batch norms and dropout follow train()/eval(): their mode is read from the module."""
+    model, x = _Net().eval(), torch.randn(4, 3, 8, 8)
+    gm = fxs.analyze(model, x, frontend="export").module
+    assert not gm.training
+    assert torch.equal(gm(x), model(x))
+    gm.train()
+    torch.manual_seed(0)
+    got = gm(x)
+    model.train()
+    torch.manual_seed(0)
+    assert torch.equal(got, model(x))
+    assert torch.equal(gm.get_submodule("bn").running_mean, model.bn.running_mean)  # shared, updated
+
+
+def test_literal_sizes_that_keep_a_channel_axis_follow_its_width():
+    """An exported graph's view sizes are literals; the one over a free axis is recorded
+    (and rewritten), not pinned."""
+    class Mlp(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(6, 16), nn.Linear(16, 6)
+
+        def forward(self, x):
+            h = self.fc1(x).relu()
+            return self.fc2(h.view(x.shape[0], 1, h.shape[-1]).view(-1, h.shape[-1]))
+
+    graph, _ = exact(Mlp(), torch.randn(2, 6), torch.randn(3, 6))
+    assert [d.name for d in graph.free_dims] == ["fc1"]
+    assert graph.propagation.sizes
+
+
+def test_bad_front_end_arguments_are_refused():
+    model, x = _Net(), torch.randn(1, 3, 8, 8)
+    with pytest.raises(fxs.FxSurgeonError, match="unknown frontend"):
+        fxs.analyze(model, x, frontend="dynamo")
+    with pytest.raises(fxs.FxSurgeonError, match="torch.export takes none"):
+        fxs.analyze(model, x, frontend="export", leaf_modules=[nn.Conv2d])
+
+
+def test_aten_rules_live_in_the_op_table():
+    aten = torch.ops.aten
+    assert TABLE.function_rule(aten.conv2d.default) is not None
+    assert TABLE.function_rule(aten.batch_norm.default).mode_argument == ("training", 5)
+    assert TABLE.function_rule(aten.nonzero.default) is None        # unknown: opaque
+
+
+def test_neural_rejuvenation_and_demp_train_an_exported_model():
+    """The optimizer wrappers take an exported model unchanged: an event keeps the function,
+    and training goes on in train mode (batch statistics) through the rewritten graph."""
+    model, (x, _) = _hf("resnet")
+    model = model.double()
+    randomise_norms(model)
+    x = x.double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    nr = fxs.NeuralRejuvenation(model, x, opt, threshold=0.9)
+    assert nr.graph.frontend == "export"
+    net = nr.model
+
+    def step(wrapper):
+        net.train()
+        opt.zero_grad()
+        _leaves(net(x))[0].square().mean().backward()
+        wrapper.step()
+
+    step(nr)
+    kill(nr.graph, 0.5)
+    net.eval()
+    with torch.no_grad():
+        before = net(x)
+    assert nr.check() is not None
+    with torch.no_grad():
+        assert _same(before, net(x))
+    step(nr)
+
+    model, (x, _) = _hf("vit")
+    model, x = model.double().eval(), x.double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    demp = fxs.DemP(model, x, opt, [x], total_steps=4, prune_every=2, reg_peak=0.0, noise_peak=0.0)
+    _kill_outputs(demp.graph, 0.5)
+    net = demp.model
+    with torch.no_grad():
+        before = net(x)
+    step(demp)
+    step(demp)
+    assert demp.prunings
+    net.eval()
+    with torch.no_grad():
+        assert _same(before, net(x))
+
+
+def test_a_parameter_read_before_its_channels_exist_is_resized_with_them():
+    """An exported graph reads every parameter first, so a per-channel one (a layer scale)
+    holds the oldest identity of each class it is coupled into: it is still its channels'."""
+    class LayerScale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+            self.gamma = nn.Parameter(torch.rand(8) + 0.5)
+            self.head = nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return self.head(self.bn(self.conv(x)).relu() * self.gamma.view(1, -1, 1, 1))
+
+    graph, done = exact(LayerScale(), torch.randn(2, 3, 8, 8), torch.randn(1, 3, 12, 12))
+    assert done["prune"].gamma.shape[0] < 8
+
+
+def test_cli_and_saved_surgery_take_the_export_front_end(tmp_path, capsys):
+    from fxsurgeon.cli import main
+    assert main(["inspect", "torchvision:resnet18", "--frontend", "export",
+                 "--input-shape", "1,3,64,64"]) == 0
+    assert "11,689,512" in capsys.readouterr().out
+    model, (x, other) = _hf("resnet")
+    model = model.double().eval()
+    randomise_norms(model)
+    x, other = x.double(), other.double()
+    graph = fxs.analyze(model, x)
+    kill(graph, 0.3)
+    surgery = fxs.rewrite(graph, fxs.plan(graph, fxs.liveliness(graph), target=None, scheme="prune"))
+    fxs.save(graph, surgery, tmp_path / "net.pt")
+    fresh, _ = _hf("resnet")
+    loaded = fxs.load(tmp_path / "net.pt", model=fresh.double().eval())
+    with torch.no_grad():
+        assert _same(surgery.module(other), loaded(other))

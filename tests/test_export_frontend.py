@@ -306,3 +306,15 @@ def test_cli_and_saved_surgery_take_the_export_front_end(tmp_path, capsys):
     loaded = fxs.load(tmp_path / "net.pt", model=fresh.double().eval())
     with torch.no_grad():
         assert _same(surgery.module(other), loaded(other))
+
+
+def test_a_rewrite_of_an_exported_model_exports_and_is_analysed_again():
+    model, (x, _) = _hf("resnet")
+    graph = fxs.analyze(model.eval(), x)
+    kill(graph, 0.3)
+    new = fxs.rewrite(graph, fxs.plan(graph, fxs.liveliness(graph), target=None, scheme="prune")).module
+    with torch.no_grad():
+        assert _same(new(x), torch.export.export(new, (x,), strict=False).module()(x))
+    again = fxs.analyze(new, x)
+    assert again.frontend == "export"
+    assert again.count("params") == sum(p.numel() for p in new.parameters()) < graph.count("params")

@@ -133,3 +133,19 @@ def test_bad_scores_are_clear_errors(scores, message):
         fxs.plan(graph, target=0.5, scheme="prune", scores=scores)
     with pytest.raises(fxs.FxSurgeonError, match="ranking"):
         fxs.plan(graph, target=0.5, scheme="prune", ranking="best")
+
+
+@pytest.mark.parametrize("name, metric, target", [("bert", "params", 0.9), ("resnet", "flops", 0.5),
+                                                   ("yolo", "flops", 0.5)])
+def test_budget_pruning_on_exported_models(name, metric, target):
+    """HuggingFace and ultralytics models come through torch.export; BERT's attention is
+    pinned, so its budget is taken from the MLPs."""
+    from test_export_frontend import _hf, _yolo
+    model, (x, _) = _yolo() if name == "yolo" else _hf(name)
+    model = model.eval()
+    graph = fxs.analyze(model, x)
+    assert graph.frontend == "export"
+    plan = fxs.plan(graph, metric=metric, target=target, scheme="prune", round_to=2)
+    assert plan.predicted <= target * plan.original
+    surgery = fxs.rewrite(graph, plan)
+    assert fxs.analyze(surgery.module, x, frontend="export").count(metric) == plan.predicted

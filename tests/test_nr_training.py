@@ -40,12 +40,12 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def losses_around_event(wrapper, steps: int, after: int = 20):
-    """Train on the digits until ``after`` steps past the first event (or ``steps``);
-    returns the losses and the step of the event (None if none fired)."""
+def losses_around_events(wrapper, steps: int, count: int = 1, after: int = 20):
+    """Train on the digits until ``after`` steps past the ``count``-th event (or ``steps``);
+    returns the losses and the step of each event that fired."""
     x, y = load_data("digits").train.tensors
     g = torch.Generator().manual_seed(0)
-    losses, event = [], None
+    losses, events = [], []
     for step in range(steps):
         idx = torch.randint(0, len(y), (64,), generator=g)
         wrapper.zero_grad()
@@ -53,11 +53,17 @@ def losses_around_event(wrapper, steps: int, after: int = 20):
         loss.backward()
         wrapper.step()
         losses.append(loss.item())
-        if event is None and wrapper.surgeries:
-            event = step + 1
-        if event is not None and step + 1 >= event + after:
+        if len(wrapper.surgeries) > len(events):
+            events.append(step + 1)
+        if len(events) == count and step + 1 >= events[-1] + after:
             break
-    return losses, event
+    return losses, events
+
+
+def losses_around_event(wrapper, steps: int, after: int = 20):
+    """:func:`losses_around_events` for the first event (its step, or None)."""
+    losses, events = losses_around_events(wrapper, steps, 1, after)
+    return losses, (events[0] if events else None)
 
 
 SCHEMES = ("nr", "cr", "ca")
@@ -87,20 +93,7 @@ def test_the_loss_stays_where_it_was_through_three_rescaled_events(scheme, one_t
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     nr = fxs.NeuralRejuvenation(model, torch.zeros(1, 1, 8, 8), opt, threshold=0.9, target=1.0, scheme=scheme,
                                 rescale=True, check_every=10, delta_lambda=0.005, max_events=3)
-    x, y = load_data("digits").train.tensors
-    g = torch.Generator().manual_seed(0)
-    losses, events = [], []
-    for step in range(900):
-        idx = torch.randint(0, len(y), (64,), generator=g)
-        nr.zero_grad()
-        loss = nn.functional.cross_entropy(nr.model(x[idx]), y[idx])
-        loss.backward()
-        nr.step()
-        losses.append(loss.item())
-        if len(nr.surgeries) > len(events):
-            events.append(step + 1)
-        if len(events) == 3 and step + 1 >= events[-1] + 20:
-            break
+    losses, events = losses_around_events(nr, 900, count=3)
     assert len(events) == 3, nr.log[-1]
     for e in events:
         before, after = losses[e - 20:e], losses[e:e + 20]

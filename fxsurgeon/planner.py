@@ -56,6 +56,9 @@ class Plan:
     dims: dict[str, DimPlan] = field(default_factory=dict)
     round_to: int = 1
     graph_token: int | None = None      # the ChannelGraph it was made for
+    #: channels a budget removed although alive, per dimension: the rewrite silences them
+    #: (output zero) where the dead keep the constant they emit
+    silenced: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def miss(self) -> float | None:
@@ -209,8 +212,10 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
             return cost.count_plan(metric, mask, partitioned, np.zeros(len(graph.dims), np.int64), scheme)
 
         index = {d.name: i for i, d in enumerate(graph.dims)}
+        silenced = {}
         for name, survivors in choose(prunable, ranking, pruned_cost, target * graph.count(metric)).items():
             i = index[name]
+            silenced[name] = np.setdiff1d(dims[name].survivors, survivors)
             kept[cost.offsets[i]:cost.offsets[i + 1]] = False
             kept[cost.offsets[i] + survivors] = True
             dims[name].survivors, dims[name].new_width = survivors, len(survivors)
@@ -253,7 +258,8 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
         dp.new_width = int(w)
         if st and w % st and round_to > 1:
             dp.note = dp.note or f"round_to {round_to} not reached without exceeding the budget"
-    return Plan(metric, scheme, target, alpha, original, budget, cost_at(alpha), dims, round_to, graph.token)
+    return Plan(metric, scheme, target, alpha, original, budget, cost_at(alpha), dims, round_to, graph.token,
+                silenced if prunable else {})
 
 
 def _check_masks(graph: ChannelGraph, alive: dict) -> None:

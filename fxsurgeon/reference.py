@@ -65,13 +65,17 @@ def run_graph(gm: fx.GraphModule, inputs: tuple, overrides: dict | None = None, 
     return out, runner.args, runner.outputs
 
 
-def zeroed_scales(graph, kept) -> dict[str, torch.Tensor]:
-    """Copies of the tensors that silence the channels ``kept`` drops: the scales of those
-    that have one (γ at zero), and for a channel no scale judges (pruned by importance,
-    not found dead), the rows its producers write it with. Either way the channel then
-    emits a constant, which folding puts back."""
+def zeroed_scales(graph, kept, silenced=None) -> dict[str, torch.Tensor]:
+    """Copies of the tensors that take away the channels ``kept`` drops. A channel a
+    norm judges gets its scale γ at zero: dead, it keeps emitting the constant its shift
+    gives (ReLU(β)), which folding puts back, so the function is kept. One no norm
+    judges gets its producer rows at zero. One ``silenced`` (removed by a budget although
+    alive: a callable on tags) loses every per-channel shift and bias on its way too
+    (β, a producer's bias, an added per-channel buffer), so that it emits the activation
+    of zero, which a gate or any other product leaves constant."""
     prop = graph.propagation
     out: dict[str, torch.Tensor] = {}
+    quiet = silenced or (lambda tags: np.zeros(len(tags), bool))
 
     def silence(name: str, axis: int, gone: np.ndarray) -> None:
         t = out.get(name)
@@ -85,10 +89,16 @@ def zeroed_scales(graph, kept) -> dict[str, torch.Tensor]:
         gone = ~kept(scale.tags)
         if gone.any():
             silence(scale.weight, 0, gone)
+            if scale.bias is not None and (gone & quiet(scale.tags)).any():
+                silence(scale.bias, 0, gone & quiet(scale.tags))
     for r in prop.axes:
-        if r.role != "out" or r.divisor != 1:
+        if r.divisor != 1 or r.role not in ("out", "param"):
             continue
-        gone = ~kept(r.tags) & ~np.isin(prop.uf.find(r.tags), judged) & (r.tags != 0)
-        if gone.any():
+        gone = ~kept(r.tags) & (r.tags != 0)
+        if r.role == "out":
+            gone &= ~np.isin(prop.uf.find(r.tags), judged)
+        else:                   # biases and shifts along the way, of silenced channels only
+            gone &= quiet(r.tags)
+        if gone.any() and r.param not in {sc.weight for sc in prop.scales.values()}:
             silence(r.param, r.axis, gone)
     return out

@@ -243,7 +243,7 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
             lambda tags: new_prop.uf.find(tags) >= layout.old_size)
     if fold:
         removed = removed_reads(prop, layout.kept)
-        overrides = zeroed_scales(graph, layout.kept)
+        overrides = zeroed_scales(graph, layout.kept, layout.silenced)
         expected, calls, values = run_graph(old, graph.example_inputs, overrides, args_of=removed,
                                             outputs_of=watched(graph, removed))
         fold_constants(graph, new, new_prop, surgery, removed, calls, values)
@@ -264,8 +264,10 @@ class _Layout:
         self.graph, self.added, self.offsets = graph, added, cost.offsets
         self.grows = np.array([plan.dims[d.name].grows for d in graph.dims] or [False])
         self.keep = np.zeros(int(cost.offsets[-1]), bool)
+        self.quiet = np.zeros_like(self.keep)
         for i, d in enumerate(graph.dims):
             self.keep[cost.offsets[i] + plan.dims[d.name].survivors] = True
+            self.quiet[cost.offsets[i] + plan.silenced.get(d.name, np.zeros(0, np.int64))] = True
         prop = graph.propagation
         self.uf = prop.uf.copy()
         self.old_size = prop.uf.size          # identities from here on are new channels
@@ -284,6 +286,11 @@ class _Layout:
     def kept(self, tags: np.ndarray) -> np.ndarray:
         g = self.graph.global_channels(tags)
         return (g < 0) | self.keep[np.maximum(g, 0)]
+
+    def silenced(self, tags: np.ndarray) -> np.ndarray:
+        """Which of ``tags`` the plan removes although alive (a budget's choice)."""
+        g = self.graph.global_channels(tags)
+        return (g >= 0) & self.quiet[np.maximum(g, 0)]
 
     def new_size(self, tags: np.ndarray) -> int:
         """Kept positions plus, per growing dimension held here, its new channels times

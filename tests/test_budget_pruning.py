@@ -52,19 +52,26 @@ def test_a_budget_plan_fits_and_the_rewrite_costs_what_it_planned(net, target, m
 
 
 def test_the_pruned_network_is_the_original_with_its_removed_channels_silenced():
+    """A removed live channel emits zero: its γ and β at zero where a norm judges it, its
+    producer's rows and bias elsewhere; the dead keep their constant (folded)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
                           nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 4, 1)).double().eval()
+    with torch.no_grad():
+        model[1].bias.uniform_(-1, 1)
+        model[1].weight[:2] = 0                                  # two dead channels
     x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
     graph = fxs.analyze(model, x)
-    plan = fxs.plan(graph, metric="params", target=0.5, scheme="prune")
+    scores = {"0": np.arange(16.0), "3": np.arange(16.0)}       # the first channels matter least
+    plan = fxs.plan(graph, fxs.liveliness(graph), metric="params", target=0.5, scheme="prune", scores=scores)
+    assert len(plan.silenced["0"]) and len(plan.silenced["3"]) and 0 not in plan.silenced["0"]
     surgery = fxs.rewrite(graph, plan)
     reference = copy.deepcopy(model)
     with torch.no_grad():
-        gone = np.setdiff1d(np.arange(16), plan.dims["0"].survivors)
-        reference[1].weight[gone] = 0                       # judged by a norm: its scale
-        gone = np.setdiff1d(np.arange(16), plan.dims["3"].survivors)
-        reference[3].weight[gone] = 0                       # no norm: its producer's rows
+        reference[1].weight[plan.silenced["0"]] = 0
+        reference[1].bias[plan.silenced["0"]] = 0
+        reference[3].weight[plan.silenced["3"]] = 0
+        reference[3].bias[plan.silenced["3"]] = 0
     other = torch.randn(2, 3, 16, 16, dtype=torch.float64)
     assert same(reference(other), surgery.module(other))
 

@@ -25,20 +25,28 @@ def dimension_of(offsets: np.ndarray, channels: np.ndarray) -> np.ndarray:
 class _Factor:
     """One sliced axis of a cost term: fixed positions plus positions of dimension channels."""
 
-    __slots__ = ("fixed", "index", "divisor", "rep")
+    __slots__ = ("fixed", "index", "divisor", "_offsets", "_rep")
 
     def __init__(self, index: np.ndarray, divisor: int, offsets: np.ndarray):
         self.fixed = int((index < 0).sum())
         self.index = index[index >= 0]
         self.divisor = divisor
-        # positions per channel of every dimension this axis holds completely; a
-        # dimension it holds only in part (rep 0) cannot grow new channels here
-        dims = dimension_of(offsets, self.index)
-        self.rep: dict[int, int] = {}
-        for d in np.unique(dims).tolist():
-            counts = np.bincount(self.index[dims == d] - offsets[d],
-                                 minlength=int(offsets[d + 1] - offsets[d]))
-            self.rep[d] = int(counts[0]) if (counts == counts[0]).all() else 0
+        self._offsets = offsets
+        self._rep: dict[int, int] | None = None
+
+    @property
+    def rep(self) -> dict[int, int]:
+        """Positions per channel of every dimension this axis holds completely; a
+        dimension it holds only in part (rep 0) cannot grow new channels here. Computed
+        when a plan first asks (counting needs none of it)."""
+        if self._rep is None:
+            offsets, dims = self._offsets, dimension_of(self._offsets, self.index)
+            self._rep = {}
+            for d in np.unique(dims).tolist():
+                counts = np.bincount(self.index[dims == d] - offsets[d],
+                                     minlength=int(offsets[d + 1] - offsets[d]))
+                self._rep[d] = int(counts[0]) if (counts == counts[0]).all() else 0
+        return self._rep
 
     def size(self, alive: np.ndarray | None) -> float:
         n = self.fixed + (len(self.index) if alive is None else int(alive[self.index].sum()))

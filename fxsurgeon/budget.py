@@ -32,14 +32,29 @@ class Prunable:
     scores: np.ndarray          # importance of each candidate
     forced: np.ndarray          # candidates that stay whatever the budget (one per producer)
     step: int                   # kept counts are multiples of this
+    slots: np.ndarray | None = None     # a grouped conv's block of each candidate: every
+    groups: int = 1                     # block keeps as many (the candidates do too)
 
     def keep(self, k: int) -> np.ndarray:
-        """The ``k`` most important candidates (rounded as the dimension requires), forced ones first."""
-        least = math.ceil(max(len(self.forced), 1) / self.step) * self.step
-        k = min(len(self.candidates), max(least, k // self.step * self.step))
-        rest = np.setdiff1d(self.candidates, self.forced, assume_unique=True)
-        order = np.argsort(-self.scores[np.searchsorted(self.candidates, rest)], kind="stable")
-        return np.sort(np.concatenate([self.forced, rest[order[:max(k - len(self.forced), 0)]]]))
+        """The ``k`` most important candidates (rounded as the dimension requires), forced
+        ones first; of a grouped dimension, the ``k / groups`` most important of each group."""
+        if self.slots is None:
+            return self._top(self.candidates, self.scores, self.forced, k, self.step)
+        q = self.step // self.groups
+        forced = np.bincount(self.slots[np.searchsorted(self.candidates, self.forced)], minlength=self.groups)
+        per = max(k // self.step * q, math.ceil(max(forced.max(initial=0), 1) / q) * q)
+        return np.sort(np.concatenate([
+            self._top(self.candidates[self.slots == g], self.scores[self.slots == g],
+                      np.intersect1d(self.forced, self.candidates[self.slots == g]), per, 1)
+            for g in range(self.groups)]))
+
+    @staticmethod
+    def _top(candidates: np.ndarray, scores: np.ndarray, forced: np.ndarray, k: int, step: int) -> np.ndarray:
+        least = math.ceil(max(len(forced), 1) / step) * step
+        k = min(len(candidates), max(least, k // step * step))
+        rest = np.setdiff1d(candidates, forced, assume_unique=True)
+        order = np.argsort(-scores[np.searchsorted(candidates, rest)], kind="stable")
+        return np.sort(np.concatenate([forced, rest[order[:max(k - len(forced), 0)]]]))
 
 
 def choose(dims: list[Prunable], ranking: str, cost: Callable[[dict[str, np.ndarray]], float],

@@ -59,7 +59,12 @@ class Dimension:
     multiple_of: int = 1
     split_by_position: bool = False   # a chunk cuts it in the middle: which channel goes
     #                                   where depends on the width
-    grouped: bool = False             # read or written by a grouped (not depthwise) conv
+    #: grouped (not depthwise) convolutions read or write it: its channels form ``groups``
+    #: equal blocks, ``slots[c]`` the block of channel ``c``; or ``grouping`` says why those
+    #: convolutions keep its width (and ``slots`` is None)
+    groups: int = 1
+    slots: np.ndarray | None = field(default=None, repr=False)
+    grouping: str | None = None
     repeated: bool = False            # a producer emits some channel twice (depthwise
     #                                   multiplier feeding a residual add)
     scaled: bool = False              # every layer writing it feeds its own BatchNorm and
@@ -109,6 +114,39 @@ def _kind(origins: set[str], labels: set[str], producers: list[str], reasons: li
     if "model output" in reasons:
         return "output"
     return "hidden"
+
+
+def _grouping(prop: Propagation, dim_of_root: np.ndarray, chan_of_root: np.ndarray,
+              widths: list[int]) -> dict[int, dict]:
+    """Per dimension that grouped convolutions read or write: its ``groups`` and each
+    channel's block (``slots``), or why the grouping keeps its width (``grouping``).
+
+    A rewrite keeps every block the same width, so it needs each grouped conv to see
+    the whole dimension, alone, once, in its own channel order, all of them grouping it
+    alike; anything else keeps the width."""
+    found: dict[int, dict] = {}
+    for tags, groups, transposed in prop.grouped:
+        roots = prop.uf.find(tags)
+        d_at = dim_of_root[roots]
+        for d in np.unique(d_at[d_at >= 0]).tolist():
+            chans = chan_of_root[roots]
+            slots = np.arange(len(tags)) // (len(tags) // groups)
+            why = None
+            if transposed:
+                why = "grouped transposed convolution"
+            elif (d_at != d).any():
+                why = "a grouped convolution reads it with other channels"
+            elif len(chans) != widths[d] or not np.array_equal(chans, np.arange(widths[d])):
+                why = "a grouped convolution reads it in another order"
+            prev = found.setdefault(d, {"groups": groups, "slots": slots, "grouping": why})
+            if prev["grouping"] is None and why is None and \
+                    (prev["groups"] != groups or not np.array_equal(prev["slots"], slots)):
+                why = "grouped convolutions group it differently"
+            prev["grouping"] = prev["grouping"] or why
+    for d in found.values():
+        if d["grouping"]:
+            d["slots"] = None
+    return found
 
 
 def build_dimensions(prop: Propagation, node_names: dict[str, str]
@@ -169,11 +207,12 @@ def build_dimensions(prop: Propagation, node_names: dict[str, str]
             # dimension it is kept where the dimension itself can honour it
             if len(comp_classes[comps[d]]) % int(k) == 0:
                 multiple[d] = math.lcm(multiple[d], int(k))
-    split, grouped = [False] * len(comps), [False] * len(comps)
-    for flags, lists in ((split, prop.position_splits), (grouped, prop.grouped)):
-        for tags in lists:
-            for d in dims_of(tags):
-                flags[d] = True
+    split = [False] * len(comps)
+    for tags in prop.position_splits:
+        for d in dims_of(tags):
+            split[d] = True
+    widths = [len(comp_classes[c]) for c in comps]
+    grouping = _grouping(prop, dim_of_root, chan_of_root, widths)
     labels: list[set[str]] = [set() for _ in comps]
     for tags, label in prop.couplings:
         for d in dims_of(tags):
@@ -198,7 +237,7 @@ def build_dimensions(prop: Propagation, node_names: dict[str, str]
             kind=_kind(comp_origins[c], labels[d], producers, reasons[d]),
             pinned=reasons[d][0] if reasons[d] else None, reasons=reasons[d],
             members=members[d], producers=producers, multiple_of=multiple[d],
-            split_by_position=split[d], grouped=grouped[d], repeated=c in comp_repeated,
+            split_by_position=split[d], repeated=c in comp_repeated, **grouping.get(d, {}),
             scaled=bool(writers) and writers <= followed,
             classes=np.asarray(comp_classes[c], dtype=np.int64)))
     return dims, dim_of_root, chan_of_root

@@ -109,8 +109,8 @@ def fold_constants(graph, new: fx.GraphModule, new_prop, surgery, removed: dict,
         chain = _chain(graph.module, way[:way.index(source)][::-1])
         weight = getattr_path(graph.module, reader.weight) if reader.weight is not None else \
             _input(node, call, reader.weight_node)
-        layer = TABLE.lookup(node, modules).restricted(node, graph.module, weight.detach().index_select(
-            reader.weight_axis, at.to(weight.device)))
+        columns = _columns(weight.detach(), reader, at.to(weight.device))
+        layer = TABLE.lookup(node, modules).restricted(node, graph.module, columns)
         if layer is None:
             raise FxSurgeonError(f"cannot fold the channels removed from {name}: their constants add a "
                                  f"map that varies over its output, and its rule (fxsurgeon.ops) cannot "
@@ -129,6 +129,17 @@ def fold_constants(graph, new: fx.GraphModule, new_prop, surgery, removed: dict,
                                           [n.name for n in way[:way.index(source)][::-1]],
                                           list(getattr(layer, held).shape))
         surgery.folded[name] = "map"
+
+
+def _columns(weight: torch.Tensor, reader, at: torch.Tensor) -> torch.Tensor:
+    """The weight's columns that read input positions ``at``; of a grouped conv, as a
+    dense conv's: each column zero outside its own group's rows."""
+    if reader.divisor == 1:
+        return weight.index_select(reader.weight_axis, at)
+    size, rows = weight.shape[1], weight.shape[0] // reader.divisor
+    group_of_row = torch.arange(weight.shape[0], device=at.device) // rows
+    same = (group_of_row[:, None] == (at // size)[None, :]).to(weight.dtype)
+    return weight.index_select(1, at % size) * same.view(*same.shape, *[1] * (weight.dim() - 2))
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -33,7 +33,20 @@ def is_identity(idx: np.ndarray, old_len: int) -> bool:
 
 
 def take(t: torch.Tensor, axis: int, idx: np.ndarray, fill: float = 0.0) -> torch.Tensor:
-    """``t`` gathered along ``axis`` at ``idx``; positions with index -1 get ``fill``."""
+    """``t`` gathered along ``axis`` at ``idx``; positions with index -1 get ``fill``.
+
+    A 2-D ``idx`` (``groups x n``, a grouped convolution's weight) gathers each block of
+    ``t``'s first axis at its own row: block ``g`` of the first axis takes ``idx[g]``."""
+    if idx.ndim == 2:
+        g = idx.shape[0]
+        blocks = t.reshape(g, t.shape[0] // g, *t.shape[1:])
+        at = torch.as_tensor(idx, device=t.device).reshape(g, *[1] * axis, idx.shape[1],
+                                                          *[1] * (t.dim() - axis - 1))
+        shape = list(blocks.shape)
+        shape[axis + 1] = idx.shape[1]
+        out = blocks.gather(axis + 1, at.clamp(min=0).expand(shape))
+        out = out.masked_fill((at < 0).expand(shape), fill)
+        return out.reshape(t.shape[0], *shape[2:])
     out = t.index_select(axis, torch.as_tensor(np.maximum(idx, 0), device=t.device))
     if (idx < 0).any():
         out.index_fill_(axis, torch.as_tensor(np.nonzero(idx < 0)[0], device=t.device), fill)

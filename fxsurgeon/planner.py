@@ -87,13 +87,17 @@ def _keeps_width(d) -> str | None:
     """Why a free dimension can neither shrink nor grow yet, if it cannot."""
     if d.split_by_position:
         return "split by position (chunk)"   # would send channels to other branches
-    if d.grouped:
-        return "grouped convolution"         # not rewritten yet
+    if d.grouping:
+        return d.grouping
     return None
 
 
-def _cannot_grow(d, growable: bool) -> str | None:
+def _cannot_grow(d, growable: bool, scheme: str) -> str | None:
     """Why a free dimension can lose dead channels but not gain new ones, if so."""
+    if d.slots is not None and scheme in ("cr", "ca"):
+        # every group would interleave survivors and new channels, where cr's layers
+        # hold each generation in one block
+        return f"grouped convolution under {scheme}"
     if d.repeated:
         return "a producer repeats its channels (depthwise multiplier)"
     if not growable:
@@ -116,12 +120,28 @@ def _keep(graph: ChannelGraph, d, mask: np.ndarray, m: int) -> tuple[np.ndarray,
             keep[own[np.argmax(score[own])]] = True
     if not notes and keep.sum() > mask.sum():
         notes.append(f"keeps {int(keep.sum() - mask.sum())} dead channel(s): every producer keeps one")
-    short = min(d.width, max(m, -(-int(keep.sum()) // m) * m)) - int(keep.sum())
+    if d.slots is not None:             # every group keeps as many, a multiple of m / groups
+        q, size = m // d.groups, d.width // d.groups
+        per = min(size, max(q, -(-int(np.bincount(d.slots[keep], minlength=d.groups).max()) // q) * q))
+        before = int(keep.sum())
+        for g in range(d.groups):
+            _pad(keep, score, d.slots == g, per)
+        if keep.sum() > before:
+            notes.append(f"keeps {int(keep.sum()) - before} dead channel(s): each of {d.groups} groups "
+                         f"keeps {per}")
+        return np.nonzero(keep)[0], "; ".join(notes)
+    short = _pad(keep, score, np.ones_like(keep), min(d.width, max(m, -(-int(keep.sum()) // m) * m)))
     if short:
-        dead = np.nonzero(~keep)[0]
-        keep[dead[np.argsort(-score[dead], kind="stable")][:short]] = True
         notes.append(f"keeps {short} dead channel(s) for a multiple of {m}")
     return np.nonzero(keep)[0], "; ".join(notes)
+
+
+def _pad(keep: np.ndarray, score: np.ndarray, where: np.ndarray, count: int) -> int:
+    """Keep the dead channels of ``where`` with the largest scores until it keeps ``count``."""
+    short = count - int(keep[where].sum())
+    dead = np.nonzero(~keep & where)[0]
+    keep[dead[np.argsort(-score[dead], kind="stable")][:max(short, 0)]] = True
+    return max(short, 0)
 
 
 def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric: str = "params",
@@ -195,7 +215,7 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
                 prunable.append(_prunable(d, survivors, scores[d.name], _multiple(d, round_to)))
         kept[sl] = False
         kept[sl.start + survivors] = True
-        stuck = whole or _cannot_grow(d, growable[i])
+        stuck = whole or _cannot_grow(d, growable[i], scheme)
         if stuck and not whole:
             note = note or f"{stuck}: does not grow"
         dims[d.name] = DimPlan(d.name, d.width, survivors, len(survivors), grows=not stuck, note=note)
@@ -302,7 +322,8 @@ def _prunable(d, survivors: np.ndarray, scores, step: int) -> Prunable:
         own = np.intersect1d(np.unique(member.channels), survivors) if member.role == "out" else []
         if len(own) and not forced & set(own.tolist()):
             forced.add(int(own[np.argmax(scores[own])]))
-    return Prunable(d.name, survivors, scores[survivors], np.array(sorted(forced), dtype=np.int64), step)
+    return Prunable(d.name, survivors, scores[survivors], np.array(sorted(forced), dtype=np.int64), step,
+                    None if d.slots is None else d.slots[survivors], d.groups)
 
 
 def _largest_alpha(cost_at, budget: float) -> float:

@@ -100,7 +100,9 @@ class Propagation:
     position_splits: list[np.ndarray] = field(default_factory=list)  # channels cut by position
     depthwise: set[str] = field(default_factory=set)   # convs with one group per input channel
     blockwise: set[str] = field(default_factory=set)   # dense conv/linear modules S/R can split
-    grouped: list[np.ndarray] = field(default_factory=list)  # channels around grouped convs
+    #: channels around grouped convs: (tags, groups, transposed); the tags form ``groups``
+    #: equal consecutive blocks
+    grouped: list[tuple[np.ndarray, int, bool]] = field(default_factory=list)
     aliases: dict[str, list[str]] = field(default_factory=dict)  # tensor -> every name it has
     sources: dict[tuple[str, tuple], WeightSource] = field(default_factory=dict)  # computed weights
     #: partitioned layers: node -> (output identities, their generations, input identities,
@@ -131,14 +133,16 @@ class Walk(fx.Interpreter):
 
     def __init__(self, gm: fx.GraphModule, uf: UnionFind | None = None,
                  prescribed: dict[str, np.ndarray] | None = None,
-                 depthwise: set[str] = frozenset(), sources: dict | None = None,
+                 depthwise: set[str] | None = None, sources: dict | None = None,
                  attr_axes: dict[str, int] | None = None, table: OpTable = TABLE):
         super().__init__(gm)
         self.table = table
         self.modules = dict(gm.named_modules())
         self.tags = Tags(uf.copy() if uf is not None else UnionFind())
         self.prescribed = prescribed or {}
-        self.was_depthwise = depthwise     # a rewrite may leave a depthwise conv one channel wide
+        # a rewrite keeps each conv's kind (None: judge by shape): it may leave a depthwise
+        # conv one channel wide, or a grouped conv one input per group
+        self.was_depthwise = depthwise
         self.canonical, aliases = tensor_names(gm)
         self.out = Propagation(self.tags.uf, aliases=aliases)
         self.attr_tags: dict[str, torch.Tensor] = {}

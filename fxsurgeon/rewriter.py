@@ -81,9 +81,25 @@ class Surgery:
 
 
 def _refs(prop) -> dict[tuple[str, int], AxisRef]:
-    """Axes that hold channels position by position (a grouped conv's input axis does not,
-    and keeps its width: the planner leaves grouped dimensions alone)."""
-    return {(r.param, r.axis): r for r in prop.axes if r.role != "source" and r.divisor == 1}
+    """Axes that hold channels: position by position, or (``divisor`` > 1, a grouped
+    conv's input axis) those of one group per block of the weight's first axis."""
+    return {(r.param, r.axis): r for r in prop.axes if r.role != "source"}
+
+
+def _axis_size(layout: _Layout, r: AxisRef) -> int:
+    return layout.new_size(r.tags) // r.divisor
+
+
+def _grouped_map(r_old: AxisRef, r_new: AxisRef, idx: np.ndarray) -> np.ndarray:
+    """A grouped axis's index map per group (``groups x new size``: the old position
+    within the group's slice, -1 for a new channel), from the map over all its channels."""
+    g, old_size, new_size = r_old.divisor, len(r_old.tags) // r_old.divisor, len(r_new.tags) // r_old.divisor
+    per = idx.reshape(g, new_size)
+    block = np.arange(g)[:, None]
+    if ((per >= 0) & (per // old_size != block)).any():
+        raise FxSurgeonError(f"the rewrite moved channels of grouped convolution {r_old.node} to "
+                             f"another group; its grouping cannot be kept")
+    return np.where(per >= 0, per - block * old_size, -1)
 
 
 def _set_tensor(module: nn.Module, names: list[str], value: torch.Tensor) -> None:
@@ -182,9 +198,10 @@ def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: in
     layout = _Layout(graph, plan, added)
     prop = graph.propagation
     for r in prop.axes:
-        if r.divisor > 1 and layout.new_size(r.tags) != len(r.tags):
-            raise FxSurgeonError(f"rewrite cannot change the width of grouped convolution "
-                                 f"{r.node} yet; pin its dimensions or keep their channels")
+        if r.divisor > 1 and layout.new_size(r.tags) % r.divisor:
+            raise FxSurgeonError(f"the plan leaves grouped convolution {r.node} "
+                                 f"{layout.new_size(r.tags)} input channels, not a multiple of its "
+                                 f"{r.divisor} groups: plan it again")
     try:
         return _build(graph, plan, scheme, layout, seed, fold, rescale, gamma0, check)
     except FxSurgeonError:
@@ -211,7 +228,7 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
     # 1. resize: every axis keeps the old positions of surviving channels, plus new ones
     shapes: dict[str, list[int]] = {}
     for (name, axis), r in old_refs.items():
-        shapes.setdefault(name, list(old_tensors[name].shape))[axis] = layout.new_size(r.tags)
+        shapes.setdefault(name, list(old_tensors[name].shape))[axis] = _axis_size(layout, r)
     for name, shape in shapes.items():
         t = old_tensors[name]
         if shape != list(t.shape):
@@ -229,7 +246,11 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
         if r_new is None:
             raise FxSurgeonError(f"the rewritten graph lost track of {key[0]} axis {key[1]}")
         idx = match(prop.uf.find(r_old.tags), new_prop.uf.find(r_new.tags))
-        if not is_identity(idx, len(r_old.tags)):
+        if r_old.divisor > 1:
+            idx = _grouped_map(r_old, r_new, idx)
+            if not all(is_identity(row, len(r_old.tags) // r_old.divisor) for row in idx):
+                surgery.index_maps.setdefault(key[0], []).append((key[1], idx))
+        elif not is_identity(idx, len(r_old.tags)):
             surgery.index_maps.setdefault(key[0], []).append((key[1], idx))
     # 3. copy the survivors' values, then initialise the new channels
     with torch.no_grad():
@@ -277,8 +298,19 @@ class _Layout:
             if vec is None:
                 continue
             d = int(self.dims_of(vec[:1])[0])
-            self.prescribed[node] = np.concatenate([vec[self.kept(vec)],
-                                                    new_ids.get(d, np.zeros(0, np.int64))])
+            self.prescribed[node] = self._emitted(d, vec, new_ids.get(d, np.zeros(0, np.int64)))
+
+    def _emitted(self, d: int, vec: np.ndarray, new: np.ndarray) -> np.ndarray:
+        """What a producer of ``vec`` (channels of dimension ``d``) now emits: its survivors,
+        then the new channels; of a grouped dimension, group by group, so that every group
+        stays one block."""
+        kept = self.kept(vec)
+        dim = self.graph.dims[d] if d >= 0 else None
+        if dim is None or dim.slots is None:
+            return np.concatenate([vec[kept], new])
+        slots = dim.slots[self.graph.global_channels(vec) - self.offsets[d]]
+        per = np.array_split(new, dim.groups)
+        return np.concatenate([np.concatenate([vec[kept & (slots == g)], per[g]]) for g in range(dim.groups)])
 
     def dims_of(self, tags: np.ndarray) -> np.ndarray:
         return dimension_of(self.offsets, self.graph.global_channels(tags))
@@ -333,9 +365,15 @@ def _init_new_channels(new: fx.GraphModule, refs, prop, layout: _Layout, seed: i
             continue
         cols = torch.ones((), dtype=torch.bool, device=value.device)
         if "in" in roles:
-            roots = prop.uf.find(roles["in"].tags)
+            r_in = roles["in"]
+            roots = prop.uf.find(r_in.tags)
             feeds_new = (roots >= layout.old_size) | ~layout.growing(roots)
-            cols = _along(torch.as_tensor(feeds_new, device=value.device), roles["in"].axis, value.dim())
+            feeds_new = torch.as_tensor(feeds_new, device=value.device)
+            if r_in.divisor > 1:        # each block of rows reads its own group's inputs
+                per = feeds_new.view(r_in.divisor, -1).repeat_interleave(value.shape[0] // r_in.divisor, 0)
+                cols = per.view(*per.shape, *[1] * (value.dim() - 2))
+            else:
+                cols = _along(feeds_new, r_in.axis, value.dim())
         he = torch.empty(value.shape, dtype=value.dtype, device="cpu")
         nn.init.kaiming_normal_(he, mode="fan_out", nonlinearity="relu", generator=gen)
         value.copy_(torch.where(rows & cols, he.to(value.device), value))

@@ -43,7 +43,8 @@ def produce(walk, node: fx.Node, x, weight: WeightSource, bias: WeightSource | N
     vout = tags.axis_vector(out, axis)
     out_axis, in_axis = (1, 0) if transposed else (0, 1)
     n_in = x.shape[axis]
-    depthwise = vin is not None and groups == n_in and (groups > 1 or node.name in walk.was_depthwise)
+    depthwise = vin is not None and (groups == n_in > 1 if walk.was_depthwise is None
+                                     else node.name in walk.was_depthwise)
 
     def refs(w_axis, vec, role, divisor=1):
         if w_axis not in weight.axes:
@@ -61,7 +62,7 @@ def produce(walk, node: fx.Node, x, weight: WeightSource, bias: WeightSource | N
         if groups > 1 and vin is not None:
             walk.out.divisors.append((vin, groups))
             walk.out.divisors.append((vout, groups))
-            walk.out.grouped += [vin, vout]
+            walk.out.grouped += [(vin, groups, transposed), (vout, groups, transposed)]
         refs(out_axis, vout, "out", groups if transposed else 1)
         if vin is not None:
             refs(in_axis, vin, "in", 1 if transposed else groups)
@@ -164,6 +165,8 @@ class Layer(Rule):
                 delattr(layer, name)                        # fixed: no parameter of its own
                 layer.register_buffer(name, t.detach())
             layer.register_buffer(self.weight, weight.detach().clone())
+            if not self.transposed and getattr(layer, "groups", 1) > 1:
+                layer.groups = 1        # folding passes a grouped conv's columns dense
             if isinstance(getattr(layer, self.bias, None), torch.Tensor):
                 getattr(layer, self.bias).zero_()
             return layer

@@ -42,8 +42,10 @@ def _producer_rows(graph: ChannelGraph, per_row) -> dict[str, np.ndarray]:
     return out
 
 
-def _others(w: torch.Tensor, axis: int) -> list[int]:
-    return [a for a in range(w.dim()) if a != axis]
+def _sum_others(w: torch.Tensor, axis: int) -> torch.Tensor:
+    """``w`` summed over every axis but ``axis`` (a 1-D ``w``, a bias, as it is)."""
+    others = [a for a in range(w.dim()) if a != axis]
+    return w.sum(others) if others else w
 
 
 def magnitude(graph: ChannelGraph, p: float = 2) -> dict[str, np.ndarray]:
@@ -53,8 +55,7 @@ def magnitude(graph: ChannelGraph, p: float = 2) -> dict[str, np.ndarray]:
 
     def norm(w, axis):
         w = w.detach().double()
-        others = _others(w, axis)
-        return (w.abs().sum(others) if p == 1 else w.pow(2).sum(others).sqrt()).cpu().numpy()
+        return (_sum_others(w.abs(), axis) if p == 1 else _sum_others(w.pow(2), axis).sqrt()).cpu().numpy()
     return _producer_rows(graph, norm)
 
 
@@ -70,7 +71,7 @@ def taylor(graph: ChannelGraph) -> dict[str, np.ndarray]:
         if w.grad is None:
             raise FxSurgeonError(f"taylor importance needs gradients: {tuple(w.shape)} weight has no .grad "
                                  f"(run loss.backward() on a few batches first)")
-        return (w.detach() * w.grad).double().sum(_others(w, axis)).abs().cpu().numpy()
+        return _sum_others((w.detach() * w.grad).double(), axis).abs().cpu().numpy()
     return _producer_rows(graph, first_order)
 
 

@@ -5,7 +5,8 @@ max|γ|`` of that layer. A channel written by several layers (a residual trunk w
 by every block) is dead only when it is dead in the scale after every one of them.
 A dimension with a writer that no scale follows (the excitation conv of a
 squeeze-excitation gate) is not judged: its channels carry input-dependent values
-whatever the scales say, so they stay alive.
+whatever the scales say, so they stay alive. An attention head is judged by its
+columns of the output projection, the largest |entry| among them standing for γ.
 """
 from __future__ import annotations
 
@@ -25,13 +26,19 @@ def _tensors(graph: ChannelGraph) -> dict:
     return {**dict(graph.module.named_parameters()), **dict(graph.module.named_buffers())}
 
 
+def position_scales(t, axis: int) -> np.ndarray:
+    """The largest |entry| at each position along ``axis`` of a liveliness source: γ
+    itself, or an attention head's output-projection columns."""
+    a = t.detach().abs().float()
+    return (a.amax([k for k in range(a.dim()) if k != axis]) if a.dim() > 1 else a).cpu().numpy()
+
+
 def channel_scales(graph: ChannelGraph, d) -> np.ndarray:
     """The largest |scale| of each channel of dimension ``d`` over its sources (0 if none)."""
     params = _tensors(graph)
     best = np.zeros(d.width)
     for m in d.sources:
-        scale = params[m.tensor].detach().abs().float().cpu().numpy().reshape(-1)
-        np.maximum.at(best, m.channels, scale[m.positions])
+        np.maximum.at(best, m.channels, position_scales(params[m.tensor], m.axis)[m.positions])
     return best
 
 
@@ -81,7 +88,7 @@ def liveliness(graph: ChannelGraph, threshold: float = 0.01) -> dict[str, np.nda
         read = np.zeros(d.width, bool)
         lively = np.zeros(d.width, bool)
         for m in d.sources:
-            scale = params[m.tensor].detach().abs().float().cpu().numpy().reshape(-1)
+            scale = position_scales(params[m.tensor], m.axis)
             big = scale[m.positions] >= threshold * scale.max() if scale.max() > 0 else \
                 np.zeros(len(m.positions), bool)
             read[m.channels] = True

@@ -130,8 +130,8 @@ class SurgicalTraining:
             if d.name in self.fixed_dims:
                 continue
             for m in d.sources:
-                if m.tensor not in params:          # a frozen scale (a buffer): not trained
-                    continue
+                if m.tensor not in params or params[m.tensor].dim() != 1:
+                    continue        # a frozen scale (a buffer), or a head's projection: not γ
                 p = params[m.tensor]
                 mask = masks.setdefault(m.tensor, torch.zeros(p.numel(), dtype=p.dtype, device=p.device))
                 mask[torch.as_tensor(m.positions, device=p.device)] = 1

@@ -1,7 +1,13 @@
-"""``nn.MultiheadAttention``: kept whole (its embedding width is pinned), costed by formula
-because the fused kernel hides its matmuls from ``FlopCounterMode``."""
+"""Attention modules. ``nn.MultiheadAttention``: kept whole (its embedding width is
+pinned), costed by formula because the fused kernel hides its matmuls from
+``FlopCounterMode``. timm's ``Attention``: its heads are a dimension of their own."""
 from __future__ import annotations
 
+import numpy as np
+import torch
+from torch import nn
+
+from ..nodes import tensors_in
 from .rule import Rule
 
 
@@ -20,3 +26,81 @@ class MultiheadAttention(Rule):
         node.meta["fxs_macs"] = macs
         return walk.opaque(node, args, kwargs,
                            reason=f"nn.MultiheadAttention keeps its embed_dim ({node.target})")
+
+
+class HeadAttention(Rule):
+    """A leaf self-attention module whose heads are channels: timm's ``Attention``
+    (``qkv`` a linear layer emitting q, k and v head by head, ``proj`` reading the heads
+    back; ``num_heads`` heads of ``head_dim``).
+
+    The heads form a dimension of their own, named ``<module>.heads``, with the head as
+    its unit: a head's ``head_dim`` rows in each of q, k and v (and their bias) and its
+    ``head_dim`` columns of ``proj`` go together, so heads are removed and added whole
+    and ``num_heads`` follows. A head is dead when its columns of ``proj`` are (they are
+    its liveliness source): it then adds nothing. Removing one zeroes its q, k, v rows
+    and bias in the reference (its output is then zero), so the rewrite is exact. The
+    module's input channels are pinned: a removed input's constant cannot be folded
+    through the softmax. Heads are kept whole (pinned) where a norm spans them
+    (``scale_norm``) or a gate multiplies them (``gated``), and the module is opaque
+    when called with a mask or on a tensor that is not ``(batch, tokens, channels)``.
+    """
+
+    measure_macs = True         # counted by FlopCounterMode where the module is opaque
+
+    def propagate(self, walk, node, args, kwargs):
+        m = walk.submodule(node)
+        why = _unsupported(m, args, kwargs)
+        if why:
+            return walk.opaque(node, args, kwargs, reason=f"{why} ({node.target})")
+        tags = walk.tags
+        x = args[0]
+        vin = tags.axis_vector(x, -1)       # None: no channel identities of its own, fixed
+        walk.pin(x, f"input of attention {node.target}: a removed input's constant cannot be "
+                    f"folded through its softmax")
+        key = f"{node.target}.heads"
+        heads = tags.axis_vector(tags.fresh((m.num_heads,), 0, walk.prescribed.get(key)), 0)
+        walk.out.groups.append((key, heads, "heads"))
+        rows = np.repeat(heads, m.head_dim)               # one head's positions in q, k or v
+        qkv, proj = f"{node.target}.qkv", f"{node.target}.proj"
+        walk.ref(f"{qkv}.weight", 0, np.tile(rows, 3), "out", node, init="he")
+        walk.ref(f"{qkv}.weight", 1, vin, "in", node)      # (ref ignores None)
+        if m.qkv.bias is not None:          # a producer's own rows: zeroed with the head
+            walk.ref(f"{qkv}.bias", 0, np.tile(rows, 3), "out", node)
+        walk.ref(f"{proj}.weight", 1, rows, "in", node)
+        walk.ref(f"{proj}.weight", 1, rows, "source", node)
+        walk.out.follows.add((node.name, node.name))    # its heads are judged by their columns
+        if not isinstance(getattr(m, "norm", None), (nn.Identity, type(None))):
+            walk.pin(tags.structured(heads, (len(heads),), 0), f"a norm spans the heads of {node.target}")
+        y = tensors_in(walk.real(node))[0]
+        out = walk.fresh(y.shape, -1, node)
+        vout = tags.axis_vector(out, -1)
+        walk.ref(f"{proj}.weight", 0, vout, "out", node, init="he")
+        if m.proj.bias is not None:
+            walk.ref(f"{proj}.bias", 0, vout, "param", node)
+        tokens, n = x.numel() // x.shape[-1], x.shape[1]
+        walk.flops(node, tokens * (1 if vin is not None else x.shape[-1]), (vin, 1),
+                   (np.tile(rows, 3), 1))                                 # q, k, v
+        walk.flops(node, 2 * tokens * n, (rows, 1))                      # q·kᵀ and attention·v
+        walk.flops(node, tokens, (rows, 1), (vout, 1))                   # proj
+        walk.wrote(out, node)
+        return walk.produced(node, out, -1)
+
+    def sync(self, module, old):
+        module.num_heads = module.qkv.weight.shape[0] // 3 // module.head_dim
+        module.attn_dim = module.num_heads * module.head_dim
+        module.qkv.out_features, module.proj.in_features = module.qkv.weight.shape[0], module.attn_dim
+        module.proj.out_features = module.proj.weight.shape[0]
+
+
+def _unsupported(m, args, kwargs) -> str | None:
+    """Why a timm ``Attention`` call is not one whose heads can be resized, if it is not."""
+    masked = any(v is not None and v is not False for v in (*args[1:], *kwargs.values()))
+    if masked or not isinstance(args[0], torch.Tensor) or args[0].dim() != 3:
+        return "attention called with a mask or not on (batch, tokens, channels)"
+    if getattr(m, "gate", None) is not None:
+        return "gated attention"
+    if not (isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(getattr(m, "proj", None), nn.Linear)
+            and m.qkv.out_features == 3 * m.num_heads * m.head_dim
+            and m.proj.in_features == m.num_heads * m.head_dim):
+        return "attention without a qkv and a proj linear layer over its heads"
+    return None

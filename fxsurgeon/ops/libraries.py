@@ -1,9 +1,11 @@
 """Rules of layers from libraries fxsurgeon does not import (torchvision, timm), by dotted
-name: their normalisations with a fused activation or frozen statistics."""
+name: their normalisations with a fused activation or frozen statistics, and timm's
+self-attention, whose heads are channels."""
 from __future__ import annotations
 
 from torch import nn
 
+from .attention import HeadAttention
 from .norms import Norm, PerChannel
 from .table import TABLE
 
@@ -34,3 +36,4 @@ def register_libraries(table) -> None:
     norm_act = NormAct()
     for name in ("BatchNormAct2d", "SyncBatchNormAct", "FrozenBatchNormAct2d"):
         table.register(f"timm.layers.norm_act.{name}", norm_act)
+    table.register("timm.layers.attention.Attention", HeadAttention())

@@ -1,0 +1,137 @@
+"""Attention heads as channels (timm's ``Attention``): dead heads go, new heads come,
+``num_heads`` follows, and the function and the cost stay exact."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_rewrite import assert_same_function
+from torch import nn
+
+import fxsurgeon as fxs
+from randomnets import examples
+
+timm = pytest.importorskip("timm")
+from timm.layers import Attention  # noqa: E402 - needs timm
+
+
+def vit(depth=3, **kw):
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=10, depth=depth,
+                              **kw).double().eval()
+    nn.init.normal_(model.head.weight)          # timm starts the head at zero: y = 0 otherwise
+    return model, torch.randn(2, 3, 32, 32, dtype=torch.float64)
+
+
+def kill_heads(attn, heads):
+    """Zero ``heads``' columns of the output projection: they add nothing."""
+    with torch.no_grad():
+        for h in heads:
+            attn.proj.weight[:, h * attn.head_dim:(h + 1) * attn.head_dim] = 0
+
+
+def assert_exact(model, graph, plan, surgery, x):
+    assert_same_function(model, surgery.module, x)
+    again = fxs.analyze(surgery.module, x)
+    if plan.metric == "flops":
+        assert again.count("flops") == plan.predicted
+    assert again.count("params") == sum(p.numel() for p in surgery.module.parameters())
+
+
+def test_a_vit_loses_its_dead_heads_and_gains_new_ones():
+    model, x = vit()
+    graph = fxs.analyze(model, x)
+    heads = [d for d in graph.dims if d.name.endswith(".heads")]
+    assert [d.name for d in heads] == [f"blocks.{i}.attn.heads" for i in range(3)]
+    assert all(d.free and d.width == 3 and d.scaled for d in heads)
+    assert graph["blocks.0.attn.heads"].members      # q, k, v rows, their bias, proj columns
+    kill_heads(model.blocks[0].attn, [0])
+    kill_heads(model.blocks[2].attn, [1, 2])
+    alive = fxs.liveliness(graph)
+    assert alive["blocks.0.attn.heads"].tolist() == [False, True, True]
+    assert alive["blocks.1.attn.heads"].all()
+    assert alive["blocks.2.attn.heads"].tolist() == [True, False, False]
+
+    pruned = fxs.plan(graph, alive, metric="flops", target=None, scheme="prune")
+    surgery = fxs.rewrite(graph, pruned)
+    assert [surgery.module.get_submodule(f"blocks.{i}.attn").num_heads for i in range(3)] == [2, 3, 1]
+    attn = surgery.module.get_submodule("blocks.2.attn")
+    assert attn.qkv.weight.shape == (3 * 64, 192) and attn.proj.weight.shape == (192, 64)
+    y0, y1 = model(x), surgery.module(x)
+    assert torch.equal(y0, y1) or (y0 - y1).abs().max() < 1e-12
+    assert_exact(model, graph, pruned, surgery, x)
+
+    grown = fxs.plan(graph, alive, metric="flops", target=1.0, scheme="nr", alpha=2.0)
+    assert [grown.dims[d.name].new_width for d in heads] == [4, 6, 2]
+    surgery = fxs.rewrite(graph, grown)
+    assert [surgery.module.get_submodule(f"blocks.{i}.attn").num_heads for i in range(3)] == [4, 6, 2]
+    assert_exact(model, graph, grown, surgery, x)
+    # the new heads' q, k, v rows start He-initialised, their projection columns at zero
+    attn = surgery.module.get_submodule("blocks.0.attn")
+    assert attn.proj.weight[:, 2 * 64:].abs().max() == 0 and attn.qkv.weight[2 * 64:4 * 64].abs().max() > 0
+
+
+def test_heads_stay_whole_where_a_norm_spans_them_or_a_gate_multiplies_them():
+    model, x = vit(depth=1, scale_attn_norm=True)
+    d = fxs.analyze(model, x)["blocks.0.attn.heads"]
+    assert d.pinned == "a norm spans the heads of blocks.0.attn"
+    gated = nn.Sequential(Attention(16, num_heads=2, gated=True)).double().eval()
+    graph = fxs.analyze(gated, torch.randn(1, 5, 16, dtype=torch.float64))
+    assert any("gated attention" in r for d in graph.dims for r in d.reasons)
+
+
+def test_budget_pruning_takes_heads_like_channels():
+    model, x = vit(depth=2)
+    graph = fxs.analyze(model, x)
+    plan = fxs.plan(graph, None, metric="flops", target=0.5, scheme="prune", ranking="per-dimension")
+    assert plan.predicted <= plan.budget
+    assert any(plan.dims[d.name].new_width < d.width for d in graph.dims if d.name.endswith(".heads"))
+    surgery = fxs.rewrite(graph, plan)
+    assert fxs.analyze(surgery.module, x).count("flops") == plan.predicted
+
+
+def test_rejuvenation_penalises_norm_scales_not_projection_columns():
+    model, x = vit(depth=1)
+    nr = fxs.NeuralRejuvenation(model, x, torch.optim.SGD(model.parameters(), lr=0.1))
+    assert nr.graph["blocks.0.attn.heads"].sources       # heads are judged by projection columns,
+    assert all(p.dim() == 1 for p, _ in nr.scales.values())   # but only γ take the L1 penalty
+
+
+class Block(nn.Module):
+    def __init__(self, dim, heads, head_dim, qkv_bias, qk_norm):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads=heads, attn_head_dim=head_dim, qkv_bias=qkv_bias,
+                              qk_norm=qk_norm, norm_layer=nn.LayerNorm)
+        self.fc = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm(x))
+        return x + self.fc(torch.relu(x))
+
+
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(1, 4), st.integers(1, 6), st.booleans(), st.booleans()),
+                min_size=1, max_size=3),
+       st.sampled_from(["prune", "nr", "cr", "ca"]), st.sampled_from(["params", "flops"]),
+       st.integers(0, 2 ** 16))
+def test_random_attention_stacks_keep_the_function_and_their_cost(blocks, scheme, metric, seed):
+    torch.manual_seed(seed)
+    dim = 8
+    net = nn.Sequential(nn.Linear(4, dim), *[Block(dim, *b) for b in blocks], nn.Linear(dim, 3))
+    net = net.double().eval()
+    rng = np.random.default_rng(seed)
+    for block in net[1:-1]:
+        kill_heads(block.attn, np.nonzero(rng.random(block.attn.num_heads) < 0.5)[0].tolist())
+    x = torch.randn(2, 5, 4, dtype=torch.float64)
+    graph = fxs.analyze(net, x)
+    grow = scheme != "prune"
+    plan = fxs.plan(graph, fxs.liveliness(graph), metric=metric, target=1.0 if grow else None,
+                    scheme=scheme, alpha=1.5 if grow else None)
+    surgery = fxs.rewrite(graph, plan, seed=seed)
+    assert_same_function(net, surgery.module, x)
+    again = fxs.analyze(surgery.module, x)
+    assert again.count(metric) == plan.predicted
+    for i in range(1, len(net) - 1):
+        attn = surgery.module.get_submodule(f"{i}.attn")
+        assert attn.num_heads == plan.dims[f"{i}.attn.heads"].new_width
+        assert attn.qkv.weight.shape[0] == 3 * attn.num_heads * attn.head_dim

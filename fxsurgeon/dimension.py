@@ -67,6 +67,8 @@ class Dimension:
     grouping: str | None = None
     repeated: bool = False            # a producer emits some channel twice (depthwise
     #                                   multiplier feeding a residual add)
+    unit: int = 1                     # positions each channel takes in a row in its
+    #                                   producers' outputs (an attention head's head_dim)
     scaled: bool = False              # every layer writing it feeds its own BatchNorm and
     #                                   nothing else: γ = 0 makes a channel constant
     classes: np.ndarray = field(default=None, repr=False)
@@ -114,6 +116,15 @@ def _kind(origins: set[str], labels: set[str], producers: list[str], reasons: li
     if "model output" in reasons:
         return "output"
     return "hidden"
+
+
+def _blocks(roots: np.ndarray) -> int:
+    """``r`` if ``roots`` is each of its classes ``r`` times in a row (an attention head's
+    ``head_dim`` channels), else 0."""
+    starts = np.r_[0, np.nonzero(np.diff(roots))[0] + 1]
+    lengths = np.diff(np.r_[starts, len(roots)])
+    distinct = len(np.unique(roots)) == len(starts)
+    return int(lengths[0]) if distinct and (lengths == lengths[0]).all() else 0
 
 
 def _grouping(prop: Propagation, dim_of_root: np.ndarray, chan_of_root: np.ndarray,
@@ -169,6 +180,8 @@ def build_dimensions(prop: Propagation, node_names: dict[str, str]
     comp_producers: dict[int, list[str]] = {}
     comp_origins: dict[int, set[str]] = {}
     comp_repeated: set[int] = set()
+    comp_units: dict[int, set[int]] = {}
+    heads = uf.find(np.concatenate(prop.heads)) if prop.heads else np.zeros(0, np.int64)
     seen = np.zeros(uf.size, dtype=bool)
     for node, roots, origin in ordered:
         c = int(groups.find(roots[:1])[0])
@@ -177,7 +190,10 @@ def build_dimensions(prop: Propagation, node_names: dict[str, str]
             producers.append(node)
         comp_origins.setdefault(c, set()).add(origin)
         if len(np.unique(roots)) != len(roots):
-            comp_repeated.add(c)
+            unit = _blocks(roots) if np.isin(roots, heads).all() else 0
+            comp_units.setdefault(c, set()).add(unit)
+            if not unit:
+                comp_repeated.add(c)
         new = roots[~seen[roots]]
         new = new[np.sort(np.unique(new, return_index=True)[1])]
         seen[new] = True
@@ -204,9 +220,11 @@ def build_dimensions(prop: Propagation, node_names: dict[str, str]
     for tags, k in prop.divisors:
         for d in dims_of(tags):
             # a split of a tensor made of several dimensions constrains their sum; per
-            # dimension it is kept where the dimension itself can honour it
-            if len(comp_classes[comps[d]]) % int(k) == 0:
-                multiple[d] = math.lcm(multiple[d], int(k))
+            # dimension it is kept where the dimension itself can honour it; a head's
+            # head_dim positions (a view to (heads, head_dim)) honour it in part already
+            k = int(k) // math.gcd(int(k), max(comp_units.get(comps[d], {1})))
+            if len(comp_classes[comps[d]]) % k == 0:
+                multiple[d] = math.lcm(multiple[d], k)
     split = [False] * len(comps)
     for tags in prop.position_splits:
         for d in dims_of(tags):
@@ -237,7 +255,8 @@ def build_dimensions(prop: Propagation, node_names: dict[str, str]
             kind=_kind(comp_origins[c], labels[d], producers, reasons[d]),
             pinned=reasons[d][0] if reasons[d] else None, reasons=reasons[d],
             members=members[d], producers=producers, multiple_of=multiple[d],
-            split_by_position=split[d], repeated=c in comp_repeated, **grouping.get(d, {}),
+            split_by_position=split[d], repeated=c in comp_repeated or len(comp_units.get(c, ())) > 1,
+            unit=max(comp_units.get(c, {1})), **grouping.get(d, {}),
             scaled=bool(writers) and writers <= followed,
             classes=np.asarray(comp_classes[c], dtype=np.int64)))
     return dims, dim_of_root, chan_of_root

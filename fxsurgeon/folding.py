@@ -34,8 +34,16 @@ _REACH = 8
 
 def removed_reads(prop, kept) -> dict:
     """``{call: (its Reader, which positions of its input go)}`` for every call that reads
-    a channel ``kept`` drops."""
-    return {r.node: (r, ~kept(r.tags)) for r in prop.readers.values() if not kept(r.tags).all()}
+    a channel ``kept`` drops, but for channels its own columns judge (an attention head:
+    the reference zeroes those columns, so the head adds nothing to fold)."""
+    scales = {sc.weight for sc in prop.scales.values()}
+    judged = {(r.param, r.axis) for r in prop.axes if r.role == "source" and r.param not in scales}
+    reads = {}
+    for r in prop.readers.values():
+        gone = ~kept(r.tags) & ((r.weight, r.weight_axis) not in judged)
+        if gone.any():
+            reads[r.node] = (r, gone)
+    return reads
 
 
 def _way_back(gm: fx.GraphModule, start: fx.Node, modules) -> list[fx.Node]:

@@ -98,6 +98,9 @@ class Propagation:
     out_axes: dict[str, int] = field(default_factory=dict)   # producer node -> its channel axis
     follows: set[tuple[str, str]] = field(default_factory=set)  # (writer node, norm right after it)
     position_splits: list[np.ndarray] = field(default_factory=list)  # channels cut by position
+    #: attention heads found in the graph (one identity per head): each head is one channel,
+    #: judged by the weights that read it (its output projection's columns)
+    heads: list[np.ndarray] = field(default_factory=list)
     depthwise: set[str] = field(default_factory=set)   # convs with one group per input channel
     blockwise: set[str] = field(default_factory=set)   # dense conv/linear modules S/R can split
     #: channels around grouped convs: (tags, groups, transposed); the tags form ``groups``
@@ -149,6 +152,7 @@ class Walk(fx.Interpreter):
         self._refs: dict[tuple, AxisRef] = {}
         self.out.sources.update(sources or {})
         self.attr_axes = attr_axes or {}        # attribute tensor -> the channel axis it had
+        self._later: list = []                  # what rules decide once every coupling is known
         self.const: set[fx.Node] = set()        # nodes computed from parameters alone
         self.weight_only: set[fx.Node] = set()  # ... that only feed layers as their weights
         self.accounted: set[str] = set()        # parameters whose cost terms a rule wrote
@@ -391,10 +395,33 @@ class Walk(fx.Interpreter):
         return tree_map(make, self.real(node))
 
     # ---- after the walk ----------------------------------------------------------------
+    def later(self, decide) -> None:
+        """Run ``decide()`` after the walk, when every coupling is known (a rule whose
+        verdict depends on what later ops couple)."""
+        self._later.append(decide)
+
     def finish(self, model: nn.Module) -> Propagation:
+        for decide in self._later:
+            decide()
         self._resolve_attrs()
+        self._judge_heads()
         self._param_terms(model)
         return self.out
+
+    def _judge_heads(self) -> None:
+        """The weights reading attention heads are their liveliness sources (a head whose
+        projection columns are zero adds nothing), and the layers writing them count as
+        judged."""
+        if not self.out.heads:
+            return
+        uf = self.tags.uf
+        heads = uf.find(np.concatenate(self.out.heads))
+        for r in list(self.out.axes):
+            if r.role in ("in", "out") and len(r.tags) and np.isin(uf.find(r.tags), heads).all():
+                if r.role == "in":
+                    self.out.axes.append(AxisRef(r.param, r.axis, r.tags, "source", r.node))
+                else:
+                    self.out.follows.add((r.node, r.node))
 
     def _resolve_attrs(self) -> None:
         """Turn get_attr tensors that were coupled element by element into axis refs."""

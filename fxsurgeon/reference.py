@@ -67,7 +67,8 @@ def run_graph(gm: fx.GraphModule, inputs: tuple, overrides: dict | None = None, 
 
 def zeroed_scales(graph, kept, silenced=None) -> dict[str, torch.Tensor]:
     """Copies of the tensors that take away the channels ``kept`` drops. A channel a
-    norm judges gets its scale γ at zero: dead, it keeps emitting the constant its shift
+    norm judges gets its scale γ at zero (an attention head, the projection columns that
+    read it: it then adds nothing): dead, it keeps emitting the constant its shift
     gives (ReLU(β)), which folding puts back, so the function is kept. One no norm
     judges gets its producer rows at zero. One ``silenced`` (removed by a budget although
     alive: a callable on tags) loses every per-channel shift and bias on its way too
@@ -83,7 +84,9 @@ def zeroed_scales(graph, kept, silenced=None) -> dict[str, torch.Tensor]:
         index = torch.as_tensor(np.nonzero(gone)[0], device=t.device)
         out[name] = t.index_fill(axis, index, 0)
 
-    judged = [prop.uf.find(sc.tags) for sc in prop.scales.values()]
+    weights = {sc.weight for sc in prop.scales.values()}
+    readouts = [r for r in prop.axes if r.role == "source" and r.param not in weights]
+    judged = [prop.uf.find(sc.tags) for sc in prop.scales.values()] + [prop.uf.find(r.tags) for r in readouts]
     judged = np.unique(np.concatenate(judged)) if judged else np.zeros(0, np.int64)
     for scale in prop.scales.values():
         gone = ~kept(scale.tags)
@@ -91,6 +94,10 @@ def zeroed_scales(graph, kept, silenced=None) -> dict[str, torch.Tensor]:
             silence(scale.weight, 0, gone)
             if scale.bias is not None and (gone & quiet(scale.tags)).any():
                 silence(scale.bias, 0, gone & quiet(scale.tags))
+    for r in readouts:          # an attention head: the projection columns that read it
+        gone = ~kept(r.tags) & (r.tags != 0)
+        if gone.any():
+            silence(r.param, r.axis, gone)
     for r in prop.axes:
         if r.divisor != 1 or r.role not in ("out", "param"):
             continue
@@ -99,6 +106,6 @@ def zeroed_scales(graph, kept, silenced=None) -> dict[str, torch.Tensor]:
             gone &= ~np.isin(prop.uf.find(r.tags), judged)
         else:                   # biases and shifts along the way, of silenced channels only
             gone &= quiet(r.tags)
-        if gone.any() and r.param not in {sc.weight for sc in prop.scales.values()}:
+        if gone.any() and r.param not in weights:
             silence(r.param, r.axis, gone)
     return out

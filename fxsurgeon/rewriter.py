@@ -306,6 +306,8 @@ class _Layout:
         stays one block."""
         kept = self.kept(vec)
         dim = self.graph.dims[d] if d >= 0 else None
+        if dim is not None and dim.unit > 1:      # a new head takes head_dim positions
+            new = np.repeat(new, dim.unit)
         if dim is None or dim.slots is None:
             return np.concatenate([vec[kept], new])
         slots = dim.slots[self.graph.global_channels(vec) - self.offsets[d]]

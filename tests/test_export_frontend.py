@@ -81,13 +81,13 @@ def _same(a, b) -> bool:
 
 
 def _kill_outputs(graph, fraction: float, seed: int = 0) -> dict:
-    """Make a ``fraction`` of every free dimension's channels dead: their producers' rows
-    and biases at zero, so the activation after them (ReLU, GELU) is zero. Returns the
-    alive masks."""
+    """Make a ``fraction`` of the channels of every free dimension no scale judges dead:
+    their producers' rows and biases at zero, so the activation after them (ReLU, GELU) is
+    zero. Returns the alive masks."""
     rng = np.random.default_rng(seed)
     tensors = {**dict(graph.module.named_parameters()), **dict(graph.module.named_buffers())}
     alive = {}
-    for d in graph.free_dims:
+    for d in [d for d in graph.free_dims if not d.scaled]:
         dead = rng.random(d.width) < fraction
         alive[d.name] = ~dead
         for m in d.members:
@@ -99,9 +99,10 @@ def _kill_outputs(graph, fraction: float, seed: int = 0) -> dict:
 
 def exact(model, example, other, frontend="export"):
     """Analyse ``model`` (float64, eval) from its example, check the cost model, make 30 % of
-    its free channels dead (zero γ where a BatchNorm judges them, else zero producers, which
-    DemP's activation test must find dead), then ``prune`` and ``nr``: the same function on ``example`` and on
-    ``other`` (another size). Returns the graph and the two rewritten modules."""
+    its free channels dead (zero γ where a BatchNorm judges them, zero projection columns
+    of attention heads, else zero producers, which DemP's activation test must find dead),
+    then ``prune`` and ``nr``: the same function on ``example`` and on ``other`` (another
+    size). Returns the graph and the two rewritten modules."""
     model = model.double().eval()
     randomise_norms(model)
     double = (lambda t: t.double() if t.is_floating_point() else t)
@@ -111,13 +112,13 @@ def exact(model, example, other, frontend="export"):
     assert graph.count("params") == sum(p.numel() for p in model.parameters())
     assert graph.count("flops") == _flop_counter_macs(model, example)
     assert graph.free_dims
-    if any(d.scaled for d in graph.free_dims):
-        kill(graph, 0.3)
-        alive = fxs.liveliness(graph)
-    else:       # DemP's test finds them dead (and maybe more, dead on these inputs by chance)
-        alive = _kill_outputs(graph, 0.3)
-        measured = fxs.activation_liveliness(graph, [example, other])
-        assert all((measured[k] <= a).all() for k, a in alive.items())
+    kill(graph, 0.3)        # where a scale judges (γ, an attention head's projection columns)
+    alive = {k: a for k, a in fxs.liveliness(graph).items() if graph[k].scaled}
+    # elsewhere DemP's test finds them dead (and maybe more, dead on these inputs by chance)
+    killed = _kill_outputs(graph, 0.3)
+    measured = fxs.activation_liveliness(graph, [example, other])
+    assert all((measured[k] <= a).all() for k, a in killed.items())
+    alive.update(killed)
     assert any((~a).any() for a in alive.values())
     with torch.no_grad():
         before = [model(example), model(other)]

@@ -135,3 +135,34 @@ def test_random_attention_stacks_keep_the_function_and_their_cost(blocks, scheme
         attn = surgery.module.get_submodule(f"{i}.attn")
         assert attn.num_heads == plan.dims[f"{i}.attn.heads"].new_width
         assert attn.qkv.weight.shape[0] == 3 * attn.num_heads * attn.head_dim
+
+
+@pytest.mark.parametrize("name, grows", [("bert", True), ("vit", True), ("gpt2", False)])
+def test_huggingface_attention_heads_through_export(name, grows):
+    """Through torch.export: q, k and v (separate layers, or GPT-2's one projection split
+    three ways) meet in scaled_dot_product_attention, which makes each head one channel."""
+    from test_export_frontend import _hf
+    model, (x, other) = _hf(name)
+    model = model.double().eval()
+    x, other = (t.double() if t.is_floating_point() else t for t in (x, other))
+    graph = fxs.analyze(model, x, frontend="export")
+    heads = [d for d in graph.free_dims if d.sources]       # no norm judges anything else
+    assert len(heads) == 2 and all(d.width == 4 and d.scaled for d in heads)
+    first = heads[0].sources[0]
+    with torch.no_grad():       # head 1 of the first layer adds nothing
+        model.get_parameter(first.tensor).index_fill_(first.axis, torch.as_tensor(
+            first.positions[first.channels == 1]), 0)
+    alive = fxs.liveliness(graph)
+    assert alive[heads[0].name].tolist() == [True, False, True, True] and alive[heads[1].name].all()
+    for scheme in ("prune", "nr"):
+        plan = fxs.plan(graph, alive, metric="flops", target=None if scheme == "prune" else 1.0,
+                        scheme=scheme, alpha=None if scheme == "prune" else 2.0)
+        new = fxs.rewrite(graph, plan).module
+        widths = [plan.dims[d.name].new_width for d in heads]
+        assert widths == ([3, 4] if scheme == "prune" or not grows else [6, 8])
+        with torch.no_grad():
+            for inputs in (x, other):
+                y0, y1 = model(inputs), new(inputs)
+                y0, y1 = y0[0], y1[0]
+                assert (y0 - y1).abs().max() <= 1e-9 * max(1.0, float(y0.abs().max()))
+        assert fxs.analyze(new, x, frontend="export").count("flops") == plan.predicted

@@ -19,9 +19,10 @@ def kill(graph, fraction, seed=0):
     dead = {}
     for d in graph.free_dims:
         dead[d.name] = rng.random(d.width) < fraction
-        for s in d.sources:
+        for s in d.sources:     # γ, or an attention head's projection columns
+            at = torch.as_tensor(s.positions[dead[d.name][s.channels]])
             with torch.no_grad():
-                params[s.tensor][torch.as_tensor(s.positions[dead[d.name][s.channels]])] = 0
+                params[s.tensor].index_fill_(s.axis, at, 0)
     return dead
 
 

@@ -5,7 +5,7 @@ rewriting) asks :data:`TABLE` for a node's :class:`Rule`; none keeps a list of o
 of its own. :func:`register_op` teaches fxsurgeon a new op.
 """
 from .aten import register_aten
-from .attention import HeadAttention, MultiheadAttention
+from .attention import DotProductAttention, HeadAttention, MultiheadAttention
 from .builtin import register_builtins
 from .elementwise import Carry, Couple
 from .layers import Addmm, Embedding, FunctionalEmbedding, FunctionalLayer, Layer, Matmul, PReLU
@@ -24,4 +24,4 @@ __all__ = ["TABLE", "OpTable", "register_op", "Rule", "Opaque", "Carry", "Couple
            "Chunk", "Split", "Squeeze", "Select", "Pad", "Concat", "Spatial", "Reduce", "Softmax",
            "PerChannel", "Norm", "NormAct", "Layer", "FunctionalLayer", "Embedding", "FunctionalEmbedding",
            "Addmm", "Matmul", "PReLU", "MultiheadAttention",
-           "HeadAttention"]
+           "HeadAttention", "DotProductAttention"]

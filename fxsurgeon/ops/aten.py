@@ -11,10 +11,11 @@ without a rule here is opaque, like any op fxsurgeon does not know.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import fx
 
-from ..tags import prod
+from .attention import DotProductAttention
 from .elementwise import Carry, Couple
 from .layers import Addmm, FunctionalEmbedding, FunctionalLayer, Matmul
 from .movement import Chunk, Concat, Move, Pad, Reshape, Spatial, Squeeze
@@ -38,12 +39,32 @@ def _with_mode(rule: Rule, name: str, position: int) -> Rule:
 
 class Split(Move):
     """``split``/``split_with_sizes``/``unsafe_split`` (sizes at position 1, ``dim`` at 2): an
-    exported graph's sizes are literals, so a channel axis it cuts is pinned."""
+    exported graph's sizes are literals, so a channel axis it cuts is pinned; but equal
+    parts that end up holding the same channels (q, k and v cut from one projection, then
+    coupled head by head by attention) keep one size, which follows their width."""
 
     def check(self, walk, node, x, out, args, kwargs):
         dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
-        if walk.tags.carries(x, dim % x.dim()):
-            walk.pin(x, f"constant split sizes on a channel axis at {walk.describe(node)}")
+        if not walk.tags.carries(x, dim % x.dim()):
+            return
+        why = f"constant split sizes on a channel axis at {walk.describe(node)}"
+        parts = [walk.tags.axis_vector(p, dim) for p in out]
+        if not isinstance(node.args[1], int) or any(p is None or len(p) != len(parts[0]) for p in parts):
+            walk.pin(x, why)
+            return
+        pinned = walk.tags.unique(x)
+
+        def decide():
+            roots = [np.sort(walk.tags.uf.find(p)) for p in parts]
+            if all(np.array_equal(r, roots[0]) for r in roots):
+                walk.out.sizes.append((node.name, 1, parts[0]))
+            else:
+                walk.out.pins.append((pinned, why))
+        walk.later(decide)
+
+    def set_size(self, node, index: int, width: int) -> None:
+        """Set the split size (recorded by :meth:`check`) to ``width``."""
+        node.update_arg(index, width)
 
 
 class Slice(Move):
@@ -70,18 +91,6 @@ def _whole_slice(node: fx.Node, size: int) -> bool:
     start, end, step = (list(node.args[2:5]) + [None, None, None])[:3]
     return start in (None, 0) and (end is None or isinstance(end, int) and end >= 2 ** 62) \
         and step in (None, 1)
-
-
-class Attention(Rule):
-    """``scaled_dot_product_attention``: opaque (its heads keep their width), costed as its
-    two matmuls (``q @ kᵀ``, then ``@ v``), which a fused kernel hides from ``FlopCounterMode``."""
-
-    def propagate(self, walk, node, args, kwargs):
-        q, k, v = (walk.real(a) for a in node.args[:3])
-        rows = prod(q.shape[:-1])
-        node.meta["fxs_macs"] = rows * k.shape[-2] * (q.shape[-1] + v.shape[-1])
-        return walk.opaque(node, args, kwargs,
-                           reason=f"attention keeps its heads' width at {walk.describe(node)}")
 
 
 def register_aten(table: OpTable) -> None:
@@ -147,5 +156,5 @@ def register_aten(table: OpTable) -> None:
     table.register(aten.addmm.default, Addmm())
     each([aten.matmul, aten.mm, aten.bmm], Matmul())
     table.register(aten.embedding.default, FunctionalEmbedding())
-    table.register(aten.scaled_dot_product_attention.default, Attention())
+    table.register(aten.scaled_dot_product_attention.default, DotProductAttention())
 

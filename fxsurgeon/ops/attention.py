@@ -37,8 +37,8 @@ class HeadAttention(Rule):
     its unit: a head's ``head_dim`` rows in each of q, k and v (and their bias) and its
     ``head_dim`` columns of ``proj`` go together, so heads are removed and added whole
     and ``num_heads`` follows. A head is dead when its columns of ``proj`` are (they are
-    its liveliness source): it then adds nothing. Removing one zeroes its q, k, v rows
-    and bias in the reference (its output is then zero), so the rewrite is exact. The
+    its liveliness source): it then adds nothing. The reference a rewrite keeps zeroes a
+    removed head's columns (see :mod:`fxsurgeon.reference`), so the rewrite is exact. The
     module's input channels are pinned: a removed input's constant cannot be folded
     through the softmax. Heads are kept whole (pinned) where a norm spans them
     (``scale_norm``) or a gate multiplies them (``gated``), and the module is opaque
@@ -64,8 +64,8 @@ class HeadAttention(Rule):
         qkv, proj = f"{node.target}.qkv", f"{node.target}.proj"
         walk.ref(f"{qkv}.weight", 0, np.tile(rows, 3), "out", node, init="he")
         walk.ref(f"{qkv}.weight", 1, vin, "in", node)      # (ref ignores None)
-        if m.qkv.bias is not None:          # a producer's own rows: zeroed with the head
-            walk.ref(f"{qkv}.bias", 0, np.tile(rows, 3), "out", node)
+        if m.qkv.bias is not None:
+            walk.ref(f"{qkv}.bias", 0, np.tile(rows, 3), "param", node)
         walk.ref(f"{proj}.weight", 1, rows, "in", node)
         walk.ref(f"{proj}.weight", 1, rows, "source", node)
         walk.out.follows.add((node.name, node.name))    # its heads are judged by their columns
@@ -104,3 +104,54 @@ def _unsupported(m, args, kwargs) -> str | None:
             and m.proj.in_features == m.num_heads * m.head_dim):
         return "attention without a qkv and a proj linear layer over its heads"
     return None
+
+
+class DotProductAttention(Rule):
+    """``scaled_dot_product_attention(q, k, v)``: each head is one channel.
+
+    Where q, k and v are ``(..., heads, tokens, head_dim)`` with channels on the heads
+    and head-dim axes (the layers before them made each head's ``head_dim`` channels,
+    ``view``/``transpose`` moved them there), the channels of head ``h`` in q, k and v
+    become one: the layers writing them lose or gain whole heads, and the output, which
+    carries v's heads, takes them to the layer reading the heads back (whose columns
+    judge a head's liveliness, see :attr:`~fxsurgeon.propagation.Propagation.heads`).
+    Anything else keeps its heads' width (opaque). Its cost is its two matmuls (``q @ kᵀ``,
+    then ``@ v``), which a fused kernel hides from ``FlopCounterMode``.
+    """
+
+    def propagate(self, walk, node, args, kwargs):
+        rq, rk, rv = (walk.real(a) for a in node.args[:3])
+        rows = rq.numel() // rq.shape[-1]                    # (batch, head, query) triples
+        q, k, v = (_heads(walk.tags, t) for t in args[:3])
+        # a mask with a size per head would keep the old count
+        per_head = [t for t in tensors_in((args[3:], kwargs)) if t.dim() >= 3 and t.shape[-3] > 1]
+        if q is None or k is None or v is None or not (len(q) == len(k) == len(v)) or \
+                q.shape[1] != k.shape[1] or per_head:
+            node.meta["fxs_macs"] = rows * rk.shape[-2] * (rq.shape[-1] + rv.shape[-1])
+            return walk.opaque(node, args, kwargs,
+                               reason=f"attention keeps its heads' width at {walk.describe(node)}")
+        for h in range(len(q)):
+            walk.couple(np.full(q.shape[1] + k.shape[1] + v.shape[1], q[h, 0]),
+                        np.concatenate([q[h], k[h], v[h]]), "heads")
+        walk.out.heads.append(q[:, 0])
+        pairs = rows // len(q) * rk.shape[-2]      # (batch, query, key) per head channel
+        walk.flops(node, pairs, (q.reshape(-1), 1))
+        walk.flops(node, pairs, (v.reshape(-1), 1))
+        out = tensors_in(walk.real(node))[0]
+        view = [1] * out.dim()
+        view[-3], view[-1] = v.shape
+        return torch.from_numpy(np.ascontiguousarray(v)).view(view).expand(out.shape)
+
+
+def _heads(tags, t) -> np.ndarray | None:
+    """The ``(heads, head_dim)`` identities of a ``(..., heads, tokens, head_dim)`` tag
+    tensor: a channel at every position, the same over batch and tokens, no identity in
+    two heads. None otherwise."""
+    if not isinstance(t, torch.Tensor) or t.dim() < 3:
+        return None
+    m = t.reshape(-1, *t.shape[-3:])[0, :, 0, :]
+    if (m == 0).any() or not torch.equal(t, m.unsqueeze(-2).expand(t.shape)):
+        return None
+    m = m.numpy()
+    per_head = sum(len(np.unique(row)) for row in m)
+    return m if len(np.unique(m)) == per_head else None

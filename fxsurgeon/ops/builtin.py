@@ -9,7 +9,7 @@ from torch import nn
 
 from ..folded import FoldedConstant, FoldedConv
 from ..partitioned import Partitioned
-from .attention import MultiheadAttention
+from .attention import DotProductAttention, MultiheadAttention
 from .elementwise import Carry, Couple
 from .layers import Embedding, FunctionalLayer, Layer, Matmul, PReLU
 from .movement import Chunk, Concat, Move, Pad, Reshape, Select, Spatial, Split, Squeeze
@@ -104,6 +104,7 @@ def register_builtins(table: OpTable) -> None:
     each([torch.matmul, operator.matmul, torch.bmm, "matmul", "bmm"], Matmul())
     table.register(nn.PReLU, PReLU())
     table.register(nn.MultiheadAttention, MultiheadAttention())
+    table.register(F.scaled_dot_product_attention, DotProductAttention())
 
     # the layers rewrites put in
     table.register(FoldedConstant, Folded())

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_rewrite import assert_same_function
@@ -166,3 +167,45 @@ def test_huggingface_attention_heads_through_export(name, grows):
                 y0, y1 = y0[0], y1[0]
                 assert (y0 - y1).abs().max() <= 1e-9 * max(1.0, float(y0.abs().max()))
         assert fxs.analyze(new, x, frontend="export").count("flops") == plan.predicted
+
+
+class HandWritten(nn.Module):
+    """Attention as people write it: q, k, v layers, a view to heads with a literal head
+    count (or -1), scaled_dot_product_attention, a merge back and an output layer."""
+
+    def __init__(self, dim, heads, infer):
+        super().__init__()
+        self.heads, self.head_dim, self.infer = heads, dim // heads, infer
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        shape = (b, n, -1 if self.infer else self.heads, self.head_dim)
+        q, k, v = (f(x).view(*shape).transpose(1, 2) for f in (self.q, self.k, self.v))
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+        return self.o(y.reshape(b, n, -1) if self.infer else y.reshape(b, n, self.heads * self.head_dim))
+
+
+@settings(max_examples=examples(20), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(2, 5), st.integers(2, 4), st.booleans(), st.sampled_from(["prune", "nr", "cr", "ca"]),
+       st.integers(0, 2 ** 16))
+def test_hand_written_attention_loses_and_gains_heads(heads, head_dim, infer, scheme, seed):
+    torch.manual_seed(seed)
+    dim = heads * head_dim
+    net = nn.Sequential(nn.Linear(3, dim), HandWritten(dim, heads, infer), nn.Linear(dim, 2)).double().eval()
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    graph = fxs.analyze(net, x)
+    d = graph["1.*"]
+    assert d.free and d.width == heads and d.unit == head_dim
+    dead = np.random.default_rng(seed).random(heads) < 0.5
+    src = d.sources[0]
+    with torch.no_grad():
+        at = torch.as_tensor(src.positions[dead[src.channels]])
+        net.get_parameter(src.tensor).index_fill_(src.axis, at, 0)
+    grow = scheme != "prune"
+    plan = fxs.plan(graph, fxs.liveliness(graph), metric="flops", target=1.0 if grow else None, scheme=scheme,
+                    alpha=2.0 if grow else None)
+    assert len(plan.dims["1.*"].survivors) == max(int((~dead).sum()), 1)
+    surgery = fxs.rewrite(graph, plan, seed=seed)
+    assert_same_function(net, surgery.module, x)
+    assert fxs.analyze(surgery.module, x).count("flops") == plan.predicted

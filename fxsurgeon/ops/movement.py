@@ -89,7 +89,15 @@ class Reshape(Move):
                 literal.remove(k)
                 carrying.remove(k)
         if carrying and len(literal) == len(carrying):
-            walk.pin(x, f"constant reshape size at {walk.describe(node)}")
+            # literal sizes pin, unless one is a head count (or heads times head_dim) that
+            # attention, further on, shows to be whole heads: it then follows them
+            heads = [h for h in _head_axes(tags, x, out) if h[0] in literal]
+            if heads and (len(literal) > 1 or not heads[0][2]):
+                k, m, split = heads[0]
+                walk.later(_follow_heads(walk, node, k, m, split, x,
+                                         prod(raw[j] for j in literal if j != k)))
+            else:
+                walk.pin(x, f"constant reshape size at {walk.describe(node)}")
         elif literal:
             walk.out.divisors.append((tags.unique(x), prod(raw[k] for k in literal)))
         # a size read off a channel axis of another tensor ties that width to this reshape
@@ -108,9 +116,53 @@ class Reshape(Move):
     def set_size(self, node, index: int, width: int) -> None:
         """Set the literal size at ``index`` of ``node``'s size list (recorded by
         :meth:`check`) to ``width``."""
-        sizes = list(node.args[1])
-        sizes[index] = width
-        node.update_arg(1, sizes)
+        if len(node.args) == 2 and isinstance(node.args[1], (tuple, list)):
+            sizes = list(node.args[1])
+            sizes[index] = width
+            node.update_arg(1, sizes)
+        else:
+            node.update_arg(1 + index, width)
+
+
+def _head_axes(tags, x, out) -> list[tuple[int, np.ndarray, bool]]:
+    """Axes of ``out`` that a reshape between ``(..., channels)`` and ``(..., heads,
+    head_dim)`` makes: ``(axis, heads x head_dim identities, split)``, the heads axis of a
+    split, or the merged axis of a merge (both of at least two: a head of one channel is
+    not told apart from a plain view)."""
+    found = []
+    for a, b, split in ((x, out, True), (out, x, False)):
+        for j in range(a.dim()):
+            vec = tags.axis_vector(a, j) if tags.carries(a, j) else None
+            if vec is None:
+                continue
+            for k in range(b.dim() - 1):
+                if b.shape[k] * b.shape[k + 1] != len(vec) or min(b.shape[k], b.shape[k + 1]) < 2:
+                    continue
+                index = [0] * b.dim()
+                index[k], index[k + 1] = slice(None), slice(None)
+                m = b[tuple(index)].numpy()
+                if np.array_equal(m.reshape(-1), vec):
+                    found.append((k if split else j, m, split))
+    return found
+
+
+def _follow_heads(walk, node, k: int, heads: np.ndarray, split: bool, x, rest: int):
+    """What to decide once every coupling is known: if each row of ``heads`` became one
+    channel (attention made it a head), the literal size at axis ``k`` follows the heads
+    (a split's head count, a merge's heads times head_dim) and the other literal sizes
+    (``rest``, the head_dim) constrain as a multiple; else the reshape pins ``x``."""
+    why = f"constant reshape size at {walk.describe(node)}"
+    pinned = walk.tags.unique(x)
+
+    def decide():
+        roots = walk.tags.uf.find(heads)
+        if (roots == roots[:, :1]).all():
+            walk.out.sizes.append((node.name, k, heads[:, 0] if split else heads.reshape(-1)))
+            if rest > 1:
+                walk.out.divisors.append((pinned, rest))
+        else:
+            walk.out.pins.append((pinned, why))
+    return decide
 
 
 def _whole(tags, x, out, k: int) -> bool:

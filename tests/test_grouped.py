@@ -33,6 +33,18 @@ def block_net(c=8, width=12, groups=3):
                          nn.Flatten(), nn.Linear(c, 4))
 
 
+def block_with_dead(dead):
+    """``block_net`` in float64 with random norms, its input and graph, and ``dead``
+    channels of the grouped conv's input killed (γ = 0, so they emit ReLU(β))."""
+    net = block_net().double().eval()
+    randomise_norms(net)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    graph = fxs.analyze(net, x)
+    with torch.no_grad():
+        net[1].a.bn.weight[dead] = 0
+    return net, x, graph
+
+
 def grouped_weights(module):
     return {n: m for n, m in module.named_modules()
             if isinstance(m, nn.Conv2d) and 1 < m.groups < m.in_channels}
@@ -49,14 +61,9 @@ def assert_groups_even(graph, plan):
 
 
 def test_a_grouped_dimension_loses_only_what_every_group_can_lose():
-    net = block_net().double().eval()
-    randomise_norms(net)
-    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
-    graph = fxs.analyze(net, x)
+    net, x, graph = block_with_dead([0, 1, 5, 10])     # group 0 loses 2, groups 1 and 2 lose 1
     inner = graph["1.a.conv"]
     assert inner.groups == 3 and inner.grouping is None and list(inner.slots) == [0] * 4 + [1] * 4 + [2] * 4
-    with torch.no_grad():       # group 0 loses 2, group 1 loses 1, group 2 loses 1
-        net[1].a.bn.weight[[0, 1, 5, 10]] = 0
     alive = fxs.liveliness(graph)
     pruned = fxs.plan(graph, alive, target=None, scheme="prune")
     assert len(pruned.dims["1.a.conv"].survivors) == 9          # 3 per group
@@ -74,12 +81,7 @@ def test_a_grouped_dimension_loses_only_what_every_group_can_lose():
 
 
 def test_new_channels_join_every_group_and_the_map_says_where_each_came_from():
-    net = block_net().double().eval()
-    randomise_norms(net)
-    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
-    graph = fxs.analyze(net, x)
-    with torch.no_grad():
-        net[1].a.bn.weight[[1, 6, 11]] = 0          # one per group, each at another place in it
+    net, x, graph = block_with_dead([1, 6, 11])      # one per group, each at another place in it
     plan = fxs.plan(graph, fxs.liveliness(graph), target=1.0, scheme="nr", alpha=2.0)
     width = plan.dims["1.a.conv"].new_width
     surgery = fxs.rewrite(graph, plan)
@@ -125,12 +127,7 @@ def test_groupings_that_cannot_stay_even_keep_their_width():
 
 
 def test_under_cr_a_grouped_dimension_sheds_its_dead_but_does_not_grow():
-    net = block_net().double().eval()
-    randomise_norms(net)
-    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
-    graph = fxs.analyze(net, x)
-    with torch.no_grad():
-        net[1].a.bn.weight[[1, 5, 9]] = 0
+    net, x, graph = block_with_dead([1, 5, 9])
     for scheme in ("cr", "ca"):
         plan = fxs.plan(graph, fxs.liveliness(graph), target=1.0, scheme=scheme)
         dp = plan.dims["1.a.conv"]

@@ -1,7 +1,8 @@
 """Surgery creates every tensor on its parameter's device and in its dtype: an NR event
 and a DemP pruning with a default device of "meta" (a tensor made without an explicit
-device lands there and fails loudly) or a default dtype other than the model's, and a
-bfloat16 model through an NR event."""
+device lands there and fails loudly) or a default dtype other than the model's, the
+same for grouped convolutions and attention heads, and a bfloat16 model through an NR
+event."""
 import pytest
 import torch
 from test_rejuvenation import kill_half
@@ -59,3 +60,46 @@ def test_a_bfloat16_model_goes_through_an_event(scheme):
     nr.model.train()
     train_step(nr, 1, torch.bfloat16)
     assert all(torch.isfinite(p).all() for p in nr.model.parameters())
+
+
+def _grouped():
+    from test_grouped import block_net
+    from test_rewrite import randomise_norms
+    net = block_net().eval()
+    randomise_norms(net)
+    with torch.no_grad():
+        net[1].a.bn.weight[[1, 6, 11]] = 0       # one channel of each group of the grouped conv
+    return net, torch.randn(2, 3, 8, 8)
+
+
+def _heads():
+    from test_heads import HandWritten
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), HandWritten(8, 4, False), torch.nn.Linear(8, 2)).eval()
+    with torch.no_grad():
+        net[1].o.weight[:, 2:4] = 0              # head 1 adds nothing
+    return net, torch.randn(2, 5, 3)
+
+
+@pytest.mark.parametrize("build", [_grouped, _heads], ids=["grouped", "heads"])
+@pytest.mark.parametrize("default", [{"device": "meta"}, {"dtype": torch.float64}])
+def test_resizing_groups_and_heads_makes_no_tensor_by_default(build, default):
+    net, x = build()
+    graph = fxs.analyze(net, x)
+    alive = fxs.liveliness(graph)
+    old = torch.get_default_dtype()
+    try:
+        if "device" in default:
+            torch.set_default_device(default["device"])
+        else:
+            torch.set_default_dtype(default["dtype"])
+        surgeries = [fxs.rewrite(graph, fxs.plan(graph, alive, target=None, scheme="prune")),
+                     fxs.rewrite(graph, fxs.plan(graph, alive, target=1.0, scheme="nr", alpha=2.0))]
+    finally:
+        torch.set_default_device(None)
+        torch.set_default_dtype(old)
+    for surgery in surgeries:
+        assert surgery.plan.dims != {} and any(d.new_width != d.width for d in surgery.plan.dims.values())
+        tensors = [*surgery.module.parameters(), *surgery.module.buffers()]
+        assert all(t.device.type == "cpu" and (t.dtype == torch.float32 or not t.is_floating_point())
+                   for t in tensors)
+        torch.testing.assert_close(surgery.module(x), net(x), rtol=1e-4, atol=1e-5)

@@ -102,6 +102,22 @@ def _grouped_map(r_old: AxisRef, r_new: AxisRef, idx: np.ndarray) -> np.ndarray:
     return np.where(per >= 0, per - block * old_size, -1)
 
 
+def _placeholders(old: nn.Module, shapes: dict[str, list[int]]) -> dict[int, torch.Tensor]:
+    """A ``deepcopy`` memo that copies every tensor the rewrite resizes as an empty one
+    (it is replaced right after), so the copy costs only what keeps its size: a rewrite
+    holds the old network and the new one, not two old ones. A layer the rewrite unpacks
+    (see :func:`_unpack`) is copied whole: unpacking reads it."""
+    memo = {}
+    unpacked = tuple(f"{name}." for name, m in old.named_modules()
+                     if m is not old and TABLE.module_rule(m) is not None
+                     and TABLE.module_rule(m).unpack(m) is not None)
+    for name, t in [*old.named_parameters(), *old.named_buffers()]:
+        if name in shapes and list(t.shape) != shapes[name] and not name.startswith(unpacked):
+            empty = t.detach().new_empty(0)
+            memo[id(t)] = nn.Parameter(empty, t.requires_grad) if isinstance(t, nn.Parameter) else empty
+    return memo
+
+
 def _set_tensor(module: nn.Module, names: list[str], value: torch.Tensor) -> None:
     """Put ``value`` at every name of one tensor (a tied weight has several), as the
     parameter or buffer it replaces."""
@@ -218,8 +234,11 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
     prop = graph.propagation
     added = layout.added
     old = graph.module
-    new = copy.deepcopy(old)
-    _unpack(new)
+    if fold:        # the reference first: its copies of zeroed tensors are gone before the new network
+        removed = removed_reads(prop, layout.kept)
+        expected, calls, values = run_graph(old, graph.example_inputs,
+                                            zeroed_scales(graph, layout.kept, layout.silenced),
+                                            args_of=removed, outputs_of=watched(graph, removed))
     old_refs = _refs(prop)
     old_tensors = {**dict(old.named_parameters()), **dict(old.named_buffers())}
     for name, _ in old_refs:          # a layer the rewrite unpacks holds its dense weight
@@ -229,6 +248,8 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
     shapes: dict[str, list[int]] = {}
     for (name, axis), r in old_refs.items():
         shapes.setdefault(name, list(old_tensors[name].shape))[axis] = _axis_size(layout, r)
+    new = copy.deepcopy(old, _placeholders(old, shapes))
+    _unpack(new)
     for name, shape in shapes.items():
         t = old_tensors[name]
         if shape != list(t.shape):
@@ -263,17 +284,14 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
             new, new_prop, gamma0, "layer" if rescale is True else rescale,
             lambda tags: new_prop.uf.find(tags) >= layout.old_size)
     if fold:
-        removed = removed_reads(prop, layout.kept)
-        overrides = zeroed_scales(graph, layout.kept, layout.silenced)
-        expected, calls, values = run_graph(old, graph.example_inputs, overrides, args_of=removed,
-                                            outputs_of=watched(graph, removed))
         fold_constants(graph, new, new_prop, surgery, removed, calls, values)
     if scheme in ("cr", "ca") or prop.generations:
         _partition(new, prop, new_prop, new_refs, layout, surgery)
     _carry_unused(graph, new)
     new.recompile()
     if fold and check:
-        verify(graph, overrides, expected, new, new_prop, surgery.folds)
+        verify(graph, lambda: zeroed_scales(graph, layout.kept, layout.silenced), expected, new, new_prop,
+               surgery.folds)
     return surgery
 
 

@@ -41,9 +41,10 @@ def difference(a, b) -> float | None:
     return worst
 
 
-def verify(graph, overrides: dict, expected, new, new_prop, folds: dict) -> None:
+def verify(graph, overrides, expected, new, new_prop, folds: dict) -> None:
     """Raise :class:`FxSurgeonError` if ``new`` does not compute ``expected`` (the
-    reference's output) on the example inputs, naming the first layer that differs."""
+    reference's output) on the example inputs, naming the first layer that differs
+    (``overrides()`` gives the reference's tensors again, to find it)."""
     got, _, _ = run_graph(new, graph.example_inputs)
     d = difference(expected, got)
     if d is not None and d <= 1:
@@ -52,7 +53,7 @@ def verify(graph, overrides: dict, expected, new, new_prop, folds: dict) -> None
     producers = [(node, vec) for node, vec, origin in prop.groups if origin == "producer"]
     new_vecs = {node: vec for node, vec, _ in new_prop.groups}
     shown = {node: folds.get(node, {}).get("node", node) for node, _ in producers}
-    _, _, before = run_graph(graph.module, graph.example_inputs, overrides,
+    _, _, before = run_graph(graph.module, graph.example_inputs, overrides(),
                              outputs_of=[n for n, _ in producers])
     _, _, after = run_graph(new, graph.example_inputs, outputs_of=set(shown.values()))
     modules = dict(graph.module.named_modules())

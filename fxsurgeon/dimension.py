@@ -111,6 +111,26 @@ def _kind(origins: set[str], labels: set[str], producers: list[str], reasons: li
     return "hidden"
 
 
+def _split_axes(axes, uf: UnionFind, dim_of_root: np.ndarray, chan_of_root: np.ndarray):
+    """``(axis index, dimension, positions, channels)`` for every dimension each axis holds,
+    axis by axis and dimensions in order: all axes in one sort, not one pass each."""
+    if not axes:
+        return
+    lengths = np.fromiter((len(r.tags) for r in axes), np.int64, len(axes))
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    roots = uf.find(np.concatenate([np.asarray(r.tags, np.int64).ravel() for r in axes]))
+    d_at = dim_of_root[roots]
+    which = np.repeat(np.arange(len(axes)), lengths)
+    at = np.nonzero(d_at >= 0)[0]
+    key = which[at] * (int(d_at.max()) + 1) + d_at[at]
+    order = np.argsort(key, kind="stable")
+    at, key = at[order], key[order]
+    cuts = np.nonzero(np.diff(key))[0] + 1
+    for part in np.split(at, cuts) if len(at) else ():
+        i = int(which[part[0]])
+        yield i, int(d_at[part[0]]), part - starts[i], chan_of_root[roots[part]]
+
+
 def build_dimensions(prop: Propagation, node_names: dict[str, str]
                      ) -> tuple[list[Dimension], np.ndarray, np.ndarray]:
     """Group classes into dimensions; also return per-root (dimension, channel) lookups.
@@ -180,13 +200,10 @@ def build_dimensions(prop: Propagation, node_names: dict[str, str]
             labels[d].add(label)
     followed = {node_names.get(w, w) for w, _ in prop.follows}
     members: list[list[Member]] = [[] for _ in comps]
-    for ref in prop.axes:
-        roots = uf.find(ref.tags)
-        d_at = dim_of_root[roots]
-        for d in np.unique(d_at[d_at >= 0]).tolist():
-            pos = np.nonzero(d_at == d)[0]
-            members[d].append(Member(ref.param, ref.role, node_names.get(ref.node, ref.node),
-                                     ref.axis, pos, chan_of_root[roots[pos]], ref.divisor))
+    for i, d, pos, chans in _split_axes(prop.axes, uf, dim_of_root, chan_of_root):
+        ref = prop.axes[i]
+        members[d].append(Member(ref.param, ref.role, node_names.get(ref.node, ref.node),
+                                 ref.axis, pos, chans, ref.divisor))
 
     taken: set[str] = set()
     dims = []

@@ -115,20 +115,26 @@ def _split_axes(axes, uf: UnionFind, dim_of_root: np.ndarray, chan_of_root: np.n
     """``(axis index, dimension, positions, channels)`` for every dimension each axis holds,
     axis by axis and dimensions in order: all axes in one sort, not one pass each."""
     if not axes:
-        return
+        return []
     lengths = np.fromiter((len(r.tags) for r in axes), np.int64, len(axes))
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     roots = uf.find(np.concatenate([np.asarray(r.tags, np.int64).ravel() for r in axes]))
     d_at = dim_of_root[roots]
     which = np.repeat(np.arange(len(axes)), lengths)
     at = np.nonzero(d_at >= 0)[0]
+    if not len(at):
+        return []
     key = which[at] * (int(d_at.max()) + 1) + d_at[at]
-    order = np.argsort(key, kind="stable")
-    at, key = at[order], key[order]
-    cuts = np.nonzero(np.diff(key))[0] + 1
-    for part in np.split(at, cuts) if len(at) else ():
-        i = int(which[part[0]])
-        yield i, int(d_at[part[0]]), part - starts[i], chan_of_root[roots[part]]
+    unsorted = np.nonzero(np.diff(key) < 0)[0]
+    if len(unsorted):       # axes holding dimensions out of order (a concatenation's parts)
+        block = np.isin(which[at], which[at[unsorted]])
+        order = np.argsort(key[block], kind="stable")
+        at[block], key[block] = at[block][order], key[block][order]
+    positions, channels = at - starts[which[at]], chan_of_root[roots[at]]
+    bounds = np.concatenate([[0], np.nonzero(np.diff(key))[0] + 1, [len(at)]]).tolist()
+    firsts = at[bounds[:-1]]
+    return [(i, d, positions[a:b], channels[a:b]) for i, d, a, b in
+            zip(which[firsts].tolist(), d_at[firsts].tolist(), bounds[:-1], bounds[1:], strict=True)]
 
 
 def build_dimensions(prop: Propagation, node_names: dict[str, str]

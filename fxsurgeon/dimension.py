@@ -160,6 +160,32 @@ def _grouping(prop: Propagation, dim_of_root: np.ndarray, chan_of_root: np.ndarr
     return found
 
 
+def _split_axes(axes, uf: UnionFind, dim_of_root: np.ndarray, chan_of_root: np.ndarray):
+    """``(axis index, dimension, positions, channels)`` for every dimension each axis holds,
+    axis by axis and dimensions in order: all axes in one sort, not one pass each."""
+    if not axes:
+        return []
+    lengths = np.fromiter((len(r.tags) for r in axes), np.int64, len(axes))
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    roots = uf.find(np.concatenate([np.asarray(r.tags, np.int64).ravel() for r in axes]))
+    d_at = dim_of_root[roots]
+    which = np.repeat(np.arange(len(axes)), lengths)
+    at = np.nonzero(d_at >= 0)[0]
+    if not len(at):
+        return []
+    key = which[at] * (int(d_at.max()) + 1) + d_at[at]
+    unsorted = np.nonzero(np.diff(key) < 0)[0]
+    if len(unsorted):       # axes holding dimensions out of order (a concatenation's parts)
+        block = np.isin(which[at], which[at[unsorted]])
+        order = np.argsort(key[block], kind="stable")
+        at[block], key[block] = at[block][order], key[block][order]
+    positions, channels = at - starts[which[at]], chan_of_root[roots[at]]
+    bounds = np.concatenate([[0], np.nonzero(np.diff(key))[0] + 1, [len(at)]]).tolist()
+    firsts = at[bounds[:-1]]
+    return [(i, d, positions[a:b], channels[a:b]) for i, d, a, b in
+            zip(which[firsts].tolist(), d_at[firsts].tolist(), bounds[:-1], bounds[1:], strict=True)]
+
+
 def build_dimensions(prop: Propagation, node_names: dict[str, str]
                      ) -> tuple[list[Dimension], np.ndarray, np.ndarray]:
     """Group classes into dimensions; also return per-root (dimension, channel) lookups.
@@ -237,13 +263,10 @@ def build_dimensions(prop: Propagation, node_names: dict[str, str]
             labels[d].add(label)
     followed = {node_names.get(w, w) for w, _ in prop.follows}
     members: list[list[Member]] = [[] for _ in comps]
-    for ref in prop.axes:
-        roots = uf.find(ref.tags)
-        d_at = dim_of_root[roots]
-        for d in np.unique(d_at[d_at >= 0]).tolist():
-            pos = np.nonzero(d_at == d)[0]
-            members[d].append(Member(ref.param, ref.role, node_names.get(ref.node, ref.node),
-                                     ref.axis, pos, chan_of_root[roots[pos]], ref.divisor))
+    for i, d, pos, chans in _split_axes(prop.axes, uf, dim_of_root, chan_of_root):
+        ref = prop.axes[i]
+        members[d].append(Member(ref.param, ref.role, node_names.get(ref.node, ref.node),
+                                 ref.axis, pos, chans, ref.divisor))
 
     taken: set[str] = set()
     dims = []

@@ -155,6 +155,7 @@ class Walk(fx.Interpreter):
         self._later: list = []                  # what rules decide once every coupling is known
         self.const: set[fx.Node] = set()        # nodes computed from parameters alone
         self.weight_only: set[fx.Node] = set()  # ... that only feed layers as their weights
+        #                                         or opaque ops (they carry no channels)
         self.accounted: set[str] = set()        # parameters whose cost terms a rule wrote
         self.shaped: dict[fx.Node, torch.Tensor] = {}   # tensors whose size is read -> their tags
         self._writer: dict[int, tuple[torch.Tensor, str]] = {}   # tag tensor -> layer that wrote it
@@ -164,12 +165,18 @@ class Walk(fx.Interpreter):
     def run(self, *args):
         self.const = constant_nodes(self.module)
         for n in reversed(self.module.graph.nodes):
-            if n in self.const and n.users and all(
-                    u in self.weight_only or (u.op.startswith("call_") and n in
-                                              self.table.lookup(u, self.modules).weights(self, u))
-                    for u in n.users):
+            if n in self.const and n.users and all(u in self.weight_only or self._reads_whole(u, n)
+                                                   for u in n.users):
                 self.weight_only.add(n)
         return super().run(*args)
+
+    def _reads_whole(self, user: fx.Node, n: fx.Node) -> bool:
+        """Whether ``user`` reads the constant ``n`` as a weight, or pins whatever it reads
+        (an opaque op: the constant's elements then need no identities)."""
+        if not user.op.startswith("call_"):
+            return False
+        rule = self.table.lookup(user, self.modules)
+        return rule.pins_all or n in rule.weights(self, user)
 
     def run_node(self, n: fx.Node):
         if n in self.weight_only:        # a layer reads it through its provenance, not its tags

@@ -110,8 +110,11 @@ class Tags:
         hit = self._unique.get(id(t))
         if hit is not None and hit[0] is t:
             return hit[1]
-        s = self.structure(t, t.dim())
-        tags = np.unique(s[1]) if s is not None else torch.unique(t).numpy()
+        if t.numel() and not any(t.stride(a) and t.shape[a] > 1 for a in range(t.dim())):
+            tags = np.array([int(t[(0,) * t.dim()])])       # one value, expanded
+        else:
+            s = self.structure(t, t.dim())
+            tags = np.unique(s[1]) if s is not None else torch.unique(t).numpy()
         tags = tags[tags != 0]
         self._unique[id(t)] = (t, tags)
         return tags

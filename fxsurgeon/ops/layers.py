@@ -151,9 +151,11 @@ class Layer(Rule):
             return None
         weight, bias = tensors.get(self.weight), tensors.get(self.bias)
         if self.linear and weight is not None:
-            return F.linear(args[0], weight, bias)
+            out = _linear_shape(args[0], weight)
+            return F.linear(args[0], weight, bias) if out is None else out
         if not self.transposed and weight is not None and hasattr(module, "_conv_forward"):
-            return module._conv_forward(args[0], weight, bias)
+            out = _conv_shape(module, args[0], weight)
+            return module._conv_forward(args[0], weight, bias) if out is None else out
         return None
 
     def restricted(self, node, root, weight):
@@ -224,6 +226,31 @@ class Layer(Rule):
 #: layers computed as torch's own modules compute them (a subclass may pad or scale first)
 _TORCH_FORWARDS = {c.forward for c in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
                                        nn.ConvTranspose2d, nn.ConvTranspose3d)}
+
+
+def _linear_shape(x, weight) -> torch.Tensor | None:
+    """What ``F.linear(x, weight)`` returns on meta tensors, without its (slow) meta kernel;
+    None where the operands do not fit (the kernel then says what is wrong)."""
+    if x.dim() < 1 or weight.dim() != 2 or x.shape[-1] != weight.shape[1] or x.dtype != weight.dtype:
+        return None
+    return torch.empty((*x.shape[:-1], weight.shape[0]), dtype=x.dtype, device=x.device)
+
+
+def _conv_shape(module, x, weight) -> torch.Tensor | None:
+    """What a torch conv module returns for ``x`` on meta tensors, from its geometry (None:
+    let its kernel answer)."""
+    nd = weight.dim() - 2
+    if x.dim() not in (nd + 1, nd + 2) or x.shape[-nd - 1] != weight.shape[1] * module.groups \
+            or x.dtype != weight.dtype or not x.is_contiguous():
+        return None
+    size = x.shape[-nd:]
+    if module.padding != "same":
+        padding = (0,) * nd if module.padding == "valid" else module.padding
+        size = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in
+                zip(size, padding, module.dilation, weight.shape[2:], module.stride, strict=True)]
+        if min(size) < 1:
+            return None
+    return torch.empty((*x.shape[:-nd - 1], weight.shape[0], *size), dtype=x.dtype, device=x.device)
 
 
 def _set(module: nn.Module, **values) -> None:

@@ -59,6 +59,12 @@ class Rule:
         ``walk.pin``, ``walk.flops``, ``walk.produced``, ``walk.reader``)."""
         return walk.opaque(node, args, kwargs)
 
+    @property
+    def pins_all(self) -> bool:
+        """channels: the op pins every channel it reads and emits only pinned ones (it
+        keeps the default :meth:`propagate`), so a constant it reads needs no identities."""
+        return type(self).propagate in (Rule.propagate, Opaque.propagate)
+
     def weights(self, walk, node: fx.Node) -> list[fx.Node]:
         """The arguments of ``node`` that it uses as weights (computed from parameters,
         they are read through their provenance, not as channels)."""

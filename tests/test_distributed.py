@@ -46,6 +46,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         survivors = nr.events[0].surgery.plan.dims["0"].survivors.tolist()
         torch.save({"events": [e.step for e in nr.events], "same": same,
                     "ddp": type(nr.model.ddp).__name__, "survivors": survivors}, out)
+    dist.barrier()          # no rank leaves while the other still talks (gloo aborts it)
     dist.destroy_process_group()
 
 
@@ -99,6 +100,7 @@ def _demp_worker(rank: int, port: int, out: str) -> None:
         survivors = demp.prunings[0].surgery.plan.dims["0"].survivors.tolist()
         torch.save({"prunings": [p.step for p in demp.prunings], "same": same,
                     "survivors": survivors, "verdicts": verdicts}, out)
+    dist.barrier()          # no rank leaves while the other still talks (gloo aborts it)
     dist.destroy_process_group()
 
 

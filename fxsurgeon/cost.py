@@ -22,49 +22,12 @@ def dimension_of(offsets: np.ndarray, channels: np.ndarray) -> np.ndarray:
     return np.where(channels >= 0, np.searchsorted(offsets, np.maximum(channels, 0), side="right") - 1, -1)
 
 
-class _Factor:
-    """One sliced axis of a cost term: fixed positions plus positions of dimension channels."""
-
-    __slots__ = ("fixed", "index", "divisor", "_offsets", "_rep")
-
-    def __init__(self, index: np.ndarray, divisor: int, offsets: np.ndarray):
-        self.fixed = int((index < 0).sum())
-        self.index = index[index >= 0]
-        self.divisor = divisor
-        self._offsets = offsets
-        self._rep: dict[int, int] | None = None
-
-    @property
-    def rep(self) -> dict[int, int]:
-        """Positions per channel of every dimension this axis holds completely; a
-        dimension it holds only in part (rep 0) cannot grow new channels here. Computed
-        when a plan first asks (counting needs none of it)."""
-        if self._rep is None:
-            offsets, dims = self._offsets, dimension_of(self._offsets, self.index)
-            self._rep = {}
-            for d in np.unique(dims).tolist():
-                counts = np.bincount(self.index[dims == d] - offsets[d],
-                                     minlength=int(offsets[d + 1] - offsets[d]))
-                self._rep[d] = int(counts[0]) if (counts == counts[0]).all() else 0
-        return self._rep
-
-    def size(self, alive: np.ndarray | None) -> float:
-        n = self.fixed + (len(self.index) if alive is None else int(alive[self.index].sum()))
-        return n / self.divisor
-
-    def parts(self, kept: np.ndarray, partitioned: np.ndarray, added: np.ndarray
-              ) -> tuple[float, float, float]:
-        """(survivors, added, fixed) positions: kept channels of growing dimensions, new
-        channels, and everything in no partition (other dimensions, no dimension)."""
-        k = kept[self.index]
-        s = int((k & partitioned[self.index]).sum())
-        f = self.fixed + int((k & ~partitioned[self.index]).sum())
-        r = sum(rep * int(added[d]) for d, rep in self.rep.items())
-        return s / self.divisor, r / self.divisor, f / self.divisor
-
-
 class CostModel:
-    """Evaluates cost terms against alive masks over all dimension channels."""
+    """Evaluates cost terms against alive masks over all dimension channels.
+
+    Held as arrays: every factor of every term is a run of one long array of global
+    channel indices (-1: a position in no dimension), so a count is a few vector
+    operations however many layers the model has."""
 
     def __init__(self, terms: list[Term], lookup, widths: list[int], names: list[str],
                  blockwise: frozenset[str] = frozenset()):
@@ -72,8 +35,27 @@ class CostModel:
         self.blockwise = blockwise      # layers whose S/R blocks the rewriter can split
         self.widths = widths
         self.offsets = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
-        self.terms = [(t, [_Factor(lookup(tags), div, self.offsets) for tags, div in t.factors])
-                      for t in terms]
+        self.terms = terms
+        self.const = np.array([t.const for t in terms], dtype=np.float64)
+        self.metric = np.array([METRICS.index(t.metric) for t in terms], dtype=np.int64)
+        factors = [(i, np.asarray(tags).ravel(), div) for i, t in enumerate(terms) for tags, div in t.factors]
+        #: per factor: its term, divisor and length; per position: its factor and channel
+        self.factor_term = np.array([i for i, _, _ in factors], dtype=np.int64)
+        self.divisor = np.array([d for _, _, d in factors], dtype=np.float64)
+        lengths = np.array([len(v) for _, v, _ in factors], dtype=np.int64)
+        tags = np.concatenate([v for _, v, _ in factors]) if factors else np.zeros(0, np.int64)
+        index = lookup(tags.astype(np.int64)) if len(tags) else np.zeros(0, np.int64)
+        factor = np.repeat(np.arange(len(factors)), lengths)
+        held = index >= 0
+        self.fixed = np.bincount(factor[~held], minlength=len(factors)).astype(np.float64)
+        self.index, self.factor = index[held], factor[held]
+        self.full = self.fixed + np.bincount(self.factor, minlength=len(factors))
+        #: terms with two factors whose S/R blocks ``cr`` drops: (term, output factor, input factor)
+        pairs = [(i, (self.factor_term == i).nonzero()[0]) for i, t in enumerate(terms)
+                 if len(t.factors) == 2 and t.node in blockwise]
+        self._blocks = tuple(np.array(column, np.int64).reshape(-1) for column in
+                             ([i for i, _ in pairs], [f[0] for _, f in pairs], [f[1] for _, f in pairs]))
+        self._rep: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def flat_mask(self, alive: dict | None) -> np.ndarray | None:
         """One boolean vector over all channels of all dimensions (None: all alive)."""
@@ -92,36 +74,60 @@ class CostModel:
             flat[self.offsets[i]:self.offsets[i + 1]] = m
         return flat
 
+    def _held(self, mask: np.ndarray) -> np.ndarray:
+        """Per factor: how many of its channel positions ``mask`` keeps."""
+        return np.bincount(self.factor, weights=mask[self.index], minlength=len(self.fixed))
+
+    def _terms(self, sizes: np.ndarray) -> np.ndarray:
+        """Per term: ``const * prod(factor sizes)``, multiplied in factor order."""
+        v = self.const.copy()
+        np.multiply.at(v, self.factor_term, sizes)
+        return v
+
     def count(self, metric: str, flat: np.ndarray | None, by: str | None = None):
         """Total cost, or a dict of it per layer (``by="layer"``) or parameter."""
         if metric not in METRICS:
             raise FxSurgeonError(f"unknown metric {metric!r}: use one of {METRICS}")
+        sizes = self.full if flat is None else self.fixed + self._held(flat)
+        return self._total(self._terms(sizes / self.divisor), metric, by)
+
+    def _total(self, values: np.ndarray, metric: str, by: str | None = None):
+        ours = self.metric == METRICS.index(metric)
+        if not by:          # summed in term order, as a running sum
+            return _exact(float(np.cumsum(values[ours])[-1])) if ours.any() else 0
         per: dict[str, float] = defaultdict(float)
-        total = 0.0
-        for term, factors in self.terms:
-            if term.metric != metric:
-                continue
-            v = term.const
-            for f in factors:
-                v *= f.size(flat)
-            total += v
-            if by == "layer":
-                per[term.node] += v
-            elif by == "param" and term.param:
-                per[term.param] += v
-        return {k: _exact(v) for k, v in per.items()} if by else _exact(total)
+        for i, v in zip(np.nonzero(ours)[0].tolist(), values[ours].tolist(), strict=True):
+            key = self.terms[i].node if by == "layer" else self.terms[i].param if by == "param" else None
+            if key:
+                per[key] += v
+        return {k: _exact(v) for k, v in per.items()}
+
+    @property
+    def rep(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(factor, dimension, positions per channel)`` for every dimension a factor
+        holds: the count where it holds every channel of it equally often, else 0 (it
+        cannot grow new channels there). Computed when a plan first asks."""
+        if self._rep is None:
+            total = int(self.offsets[-1])
+            key, count = np.unique(self.factor * max(total, 1) + self.index, return_counts=True)
+            factor, channel = key // max(total, 1), key % max(total, 1)
+            dim = dimension_of(self.offsets, channel)
+            pair, first = np.unique(factor * len(self.widths) + dim, return_index=True)
+            lo, hi = np.minimum.reduceat(count, first), np.maximum.reduceat(count, first)
+            n = np.diff(np.append(first, len(count)))
+            d = pair % len(self.widths)
+            whole = (lo == hi) & (n == np.asarray(self.widths, np.int64)[d])
+            self._rep = pair // len(self.widths), d, np.where(whole, lo, 0)
+        return self._rep
 
     def growable(self) -> np.ndarray:
         """Per dimension: whether every axis that holds it holds all of its channels
         (only then can it grow new ones)."""
-        ok = np.ones(len(self.widths), bool)
-        for term, factors in self.terms:
-            if term.partial:
-                continue
-            for f in factors:
-                for d, rep in f.rep.items():
-                    ok[d] &= rep > 0
-        return ok
+        factor, dim, rep = self.rep
+        partial = np.array([t.partial for t in self.terms], bool)[self.factor_term[factor]] \
+            if len(factor) else np.zeros(0, bool)
+        stuck = np.bincount(dim[(rep == 0) & ~partial], minlength=len(self.widths))
+        return stuck == 0
 
     def count_plan(self, metric: str, kept: np.ndarray, partitioned: np.ndarray, added: np.ndarray,
                    scheme: str) -> float:
@@ -131,19 +137,16 @@ class CostModel:
         the weights and MACs of every dense conv or linear module (fixed channels feed
         and read both); every other scheme and layer computes the dense layer.
         """
-        total = 0.0
-        for term, factors in self.terms:
-            if term.metric != metric:
-                continue
-            parts = [f.parts(kept, partitioned, added) for f in factors]
-            v = term.const
-            for s, r, f in parts:
-                v *= s + r + f
-            if scheme == "cr" and len(parts) == 2 and term.node in self.blockwise:
-                (s_o, r_o, _), (s_i, r_i, _) = parts
-                v -= term.const * (s_o * r_i + r_o * s_i)
-            total += v
-        return _exact(total)
+        factor, dim, rep = self.rep
+        s = self._held(kept & partitioned) / self.divisor
+        f = (self.fixed + self._held(kept & ~partitioned)) / self.divisor
+        r = np.bincount(factor, weights=rep * np.asarray(added, np.float64)[dim],
+                        minlength=len(self.fixed)) / self.divisor
+        values = self._terms(s + r + f)
+        if scheme == "cr":
+            t, o, i = self._blocks
+            values[t] -= self.const[t] * (s[o] * r[i] + r[o] * s[i])
+        return self._total(values, metric)
 
 
 def _exact(v: float):

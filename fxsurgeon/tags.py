@@ -27,6 +27,7 @@ class Tags:
         self.uf = uf
         self._vec: dict[int, tuple[torch.Tensor, dict[int, np.ndarray | None]]] = {}
         self._unique: dict[int, tuple[torch.Tensor, np.ndarray]] = {}
+        self._small: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ---- making --------------------------------------------------------------------
     def fresh(self, shape, axis: int, vec: np.ndarray | None = None) -> torch.Tensor:
@@ -92,18 +93,43 @@ class Tags:
         st = self.structure(t, t.dim()) if t.dim() else None
         return st is not None and st[0] == axis and bool((st[1] != 0).any())
 
-    def varies_along(self, t: torch.Tensor, axis: int) -> bool:
+    def _compact(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` cut to one position along every axis it is constant along (a tag tensor
+        copied out of a view varies along its channel axes only): the same identities
+        in the same pattern, at a fraction of the size. Cached per tag tensor."""
+        hit = self._small.get(id(t))
+        if hit is not None and hit[0] is t:
+            return hit[1]
+        small = t
+        for a in range(t.dim()):
+            if small.shape[a] > 1 and (small.stride(a) == 0 or bool((small == small.narrow(a, 0, 1)).all())):
+                small = small.narrow(a, 0, 1)
+        self._small[id(t)] = (t, small)
+        return small
+
+    def varies_along(self, t: torch.Tensor, axis: int, roots: list | None = None) -> bool:
         """Whether the channel classes in ``t`` change along ``axis`` (zeros, no channel, do
-        not count: padding does not mix channels)."""
-        if t.dim() == 0 or t.shape[axis] <= 1:
+        not count: padding does not mix channels). ``roots``, a list holding ``t``'s
+        classes once found, lets calls for several axes find them once."""
+        if t.dim() == 0 or t.shape[axis] <= 1 or t.stride(axis) == 0:
             return False
-        first = t.narrow(axis, 0, 1)
-        if bool((t == first).all()):
+        small = self._compact(t)
+        if small.shape[axis] == 1:
             return False
-        roots = torch.from_numpy(self.uf.find(t.numpy()))
-        high = roots.amax(axis)
-        low = torch.where(roots == 0, torch.iinfo(roots.dtype).max, roots).amin(axis)
+        roots = [] if roots is None else roots
+        if not roots:
+            roots.append(torch.from_numpy(self.uf.find(small.numpy())))
+        classes = roots[0]
+        high = classes.amax(axis)
+        low = torch.where(classes == 0, torch.iinfo(classes.dtype).max, classes).amin(axis)
         return bool(((high != 0) & (low != high)).any())
+
+    def carrying_axes(self, t: torch.Tensor) -> list[int]:
+        """Every axis of ``t`` that :meth:`carries` channels, reading its classes once."""
+        roots: list = []
+        st = self.structure(t, t.dim()) if t.dim() else None
+        one = st[0] if st is not None and bool((st[1] != 0).any()) else None
+        return [a for a in range(t.dim()) if self.varies_along(t, a, roots) or a == one]
 
     def unique(self, t: torch.Tensor) -> np.ndarray:
         """The distinct identities in ``t`` (no zeros), cached per tag tensor."""
@@ -114,7 +140,7 @@ class Tags:
             tags = np.array([int(t[(0,) * t.dim()])])       # one value, expanded
         else:
             s = self.structure(t, t.dim())
-            tags = np.unique(s[1]) if s is not None else torch.unique(t).numpy()
+            tags = np.unique(s[1]) if s is not None else torch.unique(self._compact(t)).numpy()
         tags = tags[tags != 0]
         self._unique[id(t)] = (t, tags)
         return tags

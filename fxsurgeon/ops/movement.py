@@ -81,7 +81,7 @@ class Reshape(Move):
         if len(raw) != out.dim():
             return
         tags = walk.tags
-        carrying = [k for k in range(out.dim()) if tags.carries(out, k)]
+        carrying = tags.carrying_axes(out)
         literal = [k for k in carrying if isinstance(raw[k], int) and raw[k] != -1]
         if self.follow_sizes:
             for k in [k for k in literal if _whole(tags, x, out, k)]:

@@ -3,12 +3,29 @@ and a DemP pruning with a default device of "meta" (a tensor made without an exp
 device lands there and fails loudly) or a default dtype other than the model's, the
 same for grouped convolutions and attention heads, and a bfloat16 model through an NR
 event."""
+import contextlib
+
 import pytest
 import torch
 from test_rejuvenation import kill_half
 
 import fxsurgeon as fxs
 from wrapped import batch, small_net, train_step
+
+
+@contextlib.contextmanager
+def defaults(default: dict):
+    """Torch's default device (``{"device": ...}``) or dtype (``{"dtype": ...}``) set for the block."""
+    old = torch.get_default_dtype()
+    try:
+        if "device" in default:
+            torch.set_default_device(default["device"])
+        else:
+            torch.set_default_dtype(default["dtype"])
+        yield
+    finally:
+        torch.set_default_device(None)
+        torch.set_default_dtype(old)
 
 
 def nr_event(model, dtype=torch.float32, **kwargs):
@@ -29,16 +46,8 @@ def test_an_event_and_a_pruning_make_no_tensor_by_default(scheme, default):
     train_step(demp)
     with torch.no_grad():
         demp.model.network.get_submodule("1").weight[:3] = 0
-    old = torch.get_default_dtype()
-    try:
-        if "device" in default:
-            torch.set_default_device(default["device"])
-        else:
-            torch.set_default_dtype(default["dtype"])
+    with defaults(default):
         event, pruning = nr.check(), demp.prune()
-    finally:
-        torch.set_default_device(None)
-        torch.set_default_dtype(old)
     assert event is not None and pruning is not None and pruning.removed == 3
     for wrapper in (nr, demp):
         tensors = [*wrapper.model.parameters(), *wrapper.model.buffers(),
@@ -86,17 +95,9 @@ def test_resizing_groups_and_heads_makes_no_tensor_by_default(build, default):
     net, x = build()
     graph = fxs.analyze(net, x)
     alive = fxs.liveliness(graph)
-    old = torch.get_default_dtype()
-    try:
-        if "device" in default:
-            torch.set_default_device(default["device"])
-        else:
-            torch.set_default_dtype(default["dtype"])
+    with defaults(default):
         surgeries = [fxs.rewrite(graph, fxs.plan(graph, alive, target=None, scheme="prune")),
                      fxs.rewrite(graph, fxs.plan(graph, alive, target=1.0, scheme="nr", alpha=2.0))]
-    finally:
-        torch.set_default_device(None)
-        torch.set_default_dtype(old)
     for surgery in surgeries:
         assert surgery.plan.dims != {} and any(d.new_width != d.width for d in surgery.plan.dims.values())
         tensors = [*surgery.module.parameters(), *surgery.module.buffers()]

@@ -120,11 +120,26 @@ def _kind(origins: set[str], labels: set[str], producers: list[str], reasons: li
 
 def _blocks(roots: np.ndarray) -> int:
     """``r`` if ``roots`` is each of its classes ``r`` times in a row (an attention head's
-    ``head_dim`` channels), else 0."""
-    starts = np.r_[0, np.nonzero(np.diff(roots))[0] + 1]
-    lengths = np.diff(np.r_[starts, len(roots)])
-    distinct = len(np.unique(roots)) == len(starts)
+    ``head_dim`` channels), that run of runs maybe repeated whole (q, k and v heads from
+    one projection: see :func:`segments`), else 0."""
+    m = segments(roots)
+    row = roots[:len(roots) // m]
+    starts = np.r_[0, np.nonzero(np.diff(row))[0] + 1]
+    lengths = np.diff(np.r_[starts, len(row)])
+    distinct = len(np.unique(row)) == len(starts)
     return int(lengths[0]) if distinct and (lengths == lengths[0]).all() else 0
+
+
+def segments(roots: np.ndarray) -> int:
+    """How many times ``roots`` repeats one sequence that holds each of its classes in
+    one run (1 if it does not)."""
+    first = roots[0]
+    at = np.nonzero(roots == first)[0]
+    breaks = at[np.r_[False, np.diff(at) > 1]]
+    if not len(breaks) or len(roots) % breaks[0]:
+        return 1
+    m = len(roots) // int(breaks[0])
+    return m if (roots.reshape(m, -1) == roots[:len(roots) // m]).all() else 1
 
 
 def _grouping(prop: Propagation, dim_of_root: np.ndarray, chan_of_root: np.ndarray,

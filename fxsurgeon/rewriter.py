@@ -23,6 +23,7 @@ import torch
 from torch import fx, nn
 
 from .cost import dimension_of
+from .dimension import segments
 from .errors import FxSurgeonError, one_line
 from .folding import fold_constants, removed_reads, watched
 from .graph import ChannelGraph
@@ -324,8 +325,11 @@ class _Layout:
         stays one block."""
         kept = self.kept(vec)
         dim = self.graph.dims[d] if d >= 0 else None
-        if dim is not None and dim.unit > 1:      # a new head takes head_dim positions
-            new = np.repeat(new, dim.unit)
+        if dim is not None and dim.unit > 1:      # a new head takes head_dim positions in
+            new = np.repeat(new, dim.unit)        # each of q, k, v a projection emits
+            m = segments(self.graph.propagation.uf.find(vec))
+            return np.concatenate([np.concatenate([part[self.kept(part)], new])
+                                   for part in np.split(vec, m)])
         if dim is None or dim.slots is None:
             return np.concatenate([vec[kept], new])
         slots = dim.slots[self.graph.global_channels(vec) - self.offsets[d]]

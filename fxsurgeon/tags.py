@@ -27,7 +27,6 @@ class Tags:
         self.uf = uf
         self._vec: dict[int, tuple[torch.Tensor, dict[int, np.ndarray | None]]] = {}
         self._unique: dict[int, tuple[torch.Tensor, np.ndarray]] = {}
-        self._small: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ---- making --------------------------------------------------------------------
     def fresh(self, shape, axis: int, vec: np.ndarray | None = None) -> torch.Tensor:
@@ -93,43 +92,42 @@ class Tags:
         st = self.structure(t, t.dim()) if t.dim() else None
         return st is not None and st[0] == axis and bool((st[1] != 0).any())
 
-    def _compact(self, t: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _compact(t: torch.Tensor) -> torch.Tensor:
         """``t`` cut to one position along every axis it is constant along (a tag tensor
         copied out of a view varies along its channel axes only): the same identities
-        in the same pattern, at a fraction of the size. Cached per tag tensor."""
-        hit = self._small.get(id(t))
-        if hit is not None and hit[0] is t:
-            return hit[1]
+        in the same pattern, at a fraction of the size (a view: nothing is kept)."""
         small = t
         for a in range(t.dim()):
             if small.shape[a] > 1 and (small.stride(a) == 0 or bool((small == small.narrow(a, 0, 1)).all())):
                 small = small.narrow(a, 0, 1)
-        self._small[id(t)] = (t, small)
         return small
 
-    def varies_along(self, t: torch.Tensor, axis: int, roots: list | None = None) -> bool:
+    def varies_along(self, t: torch.Tensor, axis: int, scratch: dict | None = None) -> bool:
         """Whether the channel classes in ``t`` change along ``axis`` (zeros, no channel, do
-        not count: padding does not mix channels). ``roots``, a list holding ``t``'s
-        classes once found, lets calls for several axes find them once."""
+        not count: padding does not mix channels). ``scratch``, a dict a caller keeps for
+        one ``t``, lets calls for several axes compact it and find its classes once."""
         if t.dim() == 0 or t.shape[axis] <= 1 or t.stride(axis) == 0:
             return False
-        small = self._compact(t)
+        scratch = {} if scratch is None else scratch
+        if "small" not in scratch:
+            scratch["small"] = self._compact(t)
+        small = scratch["small"]
         if small.shape[axis] == 1:
             return False
-        roots = [] if roots is None else roots
-        if not roots:
-            roots.append(torch.from_numpy(self.uf.find(small.numpy())))
-        classes = roots[0]
+        if "classes" not in scratch:
+            scratch["classes"] = torch.from_numpy(self.uf.find(small.numpy()))
+        classes = scratch["classes"]
         high = classes.amax(axis)
         low = torch.where(classes == 0, torch.iinfo(classes.dtype).max, classes).amin(axis)
         return bool(((high != 0) & (low != high)).any())
 
     def carrying_axes(self, t: torch.Tensor) -> list[int]:
         """Every axis of ``t`` that :meth:`carries` channels, reading its classes once."""
-        roots: list = []
+        scratch: dict = {}
         st = self.structure(t, t.dim()) if t.dim() else None
         one = st[0] if st is not None and bool((st[1] != 0).any()) else None
-        return [a for a in range(t.dim()) if self.varies_along(t, a, roots) or a == one]
+        return [a for a in range(t.dim()) if self.varies_along(t, a, scratch) or a == one]
 
     def unique(self, t: torch.Tensor) -> np.ndarray:
         """The distinct identities in ``t`` (no zeros), cached per tag tensor."""

@@ -153,10 +153,9 @@ def _grouping(prop: Propagation, dim_of_root: np.ndarray, chan_of_root: np.ndarr
     found: dict[int, dict] = {}
     for tags, groups, transposed in prop.grouped:
         roots = prop.uf.find(tags)
-        d_at = dim_of_root[roots]
+        d_at, chans = dim_of_root[roots], chan_of_root[roots]
+        slots = np.arange(len(tags)) // (len(tags) // groups)
         for d in np.unique(d_at[d_at >= 0]).tolist():
-            chans = chan_of_root[roots]
-            slots = np.arange(len(tags)) // (len(tags) // groups)
             why = None
             if transposed:
                 why = "grouped transposed convolution"

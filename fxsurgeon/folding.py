@@ -27,6 +27,7 @@ from .folded import FoldedConstant
 from .matching import is_identity, match, take
 from .nodes import getattr_path, reads_values
 from .ops import TABLE
+from .reference import readout_sources
 
 #: how many channel-wise ops back from a layer folding looks for where a constant is constant
 _REACH = 8
@@ -36,8 +37,7 @@ def removed_reads(prop, kept) -> dict:
     """``{call: (its Reader, which positions of its input go)}`` for every call that reads
     a channel ``kept`` drops, but for channels its own columns judge (an attention head:
     the reference zeroes those columns, so the head adds nothing to fold)."""
-    scales = {sc.weight for sc in prop.scales.values()}
-    judged = {(r.param, r.axis) for r in prop.axes if r.role == "source" and r.param not in scales}
+    judged = {(r.param, r.axis) for r in readout_sources(prop)}
     reads = {}
     for r in prop.readers.values():
         gone = ~kept(r.tags) & ((r.weight, r.weight_axis) not in judged)

@@ -65,6 +65,13 @@ def run_graph(gm: fx.GraphModule, inputs: tuple, overrides: dict | None = None, 
     return out, runner.args, runner.outputs
 
 
+def readout_sources(prop) -> list:
+    """The liveliness sources that are not norm scales: the weights reading attention
+    heads back (their columns judge a head)."""
+    weights = {sc.weight for sc in prop.scales.values()}
+    return [r for r in prop.axes if r.role == "source" and r.param not in weights]
+
+
 def zeroed_scales(graph, kept, silenced=None) -> dict[str, torch.Tensor]:
     """Copies of the tensors that take away the channels ``kept`` drops. A channel a
     norm judges gets its scale γ at zero (an attention head, the projection columns that
@@ -85,7 +92,7 @@ def zeroed_scales(graph, kept, silenced=None) -> dict[str, torch.Tensor]:
         out[name] = t.index_fill(axis, index, 0)
 
     weights = {sc.weight for sc in prop.scales.values()}
-    readouts = [r for r in prop.axes if r.role == "source" and r.param not in weights]
+    readouts = readout_sources(prop)
     judged = [prop.uf.find(sc.tags) for sc in prop.scales.values()] + [prop.uf.find(r.tags) for r in readouts]
     judged = np.unique(np.concatenate(judged)) if judged else np.zeros(0, np.int64)
     for scale in prop.scales.values():

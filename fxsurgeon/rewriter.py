@@ -29,7 +29,7 @@ from .folding import fold_constants, removed_reads, watched
 from .graph import ChannelGraph
 from .matching import is_identity, match, take
 from .nodes import getattr_path
-from .ops import TABLE
+from .ops import TABLE, Rule
 from .partitioned import Partitioned
 from .planner import SCHEMES, Plan
 from .propagation import AxisRef, propagate
@@ -109,9 +109,9 @@ def _placeholders(old: nn.Module, shapes: dict[str, list[int]]) -> dict[int, tor
     holds the old network and the new one, not two old ones. A layer the rewrite unpacks
     (see :func:`_unpack`) is copied whole: unpacking reads it."""
     memo = {}
-    unpacked = tuple(f"{name}." for name, m in old.named_modules()
-                     if m is not old and TABLE.module_rule(m) is not None
-                     and TABLE.module_rule(m).unpack(m) is not None)
+    rules = ((name, TABLE.module_rule(m)) for name, m in old.named_modules() if m is not old)
+    unpacked = tuple(f"{name}." for name, rule in rules
+                     if rule is not None and type(rule).unpack is not Rule.unpack)
     for name, t in [*old.named_parameters(), *old.named_buffers()]:
         if name in shapes and list(t.shape) != shapes[name] and not name.startswith(unpacked):
             empty = t.detach().new_empty(0)
@@ -323,13 +323,13 @@ class _Layout:
         """What a producer of ``vec`` (channels of dimension ``d``) now emits: its survivors,
         then the new channels; of a grouped dimension, group by group, so that every group
         stays one block."""
-        kept = self.kept(vec)
         dim = self.graph.dims[d] if d >= 0 else None
         if dim is not None and dim.unit > 1:      # a new head takes head_dim positions in
             new = np.repeat(new, dim.unit)        # each of q, k, v a projection emits
             m = segments(self.graph.propagation.uf.find(vec))
             return np.concatenate([np.concatenate([part[self.kept(part)], new])
                                    for part in np.split(vec, m)])
+        kept = self.kept(vec)
         if dim is None or dim.slots is None:
             return np.concatenate([vec[kept], new])
         slots = dim.slots[self.graph.global_channels(vec) - self.offsets[d]]

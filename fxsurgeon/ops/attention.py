@@ -67,8 +67,7 @@ class HeadAttention(Rule):
         if m.qkv.bias is not None:
             walk.ref(f"{qkv}.bias", 0, np.tile(rows, 3), "param", node)
         walk.ref(f"{proj}.weight", 1, rows, "in", node)
-        walk.ref(f"{proj}.weight", 1, rows, "source", node)
-        walk.out.follows.add((node.name, node.name))    # its heads are judged by their columns
+        walk.out.heads.append(heads)        # judged by their proj columns, as sdpa's heads are
         if not isinstance(getattr(m, "norm", None), (nn.Identity, type(None))):
             walk.pin(tags.structured(heads, (len(heads),), 0), f"a norm spans the heads of {node.target}")
         y = tensors_in(walk.real(node))[0]

@@ -10,6 +10,9 @@ Steps are timed with CUDA events on a GPU (``--device cuda``); the last column i
 process's peak resident memory so far (analysis, surgery and training of every model
 up to that row).
 
+The CIFAR nets train at ``--batch`` images of 32 px (default 64), the torchvision models
+at an eighth of it at 224 px (the same pixels per step).
+
     python bench/surgery.py                    # the paper's CIFAR nets + a few torchvision models
     python bench/surgery.py --device cuda --models vgg19_cifar,resnet50
 """
@@ -29,8 +32,8 @@ import fxsurgeon as fxs
 from common import device_argument, kill
 from fxsurgeon.zoo import MODELS, SHAPES
 
-CASES = [(name, factory, (8, 3, 32, 32)) for name, factory in MODELS.items() if name not in SHAPES] + \
-    [(name, lambda n=name: torchvision.models.get_model(n), (8, 3, 224, 224))
+CASES = [(name, factory, 32) for name, factory in MODELS.items() if name not in SHAPES] + \
+    [(name, lambda n=name: torchvision.models.get_model(n), 224)
      for name in ("resnet50", "mobilenet_v3_large", "densenet121")]
 
 
@@ -68,21 +71,23 @@ def _dense_like(graph, alive, plan):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", help="comma-separated names of the cases (default all)")
+    p.add_argument("--batch", type=int, default=64, help="images per step at 32 px (224 px: an eighth)")
     device_argument(p)
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
-    print(f"fwd+bwd step times in seconds on {args.device} (1 CPU thread); cr/ca against the dense "
-          f"network of the same widths")
+    print(f"fwd+bwd step times in seconds on {args.device} (1 CPU thread), batch {args.batch} at 32 px "
+          f"and {max(1, args.batch // 8)} at 224 px; cr/ca against the dense network of the same widths")
     print(f"{'model':26s} {'plan s':>7s} {'rewrite s':>9s} {'step s':>7s} {'nr α':>6s} {'nr/orig':>7s} "
           f"{'cr α':>6s} {'cr/dense':>8s} {'ca α':>6s} {'ca/dense':>8s} {'peak GB':>7s}")
     ratios = {"nr": [], "cr": [], "ca": []}
     wanted = set(args.models.split(",")) if args.models else None
-    for name, factory, shape in CASES:
+    for name, factory, size in CASES:
         if wanted is not None and name not in wanted:
             continue
         model = factory().eval().to(args.device)
-        x = torch.randn(shape, device=args.device)
+        batch = args.batch if size == 32 else max(1, args.batch // 8)
+        x = torch.randn((batch, 3, size, size), device=args.device)
         graph = fxs.analyze(model, x[:1])
         kill(graph)
         alive = fxs.liveliness(graph)

@@ -6,6 +6,7 @@ import copy
 from torch import fx
 
 from .ops import TABLE
+from .streams import canonical
 
 
 def export(module: fx.GraphModule) -> fx.GraphModule:
@@ -13,8 +14,9 @@ def export(module: fx.GraphModule) -> fx.GraphModule:
     it equals becomes that layer (a ``cr`` partitioned layer is a conv or linear layer with
     zero cross blocks); ``nr`` and ``prune`` modules are standard already. ``ca`` layers
     stay: their gate is not a linear layer, and they script with TorchScript and export
-    to ONNX as they are."""
-    out = copy.deepcopy(module)
+    to ONNX as they are. A network that holds its generations apart (:mod:`fxsurgeon.streams`)
+    is deployed in its plain form."""
+    out = copy.deepcopy(canonical(module))
     for name, m in list(out.named_modules()):
         rule = TABLE.module_rule(m) if name else None
         standard = rule.unpack(m) if rule is not None else None

@@ -65,9 +65,13 @@ class FoldedConstant(nn.Module):
         self.chain = chain if chain is not None else nn.Identity()
 
     def forward(self, y: Tensor, size: list[int]) -> Tensor:
+        return y + self.constant(y, size)
+
+    def constant(self, y: Tensor, size: list[int]) -> Tensor:
+        """What the removed channels add to ``y`` (of ``y``'s dtype), one image of it."""
         shape = [1, self.values.shape[0]] + list(size[2:])
         spread = self.values.to(y.dtype).view([1, -1] + [1] * (len(size) - 2)).expand(shape)
-        return y + self.layer(self.chain(spread))
+        return self.layer(self.chain(spread))
 
 
 def _ints(v, n: int) -> list[int]:

@@ -1,6 +1,8 @@
 """Small readers of fx nodes, the values they hold, and the attributes they name."""
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import fx
 from torch.fx.immutable_collections import immutable_dict, immutable_list
@@ -32,6 +34,29 @@ def value_users(node: fx.Node) -> list[fx.Node]:
 def reads_values(node: fx.Node) -> bool:
     """Whether ``node`` returns a tensor (else it only reads a shape, a dtype, a size)."""
     return "fxs_value" not in node.meta or has_tensor(node.meta["fxs_value"])
+
+
+def mutates(node: fx.Node, modules: dict) -> bool:
+    """Whether ``node`` writes into its first argument (``relu_``, ``x += y``, a module or
+    function called with ``inplace=True``)."""
+    if node.kwargs.get("inplace") is True:
+        return True
+    if node.op == "call_module":
+        return getattr(modules.get(node.target), "inplace", False) is True
+    if node.op == "call_function" and len(node.args) > 1:
+        try:
+            bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
+        except (TypeError, ValueError):
+            bound = None
+        if bound is not None and bound.arguments.get("inplace") is True:
+            return True
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    return isinstance(name, str) and (name.endswith("_") and not name.endswith("__")
+                                      or name.startswith("i") and name[1:] in _OPERATORS)
+
+
+#: binary operators whose in-place form is named "i" + their name in ``operator``
+_OPERATORS = {"add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "and", "or", "xor", "matmul"}
 
 
 def describe(node: fx.Node, modules: dict) -> str:

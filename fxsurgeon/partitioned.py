@@ -193,10 +193,21 @@ class Partitioned(nn.Module):
         return y
 
     def forward(self, x: Tensor) -> Tensor:
-        parts = self._inputs(x)
+        parts: List[Optional[Tensor]] = []
+        for part in self._inputs(x):
+            parts.append(part)
+        outs = self.forward_parts(parts, x)
+        return outs[0] if len(outs) == 1 else torch.cat(outs, self.axis)
+
+    def forward_parts(self, parts: List[Optional[Tensor]], x: Tensor) -> List[Tensor]:
+        """The layer on its inputs held apart: ``parts[g]`` generation ``g``'s inputs (in
+        increasing position), ``parts[-1]`` the fixed ones (None where a part is not read);
+        one output per generation. ``x`` is any input of the layer's dtype and device (for
+        the zeros of outputs that read nothing)."""
         f: Optional[Tensor] = None       # from the fixed inputs, every output
-        if self.weight_f is not None:
-            f = self._layer(parts[-1], self.weight_f)
+        fixed_in = parts[-1]
+        if self.weight_f is not None and fixed_in is not None:
+            f = self._layer(fixed_in, self.weight_f)
         fixed: List[Tensor] = []
         if f is not None:
             fixed = list(torch.split(f, self.rows, self.axis))
@@ -205,7 +216,9 @@ class Partitioned(nn.Module):
         like = f
         for k, block in enumerate(self.blocks):
             g = self.block_gen[k]
-            y = self._layer(parts[g], block)
+            part = parts[g]
+            assert part is not None
+            y = self._layer(part, block)
             like = y
             if self.scheme == "cr":
                 own[g] = y
@@ -227,7 +240,7 @@ class Partitioned(nn.Module):
                 out = torch.addcmul(out, torch.sigmoid(out), gate, value=2.0)
             outs.append(out)
             start += self.rows[g]
-        return outs[0] if len(outs) == 1 else torch.cat(outs, self.axis)
+        return outs
 
     def extra_repr(self) -> str:
         return (f"{self.scheme}, outputs {self.rows} by generation, inputs {self.cols} "

@@ -38,6 +38,7 @@ from .rescaling import GOALS as RESCALE_GOALS
 from .rescaling import rescale as neural_rescale
 from .selfcheck import verify
 from .shapes import propagate_shapes
+from .streams import streamed
 
 
 @dataclass
@@ -293,6 +294,8 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
     if fold and check:
         verify(graph, lambda: zeroed_scales(graph, layout.kept, layout.silenced), expected, new, new_prop,
                surgery.folds)
+    if surgery.partitioned:
+        surgery.module = streamed(new, graph.example_inputs)
     return surgery
 
 

@@ -21,6 +21,7 @@ from torch.nn.utils import parametrize
 
 from .errors import UntraceableModelError
 from .ops import TABLE
+from .streams import canonical
 
 
 def _timm_fx():
@@ -110,7 +111,7 @@ def trace(model: nn.Module, leaf_modules: Iterable[type] = (),
           concrete_args: dict | None = None) -> fx.GraphModule:
     """Trace ``model`` into a GraphModule, or raise :class:`UntraceableModelError`."""
     if isinstance(model, fx.GraphModule):
-        return model
+        return canonical(model)
     refuse_wrapped(model)
     tracer = _Tracer(list(leaf_modules), list(autowrap_functions))
     try:

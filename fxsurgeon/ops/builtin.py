@@ -1,6 +1,7 @@
 """The rules of PyTorch's own ops, of fxsurgeon's own layers, and of a few library ones."""
 from __future__ import annotations
 
+import builtins
 import operator
 
 import torch
@@ -12,7 +13,7 @@ from ..partitioned import Partitioned
 from .attention import DotProductAttention, MultiheadAttention
 from .elementwise import Carry, Couple
 from .layers import Embedding, FunctionalLayer, Layer, Matmul, PReLU
-from .movement import Chunk, Concat, Move, Pad, Reshape, Select, Spatial, Split, Squeeze
+from .movement import Chunk, Concat, Metadata, Move, Pad, Reshape, Select, Spatial, Split, Squeeze
 from .norms import Norm
 from .reductions import Reduce, Softmax
 from .surgical import Blocks, Folded, Restricted
@@ -42,9 +43,9 @@ def register_builtins(table: OpTable) -> None:
           F.relu6, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid, torch.sigmoid, F.sigmoid,
           torch.tanh, F.tanh, F.elu, F.selu, F.hardtanh, F.softplus, torch.clamp, torch.clip,
           operator.neg, torch.exp, torch.abs, torch.sqrt, torch.neg, F.alpha_dropout, operator.pos,
-          "torchvision.ops.stochastic_depth.stochastic_depth",
           "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "clip", "exp", "sqrt", "abs", "neg",
           "hardtanh_", "requires_grad_"], Carry())
+    table.register("torchvision.ops.stochastic_depth.stochastic_depth", Carry(per_element=False))
     each([operator.add, operator.sub, operator.iadd, operator.isub, torch.add, torch.sub,
           "add", "add_", "sub", "sub_"], Couple("residual"))
     each([operator.mul, operator.truediv, operator.imul, operator.itruediv, torch.mul, torch.div,
@@ -70,6 +71,7 @@ def register_builtins(table: OpTable) -> None:
     table.register("view_as", Move(shape_only=True, tag_method="reshape_as"))
     table.register("reshape_as", Move(shape_only=True))
     each([torch.cat, torch.concat, torch.concatenate], Concat())
+    each(["size", "dim", builtins.getattr], Metadata())
     each([torch.chunk, "chunk"], Chunk())
     each([torch.split, "split"], Split())
     each([operator.getitem], Select())

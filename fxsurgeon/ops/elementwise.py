@@ -10,20 +10,26 @@ from .rule import Rule
 class Carry(Rule):
     """An op that maps each element on its own (an activation, dropout, a cast): its
     output holds its input's channels. ``homogeneous`` says whether ``f(c·x) = c·f(x)``
-    for ``c > 0`` (ReLU, LeakyReLU, identity, dropout)."""
+    for ``c > 0`` (ReLU, LeakyReLU, identity, dropout). ``per_element=False``: its
+    randomness spans channels (stochastic depth drops whole samples), so it cannot run on
+    a value's parts one by one."""
 
     elementwise = True
     channelwise = True
 
-    def __init__(self, homogeneous: bool = False, keeps_dtype: bool = True):
+    def __init__(self, homogeneous: bool = False, keeps_dtype: bool = True, per_element: bool = True):
         self._homogeneous = homogeneous
         self.elementwise = keeps_dtype          # casts change the dtype: run their own kernel
+        self.per_element = per_element
 
     def propagate(self, walk, node, args, kwargs):
         return args[0] if args else next(iter(kwargs.values()))
 
     def homogeneous(self, node, module) -> bool:
         return self._homogeneous
+
+    def stream(self, node, module):
+        return "each" if self.per_element else None
 
 
 class Couple(Rule):
@@ -34,6 +40,9 @@ class Couple(Rule):
 
     def __init__(self, label: str):
         self.label = label
+
+    def stream(self, node, module):
+        return "each"
 
     def propagate(self, walk, node, args, kwargs):
         a = args[0]

@@ -140,6 +140,12 @@ class Layer(Rule):
         return produce(walk, node, walk.env[x_node], weight, bias, tuple(walk.real(wnode).shape), groups,
                        self.linear, self.transposed, x_node, None if weight.direct else wnode)
 
+    def stream(self, node, module):
+        convolution = module is not None and not self.linear and not self.transposed
+        one_per_channel = convolution and module.groups == module.in_channels == module.out_channels > 1
+        return "depthwise" if (one_per_channel and type(module).forward in _TORCH_FORWARDS
+                               and module.padding_mode == "zeros") else None
+
     def weights(self, walk, node):
         if node.op == "call_module":
             return []
@@ -270,6 +276,23 @@ def _explicit_padding(padding, kernel, dilation) -> list[int] | None:
     dilation = list(dilation) if isinstance(dilation, (tuple, list)) else [int(dilation)] * len(kernel)
     total = [d * (k - 1) for d, k in zip(dilation, kernel, strict=True)]
     return None if any(t % 2 for t in total) else [t // 2 for t in total]
+
+
+def depthwise_part(module: nn.Module, x: torch.Tensor, start: int, length: int,
+                   index: list[int] | None) -> torch.Tensor:
+    """A depthwise convolution module on its channels ``start:start+length`` (or ``index``)
+    alone: each channel's filter and bias, one group per channel."""
+    if index is None:
+        def at(t):
+            return None if t is None else t.narrow(0, start, length)
+    else:
+        where = torch.tensor(index, device=x.device)
+
+        def at(t):
+            return None if t is None else t.index_select(0, where)
+    conv = (F.conv1d, F.conv2d, F.conv3d)[module.weight.dim() - 3]
+    return conv(x, at(module.weight), at(module.bias), module.stride, module.padding, module.dilation,
+                x.shape[1])
 
 
 class FunctionalLayer(Layer):

@@ -288,6 +288,9 @@ class Concat(Rule):
     def homogeneous(self, node, module) -> bool:
         return True
 
+    def stream(self, node, module):
+        return "concat"
+
 
 class Spatial(Rule):
     """Pooling and interpolation: each channel on its own, along the spatial axes."""
@@ -311,6 +314,9 @@ class Spatial(Rule):
     def homogeneous(self, node, module) -> bool:
         return True
 
+    def stream(self, node, module):
+        return "spatial"
+
 
 def _is_literal(v) -> bool:
     if isinstance(v, (list, tuple)):
@@ -319,3 +325,16 @@ def _is_literal(v) -> bool:
 
 
 
+
+
+class Metadata(Rule):
+    """Reading a tensor's shape, dtype or device (``x.size()``, ``x.shape``): no values, so
+    any tensor of the same shape answers it. It pins what it reads, as an unknown op does."""
+
+    #: the attributes ``getattr(x, name)`` may read
+    ATTRIBUTES = {"shape", "dtype", "device", "ndim", "is_cuda"}
+
+    def stream(self, node, module):
+        if node.op == "call_function":      # getattr(x, name)
+            return "shape" if len(node.args) == 2 and node.args[1] in self.ATTRIBUTES else None
+        return "shape"

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from torch import fx, nn
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
 
 from ..nodes import value_users
 from .rule import Rule
@@ -133,6 +135,11 @@ class Norm(PerChannel):
             walk.pin(x, f"GroupNorm statistics over channel groups at {where}")
         return True
 
+    def stream(self, node, module):
+        plain_bn = isinstance(module, nn.modules.batchnorm._BatchNorm) and \
+            not isinstance(module, nn.SyncBatchNorm)
+        return "batch_norm" if self.flavour == "batch" and plain_bn else None
+
     def sync(self, module: nn.Module, old: nn.Module) -> None:
         if getattr(module, "weight", None) is None and getattr(module, "running_mean", None) is None:
             return
@@ -145,6 +152,37 @@ class Norm(PerChannel):
             module.num_channels = width
         elif tuple(module.normalized_shape) != (width,):
             module.normalized_shape = (width,)
+
+
+def batch_norm_part(module: nn.Module, x: Tensor, start: int, length: int, index: list[int] | None,
+                    first: bool) -> Tensor:
+    """A BatchNorm module on its channels ``start:start+length`` (or ``index``) alone, as its
+    ``forward`` runs on all of them: the same statistics, and the running ones updated in
+    place. ``first``: the part that counts the batch (``num_batches_tracked``)."""
+    if index is None:
+        def at(t):
+            return None if t is None else t.narrow(0, start, length)
+    else:
+        where = torch.tensor(index, device=x.device)
+
+        def at(t):
+            return None if t is None else t.index_select(0, where)
+    factor = 0.0 if module.momentum is None else module.momentum
+    if module.training and module.track_running_stats and module.num_batches_tracked is not None:
+        if first:
+            module.num_batches_tracked.add_(1)
+        if module.momentum is None:
+            factor = 1.0 / float(module.num_batches_tracked)
+    mean, var = module.running_mean, module.running_var
+    training = module.training or (mean is None and var is None)
+    use_stats = not module.training or module.track_running_stats
+    part_mean, part_var = (at(mean), at(var)) if use_stats else (None, None)
+    y = F.batch_norm(x, part_mean, part_var, at(module.weight), at(module.bias), training, factor, module.eps)
+    if index is not None and training and part_mean is not None:
+        with torch.no_grad():       # the statistics of copied positions, written back
+            mean.index_copy_(0, where, part_mean)
+            var.index_copy_(0, where, part_var)
+    return y
 
 
 def _sole_reader(norm: fx.Node, writer: str) -> bool:

@@ -15,6 +15,8 @@ names of its own:
 - **rewriting** (:meth:`sync`, :meth:`restricted`, :attr:`channelwise`): how a module's
   constructor attributes follow its resized tensors, and how removed constant inputs are
   folded into it;
+- **streams** (:meth:`stream`): how the op runs on a value held as one tensor per
+  generation of its channels (:mod:`fxsurgeon.streams`);
 - **tracing** (:attr:`leaf`): a module type with a rule is traced as one call;
   (:attr:`mode_argument`): the argument of a function that says whether it runs in
   training mode, which the torch.export front end ties to the module's ``training`` flag.
@@ -96,6 +98,15 @@ class Rule:
         """The standard layer that computes exactly what ``module`` computes, with its
         weights as one tensor, or None: a rewrite resizes that layer instead (a layer a
         rewrite put in, such as a ``cr`` partitioned one), and export deploys it."""
+        return None
+
+    def stream(self, node: fx.Node, module: nn.Module | None) -> str | None:
+        """How the op runs on a value whose channels are held as one tensor per generation
+        (see :mod:`fxsurgeon.streams`): ``"each"`` applied to every part as to the whole,
+        ``"spatial"`` the same where the channel axis is 1, ``"concat"``, ``"batch_norm"``,
+        ``"depthwise"`` (one group per channel), ``"blocks"`` (a partitioned layer),
+        ``"fold"`` (a folded constant), ``"shape"`` (reads only the shape); None: the parts
+        are joined first."""
         return None
 
     def sync(self, module: nn.Module, old: nn.Module) -> None:

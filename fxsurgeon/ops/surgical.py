@@ -15,6 +15,9 @@ class Folded(Rule):
     layer's channels, and so does its weight's output axis (a later surgery resizes it).
     It costs nothing: a constant map per input size, like a bias."""
 
+    def stream(self, node, module):
+        return "fold"
+
     def propagate(self, walk, node, args, kwargs):
         y = args[0]
         vec = walk.tags.axis_vector(y, 1)
@@ -43,6 +46,9 @@ class Blocks(Rule):
     splits it again by generation. A ``ca`` layer has no dense equivalent (its gate),
     so its channels keep their widths.
     """
+
+    def stream(self, node, module):
+        return "blocks"
 
     def propagate(self, walk, node, args, kwargs):
         m = walk.submodule(node)

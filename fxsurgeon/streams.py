@@ -1,0 +1,387 @@
+"""Two streams: a ``cr`` or ``ca`` network run with each generation's channels as a tensor
+of its own.
+
+A partitioned layer (:mod:`fxsurgeon.partitioned`) computes one block per generation.
+Held as one tensor, its input must be sliced per block (a copy: a channel slice is not
+contiguous) and its outputs concatenated (another copy), and the norms, activations and
+residual additions between layers run over the whole width. :func:`stream` rewrites the
+graph so that a value whose channels belong to several generations is held as one tensor
+per generation (its positions of that generation, in order): the layers read and emit
+those parts, ops that act on each channel on their own run on each part, a concatenation
+concatenates part by part. A value is joined back into one tensor only where an op needs
+it whole (a flatten before a classifier, an op the table says nothing about).
+
+How an op runs on parts is the op table's answer (:meth:`~fxsurgeon.ops.Rule.stream`):
+``"each"`` (applied to every part as to the whole), ``"spatial"`` (the same, for ops
+whose channel axis is 1), ``"concat"``, ``"batch_norm"``, ``"depthwise"`` (a convolution
+with one group per channel), ``"blocks"`` (a partitioned layer), ``"fold"`` (a folded
+constant, added to each part) and ``"shape"`` (an op that reads only the shape). The
+streamed network shares its modules and parameters with the plain one and keeps the
+plain graph (:func:`canonical`): analysis, export and later surgeries read that.
+"""
+from __future__ import annotations
+
+import copy
+import operator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, fx, nn
+from torch.fx.node import map_arg
+
+from .errors import FxSurgeonError
+from .nodes import mutates, tensors_in
+from .ops import TABLE
+from .ops.layers import depthwise_part
+from .ops.norms import batch_norm_part
+from .shapes import propagate_shapes
+
+#: the GraphModule's meta key holding the plain graph of a streamed network
+CANONICAL = "fxs_canonical"
+
+
+def take(x: Tensor, axis: int, start: int, length: int, index: list[int] | None) -> Tensor:
+    """Positions ``start:start+length`` (or ``index``) of ``x`` along ``axis``, as a tensor of
+    their own."""
+    if index is None:
+        return x.narrow(axis, start, length).contiguous()
+    return x.index_select(axis, torch.tensor(index, device=x.device))
+
+
+def join(parts: list[Tensor], axis: int, order: list[int] | None) -> Tensor:
+    """The parts as one tensor: concatenated, then put back in ``order`` (None: as they are)."""
+    y = torch.cat(parts, axis)
+    return y if order is None else y.index_select(axis, torch.tensor(order, device=y.device))
+
+
+def shaped(part: Tensor, axis: int, width: int) -> Tensor:
+    """A view with the whole value's shape, dtype and device (not its values): for ops that
+    read only those."""
+    shape = list(part.shape)
+    shape[axis] = width
+    return part.narrow(axis, 0, 1).expand(shape)
+
+
+def blocks(layer: nn.Module, parts: list[Tensor | None], like: Tensor) -> list[Tensor]:
+    """A partitioned layer on its inputs' parts (its :meth:`forward_parts`)."""
+    return layer.forward_parts(parts, like)
+
+
+@dataclass
+class _Parts:
+    """A value held as one tensor per generation along ``axis`` (negative)."""
+    axis: int
+    gens: np.ndarray
+    nodes: dict[int, fx.Node]
+
+    def same(self, axis: int, gens: np.ndarray) -> bool:
+        return self.axis == axis and np.array_equal(self.gens, gens)
+
+
+def _positions(gens: np.ndarray, g: int) -> tuple[int, int, list[int] | None]:
+    at = np.nonzero(gens == g)[0]
+    if len(at) and at[-1] - at[0] + 1 == len(at):
+        return int(at[0]), len(at), None
+    return 0, 0, at.tolist()
+
+
+def _value(node) -> Tensor | None:
+    v = node.meta.get("fxs_value") if isinstance(node, fx.Node) else None
+    return v if isinstance(v, Tensor) else None
+
+
+class _Builder:
+    """Builds the streamed graph from the plain one, node by node."""
+
+    def __init__(self, gm: fx.GraphModule):
+        self.gm = gm
+        self.modules = dict(gm.named_modules())
+        self.graph = fx.Graph()
+        self.whole: dict[fx.Node, fx.Node] = {}     # plain node -> its value as one tensor
+        self.parts: dict[fx.Node, _Parts] = {}      # plain node -> its value in parts
+        self.attrs: dict[str, fx.Node] = {}
+        self.wanted = self._wanted()
+
+    # -- what partitioned layers want their inputs split into, traced back to producers
+    def _wanted(self) -> dict[fx.Node, tuple[int, np.ndarray]]:
+        wanted: dict[fx.Node, tuple[int, np.ndarray]] = {}
+        for n in reversed(self.gm.graph.nodes):
+            kind = self._kind(n)
+            if kind == "blocks":
+                x, m = n.args[0], self.modules[n.target]
+                v = _value(x)
+                if v is not None:
+                    wanted.setdefault(x, (m.axis - v.dim() if m.axis >= 0 else m.axis, m.generations()[1]))
+            elif n in wanted and kind in ("each", "spatial", "batch_norm", "depthwise"):
+                axis, gens = wanted[n]
+                for a in n.all_input_nodes:
+                    v = _value(a)
+                    if v is not None and v.dim() >= -axis and v.shape[axis] == len(gens):
+                        wanted.setdefault(a, (axis, gens))
+            elif n in wanted and kind == "concat":
+                axis, gens = wanted[n]
+                tensors, dim = self._cat_args(n)
+                values = [_value(t) for t in tensors]
+                if dim is None or any(v is None for v in values) or self._axis(dim, n) != axis:
+                    continue
+                start = 0
+                for t, v in zip(tensors, values, strict=True):
+                    wanted.setdefault(t, (axis, gens[start:start + v.shape[axis]]))
+                    start += v.shape[axis]
+        return wanted
+
+    def _kind(self, n: fx.Node) -> str | None:
+        if n.op not in ("call_module", "call_function", "call_method"):
+            return None
+        module = self.modules.get(n.target) if n.op == "call_module" else None
+        return TABLE.lookup(n, self.modules).stream(n, module)
+
+    @staticmethod
+    def _cat_args(n: fx.Node):
+        tensors = n.args[0] if n.args else n.kwargs.get("tensors")
+        dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+        if not isinstance(tensors, (list, tuple)) or not isinstance(dim, int):
+            return [], None
+        return list(tensors), dim
+
+    @staticmethod
+    def _axis(dim: int, n: fx.Node) -> int | None:
+        v = _value(n)
+        if v is None:
+            return None
+        return dim - v.dim() if dim >= 0 else dim
+
+    # -- values
+    def plain(self, n):
+        """The new graph's node holding ``n``'s value as one tensor (joining its parts)."""
+        if not isinstance(n, fx.Node):
+            return n
+        if n not in self.whole:
+            p = self.parts[n]
+            gens = sorted(p.nodes)
+            perm = np.argsort(p.gens, kind="stable")
+            order = None if (perm == np.arange(len(perm))).all() else np.argsort(perm).tolist()
+            self.whole[n] = self.graph.call_function(join, ([p.nodes[g] for g in gens], p.axis, order))
+        return self.whole[n]
+
+    def split(self, n: fx.Node, axis: int, gens: np.ndarray) -> dict[int, fx.Node]:
+        """``n``'s value in parts by ``gens`` along ``axis``."""
+        held = self.parts.get(n)
+        if held is not None and held.same(axis, gens):
+            return held.nodes
+        whole = self.plain(n)
+        nodes = {int(g): self.graph.call_function(take, (whole, axis, *_positions(gens, g)))
+                 for g in np.unique(gens)}
+        if held is None:
+            self.parts[n] = _Parts(axis, gens, nodes)
+        return nodes
+
+    def attr(self, target: str) -> fx.Node:
+        if target not in self.attrs:
+            self.attrs[target] = self.graph.get_attr(target)
+        return self.attrs[target]
+
+    # -- the ops
+    def run(self) -> fx.Graph:
+        for n in self.gm.graph.nodes:
+            kind = self._kind(n)
+            done = kind is not None and getattr(self, f"_{kind}")(n)
+            if not done:
+                self.whole[n] = self.graph.node_copy(n, self.plain)
+                if mutates(n, self.modules) and n.args:
+                    self.parts.pop(n.args[0], None)     # what it changed in place is stale there
+            elif mutates(n, self.modules) and n.args:
+                self.whole.pop(n.args[0], None)
+            if n not in self.parts and n in self.wanted and len(n.users) > 0:
+                axis, gens = self.wanted[n]
+                if len(np.unique(gens)) > 1:
+                    self.split(n, axis, gens)
+        return self.graph
+
+    def _blocks(self, n: fx.Node) -> bool:
+        m, x = self.modules[n.target], n.args[0]
+        v = _value(x)
+        if v is None or len(n.args) != 1 or n.kwargs or (not len(m.blocks) and m.weight_f is None):
+            return False
+        axis = m.axis - v.dim() if m.axis >= 0 else m.axis
+        rows, cols = m.generations()
+        have = self.split(x, axis, cols)
+        parts = [have.get(g) for g in range(len(m.cols))] + [have.get(-1)]
+        like = next(p for p in parts if p is not None)
+        out = self.graph.call_function(blocks, (self.attr(n.target), parts, like))
+        self.parts[n] = _Parts(axis, rows, {g: self.graph.call_function(operator.getitem, (out, g))
+                                            for g in range(len(m.rows)) if m.rows[g]})
+        return True
+
+    def _each(self, n: fx.Node, spatial: bool = False) -> bool:
+        streamed = [a for a in n.all_input_nodes if a in self.parts]
+        out = _value(n)
+        if not streamed or out is None:
+            return False
+        ref = self.parts[streamed[0]]
+        axis, gens = ref.axis, ref.gens
+        if out.dim() < -axis or out.shape[axis] != len(gens) or (spatial and out.dim() + axis != 1):
+            return False
+        use: dict[fx.Node, dict[int, fx.Node] | None] = {}
+        for a in n.all_input_nodes:
+            v = _value(a)
+            if a in self.parts and self.parts[a].same(axis, gens):
+                use[a] = self.parts[a].nodes
+            elif v is None or v.dim() < -axis or v.shape[axis] == 1:
+                use[a] = None                              # not a tensor, or broadcast along the axis
+            elif v.shape[axis] == len(gens):
+                use[a] = self.split(a, axis, gens)
+            else:
+                return False
+        nodes = {}
+        for g in ref.nodes:
+            def pick(a, g=g):
+                return self.plain(a) if use[a] is None else use[a][g]
+            nodes[g] = self.graph.create_node(n.op, n.target, map_arg(n.args, pick), map_arg(n.kwargs, pick))
+        self.parts[n] = _Parts(axis, gens, nodes)
+        return True
+
+    def _shape(self, n: fx.Node) -> bool:
+        if not n.args or n.args[0] not in self.parts:
+            return False
+        p = self.parts[n.args[0]]
+        proxy = self.graph.call_function(shaped, (next(iter(p.nodes.values())), p.axis, len(p.gens)))
+        self.whole[n] = self.graph.node_copy(n, lambda a: proxy if a is n.args[0] else self.plain(a))
+        return True
+
+    def _fold(self, n: fx.Node) -> bool:
+        """A folded constant after a layer: its map, one image, added to each part."""
+        y = n.args[0] if n.args else None
+        p = self.parts.get(y)
+        if p is None or len(n.args) != 2 or n.kwargs or p.axis + _value(n).dim() != 1:
+            return False
+        first = next(iter(p.nodes.values()))
+        constant = self.graph.call_method("constant", (self.attr(n.target), first, self.plain(n.args[1])))
+        self.parts[n] = _Parts(p.axis, p.gens, {
+            g: self.graph.call_function(operator.add, (node, self.graph.call_function(
+                take, (constant, p.axis, *_positions(p.gens, g))))) for g, node in p.nodes.items()})
+        return True
+
+    def _spatial(self, n: fx.Node) -> bool:
+        return self._each(n, spatial=True)
+
+    def _concat(self, n: fx.Node) -> bool:
+        tensors, dim = self._cat_args(n)
+        axis = None if dim is None else self._axis(dim, n)
+        if axis is None or not any(t in self.parts and self.parts[t].axis == axis for t in tensors):
+            return False
+        pieces: dict[int, list[fx.Node]] = {}
+        gens = []
+        for t in tensors:
+            p = self.parts.get(t)
+            v = _value(t)
+            if p is None or p.axis != axis:
+                if v is None or v.dim() < -axis:
+                    return False
+                p = _Parts(axis, np.full(v.shape[axis], -1), {-1: self.plain(t)})
+            gens.append(p.gens)
+            for g, node in p.nodes.items():
+                pieces.setdefault(g, []).append(node)
+        cat = n.target if n.op == "call_function" else torch.cat
+        self.parts[n] = _Parts(axis, np.concatenate(gens), {
+            g: ps[0] if len(ps) == 1 else self.graph.call_function(cat, (ps, axis))
+            for g, ps in sorted(pieces.items())})
+        return True
+
+    def _batch_norm(self, n: fx.Node) -> bool:
+        return self._per_channel(n, batch_norm_part, lambda k: (k == 0,))
+
+    def _depthwise(self, n: fx.Node) -> bool:
+        return self._per_channel(n, depthwise_part, lambda k: ())
+
+    def _per_channel(self, n: fx.Node, function, extra) -> bool:
+        """A module whose every channel's output reads that channel alone, with per-channel
+        tensors: ``function(module, part, start, length, index, *extra(k))`` per part."""
+        x = n.args[0] if n.args else None
+        p = self.parts.get(x)
+        out = _value(n)
+        if p is None or len(n.args) != 1 or n.kwargs or out is None or out.dim() + p.axis != 1 \
+                or out.shape[1] != len(p.gens):
+            return False
+        module = self.attr(n.target)
+        self.parts[n] = _Parts(p.axis, p.gens, {
+            g: self.graph.call_function(function, (module, node, *_positions(p.gens, g), *extra(k)))
+            for k, (g, node) in enumerate(sorted(p.nodes.items()))})
+        return True
+
+
+def _drop_unused(graph: fx.Graph) -> None:
+    """Remove the parts and joins nothing reads (a split whose readers joined after all)."""
+    for n in reversed(graph.nodes):
+        if n.op == "call_function" and n.target in (take, join, operator.getitem) and not n.users:
+            graph.erase_node(n)
+
+
+class Streamed(fx.GraphModule):
+    """A GraphModule whose graph holds generations apart (made by :func:`stream`); it
+    pickles as its plain form (a pickled GraphModule is traced again from its code, which
+    would bake the views of its buffers in as constants)."""
+
+    def __reduce__(self):
+        return canonical(self).__reduce__()
+
+
+def _share(gm: nn.Module, out: nn.Module) -> None:
+    """Give ``out`` the very modules and tensors ``gm`` holds, the ones its graph does not
+    call included (a GraphModule copies only what its graph names, in new containers)."""
+    out._modules.clear()
+    out._modules.update(gm._modules)
+    out._parameters.update(gm._parameters)
+    out._buffers.update(gm._buffers)
+    out._non_persistent_buffers_set |= gm._non_persistent_buffers_set
+
+
+def stream(gm: fx.GraphModule) -> fx.GraphModule:
+    """``gm`` (a network with partitioned layers, its nodes annotated with shapes) with each
+    generation's channels held as a tensor of their own; it shares ``gm``'s modules, and
+    computes the same function."""
+    builder = _Builder(gm)
+    graph = builder.run()
+    if not builder.parts:
+        return gm
+    _drop_unused(graph)
+    out = Streamed(gm, graph, gm.__class__.__name__)
+    _share(gm, out)
+    out.meta.update(gm.meta)
+    out.meta[CANONICAL] = copy.deepcopy(gm.graph)
+    return out
+
+
+def streamed(gm: fx.GraphModule, example_inputs: tuple) -> fx.GraphModule:
+    """:func:`stream` ``gm``, proved on the example inputs (in eval mode): the streamed network
+    must give what ``gm`` gives, or this refuses, naming the first output that differs."""
+    propagate_shapes(gm, example_inputs)        # the nodes a rewrite added have no shapes yet
+    out = stream(gm)
+    if out is gm:
+        return gm
+    flags = [(m, m.training) for m in gm.modules()]
+    gm.eval()
+    try:
+        with torch.no_grad():
+            want, got = gm(*example_inputs), out(*example_inputs)
+    finally:
+        for m, t in flags:
+            m.training = t
+    for k, (a, b) in enumerate(zip(tensors_in(want), tensors_in(got), strict=True)):
+        if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-4, atol=1e-5 * (1 + float(a.abs().max()))):
+            raise FxSurgeonError(f"the streamed network's output {k} differs from the plain one's; "
+                                 f"this is a bug in fxsurgeon.streams or in an op rule's stream()")
+    return out
+
+
+def canonical(gm: fx.GraphModule) -> fx.GraphModule:
+    """The plain form of a streamed network (the network itself if it is not streamed): a
+    GraphModule of the plain graph over the same modules."""
+    graph = gm.meta.get(CANONICAL)
+    if graph is None:
+        return gm
+    out = fx.GraphModule(gm, copy.deepcopy(graph), gm.__class__.__name__)
+    _share(gm, out)
+    out.meta.update({k: v for k, v in gm.meta.items() if k != CANONICAL})
+    return out

@@ -1,0 +1,152 @@
+"""cr and ca networks hold each generation's channels as a tensor of their own
+(fxsurgeon.streams): the streamed network computes and trains exactly as its plain form,
+reaches its partitioned layers without slicing or concatenating, and every other pass
+(analysis, export, a later surgery) reads the plain form."""
+import copy
+import io
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_planner import kill
+from test_rewrite import randomise_norms
+from torch import nn
+
+import fxsurgeon as fxs
+from fxsurgeon.streams import canonical, join, take
+from fxsurgeon.zoo import MODELS
+from randomnets import examples, nets
+
+
+def _surgery(model, x, scheme, fraction=0.3, seed=0):
+    graph = fxs.analyze(model, x[:1])
+    kill(graph, fraction, seed)
+    plan = fxs.plan(graph, fxs.liveliness(graph), metric="flops", target=1.0, scheme=scheme)
+    return fxs.rewrite(graph, plan)
+
+
+def _train_step(net, x):
+    """Output, gradients and the state after one training step (dropout off: its masks are
+    drawn per part)."""
+    net.train()
+    for m in net.modules():
+        if isinstance(m, nn.Dropout):
+            m.eval()
+    y = net(x)
+    y.square().sum().backward()
+    grads = {k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None}
+    return y.detach(), grads, {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def assert_trains_as_plain(streamed, x):
+    plain = copy.deepcopy(canonical(streamed))
+    y0, g0, s0 = _train_step(plain, x)
+    y1, g1, s1 = _train_step(streamed, x)
+    torch.testing.assert_close(y1, y0, rtol=1e-9, atol=1e-9)
+    assert g1.keys() == g0.keys()
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k], rtol=1e-9, atol=1e-9, msg=k)
+    assert s1.keys() == s0.keys()
+    for k in s0:        # running statistics, num_batches_tracked counted once
+        torch.testing.assert_close(s1[k], s0[k], rtol=1e-9, atol=1e-9, msg=k)
+
+
+def _streamed_calls(net) -> dict[str, int]:
+    count = {"take": 0, "join": 0, "blocks": 0}
+    for n in net.graph.nodes:
+        name = getattr(n.target, "__name__", "")
+        if n.op == "call_function" and name in count:
+            count[name] += 1
+    return count
+
+
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(nets(), st.sampled_from(["cr", "ca"]), st.floats(0.1, 0.6), st.integers(0, 3))
+def test_streamed_random_nets_train_as_their_plain_form(net, scheme, fraction, seed):
+    model, x = net
+    model = model.double().eval()
+    randomise_norms(model, seed)
+    x = torch.randn(3, *x.shape[1:], dtype=torch.float64)
+    surgery = _surgery(model, x, scheme, fraction, seed)
+    assert_trains_as_plain(surgery.module, x)
+
+
+@pytest.mark.parametrize("scheme", ["cr", "ca"])
+@pytest.mark.parametrize("name", ["resnet164_cifar", "densenet_bc100_k40_cifar", "vgg19_cifar"])
+def test_paper_nets_stream_every_layer(name, scheme):
+    """Between the stem and the classifier no value is sliced or joined: every
+    partitioned layer reads its parts as they come."""
+    torch.manual_seed(0)
+    model = MODELS[name]().double().eval()
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    surgery = _surgery(model, x, scheme)
+    calls = _streamed_calls(surgery.module)
+    assert calls["blocks"] == len(surgery.partitioned)
+    # what is split: the stem's output and the per-channel constants folding added
+    folds = sum(1 for n in surgery.module.graph.nodes if n.op == "get_attr" and "_fxs_fold" in n.target)
+    assert calls["take"] <= 2 * (1 + folds), calls
+    assert calls["join"] <= 1, calls
+    assert_trains_as_plain(surgery.module, x)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "resnet18", "densenet121"])
+def test_torchvision_models_stream_and_train_as_their_plain_form(name):
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name).double().eval()
+    randomise_norms(model)
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    surgery = _surgery(model, x, "cr")
+    calls = _streamed_calls(surgery.module)
+    assert calls["blocks"] == len(surgery.partitioned) > 0
+    assert calls["join"] <= 2, calls
+    assert_trains_as_plain(surgery.module, x)
+
+
+def test_analysis_export_and_later_surgeries_read_the_plain_form():
+    torch.manual_seed(0)
+    model = MODELS["vgg19_cifar"]().eval()
+    x = torch.randn(2, 3, 32, 32)
+    surgery = _surgery(model, x, "cr")
+    net = surgery.module
+    plain = canonical(net)
+    assert _streamed_calls(net)["blocks"] and not _streamed_calls(plain)["blocks"]
+    assert dict(plain.named_parameters()) == dict(net.named_parameters())   # the very tensors
+    graph = fxs.analyze(net, x[:1])
+    assert not _streamed_calls(graph.module)["blocks"]
+    assert graph.count("flops") == fxs.analyze(plain, x[:1]).count("flops")
+    deployed = fxs.export(net).eval()
+    assert not any(isinstance(m, fxs.Partitioned) for m in deployed.modules())
+    net.eval()
+    torch.testing.assert_close(deployed(x), net(x))
+    again = _surgery(net, x, "cr", seed=1)      # a second event on the streamed network
+    assert_trains_as_plain(again.module, x)
+
+
+def test_a_pickled_streamed_network_comes_back_in_its_plain_form():
+    torch.manual_seed(0)
+    model = MODELS["vgg19_cifar"]().eval()
+    x = torch.randn(2, 3, 32, 32)
+    net = _surgery(model, x, "cr").module.eval()
+    buf = io.BytesIO()
+    torch.save(net, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False).eval()
+    torch.testing.assert_close(loaded(x), net(x))
+    assert not _streamed_calls(loaded)["blocks"]
+    assert dict(loaded.state_dict()).keys() == dict(net.state_dict()).keys()
+    assert fxs.analyze(loaded, x[:1]).count("flops") == fxs.analyze(net, x[:1]).count("flops")
+
+
+def test_parts_and_joins_keep_positions():
+    x = torch.randn(2, 7, 3)
+    gens = np.array([1, 0, -1, 1, 0, 0, 1])
+    parts = {}
+    for g in (-1, 0, 1):
+        at = np.nonzero(gens == g)[0]
+        parts[g] = take(x, 1, 0, 0, at.tolist())
+        torch.testing.assert_close(parts[g], x[:, at])
+    order = np.argsort(np.argsort(gens, kind="stable")).tolist()
+    torch.testing.assert_close(join([parts[-1], parts[0], parts[1]], 1, order), x)

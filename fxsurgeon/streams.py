@@ -64,8 +64,16 @@ def shaped(part: Tensor, axis: int, width: int) -> Tensor:
 
 
 def blocks(layer: nn.Module, parts: list[Tensor | None], like: Tensor) -> list[Tensor]:
-    """A partitioned layer on its inputs' parts (its :meth:`forward_parts`)."""
-    return layer.forward_parts(parts, like)
+    """A partitioned layer on its inputs' parts (its :meth:`forward_parts`). Parts it does
+    not read (a generation with no outputs here) still reach its output, times zero: as in
+    the plain network, where they are slices of its input, their parameters get a zero
+    gradient rather than none (DistributedDataParallel expects every parameter's)."""
+    outs = layer.forward_parts(parts, like)
+    read = set(layer.block_gen) | ({len(parts) - 1} if layer.weight_f is not None else set())
+    unread = [p for k, p in enumerate(parts) if p is not None and k not in read and p.requires_grad]
+    if unread and outs:
+        outs[0] = outs[0] + sum(p.sum() for p in unread) * 0
+    return outs
 
 
 @dataclass

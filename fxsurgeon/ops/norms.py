@@ -136,8 +136,7 @@ class Norm(PerChannel):
         return True
 
     def stream(self, node, module):
-        plain_bn = isinstance(module, nn.modules.batchnorm._BatchNorm) and \
-            not isinstance(module, nn.SyncBatchNorm)
+        plain_bn = type(module).forward is nn.modules.batchnorm._BatchNorm.forward   # not Sync, no act
         return "batch_norm" if self.flavour == "batch" and plain_bn else None
 
     def sync(self, module: nn.Module, old: nn.Module) -> None:

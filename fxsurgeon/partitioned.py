@@ -34,6 +34,30 @@ def _runs(index: np.ndarray) -> bool:
     return len(index) == 0 or bool((np.diff(index) == 1).all())
 
 
+class _Gate(torch.autograd.Function):
+    """``a + 2σ(a)·c`` with a backward of four elementwise kernels (autograd's takes six):
+    ``∂a = g·(1 + 2c·σ(1-σ))``, ``∂c = 2g·σ``."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, c: Tensor) -> Tensor:
+        s = torch.sigmoid(a)
+        ctx.save_for_backward(s, c)
+        return torch.addcmul(a, s, c, value=2.0)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        s, c = ctx.saved_tensors
+        u = g * s
+        return torch.addcmul(g, torch.addcmul(u, u, s, value=-1.0), c, value=2.0), u.mul_(2.0)
+
+
+def _gate(a: Tensor, c: Tensor) -> Tensor:
+    """The gate of Eq. 9/10: ``a + 2σ(a)·c``."""
+    if not torch.jit.is_scripting():            # TorchScript compiles only the line after
+        return _Gate.apply(a, c)
+    return torch.addcmul(a, torch.sigmoid(a), c, value=2.0)
+
+
 class Partitioned(nn.Module):
     """A conv or linear layer split by generation (see the module docstring).
 
@@ -237,7 +261,7 @@ class Partitioned(nn.Module):
             out = self._with_bias(mine, start, self.rows[g], like)
             gate = cross[1 - g] if self.scheme == "ca" else None
             if gate is not None:
-                out = torch.addcmul(out, torch.sigmoid(out), gate, value=2.0)
+                out = _gate(out, gate)
             outs.append(out)
             start += self.rows[g]
         return outs

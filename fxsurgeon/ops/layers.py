@@ -15,6 +15,7 @@ from ..folded import FoldedConv
 from ..nodes import getattr_path, normalized, tensors_in
 from ..provenance import WeightSource
 from ..tags import prod
+from .parts import part_of
 from .rule import Rule
 
 
@@ -282,14 +283,7 @@ def depthwise_part(module: nn.Module, x: torch.Tensor, start: int, length: int,
                    index: list[int] | None) -> torch.Tensor:
     """A depthwise convolution module on its channels ``start:start+length`` (or ``index``)
     alone: each channel's filter and bias, one group per channel."""
-    if index is None:
-        def at(t):
-            return None if t is None else t.narrow(0, start, length)
-    else:
-        where = torch.tensor(index, device=x.device)
-
-        def at(t):
-            return None if t is None else t.index_select(0, where)
+    at = part_of(start, length, index, x.device)
     conv = (F.conv1d, F.conv2d, F.conv3d)[module.weight.dim() - 3]
     return conv(x, at(module.weight), at(module.bias), module.stride, module.padding, module.dilation,
                 x.shape[1])

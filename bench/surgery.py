@@ -4,7 +4,8 @@ rejuvenated (``nr``) network against the original model's, measured in the same 
 30 % of the BatchNorm scales of every free dimension are zeroed first, so the plan
 has dead channels to remove and budget to spend. The ``cr`` and ``ca`` networks (each
 planned for the same FLOP budget) are timed against the dense network of their own
-widths (targets: at most 0.75x for cr at α near 2, at most 1.15x for ca).
+widths (targets: at most 0.75x for cr at α near 2, at most 1.15x for ca); ``--plain`` also
+times them in their plain form (one tensor per value), the layout before two streams.
 
 Steps are timed with CUDA events on a GPU (``--device cuda``); the last column is the
 process's peak resident memory so far (analysis, surgery and training of every model
@@ -30,6 +31,7 @@ import torchvision
 
 import fxsurgeon as fxs
 from common import device_argument, kill
+from fxsurgeon.streams import canonical
 from fxsurgeon.zoo import MODELS, SHAPES
 
 CASES = [(name, factory, 32) for name, factory in MODELS.items() if name not in SHAPES] + \
@@ -66,7 +68,8 @@ def _peak_rss_gb() -> float:
 
 def _dense_like(graph, alive, plan):
     """The plain (``nr``) network with the plan's widths: the peer of cr/ca layers."""
-    same = fxs.plan(graph, alive, metric=plan.metric, target=plan.target, scheme="nr", alpha=plan.alpha)
+    same = fxs.plan(graph, alive, metric=plan.metric, target=plan.target, scheme="nr", alpha=plan.alpha,
+                    round_to=plan.round_to)
     return fxs.rewrite(graph, same).module
 
 
@@ -74,6 +77,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", help="comma-separated names of the cases (default all)")
     p.add_argument("--batch", type=int, default=64, help="images per step at 32 px (224 px: an eighth)")
+    p.add_argument("--round-to", type=int, default=1,
+                   help="grow widths in multiples of this (8: the SIMD width convolutions run fastest at)")
+    p.add_argument("--plain", action="store_true",
+                   help="also time the cr/ca networks in their plain form (one tensor per value: "
+                        "each layer slices its input and concatenates its outputs)")
     device_argument(p)
     args = p.parse_args()
     warnings.filterwarnings("ignore")
@@ -81,7 +89,8 @@ def main() -> None:
     print(f"fwd+bwd step times in seconds on {args.device} (1 CPU thread), batch {args.batch} at 32 px "
           f"and {max(1, args.batch // 8)} at 224 px; cr/ca against the dense network of the same widths")
     print(f"{'model':26s} {'plan s':>7s} {'rewrite s':>9s} {'step s':>7s} {'nr α':>6s} {'nr/orig':>7s} "
-          f"{'cr α':>6s} {'cr/dense':>8s} {'ca α':>6s} {'ca/dense':>8s} {'peak GB':>7s}")
+          f"{'cr α':>6s} {'cr/dense':>8s} {'plain':>8s} {'ca α':>6s} {'ca/dense':>8s} {'plain':>8s} "
+          f"{'peak GB':>7s}")
     ratios = {"nr": [], "cr": [], "ca": []}
     names = []
     wanted = set(args.models.split(",")) if args.models else None
@@ -95,7 +104,7 @@ def main() -> None:
         kill(graph)
         alive = fxs.liveliness(graph)
         t = time.perf_counter()
-        plan = fxs.plan(graph, alive, metric="flops", target=1.0, scheme="nr")
+        plan = fxs.plan(graph, alive, metric="flops", target=1.0, scheme="nr", round_to=args.round_to)
         planned = time.perf_counter() - t
         t = time.perf_counter()
         surgery = fxs.rewrite(graph, plan)
@@ -106,10 +115,12 @@ def main() -> None:
         row = (f"{name:26s} {planned:7.3f} {rewritten:9.3f} {before:7.3f} {plan.alpha:6.3f} "
                f"{ratios['nr'][-1]:7.2f}")
         for scheme in ("cr", "ca"):
-            p = fxs.plan(graph, alive, metric="flops", target=1.0, scheme=scheme)
+            p = fxs.plan(graph, alive, metric="flops", target=1.0, scheme=scheme, round_to=args.round_to)
             dense = _step_time(_dense_like(graph, alive, p), x)
-            ratios[scheme].append(_step_time(fxs.rewrite(graph, p).module, x) / dense)
-            row += f" {p.alpha:6.3f} {ratios[scheme][-1]:8.2f}"
+            net = fxs.rewrite(graph, p).module
+            ratios[scheme].append(_step_time(net, x) / dense)
+            plain = _step_time(canonical(net), x) / dense if args.plain else float("nan")
+            row += f" {p.alpha:6.3f} {ratios[scheme][-1]:8.2f} {plain:8.2f}"
         print(row + f" {_peak_rss_gb():7.2f}", flush=True)
     for label, rows in (("all models", ratios), ("issue 14's five", {
             k: [r for n, r in zip(names, v, strict=True) if n in TARGET_SET] for k, v in ratios.items()})):

@@ -16,7 +16,7 @@ from test_rewrite import randomise_norms
 from torch import nn
 
 import fxsurgeon as fxs
-from fxsurgeon.streams import canonical, join, take
+from fxsurgeon.streams import canonical, join, streamed, take
 from fxsurgeon.zoo import MODELS
 from randomnets import examples, nets
 
@@ -150,3 +150,27 @@ def test_parts_and_joins_keep_positions():
         torch.testing.assert_close(parts[g], x[:, at])
     order = np.argsort(np.argsort(gens, kind="stable")).tolist()
     torch.testing.assert_close(join([parts[-1], parts[0], parts[1]], 1, order), x)
+
+
+def test_a_write_into_a_value_held_both_ways_keeps_the_plain_form():
+    """An in-place op on a value that is also held whole (a flatten read it) could reach one
+    form and miss the other: that network runs in its plain form, with a warning."""
+    torch.manual_seed(0)
+    model = MODELS["vgg19_cifar"]().eval()
+    x = torch.randn(2, 3, 32, 32)
+    plain = canonical(_surgery(model, x, "cr").module)
+    g = plain.graph
+    bn = next(n for n in g.nodes if n.op == "call_module" and n.target == "features.5")
+    last = max(bn.users, key=lambda u: list(g.nodes).index(u))
+    with g.inserting_after(bn):
+        flat = g.call_method("flatten", (bn, 1))
+    with g.inserting_after(last):
+        wrote = g.call_method("add_", (bn, 1.0))
+    out = next(n for n in g.nodes if n.op == "output")
+    with g.inserting_before(out):
+        total = g.call_function(torch.add, (out.args[0], g.call_method("sum", (flat,))))
+        total = g.call_function(torch.add, (total, g.call_method("sum", (wrote,))))
+    out.args = (total,)
+    plain.recompile()
+    with pytest.warns(UserWarning, match="writes in place"):
+        assert streamed(plain, (x,)) is plain

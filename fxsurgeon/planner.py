@@ -120,8 +120,8 @@ def _keep(graph: ChannelGraph, d, mask: np.ndarray, m: int) -> tuple[np.ndarray,
             keep[own[np.argmax(score[own])]] = True
     if not notes and keep.sum() > mask.sum():
         notes.append(f"keeps {int(keep.sum() - mask.sum())} dead channel(s): every producer keeps one")
-    if d.slots is not None:             # every group keeps as many, a multiple of m / groups
-        q, size = m // d.groups, d.width // d.groups
+    if d.slots is not None:             # every group keeps as many: groups x that, a multiple of m
+        q, size = m // math.gcd(m, d.groups), d.width // d.groups
         per = min(size, max(q, -(-int(np.bincount(d.slots[keep], minlength=d.groups).max()) // q) * q))
         before = int(keep.sum())
         for g in range(d.groups):

@@ -174,3 +174,17 @@ def test_a_write_into_a_value_held_both_ways_keeps_the_plain_form():
     plain.recompile()
     with pytest.warns(UserWarning, match="writes in place"):
         assert streamed(plain, (x,)) is plain
+
+
+def test_an_op_that_fails_on_parts_leaves_the_network_in_its_plain_form(monkeypatch):
+    """A rule whose stream() is wrong (here: a BatchNorm called on each part as on the
+    whole, which its per-channel statistics refuse) costs speed, never the function."""
+    from fxsurgeon.ops import Norm
+    monkeypatch.setattr(Norm, "stream", lambda self, node, module: "each")
+    torch.manual_seed(0)
+    model = MODELS["vgg19_cifar"]().eval()
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.warns(UserWarning, match="held in parts it fails"):
+        surgery = _surgery(model, x, "cr")
+    assert not _streamed_calls(surgery.module)["blocks"]
+    torch.testing.assert_close(surgery.module(x), model(x), rtol=1e-4, atol=1e-4)

@@ -18,7 +18,7 @@ from .folding import restore_fold
 from .graph import ChannelGraph
 from .planner import plan
 from .rewriter import Surgery, rewrite
-from .streams import canonical, streamed
+from .streams import streamed
 
 
 def record(surgery: Surgery, seed: int = 0) -> dict:
@@ -45,13 +45,12 @@ def replay(graph: ChannelGraph, rec: dict) -> Surgery:
     else:
         p = plan(graph, alive, metric=rec["metric"], scheme=rec["scheme"], alpha=rec["alpha"])
     surgery = rewrite(graph, p, scheme=rec["scheme"], seed=rec["seed"], fold=False)
-    if rec["folds"]:            # into the plain graph, whose node names the record gives
-        plain = canonical(surgery.module)
-        for node, spec in rec["folds"].items():
-            restore_fold(plain, node, spec)
-            surgery.folds[node] = spec
-        plain.recompile()
-        surgery.module = streamed(plain, graph.example_inputs) if surgery.partitioned else plain
+    for node, spec in rec["folds"].items():
+        restore_fold(surgery.module, node, spec)
+        surgery.folds[node] = spec
+    surgery.module.recompile()
+    if surgery.partitioned:
+        surgery.module = streamed(surgery.module, graph.example_inputs)
     return surgery
 
 

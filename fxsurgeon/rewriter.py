@@ -195,7 +195,8 @@ def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: in
     inputs, at the cost of one forward pass of each network, and raises
     :class:`FxSurgeonError` naming the first layer that differs. ``fold=False`` skips
     folding removed channels' constants (a saved model brings them, or they are zero),
-    and then nothing is checked.
+    and then nothing is checked, and a ``cr``/``ca`` network is left in its plain form
+    (:func:`fxsurgeon.streams.streamed` holds its generations apart once it is complete).
     """
     if plan.graph_token not in (None, graph.token):
         raise FxSurgeonError("this plan was made for another ChannelGraph: plan again on the "
@@ -294,7 +295,7 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
     if fold and check:
         verify(graph, lambda: zeroed_scales(graph, layout.kept, layout.silenced), expected, new, new_prop,
                surgery.folds)
-    if surgery.partitioned:
+    if surgery.partitioned and fold:        # without folds the caller completes the graph first
         surgery.module = streamed(new, graph.example_inputs)
     return surgery
 

@@ -98,6 +98,10 @@ def _positions(gens: np.ndarray, g: int) -> tuple[int, int, list[int] | None]:
     return 0, 0, at.tolist()
 
 
+def _negative(axis: int, ndim: int) -> int:
+    return axis - ndim if axis >= 0 else axis
+
+
 def _value(node) -> Tensor | None:
     v = node.meta.get("fxs_value") if isinstance(node, fx.Node) else None
     return v if isinstance(v, Tensor) else None
@@ -113,18 +117,19 @@ class _Builder:
         self.whole: dict[fx.Node, fx.Node] = {}     # plain node -> its value as one tensor
         self.parts: dict[fx.Node, _Parts] = {}      # plain node -> its value in parts
         self.attrs: dict[str, fx.Node] = {}
+        self.kinds = {n: self._kind(n) for n in gm.graph.nodes}
         self.wanted = self._wanted()
 
     # -- what partitioned layers want their inputs split into, traced back to producers
     def _wanted(self) -> dict[fx.Node, tuple[int, np.ndarray]]:
         wanted: dict[fx.Node, tuple[int, np.ndarray]] = {}
         for n in reversed(self.gm.graph.nodes):
-            kind = self._kind(n)
+            kind = self.kinds[n]
             if kind == "blocks":
                 x, m = n.args[0], self.modules[n.target]
                 v = _value(x)
                 if v is not None:
-                    wanted.setdefault(x, (m.axis - v.dim() if m.axis >= 0 else m.axis, m.generations()[1]))
+                    wanted.setdefault(x, (_negative(m.axis, v.dim()), m.generations()[1]))
             elif n in wanted and kind in ("each", "spatial", "batch_norm", "depthwise"):
                 axis, gens = wanted[n]
                 for a in n.all_input_nodes:
@@ -160,9 +165,7 @@ class _Builder:
     @staticmethod
     def _axis(dim: int, n: fx.Node) -> int | None:
         v = _value(n)
-        if v is None:
-            return None
-        return dim - v.dim() if dim >= 0 else dim
+        return None if v is None else _negative(dim, v.dim())
 
     # -- values
     def plain(self, n):
@@ -199,7 +202,7 @@ class _Builder:
         """The streamed graph; :class:`Unsafe` where an in-place op could leave one of a
         value's two forms stale."""
         for n in self.gm.graph.nodes:
-            kind = self._kind(n)
+            kind = self.kinds[n]
             writes = mutates(n, self.modules) and bool(n.args) and isinstance(n.args[0], fx.Node)
             if writes and n.args[0] in self.whole and any(v in self.whole for v in self.parts):
                 # a value held both ways, and an op writing into one tensor: the write may
@@ -222,7 +225,7 @@ class _Builder:
         v = _value(x)
         if v is None or len(n.args) != 1 or n.kwargs or (not len(m.blocks) and m.weight_f is None):
             return False
-        axis = m.axis - v.dim() if m.axis >= 0 else m.axis
+        axis = _negative(m.axis, v.dim())
         rows, cols = m.generations()
         have = self.split(x, axis, cols)
         parts = [have.get(g) for g in range(len(m.cols))] + [have.get(-1)]

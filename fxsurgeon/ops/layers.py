@@ -283,7 +283,7 @@ def depthwise_part(module: nn.Module, x: torch.Tensor, start: int, length: int,
                    index: list[int] | None) -> torch.Tensor:
     """A depthwise convolution module on its channels ``start:start+length`` (or ``index``)
     alone: each channel's filter and bias, one group per channel."""
-    at = part_of(start, length, index, x.device)
+    at, _ = part_of(start, length, index, x.device)
     conv = (F.conv1d, F.conv2d, F.conv3d)[module.weight.dim() - 3]
     return conv(x, at(module.weight), at(module.bias), module.stride, module.padding, module.dilation,
                 x.shape[1])

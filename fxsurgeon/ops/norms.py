@@ -159,7 +159,7 @@ def batch_norm_part(module: nn.Module, x: Tensor, start: int, length: int, index
     """A BatchNorm module on its channels ``start:start+length`` (or ``index``) alone, as its
     ``forward`` runs on all of them: the same statistics, and the running ones updated in
     place. ``first``: the part that counts the batch (``num_batches_tracked``)."""
-    at = part_of(start, length, index, x.device)
+    at, where = part_of(start, length, index, x.device)
     factor = 0.0 if module.momentum is None else module.momentum
     if module.training and module.track_running_stats and module.num_batches_tracked is not None:
         if first:
@@ -171,9 +171,8 @@ def batch_norm_part(module: nn.Module, x: Tensor, start: int, length: int, index
     use_stats = not module.training or module.track_running_stats
     part_mean, part_var = (at(mean), at(var)) if use_stats else (None, None)
     y = F.batch_norm(x, part_mean, part_var, at(module.weight), at(module.bias), training, factor, module.eps)
-    if index is not None and training and part_mean is not None:
+    if where is not None and training and part_mean is not None:
         with torch.no_grad():       # the statistics of copied positions, written back
-            where = torch.tensor(index, device=x.device)
             mean.index_copy_(0, where, part_mean)
             var.index_copy_(0, where, part_var)
     return y

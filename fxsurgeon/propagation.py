@@ -115,20 +115,23 @@ class Propagation:
     sizes: list[tuple[str, int, np.ndarray]] = field(default_factory=list)
 
 
-def tensor_names(module: nn.Module) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """Every name of every parameter and buffer -> its first name, and the reverse."""
+def tensor_names(module: nn.Module) -> tuple[dict[str, str], dict[str, list[str]], dict[int, str]]:
+    """Every name of every parameter and buffer -> its first name, the reverse, and each
+    parameter's first name by its ``id``."""
     canonical: dict[str, str] = {}
     aliases: dict[str, list[str]] = {}
     first: dict[int, str] = {}
-    for named in (module.named_parameters(remove_duplicate=False),
-                  module.named_buffers(remove_duplicate=False)):
+    params: dict[int, str] = {}
+    for named, kind in ((module.named_parameters(remove_duplicate=False), params),
+                        (module.named_buffers(remove_duplicate=False), {})):
         for name, t in named:
             if t is None:
                 continue
             c = first.setdefault(id(t), name)
+            kind.setdefault(id(t), c)
             canonical[name] = c
             aliases.setdefault(c, []).append(name)
-    return canonical, aliases
+    return canonical, aliases, params
 
 
 class Walk(fx.Interpreter):
@@ -140,13 +143,13 @@ class Walk(fx.Interpreter):
                  attr_axes: dict[str, int] | None = None, table: OpTable = TABLE):
         super().__init__(gm)
         self.table = table
-        self.modules = dict(gm.named_modules())
+        self.modules = self.submodules
         self.tags = Tags(uf.copy() if uf is not None else UnionFind())
         self.prescribed = prescribed or {}
         # a rewrite keeps each conv's kind (None: judge by shape): it may leave a depthwise
         # conv one channel wide, or a grouped conv one input per group
         self.was_depthwise = depthwise
-        self.canonical, aliases = tensor_names(gm)
+        self.canonical, aliases, self._param_names = tensor_names(gm)
         self.out = Propagation(self.tags.uf, aliases=aliases)
         self.attr_tags: dict[str, torch.Tensor] = {}
         self._refs: dict[tuple, AxisRef] = {}
@@ -462,7 +465,7 @@ class Walk(fx.Interpreter):
         for r in self.out.axes:
             if r.role != "source":
                 by_param.setdefault(r.param, {})[r.axis] = r
-        ours = {id(p): name for name, p in self.module.named_parameters()}
+        ours = self._param_names
         for name, p in model.named_parameters():
             name = ours.get(id(p), name)
             if name in self.accounted:

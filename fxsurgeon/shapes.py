@@ -12,7 +12,7 @@ understand (and those whose rule may turn out so, such as matmuls) get
 from __future__ import annotations
 
 import torch
-from torch import fx
+from torch import fx, nn
 from torch.func import functional_call
 from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import FlopCounterMode
@@ -28,7 +28,7 @@ def _to_meta(value):
 class _ShapeRecorder(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule, on_meta: bool):
         super().__init__(gm)
-        self.by_name = dict(gm.named_modules())
+        self.by_name = self.submodules
         self.on_meta = on_meta
 
     def fetch_args_kwargs_from_env(self, n: fx.Node):
@@ -47,7 +47,7 @@ class _ShapeRecorder(fx.Interpreter):
         x = args[0] if args else None
         if rule is not None and rule.keeps_shape and isinstance(x, torch.Tensor):
             return _like(x)
-        state = [*m.named_parameters(), *m.named_buffers()]
+        state = _state(m)
         if not state:
             return m(*args, **kwargs)
         meta = {k: v.detach().to("meta") for k, v in state}
@@ -86,6 +86,14 @@ class _ShapeRecorder(fx.Interpreter):
                 if not isinstance(other, torch.Tensor) else torch.promote_types(dtype, other.dtype)
         shape = tensors[0].shape if len(tensors) == 1 else _broadcast(tensors[0].shape, tensors[1].shape)
         return torch.empty(shape, dtype=dtype, device="meta")
+
+
+def _state(m: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """``m``'s parameters and buffers by name (read from its own dicts when it has no
+    submodules: ``named_parameters`` walks a generator chain per call)."""
+    if m._modules:
+        return [*m.named_parameters(), *m.named_buffers()]
+    return [(k, v) for d in (m._parameters, m._buffers) for k, v in d.items() if v is not None]
 
 
 def _like(x: torch.Tensor) -> torch.Tensor:

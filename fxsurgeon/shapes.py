@@ -51,8 +51,8 @@ class _ShapeRecorder(fx.Interpreter):
         if not state:
             return m(*args, **kwargs)
         meta = {k: v.detach().to("meta") for k, v in state}
-        if rule is not None and not kwargs:
-            out = rule.forward_with(m, meta, args)
+        if rule is not None:
+            out = rule.forward_with(m, meta, args, kwargs)
             if out is not None:
                 return out
         return functional_call(m, meta, args, kwargs)    # slower: swaps every parameter

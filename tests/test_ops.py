@@ -1,4 +1,5 @@
 """How single ops move, couple or pin channels, on small hand-made models."""
+import pytest
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -157,3 +158,23 @@ def test_split_head_attention_pins_safely_and_still_counts_its_matmuls():
         model(x)
     assert g.count("flops") * 2 == counter.get_total_flops()
     assert not g["qkv"].free
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("call", [{}, {"need_weights": False}, {"average_attn_weights": False}, "unbatched"])
+def test_multihead_attention_shapes_come_from_geometry_as_its_kernels_give_them(batch_first, call):
+    from fxsurgeon.ops import TABLE
+    m = nn.MultiheadAttention(8, 2, kdim=6, vdim=5, batch_first=batch_first)
+    q, k, v = torch.randn(3, 4, 8), torch.randn(7, 4, 6), torch.randn(7, 4, 5)
+    if batch_first:
+        q, k, v = (t.transpose(0, 1) for t in (q, k, v))
+    if call == "unbatched":
+        q, k, v, call = q[:, 0] if not batch_first else q[0], k[:, 0] if not batch_first else k[0], \
+            v[:, 0] if not batch_first else v[0], {}
+    meta = [t.to("meta") for t in (q, k, v)]
+    ours = TABLE.module_rule(m).forward_with(m, {}, tuple(meta), call)
+    real = m(q, k, v, **call)
+    assert [None if t is None else (t.shape, t.dtype) for t in ours] == \
+        [None if t is None else (t.shape, t.dtype) for t in real]
+    assert all(t is None or t.device.type == "meta" for t in ours)
+    assert TABLE.module_rule(m).forward_with(m, {}, (meta[0][..., :6], meta[1], meta[2]), call) is None

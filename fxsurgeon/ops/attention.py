@@ -3,6 +3,8 @@ pinned), costed by formula because the fused kernel hides its matmuls from
 ``FlopCounterMode``. timm's ``Attention``: its heads are a dimension of their own."""
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 from torch import nn
@@ -26,6 +28,27 @@ class MultiheadAttention(Rule):
         node.meta["fxs_macs"] = macs
         return walk.opaque(node, args, kwargs,
                            reason=f"nn.MultiheadAttention keeps its embed_dim ({node.target})")
+
+    def forward_with(self, module, tensors, args, kwargs):
+        """The outputs' shapes from the inputs' (its meta kernels take longer than the rest
+        of a ViT's shape pass)."""
+        if type(module).forward is not nn.MultiheadAttention.forward:
+            return None
+        call = _MHA_ARGS.bind(module, *args, **kwargs).arguments
+        q, k = call["query"], call["key"]
+        if not (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor)) or q.dim() not in (2, 3) \
+                or q.shape[-1] != module.embed_dim or k.shape[-1] != module.kdim:
+            return None         # its own forward says what is wrong
+        out = torch.empty((*q.shape[:-1], module.embed_dim), dtype=q.dtype, device=q.device)
+        if not call.get("need_weights", True):
+            return out, None
+        tokens = (q.shape[-2 if module.batch_first else 0], k.shape[-2 if module.batch_first else 0])
+        batch = () if q.dim() == 2 else (q.shape[0 if module.batch_first else 1],)
+        heads = () if call.get("average_attn_weights", True) else (module.num_heads,)
+        return out, torch.empty((*batch, *heads, *tokens), dtype=q.dtype, device=q.device)
+
+
+_MHA_ARGS = inspect.signature(nn.MultiheadAttention.forward)
 
 
 class HeadAttention(Rule):

@@ -153,8 +153,8 @@ class Layer(Rule):
         return [a for a in (walk.node_argument(node, "weight", 1), walk.node_argument(node, "bias", 2))
                 if isinstance(a, fx.Node)]
 
-    def forward_with(self, module, tensors, args):
-        if type(module).forward not in _TORCH_FORWARDS:
+    def forward_with(self, module, tensors, args, kwargs):
+        if type(module).forward not in _TORCH_FORWARDS or kwargs:
             return None
         weight, bias = tensors.get(self.weight), tensors.get(self.bias)
         if self.linear and weight is not None:

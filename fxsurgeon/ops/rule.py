@@ -72,8 +72,8 @@ class Rule:
         they are read through their provenance, not as channels)."""
         return []
 
-    def forward_with(self, module: nn.Module, tensors: dict, args: tuple):
-        """``module(*args)`` computed with ``tensors`` in place of its parameters and
+    def forward_with(self, module: nn.Module, tensors: dict, args: tuple, kwargs: dict):
+        """``module(*args, **kwargs)`` computed with ``tensors`` in place of its parameters and
         buffers (meta tensors, for the shape pass), or None to let the pass swap them in."""
         return None
 

@@ -86,7 +86,9 @@ class Blocks(Rule):
                     walk.flops(node, -spatial * kernel, (rows, 1), (cols, 1), partial=True)
         return out
 
-    def forward_with(self, module, tensors, args):
+    def forward_with(self, module, tensors, args, kwargs):
+        if kwargs:
+            return None
         x = args[0]
         w = torch.empty([module.out_s + module.out_r, x.shape[module.axis], *module.kernel],
                         dtype=x.dtype, device=x.device)

@@ -77,8 +77,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", help="comma-separated names of the cases (default all)")
     p.add_argument("--batch", type=int, default=64, help="images per step at 32 px (224 px: an eighth)")
-    p.add_argument("--round-to", type=int, default=1,
-                   help="grow widths in multiples of this (8: the SIMD width convolutions run fastest at)")
+    p.add_argument("--round-to", type=int, default=8,
+                   help="grow widths in multiples of this (default 8, as NeuralRejuvenation's events)")
     p.add_argument("--plain", action="store_true",
                    help="also time the cr/ca networks in their plain form (one tensor per value: "
                         "each layer slices its input and concatenates its outputs)")

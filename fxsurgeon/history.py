@@ -24,7 +24,8 @@ from .streams import streamed
 def record(surgery: Surgery, seed: int = 0) -> dict:
     """What it takes to rebuild ``surgery.module`` from the graph it was made from."""
     p = surgery.plan
-    return {"scheme": surgery.scheme, "metric": p.metric, "alpha": p.alpha, "seed": seed,
+    return {"scheme": surgery.scheme, "metric": p.metric, "alpha": p.alpha, "round_to": p.round_to,
+            "seed": seed,
             "survivors": {n: torch.as_tensor(d.survivors, dtype=torch.int64)
                           for n, d in p.dims.items() if not d.pinned},
             "folds": dict(surgery.folds)}
@@ -43,7 +44,9 @@ def replay(graph: ChannelGraph, rec: dict) -> Surgery:
     if rec["scheme"] == "prune":
         p = plan(graph, alive, metric=rec["metric"], target=None, scheme="prune")
     else:
-        p = plan(graph, alive, metric=rec["metric"], scheme=rec["scheme"], alpha=rec["alpha"])
+        # files written before widths were rounded have no round_to: they grew by one channel
+        p = plan(graph, alive, metric=rec["metric"], scheme=rec["scheme"], alpha=rec["alpha"],
+                 round_to=rec.get("round_to", 1))
     surgery = rewrite(graph, p, scheme=rec["scheme"], seed=rec["seed"], fold=False)
     for node, spec in rec["folds"].items():
         restore_fold(surgery.module, node, spec)

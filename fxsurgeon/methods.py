@@ -222,7 +222,7 @@ class Rejuvenation(Method):
         return dict(metric=r.metric, threshold=r.threshold, target=r.target, scheme=self.scheme,
                     rescale=r.rescale, check_every=r.check_every, delta_r=r.delta_r,
                     delta_lambda=r.delta_lambda, seed=r.seed, max_events=r.events, fixed=r.fixed,
-                    sparsity=r.sparsity)
+                    sparsity=r.sparsity, round_to=r.round_to)
 
     def after_epoch(self, wrapper, run, surgeries_before):
         if self.recipe.check_every is None:

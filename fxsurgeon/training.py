@@ -57,6 +57,7 @@ class Recipe:
     events: int | None = 1
     fixed: str | None = None
     sparsity: str = "auto"
+    round_to: int = 8
     lr_steps: list[int] | None = None
     equal_epochs: bool = False
     slimming_lambda: float = 1e-4
@@ -101,6 +102,7 @@ HELP = {
     "events": "NR: the search ends once this many events fired (unlimited: at search_epochs)",
     "fixed": "NR: trunk keeps residual trunks and the stem at their width, out of the L1",
     "sparsity": "NR, DemP: the L1's form: subgradient (the paper's), proximal, or auto (by optimizer)",
+    "round_to": "NR: widths that grow are multiples of this (1: channel by channel, as the paper)",
     "lr_steps": "epochs after the schedule's start where the LR drops ×0.1, e.g. 30,60,90 "
                 "(default: a cosine)",
     "equal_epochs": "baseline: train as many epochs as the first NR method did (search + schedule)",
@@ -122,7 +124,8 @@ DEATH_SETS = ("train", "held-out")
 
 #: what each recipe setting must be, beyond its type
 _LIMITS = {name: (test, wanted) for names, test, wanted in [
-    (("epochs", "batch_size", "search_epochs", "check_every", "demp_prune_every", "death_samples"),
+    (("epochs", "batch_size", "search_epochs", "check_every", "demp_prune_every", "death_samples",
+      "round_to"),
      lambda v: v >= 1, "a whole number of at least 1"),
     (("finetune_epochs",), lambda v: v >= 0, "a whole number of at least 0"),
     (("lr", "target"), lambda v: v > 0, "a positive number"),

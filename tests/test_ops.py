@@ -1,6 +1,6 @@
 """How single ops move, couple or pin channels, on small hand-made models."""
-import pytest
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn

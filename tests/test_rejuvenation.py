@@ -219,3 +219,34 @@ def test_bad_numbers_are_refused_when_the_wrapper_is_built(wrapper, kwargs, mess
     model = small_net()
     with pytest.raises(fxs.FxSurgeonError, match=message):
         wrapper(model, batch()[0][:1], torch.optim.SGD(model.parameters(), lr=0.1), **kwargs)
+
+
+@pytest.mark.parametrize("round_to", [1, 8])
+def test_grown_widths_are_multiples_of_round_to_and_replay_so(round_to, tmp_path):
+    model = small_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    nr = fxs.NeuralRejuvenation(model, batch()[0][:1], opt, threshold=0.9, target=3.0, round_to=round_to)
+    kill_half(nr)
+    event = nr.check()
+    grown = {n: w for n, w in event.widths_after.items() if w != event.widths_alive[n]}
+    assert grown and all(w % round_to == 0 for w in grown.values())
+    if round_to == 1:
+        assert any(w % 8 for w in grown.values())       # the paper's widths: not all multiples of 8
+    nr.save(tmp_path / "nr.pt")
+    fresh = small_net()
+    again = fxs.NeuralRejuvenation(fresh, batch()[0][:1], torch.optim.SGD(fresh.parameters(), lr=0.0),
+                                   round_to=3)          # the file says how it rounded, not the caller
+    again.load(tmp_path / "nr.pt")
+    assert fxs.analyze(again.model.network, batch()[0][:1]).dims[0].width == \
+        fxs.analyze(nr.model.network, batch()[0][:1]).dims[0].width
+
+
+def test_a_record_without_round_to_replays_channel_by_channel():
+    from fxsurgeon.history import record, replay
+    graph = fxs.analyze(small_net(), batch()[0][:1])
+    alive = {d.name: torch.arange(d.width).numpy() % 2 == 0 for d in graph.free_dims}
+    p = fxs.plan(graph, alive, metric="flops", target=2.0)
+    rec = record(fxs.rewrite(graph, p))
+    del rec["round_to"]                                  # as files written before it
+    again = replay(graph, rec)
+    assert {n: d.new_width for n, d in again.plan.dims.items()} == {n: d.new_width for n, d in p.dims.items()}

@@ -117,8 +117,24 @@ class _Builder:
         self.whole: dict[fx.Node, fx.Node] = {}     # plain node -> its value as one tensor
         self.parts: dict[fx.Node, _Parts] = {}      # plain node -> its value in parts
         self.attrs: dict[str, fx.Node] = {}
-        self.kinds = {n: self._kind(n) for n in gm.graph.nodes}
+        self.kinds: dict[fx.Node, str | None] = {}
+        self.storage: dict[fx.Node, set[fx.Node]] = {}
+        for n in gm.graph.nodes:
+            self._classify(n)
         self.wanted = self._wanted()
+
+    def _classify(self, n: fx.Node) -> None:
+        """``n``'s stream kind, and the values whose memory its output may share: itself
+        where its op always allocates (and does not write into its input), else also its
+        inputs' (a view, or the input itself)."""
+        kind, fresh = None, n.op in ("placeholder", "get_attr")
+        if n.op in ("call_module", "call_function", "call_method"):
+            module = self.modules.get(n.target) if n.op == "call_module" else None
+            rule = TABLE.lookup(n, self.modules)
+            kind = rule.stream(n, module)
+            fresh = rule.fresh(n, module) and not mutates(n, self.modules) and "out" not in n.kwargs
+        self.kinds[n] = kind
+        self.storage[n] = {n} if fresh else {n}.union(*(self.storage[a] for a in n.all_input_nodes))
 
     # -- what partitioned layers want their inputs split into, traced back to producers
     def _wanted(self) -> dict[fx.Node, tuple[int, np.ndarray]]:
@@ -147,12 +163,6 @@ class _Builder:
                     wanted.setdefault(t, (axis, gens[start:start + v.shape[axis]]))
                     start += v.shape[axis]
         return wanted
-
-    def _kind(self, n: fx.Node) -> str | None:
-        if n.op not in ("call_module", "call_function", "call_method"):
-            return None
-        module = self.modules.get(n.target) if n.op == "call_module" else None
-        return TABLE.lookup(n, self.modules).stream(n, module)
 
     @staticmethod
     def _cat_args(n: fx.Node):
@@ -204,9 +214,10 @@ class _Builder:
         for n in self.gm.graph.nodes:
             kind = self.kinds[n]
             writes = mutates(n, self.modules) and bool(n.args) and isinstance(n.args[0], fx.Node)
-            if writes and n.args[0] in self.whole and any(v in self.whole for v in self.parts):
-                # a value held both ways, and an op writing into one tensor: the write may
-                # reach the other form through a view, or miss it (a join is a copy)
+            if writes and n.args[0] in self.whole and any(
+                    v in self.whole and self.storage[v] & self.storage[n.args[0]] for v in self.parts):
+                # a value held both ways whose memory the write may reach: it may reach the
+                # other form through a view, or miss it (a join is a copy)
                 raise Unsafe(f"{n.name} writes in place into a value that is also held in parts")
             done = kind is not None and not (writes and n.args[0] in self.whole) \
                 and getattr(self, f"_{kind}")(n)

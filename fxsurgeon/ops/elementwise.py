@@ -44,6 +44,9 @@ class Couple(Rule):
     def stream(self, node, module):
         return "each"
 
+    def fresh(self, node, module):
+        return True             # torch's binary ops allocate their output
+
     def propagate(self, walk, node, args, kwargs):
         a = args[0]
         b = args[1] if len(args) > 1 else kwargs.get("other")

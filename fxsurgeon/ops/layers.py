@@ -147,6 +147,9 @@ class Layer(Rule):
         return "depthwise" if (one_per_channel and type(module).forward in _TORCH_FORWARDS
                                and module.padding_mode == "zeros") else None
 
+    def fresh(self, node, module):
+        return module is None or type(module).forward in _TORCH_FORWARDS
+
     def weights(self, walk, node):
         if node.op == "call_module":
             return []

@@ -291,6 +291,9 @@ class Concat(Rule):
     def stream(self, node, module):
         return "concat"
 
+    def fresh(self, node, module):
+        return True
+
 
 class Spatial(Rule):
     """Pooling and interpolation: each channel on its own, along the spatial axes."""

@@ -140,6 +140,9 @@ class Norm(PerChannel):
         plain_bn = type(module).forward is nn.modules.batchnorm._BatchNorm.forward   # not Sync, no act
         return "batch_norm" if self.flavour == "batch" and plain_bn else None
 
+    def fresh(self, node, module):
+        return module is None or type(module).forward in _NORM_FORWARDS
+
     def sync(self, module: nn.Module, old: nn.Module) -> None:
         if getattr(module, "weight", None) is None and getattr(module, "running_mean", None) is None:
             return
@@ -188,3 +191,8 @@ def _sole_reader(norm: fx.Node, writer: str) -> bool:
             return True
         src = src.args[0] if src.args else None
     return False
+
+
+#: torch's own norm layers' forwards (a subclass's may return what it likes)
+_NORM_FORWARDS = {nn.modules.batchnorm._BatchNorm.forward, nn.modules.instancenorm._InstanceNorm.forward,
+                  nn.LayerNorm.forward, nn.GroupNorm.forward}

@@ -15,8 +15,10 @@ names of its own:
 - **rewriting** (:meth:`sync`, :meth:`restricted`, :attr:`channelwise`): how a module's
   constructor attributes follow its resized tensors, and how removed constant inputs are
   folded into it;
-- **streams** (:meth:`stream`): how the op runs on a value held as one tensor per
-  generation of its channels (:mod:`fxsurgeon.streams`);
+- **streams** (:meth:`stream`, :meth:`fresh`): how the op runs on a value held as one
+  tensor per generation of its channels (:mod:`fxsurgeon.streams`), and whether its
+  output is always new memory (an in-place write into it then cannot reach a value held
+  in parts);
 - **tracing** (:attr:`leaf`): a module type with a rule is traced as one call;
   (:attr:`mode_argument`): the argument of a function that says whether it runs in
   training mode, which the torch.export front end ties to the module's ``training`` flag.
@@ -108,6 +110,12 @@ class Rule:
         ``"fold"`` (a folded constant), ``"shape"`` (reads only the shape); None: the parts
         are joined first."""
         return None
+
+    def fresh(self, node: fx.Node, module: nn.Module | None) -> bool:
+        """streams: whether the op's output is always new memory, never a view of an input
+        or the input itself (an in-place call writes into its input whatever this says);
+        False, the safe answer, lets streams assume it may alias any of its inputs."""
+        return False
 
     def sync(self, module: nn.Module, old: nn.Module) -> None:
         """Bring ``module``'s attributes in line with its resized tensors (``old`` is the

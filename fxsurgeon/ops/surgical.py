@@ -50,6 +50,9 @@ class Blocks(Rule):
     def stream(self, node, module):
         return "blocks"
 
+    def fresh(self, node, module):
+        return True
+
     def propagate(self, walk, node, args, kwargs):
         m = walk.submodule(node)
         w = m.dense_weight()

@@ -7,7 +7,9 @@ planned for the same FLOP budget) are timed against the dense network of their o
 widths (targets: at most 0.75x for cr at α near 2, at most 1.15x for ca); ``--plain`` also
 times them in their plain form (one tensor per value), the layout before two streams.
 
-Steps are timed with CUDA events on a GPU (``--device cuda``); the last column is the
+Each ratio is the median over five pairs of steps run in turn (the network, then its
+peer), so that a machine slowed for a while slows both alike. Steps are timed with CUDA
+events on a GPU (``--device cuda``); the last column is the
 process's peak resident memory so far (analysis, surgery and training of every model
 up to that row).
 
@@ -41,23 +43,30 @@ CASES = [(name, factory, 32) for name, factory in MODELS.items() if name not in 
 TARGET_SET = {"vgg19_cifar", "resnet164_cifar", "densenet_bc100_k40_cifar", "resnet50", "mobilenet_v3_large"}
 
 
-def _step_time(model, x, repeat=5) -> float:
-    """Median seconds of a forward and backward pass, after one warm-up."""
+def _step(model, x) -> float:
+    """Seconds of one forward and backward pass."""
+    if x.is_cuda:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        model(x).sum().backward()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000
+    t = time.perf_counter()
+    model(x).sum().backward()
+    return time.perf_counter() - t
+
+
+def _ratio(model, peer, x, repeat=5) -> tuple[float, float]:
+    """``model``'s step time over ``peer``'s, and ``peer``'s: the median of ``repeat`` pairs
+    run in turn after a warm-up of each, so that what slows the machine for a while slows
+    both sides of a pair alike."""
     model.train()
-    times = []
-    for _ in range(repeat + 1):
-        if x.is_cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            model(x).sum().backward()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1000)
-        else:
-            t = time.perf_counter()
-            model(x).sum().backward()
-            times.append(time.perf_counter() - t)
-    return statistics.median(times[1:])
+    peer.train()
+    _step(model, x)
+    _step(peer, x)
+    pairs = [(_step(model, x), _step(peer, x)) for _ in range(repeat)]
+    return statistics.median(a / b for a, b in pairs), statistics.median(b for _, b in pairs)
 
 
 def _peak_rss_gb() -> float:
@@ -109,17 +118,17 @@ def main() -> None:
         t = time.perf_counter()
         surgery = fxs.rewrite(graph, plan)
         rewritten = time.perf_counter() - t
-        before = _step_time(model, x)
-        ratios["nr"].append(_step_time(surgery.module, x) / before)
+        ratio, before = _ratio(surgery.module, model, x)
+        ratios["nr"].append(ratio)
         names.append(name)
         row = (f"{name:26s} {planned:7.3f} {rewritten:9.3f} {before:7.3f} {plan.alpha:6.3f} "
                f"{ratios['nr'][-1]:7.2f}")
         for scheme in ("cr", "ca"):
             p = fxs.plan(graph, alive, metric="flops", target=1.0, scheme=scheme, round_to=args.round_to)
-            dense = _step_time(_dense_like(graph, alive, p), x)
+            dense = _dense_like(graph, alive, p)
             net = fxs.rewrite(graph, p).module
-            ratios[scheme].append(_step_time(net, x) / dense)
-            plain = _step_time(canonical(net), x) / dense if args.plain else float("nan")
+            ratios[scheme].append(_ratio(net, dense, x)[0])
+            plain = _ratio(canonical(net), dense, x)[0] if args.plain else float("nan")
             row += f" {p.alpha:6.3f} {ratios[scheme][-1]:8.2f} {plain:8.2f}"
         print(row + f" {_peak_rss_gb():7.2f}", flush=True)
     for label, rows in (("all models", ratios), ("issue 14's five", {

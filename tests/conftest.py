@@ -1,3 +1,4 @@
+import gc
 import os
 
 import pytest
@@ -21,3 +22,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _collect_cycles():
+    """Free each test's networks before the next: a GraphModule and its graph refer to each
+    other, so its tensors wait for the cycle collector, and the zoo sweeps' float64
+    networks pile up past CI's memory between its rare full collections."""
+    yield
+    gc.collect()

@@ -121,16 +121,15 @@ def tensor_names(module: nn.Module) -> tuple[dict[str, str], dict[str, list[str]
     canonical: dict[str, str] = {}
     aliases: dict[str, list[str]] = {}
     first: dict[int, str] = {}
-    params: dict[int, str] = {}
-    for named, kind in ((module.named_parameters(remove_duplicate=False), params),
-                        (module.named_buffers(remove_duplicate=False), {})):
+    for named in (module.named_parameters(remove_duplicate=False),
+                  module.named_buffers(remove_duplicate=False)):
         for name, t in named:
             if t is None:
                 continue
             c = first.setdefault(id(t), name)
-            kind.setdefault(id(t), c)
             canonical[name] = c
             aliases.setdefault(c, []).append(name)
+    params = {k: first[k] for k in map(id, module.parameters())}
     return canonical, aliases, params
 
 

@@ -171,8 +171,7 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
         raise FxSurgeonError(f"unknown scheme {scheme!r}: use one of {SCHEMES}")
     if metric not in METRICS:
         raise FxSurgeonError(f"unknown metric {metric!r}: use one of {METRICS}")
-    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
-        raise FxSurgeonError(f"round_to must be a positive integer, got {round_to!r}")
+    require("round_to", round_to, lambda v: isinstance(v, int) and v >= 1, "a positive integer")
     if target is not None:
         require("target", target, lambda v: v > 0, "a finite number above 0 (of the original cost)")
         if target > max_target and scheme != "prune":

@@ -121,15 +121,17 @@ def tensor_names(module: nn.Module) -> tuple[dict[str, str], dict[str, list[str]
     canonical: dict[str, str] = {}
     aliases: dict[str, list[str]] = {}
     first: dict[int, str] = {}
-    for named in (module.named_parameters(remove_duplicate=False),
-                  module.named_buffers(remove_duplicate=False)):
+
+    def name_all(named) -> None:
         for name, t in named:
-            if t is None:
-                continue
-            c = first.setdefault(id(t), name)
-            canonical[name] = c
-            aliases.setdefault(c, []).append(name)
-    params = {k: first[k] for k in map(id, module.parameters())}
+            if t is not None:
+                c = first.setdefault(id(t), name)
+                canonical[name] = c
+                aliases.setdefault(c, []).append(name)
+
+    name_all(module.named_parameters(remove_duplicate=False))
+    params = dict(first)                # the parameters, named before any buffer
+    name_all(module.named_buffers(remove_duplicate=False))
     return canonical, aliases, params
 
 

@@ -93,8 +93,7 @@ class NeuralRejuvenation(SurgicalTraining):
         require("delta_r", delta_r, lambda v: v >= 0, "at least 0")
         require("delta_lambda", delta_lambda, lambda v: v >= 0, "at least 0")
         require("dead_threshold", dead_threshold, lambda v: 0 < v < 1, "between 0 and 1")
-        if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
-            raise FxSurgeonError(f"round_to must be a positive integer, got {round_to!r}")
+        require("round_to", round_to, lambda v: isinstance(v, int) and v >= 1, "a positive integer")
         if max_events is not None and (isinstance(max_events, bool) or not isinstance(max_events, int)
                                        or max_events < 0):
             raise FxSurgeonError(f"max_events must be a number of events or None, got {max_events!r}")

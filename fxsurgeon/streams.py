@@ -118,21 +118,25 @@ class _Builder:
         self.parts: dict[fx.Node, _Parts] = {}      # plain node -> its value in parts
         self.attrs: dict[str, fx.Node] = {}
         self.kinds: dict[fx.Node, str | None] = {}
+        self.writes: set[fx.Node] = set()           # nodes writing into their first argument
         self.storage: dict[fx.Node, set[fx.Node]] = {}
         for n in gm.graph.nodes:
             self._classify(n)
         self.wanted = self._wanted()
 
     def _classify(self, n: fx.Node) -> None:
-        """``n``'s stream kind, and the values whose memory its output may share: itself
-        where its op always allocates (and does not write into its input), else also its
-        inputs' (a view, or the input itself)."""
+        """``n``'s stream kind, whether it writes in place into its first argument, and the
+        values whose memory its output may share: itself where its op always allocates (and
+        does not write into its input), else also its inputs' (a view, or the input itself)."""
         kind, fresh = None, n.op in ("placeholder", "get_attr")
         if n.op in ("call_module", "call_function", "call_method"):
             module = self.modules.get(n.target) if n.op == "call_module" else None
             rule = TABLE.lookup(n, self.modules)
             kind = rule.stream(n, module)
-            fresh = rule.fresh(n, module) and not mutates(n, self.modules) and "out" not in n.kwargs
+            writes = mutates(n, self.modules)
+            if writes and n.args and isinstance(n.args[0], fx.Node):
+                self.writes.add(n)
+            fresh = rule.fresh(n, module) and not writes and "out" not in n.kwargs
         self.kinds[n] = kind
         self.storage[n] = {n} if fresh else {n}.union(*(self.storage[a] for a in n.all_input_nodes))
 
@@ -213,7 +217,7 @@ class _Builder:
         value's two forms stale."""
         for n in self.gm.graph.nodes:
             kind = self.kinds[n]
-            writes = mutates(n, self.modules) and bool(n.args) and isinstance(n.args[0], fx.Node)
+            writes = n in self.writes
             if writes and n.args[0] in self.whole and any(
                     v in self.whole and self.storage[v] & self.storage[n.args[0]] for v in self.parts):
                 # a value held both ways whose memory the write may reach: it may reach the
@@ -410,10 +414,12 @@ def streamed(gm: fx.GraphModule, example_inputs: tuple) -> fx.GraphModule:
     finally:
         for m, t in flags:
             m.training = t
-    why = f"held in parts it fails ({type(got).__name__}: {got})" if isinstance(got, Exception) else next(
-        (f"held in parts, its output {k} differs from the plain one's"
-         for k, (a, b) in enumerate(zip(tensors_in(want), tensors_in(got), strict=True)) if not _close(a, b)),
-        None)
+    if isinstance(got, Exception):
+        why = f"held in parts it fails ({type(got).__name__}: {got})"
+    else:
+        pairs = zip(tensors_in(want), tensors_in(got), strict=True)
+        why = next((f"held in parts, its output {k} differs from the plain one's"
+                    for k, (a, b) in enumerate(pairs) if not _close(a, b)), None)
     if why is not None:
         warnings.warn(f"fxsurgeon: the network runs in its plain form, one tensor per value: {why} "
                       f"(a bug in fxsurgeon.streams or in an op rule's stream(); please report it)",

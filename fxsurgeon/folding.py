@@ -3,7 +3,9 @@
 A channel removed because its scale is exactly zero still emits a constant (``ReLU(β)``
 of a BatchNorm with ``γ = 0``). At every call that read it, its contribution is put back:
 into the layer's bias when it is the same at every position and the bias belongs to that
-call alone; else as a per-channel constant added after the call; else (a zero-padded
+call alone; else off the running mean of the batch norm that alone reads the call (its
+batch statistics cancel a per-channel shift; the op table's ``absorb_shift``); else as a
+per-channel constant added after the call; else (a zero-padded
 convolution sees less of the constant near the border; a zero pad or an average pool
 counting padding on the way makes the constant itself vary) as a
 :class:`~fxsurgeon.folded.FoldedConstant`, which computes the contribution at run time
@@ -25,7 +27,7 @@ from torch import fx
 from .errors import FxSurgeonError
 from .folded import FoldedConstant
 from .matching import is_identity, match, take
-from .nodes import getattr_path, reads_values
+from .nodes import getattr_path, reads_values, value_users
 from .ops import TABLE
 from .reference import readout_sources
 
@@ -77,6 +79,7 @@ def fold_constants(graph, new: fx.GraphModule, new_prop, surgery, removed: dict,
     modules = dict(graph.module.named_modules())
     old_nodes = {n.name: n for n in graph.module.graph.nodes}
     new_nodes = {n.name: n for n in new.graph.nodes}
+    new_modules = dict(new.named_modules())
     out_old = {node: vec for node, vec, _ in prop.groups}
     out_new = {node: vec for node, vec, _ in new_prop.groups}
     for name, (reader, gone) in removed.items():
@@ -102,6 +105,9 @@ def fold_constants(graph, new: fx.GraphModule, new_prop, surgery, removed: dict,
                 with torch.no_grad():
                     getattr_path(new, reader.bias).add_(per_channel.reshape(-1))
                 surgery.folded[name] = "bias"
+                continue
+            if _absorbed(new, new_modules, new_nodes[name], per_channel):
+                surgery.folded[name] = "norm"
                 continue
             surgery.folds[name] = _attach_constant(new, new_nodes[name], per_channel)
             surgery.folded[name] = "constant"
@@ -192,6 +198,21 @@ def _free_name(module: torch.nn.Module) -> str:
 def _reroute(node: fx.Node, to: fx.Node) -> None:
     """Every user of ``node`` but ``to`` reads ``to`` instead."""
     node.replace_all_uses_with(to, delete_user_cb=lambda user: user is not to)
+
+
+def _absorbed(module: fx.GraphModule, modules: dict, node: fx.Node, value: torch.Tensor) -> bool:
+    """Whether the norm that alone reads ``node`` took ``value`` (constant per channel of
+    axis 1) into its own state (see :meth:`~fxsurgeon.ops.rule.Rule.absorb_shift`)."""
+    users = value_users(node)
+    if len(users) != 1 or users[0].op != "call_module" or not users[0].args or users[0].args[0] is not node:
+        return False
+    norm = users[0]
+    owner = modules[norm.target]
+    calls = sum(n.op == "call_module" and modules.get(n.target) is owner for n in module.graph.nodes)
+    if calls != 1 or value.dim() < 2 or value.numel() != value.shape[1] \
+            or getattr(owner, "num_features", None) != value.numel():
+        return False
+    return TABLE.lookup(norm, modules).absorb_shift(norm, owner, value.reshape(-1))
 
 
 def _attach_constant(module: fx.GraphModule, node: fx.Node, value: torch.Tensor, name: str | None = None

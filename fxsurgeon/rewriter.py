@@ -50,8 +50,9 @@ class Surgery:
     (-1 for a new channel) in the old tensor ``origin(name)``: the same name, except for
     the blocks of a partitioned layer (``conv.weight_s`` comes from ``conv.weight``).
     ``folded`` names the calls (fx nodes) that absorbed removed channels' constants and
-    how: ``"bias"`` (added to the layer's bias), ``"constant"`` (a per-channel buffer
-    added after the call, when there is no bias of its own) or ``"map"`` (a
+    how: ``"bias"`` (added to the layer's bias), ``"norm"`` (taken off the running mean
+    of the batch norm that alone reads the call, when there is no bias of its own),
+    ``"constant"`` (a per-channel buffer added after the call, else) or ``"map"`` (a
     :class:`~fxsurgeon.folded.FoldedConstant` after a zero-padded convolution, whose
     border sees less of the constant; exact at every input size); ``folds`` records
     what each added, as data. ``partitioned`` lists the layers split into S/R blocks;
@@ -294,7 +295,7 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
     new.recompile()
     if fold and check:
         verify(graph, lambda: zeroed_scales(graph, layout.kept, layout.silenced), expected, new, new_prop,
-               surgery.folds)
+               surgery.folds, {n for n, how in surgery.folded.items() if how == "norm"})
     if surgery.partitioned and fold:        # without folds the caller completes the graph first
         surgery.module = streamed(new, graph.example_inputs)
     return surgery

@@ -41,10 +41,12 @@ def difference(a, b) -> float | None:
     return worst
 
 
-def verify(graph, overrides, expected, new, new_prop, folds: dict) -> None:
+def verify(graph, overrides, expected, new, new_prop, folds: dict, absorbed: set[str]) -> None:
     """Raise :class:`FxSurgeonError` if ``new`` does not compute ``expected`` (the
     reference's output) on the example inputs, naming the first layer that differs
-    (``overrides()`` gives the reference's tensors again, to find it)."""
+    (``overrides()`` gives the reference's tensors again, to find it; ``folds`` says
+    where a fold now gives a layer's output, ``absorbed`` which layers' outputs lack a
+    constant that the norm reading them took in)."""
     got, _, _ = run_graph(new, graph.example_inputs)
     d = difference(expected, got)
     if d is not None and d <= 1:
@@ -59,7 +61,7 @@ def verify(graph, overrides, expected, new, new_prop, folds: dict) -> None:
     modules = dict(graph.module.named_modules())
     nodes = {n.name: n for n in graph.module.graph.nodes}
     for node, vec in producers:
-        if node not in new_vecs or shown[node] not in after or node not in before:
+        if node not in new_vecs or node in absorbed or shown[node] not in after or node not in before:
             continue
         axis = prop.out_axes[node]
         idx = match(prop.uf.find(vec), new_prop.uf.find(new_vecs[node]))

@@ -143,6 +143,18 @@ class Norm(PerChannel):
     def fresh(self, node, module):
         return module is None or type(module).forward in _NORM_FORWARDS
 
+    def absorb_shift(self, node, module, shift):
+        """A batch or instance norm of torch's own: its statistics are taken per channel, so a
+        per-channel shift of the input cancels in the batch mean; the running mean, which
+        then tracks the mean without the shift, takes the shift off (its update is affine
+        with weights summing to one, for every momentum)."""
+        if self.flavour != "batch" or module is None or type(module).forward not in _NORM_FORWARDS:
+            return False
+        if module.running_mean is not None:
+            with torch.no_grad():
+                module.running_mean.sub_(shift.to(module.running_mean))
+        return True
+
     def sync(self, module: nn.Module, old: nn.Module) -> None:
         if getattr(module, "weight", None) is None and getattr(module, "running_mean", None) is None:
             return

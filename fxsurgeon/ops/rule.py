@@ -14,7 +14,7 @@ names of its own:
 - **rescaling** (:meth:`homogeneous`): whether ``f(c·x) = c·f(x)`` per channel for ``c > 0``;
 - **rewriting** (:meth:`sync`, :meth:`restricted`, :attr:`channelwise`): how a module's
   constructor attributes follow its resized tensors, and how removed constant inputs are
-  folded into it;
+  folded into it (:meth:`absorb_shift`: into a norm that reads it);
 - **streams** (:meth:`stream`, :meth:`fresh`): how the op runs on a value held as one
   tensor per generation of its channels (:mod:`fxsurgeon.streams`), and whether its
   output is always new memory (an in-place write into it then cannot reach a value held
@@ -89,6 +89,13 @@ class Rule:
         bias, for folding removed constants; None if the layer cannot say (folding then
         refuses where the constants' contribution varies over the output)."""
         return None
+
+    def absorb_shift(self, node: fx.Node, module: nn.Module | None, shift: Tensor) -> bool:
+        """folding: take ``shift`` (one constant per channel of axis 1), added to the op's
+        input, into the op's own state, so that its output without the shift is what it
+        was with it, in training and in evaluation and on every later step; False, the
+        safe answer, if it cannot (the shift is then added before the call)."""
+        return False
 
     def output_axes(self, module: nn.Module) -> list[tuple[str, int]]:
         """For a layer: its tensors that hold its output channels, and on which axis (what

@@ -25,7 +25,7 @@ def record(surgery: Surgery, seed: int = 0) -> dict:
     """What it takes to rebuild ``surgery.module`` from the graph it was made from."""
     p = surgery.plan
     return {"scheme": surgery.scheme, "metric": p.metric, "alpha": p.alpha, "round_to": p.round_to,
-            "seed": seed,
+            "rounding": p.rounding, "seed": seed,
             "survivors": {n: torch.as_tensor(d.survivors, dtype=torch.int64)
                           for n, d in p.dims.items() if not d.pinned},
             "folds": dict(surgery.folds)}
@@ -44,9 +44,10 @@ def replay(graph: ChannelGraph, rec: dict) -> Surgery:
     if rec["scheme"] == "prune":
         p = plan(graph, alive, metric=rec["metric"], target=None, scheme="prune")
     else:
-        # files written before widths were rounded have no round_to: they grew by one channel
+        # files written before widths were rounded have no round_to: they grew by one channel;
+        # before they were rounded to the nearest multiple, no rounding: they rounded down
         p = plan(graph, alive, metric=rec["metric"], scheme=rec["scheme"], alpha=rec["alpha"],
-                 round_to=rec.get("round_to", 1))
+                 round_to=rec.get("round_to", 1), rounding=rec.get("rounding", "down"))
     surgery = rewrite(graph, p, scheme=rec["scheme"], seed=rec["seed"], fold=False)
     for node, spec in rec["folds"].items():
         restore_fold(surgery.module, node, spec)

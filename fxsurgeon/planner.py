@@ -59,6 +59,8 @@ class Plan:
     #: channels a budget removed although alive, per dimension: the rewrite silences them
     #: (output zero) where the dead keep the constant they emit
     silenced: dict[str, np.ndarray] = field(default_factory=dict)
+    #: how grown widths meet ``round_to`` (see :func:`plan`)
+    rounding: str = "nearest"
 
     @property
     def miss(self) -> float | None:
@@ -81,6 +83,24 @@ class Plan:
 
 def _multiple(d, round_to: int) -> int:
     return math.lcm(d.multiple_of, round_to)
+
+
+#: how a grown width meets ``round_to``: the nearest multiple, or the one below (files
+#: written before widths were rounded to the nearest replay with ``"down"``)
+ROUNDINGS = ("nearest", "down")
+
+
+def _half(round_to: int, rounding: str) -> float:
+    """What :func:`_steps` adds before flooring: a half step to round to the nearest, none
+    channel by channel (the paper's floor)."""
+    return 0.5 if round_to > 1 and rounding == "nearest" else 0.0
+
+
+def _steps(alpha, survivors, step, half: float):
+    """How many steps of its multiple a growing width α·survivors takes (rounding down
+    left a width short of its next multiple at its odd survivor count: 10 of 16 at
+    α 1.59 stayed at 10 rather than reach 16)."""
+    return np.floor(alpha * np.asarray(survivors) / np.maximum(step, 1) + half + 1e-9)
 
 
 def _keeps_width(d) -> str | None:
@@ -147,13 +167,16 @@ def _pad(keep: np.ndarray, score: np.ndarray, where: np.ndarray, count: int) -> 
 def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric: str = "params",
          target: float | None = 1.0, scheme: str = "nr", round_to: int = 1,
          alpha: float | None = None, max_target: float = 100.0, fixed: Fixed = None,
-         scores: dict[str, np.ndarray] | None = None, ranking: str = "global") -> Plan:
+         scores: dict[str, np.ndarray] | None = None, ranking: str = "global",
+         rounding: str = "nearest") -> Plan:
     """Remove the dead channels and find the shared expansion α for ``target · cost``.
 
     ``alive`` maps free dimension names to bool masks (missing: all alive), as
     :func:`fxsurgeon.liveliness` returns. Widths always respect the graph's own
-    multiples (groups, shuffles); widths that grow are multiples of ``round_to`` too.
-    ``alpha`` fixes the expansion instead of searching it (the budget is then only
+    multiples (groups, shuffles); a width that grows is ``α × its survivors``, rounded down
+    channel by channel (``round_to=1``, the paper's), else to the nearest multiple of
+    ``round_to`` (and of the dimension's own; ``rounding="down"``: the one below), never
+    below its survivors. ``alpha`` fixes the expansion instead of searching it (the budget is then only
     reported, not enforced). ``target=None`` only removes the dead.
 
     ``scheme="prune"`` with ``target`` below 1 prunes to a budget: after the dead, it
@@ -172,6 +195,8 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
     if metric not in METRICS:
         raise FxSurgeonError(f"unknown metric {metric!r}: use one of {METRICS}")
     require("round_to", round_to, lambda v: isinstance(v, int) and v >= 1, "a positive integer")
+    if rounding not in ROUNDINGS:
+        raise FxSurgeonError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
     if target is not None:
         require("target", target, lambda v: v > 0, "a finite number above 0 (of the original cost)")
         if target > max_target and scheme != "prune":
@@ -239,11 +264,12 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
             kept[cost.offsets[i] + survivors] = True
             dims[name].survivors, dims[name].new_width = survivors, len(survivors)
             base[i] = len(survivors)
-    base_a, step_a = np.array(base), np.array(step)
+    base_a, step_a, half = np.array(base), np.array(step), _half(round_to, rounding)
 
     def widths(alpha: float) -> np.ndarray:
-        grown = np.where(step_a > 0, np.floor(alpha * base_a / np.maximum(step_a, 1) + 1e-9)
-                         * step_a, base_a)
+        if alpha <= 1:          # nothing grows (rounding to the nearest would grow 6 to 8)
+            return base_a.astype(np.int64)
+        grown = np.where(step_a > 0, _steps(alpha, base_a, step_a, half) * step_a, base_a)
         return np.maximum(grown, base_a).astype(np.int64)
 
     def cost_at(alpha: float) -> float:
@@ -278,7 +304,7 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
         if st and w % st and round_to > 1:
             dp.note = dp.note or f"round_to {round_to} not reached without exceeding the budget"
     return Plan(metric, scheme, target, alpha, original, budget, cost_at(alpha), dims, round_to, graph.token,
-                silenced if prunable else {})
+                silenced if prunable else {}, rounding)
 
 
 def _check_masks(graph: ChannelGraph, alive: dict) -> None:
@@ -346,5 +372,8 @@ def next_breakpoint(plan_: Plan, graph: ChannelGraph) -> float:
         dp = plan_.dims[d.name]
         if dp.grows:
             m, s = _multiple(d, plan_.round_to), len(dp.survivors)
-            best = min(best, (math.floor(plan_.alpha * s / m + 1e-9) + 1) * m / s)
+            half = _half(plan_.round_to, plan_.rounding)
+            if plan_.alpha <= 1 and _steps(1.0, s, m, half) * m > s:      # grows right above 1
+                return math.nextafter(1.0, 2.0)
+            best = min(best, float(_steps(plan_.alpha, s, m, half) + 1 - half) * m / s)
     return best

@@ -1,4 +1,6 @@
 """Liveliness and the planner's budget arithmetic."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -70,17 +72,34 @@ def test_prune_plan_predicts_the_masked_count_exactly():
 
 @pytest.mark.parametrize("scheme", ["nr", "cr", "ca"])
 @pytest.mark.parametrize("metric", ["params", "flops"])
-def test_alpha_is_the_largest_that_fits_the_budget(scheme, metric):
+@pytest.mark.parametrize("round_to", [1, 8])
+def test_alpha_is_the_largest_that_fits_the_budget(scheme, metric, round_to):
     g = fxs.analyze(resnet164_cifar(), torch.randn(1, 3, 32, 32))
     kill(g, 0.3)
     alive = fxs.liveliness(g)
-    p = fxs.plan(g, alive, metric=metric, target=1.0, scheme=scheme)
+    p = fxs.plan(g, alive, metric=metric, target=1.0, scheme=scheme, round_to=round_to)
     assert p.predicted <= p.budget and p.alpha > 1
-    # at the next width breakpoint some dimension gains a channel and the budget breaks
-    above = fxs.plan(g, alive, metric=metric, target=1.0, scheme=scheme,
+    # at the next width breakpoint some dimension gains a step and the budget breaks
+    above = fxs.plan(g, alive, metric=metric, target=1.0, scheme=scheme, round_to=round_to,
                      alpha=next_breakpoint(p, g))
     assert above.predicted > p.budget
-    assert p.miss < 0.01
+    assert p.miss < (0.01 if round_to == 1 else 0.05)
+
+
+@pytest.mark.parametrize("round_to", [1, 8])
+def test_a_grown_width_is_alpha_times_its_survivors_rounded(round_to):
+    """Channel by channel, the paper's floor; in multiples, the nearest multiple (a width
+    short of its next multiple would otherwise keep an odd survivor count), never fewer
+    than the survivors."""
+    g = fxs.analyze(resnet164_cifar(), torch.randn(1, 3, 32, 32))
+    kill(g, 0.3)
+    p = fxs.plan(g, fxs.liveliness(g), metric="flops", target=1.0, scheme="nr", round_to=round_to)
+    grown = [(d, p.dims[d.name]) for d in g.dims if p.dims[d.name].grows]
+    assert grown
+    for d, dp in grown:
+        m, s = math.lcm(d.multiple_of, round_to), len(dp.survivors)
+        want = math.floor(p.alpha * s / m + (0.5 if round_to > 1 else 0) + 1e-9) * m
+        assert dp.new_width == max(want, s), (d.name, s, dp.new_width)
 
 
 def test_cr_drops_exactly_the_cross_blocks():

@@ -250,3 +250,21 @@ def test_a_record_without_round_to_replays_channel_by_channel():
     del rec["round_to"]                                  # as files written before it
     again = replay(graph, rec)
     assert {n: d.new_width for n, d in again.plan.dims.items()} == {n: d.new_width for n, d in p.dims.items()}
+
+
+def test_a_record_without_rounding_replays_rounded_down():
+    """Files written while grown widths were rounded down to their multiple replay so."""
+    from fxsurgeon.history import record, replay
+    graph = fxs.analyze(small_net(), batch()[0][:1])
+    alive = {d.name: torch.arange(d.width).numpy() % 2 == 0 for d in graph.free_dims}
+    widths = {}
+    for rounding in ("nearest", "down"):
+        p = fxs.plan(graph, alive, metric="flops", alpha=1.5, round_to=8, rounding=rounding)
+        widths[rounding] = {n: d.new_width for n, d in p.dims.items()}
+        rec = record(fxs.rewrite(graph, p))
+        assert rec["rounding"] == rounding
+        if rounding == "down":
+            del rec["rounding"]                          # as files written before it
+        again = replay(graph, rec)
+        assert {n: d.new_width for n, d in again.plan.dims.items()} == widths[rounding]
+    assert widths["nearest"] != widths["down"]

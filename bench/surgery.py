@@ -16,12 +16,20 @@ up to that row).
 The CIFAR nets train at ``--batch`` images of 32 px (default 64), the torchvision models
 at an eighth of it at 224 px (the same pixels per step).
 
+On a CPU, glibc's malloc gives large freed blocks back to the system, so every step
+page-faults its activations in again, and a network with wider activations pays more
+(ResNet-164 nr: 168k faults a step against the original's 119k). The header says which
+allocator settings were in effect; to time the arithmetic alone, keep freed memory:
+``MALLOC_MMAP_THRESHOLD_=4000000000 MALLOC_TRIM_THRESHOLD_=100000000000`` (or preload
+jemalloc or tcmalloc).
+
     python bench/surgery.py                    # the paper's CIFAR nets + a few torchvision models
     python bench/surgery.py --device cuda --models vgg19_cifar,resnet50
 """
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import sys
@@ -69,6 +77,13 @@ def _ratio(model, peer, x, repeat=5) -> tuple[float, float]:
     return statistics.median(a / b for a, b in pairs), statistics.median(b for _, b in pairs)
 
 
+def _allocator() -> str:
+    """The allocator settings in the environment (see the module docstring)."""
+    found = sorted((k, v) for k, v in os.environ.items()
+                   if k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", "LD_PRELOAD"))
+    return ", ".join(f"{k}={v}" for k, v in found) or "the C library's malloc, default settings"
+
+
 def _peak_rss_gb() -> float:
     """The process's peak resident memory so far, in GB (ru_maxrss: KB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -97,6 +112,8 @@ def main() -> None:
     torch.set_num_threads(1)
     print(f"fwd+bwd step times in seconds on {args.device} (1 CPU thread), batch {args.batch} at 32 px "
           f"and {max(1, args.batch // 8)} at 224 px; cr/ca against the dense network of the same widths")
+    if not args.device.startswith("cuda"):
+        print(f"CPU allocator: {_allocator()}")
     print(f"{'model':26s} {'plan s':>7s} {'rewrite s':>9s} {'step s':>7s} {'nr α':>6s} {'nr/orig':>7s} "
           f"{'cr α':>6s} {'cr/dense':>8s} {'plain':>8s} {'ca α':>6s} {'ca/dense':>8s} {'plain':>8s} "
           f"{'peak GB':>7s}")

@@ -173,11 +173,11 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
 
     ``alive`` maps free dimension names to bool masks (missing: all alive), as
     :func:`fxsurgeon.liveliness` returns. Widths always respect the graph's own
-    multiples (groups, shuffles); a width that grows is ``α × its survivors``, rounded down
-    channel by channel (``round_to=1``, the paper's), else to the nearest multiple of
-    ``round_to`` (and of the dimension's own; ``rounding="down"``: the one below), never
-    below its survivors. ``alpha`` fixes the expansion instead of searching it (the budget is then only
-    reported, not enforced). ``target=None`` only removes the dead.
+    multiples (groups, shuffles); a width that grows is ``α × its survivors``, rounded
+    down channel by channel (``round_to=1``, the paper's), else to the nearest multiple
+    of ``round_to`` and the dimension's own (``rounding="down"``: the one below), never
+    below its survivors. ``alpha`` fixes the expansion instead of searching it (the
+    budget is then only reported, not enforced). ``target=None`` only removes the dead.
 
     ``scheme="prune"`` with ``target`` below 1 prunes to a budget: after the dead, it
     keeps the most important channels while the cost is at most ``target`` of the

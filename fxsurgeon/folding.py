@@ -19,6 +19,7 @@ the way was not dead: removing it changes the function, and folding refuses.
 from __future__ import annotations
 
 import operator
+from collections import Counter
 
 import numpy as np
 import torch
@@ -80,6 +81,7 @@ def fold_constants(graph, new: fx.GraphModule, new_prop, surgery, removed: dict,
     old_nodes = {n.name: n for n in graph.module.graph.nodes}
     new_nodes = {n.name: n for n in new.graph.nodes}
     new_modules = dict(new.named_modules())
+    called = Counter(id(new_modules[n.target]) for n in new.graph.nodes if n.op == "call_module")
     out_old = {node: vec for node, vec, _ in prop.groups}
     out_new = {node: vec for node, vec, _ in new_prop.groups}
     for name, (reader, gone) in removed.items():
@@ -106,7 +108,7 @@ def fold_constants(graph, new: fx.GraphModule, new_prop, surgery, removed: dict,
                     getattr_path(new, reader.bias).add_(per_channel.reshape(-1))
                 surgery.folded[name] = "bias"
                 continue
-            if _absorbed(new, new_modules, new_nodes[name], per_channel):
+            if _absorbed(new_modules, called, new_nodes[name], per_channel):
                 surgery.folded[name] = "norm"
                 continue
             surgery.folds[name] = _attach_constant(new, new_nodes[name], per_channel)
@@ -200,16 +202,17 @@ def _reroute(node: fx.Node, to: fx.Node) -> None:
     node.replace_all_uses_with(to, delete_user_cb=lambda user: user is not to)
 
 
-def _absorbed(module: fx.GraphModule, modules: dict, node: fx.Node, value: torch.Tensor) -> bool:
+def _absorbed(modules: dict, called: Counter, node: fx.Node, value: torch.Tensor) -> bool:
     """Whether the norm that alone reads ``node`` took ``value`` (constant per channel of
-    axis 1) into its own state (see :meth:`~fxsurgeon.ops.rule.Rule.absorb_shift`)."""
+    axis 1) into its own state (see :meth:`~fxsurgeon.ops.rule.Rule.absorb_shift`);
+    ``called`` counts the calls of each module (by ``id``): a norm called twice would
+    shift its other call too."""
     users = value_users(node)
     if len(users) != 1 or users[0].op != "call_module" or not users[0].args or users[0].args[0] is not node:
         return False
     norm = users[0]
-    owner = modules[norm.target]
-    calls = sum(n.op == "call_module" and modules.get(n.target) is owner for n in module.graph.nodes)
-    if calls != 1 or value.dim() < 2 or value.numel() != value.shape[1] \
+    owner = modules.get(norm.target)      # (None: a module this folding added)
+    if owner is None or called[id(owner)] != 1 or value.dim() < 2 or value.numel() != value.shape[1] \
             or getattr(owner, "num_features", None) != value.numel():
         return False
     return TABLE.lookup(norm, modules).absorb_shift(norm, owner, value.reshape(-1))

@@ -295,7 +295,7 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
     new.recompile()
     if fold and check:
         verify(graph, lambda: zeroed_scales(graph, layout.kept, layout.silenced), expected, new, new_prop,
-               surgery.folds, {n for n, how in surgery.folded.items() if how == "norm"})
+               surgery)
     if surgery.partitioned and fold:        # without folds the caller completes the graph first
         surgery.module = streamed(new, graph.example_inputs)
     return surgery

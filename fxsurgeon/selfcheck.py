@@ -41,12 +41,12 @@ def difference(a, b) -> float | None:
     return worst
 
 
-def verify(graph, overrides, expected, new, new_prop, folds: dict, absorbed: set[str]) -> None:
+def verify(graph, overrides, expected, new, new_prop, surgery) -> None:
     """Raise :class:`FxSurgeonError` if ``new`` does not compute ``expected`` (the
     reference's output) on the example inputs, naming the first layer that differs
-    (``overrides()`` gives the reference's tensors again, to find it; ``folds`` says
-    where a fold now gives a layer's output, ``absorbed`` which layers' outputs lack a
-    constant that the norm reading them took in)."""
+    (``overrides()`` gives the reference's tensors again, to find it; ``surgery.folds``
+    says where a fold now gives a layer's output; a layer folded ``"norm"`` lacks the
+    constant the norm reading it took in, so its output is not compared)."""
     got, _, _ = run_graph(new, graph.example_inputs)
     d = difference(expected, got)
     if d is not None and d <= 1:
@@ -54,14 +54,15 @@ def verify(graph, overrides, expected, new, new_prop, folds: dict, absorbed: set
     prop = graph.propagation
     producers = [(node, vec) for node, vec, origin in prop.groups if origin == "producer"]
     new_vecs = {node: vec for node, vec, _ in new_prop.groups}
-    shown = {node: folds.get(node, {}).get("node", node) for node, _ in producers}
+    shown = {node: surgery.folds.get(node, {}).get("node", node) for node, _ in producers}
     _, _, before = run_graph(graph.module, graph.example_inputs, overrides(),
                              outputs_of=[n for n, _ in producers])
     _, _, after = run_graph(new, graph.example_inputs, outputs_of=set(shown.values()))
     modules = dict(graph.module.named_modules())
     nodes = {n.name: n for n in graph.module.graph.nodes}
     for node, vec in producers:
-        if node not in new_vecs or node in absorbed or shown[node] not in after or node not in before:
+        if node not in new_vecs or surgery.folded.get(node) == "norm" or shown[node] not in after \
+                or node not in before:
             continue
         axis = prop.out_axes[node]
         idx = match(prop.uf.find(vec), new_prop.uf.find(new_vecs[node]))

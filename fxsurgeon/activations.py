@@ -23,6 +23,7 @@ from torch import fx
 
 from .errors import FxSurgeonError
 from .graph import ChannelGraph
+from .modes import evaluating
 
 
 def _peak(x: torch.Tensor, axis: int) -> torch.Tensor:
@@ -77,19 +78,13 @@ def activation_peaks(graph: ChannelGraph, batches: Iterable) -> dict[str, np.nda
     probe = _probe(graph, reads)
     n_inputs = sum(1 for n in graph.module.graph.nodes if n.op == "placeholder")
     device = next((p.device for p in graph.module.parameters()), torch.device("cpu"))
-    flags = [(m, m.training) for m in graph.module.modules()]
-    graph.module.eval()
     peaks: list[torch.Tensor] | None = None
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                xs = [x.to(device) if isinstance(x, torch.Tensor) else x for x in _inputs(batch, n_inputs)]
-                out = list(probe(*xs))
-                peaks = out if peaks is None else [torch.maximum(a, b)
-                                                   for a, b in zip(peaks, out, strict=True)]
-    finally:
-        for m, t in flags:
-            m.training = t
+    with evaluating(graph.module), torch.no_grad():
+        for batch in batches:
+            xs = [x.to(device) if isinstance(x, torch.Tensor) else x for x in _inputs(batch, n_inputs)]
+            out = list(probe(*xs))
+            peaks = out if peaks is None else [torch.maximum(a, b)
+                                               for a, b in zip(peaks, out, strict=True)]
     if peaks is None:
         raise FxSurgeonError("the death set is empty: death is measured on at least one batch")
     total = sum(d.width for d in graph.dims)

@@ -25,6 +25,7 @@ from torch import fx, nn
 from torch.export import Dim
 
 from .errors import UntraceableModelError, one_line
+from .modes import evaluating
 from .ops import TABLE
 from .tracing import refuse_wrapped
 
@@ -59,18 +60,13 @@ def export_module(model: nn.Module, args: tuple) -> fx.GraphModule:
     """``model`` exported (in eval mode, restored after) as a GraphModule of ATen calls whose
     parameters are the model's own, or :class:`UntraceableModelError` naming the cause."""
     refuse_wrapped(model)
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
     try:
-        with warnings.catch_warnings():
+        with evaluating(model), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = _export(model, args)
     except Exception as exc:  # noqa: BLE001 - every export failure gets the same explanation
         raise UntraceableModelError(f"torch.export cannot export {type(model).__name__}: "
                                     f"{type(exc).__name__}: {one_line(exc)}") from exc
-    finally:
-        for m, t in flags:
-            m.training = t
     unlifted = program.module()
     gm = fx.GraphModule(unlifted, unlifted.graph, type(model).__name__)
     _follow_mode(gm)

@@ -12,6 +12,7 @@ from .cost import CostModel
 from .dimension import Dimension, build_dimensions
 from .errors import FxSurgeonError, UntraceableModelError
 from .exported import export_module, layer_names
+from .modes import evaluating
 from .propagation import propagate
 from .shapes import propagate_shapes
 from .tracing import as_tuple, defaults_beyond, refuse_wrapped, trace
@@ -95,10 +96,6 @@ def _node_names(gm: fx.GraphModule) -> dict[str, str]:
             for n in gm.graph.nodes}
 
 
-def _training_flags(model: nn.Module) -> list[tuple[nn.Module, bool]]:
-    return [(m, m.training) for m in model.modules()]
-
-
 def analyze(model: nn.Module, example_inputs, *, leaf_modules: Iterable[type] = (),
             autowrap_functions: Iterable[Callable] = (),
             concrete_args: dict | None = None, frontend: str = "auto") -> ChannelGraph:
@@ -178,14 +175,10 @@ def _exported(model, args, leaf_modules=(), autowrap_functions=(), concrete_args
 
 def _shapes(gm: fx.GraphModule, args: tuple, how: str) -> None:
     """Annotate ``gm`` with shapes for ``args``, in eval mode (its flags restored after)."""
-    flags = _training_flags(gm)
-    gm.eval()
     try:
-        propagate_shapes(gm, args)
+        with evaluating(gm):
+            propagate_shapes(gm, args)
     except Exception as exc:
         raise FxSurgeonError(f"the {how} model failed on the example inputs "
                              f"{[tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]}: "
                              f"{type(exc).__name__}: {exc}") from exc
-    finally:
-        for m, t in flags:
-            m.training = t

@@ -16,6 +16,7 @@ import torch
 from torch import fx, nn
 from torch.func import functional_call
 
+from .modes import evaluating
 from .nodes import getattr_path, mutable
 
 
@@ -54,14 +55,8 @@ def run_graph(gm: fx.GraphModule, inputs: tuple, overrides: dict | None = None, 
     swapped in for the call (training flags restored after). Returns the output, and the
     arguments and outputs of the named nodes."""
     runner = _Run(gm, set(args_of), set(outputs_of))
-    flags = [(m, m.training) for m in gm.modules()]
-    gm.eval()
-    try:
-        with torch.no_grad():
-            out = functional_call(runner, {f"gm.{k}": v for k, v in (overrides or {}).items()}, inputs)
-    finally:
-        for m, t in flags:
-            m.training = t
+    with evaluating(gm), torch.no_grad():
+        out = functional_call(runner, {f"gm.{k}": v for k, v in (overrides or {}).items()}, inputs)
     return out, runner.args, runner.outputs
 
 

@@ -22,7 +22,16 @@ from .ops import TABLE
 
 
 def _to_meta(value):
-    return tree_map(lambda v: v.detach().to("meta") if isinstance(v, torch.Tensor) else v, value)
+    if isinstance(value, torch.Tensor):         # most values: no pytree walk
+        return _meta_tensor(value)
+    return tree_map(lambda v: _meta_tensor(v) if isinstance(v, torch.Tensor) else v, value)
+
+
+def _meta_tensor(t: torch.Tensor) -> torch.Tensor:
+    """``t`` on the meta device, detached (a meta tensor without gradient is itself)."""
+    if t.is_meta and not t.requires_grad:
+        return t
+    return t.detach().to("meta")
 
 
 class _ShapeRecorder(fx.Interpreter):

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, fx, nn
 from torch.fx.node import map_arg
 
+from .modes import evaluating
 from .nodes import mutates, tensors_in
 from .ops import TABLE
 from .ops.layers import depthwise_part
@@ -402,18 +403,12 @@ def streamed(gm: fx.GraphModule, example_inputs: tuple) -> fx.GraphModule:
     out = stream(gm)
     if out is gm:
         return gm
-    flags = [(m, m.training) for m in gm.modules()]
-    gm.eval()
-    try:
-        with torch.no_grad():
-            want = gm(*example_inputs)
-            try:
-                got = out(*example_inputs)
-            except Exception as exc:  # noqa: BLE001 - a rule's stream() that does not fit: plain form
-                got = exc
-    finally:
-        for m, t in flags:
-            m.training = t
+    with evaluating(gm), torch.no_grad():
+        want = gm(*example_inputs)
+        try:
+            got = out(*example_inputs)
+        except Exception as exc:  # noqa: BLE001 - a rule's stream() that does not fit: plain form
+            got = exc
     if isinstance(got, Exception):
         why = f"held in parts it fails ({type(got).__name__}: {got})"
     else:

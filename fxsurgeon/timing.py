@@ -8,31 +8,27 @@ import time
 import torch
 from torch import nn
 
+from .modes import evaluating
+
 
 def latency(module: nn.Module, inputs: tuple, repeat: int = 20, warmup: int = 3) -> float:
     """Median seconds of ``module(*inputs)`` in eval mode without gradients, on the
     device the inputs are on (training flags restored after)."""
-    flags = [(m, m.training) for m in module.modules()]
-    module.eval()
     cuda = any(isinstance(t, torch.Tensor) and t.is_cuda for t in inputs)
     times = []
-    try:
-        with torch.no_grad():
-            for i in range(warmup + repeat):
-                if cuda:
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record()
-                    module(*inputs)
-                    end.record()
-                    end.synchronize()
-                    seconds = start.elapsed_time(end) / 1000
-                else:
-                    t = time.perf_counter()
-                    module(*inputs)
-                    seconds = time.perf_counter() - t
-                if i >= warmup:
-                    times.append(seconds)
-    finally:
-        for m, t in flags:
-            m.training = t
+    with evaluating(module), torch.no_grad():
+        for i in range(warmup + repeat):
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                module(*inputs)
+                end.record()
+                end.synchronize()
+                seconds = start.elapsed_time(end) / 1000
+            else:
+                t = time.perf_counter()
+                module(*inputs)
+                seconds = time.perf_counter() - t
+            if i >= warmup:
+                times.append(seconds)
     return statistics.median(times)

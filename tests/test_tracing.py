@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 import fxsurgeon as fxs
+from fxsurgeon.modes import evaluating
 
 
 class DataDependent(nn.Module):
@@ -95,3 +96,29 @@ def test_control_flow_in_the_root_gets_a_hint_that_can_help():
 def test_a_data_parallel_model_is_told_to_pass_its_module():
     with pytest.raises(fxs.UntraceableModelError, match=r"wrapped in DataParallel: pass .*\.module"):
         fxs.analyze(nn.DataParallel(_net(nn.ReLU())), torch.randn(1, 3, 8, 8))
+
+
+def test_analysis_leaves_every_modules_training_flag_as_it_was():
+    model = _net(nn.ReLU())
+    model[1].eval()                          # mixed: the BatchNorm alone in eval mode
+    fxs.analyze(model, torch.randn(1, 3, 8, 8))
+    assert [m.training for m in model.modules()] == [True, True, False, True, True]
+    graph = fxs.analyze(model.eval(), torch.randn(1, 3, 8, 8))
+    graph.module.train()
+    graph.module.get_submodule("1").eval()
+    with pytest.raises(ZeroDivisionError):
+        with evaluating(graph.module):
+            assert not any(m.training for m in graph.module.modules())
+            1 / 0                                # noqa: B018 - the flags come back on errors too
+    assert [m.training for m in graph.module.modules()] == [True, True, False, True, True]
+
+
+def test_the_traced_module_runs_prints_and_saves_though_its_code_is_made_on_first_use(tmp_path):
+    model = _net(nn.ReLU()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    graph = fxs.analyze(model, x[:1])
+    assert torch.equal(graph.module(x), model(x))
+    assert "conv" in graph.module.code.lower() or "getattr" in graph.module.code
+    torch.save(fxs.analyze(model, x[:1]).module, tmp_path / "m.pt")       # never run before saving
+    loaded = torch.load(tmp_path / "m.pt", weights_only=False)
+    assert torch.equal(loaded(x), model(x))

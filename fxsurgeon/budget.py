@@ -8,7 +8,11 @@ among them. ``ranking="per-dimension"`` keeps the same share ``t / N`` of every
 dimension. Either way a dimension keeps at least one channel per producer (a layer
 cannot have zero outputs) and a multiple of its step (its own constraint and
 ``round_to``), rounding down. The cost never falls as ``t`` grows, so a bisection finds
-the largest ``t`` whose cost fits: one more channel in the order and it would not.
+the largest ``t`` whose cost fits. With a global ranking, the budget left is then spent
+down the same order: a dimension whose next step still fits takes it, until no
+dimension's does (with widths in steps, the first step that does not fit can be a costly
+layer's while cheaper ones still fit: SqueezeNet at half its FLOPs and ``round_to=8``
+was left up to 6 % under its budget).
 """
 from __future__ import annotations
 
@@ -79,14 +83,37 @@ def choose(dims: list[Prunable], ranking: str, cost: Callable[[dict[str, np.ndar
         def counts(t: int) -> list[int]:
             return [math.ceil(t * len(d.candidates) / total) for d in dims]
 
-    def survivors(t: int) -> dict[str, np.ndarray]:
-        return {d.name: d.keep(k) for d, k in zip(dims, counts(t), strict=True)}
+    def survivors(ks: list[int]) -> dict[str, np.ndarray]:
+        return {d.name: d.keep(k) for d, k in zip(dims, ks, strict=True)}
 
-    if cost(survivors(0)) > budget:
+    if cost(survivors(counts(0))) > budget:
         raise FxSurgeonError(f"impossible budget: keeping one channel per layer still costs "
-                             f"{cost(survivors(0)):g}, above {budget:g}")
+                             f"{cost(survivors(counts(0))):g}, above {budget:g}")
     lo, hi = 0, total
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if cost(survivors(mid)) <= budget else (lo, mid - 1)
-    return survivors(lo)
+        lo, hi = (mid, hi) if cost(survivors(counts(mid))) <= budget else (lo, mid - 1)
+    ks = counts(lo)
+    if ranking == "global":
+        ks = _spend(dims, ks, order[lo:], lambda ks: cost(survivors(ks)) <= budget)
+    return survivors(ks)
+
+
+def _spend(dims: list[Prunable], ks: list[int], order: np.ndarray,
+           fits: Callable[[list[int]], bool]) -> list[int]:
+    """``ks`` grown down ``order`` (the dimension of each next channel by importance): a
+    dimension takes its next channel where what it keeps then still ``fits``. A step that
+    does not fit never will (the cost only grows with the others), so its dimension closes."""
+    kept = [len(d.keep(k)) for d, k in zip(dims, ks, strict=True)]
+    closed = np.zeros(len(dims), bool)
+    for i in order.tolist():
+        if closed[i]:
+            continue
+        trial = ks.copy()
+        trial[i] += 1
+        more = len(dims[i].keep(trial[i]))
+        if more != kept[i] and not fits(trial):
+            closed[i] = True
+            continue
+        ks, kept[i] = trial, more
+    return ks

@@ -3,6 +3,7 @@ important channels while the cost is at most ``t`` of the original, within a cha
 step of it; widths are multiples of ``round_to``; fixed dimensions keep their width; the
 rewrite is the original network with the removed channels silenced, at every input."""
 import copy
+import itertools
 import math
 
 import numpy as np
@@ -15,7 +16,7 @@ from test_exact_surgery import same
 from torch import nn
 
 import fxsurgeon as fxs
-from fxsurgeon import importance
+from fxsurgeon import budget, importance
 from randomnets import examples, nets
 
 SUBSET = ["resnet50", "densenet121", "mobilenet_v3_large", "efficientnet_b0", "shufflenet_v2_x1_0",
@@ -156,3 +157,32 @@ def test_budget_pruning_on_exported_models(name, metric, target):
     assert plan.predicted <= target * plan.original
     surgery = fxs.rewrite(graph, plan)
     assert fxs.analyze(surgery.module, x, frontend="export").count(metric) == plan.predicted
+
+
+@settings(max_examples=examples(60), deadline=None)
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=6), st.sampled_from([1, 2, 4, 8]),
+       st.floats(0.02, 1.0), st.integers(0, 2**16))
+def test_a_global_choice_spends_the_budget_until_no_next_step_fits(widths, step, share, seed):
+    """Layers in a chain (each costs its inputs times its outputs): what is chosen fits, and
+    no dimension can take one more step of channels without going over the budget (with a
+    step, the first channel in the order that does not fit can be a costly layer's while
+    cheaper layers' next steps still fit)."""
+    rng = np.random.default_rng(seed)
+    dims = [budget.Prunable(f"d{i}", np.arange(w), rng.random(w), np.zeros(0, np.int64), step)
+            for i, w in enumerate(widths)]
+
+    def cost(chosen: dict) -> float:
+        ks = [3, *(len(chosen[d.name]) for d in dims), 10]
+        return float(sum(a * b for a, b in itertools.pairwise(ks)))
+
+    limit = share * cost({d.name: d.candidates for d in dims})
+    try:
+        chosen = budget.choose(dims, "global", cost, limit)
+    except fxs.FxSurgeonError as err:
+        assert "impossible budget" in str(err)
+        return
+    assert cost(chosen) <= limit
+    for d in dims:
+        k = len(chosen[d.name]) + step          # its next multiple of the step, if it has one
+        if k <= len(d.candidates):
+            assert cost({**chosen, d.name: d.keep(k)}) > limit, (d.name, k - step)

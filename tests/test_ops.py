@@ -178,3 +178,25 @@ def test_multihead_attention_shapes_come_from_geometry_as_its_kernels_give_them(
         [None if t is None else (t.shape, t.dtype) for t in real]
     assert all(t is None or t.device.type == "meta" for t in ours)
     assert TABLE.module_rule(m).forward_with(m, {}, (meta[0][..., :6], meta[1], meta[2]), call) is None
+
+
+def test_attention_outputs_carry_one_identity_per_embedding_channel_pinned():
+    """``nn.MultiheadAttention`` is kept whole: its output's embedding channels are pinned
+    and coupled through the residual to what reads them, with one identity per channel (not
+    per element: a ViT-L had 4.8 million)."""
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.attn = nn.Linear(4, 16), nn.MultiheadAttention(16, 2, batch_first=True)
+            self.norm, self.out = nn.LayerNorm(16), nn.Linear(16, 3)
+
+        def forward(self, x):
+            x = self.inp(x)
+            x = x + self.attn(x, x, x, need_weights=False)[0]
+            return self.out(self.norm(x))
+
+    graph = fxs.analyze(Block().eval(), torch.randn(1, 64, 4))
+    trunk = graph["inp"]
+    assert trunk.pinned and any("MultiheadAttention" in r for r in trunk.reasons)
+    assert {("norm", "param"), ("out", "in")} <= {(m.node, m.role) for m in trunk.members}
+    assert graph.propagation.uf.size < 64 * 16

@@ -26,7 +26,7 @@ class MultiheadAttention(Rule):
         rq, rk = q.numel() // e, k.numel() // m.kdim
         macs = rq * e * e + rk * e * m.kdim + rk * e * m.vdim + 2 * rq * (rk // n) * e + rq * e * e
         node.meta["fxs_macs"] = macs
-        return walk.opaque(node, args, kwargs,
+        return walk.opaque(node, args, kwargs, axis=-1,       # embedding; the weights: source
                            reason=f"nn.MultiheadAttention keeps its embed_dim ({node.target})")
 
     def forward_with(self, module, tensors, args, kwargs):

@@ -11,53 +11,100 @@ and for the rewrite's self-check to compare against.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 from torch import fx, nn
 from torch.func import functional_call
 
+from .errors import FxSurgeonError
 from .modes import evaluating
 from .nodes import getattr_path, mutable
 
 
-class _Run(nn.Module):
-    """Runs ``gm`` node by node, keeping the arguments and outputs of the named nodes."""
+class _Run(fx.Interpreter):
+    """Runs ``gm`` node by node with the tensors ``overrides`` names swapped in, each made
+    when a node reads it and dropped after (holding all of a ViT-L's zeroed copies at once
+    was a quarter of its rewrite's memory); keeps the arguments and outputs of the named
+    nodes."""
 
-    def __init__(self, gm: fx.GraphModule, args_of: set[str], outputs_of: set[str]):
-        super().__init__()
-        self.gm = gm
+    def __init__(self, gm: fx.GraphModule, overrides: Mapping[str, torch.Tensor], args_of: set[str],
+                 outputs_of: set[str]):
+        super().__init__(gm)
+        self.overrides = overrides
+        held = {id(t) for _, t in [*gm.named_parameters(remove_duplicate=False),
+                                   *gm.named_buffers(remove_duplicate=False)]}
+        self.by_id = {id(getattr_path(gm, name)): name for name in overrides}   # a tensor, any name
+        lost = [n for n in overrides if id(getattr_path(gm, n)) not in held]
+        if lost:            # swapped in nowhere, the reference would be wrong
+            raise FxSurgeonError(f"cannot swap in {lost}: not a parameter or buffer of the network")
         self.args_of, self.outputs_of = args_of, outputs_of
         self.args: dict[str, tuple] = {}
         self.outputs: dict[str, object] = {}
 
-    def forward(self, *inputs):
-        run = self
+    def fetch_args_kwargs_from_env(self, n):
+        args, kwargs = super().fetch_args_kwargs_from_env(n)
+        return mutable(args), mutable(kwargs)
 
-        class Capture(fx.Interpreter):
-            def fetch_args_kwargs_from_env(self, n):
-                args, kwargs = super().fetch_args_kwargs_from_env(n)
-                return mutable(args), mutable(kwargs)
+    def run_node(self, n):
+        if n.name in self.args_of:
+            self.args[n.name] = self.fetch_args_kwargs_from_env(n)
+        out = super().run_node(n)
+        if n.name in self.outputs_of:
+            self.outputs[n.name] = out
+        return out
 
-            def run_node(self, n):
-                if n.name in run.args_of:
-                    run.args[n.name] = self.fetch_args_kwargs_from_env(n)
-                out = super().run_node(n)
-                if n.name in run.outputs_of:
-                    run.outputs[n.name] = out
-                return out
+    def get_attr(self, target, args, kwargs):
+        value = super().get_attr(target, args, kwargs)
+        name = self.by_id.get(id(value))
+        return value if name is None else self.overrides[name]
 
-        return Capture(self.gm).run(*inputs)
+    def call_module(self, target, args, kwargs):
+        m = self.submodules[target]
+        made: dict[str, torch.Tensor] = {}      # one tensor per override, under all its names
+        local = {k: made.setdefault(self.by_id[id(t)], self.overrides[self.by_id[id(t)]])
+                 for k, t in [*m.named_parameters(remove_duplicate=False),
+                              *m.named_buffers(remove_duplicate=False)] if id(t) in self.by_id}
+        if not local:
+            return super().call_module(target, args, kwargs)
+        return functional_call(m, local, tuple(args), kwargs)
 
 
-def run_graph(gm: fx.GraphModule, inputs: tuple, overrides: dict | None = None, args_of=(),
-              outputs_of=()) -> tuple[object, dict, dict]:
+def run_graph(gm: fx.GraphModule, inputs: tuple, overrides: Mapping[str, torch.Tensor] | None = None,
+              args_of=(), outputs_of=()) -> tuple[object, dict, dict]:
     """``gm(*inputs)`` in eval mode without gradients, with the tensors in ``overrides``
-    swapped in for the call (training flags restored after). Returns the output, and the
+    (by name) swapped in (training flags restored after). Returns the output, and the
     arguments and outputs of the named nodes."""
-    runner = _Run(gm, set(args_of), set(outputs_of))
+    runner = _Run(gm, overrides or {}, set(args_of), set(outputs_of))
     with evaluating(gm), torch.no_grad():
-        out = functional_call(runner, {f"gm.{k}": v for k, v in (overrides or {}).items()}, inputs)
+        out = runner.run(*inputs)
     return out, runner.args, runner.outputs
+
+
+class Zeroed(Mapping):
+    """Tensors of a module with some positions along an axis at zero, each made anew when
+    read (``zeroed[name]``): nothing is held between reads."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.fills: dict[str, list[tuple[int, np.ndarray]]] = {}
+
+    def zero(self, name: str, axis: int, positions: np.ndarray) -> None:
+        self.fills.setdefault(name, []).append((axis, positions))
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        fills = self.fills[name]
+        t = getattr_path(self.module, name).detach().clone()
+        for axis, positions in fills:
+            t.index_fill_(axis, torch.as_tensor(positions, device=t.device), 0)
+        return t
+
+    def __iter__(self):
+        return iter(self.fills)
+
+    def __len__(self) -> int:
+        return len(self.fills)
 
 
 def readout_sources(prop) -> list:
@@ -67,8 +114,8 @@ def readout_sources(prop) -> list:
     return [r for r in prop.axes if r.role == "source" and r.param not in weights]
 
 
-def zeroed_scales(graph, kept, silenced=None) -> dict[str, torch.Tensor]:
-    """Copies of the tensors that take away the channels ``kept`` drops. A channel a
+def zeroed_scales(graph, kept, silenced=None) -> Zeroed:
+    """The tensors that take away the channels ``kept`` drops, as :class:`Zeroed` copies. A channel a
     norm judges gets its scale γ at zero (an attention head, the projection columns that
     read it: it then adds nothing): dead, it keeps emitting the constant its shift
     gives (ReLU(β)), which folding puts back, so the function is kept. One no norm
@@ -77,14 +124,11 @@ def zeroed_scales(graph, kept, silenced=None) -> dict[str, torch.Tensor]:
     (β, a producer's bias, an added per-channel buffer), so that it emits the activation
     of zero, which a gate or any other product leaves constant."""
     prop = graph.propagation
-    out: dict[str, torch.Tensor] = {}
+    out = Zeroed(graph.module)
     quiet = silenced or (lambda tags: np.zeros(len(tags), bool))
 
     def silence(name: str, axis: int, gone: np.ndarray) -> None:
-        t = out.get(name)
-        t = getattr_path(graph.module, name).detach().clone() if t is None else t
-        index = torch.as_tensor(np.nonzero(gone)[0], device=t.device)
-        out[name] = t.index_fill(axis, index, 0)
+        out.zero(name, axis, np.nonzero(gone)[0])
 
     weights = {sc.weight for sc in prop.scales.values()}
     readouts = readout_sources(prop)

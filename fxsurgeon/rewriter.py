@@ -25,7 +25,7 @@ from torch import fx, nn
 from .cost import dimension_of
 from .dimension import segments
 from .errors import FxSurgeonError, one_line
-from .folding import fold_constants, removed_reads, watched
+from .folding import constant_sources, fold_constants, removed_reads, watched
 from .graph import ChannelGraph
 from .matching import is_identity, match, take
 from .nodes import getattr_path
@@ -238,11 +238,14 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
     prop = graph.propagation
     added = layout.added
     old = graph.module
-    if fold:        # the reference first: its copies of zeroed tensors are gone before the new network
+    if fold:        # the reference first, kept only as far as folding reads it: nothing of its
+        #             run but the output and the removed reads' arguments is held beside the new network
         removed = removed_reads(prop, layout.kept)
         expected, calls, values = run_graph(old, graph.example_inputs,
                                             zeroed_scales(graph, layout.kept, layout.silenced),
                                             args_of=removed, outputs_of=watched(graph, removed))
+        sources = constant_sources(graph, removed, calls, values)
+        del values          # 0.23 GB on a ViT-L
     old_refs = _refs(prop)
     old_tensors = {**dict(old.named_parameters()), **dict(old.named_buffers())}
     for name, _ in old_refs:          # a layer the rewrite unpacks holds its dense weight
@@ -288,7 +291,7 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
             new, new_prop, gamma0, "layer" if rescale is True else rescale,
             lambda tags: new_prop.uf.find(tags) >= layout.old_size)
     if fold:
-        fold_constants(graph, new, new_prop, surgery, removed, calls, values)
+        fold_constants(graph, new, new_prop, surgery, removed, calls, sources)
     if scheme in ("cr", "ca") or prop.generations:
         _partition(new, prop, new_prop, new_refs, layout, surgery)
     _carry_unused(graph, new)

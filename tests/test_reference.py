@@ -37,9 +37,9 @@ def test_swapped_in_tensors_reach_module_calls_functions_and_every_name_of_a_tie
     zeroed.zero("a.weight", 1, np.array([2]))
     zeroed.zero("scale", 0, np.array([0, 5]))
     zeroed.zero("norm.running_mean", 0, np.array([3]))
-    want = functional_call(model, {"a.weight": zeroed["a.weight"],        # b.weight too: tied
-                                   "scale": zeroed["scale"], "norm.running_mean": zeroed["norm.running_mean"]},
-                           (x,))
+    swapped = {"a.weight": zeroed["a.weight"],        # b.weight too: they are tied
+               "scale": zeroed["scale"], "norm.running_mean": zeroed["norm.running_mean"]}
+    want = functional_call(model, swapped, (x,))
     got, _, _ = run_graph(graph.module, (x,), zeroed)
     assert torch.equal(got, want) and not torch.equal(got, model(x))
     assert zeroed["a.weight"][1].abs().sum() == 0 and zeroed["a.weight"][:, 2].abs().sum() == 0

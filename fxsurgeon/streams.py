@@ -15,7 +15,9 @@ How an op runs on parts is the op table's answer (:meth:`~fxsurgeon.ops.Rule.str
 ``"each"`` (applied to every part as to the whole), ``"spatial"`` (the same, for ops
 whose channel axis is 1), ``"concat"``, ``"batch_norm"``, ``"depthwise"`` (a convolution
 with one group per channel), ``"blocks"`` (a partitioned layer), ``"fold"`` (a folded
-constant, added to each part) and ``"shape"`` (an op that reads only the shape). The
+constant, added to each part), ``"shape"`` (an op that reads only the shape) and
+``"together"`` (the rule's function of all the parts at once: stochastic depth draws
+once for every part). The
 streamed network shares its modules and parameters with the plain one and keeps the
 plain graph (:func:`canonical`): analysis, export and later surgeries read that.
 """
@@ -121,6 +123,7 @@ class _Builder:
         self.kinds: dict[fx.Node, str | None] = {}
         self.writes: set[fx.Node] = set()           # nodes writing into their first argument
         self.storage: dict[fx.Node, set[fx.Node]] = {}
+        self.order = {n: i for i, n in enumerate(gm.graph.nodes)}
         for n in gm.graph.nodes:
             self._classify(n)
         self.wanted = self._wanted()
@@ -140,6 +143,12 @@ class _Builder:
             fresh = rule.fresh(n, module) and not writes and "out" not in n.kwargs
         self.kinds[n] = kind
         self.storage[n] = {n} if fresh else {n}.union(*(self.storage[a] for a in n.all_input_nodes))
+
+    def _read_after(self, v: fx.Node, n: fx.Node) -> bool:
+        """Whether a node after ``n`` reads ``v`` (the write at ``n`` cannot show otherwise:
+        a classifier's in-place dropout on the flattened features, the last read of the
+        pooled parts)."""
+        return any(self.order[u] > self.order[n] for u in v.users)
 
     # -- what partitioned layers want their inputs split into, traced back to producers
     def _wanted(self) -> dict[fx.Node, tuple[int, np.ndarray]]:
@@ -220,9 +229,10 @@ class _Builder:
             kind = self.kinds[n]
             writes = n in self.writes
             if writes and n.args[0] in self.whole and any(
-                    v in self.whole and self.storage[v] & self.storage[n.args[0]] for v in self.parts):
-                # a value held both ways whose memory the write may reach: it may reach the
-                # other form through a view, or miss it (a join is a copy)
+                    v in self.whole and self.storage[v] & self.storage[n.args[0]] and self._read_after(v, n)
+                    for v in self.parts):
+                # a value held both ways whose memory the write may reach, and read again: the
+                # write may reach its other form through a view, or miss it (a join is a copy)
                 raise Unsafe(f"{n.name} writes in place into a value that is also held in parts")
             done = kind is not None and not (writes and n.args[0] in self.whole) \
                 and getattr(self, f"_{kind}")(n)
@@ -302,6 +312,21 @@ class _Builder:
 
     def _spatial(self, n: fx.Node) -> bool:
         return self._each(n, spatial=True)
+
+    def _together(self, n: fx.Node) -> bool:
+        """The rule's function of all the parts of the first argument at once."""
+        x = n.args[0] if n.args else None
+        p = self.parts.get(x)
+        if p is None or any(a in self.parts for a in n.all_input_nodes if a is not x):
+            return False
+        function = TABLE.lookup(n, self.modules).on_parts(n, None)
+        gens = sorted(p.nodes)
+        parts = [p.nodes[g] for g in gens]
+        out = self.graph.call_function(function, (parts, *map_arg(n.args[1:], self.plain)),
+                                       map_arg(n.kwargs, self.plain))
+        self.parts[n] = _Parts(p.axis, p.gens, {g: self.graph.call_function(operator.getitem, (out, i))
+                                                for i, g in enumerate(gens)})
+        return True
 
     def _concat(self, n: fx.Node) -> bool:
         tensors, dim = self._cat_args(n)

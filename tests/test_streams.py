@@ -17,6 +17,7 @@ from test_rewrite import randomise_norms
 from torch import nn
 
 import fxsurgeon as fxs
+from fxsurgeon.ops.elementwise import stochastic_depth_parts
 from fxsurgeon.streams import canonical, join, streamed, take
 from fxsurgeon.zoo import MODELS
 from randomnets import examples, nets
@@ -31,7 +32,8 @@ def _surgery(model, x, scheme, fraction=0.3, seed=0):
 
 def _train_step(net, x):
     """Output, gradients and the state after one training step (dropout off: its masks are
-    drawn per part)."""
+    drawn per part; stochastic depth on, from the same random state: it draws once)."""
+    torch.manual_seed(0)
     net.train()
     for m in net.modules():
         if isinstance(m, nn.Dropout):
@@ -93,7 +95,7 @@ def test_paper_nets_stream_every_layer(name, scheme):
     assert_trains_as_plain(surgery.module, x)
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v3_small", "resnet18", "densenet121"])
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "resnet18", "densenet121", "efficientnet_b0"])
 def test_torchvision_models_stream_and_train_as_their_plain_form(name):
     torch.manual_seed(0)
     model = torchvision.models.get_model(name).double().eval()
@@ -153,21 +155,21 @@ def test_parts_and_joins_keep_positions():
     torch.testing.assert_close(join([parts[-1], parts[0], parts[1]], 1, order), x)
 
 
-@pytest.mark.parametrize("into", ["the value", "a view of it"])
-def test_a_write_into_a_value_held_both_ways_keeps_the_plain_form(into):
-    """An in-place op on a value that is also held whole (a flatten read it), or on a view
-    of it, could reach one form and miss the other: that network runs in its plain form,
-    with a warning."""
+def _vgg_with_a_write(into: str, before_reads: bool):
+    """A cr VGG-19 whose features.5 (a BatchNorm, held in parts) is also read flattened (so
+    held whole too), with ``add_`` into it or into its flattened view, before its other
+    readers or after the last."""
     torch.manual_seed(0)
-    model = MODELS["vgg19_cifar"]().eval()
-    x = torch.randn(2, 3, 32, 32)
+    model = MODELS["vgg19_cifar"]().double().eval()
+    randomise_norms(model)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     plain = canonical(_surgery(model, x, "cr").module)
     g = plain.graph
     bn = next(n for n in g.nodes if n.op == "call_module" and n.target == "features.5")
     last = max(bn.users, key=lambda u: list(g.nodes).index(u))
     with g.inserting_after(bn):
         flat = g.call_method("flatten", (bn, 1))
-    with g.inserting_after(last):
+    with g.inserting_after(flat if before_reads else last):
         wrote = g.call_method("add_", (bn if into == "the value" else flat, 1.0))
     out = next(n for n in g.nodes if n.op == "output")
     with g.inserting_before(out):
@@ -175,8 +177,30 @@ def test_a_write_into_a_value_held_both_ways_keeps_the_plain_form(into):
         total = g.call_function(torch.add, (total, g.call_method("sum", (wrote,))))
     out.args = (total,)
     plain.recompile()
+    return plain, x
+
+
+@pytest.mark.parametrize("into", ["the value", "a view of it"])
+def test_a_write_into_a_value_held_both_ways_and_read_again_keeps_the_plain_form(into):
+    """An in-place op on a value that is also held whole (a flatten read it), or on a view
+    of it, could reach one form and miss the other: where either is read after the write,
+    that network runs in its plain form, with a warning."""
+    plain, x = _vgg_with_a_write(into, before_reads=True)
     with pytest.warns(UserWarning, match="writes in place"):
         assert streamed(plain, (x,)) is plain
+
+
+@pytest.mark.parametrize("into", ["the value", "a view of it"])
+def test_a_write_after_the_last_read_of_the_parts_leaves_the_network_streamed(into):
+    """A classifier's in-place dropout writes into the flattened features after the last
+    read of their parts (EfficientNet, MNASNet): nothing can see the parts go stale."""
+    plain, x = _vgg_with_a_write(into, before_reads=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = streamed(plain, (x,))
+    assert out is not plain
+    with torch.no_grad():
+        torch.testing.assert_close(out.eval()(x), copy.deepcopy(plain).eval()(x), rtol=1e-12, atol=1e-12)
 
 
 def test_in_place_writes_into_other_memory_leave_the_network_streamed():
@@ -209,3 +233,17 @@ def test_an_op_that_fails_on_parts_leaves_the_network_in_its_plain_form(monkeypa
         surgery = _surgery(model, x, "cr")
     assert not _streamed_calls(surgery.module)["blocks"]
     torch.testing.assert_close(surgery.module(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["row", "batch"])
+@pytest.mark.parametrize("p", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("training", [True, False])
+def test_stochastic_depth_on_parts_draws_once_for_all_of_them(mode, p, training):
+    parts = [torch.randn(5, c, 3, 3) for c in (2, 3, 1)]
+    torch.manual_seed(1)
+    want = torchvision.ops.stochastic_depth(torch.cat(parts, 1), p, mode, training)
+    torch.manual_seed(1)
+    got = stochastic_depth_parts(parts, p, mode, training)
+    assert torch.equal(torch.cat(got, 1), want)
+    with pytest.raises(ValueError, match="mode"):
+        stochastic_depth_parts(parts, p, "rows", training)

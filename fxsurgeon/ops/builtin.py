@@ -11,7 +11,7 @@ from torch import nn
 from ..folded import FoldedConstant, FoldedConv
 from ..partitioned import Partitioned
 from .attention import DotProductAttention, MultiheadAttention
-from .elementwise import Carry, Couple
+from .elementwise import Carry, Couple, StochasticDepth
 from .layers import Embedding, FunctionalLayer, Layer, Matmul, PReLU
 from .movement import Chunk, Concat, Metadata, Move, Pad, Reshape, Select, Spatial, Split, Squeeze
 from .norms import Norm
@@ -45,7 +45,7 @@ def register_builtins(table: OpTable) -> None:
           operator.neg, torch.exp, torch.abs, torch.sqrt, torch.neg, F.alpha_dropout, operator.pos,
           "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "clip", "exp", "sqrt", "abs", "neg",
           "hardtanh_", "requires_grad_"], Carry())
-    table.register("torchvision.ops.stochastic_depth.stochastic_depth", Carry(per_element=False))
+    table.register("torchvision.ops.stochastic_depth.stochastic_depth", StochasticDepth())
     each([operator.add, operator.sub, operator.iadd, operator.isub, torch.add, torch.sub,
           "add", "add_", "sub", "sub_"], Couple("residual"))
     each([operator.mul, operator.truediv, operator.imul, operator.itruediv, torch.mul, torch.div,

@@ -11,8 +11,7 @@ class Carry(Rule):
     """An op that maps each element on its own (an activation, dropout, a cast): its
     output holds its input's channels. ``homogeneous`` says whether ``f(c·x) = c·f(x)``
     for ``c > 0`` (ReLU, LeakyReLU, identity, dropout). ``per_element=False``: its
-    randomness spans channels (stochastic depth drops whole samples), so it cannot run on
-    a value's parts one by one."""
+    randomness spans channels, so it cannot run on a value's parts one by one."""
 
     elementwise = True
     channelwise = True
@@ -114,3 +113,36 @@ class Couple(Rule):
                 return tags.structured(st[1], out_shape, st[0])
         walk.out.couplings.append((ea.numpy(), self.label))
         return torch.where(a.expand(out_shape) != 0, a.expand(out_shape), b.expand(out_shape))
+
+
+class StochasticDepth(Carry):
+    """torchvision's ``stochastic_depth``: drops whole samples (or the whole batch), one
+    draw for all channels; on a value held in parts, one draw for all parts."""
+
+    def __init__(self):
+        super().__init__(homogeneous=True, per_element=False)
+
+    def stream(self, node, module):
+        return "together" if node.op == "call_function" else None
+
+    def on_parts(self, node, module):
+        return stochastic_depth_parts
+
+
+def stochastic_depth_parts(parts: list[torch.Tensor], p: float, mode: str, training: bool = True
+                           ) -> list[torch.Tensor]:
+    """``torchvision.ops.stochastic_depth`` of each part with one draw for them all: the
+    noise it would draw for the whole value, from the same random state (the same size,
+    dtype and device), so the parts are the whole value's, exactly."""
+    if p < 0.0 or p > 1.0:
+        raise ValueError(f"drop probability has to be between 0 and 1, but got {p}")
+    if mode not in ("batch", "row"):
+        raise ValueError(f"mode has to be either 'batch' or 'row', but got {mode}")
+    if not training or p == 0.0:
+        return list(parts)
+    x = parts[0]
+    size = [x.shape[0]] + [1] * (x.ndim - 1) if mode == "row" else [1] * x.ndim
+    noise = torch.empty(size, dtype=x.dtype, device=x.device).bernoulli_(1.0 - p)
+    if p < 1.0:
+        noise.div_(1.0 - p)
+    return [part * noise for part in parts]

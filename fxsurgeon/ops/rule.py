@@ -114,8 +114,14 @@ class Rule:
         (see :mod:`fxsurgeon.streams`): ``"each"`` applied to every part as to the whole,
         ``"spatial"`` the same where the channel axis is 1, ``"concat"``, ``"batch_norm"``,
         ``"depthwise"`` (one group per channel), ``"blocks"`` (a partitioned layer),
-        ``"fold"`` (a folded constant), ``"shape"`` (reads only the shape); None: the parts
-        are joined first."""
+        ``"fold"`` (a folded constant), ``"shape"`` (reads only the shape), ``"together"``
+        (:meth:`on_parts` takes every part at once); None: the parts are joined first."""
+        return None
+
+    def on_parts(self, node: fx.Node, module: nn.Module | None):
+        """For the stream kind ``"together"``: a function of the list of parts of the op's
+        first argument and its other arguments, returning the output's parts (an op whose
+        one random draw spans every channel draws once for them all)."""
         return None
 
     def fresh(self, node: fx.Node, module: nn.Module | None) -> bool:

@@ -36,7 +36,7 @@ class _Run(fx.Interpreter):
         held = {id(t) for _, t in [*gm.named_parameters(remove_duplicate=False),
                                    *gm.named_buffers(remove_duplicate=False)]}
         self.by_id = {id(getattr_path(gm, name)): name for name in overrides}   # a tensor, any name
-        lost = [n for n in overrides if id(getattr_path(gm, n)) not in held]
+        lost = [name for i, name in self.by_id.items() if i not in held]
         if lost:            # swapped in nowhere, the reference would be wrong
             raise FxSurgeonError(f"cannot swap in {lost}: not a parameter or buffer of the network")
         self.args_of, self.outputs_of = args_of, outputs_of

@@ -52,6 +52,25 @@ CASES = [(name, factory, 32) for name, factory in MODELS.items() if name not in 
 TARGET_SET = {"vgg19_cifar", "resnet164_cifar", "densenet_bc100_k40_cifar", "resnet50", "mobilenet_v3_large"}
 
 
+def _cases(models: str | None) -> list:
+    """The cases ``--models`` names: the bench's own, or any torchvision classification
+    model (at 224 px); an unknown name is an error that lists them."""
+    if not models:
+        return CASES
+    known = {case[0]: case for case in CASES}
+    torchvision_models = set(torchvision.models.list_models(module=torchvision.models))
+    cases = []
+    for name in models.split(","):
+        if name in known:
+            cases.append(known[name])
+        elif name in torchvision_models:
+            cases.append((name, lambda n=name: torchvision.models.get_model(n), 224))
+        else:
+            raise SystemExit(f"unknown model {name!r}: use one of {sorted(known)} or a torchvision "
+                             f"classification model")
+    return cases
+
+
 def _step(model, x) -> float:
     """Seconds of one forward and backward pass."""
     if x.is_cuda:
@@ -100,7 +119,8 @@ def _dense_like(graph, alive, plan):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", help="comma-separated names of the cases (default all)")
+    p.add_argument("--models", help="comma-separated names of the cases (default all; any torchvision "
+                                    "classification model too)")
     p.add_argument("--batch", type=int, default=64, help="images per step at 32 px (224 px: an eighth)")
     p.add_argument("--round-to", type=int, default=8,
                    help="grow widths in multiples of this (default 8, as NeuralRejuvenation's events)")
@@ -120,10 +140,7 @@ def main() -> None:
           f"{'plain':>8s} {'ca/orig':>7s} {'peak GB':>7s}")
     ratios = {"nr": [], "cr": [], "ca": [], "cr/orig": [], "ca/orig": []}
     names = []
-    wanted = set(args.models.split(",")) if args.models else None
-    for name, factory, size in CASES:
-        if wanted is not None and name not in wanted:
-            continue
+    for name, factory, size in _cases(args.models):
         model = factory().eval().to(args.device)
         batch = args.batch if size == 32 else max(1, args.batch // 8)
         x = torch.randn((batch, 3, size, size), device=args.device)

@@ -23,6 +23,11 @@ from .errors import UntraceableModelError
 from .ops import TABLE
 from .streams import canonical
 
+try:
+    from torch.fx._lazy_graph_module import _LazyGraphModule
+except ImportError:         # a torch without it: code is generated when the module is built
+    _LazyGraphModule = fx.GraphModule
+
 
 def _timm_fx():
     """timm's registry of modules and functions symbolic tracing must not enter, if timm is
@@ -130,11 +135,7 @@ def _graph_module(root: nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule
     """A GraphModule that generates its Python code when first called or printed, not
     when built: the analysis never runs it, and code generation (``compile``) was a
     fifth of ``analyze`` on small inputs. A plain GraphModule where torch lacks the lazy one."""
-    try:
-        from torch.fx._lazy_graph_module import _LazyGraphModule as cls
-    except ImportError:         # a torch that does not have it
-        cls = fx.GraphModule
-    return cls(root, graph, name)
+    return _LazyGraphModule(root, graph, name)
 
 
 def defaults_beyond(model: nn.Module, n_inputs: int) -> dict:

@@ -120,7 +120,7 @@ class StochasticDepth(Carry):
     draw for all channels; on a value held in parts, one draw for all parts."""
 
     def __init__(self):
-        super().__init__(homogeneous=True, per_element=False)
+        super().__init__(per_element=False)
 
     def stream(self, node, module):
         return "together" if node.op == "call_function" else None

@@ -72,25 +72,27 @@ def watched(graph, removed: dict) -> set[str]:
 
 def constant_sources(graph, removed: dict, calls: dict, values: dict) -> dict:
     """Per ``removed`` read, the nearest node on its way back whose removed channels each
-    hold one value everywhere on the reference run: ``(node name, those values, the node's
-    shape)``, or None. Read from the :func:`watched` nodes' ``values`` as soon as the
-    reference has run, so they are not held while the new network is built (a ViT-L's were
-    0.23 GB)."""
+    hold one value everywhere on the reference run: ``(that node, the channel-wise nodes
+    from it to the read, in order, those values, the node's shape)``, or None. Read from
+    the :func:`watched` nodes' ``values`` as soon as the reference has run, so they are
+    not held while the new network is built (a ViT-L's were 0.23 GB)."""
     modules = dict(graph.module.named_modules())
-    old_nodes = {n.name: n for n in graph.module.graph.nodes}
+    nodes = {n.name: n for n in graph.module.graph.nodes}
     out = {}
     for name, (reader, gone) in removed.items():
-        axis, at = _removed_at(old_nodes[name], calls[name], reader, gone)
-        way = _way_back(graph.module, old_nodes[reader.input], modules)
-        found = ((n.name, _constant(values[n.name], axis, at)) for n in way)
-        source, constants = next(((n, c) for n, c in found if c is not None), (None, None))
-        out[name] = None if source is None else (source, constants, list(values[source].shape))
+        axis, at = _removed_at(_input(nodes[name], calls[name], reader.input), reader, gone)
+        way = _way_back(graph.module, nodes[reader.input], modules)
+        found = ((i, _constant(values[n.name], axis, at)) for i, n in enumerate(way))
+        i, constants = next(((i, c) for i, c in found if c is not None), (None, None))
+        if i is not None:
+            out[name] = (way[i], way[:i][::-1], constants, list(values[way[i].name].shape))
+        else:
+            out[name] = None
     return out
 
 
-def _removed_at(node: fx.Node, call, reader, gone: np.ndarray) -> tuple[int, torch.Tensor]:
-    """The channel axis of the tensor ``reader`` reads at ``node``, and the removed positions."""
-    x = _input(node, call, reader.input)
+def _removed_at(x: torch.Tensor, reader, gone: np.ndarray) -> tuple[int, torch.Tensor]:
+    """The channel axis of ``x``, the tensor ``reader`` reads, and the removed positions."""
     return reader.axis % x.dim(), torch.as_tensor(np.nonzero(gone)[0], device=x.device)
 
 
@@ -111,7 +113,7 @@ def fold_constants(graph, new: fx.GraphModule, new_prop, surgery, removed: dict,
     for name, (reader, gone) in removed.items():
         node, call = old_nodes[name], calls[name]
         x = _input(node, call, reader.input)
-        axis, at = _removed_at(node, call, reader, gone)
+        axis, at = _removed_at(x, reader, gone)
         only_removed = torch.zeros_like(x).index_copy(axis, at, x.index_select(axis, at))
         with torch.no_grad():
             delta = _call(graph.module, node, _with_input(node, call, reader.input, only_removed)) \
@@ -142,9 +144,8 @@ def fold_constants(graph, new: fx.GraphModule, new_prop, surgery, removed: dict,
                 f"cannot fold the channels removed from {name}: they are not constant on the example "
                 f"inputs, so they are not dead and removing them changes the function (pass "
                 f"fold=False to drop them anyway)")
-        way = _way_back(graph.module, old_nodes[reader.input], modules)
-        source, constants, shape = old_nodes[sources[name][0]], *sources[name][1:]
-        chain = _chain(graph.module, way[:way.index(source)][::-1])
+        source, between, constants, shape = sources[name]
+        chain = _chain(graph.module, between)
         weight = getattr_path(graph.module, reader.weight) if reader.weight is not None else \
             _input(node, call, reader.weight_node)
         columns = _columns(weight.detach(), reader, at.to(weight.device))
@@ -164,7 +165,7 @@ def fold_constants(graph, new: fx.GraphModule, new_prop, surgery, removed: dict,
                 layer.register_buffer(attr, take(getattr(layer, attr), out_axis, idx))
         held = TABLE.module_rule(layer).output_axes(layer)[0][0]
         surgery.folds[name] = _attach_map(new, new_nodes[name], new_nodes[source.name], folded,
-                                          [n.name for n in way[:way.index(source)][::-1]],
+                                          [n.name for n in between],
                                           list(getattr(layer, held).shape))
         surgery.folded[name] = "map"
 

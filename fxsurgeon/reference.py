@@ -39,6 +39,7 @@ class _Run(fx.Interpreter):
         lost = [name for i, name in self.by_id.items() if i not in held]
         if lost:            # swapped in nowhere, the reference would be wrong
             raise FxSurgeonError(f"cannot swap in {lost}: not a parameter or buffer of the network")
+        self.swapped: dict[str, dict[str, str]] = {}
         self.args_of, self.outputs_of = args_of, outputs_of
         self.args: dict[str, tuple] = {}
         self.outputs: dict[str, object] = {}
@@ -61,14 +62,17 @@ class _Run(fx.Interpreter):
         return value if name is None else self.overrides[name]
 
     def call_module(self, target, args, kwargs):
-        m = self.submodules[target]
-        made: dict[str, torch.Tensor] = {}      # one tensor per override, under all its names
-        local = {k: made.setdefault(self.by_id[id(t)], self.overrides[self.by_id[id(t)]])
-                 for k, t in [*m.named_parameters(remove_duplicate=False),
-                              *m.named_buffers(remove_duplicate=False)] if id(t) in self.by_id}
-        if not local:
+        if target not in self.swapped:        # the module's own names of overridden tensors
+            m = self.submodules[target]
+            self.swapped[target] = {k: self.by_id[id(t)] for k, t in [
+                *m.named_parameters(remove_duplicate=False), *m.named_buffers(remove_duplicate=False)]
+                if id(t) in self.by_id}
+        names = self.swapped[target]
+        if not names:
             return super().call_module(target, args, kwargs)
-        return functional_call(m, local, tuple(args), kwargs)
+        made = {name: self.overrides[name] for name in set(names.values())}   # tied: one tensor
+        return functional_call(self.submodules[target], {k: made[name] for k, name in names.items()},
+                               tuple(args), kwargs)
 
 
 def run_graph(gm: fx.GraphModule, inputs: tuple, overrides: Mapping[str, torch.Tensor] | None = None,
@@ -115,9 +119,9 @@ def readout_sources(prop) -> list:
 
 
 def zeroed_scales(graph, kept, silenced=None) -> Zeroed:
-    """The tensors that take away the channels ``kept`` drops, as :class:`Zeroed` copies. A channel a
-    norm judges gets its scale γ at zero (an attention head, the projection columns that
-    read it: it then adds nothing): dead, it keeps emitting the constant its shift
+    """The tensors that take away the channels ``kept`` drops, as :class:`Zeroed` copies.
+    A channel a norm judges gets its scale γ at zero (an attention head, the projection
+    columns that read it: it then adds nothing): dead, it keeps emitting the constant its shift
     gives (ReLU(β)), which folding puts back, so the function is kept. One no norm
     judges gets its producer rows at zero. One ``silenced`` (removed by a budget although
     alive: a callable on tags) loses every per-channel shift and bias on its way too

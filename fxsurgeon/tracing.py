@@ -23,9 +23,12 @@ from .errors import UntraceableModelError
 from .ops import TABLE
 from .streams import canonical
 
+# the traced module generates its Python code when first called or printed, not when
+# built: the analysis never runs it, and code generation was a fifth of analyze on small
+# inputs (a torch without the lazy module: a plain one)
 try:
     from torch.fx._lazy_graph_module import _LazyGraphModule
-except ImportError:         # a torch without it: code is generated when the module is built
+except ImportError:
     _LazyGraphModule = fx.GraphModule
 
 
@@ -128,14 +131,7 @@ def trace(model: nn.Module, leaf_modules: Iterable[type] = (),
             f"{type(exc).__name__}: {exc}\n  at {_user_frame(exc.__traceback__)}\n"
             f"Hint: {_hint(cls) if name else _ROOT_HINT}"
         ) from exc
-    return _graph_module(tracer.root, graph, model.__class__.__name__)
-
-
-def _graph_module(root: nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:
-    """A GraphModule that generates its Python code when first called or printed, not
-    when built: the analysis never runs it, and code generation (``compile``) was a
-    fifth of ``analyze`` on small inputs. A plain GraphModule where torch lacks the lazy one."""
-    return _LazyGraphModule(root, graph, name)
+    return _LazyGraphModule(tracer.root, graph, model.__class__.__name__)
 
 
 def defaults_beyond(model: nn.Module, n_inputs: int) -> dict:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import operator
 from collections import Counter
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -49,6 +50,59 @@ def removed_reads(prop, kept) -> dict:
     return reads
 
 
+class _Cut(NamedTuple):
+    """A value of the reference run cut to the channels removed from it (folding reads
+    nothing else: held whole, a ViT-L's were 0.3 GB while its new network was built)."""
+    values: torch.Tensor        # the removed channels
+    axis: int
+    at: torch.Tensor            # their positions along ``axis``, increasing
+    shape: torch.Size           # the value's
+
+    def full(self) -> torch.Tensor:
+        """The value with every other channel at zero."""
+        return self.values.new_zeros(self.shape).index_copy(self.axis, self.at, self.values)
+
+    def constant(self, at: torch.Tensor) -> torch.Tensor | None:
+        """What each channel ``at`` (removed ones) holds everywhere, or None if one varies."""
+        return _constant(self.values, self.axis, torch.searchsorted(self.at, at))
+
+
+def _cutter(reads: list[tuple[int, np.ndarray]]):
+    """What to keep of a value that ``reads`` (each a channel axis, and which of its
+    positions go) read: a :class:`_Cut` to the positions any of them removes, or the value
+    itself where they disagree on the axis."""
+    def cut(x):
+        if not isinstance(x, torch.Tensor) or x.dim() == 0:
+            return x
+        axes = {a % x.dim() for a, _ in reads}
+        sizes = {len(gone) for _, gone in reads}
+        if len(axes) != 1 or sizes != {x.shape[next(iter(axes))]}:
+            return x
+        axis = axes.pop()
+        gone = np.logical_or.reduce([gone for _, gone in reads])
+        at = torch.as_tensor(np.nonzero(gone)[0], device=x.device)
+        return _Cut(x.index_select(axis, at), axis, at, x.shape)
+    return cut
+
+
+def held_reads(graph, removed: dict) -> dict:
+    """What the reference run keeps of each ``removed`` read's arguments (``run_graph``'s
+    ``args_of``): all of them, the input it reads the removed channels from cut to those."""
+    nodes = {n.name: n for n in graph.module.graph.nodes}
+
+    def holder(node: fx.Node, reader, gone: np.ndarray):
+        cut = _cutter([(reader.axis, gone)])
+
+        def hold(args: list, kwargs: dict):
+            x = cut(_input(node, (args, kwargs), reader.input))
+            if not isinstance(x, _Cut):
+                raise FxSurgeonError(f"{node.name} reads {reader.input} as {type(x).__name__}, not "
+                                     f"as the {len(gone)} channels its rule says")
+            return _with_input(node, (args, kwargs), reader.input, x)
+        return hold
+    return {name: holder(nodes[name], reader, gone) for name, (reader, gone) in removed.items()}
+
+
 def _way_back(gm: fx.GraphModule, start: fx.Node, modules) -> list[fx.Node]:
     """``start`` and the nodes before it through channel-wise ops of one tensor input,
     nearest first: where a layer's input may still hold the removed channels' constants."""
@@ -63,11 +117,17 @@ def _way_back(gm: fx.GraphModule, start: fx.Node, modules) -> list[fx.Node]:
     return way
 
 
-def watched(graph, removed: dict) -> set[str]:
-    """The nodes whose values folding reads on the reference run (see :func:`fold_constants`)."""
+def watched(graph, removed: dict) -> dict:
+    """The nodes whose values folding reads on the reference run (see
+    :func:`constant_sources`), each with what to keep of its value (``run_graph``'s
+    ``outputs_of``): the channels removed from it."""
     modules = dict(graph.module.named_modules())
     nodes = {n.name: n for n in graph.module.graph.nodes}
-    return {n.name for r, _ in removed.values() for n in _way_back(graph.module, nodes[r.input], modules)}
+    reads: dict[str, list] = {}
+    for r, gone in removed.values():
+        for n in _way_back(graph.module, nodes[r.input], modules):
+            reads.setdefault(n.name, []).append((r.axis, gone))
+    return {name: _cutter(its) for name, its in reads.items()}
 
 
 def constant_sources(graph, removed: dict, calls: dict, values: dict) -> dict:
@@ -79,10 +139,11 @@ def constant_sources(graph, removed: dict, calls: dict, values: dict) -> dict:
     modules = dict(graph.module.named_modules())
     nodes = {n.name: n for n in graph.module.graph.nodes}
     out = {}
-    for name, (reader, gone) in removed.items():
-        axis, at = _removed_at(_input(nodes[name], calls[name], reader.input), reader, gone)
+    for name, (reader, _) in removed.items():
+        cut = _input(nodes[name], calls[name], reader.input)
+        axis, at = cut.axis, cut.at
         way = _way_back(graph.module, nodes[reader.input], modules)
-        found = ((i, _constant(values[n.name], axis, at)) for i, n in enumerate(way))
+        found = ((i, _constant_in(values[n.name], axis, at)) for i, n in enumerate(way))
         i, constants = next(((i, c) for i, c in found if c is not None), (None, None))
         if i is not None:
             out[name] = (way[i], way[:i][::-1], constants, list(values[way[i].name].shape))
@@ -110,13 +171,13 @@ def fold_constants(graph, new: fx.GraphModule, new_prop, surgery, removed: dict,
     called = Counter(id(new_modules[n.target]) for n in new.graph.nodes if n.op == "call_module")
     out_old = {node: vec for node, vec, _ in prop.groups}
     out_new = {node: vec for node, vec, _ in new_prop.groups}
-    for name, (reader, gone) in removed.items():
+    for name, (reader, _) in removed.items():
         node, call = old_nodes[name], calls[name]
-        x = _input(node, call, reader.input)
-        axis, at = _removed_at(x, reader, gone)
-        only_removed = torch.zeros_like(x).index_copy(axis, at, x.index_select(axis, at))
+        cut = _input(node, call, reader.input)
+        axis, at = cut.axis, cut.at
+        x = cut.full()              # the removed channels alone
         with torch.no_grad():
-            delta = _call(graph.module, node, _with_input(node, call, reader.input, only_removed)) \
+            delta = _call(graph.module, node, _with_input(node, call, reader.input, x)) \
                 - _call(graph.module, node, _with_input(node, call, reader.input, torch.zeros_like(x)))
         raw, idx = delta, None
         if name in out_old and name in out_new:
@@ -184,6 +245,13 @@ def _columns(weight: torch.Tensor, reader, at: torch.Tensor) -> torch.Tensor:
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     slack = 64 * torch.finfo(a.dtype).eps * max(1.0, float(a.abs().max()))
     return bool(((a - b).abs() <= slack).all())
+
+
+def _constant_in(value, axis: int, at: torch.Tensor) -> torch.Tensor | None:
+    """:func:`_constant` of a watched value, whole or cut (on another axis: None)."""
+    if isinstance(value, _Cut):
+        return value.constant(at) if value.axis == axis else None
+    return _constant(value, axis, at)
 
 
 def _constant(x, axis: int, at: torch.Tensor) -> torch.Tensor | None:

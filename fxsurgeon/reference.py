@@ -11,7 +11,7 @@ and for the rewrite's self-check to compare against.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -26,11 +26,12 @@ from .nodes import getattr_path, mutable
 class _Run(fx.Interpreter):
     """Runs ``gm`` node by node with the tensors ``overrides`` names swapped in, each made
     when a node reads it and dropped after (holding all of a ViT-L's zeroed copies at once
-    was a quarter of its rewrite's memory); keeps the arguments and outputs of the named
-    nodes."""
+    was a quarter of its rewrite's memory); keeps what ``args_of`` and ``outputs_of`` take
+    of the named nodes' arguments and outputs."""
 
-    def __init__(self, gm: fx.GraphModule, overrides: Mapping[str, torch.Tensor], args_of: set[str],
-                 outputs_of: set[str]):
+    def __init__(self, gm: fx.GraphModule, overrides: Mapping[str, torch.Tensor],
+                 args_of: Mapping[str, Callable[[list, dict], object]],
+                 outputs_of: Mapping[str, Callable[[object], object]]):
         super().__init__(gm)
         self.overrides = overrides
         held = {id(t) for _, t in [*gm.named_parameters(remove_duplicate=False),
@@ -41,7 +42,7 @@ class _Run(fx.Interpreter):
             raise FxSurgeonError(f"cannot swap in {lost}: not a parameter or buffer of the network")
         self.swapped: dict[str, dict[str, str]] = {}
         self.args_of, self.outputs_of = args_of, outputs_of
-        self.args: dict[str, tuple] = {}
+        self.args: dict[str, object] = {}
         self.outputs: dict[str, object] = {}
 
     def fetch_args_kwargs_from_env(self, n):
@@ -50,10 +51,10 @@ class _Run(fx.Interpreter):
 
     def run_node(self, n):
         if n.name in self.args_of:
-            self.args[n.name] = self.fetch_args_kwargs_from_env(n)
+            self.args[n.name] = self.args_of[n.name](*self.fetch_args_kwargs_from_env(n))
         out = super().run_node(n)
         if n.name in self.outputs_of:
-            self.outputs[n.name] = out
+            self.outputs[n.name] = self.outputs_of[n.name](out)
         return out
 
     def get_attr(self, target, args, kwargs):
@@ -75,12 +76,22 @@ class _Run(fx.Interpreter):
                                tuple(args), kwargs)
 
 
+def _whole(value):
+    return value
+
+
 def run_graph(gm: fx.GraphModule, inputs: tuple, overrides: Mapping[str, torch.Tensor] | None = None,
-              args_of=(), outputs_of=()) -> tuple[object, dict, dict]:
+              args_of: Mapping[str, Callable[[list, dict], object]] | None = None,
+              outputs_of: Mapping[str, Callable[[object], object]] | Iterable[str] = ()
+              ) -> tuple[object, dict, dict]:
     """``gm(*inputs)`` in eval mode without gradients, with the tensors in ``overrides``
-    (by name) swapped in (training flags restored after). Returns the output, and the
-    arguments and outputs of the named nodes."""
-    runner = _Run(gm, overrides or {}, set(args_of), set(outputs_of))
+    (by name) swapped in (training flags restored after). Returns the output, what
+    ``args_of[name](args, kwargs)`` keeps of each named node's arguments and
+    ``outputs_of[name](output)`` of its output (made as the node runs: only that is
+    held); ``outputs_of`` may also just name the nodes whose outputs are kept whole."""
+    if not isinstance(outputs_of, Mapping):
+        outputs_of = dict.fromkeys(outputs_of, _whole)
+    runner = _Run(gm, overrides or {}, args_of or {}, outputs_of)
     with evaluating(gm), torch.no_grad():
         out = runner.run(*inputs)
     return out, runner.args, runner.outputs

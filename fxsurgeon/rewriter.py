@@ -25,7 +25,7 @@ from torch import fx, nn
 from .cost import dimension_of
 from .dimension import segments
 from .errors import FxSurgeonError, one_line
-from .folding import constant_sources, fold_constants, removed_reads, watched
+from .folding import constant_sources, fold_constants, held_reads, removed_reads, watched
 from .graph import ChannelGraph
 from .matching import is_identity, match, take
 from .nodes import getattr_path
@@ -242,7 +242,8 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
         removed = removed_reads(prop, layout.kept)
         expected, calls, values = run_graph(old, graph.example_inputs,
                                             zeroed_scales(graph, layout.kept, layout.silenced),
-                                            args_of=removed, outputs_of=watched(graph, removed))
+                                            args_of=held_reads(graph, removed),
+                                            outputs_of=watched(graph, removed))
         sources = constant_sources(graph, removed, calls, values)
         del values
     old_refs = _refs(prop)

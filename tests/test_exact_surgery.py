@@ -258,6 +258,33 @@ def test_folds_are_exact_at_every_input_size():
     assert "map" in done["prune"].folded.values()
 
 
+def test_the_reference_run_holds_only_the_removed_channels_of_what_folding_reads(monkeypatch):
+    """Folding reads, of each call that read removed channels and of the values on their
+    way back, only those channels: the reference run keeps nothing else of them."""
+    import fxsurgeon.rewriter as rewriter
+    from fxsurgeon.nodes import tensors_in
+    held, watched = {}, {}
+
+    def run_graph(*args, **kwargs):
+        out, calls, values = real(*args, **kwargs)
+        held.update(calls)
+        watched.update(values)
+        return out, calls, values
+    real = rewriter.run_graph
+    monkeypatch.setattr(rewriter, "run_graph", run_graph)
+    model = nn.Sequential(conv_bn(3, 16), conv_bn(16, 16), nn.Conv2d(16, 4, 3)).double().eval()
+    randomise_norms(model)
+    x = torch.randn(2, 3, 12, 12, dtype=torch.double)
+    graph, s = surgery(model, x, "prune", fraction=0.25)
+    assert same(model(x), s.module(x)) and held.keys() == {"_1_0", "_2"}
+    for name, norm in (("_1_0", model[0][1]), ("_2", model[1][1])):     # each read's producer
+        read = next(t for t in tensors_in(held[name]) if t.dim() == 4)
+        assert 0 < read.shape[1] == int((norm.weight == 0).sum()) < 16, (name, tuple(read.shape))
+    removed = {int((norm.weight == 0).sum()) for norm in (model[0][1], model[1][1])}
+    kept = {name: t.shape[1] for name, value in watched.items() for t in tensors_in(value) if t.dim() == 4}
+    assert len(kept) == len(watched) > 2 and set(kept.values()) <= removed, kept
+
+
 class ConstantOnTheWay(nn.Module):
     """Removed channels constant at their norm but not at the next layer: an average pool
     counting its padding (inception's branch pool) and a zero pad (hgnet's stem) between."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -38,10 +38,17 @@ class Prunable:
     step: int                   # kept counts are multiples of this
     slots: np.ndarray | None = None     # a grouped conv's block of each candidate: every
     groups: int = 1                     # block keeps as many (the candidates do too)
+    _kept: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def keep(self, k: int) -> np.ndarray:
         """The ``k`` most important candidates (rounded as the dimension requires), forced
-        ones first; of a grouped dimension, the ``k / groups`` most important of each group."""
+        ones first; of a grouped dimension, the ``k / groups`` most important of each group.
+        (Made once per ``k``: spending a budget asks for every dimension's at each step.)"""
+        if k not in self._kept:
+            self._kept[k] = self._keep(k)
+        return self._kept[k]
+
+    def _keep(self, k: int) -> np.ndarray:
         if self.slots is None:
             return self._top(self.candidates, self.scores, self.forced, k, self.step)
         q = self.step // self.groups

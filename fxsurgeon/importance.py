@@ -61,7 +61,7 @@ def magnitude(graph: ChannelGraph, p: float = 2) -> dict[str, np.ndarray]:
 
 def bn_scale(graph: ChannelGraph) -> dict[str, np.ndarray]:
     """|γ| of each channel's norms (0 for a channel no norm judges)."""
-    return {d.name: channel_scales(graph, d) for d in graph.free_dims}
+    return channel_scales(graph, graph.free_dims)
 
 
 def taylor(graph: ChannelGraph) -> dict[str, np.ndarray]:

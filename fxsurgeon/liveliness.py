@@ -33,20 +33,23 @@ def position_scales(t, axis: int) -> np.ndarray:
     return (a.amax([k for k in range(a.dim()) if k != axis]) if a.dim() > 1 else a).cpu().numpy()
 
 
-def channel_scales(graph: ChannelGraph, d) -> np.ndarray:
-    """The largest |scale| of each channel of dimension ``d`` over its sources (0 if none)."""
+def channel_scales(graph: ChannelGraph, dims) -> dict[str, np.ndarray]:
+    """Per dimension of ``dims``, the largest |scale| of each channel over its sources (0
+    if none)."""
     params = _tensors(graph)
-    best = np.zeros(d.width)
-    for m in d.sources:
-        np.maximum.at(best, m.channels, position_scales(params[m.tensor], m.axis)[m.positions])
-    return best
+    out = {}
+    for d in dims:
+        best = out[d.name] = np.zeros(d.width)
+        for m in d.sources:
+            np.maximum.at(best, m.channels, position_scales(params[m.tensor], m.axis)[m.positions])
+    return out
 
 
 def smallest(graph: ChannelGraph, ratio: float) -> dict[str, np.ndarray]:
     """Network Slimming's global criterion: the ``ratio`` of all judged channels with
     the smallest scales are dead (alive masks as :func:`liveliness` returns)."""
     check_fraction("ratio", ratio)
-    scales = {d.name: channel_scales(graph, d) for d in graph.free_dims if d.scaled and d.sources}
+    scales = channel_scales(graph, [d for d in graph.free_dims if d.scaled and d.sources])
     if not scales:
         return {}
     cut = np.quantile(np.concatenate(list(scales.values())), ratio)

@@ -125,13 +125,12 @@ def _cannot_grow(d, growable: bool, scheme: str) -> str | None:
     return None
 
 
-def _keep(graph: ChannelGraph, d, mask: np.ndarray, m: int) -> tuple[np.ndarray, str]:
+def _keep(d, mask: np.ndarray, m: int, score: np.ndarray) -> tuple[np.ndarray, str]:
     """Survivors of a free dimension. Every producer keeps at least one channel (a
     layer cannot have zero outputs), then the survivors are padded up to a multiple of
     ``m`` (the dimension's own constraint, groups or shuffles, and under ``prune`` the
     plan's ``round_to``, up to the whole width); both take the dead channels whose
-    scales are largest."""
-    score = channel_scales(graph, d)
+    scales (``score``) are largest."""
     keep = mask.copy()
     notes = ["all channels dead: keeps the minimum"] if not mask.any() else []
     for member in d.members:
@@ -221,6 +220,7 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
     partitioned = np.zeros(int(cost.offsets[-1]), bool)
     kept = np.ones_like(partitioned)
     base, step, dims = [], [], {}
+    scales = channel_scales(graph, graph.free_dims)
     for i, d in enumerate(graph.dims):
         sl = slice(cost.offsets[i], cost.offsets[i + 1])
         if not d.free:
@@ -234,7 +234,7 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
             survivors, note = np.arange(d.width), f"{whole}: keeps its width"
         else:
             m = _multiple(d, round_to) if scheme == "prune" else d.multiple_of
-            survivors, note = _keep(graph, d, mask, m)
+            survivors, note = _keep(d, mask, m, scales[d.name])
             if budgeted:
                 prunable.append(_prunable(d, survivors, scores[d.name], _multiple(d, round_to)))
         kept[sl] = False

@@ -79,42 +79,50 @@ def trace_weight(gm: fx.GraphModule, weight: fx.Node, axes: tuple[int, ...], can
     params = {k: v for k, v in params.items() if isinstance(v, torch.Tensor)}
     if any(v.is_meta for v in params.values()):
         return WeightSource(why="its parameters are on the meta device, where it cannot be probed")
-    leaves = {k: v.detach().to("cpu", torch.float64) for k, v in params.items()}
+    # copies: the probes change them in place
+    leaves = {k: v.detach().to("cpu", torch.float64, copy=True) for k, v in params.items()}
     gen = torch.Generator().manual_seed(0)
     found: dict[int, list[tuple[str, int]]] = {}
     with torch.no_grad():
         base = _evaluate(gm, nodes, leaves)
+        tol = 1e-9 * max(1.0, float(base.abs().max()))      # what rounding explains
         for b in axes:
             moving = [(name, a) for name, p in leaves.items() for a in range(p.dim())
                       if p.shape[a] == base.shape[b] > 1
-                      and _confined(gm, nodes, leaves, name, a, base, b, gen)]
+                      and _confined(gm, nodes, leaves, name, a, base, b, tol, gen)]
             if moving and len({name for name, _ in moving}) == len(moving) and \
-                    _shrinks(gm, nodes, leaves, moving, base, b):
+                    _shrinks(gm, nodes, leaves, moving, base, b, tol):
                 found[b] = [(canonical(name), a) for name, a in moving]
     why = "" if all(b in found for b in axes) else \
         f"the weight computed at {weight.name} cannot be resized along its channels"
     return WeightSource(None, found, why)
 
 
-def _close(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return (a - b).abs() <= 1e-9 * max(1.0, float(scale.abs().max()))
+def _changed(got: torch.Tensor, base: torch.Tensor, b: int, tol: float) -> torch.Tensor:
+    """Per position along axis ``b``: whether ``got`` differs from ``base`` there by more
+    than ``tol``."""
+    d = (got - base).abs_()
+    return ~((d.amax([k for k in range(d.dim()) if k != b]) if d.dim() > 1 else d) <= tol)   # NaN: changed
 
 
-def _confined(gm, nodes, leaves, name, a, base, b, gen) -> bool:
+def _confined(gm, nodes, leaves, name, a, base, b, tol, gen) -> bool:
     """Whether changing ``leaves[name]`` at one position along ``a`` changes the weight at
     that position along ``b`` and nowhere else (tried at both ends)."""
     p = leaves[name]
     for j in (0, p.shape[a] - 1):
-        q = p.clone()
-        q.select(a, j).add_(torch.rand(q.select(a, j).shape, generator=gen, dtype=q.dtype) + 0.5)
-        same = _close(_evaluate(gm, nodes, {**leaves, name: q}), base, base)
-        same = same.movedim(b, 0).reshape(base.shape[b], -1).all(1)
-        if same[j] or (~same).sum() != 1:
+        row = p.select(a, j)
+        kept = row.clone()
+        row.add_(torch.rand(row.shape, generator=gen, dtype=row.dtype) + 0.5)
+        try:
+            changed = _changed(_evaluate(gm, nodes, leaves), base, b, tol)
+        finally:
+            row.copy_(kept)
+        if not changed[j] or changed.sum() != 1:
             return False
     return True
 
 
-def _shrinks(gm, nodes, leaves, moving, base, b) -> bool:
+def _shrinks(gm, nodes, leaves, moving, base, b, tol) -> bool:
     """Whether dropping the last position along every ``(parameter, axis)`` of ``moving``
     drops the weight's last position along ``b`` and leaves the rest as it was (a size
     baked into the graph, such as a literal reshape, fails this)."""
@@ -124,4 +132,4 @@ def _shrinks(gm, nodes, leaves, moving, base, b) -> bool:
     except Exception:  # noqa: BLE001 - the computation cannot take the smaller size
         return False
     want = base.narrow(b, 0, base.shape[b] - 1)
-    return got.shape == want.shape and bool(_close(got, want, base).all())
+    return got.shape == want.shape and not bool(_changed(got, want, b, tol).any())

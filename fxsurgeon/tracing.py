@@ -75,6 +75,25 @@ class _Tracer(fx.Tracer):
             return True
         return super().is_leaf_module(m, qualname)
 
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        """torch.fx's, with a parameter's or buffer's name found by identity: torch.fx walks
+        every parameter of the model at each read of one in a ``forward`` (quadratic in a
+        weight-standardized network, where every conv reads its own weight)."""
+        if not isinstance(attr_val, torch.Tensor) or self.param_shapes_constant:
+            return super().getattr(attr, attr_val, parameter_proxy_cache)
+        if getattr(self, "_named_for", None) is not self.root:
+            names = {id(p): n for n, p in reversed(list(self.root.named_parameters()))}
+            if self.proxy_buffer_attributes:
+                names.update({id(b): n for n, b in reversed(list(self.root.named_buffers()))
+                              if id(b) not in names})
+            self._names, self._named_for = names, self.root
+        name = self._names.get(id(attr_val))
+        if name is None:
+            return super().getattr(attr, attr_val, parameter_proxy_cache)
+        if name not in parameter_proxy_cache:
+            parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
+        return parameter_proxy_cache[name]
+
     def call_module(self, m, forward, args, kwargs):
         self.path.append((self.path_of_module(m), type(m)))
         out = super().call_module(m, forward, args, kwargs)

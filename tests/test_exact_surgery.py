@@ -209,6 +209,16 @@ def test_functional_layers_and_computed_weights_are_resized_through_their_parame
     assert done["prune"].module.w.shape[0] < 10
 
 
+def test_probing_a_computed_weight_leaves_the_parameters_untouched():
+    """Probing where a computed weight's axes come from changes copies of its parameters,
+    never the model's (a float64 parameter's float64 copy would be the parameter itself)."""
+    model = Functional().double()
+    versions = {name: p._version for name, p in model.named_parameters()}
+    graph = fxs.analyze(model, torch.randn(1, 3, 8, 8, dtype=torch.double))
+    assert graph["linear_1"].free                        # the standardized weight was probed
+    assert {name: p._version for name, p in model.named_parameters()} == versions
+
+
 class OneChannel(nn.Module):
     """A one-channel map squeezed away (CoaT), one whose size reshapes another tensor
     (CSATv2), one broadcast across channels (CBAM's spatial attention) and one reduced

@@ -122,3 +122,29 @@ def test_the_traced_module_runs_prints_and_saves_though_its_code_is_made_on_firs
     torch.save(fxs.analyze(model, x[:1]).module, tmp_path / "m.pt")       # never run before saving
     loaded = torch.load(tmp_path / "m.pt", weights_only=False)
     assert torch.equal(loaded(x), model(x))
+
+
+class ReadsTensors(nn.Module):
+    """A forward that reads a tied parameter by its second name, a buffer and a parameter
+    twice (torch.fx names each by its first name, once)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.b.weight = self.a.weight
+        self.register_buffer("shift", torch.randn(4))
+        self.scale = nn.Parameter(torch.ones(4))
+
+    def forward(self, x):
+        x = torch.nn.functional.linear(x, self.b.weight) * self.scale + self.shift
+        return self.a(x) * self.scale
+
+
+def test_tensors_read_in_forward_are_named_as_torch_fx_names_them():
+    from torch import fx
+
+    from fxsurgeon.tracing import trace
+    model = ReadsTensors()
+    ours, theirs = trace(model).graph, fx.symbolic_trace(model).graph
+    assert [(n.op, n.target) for n in ours.nodes] == [(n.op, n.target) for n in theirs.nodes]
+    assert [n.target for n in ours.nodes if n.op == "get_attr"] == ["a.weight", "scale", "shift"]

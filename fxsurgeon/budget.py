@@ -38,7 +38,7 @@ class Prunable:
     step: int                   # kept counts are multiples of this
     slots: np.ndarray | None = None     # a grouped conv's block of each candidate: every
     groups: int = 1                     # block keeps as many (the candidates do too)
-    _kept: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    _kept: dict[int, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def keep(self, k: int) -> np.ndarray:
         """The ``k`` most important candidates (rounded as the dimension requires), forced

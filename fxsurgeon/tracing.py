@@ -82,10 +82,9 @@ class _Tracer(fx.Tracer):
         if not isinstance(attr_val, torch.Tensor) or self.param_shapes_constant:
             return super().getattr(attr, attr_val, parameter_proxy_cache)
         if getattr(self, "_named_for", None) is not self.root:
-            names = {id(p): n for n, p in reversed(list(self.root.named_parameters()))}
+            names = {id(p): n for n, p in self.root.named_parameters()}     # each by its first name
             if self.proxy_buffer_attributes:
-                names.update({id(b): n for n, b in reversed(list(self.root.named_buffers()))
-                              if id(b) not in names})
+                names.update({id(b): n for n, b in self.root.named_buffers() if id(b) not in names})
             self._names, self._named_for = names, self.root
         name = self._names.get(id(attr_val))
         if name is None:

@@ -249,7 +249,7 @@ def build_dimensions(prop: Propagation, node_names: dict[str, str]
 
     def dims_of(tags: np.ndarray) -> set[int]:
         d = dim_of_root[uf.find(np.asarray(tags, dtype=np.int64))]
-        return set(d[d >= 0].tolist())
+        return set(np.flatnonzero(np.bincount(d[d >= 0], minlength=len(comps))).tolist())
 
     reasons: list[list[str]] = [[] for _ in comps]
     for tags, why in prop.pins:

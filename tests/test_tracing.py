@@ -148,3 +148,21 @@ def test_tensors_read_in_forward_are_named_as_torch_fx_names_them():
     ours, theirs = trace(model).graph, fx.symbolic_trace(model).graph
     assert [(n.op, n.target) for n in ours.nodes] == [(n.op, n.target) for n in theirs.nodes]
     assert [n.target for n in ours.nodes if n.op == "get_attr"] == ["a.weight", "scale", "shift"]
+
+
+class OpaqueOverTwo(nn.Module):
+    """A leaf module reading a concatenation of two free dimensions: one pin spans both."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 6, 1)
+        self.opaque, self.head = DataDependent(), nn.Conv2d(10, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.opaque(torch.cat([self.a(x), self.b(x)], 1)))
+
+
+def test_a_pin_over_several_dimensions_pins_each_of_them():
+    graph = fxs.analyze(OpaqueOverTwo(), torch.randn(1, 3, 8, 8), leaf_modules=[DataDependent])
+    for name in ("a", "b"):
+        assert not graph[name].free and "leaf module opaque (DataDependent)" in graph[name].pinned

@@ -249,7 +249,8 @@ def build_dimensions(prop: Propagation, node_names: dict[str, str]
 
     def dims_of(tags: np.ndarray) -> set[int]:
         d = dim_of_root[uf.find(np.asarray(tags, dtype=np.int64))]
-        return set(np.flatnonzero(np.bincount(d[d >= 0], minlength=len(comps))).tolist())
+        d = d[d >= 0]           # (an unknown op's output has an identity per element: counted)
+        return set((np.flatnonzero(np.bincount(d, minlength=len(comps))) if len(d) > 256 else d).tolist())
 
     reasons: list[list[str]] = [[] for _ in comps]
     for tags, why in prop.pins:

@@ -37,16 +37,20 @@ from .reference import readout_sources
 _REACH = 8
 
 
-def removed_reads(prop, kept) -> dict:
-    """``{call: (its Reader, which positions of its input go)}`` for every call that reads
-    a channel ``kept`` drops, but for channels its own columns judge (an attention head:
-    the reference zeroes those columns, so the head adds nothing to fold)."""
+def removed_reads(graph, kept) -> dict:
+    """``{call: (its Reader, which positions of its input go, the way back from its input
+    (see :func:`_way_back`))}`` for every call that reads a channel ``kept`` drops, but for
+    channels its own columns judge (an attention head: the reference zeroes those columns,
+    so the head adds nothing to fold)."""
+    prop = graph.propagation
     judged = {(r.param, r.axis) for r in readout_sources(prop)}
+    modules = dict(graph.module.named_modules())
+    nodes = {n.name: n for n in graph.module.graph.nodes}
     reads = {}
     for r in prop.readers.values():
         gone = ~kept(r.tags) & ((r.weight, r.weight_axis) not in judged)
         if gone.any():
-            reads[r.node] = (r, gone)
+            reads[r.node] = (r, gone, _way_back(nodes[r.input], modules))
     return reads
 
 
@@ -100,10 +104,10 @@ def held_reads(graph, removed: dict) -> dict:
                                      f"as the {len(gone)} channels its rule says")
             return _with_input(node, (args, kwargs), reader.input, x)
         return hold
-    return {name: holder(nodes[name], reader, gone) for name, (reader, gone) in removed.items()}
+    return {name: holder(nodes[name], reader, gone) for name, (reader, gone, _) in removed.items()}
 
 
-def _way_back(gm: fx.GraphModule, start: fx.Node, modules) -> list[fx.Node]:
+def _way_back(start: fx.Node, modules) -> list[fx.Node]:
     """``start`` and the nodes before it through channel-wise ops of one tensor input,
     nearest first: where a layer's input may still hold the removed channels' constants."""
     way = [start]
@@ -117,15 +121,13 @@ def _way_back(gm: fx.GraphModule, start: fx.Node, modules) -> list[fx.Node]:
     return way
 
 
-def watched(graph, removed: dict) -> dict:
+def watched(removed: dict) -> dict:
     """The nodes whose values folding reads on the reference run (see
     :func:`constant_sources`), each with what to keep of its value (``run_graph``'s
     ``outputs_of``): the channels removed from it."""
-    modules = dict(graph.module.named_modules())
-    nodes = {n.name: n for n in graph.module.graph.nodes}
     reads: dict[str, list] = {}
-    for r, gone in removed.values():
-        for n in _way_back(graph.module, nodes[r.input], modules):
+    for r, gone, way in removed.values():
+        for n in way:
             reads.setdefault(n.name, []).append((r.axis, gone))
     return {name: _cutter(its) for name, its in reads.items()}
 
@@ -136,13 +138,11 @@ def constant_sources(graph, removed: dict, calls: dict, values: dict) -> dict:
     from it to the read, in order, those values, the node's shape)``, or None. Read from
     the :func:`watched` nodes' ``values`` as soon as the reference has run, so they are
     not held while the new network is built (a ViT-L's were 0.23 GB)."""
-    modules = dict(graph.module.named_modules())
     nodes = {n.name: n for n in graph.module.graph.nodes}
     out = {}
-    for name, (reader, _) in removed.items():
+    for name, (reader, _, way) in removed.items():
         cut = _input(nodes[name], calls[name], reader.input)
         axis, at = cut.axis, cut.at
-        way = _way_back(graph.module, nodes[reader.input], modules)
         found = ((i, _constant_in(values[n.name], axis, at)) for i, n in enumerate(way))
         i, constants = next(((i, c) for i, c in found if c is not None), (None, None))
         if i is not None:
@@ -150,11 +150,6 @@ def constant_sources(graph, removed: dict, calls: dict, values: dict) -> dict:
         else:
             out[name] = None
     return out
-
-
-def _removed_at(x: torch.Tensor, reader, gone: np.ndarray) -> tuple[int, torch.Tensor]:
-    """The channel axis of ``x``, the tensor ``reader`` reads, and the removed positions."""
-    return reader.axis % x.dim(), torch.as_tensor(np.nonzero(gone)[0], device=x.device)
 
 
 def fold_constants(graph, new: fx.GraphModule, new_prop, surgery, removed: dict, calls: dict,
@@ -171,7 +166,7 @@ def fold_constants(graph, new: fx.GraphModule, new_prop, surgery, removed: dict,
     called = Counter(id(new_modules[n.target]) for n in new.graph.nodes if n.op == "call_module")
     out_old = {node: vec for node, vec, _ in prop.groups}
     out_new = {node: vec for node, vec, _ in new_prop.groups}
-    for name, (reader, _) in removed.items():
+    for name, (reader, _, _) in removed.items():
         node, call = old_nodes[name], calls[name]
         cut = _input(node, call, reader.input)
         axis, at = cut.axis, cut.at
@@ -187,7 +182,7 @@ def fold_constants(graph, new: fx.GraphModule, new_prop, surgery, removed: dict,
             else:       # the layer's own outputs changed too (new ones get nothing)
                 delta = take(delta, axis, idx)
         per_channel = delta.mean([a for a in range(delta.dim()) if a != axis], keepdim=True)
-        if _same(delta, per_channel) and _constant(x, axis, at) is not None:
+        if _same(delta, per_channel) and cut.constant(at) is not None:
             users = sum(r.bias == reader.bias for r in new_prop.readers.values())
             if reader.bias is not None and users == 1:
                 with torch.no_grad():

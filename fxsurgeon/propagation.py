@@ -442,10 +442,10 @@ class Walk(fx.Interpreter):
 
     def _resolve_attrs(self) -> None:
         """Turn get_attr tensors that were coupled element by element into axis refs."""
-        explicit = {r.param for r in self.out.axes}
-        uf = self.tags.uf
         if not self.attr_tags:
             return
+        explicit = {r.param for r in self.out.axes}
+        uf = self.tags.uf
         uf.compress()           # (the dimensions need it flat too: one walk up the forest)
         members = np.bincount(uf.find(np.arange(uf.size)), minlength=uf.size)   # per class root
         for name, t in self.attr_tags.items():

@@ -239,11 +239,11 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
     added = layout.added
     old = graph.module
     if fold:        # the reference first: of its run, only what folding reads is held after it
-        removed = removed_reads(prop, layout.kept)
+        removed = removed_reads(graph, layout.kept)
         expected, calls, values = run_graph(old, graph.example_inputs,
                                             zeroed_scales(graph, layout.kept, layout.silenced),
                                             args_of=held_reads(graph, removed),
-                                            outputs_of=watched(graph, removed))
+                                            outputs_of=watched(removed))
         sources = constant_sources(graph, removed, calls, values)
         del values
     old_refs = _refs(prop)

@@ -58,6 +58,8 @@ class _Tracer(fx.Tracer):
         super().__init__(autowrap_functions=(*autowrap_functions, *library_functions()))
         self._leaf_types = tuple(leaf_modules)
         self.path: list[tuple[str, type]] = []
+        self._names: dict[int, str] = {}            # tensor id -> its name, for ``_named_for``
+        self._named_for: nn.Module | None = None
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         """The user's leaf types; then modules whose weights are computed (parametrizations,
@@ -81,7 +83,7 @@ class _Tracer(fx.Tracer):
         weight-standardized network, where every conv reads its own weight)."""
         if not isinstance(attr_val, torch.Tensor) or self.param_shapes_constant:
             return super().getattr(attr, attr_val, parameter_proxy_cache)
-        if getattr(self, "_named_for", None) is not self.root:
+        if self._named_for is not self.root:
             names = {id(p): n for n, p in self.root.named_parameters()}     # each by its first name
             if self.proxy_buffer_attributes:
                 names.update({id(b): n for n, b in self.root.named_buffers() if id(b) not in names})

@@ -131,18 +131,10 @@ class StochasticDepth(Carry):
 
 def stochastic_depth_parts(parts: list[torch.Tensor], p: float, mode: str, training: bool = True
                            ) -> list[torch.Tensor]:
-    """``torchvision.ops.stochastic_depth`` of each part with one draw for them all: the
-    noise it would draw for the whole value, from the same random state (the same size,
-    dtype and device), so the parts are the whole value's, exactly."""
-    if p < 0.0 or p > 1.0:
-        raise ValueError(f"drop probability has to be between 0 and 1, but got {p}")
-    if mode not in ("batch", "row"):
-        raise ValueError(f"mode has to be either 'batch' or 'row', but got {mode}")
-    if not training or p == 0.0:
-        return list(parts)
+    """``torchvision.ops.stochastic_depth`` of each part with one draw for them all: its
+    noise for the whole value, drawn by it on ones of the noise's own size (the same size,
+    dtype and device, so the same random state gives the same draw), times every part."""
+    from torchvision.ops import stochastic_depth  # the op's own library: loaded already
     x = parts[0]
-    size = [x.shape[0]] + [1] * (x.ndim - 1) if mode == "row" else [1] * x.ndim
-    noise = torch.empty(size, dtype=x.dtype, device=x.device).bernoulli_(1.0 - p)
-    if p < 1.0:
-        noise.div_(1.0 - p)
-    return [part * noise for part in parts]
+    noise = stochastic_depth(x.new_ones([x.shape[0]] + [1] * (x.ndim - 1)), p, mode, training)
+    return list(parts) if not training or p == 0.0 else [part * noise for part in parts]

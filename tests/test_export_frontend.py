@@ -317,5 +317,5 @@ def test_a_rewrite_of_an_exported_model_exports_and_is_analysed_again():
     with torch.no_grad():
         assert _same(new(x), torch.export.export(new, (x,), strict=False).module()(x))
     again = fxs.analyze(new, x)
-    assert again.frontend == "export"
+    assert again.frontend == "export" and fxs.analyze(fxs.export(new), x).frontend == "export"
     assert again.count("params") == sum(p.numel() for p in new.parameters()) < graph.count("params")

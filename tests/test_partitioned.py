@@ -136,6 +136,34 @@ def test_the_deployed_copy_scripts_in_every_scheme(scheme):
     torch.testing.assert_close(torch.jit.script(deployable)(x), surgery.module(x))
 
 
+class _WithAux(nn.Module):
+    """A head its forward calls only in training (as GoogLeNet's aux heads)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
+        self.aux = nn.Linear(8, 3)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = self.body(x).mean((2, 3))
+        return self.head(y) + self.aux(y) if self.training else self.head(y)
+
+
+def test_the_deployed_copy_holds_what_the_rewrite_holds():
+    torch.manual_seed(0)
+    model = _WithAux().double().eval()
+    randomise_norms(model)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    graph = fxs.analyze(model, x)
+    kill(graph, 0.3)
+    surgery = fxs.rewrite(graph, fxs.plan(graph, fxs.liveliness(graph), target=None, scheme="prune"))
+    deployed = fxs.export(surgery.module)
+    assert "aux.weight" in surgery.module.state_dict()           # the rewrite carried it
+    assert deployed.state_dict().keys() == surgery.module.state_dict().keys()
+    torch.testing.assert_close(torch.jit.script(deployed)(x), surgery.module(x))
+
+
 def test_ca_layers_run_in_onnx(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")

@@ -39,6 +39,7 @@ from .rescaling import rescale as neural_rescale
 from .selfcheck import verify
 from .shapes import propagate_shapes
 from .streams import streamed
+from .tracing import generated
 
 
 @dataclass
@@ -296,6 +297,7 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
         _partition(new, prop, new_prop, new_refs, layout, surgery)
     _carry_unused(graph, new)
     new.recompile()
+    generated(new)
     if fold and check:
         verify(graph, lambda: zeroed_scales(graph, layout.kept, layout.silenced), expected, new, new_prop,
                surgery)

@@ -26,7 +26,7 @@ from .graph import ChannelGraph, analyze
 from .history import record, replay, write_atomic
 from .optimizer_state import check_state, missing_parameters, optimizer_type, remap_optimizer
 from .rewriter import Surgery
-from .tracing import as_tuple
+from .tracing import as_tuple, generated
 
 T = TypeVar("T")
 
@@ -50,6 +50,7 @@ class SurgicalModel(nn.Module):
         """Run ``network`` from now on (wrapped anew in DDP when distributed)."""
         self._modules.pop("ddp", None)
         self._modules.pop("net", None)
+        generated(network)
         if self.ddp_kwargs is not None:
             from torch.nn.parallel import DistributedDataParallel
             self.ddp = DistributedDataParallel(network, **self.ddp_kwargs)

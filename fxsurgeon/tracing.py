@@ -32,6 +32,16 @@ except ImportError:
     _LazyGraphModule = fx.GraphModule
 
 
+def generated(gm: fx.GraphModule) -> fx.GraphModule:
+    """``gm`` with its Python code generated now, if it waited for its first call: modules
+    handed on to train are compiled by users, and ``torch.compile(fullgraph=True)``
+    cannot trace the lazy module's first call."""
+    real_recompile = getattr(gm, "real_recompile", None)
+    if real_recompile is not None:
+        real_recompile()
+    return gm
+
+
 def _timm_fx():
     """timm's registry of modules and functions symbolic tracing must not enter, if timm is
     loaded (fxsurgeon does not import it)."""

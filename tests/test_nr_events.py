@@ -122,3 +122,21 @@ def test_with_adamw_only_the_proximal_penalty_kills_scales(form, dies):
         train_step(nr, i)
     gamma = model[1].weight.detach().abs()     # subgradient: Adam normalises it, all shrink alike
     assert bool((gamma < 0.01 * gamma.max()).any() or (gamma == 0).any()) == dies
+
+
+@pytest.mark.parametrize("scheme", ["nr", "cr"])
+def test_the_training_network_compiles_whole_before_and_after_an_event(scheme):
+    model = small_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    nr = fxs.NeuralRejuvenation(model, batch()[0][:1], opt, threshold=0.9, check_every=2,
+                                scheme=scheme)
+    compiled = torch.compile(nr.model, backend="eager", fullgraph=True)
+    for k in range(4):
+        if k == 1:
+            with torch.no_grad():
+                model[1].weight[::2] = 0
+        x, y = batch(k)
+        nr.zero_grad()
+        nn.functional.cross_entropy(compiled(x), y).backward()
+        nr.step()
+    assert [e.step for e in nr.events] == [2]      # and two steps of the new network after it

@@ -165,6 +165,23 @@ def test_index_maps_carry_old_tensors_to_the_new_layout():
     assert carried.shape == surgery.module.get_submodule("layer1.0.conv1").weight.shape
 
 
+@pytest.mark.parametrize("scheme", ["prune", "nr", "cr", "ca"])
+def test_a_rewritten_network_compiles_whole(scheme):
+    """torch.compile(fullgraph=True) before the first call: torch.fx's lazy module would
+    generate its code in that call, which dynamo refuses to trace."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3),
+                          nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
+    x = torch.randn(2, 3, 8, 8)
+    model(x)
+    graph = fxs.analyze(model.eval(), x)
+    kill(graph, 0.3)
+    plan = fxs.plan(graph, fxs.liveliness(graph), target=None if scheme == "prune" else 1.0,
+                    scheme=scheme)
+    new = fxs.rewrite(graph, plan).module
+    torch.testing.assert_close(torch.compile(new, backend="eager", fullgraph=True)(x), new(x))
+
+
 def test_users_model_is_untouched_and_bad_requests_are_clear():
     model = torchvision.models.resnet18().eval()
     graph = fxs.analyze(model, torch.randn(1, 3, 64, 64))

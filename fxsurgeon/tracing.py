@@ -32,14 +32,13 @@ except ImportError:
     _LazyGraphModule = fx.GraphModule
 
 
-def generated(gm: fx.GraphModule) -> fx.GraphModule:
-    """``gm`` with its Python code generated now, if it waited for its first call: modules
-    handed on to train are compiled by users, and ``torch.compile(fullgraph=True)``
-    cannot trace the lazy module's first call."""
+def generated(gm: fx.GraphModule) -> None:
+    """Generate ``gm``'s Python code now if it waits for its first call (torch.fx's lazy
+    module): users compile the modules handed on to them, and
+    ``torch.compile(fullgraph=True)`` cannot trace that first call."""
     real_recompile = getattr(gm, "real_recompile", None)
     if real_recompile is not None:
         real_recompile()
-    return gm
 
 
 def _timm_fx():

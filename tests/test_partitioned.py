@@ -94,11 +94,11 @@ def test_cr_layers_keep_each_generation_apart(layout):
     _check_blocks(*layout, "cr")
 
 
-def _rejuvenated(scheme, rescale=False):
+def _rejuvenated(scheme, rescale=False, make=vgg19_cifar, size=32):
     torch.manual_seed(0)
-    model = vgg19_cifar().double().eval()
+    model = make().double().eval()
     randomise_norms(model)
-    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    x = torch.randn(2, 3, size, size, dtype=torch.float64)
     graph = fxs.analyze(model, x)
     kill(graph, 0.3)
     plan = fxs.plan(graph, fxs.liveliness(graph), metric="params", target=1.0, scheme=scheme)
@@ -151,13 +151,7 @@ class _WithAux(nn.Module):
 
 
 def test_the_deployed_copy_holds_what_the_rewrite_holds():
-    torch.manual_seed(0)
-    model = _WithAux().double().eval()
-    randomise_norms(model)
-    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
-    graph = fxs.analyze(model, x)
-    kill(graph, 0.3)
-    surgery = fxs.rewrite(graph, fxs.plan(graph, fxs.liveliness(graph), target=None, scheme="prune"))
+    model, x, surgery = _rejuvenated("prune", make=_WithAux, size=8)
     deployed = fxs.export(surgery.module)
     assert "aux.weight" in surgery.module.state_dict()           # the rewrite carried it
     assert deployed.state_dict().keys() == surgery.module.state_dict().keys()

@@ -27,6 +27,7 @@ def export(module: fx.GraphModule) -> fx.GraphModule:
     # does not script with TorchScript. It holds every submodule of the copy, not only those
     # its graph reads (a rewrite carries the user's unused ones, an aux head in eval mode).
     plain = fx.GraphModule(out, out.graph, type(out).__name__)
-    plain._modules.update(out._modules)
+    for name, child in out.named_children():
+        plain.add_module(name, child)
     plain.meta.update(out.meta)
     return plain

@@ -171,9 +171,8 @@ def test_a_rewritten_network_compiles_whole(scheme):
     generate its code in that call, which dynamo refuses to trace."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3),
-                          nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
+                          nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 3))
     x = torch.randn(2, 3, 8, 8)
-    model(x)
     graph = fxs.analyze(model.eval(), x)
     kill(graph, 0.3)
     plan = fxs.plan(graph, fxs.liveliness(graph), target=None if scheme == "prune" else 1.0,

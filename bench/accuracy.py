@@ -15,9 +15,9 @@ import argparse
 import torch
 
 from common import DIGITS, digits_study
-from fxsurgeon.devices import Hardware
-from fxsurgeon.experiment import table
-from fxsurgeon.training import Recipe, train
+from fxsurgeon.experiments.devices import Hardware
+from fxsurgeon.experiments.loop import Recipe, train
+from fxsurgeon.experiments.runs import table
 from fxsurgeon.zoo import digits_cnn
 
 

@@ -72,7 +72,7 @@ DIGITS = {"batch_size": 32, "lr": 0.05, "weight_decay": 5e-4}
 def digits_study(parser, width: int, seeds: int, search: int, epochs: int):
     """The arguments every digits study takes (``--width --seeds --search --epochs
     --device``), parsed, with torch set to 2 threads; returns them and the digits."""
-    from fxsurgeon.data import load_data
+    from fxsurgeon.experiments.data import load_data
     parser.add_argument("--width", type=int, default=width)
     parser.add_argument("--seeds", type=int, default=seeds)
     parser.add_argument("--search", type=int, default=search)

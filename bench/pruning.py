@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 
 from common import device_argument
-from fxsurgeon.data import load_data
-from fxsurgeon.devices import Hardware
-from fxsurgeon.plots import plot_tradeoff
-from fxsurgeon.training import Recipe, Result, train
+from fxsurgeon.experiments.data import load_data
+from fxsurgeon.experiments.devices import Hardware
+from fxsurgeon.experiments.loop import Recipe, Result, train
+from fxsurgeon.experiments.plots import plot_tradeoff
 from fxsurgeon.zoo import digits_cnn
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from common import DIGITS, digits_study
-from fxsurgeon.devices import Hardware
-from fxsurgeon.training import Recipe, train
+from fxsurgeon.experiments.devices import Hardware
+from fxsurgeon.experiments.loop import Recipe, train
 from fxsurgeon.zoo import digits_cnn
 
 

@@ -42,7 +42,7 @@ import torchvision
 
 import fxsurgeon as fxs
 from common import device_argument, kill
-from fxsurgeon.streams import canonical
+from fxsurgeon.layers.streamed import canonical
 from fxsurgeon.zoo import MODELS, SHAPES
 
 CASES = [(name, factory, 32) for name, factory in MODELS.items() if name not in SHAPES] + \

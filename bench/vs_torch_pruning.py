@@ -30,7 +30,7 @@ import torchvision
 import fxsurgeon as fxs
 from common import device_argument
 from fxsurgeon import importance
-from fxsurgeon.timing import latency
+from fxsurgeon.experiments.timing import latency
 
 MODELS = ["resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0", "regnet_y_400mf", "densenet121",
           "convnext_tiny", "vit_b_16"]

@@ -16,20 +16,20 @@ What fxsurgeon knows about each op is in its op table (:mod:`fxsurgeon.ops`);
 ``register_op`` teaches it a layer of your own.
 """
 from . import importance, ops
-from .activations import activation_liveliness, activation_peaks
-from .checkpoint import load, save
-from .demp import DemP, Pruning
-from .dimension import Dimension, Member
+from .analysis.dimension import Dimension, Member
+from .analysis.graph import ChannelGraph, analyze
 from .errors import FxSurgeonError, UntraceableModelError
-from .export import export
-from .graph import ChannelGraph, analyze
-from .liveliness import liveliness
+from .judging.activations import activation_liveliness, activation_peaks
+from .judging.liveliness import liveliness
+from .layers.partitioned import Partitioned
 from .ops import register_op
-from .partitioned import Partitioned
-from .planner import DimPlan, Plan, plan
-from .rejuvenation import Event, NeuralRejuvenation
-from .rewriter import Surgery, rewrite
-from .surgical import SurgicalModel
+from .persistence.checkpoint import load, save
+from .planning.planner import DimPlan, Plan, plan
+from .surgery.deploy import export
+from .surgery.rewriter import Surgery, rewrite
+from .training.base import SurgicalModel
+from .training.demp import DemP, Pruning
+from .training.rejuvenation import Event, NeuralRejuvenation
 
 __all__ = ["analyze", "ChannelGraph", "Dimension", "Member", "FxSurgeonError",
            "UntraceableModelError", "liveliness", "plan", "Plan", "DimPlan", "rewrite",

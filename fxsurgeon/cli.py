@@ -64,7 +64,7 @@ def _seeds(text: str) -> list[int]:
 
 
 def _methods(text: str) -> list[str]:
-    from .training import METHODS
+    from .experiments.loop import METHODS
     methods = text.split(",")
     bad = [m for m in methods if m not in METHODS]
     if bad:
@@ -113,9 +113,9 @@ def _leaf(text: str) -> type:
 
 def inspect(args) -> None:
     from . import analyze
-    from .drawing import to_dot, write_svg
-    from .models import load_model
-    from .outdir import check_file
+    from .analysis.drawing import to_dot, write_svg
+    from .experiments.outdir import check_file
+    from .zoo.specs import load_model
 
     outputs = {flag: getattr(args, flag) for flag in ("json", "dot", "svg") if getattr(args, flag)}
     for flag, path in outputs.items():
@@ -140,8 +140,8 @@ def inspect(args) -> None:
 def _planned(args):
     """The model of a spec with its checkpoint loaded, its graph, and its liveliness."""
     from . import analyze, liveliness
-    from .checkpoint import load_weights
-    from .models import load_model
+    from .persistence.checkpoint import load_weights
+    from .zoo.specs import load_model
 
     model, shape = load_model(args.model, args.num_classes)
     if args.checkpoint:
@@ -160,9 +160,10 @@ def plan_command(args) -> None:
 
 
 def prune_command(args) -> None:
-    from . import analyze, importance, plan, rewrite, save
-    from .outdir import check_file
-    from .timing import latency
+    from . import analyze, plan, rewrite, save
+    from .experiments.outdir import check_file
+    from .experiments.timing import latency
+    from .judging import importance
 
     if args.checkpoint and Path(args.out).resolve() == Path(args.checkpoint).resolve():
         raise FxSurgeonError(f"--out {args.out!r} is the --checkpoint: write the pruned model elsewhere")
@@ -190,8 +191,9 @@ def prune_command(args) -> None:
 def _experiment(cfg: dict, args) -> None:
     """Run a config (overridden by the command line) into ``--out``, safely; print the
     table and the plots."""
-    from . import experiment, outdir
-    from .devices import Hardware
+    from .experiments import outdir
+    from .experiments import runs as experiment
+    from .experiments.devices import Hardware
 
     given = {k: v for k, v in vars(args).items() if k in _RECIPE and v is not None}
     if given.get("events") == "unlimited":
@@ -221,8 +223,8 @@ def _experiment(cfg: dict, args) -> None:
 
 
 def train_command(args) -> None:
-    from .experiment import load_config
-    from .models import names_code
+    from .experiments.runs import load_config
+    from .zoo.specs import names_code
 
     cfg = load_config(args.config) if args.config else {}
     if not (args.model or cfg.get("model")) or not (args.data or cfg.get("data")):
@@ -234,7 +236,7 @@ def train_command(args) -> None:
 
 
 def demo_command(args) -> None:
-    from .experiment import DEMO
+    from .experiments.runs import DEMO
 
     _experiment(DEMO, args)
 
@@ -242,7 +244,7 @@ def demo_command(args) -> None:
 def _recipe_fields() -> dict:
     from dataclasses import fields
 
-    from .training import Recipe
+    from .experiments.loop import Recipe
     return {f.name: f for f in fields(Recipe) if f.name != "seed"}     # --seeds sets it
 
 
@@ -251,7 +253,7 @@ _RECIPE = _recipe_fields()
 
 def _training_arguments(p: argparse.ArgumentParser, cfg: dict, out: str, defaults: str) -> None:
     """The options of train and demo; ``cfg`` gives the defaults they show."""
-    from .training import HELP, METHODS
+    from .experiments.loop import HELP, METHODS
     recipe = cfg.get("recipe", {})
     p.add_argument("--method", type=_methods, help=f"comma-separated, from {', '.join(METHODS)} "
                    f"(default {','.join(cfg.get('methods', ['nr']))})")
@@ -292,7 +294,7 @@ def _training_arguments(p: argparse.ArgumentParser, cfg: dict, out: str, default
 
 
 def _model_arguments(p: argparse.ArgumentParser) -> None:
-    from .graph import FRONTENDS
+    from .analysis.graph import FRONTENDS
 
     p.add_argument("model", help="zoo:NAME, torchvision:NAME, timm:NAME or package.module:factory "
                    "(imports and runs that code)")
@@ -304,7 +306,7 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    from .experiment import DEMO
+    from .experiments.runs import DEMO
 
     p = _Parser(prog="fxsurgeon", description=DESCRIPTION,
                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -10,7 +10,7 @@ from test_rewrite import TOO_BIG, randomise_norms
 from torch import nn
 
 import fxsurgeon as fxs
-from fxsurgeon.activations import activation_liveliness, activation_peaks
+from fxsurgeon.judging.activations import activation_liveliness, activation_peaks
 from randomnets import examples, nets
 from zoo import SUBSET, sweep
 

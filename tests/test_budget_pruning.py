@@ -16,7 +16,8 @@ from test_exact_surgery import same
 from torch import nn
 
 import fxsurgeon as fxs
-from fxsurgeon import budget, importance
+from fxsurgeon import importance
+from fxsurgeon.planning import budget
 from randomnets import examples, nets
 
 SUBSET = ["resnet50", "densenet121", "mobilenet_v3_large", "efficientnet_b0", "shufflenet_v2_x1_0",

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import fxsurgeon as fxs
-from fxsurgeon.schedules import one_cycle
+from fxsurgeon.training.schedules import one_cycle
 from wrapped import batch, resumable_run, same_state, small_net, train_step
 
 DEATH_SET = [batch(100 + i) for i in range(2)]

@@ -271,8 +271,8 @@ def test_folds_are_exact_at_every_input_size():
 def test_the_reference_run_holds_only_the_removed_channels_of_what_folding_reads(monkeypatch):
     """Folding reads, of each call that read removed channels and of the values on their
     way back, only those channels: the reference run keeps nothing else of them."""
-    import fxsurgeon.rewriter as rewriter
-    from fxsurgeon.nodes import tensors_in
+    import fxsurgeon.surgery.rewriter as rewriter
+    from fxsurgeon.channels.nodes import tensors_in
     held, watched = {}, {}
 
     def run_graph(*args, **kwargs):

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import fxsurgeon as fxs
-from fxsurgeon.history import record, replay
+from fxsurgeon.persistence.history import record, replay
 
 DEAD = 3
 

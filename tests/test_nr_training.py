@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import fxsurgeon as fxs
-from fxsurgeon.data import load_data
+from fxsurgeon.experiments.data import load_data
 
 
 def cbr(cin, cout, k):

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import fxsurgeon as fxs
-from fxsurgeon.partitioned import Partitioned
+from fxsurgeon.layers.partitioned import Partitioned
 from fxsurgeon.zoo import vgg19_cifar
 from randomnets import examples
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import fxsurgeon as fxs
-from fxsurgeon.planner import next_breakpoint
+from fxsurgeon.planning.planner import next_breakpoint
 from fxsurgeon.zoo import resnet164_cifar, vgg19_cifar
 from randomnets import examples, nets
 

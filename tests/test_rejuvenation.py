@@ -242,7 +242,7 @@ def test_grown_widths_are_multiples_of_round_to_and_replay_so(round_to, tmp_path
 
 
 def test_a_record_without_round_to_replays_channel_by_channel():
-    from fxsurgeon.history import record, replay
+    from fxsurgeon.persistence.history import record, replay
     graph = fxs.analyze(small_net(), batch()[0][:1])
     alive = {d.name: torch.arange(d.width).numpy() % 2 == 0 for d in graph.free_dims}
     p = fxs.plan(graph, alive, metric="flops", target=2.0)
@@ -254,7 +254,7 @@ def test_a_record_without_round_to_replays_channel_by_channel():
 
 def test_a_record_without_rounding_replays_rounded_down():
     """Files written while grown widths were rounded down to their multiple replay so."""
-    from fxsurgeon.history import record, replay
+    from fxsurgeon.persistence.history import record, replay
     graph = fxs.analyze(small_net(), batch()[0][:1])
     alive = {d.name: torch.arange(d.width).numpy() % 2 == 0 for d in graph.free_dims}
     widths = {}

@@ -9,7 +9,7 @@ from test_planner import kill
 from torch import nn
 
 import fxsurgeon as fxs
-from fxsurgeon.planner import next_breakpoint
+from fxsurgeon.planning.planner import next_breakpoint
 from randomnets import examples, nets
 from zoo import sweep
 

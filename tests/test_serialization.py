@@ -83,3 +83,24 @@ def test_rewritten_networks_pickle_and_load_in_a_fresh_process(tmp_path):
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert "loaded" in done.stdout
+
+
+def test_a_network_pickled_before_the_stage_folders_loads_in_a_fresh_process():
+    """tests/data/ca_network_before_stage_folders.pt: a ca network (Partitioned and
+    FoldedConstant modules and the tracer, pickled as ``fxsurgeon.partitioned``,
+    ``fxsurgeon.folded`` and ``fxsurgeon.tracing``)
+    saved by fxsurgeon before its modules moved into stage folders; it loads through the
+    old paths kept there, and computes what it computed then (float64: another process may
+    pick other kernels, so equal to rounding, not bitwise)."""
+    check = (
+        "import torch\n"
+        "saved = torch.load('tests/data/ca_network_before_stage_folders.pt', weights_only=False)\n"
+        "net = saved['network']\n"
+        "kinds = {type(m).__module__ for m in net.modules()}\n"
+        "assert {'fxsurgeon.layers.partitioned', 'fxsurgeon.layers.folded'} <= kinds, kinds\n"
+        "torch.testing.assert_close(net(saved['x']), saved['y'], rtol=1e-10, atol=1e-12)\n"
+        "print('loaded')\n")
+    done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "loaded" in done.stdout

@@ -1,5 +1,5 @@
 """cr and ca networks hold each generation's channels as a tensor of their own
-(fxsurgeon.streams): the streamed network computes and trains exactly as its plain form,
+(fxsurgeon.surgery.streams): the streamed network computes and trains exactly as its plain form,
 reaches its partitioned layers without slicing or concatenating, and every other pass
 (analysis, export, a later surgery) reads the plain form."""
 import copy
@@ -17,8 +17,9 @@ from test_rewrite import randomise_norms
 from torch import nn
 
 import fxsurgeon as fxs
+from fxsurgeon.layers.streamed import canonical, join, take
 from fxsurgeon.ops.elementwise import stochastic_depth_parts
-from fxsurgeon.streams import canonical, join, streamed, take
+from fxsurgeon.surgery.streams import streamed
 from fxsurgeon.zoo import MODELS
 from randomnets import examples, nets
 

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 import fxsurgeon as fxs
-from fxsurgeon.modes import evaluating
+from fxsurgeon.channels.modes import evaluating
 
 
 class DataDependent(nn.Module):
@@ -143,7 +143,7 @@ class ReadsTensors(nn.Module):
 def test_tensors_read_in_forward_are_named_as_torch_fx_names_them():
     from torch import fx
 
-    from fxsurgeon.tracing import trace
+    from fxsurgeon.analysis.tracing import trace
     model = ReadsTensors()
     ours, theirs = trace(model).graph, fx.symbolic_trace(model).graph
     assert [(n.op, n.target) for n in ours.nodes] == [(n.op, n.target) for n in theirs.nodes]

@@ -11,8 +11,8 @@ from PIL import Image
 
 import fxsurgeon as fxs
 from fxsurgeon.cli import main
-from fxsurgeon.data import load_data
-from fxsurgeon.training import Recipe, train
+from fxsurgeon.experiments.data import load_data
+from fxsurgeon.experiments.loop import Recipe, train
 from fxsurgeon.zoo import digits_cnn
 
 FAST = {"epochs": 1, "search_epochs": 1, "batch_size": 64, "lr": 0.05}
@@ -170,8 +170,8 @@ def test_demo_runs_with_progress_bars(tmp_path, capsys):
 def test_every_shipped_config_names_a_model_and_a_valid_recipe():
     from importlib import resources
 
-    from fxsurgeon.experiment import load_config, recipe_from
-    from fxsurgeon.models import load_model
+    from fxsurgeon.experiments.runs import load_config, recipe_from
+    from fxsurgeon.zoo.specs import load_model
     names = sorted(p.name[:-5] for p in (resources.files("fxsurgeon") / "configs").iterdir())
     assert len(names) == 9
     for name in names:
@@ -185,7 +185,7 @@ def test_every_shipped_config_names_a_model_and_a_valid_recipe():
 
 def _interrupt_at(monkeypatch, call: int):
     """Make the ``call``-th evaluation (the end of an epoch) raise KeyboardInterrupt."""
-    import fxsurgeon.training as training
+    import fxsurgeon.experiments.loop as training
     real, calls = training.evaluate, []
 
     def evaluate(*args):
@@ -241,13 +241,13 @@ def test_overwrite_replaces_the_old_results_only_when_the_new_run_has_finished(t
 def _few_digits(n=256):
     from torch.utils.data import Subset
 
-    from fxsurgeon.data import Data
+    from fxsurgeon.experiments.data import Data
     data = load_data("digits")
     return Data(Subset(data.train, range(n)), Subset(data.test, range(128)), data.input_shape, 10)
 
 
 def test_cpu_training_in_bf16_and_clear_device_errors():
-    from fxsurgeon.devices import Hardware
+    from fxsurgeon.experiments.devices import Hardware
     torch.manual_seed(0)
     net, result = train(digits_cnn(), _few_digits(), "baseline", Recipe(**FAST), progress=False,
                         hardware=Hardware("cpu", amp="bf16"))
@@ -264,7 +264,7 @@ def test_cpu_training_in_bf16_and_clear_device_errors():
 
 
 def test_fp16_steps_only_on_finite_gradients_and_lowers_the_scale():
-    from fxsurgeon.devices import Hardware
+    from fxsurgeon.experiments.devices import Hardware
     place = Hardware("cpu", amp="fp16").resolve()
     w = torch.nn.Parameter(torch.ones(3))
     opt, steps = torch.optim.SGD([w], lr=0.1), []
@@ -276,7 +276,7 @@ def test_fp16_steps_only_on_finite_gradients_and_lowers_the_scale():
 
 
 def test_lr_schedule_is_constant_while_searching_then_a_cosine_or_steps():
-    from fxsurgeon.methods import Method
+    from fxsurgeon.experiments.methods import Method
     run = {"start": None, "length": 6}
     steps, cosine = Method(Recipe(lr_steps=[2, 4])), Method(Recipe())
     assert steps.lr_factor(5, run) == cosine.lr_factor(5, run) == 1.0
@@ -302,7 +302,7 @@ def test_nr_ip_prunes_at_the_event_and_reallocates_nothing():
 
 
 def test_nr_fs_reinitialises_the_found_architecture_and_its_optimizer_state():
-    from fxsurgeon.methods import FromScratch
+    from fxsurgeon.experiments.methods import FromScratch
     torch.manual_seed(0)
     model = digits_cnn()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -320,7 +320,7 @@ def test_nr_fs_reinitialises_the_found_architecture_and_its_optimizer_state():
 
 
 def test_demp_death_set_from_the_latest_training_batches():
-    from fxsurgeon.methods import RecentBatches
+    from fxsurgeon.experiments.methods import RecentBatches
     recent = RecentBatches(2)
     for i in range(3):
         recent.add(torch.full((1,), float(i)))
@@ -332,7 +332,7 @@ def test_demp_death_set_from_the_latest_training_batches():
 
 
 def test_equal_epochs_give_the_baseline_nr_s_search_and_schedule(tmp_path):
-    from fxsurgeon.experiment import Runs, prepare, run
+    from fxsurgeon.experiments.runs import Runs, prepare, run
     recipe = Recipe(**{**FAST, "batch_size": 128}, threshold=1.01, equal_epochs=True)
     runs = Runs("zoo:digits_cnn", "digits", ["baseline", "nr"], [0], recipe, smoke=True)
     results = run(runs, prepare(runs), tmp_path, progress=False)

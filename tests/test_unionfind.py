@@ -2,7 +2,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fxsurgeon.unionfind import UnionFind
+from fxsurgeon.channels.unionfind import UnionFind
 
 
 @given(st.integers(1, 40).flatmap(lambda n: st.tuples(

@@ -1,4 +1,5 @@
-"""The rules of the ATen ops that ``torch.export`` graphs call (see :mod:`fxsurgeon.exported`).
+"""The rules of the ATen ops that ``torch.export`` graphs call
+(see :mod:`fxsurgeon.analysis.export_frontend`).
 
 An exported graph calls ``torch.ops.aten`` overloads with parameters read as attributes
 under the user's module names, much as a symbolic trace calls functional layers

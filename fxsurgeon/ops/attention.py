@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..nodes import tensors_in
+from ..channels.nodes import tensors_in
 from .rule import Rule
 
 
@@ -61,7 +61,7 @@ class HeadAttention(Rule):
     ``head_dim`` columns of ``proj`` go together, so heads are removed and added whole
     and ``num_heads`` follows. A head is dead when its columns of ``proj`` are (they are
     its liveliness source): it then adds nothing. The reference a rewrite keeps zeroes a
-    removed head's columns (see :mod:`fxsurgeon.reference`), so the rewrite is exact. The
+    removed head's columns (see :mod:`fxsurgeon.surgery.reference`), so the rewrite is exact. The
     module's input channels are pinned: a removed input's constant cannot be folded
     through the softmax. Heads are kept whole (pinned) where a norm spans them
     (``scale_norm``) or a gate multiplies them (``gated``), and the module is opaque
@@ -136,7 +136,7 @@ class DotProductAttention(Rule):
     ``view``/``transpose`` moved them there), the channels of head ``h`` in q, k and v
     become one: the layers writing them lose or gain whole heads, and the output, which
     carries v's heads, takes them to the layer reading the heads back (whose columns
-    judge a head's liveliness, see :attr:`~fxsurgeon.propagation.Propagation.heads`).
+    judge a head's liveliness, see :attr:`~fxsurgeon.analysis.propagation.Propagation.heads`).
     Anything else keeps its heads' width (opaque). Its cost is its two matmuls (``q @ kᵀ``,
     then ``@ v``), which a fused kernel hides from ``FlopCounterMode``.
     """

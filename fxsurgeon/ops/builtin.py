@@ -8,15 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..folded import FoldedConstant, FoldedConv
-from ..partitioned import Partitioned
+from ..layers.folded import FoldedConstant, FoldedConv
+from ..layers.partitioned import Partitioned
 from .attention import DotProductAttention, MultiheadAttention
 from .elementwise import Carry, Couple, StochasticDepth
 from .layers import Embedding, FunctionalLayer, Layer, Matmul, PReLU
 from .movement import Chunk, Concat, Metadata, Move, Pad, Reshape, Select, Spatial, Split, Squeeze
 from .norms import Norm
 from .reductions import Reduce, Softmax
-from .surgical import Blocks, Folded, Restricted
+from .rewritten import Blocks, Folded, Restricted
 from .table import OpTable
 
 

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..folded import FoldedConv
-from ..nodes import getattr_path, normalized, tensors_in
-from ..provenance import WeightSource
-from ..tags import prod
+from ..channels.nodes import getattr_path, normalized, tensors_in
+from ..channels.provenance import WeightSource
+from ..channels.tags import prod
+from ..layers.folded import FoldedConv
 from .parts import part_of
 from .rule import Rule
 

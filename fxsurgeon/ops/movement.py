@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch.utils._pytree import tree_map
 
-from ..nodes import tensors_in
-from ..tags import prod
+from ..channels.nodes import tensors_in
+from ..channels.tags import prod
 from .rule import Rule
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from ..nodes import value_users
+from ..channels.nodes import value_users
 from .parts import part_of
 from .rule import Rule
 

@@ -1,5 +1,5 @@
 """One part of a layer's channels: what a per-channel op runs on when a value's channels
-are held as one tensor per generation (:mod:`fxsurgeon.streams`)."""
+are held as one tensor per generation (:mod:`fxsurgeon.surgery.streams`)."""
 from __future__ import annotations
 
 from collections.abc import Callable

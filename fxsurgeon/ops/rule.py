@@ -16,7 +16,7 @@ names of its own:
   constructor attributes follow its resized tensors, and how removed constant inputs are
   folded into it (:meth:`absorb_shift`: into a norm that reads it);
 - **streams** (:meth:`stream`, :meth:`fresh`): how the op runs on a value held as one
-  tensor per generation of its channels (:mod:`fxsurgeon.streams`), and whether its
+  tensor per generation of its channels (:mod:`fxsurgeon.surgery.streams`), and whether its
   output is always new memory (an in-place write into it then cannot reach a value held
   in parts);
 - **tracing** (:attr:`leaf`): a module type with a rule is traced as one call;
@@ -58,7 +58,7 @@ class Rule:
     def propagate(self, walk, node: fx.Node, args: tuple, kwargs: dict):
         """The tag value of ``node`` given the tag values of its arguments.
 
-        ``walk`` is the :class:`~fxsurgeon.propagation.Walk` running the graph: it makes
+        ``walk`` is the :class:`~fxsurgeon.analysis.propagation.Walk` running the graph: it makes
         and reads tag tensors (``walk.tags``) and takes the records (``walk.ref``,
         ``walk.pin``, ``walk.flops``, ``walk.produced``, ``walk.reader``)."""
         return walk.opaque(node, args, kwargs)
@@ -111,7 +111,7 @@ class Rule:
 
     def stream(self, node: fx.Node, module: nn.Module | None) -> str | None:
         """How the op runs on a value whose channels are held as one tensor per generation
-        (see :mod:`fxsurgeon.streams`): ``"each"`` applied to every part as to the whole,
+        (see :mod:`fxsurgeon.surgery.streams`): ``"each"`` applied to every part as to the whole,
         ``"spatial"`` the same where the channel axis is 1, ``"concat"``, ``"batch_norm"``,
         ``"depthwise"`` (one group per channel), ``"blocks"`` (a partitioned layer),
         ``"fold"`` (a folded constant), ``"shape"`` (reads only the shape), ``"together"``

@@ -1,0 +1,108 @@
+"""torch.export as a second front end: the models symbolic tracing cannot take.
+
+``torch.export`` (non-strict) runs the model's Python and records the ATen ops it calls,
+so control flow on sizes, ``forward(*args)``, item assignment on proxies and the other
+things ``torch.fx.symbolic_trace`` stops at do not matter. :func:`export_module` turns the
+exported program into a plain GraphModule that the rest of fxsurgeon reads like a
+symbolic trace with functional layers: its parameters and buffers are attributes under
+the user's module names (``layer1.0.conv1.weight``), shared with the user's model, and
+its ATen calls have rules in the op table (:mod:`fxsurgeon.ops.aten`).
+
+What the graph fixes: every size but the input's axes (exported as dynamic where the
+model allows: other batch sizes and resolutions run) is a literal, and Python branches
+(``if self.training``) are taken as in eval mode, where the model is exported. Batch
+norms and dropout still follow ``train()``/``eval()``: their mode arguments read the
+module's ``training`` flag (the op table's :attr:`~fxsurgeon.ops.rule.Rule.mode_argument`).
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import warnings
+
+import torch
+from torch import fx, nn
+from torch.export import Dim
+
+from ..channels.modes import evaluating
+from ..errors import UntraceableModelError, one_line
+from ..ops import TABLE
+from .tracing import refuse_wrapped
+
+
+def _dynamic(args: tuple) -> tuple:
+    """Every axis of every tensor input free to vary where the model allows it."""
+    return tuple({k: Dim.AUTO for k in range(a.dim())} if isinstance(a, torch.Tensor) else None
+                 for a in args)
+
+
+def sharing_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` that shares its parameters and buffers: what running its Python
+    sets on its modules (ultralytics caches anchors in ``forward``) stays on the copy. The
+    model itself where it cannot be copied."""
+    memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    try:
+        return copy.deepcopy(model, memo)
+    except Exception:  # noqa: BLE001 - an attribute that does not copy: export the model itself
+        return model
+
+
+def _export(model: nn.Module, args: tuple):
+    """The exported program, with dynamic input sizes if the model takes them, else static;
+    each attempt runs on a fresh :func:`sharing_copy`."""
+    try:
+        return torch.export.export(sharing_copy(model), args, dynamic_shapes=_dynamic(args), strict=False)
+    except Exception:  # noqa: BLE001 - dynamic sizes are a bonus: fall back to the example's
+        return torch.export.export(sharing_copy(model), args, strict=False)
+
+
+def export_module(model: nn.Module, args: tuple) -> fx.GraphModule:
+    """``model`` exported (in eval mode, restored after) as a GraphModule of ATen calls whose
+    parameters are the model's own, or :class:`UntraceableModelError` naming the cause."""
+    refuse_wrapped(model)
+    try:
+        with evaluating(model), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = _export(model, args)
+    except Exception as exc:  # noqa: BLE001 - every export failure gets the same explanation
+        raise UntraceableModelError(f"torch.export cannot export {type(model).__name__}: "
+                                    f"{type(exc).__name__}: {one_line(exc)}") from exc
+    unlifted = program.module()
+    gm = fx.GraphModule(unlifted, unlifted.graph, type(model).__name__)
+    _follow_mode(gm)
+    return gm.train(model.training)
+
+
+def _follow_mode(gm: fx.GraphModule) -> None:
+    """Make the ops that train differently (op table: ``mode_argument``) read the module's
+    ``training`` flag instead of the literal they were exported with."""
+    modules = dict(gm.named_modules())
+    flag = None
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function":
+            continue
+        arg = TABLE.lookup(node, modules).mode_argument
+        if arg is None:
+            continue
+        if flag is None:
+            with gm.graph.inserting_before(node), warnings.catch_warnings():
+                warnings.simplefilter("ignore")     # an attribute, not a tensor: fx warns
+                flag = gm.graph.get_attr("training")
+        name, position = arg
+        if len(node.args) > position:
+            node.update_arg(position, flag)
+        else:
+            node.update_kwarg(name, flag)
+    gm.recompile()
+
+
+def layer_names(gm: fx.GraphModule) -> dict[str, str]:
+    """Per node of an exported graph, the user's name of the layer it computes: the module
+    owning the first parameter it reads (``layer1.0.conv1``)."""
+    params = {n for n, _ in gm.named_parameters(remove_duplicate=False)}
+    names = {}
+    for node in gm.graph.nodes:
+        read = [a.target for a in node.all_input_nodes if a.op == "get_attr" and a.target in params]
+        if node.op == "call_function" and read:
+            names[node.name] = read[0].rpartition(".")[0] or read[0]
+    return names

@@ -1,0 +1,105 @@
+"""Rules of the layers fxsurgeon itself puts into rewritten networks."""
+from __future__ import annotations
+
+import torch
+
+from ..channels.provenance import WeightSource
+from ..layers.folded import FoldedConv
+from .layers import produce
+from .rule import Rule
+from .table import TABLE
+
+
+class Folded(Rule):
+    """A :class:`~fxsurgeon.layers.folded.FoldedConstant` after a layer: its output holds the
+    layer's channels, and so does its weight's output axis (a later surgery resizes it).
+    It costs nothing: a constant map per input size, like a bias."""
+
+    def stream(self, node, module):
+        return "fold"
+
+    def propagate(self, walk, node, args, kwargs):
+        y = args[0]
+        vec = walk.tags.axis_vector(y, 1)
+        if vec is None:
+            return walk.opaque(node, args, kwargs)
+        layer = walk.submodule(node).layer
+        for name, axis in TABLE.module_rule(layer).output_axes(layer):
+            walk.ref(f"{node.target}.layer.{name}", axis, vec, "param", node)
+        return y
+
+
+class Restricted(Rule):
+    """A :class:`~fxsurgeon.layers.folded.FoldedConv`, the layer of a fold: its weight's output
+    axis holds the channels of the layer it stands for."""
+
+    def output_axes(self, module):
+        return [("weight", 1 if module.transposed else 0)]
+
+
+class Blocks(Rule):
+    """A :class:`~fxsurgeon.layers.partitioned.Partitioned` layer (``cr`` or ``ca``).
+
+    It is analysed as the dense layer it equals, less the blocks a ``cr`` layer drops
+    between generations: those blocks stay dropped when it is planned again (a new
+    generation adds its own), and a rewrite resizes the dense layer (:meth:`unpack`) and
+    splits it again by generation. A ``ca`` layer has no dense equivalent (its gate),
+    so its channels keep their widths.
+    """
+
+    def stream(self, node, module):
+        return "blocks"
+
+    def fresh(self, node, module):
+        return True
+
+    def propagate(self, walk, node, args, kwargs):
+        m = walk.submodule(node)
+        w = m.dense_weight()
+        bias = None if m.bias is None else WeightSource.of(walk.tensor_name(f"{node.target}.bias"), 1)
+        weight = WeightSource.of(f"{node.target}.weight", w.dim())
+        if m.scheme == "ca":      # its dense weight is a copy: a pass that wrote into it (rescaling)
+            weight.direct = None  # would change nothing, so it reads as a computed weight
+        out = produce(walk, node, args[0], weight, bias, tuple(w.shape), 1, m.ndim == 0, False)
+        vin, vout = walk.tags.axis_vector(args[0], m.axis), walk.tags.axis_vector(out, m.axis)
+        if vin is None:
+            return out
+        kernel = int(w[0, 0].numel())
+        spatial = int(out.numel() // out.shape[m.axis])
+        dense = f"{node.target}.weight"
+        first = dense not in walk.accounted          # a layer called twice has its weights once
+        if first:
+            walk.params(node, dense, kernel, (vout, 1), (vin, 1))
+            walk.accounted |= {walk.tensor_name(f"{node.target}.{name}") for name, _ in m.named_parameters()
+                               if name != "bias"}   # the blocks: counted as the dense weight less the gaps
+        if m.scheme == "ca":
+            why = f"a ca layer ({node.target}) keeps its widths: its gates have no dense form to resize"
+            walk.pin(out, why)
+            walk.pin(args[0], why)
+            return out
+        row_gen, col_gen = m.generations()
+        walk.out.generations[node.name] = (vout, row_gen, vin, col_gen)
+        walk.out.blockwise.add(node.name)
+        for g in range(len(m.rows)):         # the blocks between generations: not there
+            for h in range(len(m.rows)):
+                rows, cols = vout[row_gen == g], vin[col_gen == h]
+                if g != h and len(rows) and len(cols):
+                    if first:
+                        walk.params(node, dense, -kernel, (rows, 1), (cols, 1), partial=True)
+                    walk.flops(node, -spatial * kernel, (rows, 1), (cols, 1), partial=True)
+        return out
+
+    def forward_with(self, module, tensors, args, kwargs):
+        if kwargs:
+            return None
+        x = args[0]
+        w = torch.empty([module.out_s + module.out_r, x.shape[module.axis], *module.kernel],
+                        dtype=x.dtype, device=x.device)
+        return module._layer(x, w)
+
+    def restricted(self, node, root, weight):
+        m = root.get_submodule(node.target)
+        return FoldedConv(weight, m.stride, m.padding, m.dilation) if m.ndim else None
+
+    def unpack(self, module):
+        return module.dense() if module.scheme == "cr" else None

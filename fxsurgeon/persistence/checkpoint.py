@@ -1,0 +1,163 @@
+"""Reading user checkpoints, and saving rewritten models as data that loads weights-only.
+
+:func:`save` writes a surgery as data, not pickled code: the example inputs' shapes, the
+architecture of the model it was made on, the surviving channels of every dimension and
+the new state dict. :func:`load` rebuilds the network by replaying the surgery on a fresh
+instance of that model (the caller's, or one of a known source the file names) and loads
+the weights. Nothing a file says is imported or called.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+import zipfile
+
+import torch
+from torch import nn
+
+from ..errors import FxSurgeonError, one_line
+from ..zoo.specs import load_model, names_code
+from .fileformat import FINGERPRINT, check_fields, check_format, fingerprint, first_difference
+from .history import record, replay, write_atomic
+
+FORMAT = "fxsurgeon.pruned/3"
+
+#: what :func:`history.record` writes, as :mod:`fileformat` checks it (each fold's own
+#: fields are checked as it is rebuilt)
+_FOLD = {"name": str, "kind": str, "shape": list[int]}
+RECORD = {"scheme": str, "metric": str, "alpha": float, "seed": int,
+          "survivors": dict[str, torch.Tensor], "folds": dict[str, _FOLD]}
+_INPUT = {"shape": list[int], "dtype": str}
+_SCHEMA = {"spec": str | None, "num_classes": int | None, "inputs": list[_INPUT],
+           "architecture": FINGERPRINT, "surgery": RECORD, "state_dict": dict[str, torch.Tensor]}
+_DTYPES = {str(t): t for t in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.bool,
+                                torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)}
+_MAX_INPUT = 2 ** 26        # elements of one example input: refuse absurd shapes a file names
+
+#: what rebuilding a network from a file's data raises when the data do not fit
+MISFIT = (FxSurgeonError, RuntimeError, ValueError, KeyError, TypeError, IndexError)
+
+
+def read(path: str | os.PathLike) -> dict:
+    """``torch.load(path, weights_only=True)``, with an error that names the file. A file
+    in torch's zip format must pass the checksums of its zip entries: a flipped byte is
+    an error, never silently different weights."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                damaged = archive.testzip()
+            if damaged is not None:
+                raise FxSurgeonError(f"checkpoint {str(path)!r} is damaged: {damaged} fails its checksum")
+        with warnings.catch_warnings():      # a stranger's pickle protocol: the error says enough
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except FxSurgeonError:
+        raise
+    except FileNotFoundError:
+        raise FxSurgeonError(f"checkpoint {str(path)!r} does not exist") from None
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same explanation
+        raise FxSurgeonError(f"cannot read checkpoint {str(path)!r} as data (torch.load with weights_only): "
+                             f"it is corrupt, not a torch file, or holds objects other than tensors and "
+                             f"plain containers ({_cause(exc)})") from exc
+
+
+def _cause(exc: Exception) -> str:
+    """The line of torch.load's error that says what failed (not its advice to unpickle
+    unsafely)."""
+    text = str(exc).partition("WeightsUnpickler error:")
+    line = next((line.strip() for line in (text[2] or text[0]).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {line}"
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load a state dict (bare, or under ``state_dict``/``model``) into ``model``."""
+    data = read(path)
+    if isinstance(data, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(data.get(key), dict):
+                data = data[key]
+    if not isinstance(data, dict):
+        raise FxSurgeonError(f"checkpoint {str(path)!r} holds a {type(data).__name__}, not a state dict")
+    try:
+        result = model.load_state_dict(data, strict=False)
+    except RuntimeError as err:          # tensors of other shapes
+        raise FxSurgeonError(f"checkpoint {str(path)!r} does not match the model: {one_line(err)}") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise FxSurgeonError(
+            f"checkpoint {str(path)!r} does not match the model: missing "
+            f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
+
+
+def save(graph, surgery, path: str | os.PathLike, *, spec: str | None = None,
+         num_classes: int | None = None) -> None:
+    """Write ``surgery`` (a :func:`~fxsurgeon.rewrite` of ``graph``) to ``path``, atomically,
+    as data that :func:`load` turns back into ``surgery.module``. ``spec`` (``zoo:NAME``,
+    ``torchvision:NAME``, ``timm:NAME``) and ``num_classes`` name the model, so that
+    ``load(path)`` can build it; without them, pass the model to :func:`load`."""
+    tensors = [a for a in graph.example_inputs if isinstance(a, torch.Tensor)]
+    if len(tensors) != len(graph.example_inputs):
+        raise FxSurgeonError("save() records example inputs that are tensors only")
+    write_atomic({"format": FORMAT, "spec": spec, "num_classes": num_classes,
+                  "inputs": [{"shape": list(a.shape), "dtype": str(a.dtype)} for a in tensors],
+                  "architecture": fingerprint(graph), "surgery": record(surgery),
+                  "state_dict": surgery.module.state_dict()}, path)
+
+
+def load(path: str | os.PathLike, model: nn.Module | None = None, **analyze_kwargs) -> nn.Module:
+    """The network a file written by :func:`save` (or ``fxsurgeon prune``) holds, in eval mode.
+
+    ``model`` is a fresh instance of the model the surgery was made on (its weights do
+    not matter), analysed with ``analyze_kwargs`` (``leaf_modules``, ...) as it was then.
+    Without it, the model the file names is built, if it comes from a known source
+    (``zoo:``, ``torchvision:``, ``timm:``); a file never makes fxsurgeon import code.
+    """
+    from ..analysis.graph import analyze
+
+    where = str(path)
+    data = read(path)
+    try:
+        check_format(data, FORMAT)
+        check_fields(data, _SCHEMA)
+        inputs = [_example(i) for i in data["inputs"]]
+        graph = analyze(model if model is not None else _named_model(data, where), inputs, **analyze_kwargs)
+        difference = first_difference(data["architecture"], fingerprint(graph))
+        if difference:
+            raise FxSurgeonError(f"it was saved from another architecture than this model's: {difference}")
+        return _rebuilt(graph, data).eval()
+    except FxSurgeonError as err:
+        raise FxSurgeonError(f"cannot load {where!r}: {err}") from None
+
+
+def _rebuilt(graph, data: dict) -> nn.Module:
+    """The recorded surgery replayed on ``graph``, with the saved weights."""
+    try:
+        module = replay(graph, data["surgery"]).module
+        module.load_state_dict(data["state_dict"])
+    except MISFIT as err:
+        raise FxSurgeonError(f"it is damaged: its surgery does not fit its model: {one_line(err)}") from None
+    return module
+
+
+def _named_model(data: dict, where: str) -> nn.Module:
+    """The model a file names, if it names one of a known source."""
+    spec, num_classes = data["spec"], data["num_classes"]
+    if num_classes is not None and num_classes < 1:
+        raise FxSurgeonError(f"it names {num_classes} classes")
+    if spec is None:
+        raise FxSurgeonError(f"it does not name its model (it was saved from Python): "
+                             f"pass it, fxsurgeon.load({where!r}, model=YourModel())")
+    if names_code(spec):
+        module, _, factory = spec.partition(":")
+        raise FxSurgeonError(f"it was made from {spec!r}, and fxsurgeon never imports code a file names: "
+                             f"build the model and pass it, fxsurgeon.load({where!r}, "
+                             f"model={module}.{factory}())")
+    return load_model(spec, num_classes)[0]
+
+
+def _example(spec: dict) -> torch.Tensor:
+    """An example input of the recorded shape and dtype."""
+    shape, dtype = spec["shape"], _DTYPES.get(spec["dtype"])
+    if dtype is None or min(shape, default=1) < 1 or math.prod(shape) > _MAX_INPUT:
+        raise FxSurgeonError(f"the example input {spec} is not a tensor fxsurgeon makes")
+    return torch.randn(shape, dtype=dtype) if dtype.is_floating_point else torch.zeros(shape, dtype=dtype)

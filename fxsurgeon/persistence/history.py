@@ -1,0 +1,72 @@
+"""A surgery as plain data, and rebuilding its network from the model it started from.
+
+Checkpoints store this record instead of pickled modules, so they load with
+``torch.load(weights_only=True)``: the architecture is the original model's, replayed
+through each recorded surgery; the weights come from the saved state dict.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..analysis.graph import ChannelGraph
+from ..errors import FxSurgeonError
+from ..planning.planner import plan
+from ..surgery.folding import restore_fold
+from ..surgery.rewriter import Surgery, rewrite
+from ..surgery.streams import streamed
+
+
+def record(surgery: Surgery, seed: int = 0) -> dict:
+    """What it takes to rebuild ``surgery.module`` from the graph it was made from."""
+    p = surgery.plan
+    return {"scheme": surgery.scheme, "metric": p.metric, "alpha": p.alpha, "round_to": p.round_to,
+            "rounding": p.rounding, "seed": seed,
+            "survivors": {n: torch.as_tensor(d.survivors, dtype=torch.int64)
+                          for n, d in p.dims.items() if not d.pinned},
+            "folds": dict(surgery.folds)}
+
+
+def replay(graph: ChannelGraph, rec: dict) -> Surgery:
+    """The surgery ``rec`` describes, redone on ``graph``: its module has the recorded
+    architecture, with weights still to be loaded."""
+    widths = {d.name: d.width for d in graph.free_dims}
+    alive = {}
+    for name, kept in rec["survivors"].items():
+        if name not in widths:
+            raise FxSurgeonError(f"the recorded surgery was made on another architecture: "
+                                 f"no free dimension {name!r}")
+        alive[name] = np.isin(np.arange(widths[name]), np.asarray(kept))
+    if rec["scheme"] == "prune":
+        p = plan(graph, alive, metric=rec["metric"], target=None, scheme="prune")
+    else:
+        # files written before widths were rounded have no round_to: they grew by one channel;
+        # before they were rounded to the nearest multiple, no rounding: they rounded down
+        p = plan(graph, alive, metric=rec["metric"], scheme=rec["scheme"], alpha=rec["alpha"],
+                 round_to=rec.get("round_to", 1), rounding=rec.get("rounding", "down"))
+    surgery = rewrite(graph, p, scheme=rec["scheme"], seed=rec["seed"], fold=False)
+    for node, spec in rec["folds"].items():
+        restore_fold(surgery.module, node, spec)
+        surgery.folds[node] = spec
+    surgery.module.recompile()
+    if surgery.partitioned:
+        surgery.module = streamed(surgery.module, graph.example_inputs)
+    return surgery
+
+
+def write_atomic(data, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file renamed into place: never a half-written file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    os.close(fd)
+    try:
+        torch.save(data, tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,268 @@
+"""What every training method that operates on the network mid-run shares.
+
+:class:`SurgicalModel` is the one model object of a run; :class:`SurgicalTraining` is the
+optimizer wrapper around it: the graph of the current network, the per-channel scales
+of its free dimensions, the surgery that swaps in a new network while the user's
+optimizer follows, the verdicts every rank shares, and checkpoints that replay the
+surgeries from the original model. :class:`~fxsurgeon.NeuralRejuvenation` and
+:class:`~fxsurgeon.DemP` are its two methods.
+"""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+import torch
+from torch import nn
+
+from ..analysis.graph import ChannelGraph, analyze
+from ..analysis.tracing import as_tuple, generated
+from ..errors import FxSurgeonError, one_line
+from ..judging.fixed import Fixed, fixed_names
+from ..persistence.checkpoint import MISFIT, RECORD, read
+from ..persistence.fileformat import FINGERPRINT, check_fields, check_format, fingerprint, first_difference
+from ..persistence.history import record, replay, write_atomic
+from ..surgery.rewriter import Surgery
+from .optimizer_state import check_state, missing_parameters, optimizer_type, remap_optimizer
+
+T = TypeVar("T")
+
+
+class SurgicalModel(nn.Module):
+    """The one model object of a run: it forwards to the current network, which a
+    surgery replaces. Under DistributedDataParallel it holds the DDP wrapper of the
+    current network (``ddp``), rebuilt after every surgery."""
+
+    def __init__(self, network: nn.Module, ddp: dict | None = None):
+        super().__init__()
+        self.ddp_kwargs = ddp
+        self.replace(network)
+
+    @property
+    def network(self) -> nn.Module:
+        """The current network (without the DDP wrapper)."""
+        return self.ddp.module if self.ddp_kwargs is not None else self.net
+
+    def replace(self, network: nn.Module) -> None:
+        """Run ``network`` from now on (wrapped anew in DDP when distributed)."""
+        self._modules.pop("ddp", None)
+        self._modules.pop("net", None)
+        generated(network)
+        if self.ddp_kwargs is not None:
+            from torch.nn.parallel import DistributedDataParallel
+            self.ddp = DistributedDataParallel(network, **self.ddp_kwargs)
+        else:
+            self.net = network
+
+    def forward(self, *args, **kwargs):
+        return (self.ddp if self.ddp_kwargs is not None else self.net)(*args, **kwargs)
+
+
+def shared(compute: Callable[[], T]) -> T:
+    """``compute()`` as rank 0 finds it, on every rank: under torch.distributed only rank 0
+    computes and broadcasts, so every rank makes the same surgery."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        box = [compute() if torch.distributed.get_rank() == 0 else None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+    return compute()
+
+
+SPARSITY = ("auto", "subgradient", "proximal")
+
+
+class SurgicalTraining:
+    """Base of the optimizer wrappers: train :attr:`model`, call :meth:`step` instead
+    of ``optimizer.step()``. The optimizer must hold every trainable parameter of
+    ``model``. Subclasses set ``FORMAT`` and add their own state through :meth:`_state` /
+    :meth:`_load_state`, and its fields and types to ``SCHEMA``.
+
+    ``fixed`` (names, a predicate or ``"trunk"``, see :mod:`fxsurgeon.judging.fixed`) keeps free
+    dimensions out of the penalty. ``sparsity`` is how the L1 penalty λ·|γ| on the free
+    scales is applied: ``"subgradient"`` adds λ·sign(γ) to their gradients before the
+    step (the paper's form), ``"proximal"`` soft-thresholds them after it,
+    γ ← sign(γ)·max(|γ| − lr·λ, 0) with the scale's own learning rate (decoupled from the
+    optimizer, as AdamW's weight decay; an adaptive optimizer would normalise the
+    subgradient away), ``"auto"`` the subgradient for plain ``torch.optim.SGD``, the
+    proximal form for every other optimizer."""
+
+    FORMAT = ""
+    #: the fields of :meth:`state_dict` and their types, checked before a checkpoint loads
+    SCHEMA = {"history": list[RECORD], "steps": int, "log": list[dict], "model": dict[str, torch.Tensor],
+              "optimizer": dict, "optimizer_type": str, "architecture": FINGERPRINT}
+
+    def __init__(self, model: nn.Module, example_inputs, optimizer: torch.optim.Optimizer, *,
+                 ddp: dict | bool = False, fixed: Fixed = None, sparsity: str = "auto",
+                 **analyze_kwargs):
+        if sparsity not in SPARSITY:
+            raise FxSurgeonError(f"sparsity must be one of {', '.join(SPARSITY)}, not {sparsity!r}")
+        missing = missing_parameters(optimizer, model)
+        if missing:
+            raise FxSurgeonError(
+                f"the optimizer does not hold {len(missing)} of the model's trainable parameters "
+                f"(the first: {missing[0]!r}), so they would never train: build it from "
+                f"model.parameters() (and set requires_grad=False on what stays frozen)")
+        self.example_inputs = as_tuple(example_inputs)
+        self.optimizer = optimizer
+        self._analyze_kwargs = analyze_kwargs
+        self.fixed = fixed
+        #: the form of the penalty: "subgradient" or "proximal"
+        self.sparsity_form = sparsity if sparsity != "auto" else \
+            "subgradient" if type(optimizer) is torch.optim.SGD else "proximal"
+        self._set_graph(analyze(model, self.example_inputs, **analyze_kwargs))
+        self._architecture = fingerprint(self.graph)     # the original model's, checked on resume
+        self.model = SurgicalModel(self.graph.module, None if ddp is False else {} if ddp is True else ddp)
+        self.model.train(model.training)
+        self.steps = 0
+        self.history: list[dict] = []          # each surgery as data, for checkpoints
+        self.log: list[dict] = []
+
+    # ---- the graph of the current network ------------------------------------------
+    def _set_graph(self, graph: ChannelGraph) -> None:
+        self.graph = graph
+        params = dict(graph.module.named_parameters())
+        masks: dict[str, torch.Tensor] = {}
+        #: the free dimensions kept at their width and out of the penalty
+        self.fixed_dims = fixed_names(graph, self.fixed)
+        for d in graph.free_dims:
+            if d.name in self.fixed_dims:
+                continue
+            for m in d.sources:
+                if m.tensor not in params or params[m.tensor].dim() != 1:
+                    continue        # a frozen scale (a buffer), or a head's projection: not γ
+                p = params[m.tensor]
+                mask = masks.setdefault(m.tensor, torch.zeros(p.numel(), dtype=p.dtype, device=p.device))
+                mask[torch.as_tensor(m.positions, device=p.device)] = 1
+        #: scale name -> (the parameter, the mask of its positions in free dimensions)
+        self.scales = {n: (params[n], mask.view_as(params[n])) for n, mask in masks.items()}
+
+    def _penalty_gradient(self, lam: float) -> None:
+        """Add the subgradient ``lam · sign(γ)`` to the gradients of the free scales."""
+        if lam:
+            with torch.no_grad():
+                for p, mask in self.scales.values():
+                    if p.grad is not None:
+                        p.grad.add_(lam * torch.sign(p) * mask)
+
+    def _learning_rates(self) -> dict[int, float]:
+        return {id(q): float(g["lr"]) for g in self.optimizer.param_groups for q in g["params"]}
+
+    def _penalty_proximal(self, lam: float) -> None:
+        """Soft-threshold the free scales by ``lr · lam`` (the proximal step of the L1
+        penalty), each with the learning rate of its parameter group."""
+        if lam:
+            lr = self._learning_rates()
+            with torch.no_grad():
+                for p, mask in self.scales.values():
+                    shrunk = p.abs().sub_(lr[id(p)] * lam * mask).clamp_(min=0)
+                    p.copy_(p.sign() * shrunk)
+
+    def penalized_step(self, lam: float, closure=None):
+        """``optimizer.step(closure)`` with the L1 penalty ``lam`` in the chosen form."""
+        if self.sparsity_form == "subgradient":
+            self._penalty_gradient(lam)
+        loss = self.optimizer.step(closure)
+        if self.sparsity_form == "proximal":
+            self._penalty_proximal(lam)
+        return loss
+
+    @property
+    def surgeries(self) -> list:
+        """Every surgery of the run so far, as the method records it."""
+        raise NotImplementedError
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    # ---- surgery ---------------------------------------------------------------------
+    def apply_surgery(self, surgery: Surgery, seed: int = 0, remember: bool = True) -> None:
+        """Train ``surgery.module`` from now on: the optimizer is pointed at it, with the
+        survivors' state carried, and checkpoints record the surgery (with its ``seed``)."""
+        old, new = self.model.network, surgery.module
+        new.train(old.training)
+        remap_optimizer(self.optimizer, old, new, surgery)
+        self.model.replace(new)
+        self._set_graph(analyze(new, self.example_inputs, **self._analyze_kwargs))
+        if remember:
+            self.history.append(record(surgery, seed))
+
+    # ---- checkpoints -----------------------------------------------------------------
+    def _state(self) -> dict:
+        return {}
+
+    def _load_state(self, data: dict) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        """Everything to resume: the surgery history (the architecture is rebuilt from the
+        original model, whose fingerprint is kept), the network's and the optimizer's state
+        (and the optimizer's class), the step, the log and the method's own state. Plain
+        data: it loads with ``torch.load(weights_only=True)``."""
+        return {"format": self.FORMAT, "architecture": self._architecture, "history": list(self.history),
+                "steps": self.steps, "log": list(self.log), "model": self.model.network.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "optimizer_type": optimizer_type(self.optimizer),
+                **self._state()}
+
+    def _upgrade(self, data):
+        """``data`` in this version's format, where an older one is cheap to read."""
+        return data
+
+    def load_state_dict(self, data: dict) -> None:
+        """Resume from :meth:`state_dict` on a wrapper built as the saved one was (same
+        original model, optimizer type and arguments), before it has trained. A checkpoint
+        that does not fit is an error that changes nothing."""
+        data = self._upgrade(data)
+        check_format(data, self.FORMAT)
+        if self.steps or self.history:
+            raise FxSurgeonError(f"load a checkpoint into a fresh {type(self).__name__}, before training")
+        check_fields(data, self.SCHEMA)
+        difference = first_difference(data["architecture"], self._architecture)
+        if difference:
+            raise FxSurgeonError(f"it was written for another architecture: {difference}")
+        if data["optimizer_type"] != optimizer_type(self.optimizer):
+            raise FxSurgeonError(f"it was written with the optimizer {data['optimizer_type']}, "
+                                 f"not {optimizer_type(self.optimizer)}")
+        try:
+            with self._all_or_nothing():
+                for rec in data["history"]:
+                    self.apply_surgery(replay(self.graph, rec), remember=False)
+                self.model.network.load_state_dict(data["model"])
+                check_state(data["optimizer"], self.optimizer)
+                self.optimizer.load_state_dict(data["optimizer"])
+                self._load_state(data)
+        except MISFIT as err:
+            raise FxSurgeonError(f"it does not fit this {type(self).__name__}: {one_line(err)}") from None
+        self.history, self.steps, self.log = list(data["history"]), data["steps"], list(data["log"])
+
+    @contextmanager
+    def _all_or_nothing(self) -> Iterator[None]:
+        """Undo what the block did to the network, its graph and the optimizer if it raises."""
+        network, graph, opt = self.model.network, self.graph, self.optimizer
+        groups = [dict(g, params=list(g["params"])) for g in opt.param_groups]
+        state = {p: dict(s) for p, s in opt.state.items()}
+        try:
+            yield
+        except BaseException:
+            self.model.replace(network)
+            self._set_graph(graph)
+            opt.param_groups, opt.state = groups, defaultdict(dict, state)
+            raise
+
+    def save(self, path: str | os.PathLike, **extra) -> None:
+        """Write :meth:`state_dict` atomically, with ``extra`` (an epoch, a scheduler's
+        state) stored beside it."""
+        write_atomic({**self.state_dict(), "extra": extra}, path)
+
+    def load(self, path: str | os.PathLike) -> dict:
+        """Resume from a file written by :meth:`save`; returns its ``extra``."""
+        data = self._upgrade(read(path))
+        try:
+            check_format(data, self.FORMAT)
+            check_fields(data, {"extra": dict})
+            self.load_state_dict(data)
+        except FxSurgeonError as err:
+            raise FxSurgeonError(f"cannot resume from {str(path)!r}: {err}") from None
+        return data.get("extra", {})

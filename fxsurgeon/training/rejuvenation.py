@@ -1,0 +1,218 @@
+"""Neural Rejuvenation as an optimizer wrapper (Qiao et al., CVPR 2019, Algorithm 1).
+
+``nr.step()`` replaces ``optimizer.step()``: it steps the user's optimizer with the L1
+penalty ``λ·|γ|`` on the scales of free dimensions (the paper's subgradient, or its
+proximal form for adaptive optimizers) and, every
+``check_every`` steps, measures utilization. Below ``threshold`` it removes the dead
+channels, spends the freed budget with one shared α and keeps training: the model,
+optimizer and scheduler objects the user holds stay valid.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+
+import torch
+from torch import nn
+
+from ..errors import FxSurgeonError, require
+from ..judging.fixed import Fixed
+from ..judging.liveliness import liveliness
+from ..persistence.fileformat import build, schema_of
+from ..planning.planner import SCHEMES, Plan, plan
+from ..surgery.rescaling import GOALS as RESCALE_GOALS
+from ..surgery.rewriter import Surgery, rewrite
+from .base import SurgicalTraining, shared
+
+
+@dataclass
+class Event:
+    """What one rejuvenation changed."""
+
+    step: int
+    utilization: float
+    alpha: float
+    metric: str
+    scheme: str
+    cost_before: float                 # the network before the event, every channel counted
+    cost_alive: float                  # ... only its alive channels (U(θ))
+    cost_after: float                  # the new network
+    widths_before: dict[str, int] = field(default_factory=dict)
+    widths_after: dict[str, int] = field(default_factory=dict)
+    widths_alive: dict[str, int] = field(default_factory=dict)   # the survivors per dimension
+    surgery: Surgery | None = field(default=None, repr=False)   # plan, index maps, new module
+
+    def summary(self) -> dict:
+        """The event's numbers, for logs."""
+        return {k: getattr(self, k) for k in ("step", "utilization", "alpha", "cost_before",
+                                              "cost_alive", "cost_after")}
+
+
+class NeuralRejuvenation(SurgicalTraining):
+    """Wrap ``optimizer`` to train ``model`` with Neural Rejuvenation.
+
+    ``metric`` ("params" or "flops") is the resource; the budget is ``target`` times
+    the original model's cost, and every event plans against it. ``threshold`` is T_r: an
+    event fires when utilization drops below it (at most ``max_events`` times; None: no
+    limit). λ starts at 0 and grows by ``delta_lambda`` at every check where utilization
+    fell by less than ``delta_r`` since the previous one (at the first check, and the first
+    after an event, it grows); it returns to 0 after an event and stays there after the
+    last one and after :meth:`end_search`. ``fixed`` keeps dimensions at their width and
+    out of the penalty (names, a predicate on a dimension, or ``"trunk"``: the residual
+    trunk and the stem, as the paper does for ResNets). ``sparsity`` is the form of the
+    penalty: ``"subgradient"``, ``"proximal"`` or ``"auto"`` (see
+    :class:`~fxsurgeon.training.base.SurgicalTraining`). ``check_every`` counts
+    optimizer steps (``None``: call :meth:`check` yourself, e.g. once per epoch).
+    ``dead_threshold`` is the paper's 0.01. ``round_to``: widths that grow are multiples
+    of it (8 by default: at odd widths the same FLOPs train up to 1.3x slower, see
+    docs/performance.md; 1 grows them as the paper does, channel by channel). ``on_event``
+    is called with each :class:`Event`. Train :attr:`model`, not the model you passed in.
+
+    Under ``torchrun``, pass ``ddp=True`` (or DistributedDataParallel's keyword
+    arguments) instead of wrapping the model yourself: :attr:`model` then runs the DDP
+    wrapper, which is rebuilt after each event; every rank follows rank 0's liveliness
+    and builds identical new parameters (DDP broadcasts rank 0's anyway).
+    """
+
+    FORMAT = "fxsurgeon.nr/3"
+    SCHEMA = {**SurgicalTraining.SCHEMA, "lam": float, "last_utilization": float | None,
+              "events": list[schema_of(Event)], "max_events": int | None}
+
+    def __init__(self, model: nn.Module, example_inputs, optimizer: torch.optim.Optimizer, *,
+                 metric: str = "params", threshold: float = 0.5, target: float = 1.0,
+                 scheme: str = "nr", rescale: bool | str = False, check_every: int | None = None,
+                 delta_r: float = 0.01, delta_lambda: float = 5e-5, max_events: int | None = 1,
+                 dead_threshold: float = 0.01, round_to: int = 8, seed: int = 0,
+                 on_event: Callable[[Event], None] | None = None, ddp: dict | bool = False,
+                 fixed: Fixed = None, sparsity: str = "auto", **analyze_kwargs):
+        if scheme not in SCHEMES or scheme == "prune":
+            raise FxSurgeonError(f"scheme must be one of nr, cr, ca, not {scheme!r}")
+        require("target", target, lambda v: v > 0, "a positive multiple of the model's cost")
+        require("threshold", threshold, lambda v: True, "a utilization")
+        require("delta_r", delta_r, lambda v: v >= 0, "at least 0")
+        require("delta_lambda", delta_lambda, lambda v: v >= 0, "at least 0")
+        require("dead_threshold", dead_threshold, lambda v: 0 < v < 1, "between 0 and 1")
+        require("round_to", round_to, lambda v: isinstance(v, int) and v >= 1, "a positive integer")
+        if max_events is not None and (isinstance(max_events, bool) or not isinstance(max_events, int)
+                                       or max_events < 0):
+            raise FxSurgeonError(f"max_events must be a number of events or None, got {max_events!r}")
+        if rescale not in (False, True, *RESCALE_GOALS):
+            raise FxSurgeonError(f"rescale must be True, False or one of {RESCALE_GOALS}, got {rescale!r}")
+        if check_every is not None and check_every < 1:
+            raise FxSurgeonError(f"check_every must be a positive number of steps, got {check_every}")
+        super().__init__(model, example_inputs, optimizer, ddp=ddp, fixed=fixed, sparsity=sparsity,
+                         **analyze_kwargs)
+        self.metric, self.threshold, self.target = metric, threshold, target
+        self.scheme, self.rescale = scheme, rescale
+        self.check_every, self.delta_r, self.delta_lambda = check_every, delta_r, delta_lambda
+        self.max_events, self.dead_threshold, self.seed = max_events, dead_threshold, seed
+        self.round_to = round_to
+        self.on_event = on_event
+        self.budget = target * self.graph.count(metric)
+        self.lam = 0.0
+        self.events: list[Event] = []
+        self._last_utilization: float | None = None
+
+    # ---- training ------------------------------------------------------------------
+    def step(self, closure=None):
+        """Step the optimizer with the L1 penalty, and check every ``check_every`` steps."""
+        loss = self.penalized_step(self.lam, closure)
+        self.steps += 1
+        if self.check_every and self.steps % self.check_every == 0:
+            self.check()
+        return loss
+
+    @property
+    def surgeries(self) -> list[Event]:
+        """The rejuvenation events so far."""
+        return self.events
+
+    def utilization(self) -> float:
+        """The paper's r = U(θ) / c(A) of the current network."""
+        return self.graph.utilization(self._liveliness(), self.metric)
+
+    @property
+    def searching(self) -> bool:
+        """Whether more events may come."""
+        return self.max_events is None or len(self.events) < self.max_events
+
+    def end_search(self) -> None:
+        """End the search phase: λ → 0 and no further events."""
+        self.lam, self.max_events = 0.0, len(self.events)
+
+    def _liveliness(self) -> dict:
+        """Alive masks (fixed dimensions count as alive: they are not rejuvenated); under
+        torch.distributed every rank takes rank 0's."""
+        alive = shared(lambda: liveliness(self.graph, self.dead_threshold))
+        return {n: m for n, m in alive.items() if n not in self.fixed_dims}
+
+    def check(self) -> Event | None:
+        """Measure utilization; rejuvenate below the threshold, else adapt λ."""
+        alive = self._liveliness()
+        r = self.graph.utilization(alive, self.metric)
+        entry = {"step": self.steps, "lambda": self.lam, "utilization": r, "event": False}
+        self.log.append(entry)
+        if r < self.threshold and self.searching:
+            try:
+                with self._all_or_nothing():
+                    event = self._rejuvenate(alive, r)
+            except FxSurgeonError as err:       # keep training the network as it is
+                entry["error"] = str(err)
+                warnings.warn(f"rejuvenation at step {self.steps} skipped: {err}", stacklevel=2)
+                return None
+            except Exception as err:            # a bug: the network and optimizer are as they were
+                entry["error"] = f"{type(err).__name__}: {err}"
+                warnings.warn(f"rejuvenation at step {self.steps} failed ({entry['error']}); training "
+                              f"goes on with the network as it was: please report it", stacklevel=2)
+                return None
+            entry["event"] = True
+            self.lam, self._last_utilization = 0.0, None
+            if self.on_event:
+                self.on_event(event)
+            return event
+        last = self._last_utilization          # after the last event λ stays where it is
+        if self.searching and (last is None or last - r < self.delta_r):
+            self.lam += self.delta_lambda
+        self._last_utilization = r
+        return None
+
+    # ---- checkpoints -----------------------------------------------------------------
+    def _state(self) -> dict:
+        return {"lam": self.lam, "last_utilization": self._last_utilization, "max_events": self.max_events,
+                "events": [{f.name: getattr(e, f.name) for f in fields(e) if f.name != "surgery"}
+                           for e in self.events]}
+
+    def _load_state(self, data: dict) -> None:
+        self.lam, self._last_utilization = data["lam"], data["last_utilization"]
+        self.events, self.max_events = [build(Event, e) for e in data["events"]], data["max_events"]
+
+    def _upgrade(self, data):
+        if isinstance(data, dict) and data.get("format") == "fxsurgeon.nr/2":   # before end_search
+            return {**data, "format": self.FORMAT, "max_events": self.max_events}
+        return data
+
+    # ---- the event -------------------------------------------------------------------
+    def _rejuvenate(self, alive: dict, r: float) -> Event:
+        graph = self.graph
+        current = graph.count(self.metric)
+        if all(d.name in self.fixed_dims for d in graph.free_dims):
+            why = sorted({d.pinned for d in graph.dims if d.pinned})
+            raise FxSurgeonError(f"nothing to rejuvenate: every dimension is fixed "
+                                 f"({len(self.fixed_dims)}) or pinned ({'; '.join(why)})")
+        p = self._plan(alive, current)
+        seed = self.seed + len(self.events)
+        surgery = rewrite(graph, p, seed=seed, rescale=self.rescale if p.scheme != "prune" else False)
+        self.apply_surgery(surgery, seed)
+        event = Event(self.steps, r, p.alpha, self.metric, p.scheme, current,
+                      graph.count(self.metric, alive), self.graph.count(self.metric),
+                      {n: d.width for n, d in p.dims.items()},
+                      {n: d.new_width for n, d in p.dims.items()},
+                      {n: len(d.survivors) for n, d in p.dims.items()}, surgery)
+        self.events.append(event)
+        return event
+
+    def _plan(self, alive: dict, current: float) -> Plan:
+        """The event's plan: the survivors and one shared α that spends the original budget."""
+        return plan(self.graph, alive, metric=self.metric, target=self.budget / current, scheme=self.scheme,
+                    fixed=self.fixed, round_to=self.round_to)

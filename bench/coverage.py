@@ -75,6 +75,17 @@ def kind(outcome: str) -> str:
     return re.match(r"WRONG \w+|\w+", outcome).group()
 
 
+def judged_line(traced: list[dict]) -> str:
+    """How many free channels a judge sees, before and with gates (issue: at least 95 %)."""
+    free = [r for r in traced if r.get("free")]
+    low = [r["model"] for r in free if r.get("gated", 0) < 0.95 * r["free"]]
+    return (f"Judged: {sum(r.get('judged', 0) for r in free) / max(1, sum(r['free'] for r in free)):.1%} "
+            f"of the free channels of the {len(free)} models with free channels have a norm that judges "
+            f"them, {sum(r.get('gated', 0) for r in free) / max(1, sum(r['free'] for r in free)):.1%} "
+            f"with gates; {len(low)} models have less than 95 % judged with gates"
+            + (f" ({', '.join(low)})." if low else "."))
+
+
 def status(r: dict) -> str:
     """A model's overall category for the counts: its worst outcome, or whether its
     ``same`` tested anything (no dead channel and no growth make the surgery a copy)."""
@@ -84,7 +95,7 @@ def status(r: dict) -> str:
         return "skipped"
     if not r.get("traced"):
         return "not traceable"
-    kinds = {kind(r[k]) for k in ("analysed", *SCHEMES) if k in r}
+    kinds = {kind(r[k]) for k in ("analysed", *SCHEMES, "gates") if k in r}
     for worst in ("CRASH", "CHANGED", "WRONG COUNT", "WRONG COST", "refused"):
         if worst in kinds:
             return worst
@@ -102,6 +113,14 @@ def markdown(records: list[dict]) -> str:
         return "-" if outcome is None else outcome if outcome in ("same", "exact") else \
             noted(kind(outcome), outcome)
 
+    def gated(r: dict) -> str:
+        """The share of the free channels judged once gates are in, and why not the rest."""
+        if not r.get("free") or "gated" not in r:
+            return "-"
+        share = f"{r['gated'] / r['free']:.0%}"
+        reasons = sorted(set(r.get("unjudged", {}).values()))
+        return share if not reasons else noted(share, "no gate: " + "; ".join(reasons))
+
     traced = [r for r in records if r.get("traced") and not r.get("error")]
     counts = Counter(status(r) for r in records)
     kinds = ("same", "refused", "CHANGED", "WRONG COST", "CRASH")
@@ -114,6 +133,7 @@ def markdown(records: list[dict]) -> str:
         f"Of the {len(traced)} traced models, {counts['refused']} "
         f"({counts['refused'] / max(1, len(traced)):.1%}) refuse some scheme (and nothing worse); "
         f"{counts['CRASH']} crash and {counts['CHANGED']} change the function silently.",
+        judged_line(traced),
         *(["Front ends: " + ", ".join(f"{n} traced by torch.{f}" for f, n in sorted(
             Counter(r["frontend"] for r in traced if "frontend" in r).items())) + "."]
           if any("frontend" in r for r in traced) else []),
@@ -125,16 +145,18 @@ def markdown(records: list[dict]) -> str:
         c = Counter(kind(r[s]) for r in traced if s in r)
         lines.append(f"| {s} | " + " | ".join(str(c[k]) for k in kinds) + " |")
     lines += ["", "| model | source | params | traced | analysed | channels free / judged / removed | "
-              + " | ".join(SCHEMES) + " | s |", "|---" * (7 + len(SCHEMES)) + "|"]
+              + " | ".join(SCHEMES) + " | judged with gates | nr, gated | s |",
+              "|---" * (9 + len(SCHEMES)) + "|"]
     for r in records:
         head = f"| {r['model']} | {r['source']} | {r.get('params', 0) / 1e6:.1f}M | "
         if r.get("error") or r.get("skipped") or not r.get("traced"):
             why = r.get("error") or r.get("skipped") or r["untraceable"]
-            lines.append(head + noted(status(r), why.splitlines()[0]) + " |" * (4 + len(SCHEMES)))
+            lines.append(head + noted(status(r), why.splitlines()[0]) + " |" * (6 + len(SCHEMES)))
             continue
         lines.append(head + f"{r['traced']} | {cell(r.get('analysed'))} | {r.get('free', '-')} / "
                      f"{r.get('judged', '-')} / {r.get('removed', '-')} | "
-                     + " | ".join(cell(r.get(s)) for s in SCHEMES) + f" | {r['seconds']:.0f} |")
+                     + " | ".join(cell(r.get(s)) for s in SCHEMES)
+                     + f" | {gated(r)} | {cell(r.get('gates'))} | {r['seconds']:.0f} |")
     lines += ["", "## Reasons", ""] + [f"{n}. {text}" for text, n in notes.items()]
     return "\n".join(lines) + "\n"
 

@@ -26,6 +26,7 @@ from .ops import register_op
 from .persistence.checkpoint import load, save
 from .planning.planner import DimPlan, Plan, plan
 from .surgery.deploy import export
+from .surgery.judges import Judged, add_judges
 from .surgery.rewriter import Surgery, rewrite
 from .training.base import SurgicalModel
 from .training.demp import DemP, Pruning
@@ -35,5 +36,5 @@ __all__ = ["analyze", "ChannelGraph", "Dimension", "Member", "FxSurgeonError",
            "UntraceableModelError", "liveliness", "plan", "Plan", "DimPlan", "rewrite",
            "Surgery", "save", "load", "Partitioned", "export", "NeuralRejuvenation", "SurgicalModel",
            "Event", "DemP", "Pruning", "activation_liveliness", "activation_peaks", "importance", "ops",
-           "register_op"]
+           "register_op", "add_judges", "Judged"]
 __version__ = "0.1.0"

@@ -24,6 +24,7 @@ from test_planner import kill
 from test_rewrite import randomise_norms
 
 import fxsurgeon as fxs
+from fxsurgeon.surgery.judges import JUDGES
 
 SOURCES = ("timm", "segmentation", "detection", "video")
 SCHEMES = ("prune", "nr", "cr", "ca")
@@ -205,8 +206,8 @@ def _scheme(graph, alive, scheme: str, x, y0, record: dict) -> str:
     record.setdefault("differences", {})[scheme] = err
     if not err <= TOLERANCE:
         return f"CHANGED: relative difference {err:.1e}"
-    n = sum(p.numel() for p in new.parameters())
-    if n != plan.predicted:
+    n = sum(p.numel() for name, p in new.named_parameters() if not name.startswith(f"{JUDGES}."))
+    if n != plan.predicted:         # gates cost nothing: export folds them away
         return f"WRONG COST: {n} parameters, the plan predicted {plan.predicted:.0f}"
     return "same"
 
@@ -245,7 +246,8 @@ def check(source: str, name: str, max_params: int = MAX_PARAMS, device: str = "c
     follows every writer), ``dead`` (the ones zeroed γ killed), ``removed`` (channels
     the ``prune`` plan removes), ``grown`` (channels each growing scheme's plan adds);
     per scheme its outcome (``same``, ``refused: ...``, ``CHANGED: ...``, ``WRONG COST:
-    ...``, ``CRASH in <stage>: ...``); ``differences`` (per scheme that ran, the
+    ...``, ``CRASH in <stage>: ...``); ``gated``, ``unjudged`` and ``gates`` (see
+    :func:`_gated`); ``differences`` (per scheme that ran, the
     relative difference of the outputs); ``tracebacks`` of the crashes.
     """
     start = time.perf_counter()
@@ -284,3 +286,24 @@ def _check(source: str, name: str, max_params: int, device: str, record: dict, f
         y0 = model(x)
     for scheme in SCHEMES:
         record[scheme] = _scheme(graph, alive, scheme, x, y0, record)
+    _gated(graph, x, record)
+
+
+def _gated(graph, x, record: dict) -> None:
+    """Judges where no norm judges: ``gated`` (the free channels judged once gates are in),
+    ``unjudged`` (why the rest are not), ``gates`` (nr's outcome on the gated network with
+    30 % of every judge zeroed)."""
+    try:
+        judged = fxs.add_judges(graph)
+    except Exception as err:  # noqa: BLE001
+        record["gates"] = _crash("add_judges", err, record, "gates")
+        return
+    record["gated"] = sum(d.width for d in judged.graph.free_dims if d.scaled and d.sources)
+    record["unjudged"] = judged.unjudged
+    if not judged.gates:
+        return
+    kill(judged.graph, 0.3, seed=1)
+    alive = fxs.liveliness(judged.graph)
+    with torch.no_grad():
+        y0 = judged.graph.module(x)
+    record["gates"] = _scheme(judged.graph, alive, "nr", x, y0, {"target": record["target"]})

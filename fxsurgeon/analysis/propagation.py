@@ -163,6 +163,7 @@ class Walk(fx.Interpreter):
         self.accounted: set[str] = set()        # parameters whose cost terms a rule wrote
         self.shaped: dict[fx.Node, torch.Tensor] = {}   # tensors whose size is read -> their tags
         self._writer: dict[int, tuple[torch.Tensor, str]] = {}   # tag tensor -> layer that wrote it
+        self.writers: set[str] = set()      # the nodes of the layers that wrote a value
         self._normalized: dict[fx.Node, dict | None] = {}
 
     # ---- the nodes every graph has -----------------------------------------------------
@@ -381,7 +382,9 @@ class Walk(fx.Interpreter):
 
     def wrote(self, out: torch.Tensor, node: fx.Node | str) -> None:
         """``out`` was written by layer ``node`` (a norm right after it may judge it)."""
-        self._writer[id(out)] = (out, node if isinstance(node, str) else node.name)
+        name = node if isinstance(node, str) else node.name
+        self._writer[id(out)] = (out, name)
+        self.writers.add(name)
 
     def writer_of(self, t: torch.Tensor) -> str | None:
         hit = self._writer.get(id(t))

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers.folded import FoldedConstant, FoldedConv
+from ..layers.gate import Gate
 from ..layers.partitioned import Partitioned
 from .attention import DotProductAttention, MultiheadAttention
 from .elementwise import Carry, Couple, StochasticDepth
@@ -16,7 +17,7 @@ from .layers import Embedding, FunctionalLayer, Layer, Matmul, PReLU
 from .movement import Chunk, Concat, Metadata, Move, Pad, Reshape, Select, Spatial, Split, Squeeze
 from .norms import Norm
 from .reductions import Reduce, Softmax
-from .rewritten import Blocks, Folded, Restricted
+from .rewritten import Blocks, Folded, Judge, Restricted
 from .table import OpTable
 
 
@@ -92,7 +93,7 @@ def register_builtins(table: OpTable) -> None:
     batch = Norm("batch")
     each([nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d,
           nn.InstanceNorm2d, nn.InstanceNorm3d, F.batch_norm, F.instance_norm], batch)
-    each([nn.LayerNorm, F.layer_norm], Norm("layer"))
+    each([nn.LayerNorm, F.layer_norm, *_existing(nn, "RMSNorm"), *_existing(F, "rms_norm")], Norm("layer"))
     each([nn.GroupNorm, F.group_norm], Norm("group"))
 
     # layers with weights
@@ -112,3 +113,4 @@ def register_builtins(table: OpTable) -> None:
     table.register(FoldedConstant, Folded())
     table.register(FoldedConv, Restricted())
     table.register(Partitioned, Blocks())
+    table.register(Gate, Judge())

@@ -195,6 +195,36 @@ class Layer(Rule):
         return FoldedConv(weight, geometry["stride"], padding, geometry["dilation"], self.transposed,
                           geometry["output_padding"])
 
+    def _input_weight(self, node, root) -> tuple[torch.Tensor, int] | None:
+        """The weight whose input channels a scale can be folded into, and its groups."""
+        if node.op == "call_module":
+            module = root.get_submodule(node.target)
+            if type(module).forward not in _TORCH_FORWARDS or self.weight not in module._parameters:
+                return None
+            weight, groups = getattr(module, self.weight), getattr(module, "groups", 1)
+        else:
+            wnode = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+            if not (isinstance(wnode, fx.Node) and wnode.op == "get_attr" and len(wnode.users) == 1):
+                return None
+            weight = getattr_path(root, wnode.target)
+            groups = 1 if self.linear else (normalized(node, root) or {}).get("groups")
+        if not isinstance(weight, torch.Tensor) or not isinstance(groups, int) or \
+                sum(t is weight for _, t in root.named_parameters(remove_duplicate=False)) > 1:
+            return None          # tied to another layer, which reads no gate
+        return weight, groups
+
+    def absorbs_scale(self, node, root):
+        return self._input_weight(node, root) is not None
+
+    def absorb_scale(self, node, root, scale):
+        weight, groups = self._input_weight(node, root)
+        with torch.no_grad():
+            if self.transposed:          # (in, out / groups, *kernel): a row per input channel
+                weight.mul_(scale.view(-1, *[1] * (weight.dim() - 1)).to(weight))
+            else:                        # (out, in / groups, *kernel): columns per group
+                blocks = weight.view(groups, weight.shape[0] // groups, *weight.shape[1:])
+                blocks.mul_(scale.view(groups, 1, -1, *[1] * (weight.dim() - 2)).to(weight))
+
     def output_axes(self, module):
         held = [(self.weight, 1 if self.transposed else 0)]
         return held + ([(self.bias, 0)] if isinstance(getattr(module, self.bias, None), torch.Tensor) else [])

@@ -46,9 +46,13 @@ class PerChannel(Rule):
         """Pin what statistics across channels fix; False if the channels cannot be sliced."""
         return True
 
+    def channel_axis(self, walk, node) -> int:
+        """The axis of the input that holds the channels (the rule's ``axis``)."""
+        return self.axis
+
     def propagate(self, walk, node, args, kwargs):
         x = args[0] if args else walk.argument(node, "input", 0)
-        vec = walk.tags.axis_vector(x, self.axis)
+        vec = walk.tags.axis_vector(x, self.channel_axis(walk, node))
         if not self.statistics(walk, node, x):
             return x
         if vec is None:

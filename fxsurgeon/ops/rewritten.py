@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import torch
+from torch import fx
 
+from ..channels.nodes import value_users
 from ..channels.provenance import WeightSource
 from ..layers.folded import FoldedConv
 from .layers import produce
+from .norms import PerChannel
 from .rule import Rule
 from .table import TABLE
 
@@ -103,3 +106,46 @@ class Blocks(Rule):
 
     def unpack(self, module):
         return module.dense() if module.scheme == "cr" else None
+
+
+class Judge(PerChannel):
+    """A :class:`~fxsurgeon.layers.gate.Gate`: a per-channel scale ``g · x`` (positively
+    homogeneous) that judges the channels it multiplies. The layers whose output reaches
+    it alone, through elementwise ops only (an activation, SwiGLU's product of two
+    projections), count as judged: with ``g`` at zero their channel adds nothing. Its
+    parameters cost nothing: :func:`fxsurgeon.export` folds them into the layers after it,
+    so a budget is the cost of the network without them."""
+
+    def __init__(self):
+        super().__init__({"weight": 1.0}, scale="weight", homogeneous=True)
+
+    def channel_axis(self, walk, node) -> int:
+        return walk.submodule(node).axis
+
+    def fresh(self, node, module):
+        return True
+
+    def propagate(self, walk, node, args, kwargs):
+        y = super().propagate(walk, node, args, kwargs)
+        walk.params(node, walk.tensor_name(f"{node.target}.weight"), 0.0)   # folds away on export
+        for writer in _writers_reaching_only(walk, node):
+            walk.out.follows.add((writer, node.name))
+        return y
+
+
+def _writers_reaching_only(walk, gate: fx.Node) -> list[str]:
+    """The layers whose every output value reaches ``gate`` and nothing else: walking back
+    from its input through elementwise ops, each with one reader of its values."""
+    found, stack, seen = [], [gate.args[0]], set()
+    while stack:
+        src = stack.pop()
+        if not isinstance(src, fx.Node) or src in seen or len(value_users(src)) != 1:
+            continue
+        seen.add(src)
+        if src.name in walk.writers:
+            found.append(src.name)
+        elif src.op.startswith("call_"):
+            rule = walk.table.lookup(src, walk.modules)
+            if rule.elementwise or rule.keeps_shape:
+                stack.extend(src.all_input_nodes)
+    return found

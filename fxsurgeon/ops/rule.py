@@ -90,6 +90,17 @@ class Rule:
         refuses where the constants' contribution varies over the output)."""
         return None
 
+    def absorbs_scale(self, node: fx.Node, root: nn.Module) -> bool:
+        """deploying: whether :meth:`absorb_scale` can take a per-channel scale of the op's
+        input into its weight; False, the safe answer (a gate then stays in front of it)."""
+        return False
+
+    def absorb_scale(self, node: fx.Node, root: nn.Module, scale: Tensor) -> None:
+        """deploying: multiply, inside the op's own weight, each input channel the op reads
+        (its first argument's channel axis) by ``scale``, so that on the unscaled input it
+        computes what it computed on the scaled one (only where :meth:`absorbs_scale`)."""
+        raise NotImplementedError
+
     def absorb_shift(self, node: fx.Node, module: nn.Module | None, shift: Tensor) -> bool:
         """folding: take ``shift`` (one constant per channel of axis 1), added to the op's
         input, into the op's own state, so that its output without the shift is what it

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 from torch import fx
 
+from ..layers.gate import Gate
 from ..layers.streamed import canonical
 from ..ops import TABLE
 
@@ -15,7 +17,8 @@ def export(module: fx.GraphModule) -> fx.GraphModule:
     zero cross blocks); ``nr`` and ``prune`` modules are standard already. ``ca`` layers
     stay: their gate is not a linear layer, and they export to ONNX as they are. The copy
     scripts with TorchScript in every scheme. A network that holds its generations apart
-    (:mod:`fxsurgeon.surgery.streams`) is deployed in its plain form."""
+    (:mod:`fxsurgeon.surgery.streams`) is deployed in its plain form. Judges
+    (:class:`~fxsurgeon.layers.gate.Gate`) are folded into the layers that read them."""
     out = copy.deepcopy(canonical(module))
     for name, m in list(out.named_modules()):
         rule = TABLE.module_rule(m) if name else None
@@ -23,6 +26,7 @@ def export(module: fx.GraphModule) -> fx.GraphModule:
         if standard is not None:
             owner, _, leaf = name.rpartition(".")
             setattr(out.get_submodule(owner) if owner else out, leaf, standard)
+    fold_gates(out)
     # a plain GraphModule: torch.fx's lazy one (what tracing makes, so every rewrite too)
     # does not script with TorchScript. It holds every submodule of the copy, not only those
     # its graph reads (a rewrite carries the user's unused ones, an aux head in eval mode).
@@ -31,3 +35,41 @@ def export(module: fx.GraphModule) -> fx.GraphModule:
         plain.add_module(name, child)
     plain.meta.update(out.meta)
     return plain
+
+
+def fold_gates(module: fx.GraphModule) -> list[str]:
+    """Fold every gate of ``module`` (in place) into the layers that read it, where each of
+    them can take the scale into its weight (their rules' ``absorb_scale``), and take the
+    gate out; returns the gates that stay (with a warning naming them)."""
+    graph, kept, modules = module.graph, [], dict(module.named_modules())
+    calls = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    for node in list(graph.nodes):
+        if node.op != "call_module" or not isinstance(modules[node.target], Gate):
+            continue
+        scale = modules[node.target].weight.detach()
+        users = list(node.users)
+        if all(_absorbs(module, modules, user, node, calls) for user in users):
+            for user in users:
+                TABLE.lookup(user, modules).absorb_scale(user, module, scale)
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+            module.delete_submodule(node.target)
+        else:
+            kept.append(node.target)
+    if kept:
+        warnings.warn(f"fxsurgeon: {len(kept)} gate(s) stay in the deployed network, as layers that "
+                      f"cannot take their scale read them: {', '.join(kept)}", stacklevel=3)
+    module.recompile()
+    return kept
+
+
+def _absorbs(module: fx.GraphModule, modules: dict, user: fx.Node, gate: fx.Node, calls: dict) -> bool:
+    """Whether ``user`` reads ``gate`` as its input alone and its rule can take a scale there."""
+    if not user.args or user.args[0] is not gate or gate in user.args[1:] or gate in user.kwargs.values():
+        return False
+    if user.op == "call_module" and calls.get(user.target, 0) != 1:
+        return False        # a layer called twice: its other calls read no gate
+    return TABLE.lookup(user, modules).absorbs_scale(user, module)

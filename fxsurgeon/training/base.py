@@ -25,6 +25,7 @@ from ..judging.fixed import Fixed, fixed_names
 from ..persistence.checkpoint import MISFIT, RECORD, read
 from ..persistence.fileformat import FINGERPRINT, check_fields, check_format, fingerprint, first_difference
 from ..persistence.history import record, replay, write_atomic
+from ..surgery.judges import Judged, add_judges
 from ..surgery.rewriter import Surgery
 from .optimizer_state import check_state, missing_parameters, optimizer_type, remap_optimizer
 
@@ -81,7 +82,11 @@ class SurgicalTraining:
     :meth:`_load_state`, and its fields and types to ``SCHEMA``.
 
     ``fixed`` (names, a predicate or ``"trunk"``, see :mod:`fxsurgeon.judging.fixed`) keeps free
-    dimensions out of the penalty. ``sparsity`` is how the L1 penalty λ·|γ| on the free
+    dimensions out of the penalty. ``judges`` puts a gate (:mod:`fxsurgeon.surgery.judges`)
+    on every free dimension no norm judges, so that it can be judged and rejuvenated too
+    (an MLP's hidden units, a ConvNeXt block's expansion); :attr:`judged` says where it did
+    and why it could not elsewhere. Each gate joins the optimizer group of the layer it
+    feeds, and :func:`fxsurgeon.export` folds it away. ``sparsity`` is how the L1 penalty λ·|γ| on the free
     scales is applied: ``"subgradient"`` adds λ·sign(γ) to their gradients before the
     step (the paper's form), ``"proximal"`` soft-thresholds them after it,
     γ ← sign(γ)·max(|γ| − lr·λ, 0) with the scale's own learning rate (decoupled from the
@@ -96,7 +101,7 @@ class SurgicalTraining:
 
     def __init__(self, model: nn.Module, example_inputs, optimizer: torch.optim.Optimizer, *,
                  ddp: dict | bool = False, fixed: Fixed = None, sparsity: str = "auto",
-                 **analyze_kwargs):
+                 judges: bool = True, **analyze_kwargs):
         if sparsity not in SPARSITY:
             raise FxSurgeonError(f"sparsity must be one of {', '.join(SPARSITY)}, not {sparsity!r}")
         missing = missing_parameters(optimizer, model)
@@ -112,13 +117,29 @@ class SurgicalTraining:
         #: the form of the penalty: "subgradient" or "proximal"
         self.sparsity_form = sparsity if sparsity != "auto" else \
             "subgradient" if type(optimizer) is torch.optim.SGD else "proximal"
-        self._set_graph(analyze(model, self.example_inputs, **analyze_kwargs))
-        self._architecture = fingerprint(self.graph)     # the original model's, checked on resume
+        graph = analyze(model, self.example_inputs, **analyze_kwargs)
+        self._architecture = fingerprint(graph)     # the original model's, checked on resume
+        #: the gates put on the free dimensions no norm judges (see ``judges``)
+        self.judged = add_judges(graph, fixed_names(graph, fixed), **analyze_kwargs) if judges \
+            else Judged(graph)
+        self._join_gates(optimizer)
+        self._set_graph(self.judged.graph)
         self.model = SurgicalModel(self.graph.module, None if ddp is False else {} if ddp is True else ddp)
         self.model.train(model.training)
         self.steps = 0
         self.history: list[dict] = []          # each surgery as data, for checkpoints
         self.log: list[dict] = []
+
+    def _join_gates(self, optimizer: torch.optim.Optimizer) -> None:
+        """Put each gate's parameter into the optimizer group of the layer it feeds (frozen,
+        as that layer's weight is, where the weight is frozen)."""
+        params = dict(self.judged.graph.module.named_parameters())
+        for gate, (_, weight) in self.judged.gates.items():
+            p = params[f"{gate}.weight"]
+            p.requires_grad_(params[weight].requires_grad)
+            group = next((g for g in optimizer.param_groups if any(q is params[weight] for q in g["params"])),
+                         optimizer.param_groups[0])
+            group["params"].append(p)
 
     # ---- the graph of the current network ------------------------------------------
     def _set_graph(self, graph: ChannelGraph) -> None:
@@ -131,8 +152,9 @@ class SurgicalTraining:
             if d.name in self.fixed_dims:
                 continue
             for m in d.sources:
-                if m.tensor not in params or params[m.tensor].dim() != 1:
-                    continue        # a frozen scale (a buffer), or a head's projection: not γ
+                if m.tensor not in params or params[m.tensor].dim() != 1 or \
+                        not params[m.tensor].requires_grad:
+                    continue        # a frozen scale (a buffer, or no gradient), or a head's projection
                 p = params[m.tensor]
                 mask = masks.setdefault(m.tensor, torch.zeros(p.numel(), dtype=p.dtype, device=p.device))
                 mask[torch.as_tensor(m.positions, device=p.device)] = 1

@@ -56,7 +56,9 @@ class DemP(SurgicalTraining):
 
     ``death_set`` is a re-iterable of held-out batches (tensors, or tuples whose first
     entries are the model's inputs, so ``(x, y)`` works); a channel is dead when its
-    activation is at most ``epsilon`` on all of it. ``total_steps`` is the length of the
+    activation is at most ``epsilon`` on all of it (activations judge every free dimension,
+    so ``judges``, the gates Neural Rejuvenation puts where no norm judges, are off by
+    default). ``total_steps`` is the length of the
     run: the one-cycle schedule of λ (peak ``reg_peak``) and σ (peak ``noise_peak``)
     rises over its first ``rise`` fraction and decays to 0 at its end, where the last
     pruning happens. ``regularization`` is ``"l1"`` (λ·sign(γ) on the free scales) or
@@ -82,7 +84,7 @@ class DemP(SurgicalTraining):
                  reg_peak: float = 1e-3, noise_peak: float = 1e-3, rise: float = 0.3,
                  prune_every: int | None = 1000, epsilon: float = 0.0, seed: int = 0,
                  on_prune: Callable[[Pruning], None] | None = None, ddp: dict | bool = False,
-                 sparsity: str = "auto", **analyze_kwargs):
+                 sparsity: str = "auto", judges: bool = False, **analyze_kwargs):
         if regularization not in REGULARIZATIONS:
             raise FxSurgeonError(f"regularization must be one of {', '.join(REGULARIZATIONS)}, "
                                  f"not {regularization!r}")
@@ -99,7 +101,8 @@ class DemP(SurgicalTraining):
                                  "not an iterator: it is read at every pruning")
         if hasattr(death_set, "__len__") and len(death_set) == 0:
             raise FxSurgeonError("the death set is empty: death is measured on at least one batch")
-        super().__init__(model, example_inputs, optimizer, ddp=ddp, sparsity=sparsity, **analyze_kwargs)
+        super().__init__(model, example_inputs, optimizer, ddp=ddp, sparsity=sparsity, judges=judges,
+                         **analyze_kwargs)
         self.death_set, self.total_steps, self.regularization = death_set, total_steps, regularization
         self.reg_peak, self.noise_peak, self.rise = reg_peak, noise_peak, rise
         self.prune_every, self.epsilon, self.seed, self.on_prune = prune_every, epsilon, seed, on_prune

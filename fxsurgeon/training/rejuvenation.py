@@ -67,7 +67,10 @@ class NeuralRejuvenation(SurgicalTraining):
     ``dead_threshold`` is the paper's 0.01. ``round_to``: widths that grow are multiples
     of it (8 by default: at odd widths the same FLOPs train up to 1.3x slower, see
     docs/performance.md; 1 grows them as the paper does, channel by channel). ``on_event``
-    is called with each :class:`Event`. Train :attr:`model`, not the model you passed in.
+    is called with each :class:`Event`. ``judges`` gates the free dimensions no norm judges
+    (an MLP's hidden units, a ConvNeXt expansion: see :mod:`fxsurgeon.surgery.judges`), so
+    they are penalised, judged and rejuvenated like BatchNorm channels; :attr:`judged` says
+    which got a gate. Train :attr:`model`, not the model you passed in.
 
     Under ``torchrun``, pass ``ddp=True`` (or DistributedDataParallel's keyword
     arguments) instead of wrapping the model yourself: :attr:`model` then runs the DDP
@@ -85,7 +88,7 @@ class NeuralRejuvenation(SurgicalTraining):
                  delta_r: float = 0.01, delta_lambda: float = 5e-5, max_events: int | None = 1,
                  dead_threshold: float = 0.01, round_to: int = 8, seed: int = 0,
                  on_event: Callable[[Event], None] | None = None, ddp: dict | bool = False,
-                 fixed: Fixed = None, sparsity: str = "auto", **analyze_kwargs):
+                 fixed: Fixed = None, sparsity: str = "auto", judges: bool = True, **analyze_kwargs):
         if scheme not in SCHEMES or scheme == "prune":
             raise FxSurgeonError(f"scheme must be one of nr, cr, ca, not {scheme!r}")
         require("target", target, lambda v: v > 0, "a positive multiple of the model's cost")
@@ -102,7 +105,7 @@ class NeuralRejuvenation(SurgicalTraining):
         if check_every is not None and check_every < 1:
             raise FxSurgeonError(f"check_every must be a positive number of steps, got {check_every}")
         super().__init__(model, example_inputs, optimizer, ddp=ddp, fixed=fixed, sparsity=sparsity,
-                         **analyze_kwargs)
+                         judges=judges, **analyze_kwargs)
         self.metric, self.threshold, self.target = metric, threshold, target
         self.scheme, self.rescale = scheme, rescale
         self.check_every, self.delta_r, self.delta_lambda = check_every, delta_r, delta_lambda

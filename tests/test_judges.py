@@ -1,0 +1,189 @@
+"""Judges for free dimensions no norm judges (gates): every free dimension of a transformer,
+ConvNeXt or SwiGLU network gets one; putting them in and folding them out keeps the
+function; surgery and Neural Rejuvenation work on them (timm ConvNeXt and ViT, a
+HuggingFace Llama through torch.export)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+
+import fxsurgeon as fxs
+from fxsurgeon.layers.gate import Gate
+from fxsurgeon.surgery.judges import judged_share, unjudged_dims
+from randomnets import examples
+from tokennets import Mlp, nets
+
+SETTINGS = settings(max_examples=examples(20), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _gates(module):
+    return [m for m in module.modules() if isinstance(m, Gate)]
+
+
+def _randomise_gates(module, seed=0):
+    """Gates as training leaves them: some at zero, the rest anywhere in (0.5, 1.5)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for gate in _gates(module):
+            w = gate.weight
+            w.copy_(torch.rand(w.shape, generator=g, dtype=w.dtype) + 0.5)
+            w[::3] = 0
+
+
+@SETTINGS
+@given(nets())
+def test_every_free_dimension_of_a_transformer_or_convnext_gets_a_judge(case):
+    net, x, _ = case
+    graph = fxs.analyze(net, x)
+    judged = fxs.add_judges(graph)
+    assert judged.unjudged == {}
+    assert not unjudged_dims(judged.graph) and judged_share(judged.graph) == 1.0
+    mlps = sum(isinstance(m, Mlp) for m in net.modules())
+    assert len(judged.gates) == mlps == len(_gates(judged.graph.module))
+    # the gates cost nothing: a budget is the cost of the network they fold out of
+    assert judged.graph.count("params") == graph.count("params") == sum(p.numel() for p in net.parameters())
+
+
+@SETTINGS
+@given(nets())
+def test_judges_keep_the_function_and_fold_away_on_export(case):
+    net, x, x2 = case
+    gated = fxs.add_judges(fxs.analyze(net, x)).graph.module
+    with torch.no_grad():
+        for inp in (x, x2):
+            assert torch.equal(gated(inp), net(inp))        # g = 1 multiplies exactly
+        _randomise_gates(gated)
+        deployed = fxs.export(gated)
+        assert _gates(deployed) == []
+        for inp in (x, x2):
+            torch.testing.assert_close(deployed(inp), gated(inp), rtol=1e-10, atol=1e-12)
+
+
+@SETTINGS
+@given(nets())
+def test_surgery_on_dead_gates_keeps_the_function_in_every_scheme(case):
+    net, x, x2 = case
+    graph = fxs.add_judges(fxs.analyze(net, x)).graph
+    _randomise_gates(graph.module)
+    alive = fxs.liveliness(graph)
+    assert any(not a.all() for a in alive.values())
+    with torch.no_grad():
+        for scheme in ("prune", "nr", "cr", "ca"):
+            target = None if scheme == "prune" else 1.0
+            plan = fxs.plan(graph, alive, target=target, scheme=scheme, round_to=1)
+            new = fxs.rewrite(graph, plan, rescale=True).module
+            for inp in (x, x2):
+                torch.testing.assert_close(new(inp), graph.module(inp), rtol=1e-9, atol=1e-10)
+
+
+def test_a_dimension_read_elsewhere_too_is_reported_and_gets_no_gate():
+    class Leaky(torch.nn.Module):
+        """The hidden units reach fc2, and fc3 through a product: one gate cannot stand
+        before both."""
+
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2, self.fc3 = (torch.nn.Linear(4, 8), torch.nn.Linear(8, 3),
+                                            torch.nn.Linear(8, 3))
+
+        def forward(self, x):
+            h = torch.nn.functional.gelu(self.fc1(x))
+            return self.fc2(h) + self.fc3(h * 2)
+
+    judged = fxs.add_judges(fxs.analyze(Leaky(), torch.randn(2, 4)))
+    assert judged.gates == {}
+    assert list(judged.unjudged.values()) == ["its channels reach mul as well as the layers that read them"]
+
+
+def test_a_gate_a_layer_cannot_take_stays_in_the_deployed_network_with_a_warning():
+    class Twice(torch.nn.Module):
+        """fc2 is called twice, on two gated values: neither call can take its gate alone."""
+
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc3, self.fc2 = (torch.nn.Linear(4, 8), torch.nn.Linear(4, 8),
+                                            torch.nn.Linear(8, 4))
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(x))) + self.fc2(torch.tanh(self.fc3(x)))
+
+    x = torch.randn(2, 4, dtype=torch.float64)
+    judged = fxs.add_judges(fxs.analyze(Twice().double(), x))
+    assert len(judged.gates) == 2 and judged.unjudged == {}
+    _randomise_gates(judged.graph.module)
+    with pytest.warns(UserWarning, match="2 gate.s. stay in the deployed network"):
+        deployed = fxs.export(judged.graph.module)
+    assert len(_gates(deployed)) == 2
+    torch.testing.assert_close(deployed(x), judged.graph.module(x))
+
+
+# ---- Neural Rejuvenation on models nobody here wrote ----------------------------------
+
+def _timm(name, **kwargs):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    return timm.create_model(name, num_classes=5, **kwargs), torch.randn(8, 3, 32, 32)
+
+
+def _llama():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, vocab_size=50,
+                                      use_cache=False)
+    return transformers.LlamaForCausalLM(config), torch.randint(0, 50, (8, 8))
+
+
+MODELS = {"convnext_atto": lambda: _timm("convnext_atto"),
+          "vit_tiny": lambda: _timm("vit_tiny_patch16_224", img_size=32, patch_size=8),
+          "llama": _llama}
+
+
+def _logits(out):
+    return out.logits[:, -1, :5] if hasattr(out, "logits") else out
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_nr_rejuvenates_mlp_units_and_heads_of_transformers_and_convnexts(name):
+    model, x = MODELS[name]()
+    y = torch.arange(8) % 5
+    nr = fxs.NeuralRejuvenation(model, x[:2], torch.optim.AdamW(model.parameters(), lr=1e-3),
+                                threshold=0.9, round_to=1)
+    assert nr.judged.gates and nr.judged.unjudged == {}
+
+    def train(steps):
+        losses = []
+        for _ in range(steps):
+            nr.zero_grad()
+            loss = torch.nn.functional.cross_entropy(_logits(nr.model(x)), y)
+            loss.backward()
+            nr.step()
+            losses.append(float(loss.detach()))
+        return sum(losses) / steps
+
+    before = train(30)
+    network = nr.model.network
+    with torch.no_grad():              # the L1 search's outcome, on purpose: a third dead
+        for gate in _gates(network):
+            gate.weight[::3] = 0
+        heads = [n for n, m in network.named_modules() if n.endswith("attn.proj")]
+        if heads:                       # a ViT head: its output-projection columns
+            network.get_submodule(heads[0]).weight[:, :64] = 0
+    nr.model.eval()
+    with torch.no_grad():
+        old = _logits(nr.model(x))
+    event = nr.check()
+    assert event is not None and event.alpha > 1
+    with torch.no_grad():
+        torch.testing.assert_close(_logits(nr.model(x)), old, rtol=1e-4, atol=1e-5)
+    gated = {d for d, _ in nr.judged.gates.values()}     # dead units gone, the budget regrown
+    assert all(event.widths_alive[d] < event.widths_before[d] for d in gated)
+    assert all(event.widths_after[d] > event.widths_alive[d] for d in gated)
+    if heads:
+        head_dims = [d for d in event.widths_before if d.endswith("attn.heads")]
+        assert any(event.widths_alive[d] < event.widths_before[d] for d in head_dims)
+    nr.model.train()
+    after = train(30)
+    assert after < 2 * before
+    assert _gates(fxs.export(nr.model.network)) == []

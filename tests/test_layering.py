@@ -116,7 +116,8 @@ def test_the_checks_see_imports():
               "from ..judging import importance\n"
               "if TYPE_CHECKING:\n    from ..channels.tags import Tags\n"
               "def f():\n    import fxsurgeon.surgery.rewriter\n")
-    assert imported(source, "fxsurgeon.analysis", known) == {"fxsurgeon.errors", "fxsurgeon.judging.importance", "fxsurgeon.surgery.rewriter"}
+    assert imported(source, "fxsurgeon.analysis", known) == {
+        "fxsurgeon.errors", "fxsurgeon.judging.importance", "fxsurgeon.surgery.rewriter"}
 
 
 @pytest.mark.parametrize("name", ["partitioned", "folded", "tracing", "importance"])

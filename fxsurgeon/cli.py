@@ -112,7 +112,7 @@ def _leaf(text: str) -> type:
 
 
 def inspect(args) -> None:
-    from . import analyze
+    from . import add_judges, analyze
     from .analysis.drawing import to_dot, write_svg
     from .experiments.outdir import check_file
     from .zoo.specs import load_model
@@ -124,6 +124,7 @@ def inspect(args) -> None:
     graph = analyze(model, torch.randn(args.input_shape or shape), leaf_modules=args.leaf,
                     frontend=args.frontend)
     print(graph.summary())
+    print(add_judges(graph, leaf_modules=args.leaf, frontend=args.frontend).report(graph))
     for path in outputs.values():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     if args.json:

@@ -10,3 +10,21 @@ EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.py"))
 def test_example_runs(path, capsys):
     runpy.run_path(str(path), run_name="__main__")
     assert capsys.readouterr().out
+
+
+CONFIGS = sorted((Path(__file__).parent.parent / "examples").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_example_config_trains_under_adamw(path, tmp_path):
+    """The transformer and ConvNeXt recipes of docs/transformers.md, in smoke size (the
+    events on those networks are tested in tests/test_judges.py)."""
+    import json
+
+    from fxsurgeon.cli import main
+
+    assert main(["train", "--config", str(path), "--smoke", "--quiet", "--seeds", "0", "--device", "cpu",
+                 "--out", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["recipe"]["optimizer"] == "adamw"
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert {r["method"] for r in results} == {"baseline", "nr"}

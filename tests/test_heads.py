@@ -209,3 +209,35 @@ def test_hand_written_attention_loses_and_gains_heads(heads, head_dim, infer, sc
     surgery = fxs.rewrite(graph, plan, seed=seed)
     assert_same_function(net, surgery.module, x)
     assert fxs.analyze(surgery.module, x).count("flops") == plan.predicted
+
+
+class _FusedQkv(torch.nn.Module):
+    """Attention written by hand as timm writes it, but with the head_dim left to -1."""
+
+    def __init__(self, dim=16, heads=4):
+        super().__init__()
+        self.embed, self.norm = torch.nn.Linear(6, dim), torch.nn.LayerNorm(dim)
+        self.heads, self.qkv, self.proj = heads, torch.nn.Linear(dim, 3 * dim), torch.nn.Linear(dim, dim)
+
+    def forward(self, x):
+        x = self.norm(self.embed(x))
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(b, t, -1))
+
+
+@pytest.mark.xfail(strict=True, raises=fxs.FxSurgeonError,
+                   reason="known bug: the literal head count beside a -1 head_dim is read as a divisor "
+                          "(ops/movement.py Reshape), so after a head goes the reshape splits what is left "
+                          "into as many heads as before; the rewrite's self-check refuses it")
+def test_a_dead_head_of_a_fused_qkv_written_with_minus_one_is_removed_exactly():
+    torch.manual_seed(0)
+    model = _FusedQkv().double().eval()
+    x = torch.randn(2, 5, 6, dtype=torch.float64)
+    graph = fxs.analyze(model, x)
+    assert graph["qkv"].free
+    with torch.no_grad():
+        model.proj.weight[:, :4] = 0
+    surgery = fxs.rewrite(graph, fxs.plan(graph, fxs.liveliness(graph), target=None, scheme="prune"))
+    torch.testing.assert_close(surgery.module(x), model(x))

@@ -187,3 +187,33 @@ def test_nr_rejuvenates_mlp_units_and_heads_of_transformers_and_convnexts(name):
     after = train(30)
     assert after < 2 * before
     assert _gates(fxs.export(nr.model.network)) == []
+
+
+# ---- DemP's death test on GELU / SiLU units --------------------------------------------
+
+@pytest.mark.parametrize("name", ["convnext_atto", "vit_tiny"])
+def test_demp_prunes_gelu_units_below_a_fraction_of_the_largest(name):
+    """A GELU unit whose row is zero and bias -4 emits GELU(-4) = -1.3e-4 whatever its input:
+    dead, but never exactly zero, so the exact test finds nothing; 1 % of its dimension's
+    largest peak finds it (and any live unit that quiet: like ``epsilon``, the test removes
+    quasi-dead units, so the function changes by what they emitted). A SwiGLU unit with a
+    zero gate row is exactly zero already: SiLU(0) times anything."""
+    model, x = MODELS[name]()
+    model = model.eval()
+    with torch.no_grad():
+        for n, m in model.named_modules():
+            if n.endswith("mlp.fc1"):
+                m.weight[::3] = 0
+                m.bias[::3] = -4
+    for fraction, pruned in ((0.0, False), (0.01, True)):
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        demp = fxs.DemP(model, x[:2], opt, [x], total_steps=2, prune_every=1, reg_peak=0.0,
+                        noise_peak=0.0, fraction=fraction)
+        demp.zero_grad()
+        _logits(demp.model(x)).sum().backward()
+        demp.step()
+        assert bool(demp.prunings) == pruned
+        if pruned:
+            event = demp.prunings[0]
+            mlps = [d for d in event.widths_before if d.endswith("mlp.fc1")]
+            assert mlps and all(event.widths_after[d] <= event.widths_before[d] * 2 // 3 for d in mlps)

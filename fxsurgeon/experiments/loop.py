@@ -43,6 +43,7 @@ class Recipe:
 
     epochs: int = 160
     batch_size: int = 64
+    optimizer: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -88,9 +89,10 @@ class Recipe:
 HELP = {
     "epochs": "epochs of the LR schedule: the whole run, or what follows NR's search",
     "batch_size": "training batch size",
-    "lr": "SGD learning rate",
+    "optimizer": "sgd (with momentum, the paper's) or adamw (transformers, ConvNeXts)",
+    "lr": "learning rate",
     "momentum": "SGD momentum",
-    "weight_decay": "SGD weight decay",
+    "weight_decay": "weight decay (AdamW's decoupled)",
     "metric": "NR's resource: params or flops",
     "target": "NR's budget: this times the original model's cost",
     "threshold": "NR's T_r: an event fires when utilization falls below it",
@@ -121,6 +123,7 @@ HELP = {
 
 SPARSITY = ("auto", "subgradient", "proximal")
 DEATH_SETS = ("train", "held-out")
+OPTIMIZERS = ("sgd", "adamw")
 
 #: what each recipe setting must be, beyond its type
 _LIMITS = {name: (test, wanted) for names, test, wanted in [
@@ -136,6 +139,7 @@ _LIMITS = {name: (test, wanted) for names, test, wanted in [
     (("events",), lambda v: v >= 1, "a whole number of at least 1, or null (unlimited)"),
     (("fixed",), lambda v: v == "trunk", "trunk or null"),
     (("sparsity",), lambda v: v in SPARSITY, " or ".join(SPARSITY)),
+    (("optimizer",), lambda v: v in OPTIMIZERS, " or ".join(OPTIMIZERS)),
     (("death_set",), lambda v: v in DEATH_SETS, " or ".join(DEATH_SETS)),
     (("lr_steps",), lambda v: v == sorted(set(v)) and min(v, default=1) >= 1,
      "increasing whole numbers of at least 1"),
@@ -255,7 +259,8 @@ def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: 
     model = place.model(model)
     example = place.batch(torch.zeros(data.input_shape))
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                          weight_decay=recipe.weight_decay)
+                          weight_decay=recipe.weight_decay) if recipe.optimizer == "sgd" else \
+        torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     wrapper = how.wrapper(model, example, opt, len(train_loader))
     original = wrapper.graph.count("params")
     run = {"epoch": 0, "start": None if how.searches else 0, "length": recipe.epochs, "pruned": False,

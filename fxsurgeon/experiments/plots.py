@@ -19,13 +19,13 @@ def _pyplot():
 #: what the training plot can show, in order: history key, axis label
 PANELS = (("utilization", "utilization r = U / c"), ("lambda", "λ (regularization)"),
           ("sigma", "σ (DemP noise)"), ("sparsity", "sparsity (params removed)"),
-          ("seconds", "seconds per epoch"), ("accuracy", "test accuracy"))
+          ("seconds", "seconds per epoch"), ("loss", "training loss"), ("accuracy", "test accuracy"))
 
 
 def plot_training(results: list[Result], path: Path) -> Path:
     """Per epoch, for each run, what its history records: utilization, λ, σ, sparsity,
-    time per epoch and test accuracy; NR's events and DemP's prunings marked (for NR, the
-    paper's Figure 1)."""
+    time per epoch, training loss (log scale) and test accuracy; NR's events and DemP's
+    prunings marked (for NR, the paper's Figure 1)."""
     plt = _pyplot()
     panels = [(k, t) for k, t in PANELS if any(k in h for r in results for h in r.history)]
     fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.3 * len(panels)), sharex=True, squeeze=False)
@@ -41,8 +41,10 @@ def plot_training(results: list[Result], path: Path) -> Path:
             for e in res.events:        # the first epoch whose steps reach the event's
                 at = next(h["epoch"] for h in res.history if h["step"] >= e.step)
                 ax.axvline(at, color=colour, linestyle=":", linewidth=1)
-    for ax, (_, title) in zip(axes, panels, strict=True):
+    for ax, (key, title) in zip(axes, panels, strict=True):
         ax.set_ylabel(title, fontsize="small")
+        if key == "loss":
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("epoch")
     axes[-1].legend(fontsize="small")        # accuracy: every run has it

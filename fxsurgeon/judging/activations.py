@@ -100,9 +100,17 @@ def activation_peaks(graph: ChannelGraph, batches: Iterable) -> dict[str, np.nda
     return {d.name: best[offsets[i]:offsets[i + 1]] for i, d in enumerate(graph.dims) if d.free}
 
 
-def activation_liveliness(graph: ChannelGraph, batches: Iterable,
-                          epsilon: float = 0.0) -> dict[str, np.ndarray]:
+def activation_liveliness(graph: ChannelGraph, batches: Iterable, epsilon: float = 0.0,
+                          fraction: float = 0.0) -> dict[str, np.ndarray]:
     """Per free dimension, True where a channel is alive: its post-activation output
     exceeds ``epsilon`` in magnitude somewhere on ``batches`` (``epsilon > 0`` also
-    calls quasi-dead units dead; NaN is alive). The masks :func:`~fxsurgeon.plan` takes."""
-    return {name: ~(peak <= epsilon) for name, peak in activation_peaks(graph, batches).items()}
+    calls quasi-dead units dead; NaN is alive), and exceeds ``fraction`` of the largest
+    peak of its dimension. GELU and SiLU units are never exactly zero: ``fraction=0.01``
+    is the paper's dead test (1 % of the layer's largest) on activations instead of γ.
+    The masks :func:`~fxsurgeon.plan` takes."""
+    alive = {}
+    for name, peak in activation_peaks(graph, batches).items():
+        finite = peak[np.isfinite(peak)]
+        top = float(finite.max()) if fraction and finite.size else 0.0
+        alive[name] = ~(peak <= max(epsilon, fraction * top))
+    return alive

@@ -43,6 +43,16 @@ class Judged:
     gates: dict[str, tuple[str, str]] = field(default_factory=dict)
     unjudged: dict[str, str] = field(default_factory=dict)
 
+    def report(self, before: ChannelGraph) -> str:
+        """What the judges change, in a few lines (``fxsurgeon inspect`` prints it):
+        the share of free channels judged before and with the gates, and each free
+        dimension left without a judge, with the reason."""
+        lines = [f"judged: {judged_share(before):.1%} of the free channels by a norm or a head; "
+                 f"{judged_share(self.graph):.1%} with {len(self.gates)} gate(s) "
+                 f"({', '.join(sorted({d for d, _ in self.gates.values()})) or 'none needed'})"]
+        lines += [f"  no judge for {name}: {why}" for name, why in sorted(self.unjudged.items())]
+        return "\n".join(lines)
+
 
 def unjudged_dims(graph: ChannelGraph) -> list:
     """The free dimensions that no scale judges (no source, or a writer it does not follow)."""

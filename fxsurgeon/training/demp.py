@@ -56,9 +56,10 @@ class DemP(SurgicalTraining):
 
     ``death_set`` is a re-iterable of held-out batches (tensors, or tuples whose first
     entries are the model's inputs, so ``(x, y)`` works); a channel is dead when its
-    activation is at most ``epsilon`` on all of it (activations judge every free dimension,
-    so ``judges``, the gates Neural Rejuvenation puts where no norm judges, are off by
-    default). ``total_steps`` is the length of the
+    activation is at most ``epsilon`` on all of it, or at most ``fraction`` of the largest
+    peak of its dimension (0.01 for GELU or SiLU units, which are never exactly zero).
+    Activations judge every free dimension, so ``judges`` (the gates Neural Rejuvenation
+    puts where no norm judges) are off by default. ``total_steps`` is the length of the
     run: the one-cycle schedule of λ (peak ``reg_peak``) and σ (peak ``noise_peak``)
     rises over its first ``rise`` fraction and decays to 0 at its end, where the last
     pruning happens. ``regularization`` is ``"l1"`` (λ·sign(γ) on the free scales) or
@@ -82,7 +83,7 @@ class DemP(SurgicalTraining):
     def __init__(self, model: nn.Module, example_inputs, optimizer: torch.optim.Optimizer,
                  death_set: Iterable, *, total_steps: int, regularization: str = "l1",
                  reg_peak: float = 1e-3, noise_peak: float = 1e-3, rise: float = 0.3,
-                 prune_every: int | None = 1000, epsilon: float = 0.0, seed: int = 0,
+                 prune_every: int | None = 1000, epsilon: float = 0.0, fraction: float = 0.0, seed: int = 0,
                  on_prune: Callable[[Pruning], None] | None = None, ddp: dict | bool = False,
                  sparsity: str = "auto", judges: bool = False, **analyze_kwargs):
         if regularization not in REGULARIZATIONS:
@@ -94,6 +95,7 @@ class DemP(SurgicalTraining):
         require("noise_peak", noise_peak, lambda v: v >= 0, "at least 0")
         require("rise", rise, lambda v: 0 < v < 1, "between 0 and 1")
         require("epsilon", epsilon, lambda v: v >= 0, "at least 0")
+        require("fraction", fraction, lambda v: 0 <= v < 1, "in [0, 1)")
         if prune_every is not None and prune_every < 1:
             raise FxSurgeonError(f"prune_every must be a positive number of steps, got {prune_every}")
         if iter(death_set) is death_set:
@@ -106,6 +108,7 @@ class DemP(SurgicalTraining):
         self.death_set, self.total_steps, self.regularization = death_set, total_steps, regularization
         self.reg_peak, self.noise_peak, self.rise = reg_peak, noise_peak, rise
         self.prune_every, self.epsilon, self.seed, self.on_prune = prune_every, epsilon, seed, on_prune
+        self.fraction = fraction
         self.original = {m: self.graph.count(m) for m in ("params", "flops")}
         self.prunings: list[Pruning] = []
         self._generators: dict[str, torch.Generator] = {}
@@ -190,7 +193,8 @@ class DemP(SurgicalTraining):
     # ---- pruning -----------------------------------------------------------------------
     def alive(self) -> dict[str, np.ndarray]:
         """Alive masks of the current network on the death set (rank 0's under DDP)."""
-        return shared(lambda: activation_liveliness(self.graph, self.death_set, self.epsilon))
+        return shared(lambda: activation_liveliness(self.graph, self.death_set, self.epsilon,
+                                                            self.fraction))
 
     def prune(self) -> Pruning | None:
         """Remove the channels that are dead on the death set now (None if none can go)."""

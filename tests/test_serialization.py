@@ -56,6 +56,9 @@ def _rejuvenated_network():
 
 
 def test_rewritten_networks_pickle_and_load_in_a_fresh_process(tmp_path):
+    """Equal to float32 rounding, not bitwise: another process may run other kernels (its
+    thread count follows the machine's load), and float32 sums in another order differ in
+    the last bits."""
     saved = {}
     for scheme, module in _surgeries():
         saved[scheme] = (module, X)
@@ -71,13 +74,13 @@ def test_rewritten_networks_pickle_and_load_in_a_fresh_process(tmp_path):
         f"for name in {sorted(saved)!r}:\n"
         f"    net = torch.load(r'{tmp_path}/' + name + '.pt', weights_only=False)\n"
         f"    io = torch.load(r'{tmp_path}/' + name + '.io.pt', weights_only=True)\n"
-        "    assert torch.equal(net(io['x']), io['y']), name\n"
+        "    torch.testing.assert_close(net(io['x']), io['y'], rtol=1e-5, atol=1e-6, msg=name)\n"
         "sys.path.insert(0, 'tests')\n"
         "import fxsurgeon as fxs\n"
         "from wrapped import small_net\n"
         f"net = fxs.load(r'{tmp_path}/data.pt', model=small_net())\n"
         f"io = torch.load(r'{tmp_path}/data.io.pt', weights_only=True)\n"
-        "assert torch.equal(net(io['x']), io['y'])\n"
+        "torch.testing.assert_close(net(io['x']), io['y'], rtol=1e-5, atol=1e-6)\n"
         "print('loaded')\n")
     done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)

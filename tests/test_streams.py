@@ -45,17 +45,26 @@ def _train_step(net, x):
     return y.detach(), grads, {k: v.clone() for k, v in net.state_dict().items()}
 
 
+def _close(got, want, msg=None):
+    """Equal to float64 rounding, measured against the tensor's own scale: the two forms sum
+    in other orders (parts, and kernels that split work by thread count, which a busy
+    machine changes), and an entry that cancels to near zero keeps the absolute rounding of
+    the large terms it came from."""
+    scale = 1 + float(want.abs().max()) if want.is_floating_point() and want.numel() else 1
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9 * scale, msg=msg)
+
+
 def assert_trains_as_plain(streamed, x):
     plain = copy.deepcopy(canonical(streamed))
     y0, g0, s0 = _train_step(plain, x)
     y1, g1, s1 = _train_step(streamed, x)
-    torch.testing.assert_close(y1, y0, rtol=1e-9, atol=1e-9)
+    _close(y1, y0)
     assert g1.keys() == g0.keys()
     for k in g0:
-        torch.testing.assert_close(g1[k], g0[k], rtol=1e-9, atol=1e-9, msg=k)
+        _close(g1[k], g0[k], msg=k)
     assert s1.keys() == s0.keys()
     for k in s0:        # running statistics, num_batches_tracked counted once
-        torch.testing.assert_close(s1[k], s0[k], rtol=1e-9, atol=1e-9, msg=k)
+        _close(s1[k], s0[k], msg=k)
 
 
 def _streamed_calls(net) -> dict[str, int]:

@@ -173,7 +173,7 @@ def test_every_shipped_config_names_a_model_and_a_valid_recipe():
     from fxsurgeon.experiments.runs import load_config, recipe_from
     from fxsurgeon.zoo.specs import load_model
     names = sorted(p.name[:-5] for p in (resources.files("fxsurgeon") / "configs").iterdir())
-    assert len(names) == 9
+    assert len(names) == 11
     for name in names:
         cfg = load_config(f"paper:{name}")
         recipe = recipe_from(cfg["recipe"])
@@ -181,6 +181,42 @@ def test_every_shipped_config_names_a_model_and_a_valid_recipe():
         assert ("nr-cr" in cfg["methods"]) == (cfg["paper"]["table"] in ("4", "5"))
         assert (recipe.fixed == "trunk") == ("resnet" in name), name
         load_model(cfg["model"], 10)
+
+
+#: the paper's numbers (Qiao et al., CVPR 2019), error % (top-1; ImageNet top-5 beside it):
+#: Table 2 by (model, the budget NR keeps), Table 4 by (model, dataset), Table 5 per event
+PAPER_TABLE_2 = {("resnet50", "flops"): ((24.30, 7.19), (22.79, 6.56)),
+                 ("resnet50", "params"): ((24.30, 7.19), (22.93, 6.47)),
+                 ("vgg16", "flops"): ((24.26, 7.32), (23.71, 7.01)),
+                 ("vgg16", "params"): ((24.26, 7.32), (23.11, 6.69))}
+PAPER_TABLE_4 = {("vgg19", "cifar10"): (5.44, 4.19), ("vgg19", "cifar100"): (23.11, 21.53),
+                 ("resnet164", "cifar10"): (6.11, 5.13), ("resnet164", "cifar100"): (28.86, 23.84),
+                 ("densenet100", "cifar10"): (3.64, 3.40), ("densenet100", "cifar100"): (19.85, 18.59)}
+PAPER_TABLE_5 = [5.44, 4.19, 4.03, 3.79, 3.69, 3.62]
+
+
+def test_every_shipped_config_quotes_the_paper_row_it_reproduces():
+    """A config's budget decides its column of Table 2 (the same FLOPs or the same
+    parameters); Table 4 is NR-CR at half the parameters; Table 5 per event."""
+    from importlib import resources
+
+    from fxsurgeon.experiments.runs import load_config
+    for path in sorted((resources.files("fxsurgeon") / "configs").iterdir()):
+        cfg = load_config(f"paper:{path.name[:-5]}")
+        paper, recipe, model = cfg["paper"], cfg["recipe"], path.name.split("-")[0]
+        if paper["table"] == "2":
+            (base, base5), (nr, nr5) = PAPER_TABLE_2[(model, recipe["metric"])]
+            assert paper["error"] == {"baseline": base, "nr-ca": nr}, path.name
+            assert paper["top5_error"] == {"baseline": base5, "nr-ca": nr5}, path.name
+            assert recipe["target"] == 1.0 and recipe["round_to"] == 1
+        elif paper["table"] == "4":
+            dataset = cfg["data"].split(":")[0]
+            base, nr = PAPER_TABLE_4[(model, dataset)]
+            assert paper["error"] == {"baseline": base, "nr-cr": nr}, path.name
+            assert (recipe["metric"], recipe["target"], recipe["threshold"]) == ("params", 0.5, 0.25)
+        else:
+            assert paper["table"] == "5" and paper["error_per_event"] == PAPER_TABLE_5
+            assert paper["error"] == {"baseline": PAPER_TABLE_5[0]}
 
 
 def _interrupt_at(monkeypatch, call: int):

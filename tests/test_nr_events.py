@@ -140,3 +140,47 @@ def test_the_training_network_compiles_whole_before_and_after_an_event(scheme):
         nn.functional.cross_entropy(compiled(x), y).backward()
         nr.step()
     assert [e.step for e in nr.events] == [2]      # and two steps of the new network after it
+
+
+def test_a_failing_event_backs_off_then_ends_the_search(monkeypatch):
+    """An event the rewrite refuses keeps the network, holds λ, is tried again 2 and then 4
+    checks later, and after 3 failures in a row the search ends: two warnings, never an
+    endless retry that grows λ for nothing (issue: events that fail over and over)."""
+
+
+    model = small_net()
+    nr = fxs.NeuralRejuvenation(model, batch()[0][:1], torch.optim.SGD(model.parameters(), lr=0.1),
+                                threshold=2.0)             # every check is below it
+    tries = []
+
+    def refuse(alive, r):
+        tries.append(nr.steps)
+        raise fxs.FxSurgeonError("the rewrite changed the function (on purpose)")
+
+    monkeypatch.setattr(nr, "_rejuvenate", refuse)
+    nr.lam = 0.25
+    network = nr.model.network
+    with pytest.warns(UserWarning) as caught:
+        for step in range(12):
+            nr.steps = step
+            assert nr.check() is None
+    assert tries == [0, 3, 8]
+    assert [str(w.message).split(":")[0] for w in caught] == ["rejuvenation at step 0 skipped",
+                                                              "rejuvenation at step 8 skipped"]
+    assert "the search ends" in str(caught[-1].message)
+    assert not nr.searching and nr.lam == 0.0 and nr.model.network is network
+    assert [e.get("waiting", False) for e in nr.log[:9]] == [False, True, True, False] + [True] * 4 + [False]
+
+
+def test_a_checkpoint_from_before_the_back_off_resumes(tmp_path):
+
+
+    model = small_net()
+    nr = fxs.NeuralRejuvenation(model, batch()[0][:1], torch.optim.SGD(model.parameters(), lr=0.1))
+    state = nr.state_dict()
+    del state["failures"], state["wait"]
+    state["format"] = "fxsurgeon.nr/3"
+    model = small_net()
+    fresh = fxs.NeuralRejuvenation(model, batch()[0][:1], torch.optim.SGD(model.parameters(), lr=0.1))
+    fresh.load_state_dict(state)
+    assert (fresh._failures, fresh._wait) == (0, 0)

@@ -78,8 +78,11 @@ class NeuralRejuvenation(SurgicalTraining):
     and builds identical new parameters (DDP broadcasts rank 0's anyway).
     """
 
-    FORMAT = "fxsurgeon.nr/3"
+    FORMAT = "fxsurgeon.nr/4"
+    #: failed events in a row after which the search ends
+    MAX_FAILURES = 3
     SCHEMA = {**SurgicalTraining.SCHEMA, "lam": float, "last_utilization": float | None,
+              "failures": int, "wait": int,
               "events": list[schema_of(Event)], "max_events": int | None}
 
     def __init__(self, model: nn.Module, example_inputs, optimizer: torch.optim.Optimizer, *,
@@ -116,6 +119,7 @@ class NeuralRejuvenation(SurgicalTraining):
         self.lam = 0.0
         self.events: list[Event] = []
         self._last_utilization: float | None = None
+        self._failures, self._wait = 0, 0     # failed events in a row; checks to wait
 
     # ---- training ------------------------------------------------------------------
     def step(self, closure=None):
@@ -157,19 +161,21 @@ class NeuralRejuvenation(SurgicalTraining):
         entry = {"step": self.steps, "lambda": self.lam, "utilization": r, "event": False}
         self.log.append(entry)
         if r < self.threshold and self.searching:
+            if self._wait:                      # backing off after a failed event; λ held
+                self._wait -= 1
+                entry["waiting"] = True
+                return None
             try:
                 with self._all_or_nothing():
                     event = self._rejuvenate(alive, r)
             except FxSurgeonError as err:       # keep training the network as it is
-                entry["error"] = str(err)
-                warnings.warn(f"rejuvenation at step {self.steps} skipped: {err}", stacklevel=2)
+                self._failed(entry, str(err), "skipped")
                 return None
             except Exception as err:            # a bug: the network and optimizer are as they were
-                entry["error"] = f"{type(err).__name__}: {err}"
-                warnings.warn(f"rejuvenation at step {self.steps} failed ({entry['error']}); training "
-                              f"goes on with the network as it was: please report it", stacklevel=2)
+                self._failed(entry, f"{type(err).__name__}: {err}", "failed (please report it)")
                 return None
             entry["event"] = True
+            self._failures = 0
             self.lam, self._last_utilization = 0.0, None
             if self.on_event:
                 self.on_event(event)
@@ -180,19 +186,40 @@ class NeuralRejuvenation(SurgicalTraining):
         self._last_utilization = r
         return None
 
+    def _failed(self, entry: dict, error: str, what: str) -> None:
+        """After a failed event the network trains on as it was, λ held: the next try comes
+        2, then 4 checks later, and after :attr:`MAX_FAILURES` failures in a row the search
+        ends (λ = 0, no more events). One warning when it first fails, one when it gives up."""
+        entry["error"] = error
+        self._failures += 1
+        if self._failures >= self.MAX_FAILURES:
+            self.end_search()
+            warnings.warn(f"rejuvenation at step {self.steps} {what}: {error}; after {self._failures} "
+                          f"failed events in a row the search ends (λ = 0, no more events)", stacklevel=3)
+        else:
+            self._wait = 2 ** self._failures
+            if self._failures == 1:
+                warnings.warn(f"rejuvenation at step {self.steps} {what}: {error}; the network trains on as "
+                              f"it was, λ held, and the event is tried again {self._wait} checks later "
+                              f"(the search ends after {self.MAX_FAILURES} failures in a row)", stacklevel=3)
+
     # ---- checkpoints -----------------------------------------------------------------
     def _state(self) -> dict:
         return {"lam": self.lam, "last_utilization": self._last_utilization, "max_events": self.max_events,
+                "failures": self._failures, "wait": self._wait,
                 "events": [{f.name: getattr(e, f.name) for f in fields(e) if f.name != "surgery"}
                            for e in self.events]}
 
     def _load_state(self, data: dict) -> None:
         self.lam, self._last_utilization = data["lam"], data["last_utilization"]
+        self._failures, self._wait = data["failures"], data["wait"]
         self.events, self.max_events = [build(Event, e) for e in data["events"]], data["max_events"]
 
     def _upgrade(self, data):
         if isinstance(data, dict) and data.get("format") == "fxsurgeon.nr/2":   # before end_search
-            return {**data, "format": self.FORMAT, "max_events": self.max_events}
+            data = {**data, "format": "fxsurgeon.nr/3", "max_events": self.max_events}
+        if isinstance(data, dict) and data.get("format") == "fxsurgeon.nr/3":   # before the back-off
+            data = {**data, "format": self.FORMAT, "failures": 0, "wait": 0}
         return data
 
     # ---- the event -------------------------------------------------------------------

@@ -217,3 +217,49 @@ def test_demp_prunes_gelu_units_below_a_fraction_of_the_largest(name):
             event = demp.prunings[0]
             mlps = [d for d in event.widths_before if d.endswith("mlp.fc1")]
             assert mlps and all(event.widths_after[d] <= event.widths_before[d] * 2 // 3 for d in mlps)
+
+
+def test_judges_on_the_export_front_end_keep_the_function_and_fold_away():
+    """The same gates through torch.export: SwiGLU and GELU MLPs of a token network."""
+    from tokennets import Block, TokenNet
+
+    torch.manual_seed(0)
+    net = TokenNet(6, 16, [Block(16, 2, 24, "rms", "swiglu", True), Block(16, 2, 16, "layer", "gelu", False)])
+    net = net.double().eval()
+    x, x2 = torch.randn(2, 5, 6, dtype=torch.float64), torch.randn(3, 7, 6, dtype=torch.float64)
+    judged = fxs.add_judges(fxs.analyze(net, x, frontend="export"), frontend="export")
+    assert judged.graph.frontend == "export" and len(judged.gates) == 2 and judged.unjudged == {}
+    gated = judged.graph.module
+    with torch.no_grad():
+        for inp in (x, x2):
+            assert torch.equal(gated(inp), net(inp))
+        _randomise_gates(gated)
+        deployed = fxs.export(gated)
+        assert _gates(deployed) == []
+        for inp in (x, x2):
+            torch.testing.assert_close(deployed(inp), gated(inp), rtol=1e-10, atol=1e-12)
+
+
+def test_repeated_events_on_gates_keep_the_function():
+    """Two events on a gated network: the gates of the first event's new units start at 1
+    and are judged at the second like the survivors'."""
+    model, x = MODELS["vit_tiny"]()
+    model = model.double()
+    x = x.double()
+    nr = fxs.NeuralRejuvenation(model, x[:2], torch.optim.AdamW(model.parameters(), lr=1e-3),
+                                threshold=0.95, round_to=1, max_events=2)
+    for event_number in range(2):
+        network = nr.model.network
+        with torch.no_grad():
+            for gate in _gates(network):
+                gate.weight[event_number::4] = 0
+        network.eval()
+        with torch.no_grad():
+            old = network(x)
+        event = nr.check()
+        assert event is not None
+        with torch.no_grad():
+            torch.testing.assert_close(nr.model.network.eval()(x), old, rtol=1e-9, atol=1e-10)
+        new_gates = _gates(nr.model.network)
+        assert new_gates and all(bool((g.weight != 0).all()) for g in new_gates)
+    assert len(nr.events) == 2 and not nr.searching

@@ -109,7 +109,9 @@ def analyze(model: nn.Module, example_inputs, *, leaf_modules: Iterable[type] = 
     ``frontend`` says how the model is traced: ``"fx"`` (``torch.fx`` symbolic tracing),
     ``"export"`` (``torch.export``, non-strict: see :mod:`fxsurgeon.analysis.export_frontend`) or
     ``"auto"``: fx, and export where fx cannot trace the model or run the trace on the
-    example inputs. ``graph.frontend`` says which one did.
+    example inputs. ``graph.frontend`` says which one did. A GraphModule (a network
+    fxsurgeon rewrote, or put judges into) is analysed as it is, whatever ``frontend``
+    says: exporting it again would take its own layers apart.
     """
     if not isinstance(model, nn.Module):
         raise FxSurgeonError(f"analyze() needs a torch.nn.Module, got {type(model).__name__}")
@@ -117,7 +119,7 @@ def analyze(model: nn.Module, example_inputs, *, leaf_modules: Iterable[type] = 
         raise FxSurgeonError(f"unknown frontend {frontend!r}: use one of {FRONTENDS}")
     refuse_wrapped(model)
     args = as_tuple(example_inputs)
-    if frontend == "export":
+    if frontend == "export" and not isinstance(model, fx.GraphModule):
         gm = _exported(model, args, leaf_modules, autowrap_functions, concrete_args)
     else:
         try:

@@ -2,19 +2,12 @@
 keep the user's model, optimizer and scheduler objects valid."""
 import pytest
 import torch
-from test_rewrite import randomise_norms
 from torch import nn
 
 import fxsurgeon as fxs
+from helpers.surgery import randomise_norms
+from helpers.training import kill_half
 from wrapped import batch, resumable_run, same_state, small_net, train_step
-
-
-def kill_half(nr):
-    """Zero γ of half the channels of every BatchNorm of the current network."""
-    with torch.no_grad():
-        for m in nr.model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight[::2] = 0
 
 
 def test_l1_subgradient_touches_only_free_scales():
@@ -183,8 +176,8 @@ def test_a_checkpoint_names_the_architecture_optimizer_and_version_it_needs(tmp_
                                                  r"not torch.optim.adam.Adam"):
         nr.load(path)
     data = torch.load(path, weights_only=True)
-    torch.save({**data, "format": "fxsurgeon.nr/4"}, path)
-    with pytest.raises(fxs.FxSurgeonError, match=r"written by a newer fxsurgeon \(format fxsurgeon.nr/4"):
+    torch.save({**data, "format": "fxsurgeon.nr/5"}, path)
+    with pytest.raises(fxs.FxSurgeonError, match=r"written by a newer fxsurgeon \(format fxsurgeon.nr/5"):
         nr.load(path)
 
 

@@ -28,3 +28,17 @@ def test_example_config_trains_under_adamw(path, tmp_path):
     assert json.loads((tmp_path / "run" / "run.json").read_text())["recipe"]["optimizer"] == "adamw"
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert {r["method"] for r in results} == {"baseline", "nr"}
+
+
+def test_the_mnist1d_study_runs_paired_arms(capsys):
+    """bench/mnist1d_study.py --smoke: the pipeline of the experiment, not its science."""
+    pytest.importorskip("mnist1d")
+    pytest.importorskip("scipy")
+    study = runpy.run_path(str(Path(__file__).parent.parent / "bench" / "mnist1d_study.py"))
+    results = {"uniform": {s: study["seed_runs"]("uniform", s, ["baseline", "nr", "l1"], "cpu", True)
+                           for s in (0, 1)}}
+    for runs in results["uniform"].values():
+        assert runs["nr"]["events"] and not runs["l1"]["events"]
+        assert runs["baseline"]["epochs"] == runs["nr"]["epochs"] == runs["l1"]["epochs"]
+    text = study["report"](results, [0, 1])
+    assert "| nr | 16,106 |" in text and "paired difference" in text

@@ -8,9 +8,10 @@ import warnings
 import numpy as np
 import torch
 
+from fxsurgeon.zoo import TORCHVISION_FAMILIES
+
 #: one model per torchvision family (the tests' CI subset)
-SUBSET = ["resnet50", "densenet121", "mobilenet_v3_large", "efficientnet_b0", "shufflenet_v2_x1_0",
-          "convnext_tiny", "regnet_y_400mf", "vit_b_16", "swin_t", "squeezenet1_0"]
+SUBSET = TORCHVISION_FAMILIES
 
 
 def kill(graph, fraction: float = 0.3, seed: int = 0, by_activation: bool = False) -> None:

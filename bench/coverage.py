@@ -36,7 +36,6 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # this checkout's fxsurgeon, an
 
 import coverage_check  # noqa: E402 - importable only now
 from coverage_check import SCHEMES, SOURCES  # noqa: E402
-
 from fxsurgeon.analysis.graph import FRONTENDS  # noqa: E402
 
 

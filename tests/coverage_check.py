@@ -20,11 +20,10 @@ import warnings
 
 import torch
 import torchvision
-from test_planner import kill
-from test_rewrite import randomise_norms
 
 import fxsurgeon as fxs
 from fxsurgeon.surgery.judges import JUDGES
+from helpers.surgery import kill, randomise_norms
 
 SOURCES = ("timm", "segmentation", "detection", "video")
 SCHEMES = ("prune", "nr", "cr", "ca")

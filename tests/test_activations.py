@@ -6,11 +6,11 @@ import torch
 import torchvision
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_rewrite import TOO_BIG, randomise_norms
 from torch import nn
 
 import fxsurgeon as fxs
 from fxsurgeon.judging.activations import activation_liveliness, activation_peaks
+from helpers.surgery import TOO_BIG, randomise_norms
 from randomnets import examples, nets
 from zoo import SUBSET, sweep
 

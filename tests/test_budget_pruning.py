@@ -12,12 +12,12 @@ import torch
 import torchvision
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_exact_surgery import same
 from torch import nn
 
 import fxsurgeon as fxs
 from fxsurgeon import importance
 from fxsurgeon.planning import budget
+from helpers.surgery import same
 from randomnets import examples, nets
 
 SUBSET = ["resnet50", "densenet121", "mobilenet_v3_large", "efficientnet_b0", "shufflenet_v2_x1_0",
@@ -149,8 +149,8 @@ def test_bad_scores_are_clear_errors(scores, message):
 def test_budget_pruning_on_exported_models(name, metric, target):
     """HuggingFace and ultralytics models come through torch.export; BERT's attention is
     pinned, so its budget is taken from the MLPs."""
-    from test_export_frontend import _hf, _yolo
-    model, (x, _) = _yolo() if name == "yolo" else _hf(name)
+    from helpers.models import hf, yolo
+    model, (x, _) = yolo() if name == "yolo" else hf(name)
     model = model.eval()
     graph = fxs.analyze(model, x)
     assert graph.frontend == "export"

@@ -3,12 +3,12 @@ import sys
 
 import pytest
 import torch
-from test_planner import kill
-from test_rewrite import randomise_norms
 
 import fxsurgeon as fxs
 from fxsurgeon.cli import main
 from fxsurgeon.zoo import digits_cnn, resnet164_cifar
+from helpers.surgery import kill, randomise_norms
+from helpers.training import saved_surgery
 
 
 def _checkpoint(tmp_path):
@@ -67,26 +67,13 @@ def test_pruned_model_keeps_its_class_count(tmp_path):
     assert fxs.load(out)(torch.randn(1, 3, 32, 32)).shape == (1, 100)
 
 
-def _saved_surgery(tmp_path, spec=None, model=None):
-    """digits_cnn (or ``model``) with a third of its channels dead, pruned and saved with
-    ``fxs.save``; returns the path and the pruned network."""
-    model = model or digits_cnn()
-    randomise_norms(model)
-    graph = fxs.analyze(model, torch.zeros(1, 1, 8, 8))
-    kill(graph, 0.3)
-    surgery = fxs.rewrite(graph, fxs.plan(graph, fxs.liveliness(graph), target=None, scheme="prune"))
-    path = tmp_path / "net.pt"
-    fxs.save(graph, surgery, path, spec=spec)
-    return path, surgery.module.eval()
-
-
 def _tamper(path, **changes):
     data = torch.load(path, weights_only=True)
     torch.save({**data, **changes}, path)
 
 
 def test_a_python_model_saves_and_loads_with_the_callers_model(tmp_path):
-    path, pruned = _saved_surgery(tmp_path, model=digits_cnn(width=8))
+    path, pruned = saved_surgery(tmp_path, model=digits_cnn(width=8))
     x = torch.randn(3, 1, 8, 8)
     assert torch.equal(fxs.load(path, model=digits_cnn(width=8))(x), pruned(x))
     with pytest.raises(fxs.FxSurgeonError, match=r"does not name its model .* model=YourModel\(\)"):
@@ -101,7 +88,7 @@ def test_a_file_never_makes_fxsurgeon_import_what_it_names(tmp_path, monkeypatch
     trap.write_text("import sys\nsys.modules['fxs_trap_sprung'] = sys\n\n"
                     "def factory(**kw):\n    return None\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    path, pruned = _saved_surgery(tmp_path, spec="zoo:digits_cnn")
+    path, pruned = saved_surgery(tmp_path, spec="zoo:digits_cnn")
     x = torch.randn(2, 1, 8, 8)
     assert torch.equal(fxs.load(path)(x), pruned(x))                   # a known source: built by name
     for spec in ("fxs_trap:factory", "os:getpid", "this:x"):
@@ -113,7 +100,7 @@ def test_a_file_never_makes_fxsurgeon_import_what_it_names(tmp_path, monkeypatch
 
 
 def test_files_of_other_kinds_and_versions_say_what_they_are(tmp_path):
-    path, _ = _saved_surgery(tmp_path, spec="zoo:digits_cnn")
+    path, _ = saved_surgery(tmp_path, spec="zoo:digits_cnn")
     _tamper(path, format="fxsurgeon.pruned/4")
     with pytest.raises(fxs.FxSurgeonError, match=r"written by a newer fxsurgeon \(format fxsurgeon.pruned/4; "
                                                  r"this one reads fxsurgeon.pruned/3\): upgrade"):

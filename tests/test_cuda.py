@@ -4,11 +4,11 @@ keep every tensor on the GPU and the function the same, and training goes on aft
 CI has no GPU: these run where one is, with the same command as the rest of the suite."""
 import pytest
 import torch
-from test_rejuvenation import kill_half
 from torch import nn
 
 import fxsurgeon as fxs
 from fxsurgeon.cli import main
+from helpers.training import kill_half
 from wrapped import batch, small_net
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

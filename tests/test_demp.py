@@ -10,17 +10,10 @@ from torch import nn
 
 import fxsurgeon as fxs
 from fxsurgeon.training.schedules import one_cycle
+from helpers.training import kill_relu_units
 from wrapped import batch, resumable_run, same_state, small_net, train_step
 
 DEATH_SET = [batch(100 + i) for i in range(2)]
-
-
-def kill(network, channels=(0, 2, 5)):
-    """Make ``channels`` of the first BatchNorm output exactly zero after its ReLU."""
-    with torch.no_grad():
-        bn = network.get_submodule("1")
-        bn.weight[list(channels)] = 0
-        bn.bias[list(channels)] = -1
 
 
 @given(st.integers(1, 5000), st.floats(0.05, 0.95))
@@ -49,7 +42,7 @@ def test_lambda_and_sigma_follow_the_schedule():
 
 def test_noise_touches_only_live_units():
     model = small_net()
-    kill(model)
+    kill_relu_units(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     demp = fxs.DemP(model, batch()[0][:1], opt, DEATH_SET, total_steps=10, reg_peak=0.0,
                     noise_peak=0.5, prune_every=None)
@@ -90,7 +83,7 @@ def test_regularization_touches_only_free_scales(regularization):
 
 def test_pruning_keeps_the_function_the_objects_and_the_optimizer_state():
     model = small_net().double()
-    kill(model)
+    kill_relu_units(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     death = [(x.double(), y) for x, y in DEATH_SET]
@@ -99,7 +92,7 @@ def test_pruning_keeps_the_function_the_objects_and_the_optimizer_state():
     net = demp.model
     for i in range(2):
         train_step(demp, i, torch.float64)
-    kill(demp.model.network)                      # momentum revived them a little: dead again
+    kill_relu_units(demp.model.network)                      # momentum revived them a little: dead again
     net.eval()
     x = batch(9)[0].double()
     before = net(x)
@@ -122,7 +115,7 @@ def test_pruning_keeps_the_function_the_objects_and_the_optimizer_state():
 
 def test_the_last_step_prunes():
     model = small_net()
-    kill(model)
+    kill_relu_units(model)
     demp = fxs.DemP(model, batch()[0][:1], torch.optim.SGD(model.parameters(), lr=0.0), DEATH_SET,
                     total_steps=3, noise_peak=0.0, prune_every=None)
     for i in range(3):
@@ -136,7 +129,7 @@ def _run(tmp_path, steps, save_at=None, resume=None):
         return fxs.DemP(model, example, opt, DEATH_SET, total_steps=steps, prune_every=3, reg_peak=1e-2,
                         noise_peak=1e-2, seed=7)
     return resumable_run(make, steps, tmp_path / "run.pt", save_at, resume,
-                          lambda w: kill(w.model.network))
+                          lambda w: kill_relu_units(w.model.network))
 
 
 @pytest.mark.parametrize("save_at", [2, 4])

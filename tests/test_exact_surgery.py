@@ -10,11 +10,10 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_planner import kill
-from test_rewrite import randomise_norms
 from torch import nn
 
 import fxsurgeon as fxs
+from helpers.surgery import kill, randomise_norms, same
 from randomnets import Concat, ConvBlock, Net, examples, nets
 
 SCHEMES = ("prune", "nr", "cr", "ca")
@@ -26,10 +25,6 @@ def surgery(model, x, scheme, fraction=0.3, seed=0, **analyze_kwargs):
     kill(graph, fraction, seed)
     plan = fxs.plan(graph, fxs.liveliness(graph), target=None if scheme == "prune" else 1.0, scheme=scheme)
     return graph, fxs.rewrite(graph, plan, rescale=scheme == "ca", seed=seed)
-
-
-def same(a, b):
-    return (a - b).abs().max() <= 1e-9 * max(1.0, float(a.abs().max()))
 
 
 def exact_in_every_scheme(model, x, *other_inputs, removes=True, **analyze_kwargs):

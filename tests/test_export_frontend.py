@@ -5,56 +5,18 @@ Each model is built from a small config (nothing is downloaded), in float64: its
 are counted exactly, its multiply-accumulates equal FlopCounterMode's, and ``prune`` and
 ``nr`` keep its function, on the example and on inputs of other sizes.
 """
-import os
-import tempfile
 
 import numpy as np
 import pytest
 import torch
 import torchvision
-from test_planner import kill
-from test_rewrite import randomise_norms
-from test_torchvision_zoo import _flop_counter_macs
 from torch import nn
 
 import fxsurgeon as fxs
 from fxsurgeon.ops import TABLE
-
-
-def _hf(name):
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    tokens = (torch.randint(0, 100, (2, 12)), torch.randint(0, 100, (3, 7)))
-    images = (torch.randn(2, 3, 32, 32), torch.randn(3, 3, 32, 32))
-    if name == "bert":
-        config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
-                                         num_attention_heads=4, intermediate_size=37,
-                                         max_position_embeddings=64)
-        return transformers.BertModel(config), tokens
-    if name == "gpt2":
-        config = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64,
-                                         use_cache=False, bos_token_id=0, eos_token_id=0)
-        return transformers.GPT2Model(config), tokens
-    if name == "vit":
-        config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
-                                        num_attention_heads=4, intermediate_size=37)
-        return transformers.ViTModel(config), images
-    if name == "convnext":
-        config = transformers.ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2)
-        return transformers.ConvNextModel(config), (images[0], torch.randn(3, 3, 48, 48))
-    config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
-                                       layer_type="bottleneck")
-    return transformers.ResNetModel(config), (images[0], torch.randn(3, 3, 48, 48))
-
-
-def _yolo():
-    """YOLOv8n from its yaml, with ultralytics' settings in a temporary folder and offline."""
-    os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp())
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    tasks = pytest.importorskip("ultralytics.nn.tasks")
-    torch.manual_seed(0)
-    return tasks.DetectionModel("yolov8n.yaml", verbose=False), (torch.randn(1, 3, 64, 64),
-                                                                  torch.randn(1, 3, 96, 96))
+from helpers.flops import flop_counter_macs
+from helpers.models import hf, yolo
+from helpers.surgery import kill, randomise_norms
 
 
 def _fasterrcnn_fpn():
@@ -110,7 +72,7 @@ def exact(model, example, other, frontend="export"):
     graph = fxs.analyze(model, example, frontend=frontend)
     assert graph.frontend == frontend
     assert graph.count("params") == sum(p.numel() for p in model.parameters())
-    assert graph.count("flops") == _flop_counter_macs(model, example)
+    assert graph.count("flops") == flop_counter_macs(model, example)
     assert graph.free_dims
     kill(graph, 0.3)        # where a scale judges (γ, an attention head's projection columns)
     alive = {k: a for k, a in fxs.liveliness(graph).items() if graph[k].scaled}
@@ -137,7 +99,7 @@ def exact(model, example, other, frontend="export"):
 
 @pytest.mark.parametrize("name", ["bert", "gpt2", "vit", "convnext", "resnet"])
 def test_huggingface_models_need_export_and_are_exact(name):
-    model, (x, other) = _hf(name)
+    model, (x, other) = hf(name)
     with pytest.raises(fxs.UntraceableModelError):
         fxs.analyze(model, x, frontend="fx")
     graph, _ = exact(model, x, other, frontend="export")
@@ -146,13 +108,13 @@ def test_huggingface_models_need_export_and_are_exact(name):
 
 
 def test_auto_falls_back_to_export_where_fx_fails():
-    model, (x, _) = _hf("resnet")
+    model, (x, _) = hf("resnet")
     assert fxs.analyze(model, x).frontend == "export"
     assert fxs.analyze(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64)).frontend == "fx"
 
 
 def test_yolov8n_from_its_yaml():
-    model, (x, other) = _yolo()
+    model, (x, other) = yolo()
     with pytest.raises(fxs.UntraceableModelError):
         fxs.analyze(model, x, frontend="fx")
     exact(model, x, other)
@@ -232,7 +194,7 @@ def test_aten_rules_live_in_the_op_table():
 def test_neural_rejuvenation_and_demp_train_an_exported_model():
     """The optimizer wrappers take an exported model unchanged: an event keeps the function,
     and training goes on in train mode (batch statistics) through the rewritten graph."""
-    model, (x, _) = _hf("resnet")
+    model, (x, _) = hf("resnet")
     model = model.double()
     randomise_norms(model)
     x = x.double()
@@ -257,7 +219,7 @@ def test_neural_rejuvenation_and_demp_train_an_exported_model():
         assert _same(before, net(x))
     step(nr)
 
-    model, (x, _) = _hf("vit")
+    model, (x, _) = hf("vit")
     model, x = model.double().eval(), x.double()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     demp = fxs.DemP(model, x, opt, [x], total_steps=4, prune_every=2, reg_peak=0.0, noise_peak=0.0)
@@ -295,7 +257,7 @@ def test_cli_and_saved_surgery_take_the_export_front_end(tmp_path, capsys):
     assert main(["inspect", "torchvision:resnet18", "--frontend", "export",
                  "--input-shape", "1,3,64,64"]) == 0
     assert "11,689,512" in capsys.readouterr().out
-    model, (x, other) = _hf("resnet")
+    model, (x, other) = hf("resnet")
     model = model.double().eval()
     randomise_norms(model)
     x, other = x.double(), other.double()
@@ -303,14 +265,14 @@ def test_cli_and_saved_surgery_take_the_export_front_end(tmp_path, capsys):
     kill(graph, 0.3)
     surgery = fxs.rewrite(graph, fxs.plan(graph, fxs.liveliness(graph), target=None, scheme="prune"))
     fxs.save(graph, surgery, tmp_path / "net.pt")
-    fresh, _ = _hf("resnet")
+    fresh, _ = hf("resnet")
     loaded = fxs.load(tmp_path / "net.pt", model=fresh.double().eval())
     with torch.no_grad():
         assert _same(surgery.module(other), loaded(other))
 
 
 def test_a_rewrite_of_an_exported_model_exports_and_is_analysed_again():
-    model, (x, _) = _hf("resnet")
+    model, (x, _) = hf("resnet")
     graph = fxs.analyze(model.eval(), x)
     kill(graph, 0.3)
     new = fxs.rewrite(graph, fxs.plan(graph, fxs.liveliness(graph), target=None, scheme="prune")).module

@@ -11,11 +11,9 @@ from pathlib import Path
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_checkpoint import _saved_surgery
-from test_demp import kill
-from test_rejuvenation import kill_half
 
 import fxsurgeon as fxs
+from helpers.training import kill_half, kill_relu_units, saved_surgery
 from randomnets import examples
 from wrapped import batch, resumable_run, small_net, train_step
 
@@ -34,7 +32,7 @@ def _demp(model, example, opt):
     return fxs.DemP(model, example, opt, DEATH_SET, total_steps=6, prune_every=3, noise_peak=1e-2, seed=7)
 
 
-WRAPPERS = {"nr": (_nr, kill_half), "demp": (_demp, lambda w: kill(w.model.network))}
+WRAPPERS = {"nr": (_nr, kill_half), "demp": (_demp, lambda w: kill_relu_units(w.model.network))}
 
 
 @functools.cache
@@ -43,7 +41,7 @@ def original(kind: str) -> bytes:
     pruned digits_cnn that names its model."""
     path = SCRATCH / f"{kind}.pt"
     if kind == "pruned":
-        _saved_surgery(SCRATCH, spec="zoo:digits_cnn")[0].rename(path)
+        saved_surgery(SCRATCH, spec="zoo:digits_cnn")[0].rename(path)
     else:
         make, before_step_2 = WRAPPERS[kind]
         resumable_run(make, 6, path, 6, before_step_2=before_step_2)

@@ -6,31 +6,12 @@ import torch
 import torchvision
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_planner import kill
-from test_rewrite import assert_same_function, randomise_norms
 from torch import nn
 
 import fxsurgeon as fxs
+from helpers.models import block_net
+from helpers.surgery import assert_same_function, kill, randomise_norms
 from randomnets import ConvBlock, Residual, examples
-
-
-class Bottleneck(nn.Module):
-    """ResNeXt's block: 1x1 in, 3x3 grouped, 1x1 out, around a residual."""
-
-    def __init__(self, c, width, groups):
-        super().__init__()
-        self.a = ConvBlock(c, width, 1)
-        self.b = ConvBlock(width, width, 3, groups=groups)
-        self.c = nn.Conv2d(width, c, 1, bias=False)
-        self.bn = nn.BatchNorm2d(c)
-
-    def forward(self, x):
-        return torch.relu(x + self.bn(self.c(self.b(self.a(x)))))
-
-
-def block_net(c=8, width=12, groups=3):
-    return nn.Sequential(ConvBlock(3, c), Bottleneck(c, width, groups), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(c, 4))
 
 
 def block_with_dead(dead):

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_rewrite import assert_same_function
 from torch import nn
 
 import fxsurgeon as fxs
+from helpers.models import HandWritten
+from helpers.surgery import assert_same_function
 from randomnets import examples
 
 timm = pytest.importorskip("timm")
@@ -142,8 +142,8 @@ def test_random_attention_stacks_keep_the_function_and_their_cost(blocks, scheme
 def test_huggingface_attention_heads_through_export(name):
     """Through torch.export: q, k and v (separate layers, or GPT-2's one projection split
     three ways) meet in scaled_dot_product_attention, which makes each head one channel."""
-    from test_export_frontend import _hf
-    model, (x, other) = _hf(name)
+    from helpers.models import hf
+    model, (x, other) = hf(name)
     model = model.double().eval()
     x, other = (t.double() if t.is_floating_point() else t for t in (x, other))
     graph = fxs.analyze(model, x, frontend="export")
@@ -167,23 +167,6 @@ def test_huggingface_attention_heads_through_export(name):
                 y0, y1 = y0[0], y1[0]
                 assert (y0 - y1).abs().max() <= 1e-9 * max(1.0, float(y0.abs().max()))
         assert fxs.analyze(new, x, frontend="export").count("flops") == plan.predicted
-
-
-class HandWritten(nn.Module):
-    """Attention as people write it: q, k, v layers, a view to heads with a literal head
-    count (or -1), scaled_dot_product_attention, a merge back and an output layer."""
-
-    def __init__(self, dim, heads, infer):
-        super().__init__()
-        self.heads, self.head_dim, self.infer = heads, dim // heads, infer
-        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
-
-    def forward(self, x):
-        b, n, _ = x.shape
-        shape = (b, n, -1 if self.infer else self.heads, self.head_dim)
-        q, k, v = (f(x).view(*shape).transpose(1, 2) for f in (self.q, self.k, self.v))
-        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
-        return self.o(y.reshape(b, n, -1) if self.infer else y.reshape(b, n, self.heads * self.head_dim))
 
 
 @settings(max_examples=examples(20), deadline=None, suppress_health_check=[HealthCheck.too_slow])

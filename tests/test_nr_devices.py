@@ -7,9 +7,9 @@ import contextlib
 
 import pytest
 import torch
-from test_rejuvenation import kill_half
 
 import fxsurgeon as fxs
+from helpers.training import kill_half
 from wrapped import batch, small_net, train_step
 
 
@@ -72,8 +72,8 @@ def test_a_bfloat16_model_goes_through_an_event(scheme):
 
 
 def _grouped():
-    from test_grouped import block_net
-    from test_rewrite import randomise_norms
+    from helpers.models import block_net
+    from helpers.surgery import randomise_norms
     net = block_net().eval()
     randomise_norms(net)
     with torch.no_grad():
@@ -82,7 +82,7 @@ def _grouped():
 
 
 def _heads():
-    from test_heads import HandWritten
+    from helpers.models import HandWritten
     net = torch.nn.Sequential(torch.nn.Linear(3, 8), HandWritten(8, 4, False), torch.nn.Linear(8, 2)).eval()
     with torch.no_grad():
         net[1].o.weight[:, 2:4] = 0              # head 1 adds nothing

@@ -8,14 +8,13 @@ import torch.nn.functional as F
 import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_planner import kill
-from test_rewrite import assert_same_function, randomise_norms
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import fxsurgeon as fxs
 from fxsurgeon.layers.partitioned import Partitioned
 from fxsurgeon.zoo import vgg19_cifar
+from helpers.surgery import assert_same_function, kill, randomise_norms
 from randomnets import examples
 
 

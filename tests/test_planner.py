@@ -11,21 +11,8 @@ from torch import nn
 import fxsurgeon as fxs
 from fxsurgeon.planning.planner import next_breakpoint
 from fxsurgeon.zoo import resnet164_cifar, vgg19_cifar
+from helpers.surgery import kill
 from randomnets import examples, nets
-
-
-def kill(graph, fraction, seed=0):
-    """Zero the γ of a random ``fraction`` of every free dimension's channels."""
-    rng = np.random.default_rng(seed)
-    params = {**dict(graph.module.named_parameters()), **dict(graph.module.named_buffers())}
-    dead = {}
-    for d in graph.free_dims:
-        dead[d.name] = rng.random(d.width) < fraction
-        for s in d.sources:     # γ, or an attention head's projection columns
-            at = torch.as_tensor(s.positions[dead[d.name][s.channels]])
-            with torch.no_grad():
-                params[s.tensor].index_fill_(s.axis, at, 0)
-    return dead
 
 
 class Trunk(nn.Module):

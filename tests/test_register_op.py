@@ -4,10 +4,10 @@ registrations (the op table is global) touch nothing else."""
 import pytest
 import torch
 import torch.nn.functional as F
-from test_rewrite import randomise_norms
 from torch import nn
 
 import fxsurgeon as fxs
+from helpers.surgery import randomise_norms
 
 
 class Affine(nn.Module):

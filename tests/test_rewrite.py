@@ -5,27 +5,13 @@ import torch
 import torchvision
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_planner import kill
 from torch import nn
 
 import fxsurgeon as fxs
 from fxsurgeon.planning.planner import next_breakpoint
+from helpers.surgery import TOO_BIG, assert_same_function, kill, randomise_norms
 from randomnets import examples, nets
 from zoo import sweep
-
-
-def randomise_norms(model: nn.Module, seed: int = 0) -> None:
-    """Random γ (both signs, |γ| in [0.1, 1.5], so rescaling has work), β and running
-    statistics (so removed channels emit nonzero constants)."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._NormBase) and m.affine and m.track_running_stats:
-            with torch.no_grad():
-                sign = torch.randint(0, 2, m.weight.shape, generator=g) * 2 - 1
-                m.weight.copy_(sign * (0.1 + 1.4 * torch.rand(m.weight.shape, generator=g)))
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g))
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g))
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
 
 
 def prune(model, x, fraction, seed=0):
@@ -41,12 +27,6 @@ def rejuvenate(model, x, fraction, metric="params", seed=0, scheme="nr", rescale
     kill(graph, fraction, seed)
     plan = fxs.plan(graph, fxs.liveliness(graph), metric=metric, target=1.0, scheme=scheme)
     return graph, plan, fxs.rewrite(graph, plan, seed=seed, rescale=rescale)
-
-
-def assert_same_function(model, new, x):
-    y0, y1 = model(x), new(x)
-    assert y0.shape == y1.shape
-    assert (y0 - y1).abs().max() <= 1e-9 * max(1.0, y0.abs().max()), (y0 - y1).abs().max()
 
 
 @settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -114,11 +94,6 @@ def test_new_channels_start_as_the_paper_says():
 
 SUBSET = ["resnet50", "densenet121", "mobilenet_v3_large", "efficientnet_b0", "shufflenet_v2_x1_0",
           "regnet_y_400mf"]
-
-
-#: float64 surgery on these peaks far above the 4.9 GB measured for vgg16 (138M parameters);
-#: two at once under xdist do not fit in CI's 24 GiB
-TOO_BIG = {"regnet_y_128gf", "vit_h_14", "vit_l_16", "vit_l_32", "regnet_y_32gf"}
 
 
 def _check_zoo(name):

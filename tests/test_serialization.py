@@ -7,14 +7,22 @@ import sys
 from pathlib import Path
 
 import torch
-from test_rewrite import randomise_norms
 
 import fxsurgeon as fxs
 from fxsurgeon.zoo import digits_cnn
+from helpers.surgery import randomise_norms
 from wrapped import batch, small_net, train_step
 
 ROOT = Path(fxs.__file__).parents[1]
 X = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+def _in_a_fresh_process(script: str) -> None:
+    """Run ``script`` in a new Python process from the checkout; it must print 'loaded'."""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "loaded" in done.stdout
 
 
 def _surgeries():
@@ -82,10 +90,7 @@ def test_rewritten_networks_pickle_and_load_in_a_fresh_process(tmp_path):
         f"io = torch.load(r'{tmp_path}/data.io.pt', weights_only=True)\n"
         "torch.testing.assert_close(net(io['x']), io['y'], rtol=1e-5, atol=1e-6)\n"
         "print('loaded')\n")
-    done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "loaded" in done.stdout
+    _in_a_fresh_process(check)
 
 
 def test_a_network_pickled_before_the_stage_folders_loads_in_a_fresh_process():
@@ -103,7 +108,4 @@ def test_a_network_pickled_before_the_stage_folders_loads_in_a_fresh_process():
         "assert {'fxsurgeon.layers.partitioned', 'fxsurgeon.layers.folded'} <= kinds, kinds\n"
         "torch.testing.assert_close(net(saved['x']), saved['y'], rtol=1e-10, atol=1e-12)\n"
         "print('loaded')\n")
-    done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "loaded" in done.stdout
+    _in_a_fresh_process(check)

@@ -12,8 +12,6 @@ import torch
 import torchvision
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_planner import kill
-from test_rewrite import randomise_norms
 from torch import nn
 
 import fxsurgeon as fxs
@@ -21,6 +19,7 @@ from fxsurgeon.layers.streamed import canonical, join, take
 from fxsurgeon.ops.elementwise import stochastic_depth_parts
 from fxsurgeon.surgery.streams import streamed
 from fxsurgeon.zoo import MODELS
+from helpers.surgery import kill, randomise_norms
 from randomnets import examples, nets
 
 

@@ -1,9 +1,9 @@
 """timm models, as users bring them (skipped when timm is not installed)."""
 import pytest
 import torch
-from test_torchvision_zoo import _flop_counter_macs
 
 import fxsurgeon as fxs
+from helpers.flops import flop_counter_macs
 from invariants import check_bookkeeping
 
 timm = pytest.importorskip("timm")
@@ -18,7 +18,7 @@ def test_timm_model_bookkeeping_and_flops(name):
     x = torch.randn(1, *model.default_cfg["input_size"])
     graph = fxs.analyze(model, x)
     check_bookkeeping(graph, model)
-    assert graph.count("flops") == _flop_counter_macs(model, x)
+    assert graph.count("flops") == flop_counter_macs(model, x)
     assert graph.free_dims
 
 

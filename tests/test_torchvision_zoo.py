@@ -6,10 +6,9 @@ import pytest
 import torch
 import torchvision
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 
 import fxsurgeon as fxs
+from helpers.flops import flop_counter_macs
 from invariants import check_bookkeeping
 from zoo import ALL, sweep
 
@@ -61,19 +60,6 @@ def _hook_macs(model: nn.Module, x: torch.Tensor) -> int:
     return total
 
 
-def _flop_counter_macs(model: nn.Module, x: torch.Tensor) -> int:
-    """PyTorch's own dispatch-level count; fused attention kernels are switched off
-    because FlopCounterMode cannot see inside them."""
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-            model(x)
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
-    return counter.get_total_flops() // 2
-
-
 def _check(name):
     """Bookkeeping exact; MACs equal the published, FlopCounterMode and hook counts."""
     model = torchvision.models.get_model(name).eval()
@@ -85,7 +71,7 @@ def _check(name):
     ops = _published(name, size)
     # published counts have 3 decimals in GMACs: agree within that rounding or 1 %
     assert ops is not None and abs(macs / 1e9 - ops) <= max(0.0006, 0.01 * ops), (macs / 1e9, ops)
-    assert macs == _flop_counter_macs(model, x)
+    assert macs == flop_counter_macs(model, x)
     if name in HOOKABLE:
         assert macs == _hook_macs(model, x)
     assert graph.free_dims, "every torchvision model has some free dimension"

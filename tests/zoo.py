@@ -3,9 +3,10 @@ rest is marked slow (``pytest --full`` runs it)."""
 import pytest
 import torchvision
 
+from fxsurgeon.zoo import TORCHVISION_FAMILIES
+
 ALL = torchvision.models.list_models(module=torchvision.models)
-SUBSET = ["resnet50", "densenet121", "mobilenet_v3_large", "efficientnet_b0", "shufflenet_v2_x1_0",
-          "convnext_tiny", "regnet_y_400mf", "vit_b_16", "swin_t", "squeezenet1_0"]
+SUBSET = TORCHVISION_FAMILIES
 
 
 def sweep(subset=SUBSET) -> list:

@@ -263,3 +263,18 @@ def test_repeated_events_on_gates_keep_the_function():
         new_gates = _gates(nr.model.network)
         assert new_gates and all(bool((g.weight != 0).all()) for g in new_gates)
     assert len(nr.events) == 2 and not nr.searching
+
+
+def test_inspect_and_the_plan_name_the_dimensions_no_scale_judges(capsys):
+    from fxsurgeon.cli import main
+    from fxsurgeon.zoo import vit_digits
+
+    graph = fxs.analyze(vit_digits(), torch.zeros(1, 1, 8, 8))
+    notes = {d.name: d.note for d in fxs.plan(graph, fxs.liveliness(graph), scheme="nr").dims.values()}
+    assert notes["blocks.0.mlp.fc1"].startswith("no scale judges it")
+    judged = fxs.add_judges(graph).graph
+    notes = {d.name: d.note for d in fxs.plan(judged, fxs.liveliness(judged), scheme="nr").dims.values()}
+    assert "no scale judges it" not in notes["blocks.0.mlp.fc1"]
+    assert main(["inspect", "zoo:vit_digits"]) == 0
+    out = capsys.readouterr().out
+    assert "judged: 0.0% of the free channels by a norm or a head; 100.0% with 2 gate(s)" in out

@@ -242,6 +242,8 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
         stuck = whole or _cannot_grow(d, growable[i], scheme)
         if stuck and not whole:
             note = note or f"{stuck}: does not grow"
+        if not (whole or (d.scaled and d.sources)):
+            note = note or "no scale judges it (fxs.add_judges gives it a gate, or says why not)"
         dims[d.name] = DimPlan(d.name, d.width, survivors, len(survivors), grows=not stuck, note=note)
         base.append(len(survivors))
         step.append(0 if stuck else _multiple(d, round_to))

@@ -4,6 +4,8 @@ function; surgery and Neural Rejuvenation work on them (timm ConvNeXt and ViT, a
 HuggingFace Llama through torch.export)."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -11,7 +13,9 @@ from hypothesis import HealthCheck, given, settings
 import fxsurgeon as fxs
 from fxsurgeon.layers.gate import Gate
 from fxsurgeon.surgery.judges import judged_share, unjudged_dims
+from helpers.surgery import kill, randomise_norms
 from randomnets import examples
+from randomnets import nets as random_cnns
 from tokennets import Mlp, nets
 
 SETTINGS = settings(max_examples=examples(20), deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -77,10 +81,10 @@ def test_surgery_on_dead_gates_keeps_the_function_in_every_scheme(case):
                 torch.testing.assert_close(new(inp), graph.module(inp), rtol=1e-9, atol=1e-10)
 
 
-def test_a_dimension_read_elsewhere_too_is_reported_and_gets_no_gate():
+def test_a_dimension_read_elsewhere_too_gets_its_gate_after_the_layer_that_writes_it():
     class Leaky(torch.nn.Module):
         """The hidden units reach fc2, and fc3 through a product: one gate cannot stand
-        before both."""
+        before both readers, so it stands after fc1."""
 
         def __init__(self):
             super().__init__()
@@ -91,9 +95,35 @@ def test_a_dimension_read_elsewhere_too_is_reported_and_gets_no_gate():
             h = torch.nn.functional.gelu(self.fc1(x))
             return self.fc2(h) + self.fc3(h * 2)
 
-    judged = fxs.add_judges(fxs.analyze(Leaky(), torch.randn(2, 4)))
-    assert judged.gates == {}
-    assert list(judged.unjudged.values()) == ["its channels reach mul as well as the layers that read them"]
+    x = torch.randn(2, 4, dtype=torch.float64)
+    net = Leaky().double()
+    judged = fxs.add_judges(fxs.analyze(net, x))
+    assert list(judged.gates) == ["judges.fc1"] and judged.unjudged == {}
+    _randomise_gates(judged.graph.module)
+    with torch.no_grad():
+        deployed = fxs.export(judged.graph.module)            # folded into fc1's rows
+        assert _gates(deployed) == []
+        torch.testing.assert_close(deployed(x), judged.graph.module(x), rtol=1e-10, atol=1e-12)
+
+
+def test_a_dimension_no_gate_can_judge_is_reported():
+    class Depthwise(torch.nn.Module):
+        """A depthwise conv writes the channels too, and a conv reads them concatenated
+        with others: no single reader site, and a writer that makes no new channels."""
+
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Conv2d(3, 4, 1)
+            self.dw = torch.nn.Conv2d(4, 4, 3, padding=1, groups=4)
+            self.b = torch.nn.Conv2d(3, 2, 1)
+            self.out = torch.nn.Conv2d(6, 2, 1)
+
+        def forward(self, x):
+            return self.out(torch.cat([torch.relu(self.dw(self.a(x))), self.b(x)], 1)).mean((2, 3))
+
+    judged = fxs.add_judges(fxs.analyze(Depthwise(), torch.randn(1, 3, 8, 8)))
+    assert "dw writes it without making new channels" in judged.unjudged.values()
+    assert not any(name in judged.unjudged for name, _ in judged.gates.values())
 
 
 def test_a_gate_a_layer_cannot_take_stays_in_the_deployed_network_with_a_warning():
@@ -278,3 +308,34 @@ def test_inspect_and_the_plan_name_the_dimensions_no_scale_judges(capsys):
     assert main(["inspect", "zoo:vit_digits"]) == 0
     out = capsys.readouterr().out
     assert "judged: 0.0% of the free channels by a norm or a head; 100.0% with 2 gate(s)" in out
+
+
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(random_cnns())
+def test_judges_on_random_cnns_keep_the_function_through_surgery_and_export(net):
+    """BatchNorm networks with squeeze-excitation gates, concatenations, grouped convs and
+    shared blocks: dimensions a BN only partly judges get gates (after their writers where
+    one gate cannot stand before the readers); the function holds with them in, after an
+    nr surgery with a third of every judge at zero, and after export (which folds the gates
+    it can and keeps the others)."""
+    model, x = net
+    model = model.double().eval()
+    randomise_norms(model)
+    x = torch.randn(3, *x.shape[1:], dtype=torch.float64)
+    graph = fxs.analyze(model, x)
+    judged = fxs.add_judges(graph)
+    assert judged_share(judged.graph) >= judged_share(graph)
+    judging = {m.tensor for d in judged.graph.free_dims if d.scaled for m in d.sources}
+    assert all(f"{gate}.weight" in judging for gate in judged.gates)     # no gate for nothing
+    gated = judged.graph.module
+    with torch.no_grad():
+        assert torch.equal(gated(x), model(x))
+        kill(judged.graph, 0.3, seed=1)
+        want = gated(x)
+        plan = fxs.plan(judged.graph, fxs.liveliness(judged.graph), target=1.0, scheme="nr", round_to=1)
+        new = fxs.rewrite(judged.graph, plan).module
+        torch.testing.assert_close(new(x), want, rtol=1e-9, atol=1e-10)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            deployed = fxs.export(new)
+        torch.testing.assert_close(deployed(x), want, rtol=1e-9, atol=1e-10)

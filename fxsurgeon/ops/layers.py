@@ -225,6 +225,22 @@ class Layer(Rule):
                 blocks = weight.view(groups, weight.shape[0] // groups, *weight.shape[1:])
                 blocks.mul_(scale.view(groups, 1, -1, *[1] * (weight.dim() - 2)).to(weight))
 
+    def absorbs_output_scale(self, node, root):
+        return not self.transposed and self._input_weight(node, root) is not None and \
+            (node.op == "call_module" or len(node.args) < 3 or _single_use(node.args[2]))
+
+    def absorb_output_scale(self, node, root, scale):
+        weight, _ = self._input_weight(node, root)
+        if node.op == "call_module":
+            bias = getattr(root.get_submodule(node.target), self.bias, None)
+        else:
+            bnode = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+            bias = getattr_path(root, bnode.target) if isinstance(bnode, fx.Node) else None
+        with torch.no_grad():       # (out, in / groups, *kernel): a row per output channel
+            weight.mul_(scale.view(-1, *[1] * (weight.dim() - 1)).to(weight))
+            if isinstance(bias, torch.Tensor):
+                bias.mul_(scale.to(bias))
+
     def output_axes(self, module):
         held = [(self.weight, 1 if self.transposed else 0)]
         return held + ([(self.bias, 0)] if isinstance(getattr(module, self.bias, None), torch.Tensor) else [])
@@ -261,6 +277,11 @@ class Layer(Rule):
             if depthwise:
                 groups = w.shape[0] // (old.out_channels // old.groups)
             _set(module, out_channels=w.shape[0], groups=groups, in_channels=w.shape[1] * groups)
+
+
+def _single_use(bias) -> bool:
+    """A functional layer's bias that only it reads (or none)."""
+    return not isinstance(bias, fx.Node) or (bias.op == "get_attr" and len(bias.users) == 1)
 
 
 #: layers computed as torch's own modules compute them (a subclass may pad or scale first)

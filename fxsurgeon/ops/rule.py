@@ -101,6 +101,17 @@ class Rule:
         computes what it computed on the scaled one (only where :meth:`absorbs_scale`)."""
         raise NotImplementedError
 
+    def absorbs_output_scale(self, node: fx.Node, root: nn.Module) -> bool:
+        """deploying: whether :meth:`absorb_output_scale` can take a per-channel scale of the
+        op's output into its weight and bias; False, the safe answer."""
+        return False
+
+    def absorb_output_scale(self, node: fx.Node, root: nn.Module, scale: Tensor) -> None:
+        """deploying: multiply each output channel's weight rows and bias by ``scale``, so the
+        op computes what it computed followed by the scale (only where
+        :meth:`absorbs_output_scale`)."""
+        raise NotImplementedError
+
     def absorb_shift(self, node: fx.Node, module: nn.Module | None, shift: Tensor) -> bool:
         """folding: take ``shift`` (one constant per channel of axis 1), added to the op's
         input, into the op's own state, so that its output without the shift is what it

@@ -39,8 +39,9 @@ def export(module: fx.GraphModule) -> fx.GraphModule:
 
 def fold_gates(module: fx.GraphModule) -> list[str]:
     """Fold every gate of ``module`` (in place) into the layers that read it, where each of
-    them can take the scale into its weight (their rules' ``absorb_scale``), and take the
-    gate out; returns the gates that stay (with a warning naming them)."""
+    them can take the scale into its weight (their rules' ``absorb_scale``), or else into
+    the layer it alone follows (``absorb_output_scale``: weight rows and bias), and take
+    the gate out; returns the gates that stay (with a warning naming them)."""
     graph, kept, modules = module.graph, [], dict(module.named_modules())
     calls = {}
     for node in graph.nodes:
@@ -50,15 +51,18 @@ def fold_gates(module: fx.GraphModule) -> list[str]:
         if node.op != "call_module" or not isinstance(modules[node.target], Gate):
             continue
         scale = modules[node.target].weight.detach()
-        users = list(node.users)
+        users, producer = list(node.users), node.args[0]
         if all(_absorbs(module, modules, user, node, calls) for user in users):
             for user in users:
                 TABLE.lookup(user, modules).absorb_scale(user, module, scale)
-            node.replace_all_uses_with(node.args[0])
-            graph.erase_node(node)
-            module.delete_submodule(node.target)
+        elif _takes_output_scale(module, modules, producer, node, calls):
+            TABLE.lookup(producer, modules).absorb_output_scale(producer, module, scale)
         else:
             kept.append(node.target)
+            continue
+        node.replace_all_uses_with(producer)
+        graph.erase_node(node)
+        module.delete_submodule(node.target)
     if kept:
         warnings.warn(f"fxsurgeon: {len(kept)} gate(s) stay in the deployed network, as layers that "
                       f"cannot take their scale read them: {', '.join(kept)}", stacklevel=3)
@@ -73,3 +77,14 @@ def _absorbs(module: fx.GraphModule, modules: dict, user: fx.Node, gate: fx.Node
     if user.op == "call_module" and calls.get(user.target, 0) != 1:
         return False        # a layer called twice: its other calls read no gate
     return TABLE.lookup(user, modules).absorbs_scale(user, module)
+
+
+def _takes_output_scale(module: fx.GraphModule, modules: dict, producer, gate: fx.Node, calls: dict) -> bool:
+    """Whether the gate follows a layer alone (its only reader, the layer called once)
+    whose rule can take the scale into its weight rows and bias."""
+    if not isinstance(producer, fx.Node) or not producer.op.startswith("call_") or \
+            list(producer.users) != [gate]:
+        return False
+    if producer.op == "call_module" and calls.get(producer.target, 0) != 1:
+        return False
+    return TABLE.lookup(producer, modules).absorbs_output_scale(producer, module)

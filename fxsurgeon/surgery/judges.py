@@ -75,55 +75,111 @@ def _sites(graph: ChannelGraph, targets: dict[int, str]) -> tuple[dict[int, dict
     return sites, why
 
 
+@dataclass
+class _Site:
+    """Where one gate goes: on the value of ``node`` along ``axis``, for ``readers`` (the
+    fx nodes that then read the gate instead; None: every user of the value); ``weight``
+    is the parameter whose device, dtype and optimizer group the gate takes."""
+
+    node: str
+    axis: int
+    readers: list[str] | None
+    weight: str
+
+
+def _reader_sites(graph: ChannelGraph, k: int, sites: dict, nodes: dict, params: dict) -> list[_Site] | str:
+    """Gates on the values the dimension's consumers read, or why not."""
+    found = []
+    for source, readers in sites.get(k, {}).items():
+        consumers = {r.node for r in readers}
+        others = [u.name for u in value_users(nodes[source]) if u.name not in consumers]
+        if others:
+            return f"its channels reach {others[0]} as well as the layers that read them"
+        if len({r.axis for r in readers}) > 1:
+            return f"the layers reading {source} take its channels on different axes"
+        weight = next((r.weight for r in readers if r.weight in params), next(iter(params)))
+        found.append(_Site(source, readers[0].axis, sorted(consumers), weight))
+    return found or "no layer reads it through a weight"
+
+
+def _writer_sites(graph: ChannelGraph, k: int, params: dict) -> list[_Site] | str:
+    """Gates right after every layer that writes the dimension (each of its channels is
+    then multiplied once, before anything reads it), or why not."""
+    writers: dict[str, str] = {}
+    for r in graph.propagation.axes:
+        held = dimension_of(graph.cost.offsets, graph.global_channels(r.tags))
+        if r.role == "out" and k in set(held.tolist()):
+            writers.setdefault(r.node, r.param)
+    found = []
+    for node, weight in writers.items():
+        axis = graph.propagation.out_axes.get(node)
+        if axis is None:
+            return f"{node} writes it without making new channels"
+        found.append(_Site(node, axis, None, weight if weight in params else next(iter(params))))
+    return found or "no layer writes it"
+
+
 def add_judges(graph: ChannelGraph, skip=frozenset(), **analyze_kwargs) -> Judged:
     """``graph``'s network with a gate on every free dimension no scale judges (but those
-    named in ``skip``), analysed (with ``analyze_kwargs``, as the graph was)."""
+    named in ``skip``), analysed (with ``analyze_kwargs``, as the graph was). A gate goes
+    where the dimension's consumers read it (after the activation: the function of the
+    gate is then positively homogeneous up to the consumer, so rescaling it is exact);
+    where one gate cannot stand there (the channels are read together with others, or
+    reach other ops too), one gate after each layer that writes the dimension."""
     index = {d.name: k for k, d in enumerate(graph.dims)}
     targets = {index[d.name]: d.name for d in unjudged_dims(graph) if d.name not in skip}
     if not targets:
         return Judged(graph)
     sites, why = _sites(graph, targets)
     nodes = {n.name: n for n in graph.module.graph.nodes}
-    plan: dict[str, tuple[str, int, list]] = {}     # input node -> (dimension, axis, readers)
-    for k, name in targets.items():
-        if k in why:
-            continue
-        if not sites.get(k):
-            why[k] = "no layer reads it through a weight"
-            continue
-        for source, readers in sites[k].items():
-            consumers = {r.node for r in readers}
-            others = [u.name for u in value_users(nodes[source]) if u.name not in consumers]
-            axes = {r.axis for r in readers}
-            if others:
-                why[k] = f"its channels reach {others[0]} as well as the layers that read them"
-            elif len(axes) > 1:
-                why[k] = f"the layers reading {source} take its channels on different axes"
-            if k in why:
-                break
-        else:
-            for source, readers in sites[k].items():
-                plan[source] = (name, readers[0].axis, readers)
     params = dict(graph.module.named_parameters())
-    gates = {f"{JUDGES}.{source}": (name, _weight_of(params, readers))
-             for source, (name, _, readers) in plan.items()}
-    gated = analyze(_gated(graph, plan, nodes, gates, params), graph.example_inputs,
-                    **analyze_kwargs) if plan else graph
-    unjudged = {targets[k]: reason for k, reason in why.items()}
-    judging = {m.tensor for d in gated.free_dims if d.scaled for m in d.sources}
-    for gate, (name, _) in gates.items():
-        if f"{gate}.weight" not in judging:
-            unjudged[name] = "the layers writing it reach other ops than its gate"
+    plan: dict[str, _Site] = {}
+    owner: dict[str, str] = {}
+    unjudged: dict[str, str] = {}
+    def place(k: int, found: list[_Site] | str) -> None:
+        if isinstance(found, str):
+            unjudged[targets[k]] = found
+            return
+        for site in found:
+            plan.setdefault(site.node, site)
+            owner.setdefault(site.node, targets[k])
+
+    for k in targets:
+        found = _reader_sites(graph, k, sites, nodes, params) if k not in why else why[k]
+        place(k, _writer_sites(graph, k, params) if isinstance(found, str) else found)
+    gated = _analysed(graph, plan, nodes, params, analyze_kwargs)
+    retry = {index[name] for name in _not_judging(gated, owner)} - set(why)
+    if retry:          # a gate where the consumers read is not enough: after the writers
+        for node in [n for n, name in owner.items() if index[name] in retry]:
+            del plan[node], owner[node]
+        for k in retry:
+            place(k, _writer_sites(graph, k, params))
+        gated = _analysed(graph, plan, nodes, params, analyze_kwargs)
+    useless = _not_judging(gated, owner)
+    if useless:        # no gate that judges nothing stays in the network
+        for name in useless:
+            unjudged.setdefault(name, "the layers writing it reach other ops than its gates")
+        for node in [n for n, name in owner.items() if name in useless]:
+            del plan[node], owner[node]
+        gated = _analysed(graph, plan, nodes, params, analyze_kwargs)
+    gates = {f"{JUDGES}.{node}": (owner[node], site.weight) for node, site in plan.items()}
     return Judged(gated, gates, unjudged)
 
 
-def _weight_of(params: dict, readers) -> str:
-    """The weight of a layer a gate feeds: the gate takes its device and dtype and joins
-    its optimizer group."""
-    return next((r.weight for r in readers if r.weight in params), next(iter(params)))
+def _analysed(graph: ChannelGraph, plan: dict, nodes: dict, params: dict,
+              analyze_kwargs: dict) -> ChannelGraph:
+    return analyze(_gated(graph, plan, nodes, params), graph.example_inputs, **analyze_kwargs) \
+        if plan else graph
 
 
-def _gated(graph: ChannelGraph, plan: dict, nodes: dict, gates: dict, params: dict) -> fx.GraphModule:
+def _not_judging(gated: ChannelGraph, owner: dict) -> set[str]:
+    """The dimensions (by their names before the gates) one of whose gates judges nothing
+    in ``gated`` (the layers writing it reach other ops than the gate)."""
+    judging = {m.tensor for d in gated.free_dims if d.scaled for m in d.sources}
+    return {name for node, name in owner.items() if f"{JUDGES}.{node}.weight" not in judging}
+
+
+def _gated(graph: ChannelGraph, plan: dict, nodes: dict, params: dict) -> fx.GraphModule:
     """A copy of the network's graph, over the same modules, with the planned gates."""
     old = graph.module
     body = copy.deepcopy(old.graph)
@@ -131,16 +187,19 @@ def _gated(graph: ChannelGraph, plan: dict, nodes: dict, gates: dict, params: di
     out = fx.GraphModule(old, body, old.__class__.__name__)
     share(old, out)
     out.meta.update(old.meta)
-    for source, (_, axis, readers) in plan.items():
+    for source, site in plan.items():
         name = f"{JUDGES}.{source}"
-        value, like = nodes[source].meta["fxs_value"], params[gates[name][1]]
-        axis = axis % value.dim() - value.dim()
+        value, like = nodes[source].meta["fxs_value"], params[site.weight]
+        axis = site.axis % value.dim() - value.dim()
         out.add_submodule(name, Gate(value.shape[axis], axis, like.device, like.dtype))
         x = new_nodes[source]
         with body.inserting_after(x):
             gate = body.call_module(name, (x,))
-        for r in readers:
-            new_nodes[r.node].replace_input_with(x, gate)
+        if site.readers is None:
+            x.replace_all_uses_with(gate, delete_user_cb=lambda user, gate=gate: user is not gate)
+        else:
+            for reader in site.readers:
+                new_nodes[reader].replace_input_with(x, gate)
     body.lint()
     out.recompile()
     return out

@@ -1,10 +1,8 @@
-"""Human and machine-readable views of a ChannelGraph: the inspect table and JSON."""
+"""Human and machine-readable views of a ChannelGraph: the inspect table and JSON.
+
+The graph's ``summary()`` and ``to_json()`` call this module, so it takes the graph
+without importing its class (an import back would be a cycle)."""
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # the graph's summary() and to_json() import this module
-    from .graph import ChannelGraph
 
 
 def human(n: float) -> str:
@@ -15,7 +13,7 @@ def human(n: float) -> str:
     return f"{n:.0f}" if float(n).is_integer() else f"{n:.2f}"
 
 
-def _rows(graph: ChannelGraph):
+def _rows(graph):
     params, flops = graph.attributable("params"), graph.attributable("flops")
     for d in graph.dims:
         state = "free" if d.free else f"pinned: {d.pinned}" + (
@@ -23,7 +21,7 @@ def _rows(graph: ChannelGraph):
         yield (d.name, str(d.width), d.kind, state, human(params[d.name]), human(flops[d.name]))
 
 
-def summary(graph: ChannelGraph) -> str:
+def summary(graph) -> str:
     """A fixed-width table of dimensions followed by the totals."""
     header = ("dimension", "width", "kind", "state", "params", "MACs")
     rows = list(_rows(graph))
@@ -45,7 +43,7 @@ def summary(graph: ChannelGraph) -> str:
     return "\n".join(out)
 
 
-def to_json(graph: ChannelGraph) -> dict:
+def to_json(graph) -> dict:
     """Dimensions with members, pins and attributable costs, plus totals."""
     params, flops = graph.attributable("params"), graph.attributable("flops")
     return {

@@ -256,3 +256,32 @@ def test_stochastic_depth_on_parts_draws_once_for_all_of_them(mode, p, training)
     assert torch.equal(torch.cat(got, 1), want)
     with pytest.raises(ValueError, match="mode"):
         stochastic_depth_parts(parts, p, "rows", training)
+
+
+def test_a_functional_norm_between_partitioned_layers_streams():
+    """A norm called as a function (no module: timm's tiny_vit) between two layers that
+    cr partitions: asking its rule how it runs on parts crashed on the missing module."""
+
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.bn_a = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+            self.b = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+            self.weight, self.bias = nn.Parameter(torch.ones(8)), nn.Parameter(torch.zeros(8))
+            self.register_buffer("mean", torch.zeros(8))
+            self.register_buffer("var", torch.ones(8))
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            y = self.b(torch.relu(self.bn_a(self.a(x))))
+            y = torch.relu(nn.functional.batch_norm(y, self.mean, self.var, self.weight, self.bias, False))
+            return self.head(y.mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Functional().double().eval()
+    randomise_norms(model)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    graph = fxs.analyze(model, x)
+    kill(graph, 0.3, 0)
+    surgery = fxs.rewrite(graph, fxs.plan(graph, fxs.liveliness(graph), target=1.0, scheme="cr"))
+    torch.testing.assert_close(surgery.module(x), model(x), rtol=1e-9, atol=1e-10)

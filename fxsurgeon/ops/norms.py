@@ -141,7 +141,8 @@ class Norm(PerChannel):
         return True
 
     def stream(self, node, module):
-        plain_bn = type(module).forward is nn.modules.batchnorm._BatchNorm.forward   # not Sync, no act
+        plain_bn = module is not None and \
+            type(module).forward is nn.modules.batchnorm._BatchNorm.forward   # not Sync, no act; a module
         return "batch_norm" if self.flavour == "batch" and plain_bn else None
 
     def fresh(self, node, module):

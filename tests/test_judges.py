@@ -106,10 +106,11 @@ def test_a_dimension_read_elsewhere_too_gets_its_gate_after_the_layer_that_write
         torch.testing.assert_close(deployed(x), judged.graph.module(x), rtol=1e-10, atol=1e-12)
 
 
-def test_a_dimension_no_gate_can_judge_is_reported():
-    class Depthwise(torch.nn.Module):
-        """A depthwise conv writes the channels too, and a conv reads them concatenated
-        with others: no single reader site, and a writer that makes no new channels."""
+def test_a_depthwise_writer_gets_its_gate_and_a_dimension_no_gate_can_judge_is_reported():
+    class Mixed(torch.nn.Module):
+        """A depthwise conv writes a's channels too, and a conv reads them concatenated with
+        others: gates after a and after dw. An embedding's channels, read concatenated
+        too, have a writer that says nothing of its axis: reported."""
 
         def __init__(self):
             super().__init__()
@@ -121,9 +122,25 @@ def test_a_dimension_no_gate_can_judge_is_reported():
         def forward(self, x):
             return self.out(torch.cat([torch.relu(self.dw(self.a(x))), self.b(x)], 1)).mean((2, 3))
 
-    judged = fxs.add_judges(fxs.analyze(Depthwise(), torch.randn(1, 3, 8, 8)))
-    assert "dw writes it without making new channels" in judged.unjudged.values()
-    assert not any(name in judged.unjudged for name, _ in judged.gates.values())
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    net = Mixed().double()
+    judged = fxs.add_judges(fxs.analyze(net, x))
+    assert {"judges.a", "judges.dw"} <= set(judged.gates) and judged.unjudged == {}
+    with torch.no_grad():
+        assert torch.equal(judged.graph.module(x), net(x))
+
+    class Embedded(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.b = torch.nn.Embedding(10, 4), torch.nn.Linear(3, 2)
+            self.out = torch.nn.Linear(6, 2)
+
+        def forward(self, tokens, x):
+            return self.out(torch.cat([torch.relu(self.emb(tokens)), self.b(x)], -1))
+
+    judged = fxs.add_judges(fxs.analyze(Embedded(), (torch.tensor([[1, 2]]), torch.randn(1, 2, 3))))
+    assert judged.unjudged == {"emb": "emb writes it without saying on which axis"}
+    assert list(judged.gates) == ["judges.b"]
 
 
 def test_a_gate_a_layer_cannot_take_stays_in_the_deployed_network_with_a_warning():

@@ -96,6 +96,7 @@ class Propagation:
     couplings: list[tuple[np.ndarray, str]] = field(default_factory=list)
     groups: list[tuple[str, np.ndarray, str]] = field(default_factory=list)  # node, tags, origin
     out_axes: dict[str, int] = field(default_factory=dict)   # producer node -> its channel axis
+    write_axes: dict[str, int] = field(default_factory=dict)   # writing layer -> its output's channel axis
     follows: set[tuple[str, str]] = field(default_factory=set)  # (writer node, norm right after it)
     position_splits: list[np.ndarray] = field(default_factory=list)  # channels cut by position
     #: attention heads found in the graph (one identity per head): each head is one channel,
@@ -380,11 +381,14 @@ class Walk(fx.Interpreter):
         self.out.out_axes[node.name] = axis % out.dim()
         return out
 
-    def wrote(self, out: torch.Tensor, node: fx.Node | str) -> None:
-        """``out`` was written by layer ``node`` (a norm right after it may judge it)."""
+    def wrote(self, out: torch.Tensor, node: fx.Node | str, axis: int | None = None) -> None:
+        """``out`` was written by layer ``node`` (a norm right after it may judge it), its
+        channels along ``axis`` where the layer says (a gate may follow it there)."""
         name = node if isinstance(node, str) else node.name
         self._writer[id(out)] = (out, name)
         self.writers.add(name)
+        if axis is not None:
+            self.out.write_axes[name] = axis % out.dim()
 
     def writer_of(self, t: torch.Tensor) -> str | None:
         hit = self._writer.get(id(t))

@@ -86,7 +86,7 @@ def produce(walk, node: fx.Node, x, weight: WeightSource, bias: WeightSource | N
         ins = None if depthwise else vin
         const = spatial * kernel * (n_in // groups if depthwise or vin is None else 1 / groups)
         walk.flops(node, const, (vout, 1), (ins, 1))
-    walk.wrote(out, node)
+    walk.wrote(out, node, axis)
     if depthwise:   # its outputs are its inputs' channels: no new group of its own
         return out
     return walk.produced(node, out, axis)

@@ -112,9 +112,9 @@ def _writer_sites(graph: ChannelGraph, k: int, params: dict) -> list[_Site] | st
             writers.setdefault(r.node, r.param)
     found = []
     for node, weight in writers.items():
-        axis = graph.propagation.out_axes.get(node)
+        axis = graph.propagation.write_axes.get(node)
         if axis is None:
-            return f"{node} writes it without making new channels"
+            return f"{node} writes it without saying on which axis"
         found.append(_Site(node, axis, None, weight if weight in params else next(iter(params))))
     return found or "no layer writes it"
 

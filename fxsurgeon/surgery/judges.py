@@ -87,7 +87,7 @@ class _Site:
     weight: str
 
 
-def _reader_sites(graph: ChannelGraph, k: int, sites: dict, nodes: dict, params: dict) -> list[_Site] | str:
+def _reader_sites(k: int, sites: dict, nodes: dict, params: dict) -> list[_Site] | str:
     """Gates on the values the dimension's consumers read, or why not."""
     found = []
     for source, readers in sites.get(k, {}).items():
@@ -136,6 +136,7 @@ def add_judges(graph: ChannelGraph, skip=frozenset(), **analyze_kwargs) -> Judge
     plan: dict[str, _Site] = {}
     owner: dict[str, str] = {}
     unjudged: dict[str, str] = {}
+
     def place(k: int, found: list[_Site] | str) -> None:
         if isinstance(found, str):
             unjudged[targets[k]] = found
@@ -145,7 +146,7 @@ def add_judges(graph: ChannelGraph, skip=frozenset(), **analyze_kwargs) -> Judge
             owner.setdefault(site.node, targets[k])
 
     for k in targets:
-        found = _reader_sites(graph, k, sites, nodes, params) if k not in why else why[k]
+        found = _reader_sites(k, sites, nodes, params) if k not in why else why[k]
         place(k, _writer_sites(graph, k, params) if isinstance(found, str) else found)
     gated = _analysed(graph, plan, nodes, params, analyze_kwargs)
     retry = {index[name] for name in _not_judging(gated, owner)} - set(why)

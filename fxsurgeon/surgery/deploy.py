@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections import Counter
 
 from torch import fx
 
@@ -43,10 +44,7 @@ def fold_gates(module: fx.GraphModule) -> list[str]:
     the layer it alone follows (``absorb_output_scale``: weight rows and bias), and take
     the gate out; returns the gates that stay (with a warning naming them)."""
     graph, kept, modules = module.graph, [], dict(module.named_modules())
-    calls = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+    calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
     for node in list(graph.nodes):
         if node.op != "call_module" or not isinstance(modules[node.target], Gate):
             continue

@@ -102,20 +102,28 @@ def _reader_sites(k: int, sites: dict, nodes: dict, params: dict) -> list[_Site]
     return found or "no layer reads it through a weight"
 
 
-def _writer_sites(graph: ChannelGraph, k: int, params: dict) -> list[_Site] | str:
+def _writers(graph: ChannelGraph, targets: dict[int, str], params: dict) -> dict[int, dict[str, str]]:
+    """Per target dimension, the layers that write it and one of their parameters (read
+    off the walk's axis references once, for every dimension)."""
+    writers: dict[int, dict[str, str]] = defaultdict(dict)
+    for r in graph.propagation.axes:
+        if r.role != "out":
+            continue
+        held = set(dimension_of(graph.cost.offsets, graph.global_channels(r.tags)).tolist())
+        for k in held & targets.keys():
+            writers[k].setdefault(r.node, r.param if r.param in params else next(iter(params)))
+    return writers
+
+
+def _writer_sites(graph: ChannelGraph, writers: dict[str, str]) -> list[_Site] | str:
     """Gates right after every layer that writes the dimension (each of its channels is
     then multiplied once, before anything reads it), or why not."""
-    writers: dict[str, str] = {}
-    for r in graph.propagation.axes:
-        held = dimension_of(graph.cost.offsets, graph.global_channels(r.tags))
-        if r.role == "out" and k in set(held.tolist()):
-            writers.setdefault(r.node, r.param)
     found = []
     for node, weight in writers.items():
         axis = graph.propagation.write_axes.get(node)
         if axis is None:
             return f"{node} writes it without saying on which axis"
-        found.append(_Site(node, axis, None, weight if weight in params else next(iter(params))))
+        found.append(_Site(node, axis, None, weight))
     return found or "no layer writes it"
 
 
@@ -133,6 +141,7 @@ def add_judges(graph: ChannelGraph, skip=frozenset(), **analyze_kwargs) -> Judge
     sites, why = _sites(graph, targets)
     nodes = {n.name: n for n in graph.module.graph.nodes}
     params = dict(graph.module.named_parameters())
+    writers = _writers(graph, targets, params)
     plan: dict[str, _Site] = {}
     owner: dict[str, str] = {}
     unjudged: dict[str, str] = {}
@@ -147,14 +156,14 @@ def add_judges(graph: ChannelGraph, skip=frozenset(), **analyze_kwargs) -> Judge
 
     for k in targets:
         found = _reader_sites(k, sites, nodes, params) if k not in why else why[k]
-        place(k, _writer_sites(graph, k, params) if isinstance(found, str) else found)
+        place(k, _writer_sites(graph, writers[k]) if isinstance(found, str) else found)
     gated = _analysed(graph, plan, nodes, params, analyze_kwargs)
     retry = {index[name] for name in _not_judging(gated, owner)} - set(why)
     if retry:          # a gate where the consumers read is not enough: after the writers
         for node in [n for n, name in owner.items() if index[name] in retry]:
             del plan[node], owner[node]
         for k in retry:
-            place(k, _writer_sites(graph, k, params))
+            place(k, _writer_sites(graph, writers[k]))
         gated = _analysed(graph, plan, nodes, params, analyze_kwargs)
     useless = _not_judging(gated, owner)
     if useless:        # no gate that judges nothing stays in the network

@@ -7,10 +7,14 @@ as the oracle, and a uniform one (32-32-32-32). Arms, paired by seed (the same
 initialisation and data order), each trained the same total number of epochs:
 
 - ``baseline``: plain training for as many epochs as NR trained (search + schedule);
-- ``nr``: NR-CR at target 1.0 (the same parameters), rescaling to the layer goal;
+- ``nr``: NR-CR at target 1.0 (the same parameters), with the paper's neural rescaling
+  (``|γ| → γ0``);
+- ``nr-layer``: the same, rescaling to the layer's strongest survivor (this project's);
 - ``nr-norescale``: the same without rescaling;
 - ``l1``: the L1 search with no event (threshold 0), as long as NR's search: the control
   that separates NR's reallocation from its L1 phase;
+- ``nr-ip``: NR without reallocation: at the event the dead channels are re-initialised
+  in place, at the same widths;
 - ``nr-fs``: the architecture NR found, trained from scratch;
 - ``oracle``: the balanced network (skewed model only), plain training.
 
@@ -21,6 +25,7 @@ search of at most 30 epochs at constant LR (T_r 0.8, Δλ 2e-3 per epoch, one ev
 ``round_to=1``), then a 40-epoch cosine.
 
     python bench/mnist1d_study.py                       # 10 seeds, both models -> docs/mnist1d.md
+    python bench/mnist1d_study.py --plot docs/img/mnist1d.png
     python bench/mnist1d_study.py --seeds 5 --models skewed --arms baseline,nr,l1,oracle
     python bench/mnist1d_study.py --smoke               # seconds: the pipeline, not the science
     python bench/mnist1d_study.py --device cuda --jobs 8
@@ -46,10 +51,10 @@ from fxsurgeon.experiments.devices import Hardware  # noqa: E402
 from fxsurgeon.experiments.loop import Recipe, train  # noqa: E402
 from fxsurgeon.zoo import MODELS  # noqa: E402
 
-ARMS = ("baseline", "nr", "nr-norescale", "l1", "nr-fs", "oracle")
+ARMS = ("baseline", "nr", "nr-layer", "nr-norescale", "l1", "nr-ip", "nr-fs", "oracle")
 NETWORKS = {"skewed": "mnist1d_skewed", "uniform": "mnist1d_uniform"}
 RECIPE = Recipe(epochs=40, search_epochs=30, batch_size=128, lr=0.05, momentum=0.9, weight_decay=5e-4,
-                metric="params", target=1.0, threshold=0.8, delta_lambda=2e-3, round_to=1, rescale=True,
+                metric="params", target=1.0, threshold=0.8, delta_lambda=2e-3, round_to=1, rescale="paper",
                 events=1)
 SMOKE = {"epochs": 2, "search_epochs": 2, "threshold": 1.01, "delta_lambda": 0.5}
 
@@ -81,8 +86,11 @@ def seed_runs(network: str, seed: int, arms: list[str], device: str, smoke: bool
     out = {"nr": _run(model, "nr-cr", recipe, device, smoke)}
     total = out["nr"]["epochs"]
     search = total - recipe.epochs          # the epochs NR searched before its schedule
-    if "nr-norescale" in arms:
-        out["nr-norescale"] = _run(model, "nr-cr", replace(recipe, rescale=False), device, smoke)
+    for arm, rescale in (("nr-layer", "layer"), ("nr-norescale", False)):
+        if arm in arms:
+            out[arm] = _run(model, "nr-cr", replace(recipe, rescale=rescale), device, smoke)
+    if "nr-ip" in arms:
+        out["nr-ip"] = _run(model, "nr-ip", recipe, device, smoke)
     if "l1" in arms:
         out["l1"] = _run(model, "nr-cr", replace(recipe, threshold=0.0, search_epochs=max(search, 1)),
                          device, smoke)
@@ -140,6 +148,29 @@ def report(results: dict, seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
+def plot(results: dict, seeds: list[int], path: Path) -> None:
+    """Test accuracy against parameters: every run faint, each arm's mean ± sd."""
+    from fxsurgeon.experiments.plots import _pyplot
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.2), squeeze=False)
+    for ax, (network, by_seed) in zip(axes[0], results.items(), strict=True):
+        for i, arm in enumerate(a for a in ARMS if all(a in by_seed[s] for s in seeds)):
+            params = [by_seed[s][arm]["params"] for s in seeds]
+            acc = [100 * by_seed[s][arm]["accuracy"] for s in seeds]
+            ax.scatter(params, acc, color=f"C{i}", alpha=0.25, s=12)
+            ax.errorbar(statistics.mean(params), statistics.mean(acc),
+                        yerr=statistics.stdev(acc) if len(acc) > 1 else 0, color=f"C{i}", marker="o",
+                        capsize=3, label=arm)
+        ax.set_title(f"{network} ({NETWORKS[network]}), {len(seeds)} seeds", fontsize="medium")
+        ax.set_xlabel("parameters")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 (default 10)")
@@ -149,21 +180,31 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="seeds trained at once, one process each")
     parser.add_argument("--smoke", action="store_true", help="2 epochs on 256 samples, 2 seeds")
     parser.add_argument("--out", default=str(ROOT / "docs" / "mnist1d.md"))
+    parser.add_argument("--plot", help="also draw accuracy against parameters to this PNG")
+    parser.add_argument("--from-json", help="report (and plot) the runs a saved run's JSON; trains nothing")
     args = parser.parse_args()
     arms = [a for a in args.arms.split(",") if a]
     unknown = set(arms) - set(ARMS) | set(args.models.split(",")) - set(NETWORKS)
     if unknown or "baseline" not in arms:
         parser.error(f"unknown arms or models {sorted(unknown)}; the arms need baseline")
-    seeds = list(range(2 if args.smoke else args.seeds))
-    results, start = {}, time.perf_counter()
-    with ProcessPoolExecutor(args.jobs) as pool:
-        for network in args.models.split(","):
-            jobs = {s: pool.submit(seed_runs, network, s, arms, args.device, args.smoke) for s in seeds}
-            results[network] = {s: job.result() for s, job in jobs.items()}
-            print(f"{network}: {len(seeds)} seeds, {time.perf_counter() - start:.0f} s", flush=True)
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        results = {n: {int(s): r for s, r in by.items()} for n, by in saved.items()}
+        seeds = sorted(next(iter(results.values())))
+    else:
+        seeds = list(range(2 if args.smoke else args.seeds))
+        results, start = {}, time.perf_counter()
+        with ProcessPoolExecutor(args.jobs) as pool:
+            jobs = {(n, s): pool.submit(seed_runs, n, s, arms, args.device, args.smoke)
+                    for n in args.models.split(",") for s in seeds}
+            for (network, seed), job in jobs.items():
+                results.setdefault(network, {})[seed] = job.result()
+                print(f"{network} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
     text = report(results, seeds)
     print(text)
-    if not args.smoke:
+    if args.plot:
+        plot(results, seeds, Path(args.plot))
+    if not args.smoke and not args.from_json:
         Path(args.out).write_text(text)
         Path(args.out).with_suffix(".json").write_text(json.dumps(
             {n: {str(s): r for s, r in by.items()} for n, by in results.items()}, indent=1) + "\n")

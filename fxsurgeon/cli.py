@@ -97,10 +97,21 @@ def _choice(*values: str):
 
 
 #: recipe settings whose flags parse their own way (the others by their type)
+def _rescale(text: str) -> bool | str:
+    """``--rescale``: a goal of neural rescaling, or none (true and false as in a config)."""
+    from .surgery.rescaling import GOALS
+
+    value = {"none": False, "false": False, "true": True}.get(text.lower(), text)
+    if value not in (True, False, *GOALS):
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(GOALS)}, none")
+    return value
+
+
 _RECIPE_TYPES = {"events": (_events, "N|unlimited"), "lr_steps": (_steps, "E1,E2,..."),
                  "fixed": (_choice("trunk"), "trunk"),
                  "sparsity": (_choice("auto", "subgradient", "proximal"), "auto|subgradient|proximal"),
-                 "death_set": (_choice("train", "held-out"), "train|held-out")}
+                 "death_set": (_choice("train", "held-out"), "train|held-out"),
+                 "rescale": (_rescale, "layer|paper|gamma0|none")}
 
 
 def _leaf(text: str) -> type:

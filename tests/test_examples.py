@@ -35,10 +35,12 @@ def test_the_mnist1d_study_runs_paired_arms(capsys):
     pytest.importorskip("mnist1d")
     pytest.importorskip("scipy")
     study = runpy.run_path(str(Path(__file__).parent.parent / "bench" / "mnist1d_study.py"))
-    results = {"uniform": {s: study["seed_runs"]("uniform", s, ["baseline", "nr", "l1"], "cpu", True)
+    results = {"uniform": {s: study["seed_runs"]("uniform", s, ["baseline", "nr", "l1", "nr-ip"], "cpu", True)
                            for s in (0, 1)}}
     for runs in results["uniform"].values():
         assert runs["nr"]["events"] and not runs["l1"]["events"]
+        regrown, = runs["nr-ip"]["events"]
+        assert regrown["widths_after"] == regrown["widths_before"] and regrown["alpha"] == 1
         assert runs["baseline"]["epochs"] == runs["nr"]["epochs"] == runs["l1"]["epochs"]
     text = study["report"](results, [0, 1])
     assert "| nr | 16,106 |" in text and "paired difference" in text

@@ -86,7 +86,8 @@ def test_a_grown_width_is_alpha_times_its_survivors_rounded(round_to):
     for d, dp in grown:
         m, s = math.lcm(d.multiple_of, round_to), len(dp.survivors)
         want = math.floor(p.alpha * s / m + (0.5 if round_to > 1 else 0) + 1e-9) * m
-        assert dp.new_width == max(want, s), (d.name, s, dp.new_width)
+        assert dp.new_width - p.filled.get(d.name, 0) == max(want, s), (d.name, s, dp.new_width)
+    assert round_to > 1 or not p.filled                 # the paper's floor is kept as it is
 
 
 def test_cr_drops_exactly_the_cross_blocks():
@@ -182,6 +183,33 @@ def test_random_plans_fit_their_budget_and_constraints(net, scheme, metric, frac
         assert dp.new_width % d.multiple_of == 0
         if dp.pinned:
             assert dp.new_width == d.width and dp.added == 0
+
+
+@settings(max_examples=examples(15), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(nets(), st.sampled_from(["nr", "cr", "ca"]), st.floats(0.1, 0.6), st.sampled_from([4, 8]))
+def test_rounding_leaves_no_budget_that_one_more_channel_could_spend(net, scheme, fraction, round_to):
+    """Widths rounded to ``round_to`` then take what the budget still holds: every grown
+    width is at least α's rounded width, and one more channel anywhere breaks the budget
+    (counted on the rewritten module itself)."""
+    model, x = net
+    g = fxs.analyze(model, x)
+    kill(g, fraction, seed=1)
+    alive = fxs.liveliness(g)
+    try:
+        p = fxs.plan(g, alive, metric="params", target=1.0, scheme=scheme, round_to=round_to)
+    except fxs.FxSurgeonError as err:
+        assert "impossible budget" in str(err)
+        return
+    rounded = fxs.plan(g, alive, metric="params", target=1.0, scheme=scheme, round_to=round_to, alpha=p.alpha)
+    params = lambda: sum(q.numel() for q in fxs.rewrite(g, p, check=False).module.parameters())  # noqa: E731
+    assert p.predicted == params() <= p.budget
+    for name, dp in p.dims.items():
+        assert dp.new_width - rounded.dims[name].new_width == p.filled.get(name, 0) >= 0
+        assert dp.new_width % g[name].multiple_of == 0
+        if dp.grows:
+            dp.new_width += g[name].multiple_of
+            assert params() > p.budget, name
+            dp.new_width -= g[name].multiple_of
 
 
 def test_a_gated_dimension_is_not_judged_by_its_scales_alone():

@@ -222,16 +222,19 @@ def test_grown_widths_are_multiples_of_round_to_and_replay_so(round_to, tmp_path
     kill_half(nr)
     event = nr.check()
     grown = {n: w for n, w in event.widths_after.items() if w != event.widths_alive[n]}
-    assert grown and all(w % round_to == 0 for w in grown.values())
+    filled = event.surgery.plan.filled                  # what rounding left, spent channel by channel
+    assert grown and all((w - filled.get(n, 0)) % round_to == 0 for n, w in grown.items())
     if round_to == 1:
-        assert any(w % 8 for w in grown.values())       # the paper's widths: not all multiples of 8
+        assert any(w % 8 for w in grown.values()) and not filled    # the paper's widths: floor(α·s)
+    else:
+        assert filled                                   # this budget: rounding to 8 left room
     nr.save(tmp_path / "nr.pt")
     fresh = small_net()
     again = fxs.NeuralRejuvenation(fresh, batch()[0][:1], torch.optim.SGD(fresh.parameters(), lr=0.0),
                                    round_to=3)          # the file says how it rounded, not the caller
     again.load(tmp_path / "nr.pt")
-    assert fxs.analyze(again.model.network, batch()[0][:1]).dims[0].width == \
-        fxs.analyze(nr.model.network, batch()[0][:1]).dims[0].width
+    assert [d.width for d in fxs.analyze(again.model.network, batch()[0][:1]).dims] == \
+        [d.width for d in fxs.analyze(nr.model.network, batch()[0][:1]).dims]
 
 
 def test_a_record_without_round_to_replays_channel_by_channel():
@@ -261,3 +264,49 @@ def test_a_record_without_rounding_replays_rounded_down():
         again = replay(graph, rec)
         assert {n: d.new_width for n, d in again.plan.dims.items()} == widths[rounding]
     assert widths["nearest"] != widths["down"]
+
+
+def _grads(net, x, y) -> dict[str, torch.Tensor]:
+    net.zero_grad()
+    nn.functional.cross_entropy(net(x), y).backward()
+    return {n: p.grad.clone() for n, p in net.named_parameters()}
+
+
+@pytest.mark.parametrize("optimizer, keys", [
+    (lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9), {"momentum_buffer": 1}),
+    (lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.0), {"exp_avg": 1, "exp_avg_sq": 2})])
+@pytest.mark.parametrize("scheme", ["nr", "cr"])
+def test_optimizer_state_follows_neural_rescaling_as_the_gradients_do(optimizer, keys, scheme):
+    """A state that sums gradients (to a power) stands to the gradient after the event
+    as it did before: rescaling multiplies a tensor by c and divides its gradient by c."""
+    model = small_net().double()
+    randomise_norms(model)
+    opt = optimizer(model.parameters())
+    nr = fxs.NeuralRejuvenation(model, batch()[0][:1].double(), opt, threshold=0.9, scheme=scheme,
+                                rescale="paper")
+    for i in range(3):
+        train_step(nr, i, torch.float64)
+    kill_half(nr)
+    with torch.no_grad():           # survivors well below γ0 = 1: the paper's rule lifts them
+        for m in nr.model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight[1::2] = torch.linspace(0.05, 0.4, 4, dtype=torch.float64)
+    net = nr.model.network.eval()
+    x, y = batch(7)
+    old = _grads(net, x.double(), y)
+    state = {n: dict(opt.state[p]) for n, p in net.named_parameters()}
+    event = nr.check()
+    assert event is not None and event.surgery.rescaled and event.surgery.rescale_factors
+    new_net = nr.model.network.eval()
+    new = _grads(new_net, x.double(), y)
+    followed = 0
+    for name, p in new_net.named_parameters():
+        origin = event.surgery.origin(name)
+        for key, power in keys.items():
+            ratio = state[origin][key] / old[origin].abs().pow(power).clamp_min(1e-30)
+            before = event.surgery.carry(name, ratio)
+            after = opt.state[p][key] / new[name].abs().pow(power).clamp_min(1e-30)
+            sure = (new[name].abs() > 1e-8) & (event.surgery.carry(name, old[origin]).abs() > 1e-8)
+            torch.testing.assert_close(after[sure], before[sure], rtol=1e-6, atol=1e-9)
+            followed += origin in event.surgery.rescale_factors and bool(sure.any())
+    assert followed

@@ -207,4 +207,25 @@ def test_rescaling_refuses_an_unknown_goal():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
     graph = fxs.analyze(model, torch.randn(1, 3, 8, 8))
     with pytest.raises(fxs.FxSurgeonError, match="rescale must be"):
-        fxs.rewrite(graph, fxs.plan(graph, target=None, scheme="prune"), rescale="paper")
+        fxs.rewrite(graph, fxs.plan(graph, target=None, scheme="prune"), rescale="bogus")
+
+
+@pytest.mark.parametrize("rescale, gamma", [("paper", 1.0),
+                                            ("gamma0", 0.01 / (0.01 ** 2 + 0.05 ** 2) ** 0.5)])
+def test_the_papers_rescaling_lifts_gamma_itself_to_gamma0(rescale, gamma):
+    """|γ| → γ0 with β multiplied alike (the paper's); "gamma0" lifts the RMS √(γ²+β²)."""
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Conv2d(2, 2, 1))
+    model = model.double().eval()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([1.0, -0.01]))
+        model[1].bias.copy_(torch.tensor([0.0, 0.05]))
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    graph = fxs.analyze(model, x)
+    surgery = fxs.rewrite(graph, fxs.plan(graph, target=None, scheme="prune"), rescale=rescale)
+    bn = surgery.module.get_submodule("1")
+    c = gamma / 0.01
+    torch.testing.assert_close(bn.weight, torch.tensor([1.0, -gamma], dtype=torch.float64))
+    torch.testing.assert_close(bn.bias, torch.tensor([0.0, 0.05 * c], dtype=torch.float64))
+    torch.testing.assert_close(surgery.rescale_factors["3.weight"].flatten(), torch.tensor(
+        [1.0, 1 / c], dtype=torch.float64))
+    torch.testing.assert_close(surgery.module(x), model(x))

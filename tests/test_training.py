@@ -325,13 +325,30 @@ def test_lr_schedule_is_constant_while_searching_then_a_cosine_or_steps():
         Recipe(events=0)
 
 
-def test_nr_ip_prunes_at_the_event_and_reallocates_nothing():
+def _four_dead_channels() -> torch.nn.Module:
     torch.manual_seed(0)
     model = digits_cnn()
     with torch.no_grad():
         model.features[1].weight[:4] = 0                      # four dead channels
+    return model
+
+
+def test_nr_ip_regrows_the_dead_channels_in_place_at_the_same_widths():
+    model = _four_dead_channels()
+    before = sum(p.numel() for p in model.parameters())
     recipe = Recipe(**{**FAST, "lr": 1e-4}, threshold=1.01, check_every=1)
     _, result = train(model, _few_digits(), "nr-ip", recipe, progress=False)
+    event, = result.events
+    assert event.scheme == "nr" and event.alpha == 1 and event.widths_alive["features.0"] == 12
+    assert event.widths_after == event.widths_before
+    assert result.params == event.cost_after == event.cost_before == before and result.epochs == 2
+    new = event.surgery.index_maps["features.1.weight"][0][1]
+    assert (new[:12] >= 4).all() and (new[12:] == -1).all()     # survivors first, 4 fresh channels
+
+
+def test_nr_prune_prunes_at_the_event_and_reallocates_nothing():
+    recipe = Recipe(**{**FAST, "lr": 1e-4}, threshold=1.01, check_every=1)
+    _, result = train(_four_dead_channels(), _few_digits(), "nr-prune", recipe, progress=False)
     event, = result.events
     assert event.scheme == "prune" and event.alpha == 1 and event.widths_after["features.0"] == 12
     assert result.params == event.cost_after < event.cost_before and result.epochs == 2

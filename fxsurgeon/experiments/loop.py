@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Subset
 from ..errors import FxSurgeonError, one_line
 from ..persistence.checkpoint import MISFIT
 from ..persistence.fileformat import check_fields, problem
+from ..surgery.rescaling import GOALS as RESCALE_GOALS
 from ..training.base import SurgicalTraining
 from ..training.demp import REGULARIZATIONS, Pruning
 from ..training.rejuvenation import Event
@@ -54,7 +55,7 @@ class Recipe:
     delta_lambda: float = 5e-5
     check_every: int | None = None
     search_epochs: int = 160
-    rescale: bool = True
+    rescale: bool | str = True
     events: int | None = 1
     fixed: str | None = None
     sparsity: str = "auto"
@@ -100,7 +101,8 @@ HELP = {
     "delta_lambda": "NR's Δλ: what λ grows by",
     "check_every": "NR: optimizer steps between checks",
     "search_epochs": "NR: at most this many epochs at constant LR while it searches",
-    "rescale": "NR: neural rescaling at the event",
+    "rescale": "NR: neural rescaling at the event: layer (true), paper, gamma0 or none (false); "
+               "see docs/nr.md",
     "events": "NR: the search ends once this many events fired (unlimited: at search_epochs)",
     "fixed": "NR: trunk keeps residual trunks and the stem at their width, out of the L1",
     "sparsity": "NR, DemP: the L1's form: subgradient (the paper's), proximal, or auto (by optimizer)",
@@ -138,6 +140,8 @@ _LIMITS = {name: (test, wanted) for names, test, wanted in [
     (("metric",), lambda v: v in ("params", "flops"), "params or flops"),
     (("events",), lambda v: v >= 1, "a whole number of at least 1, or null (unlimited)"),
     (("fixed",), lambda v: v == "trunk", "trunk or null"),
+    (("rescale",), lambda v: v in (True, False, *RESCALE_GOALS),
+     "true, false or one of " + ", ".join(RESCALE_GOALS)),
     (("sparsity",), lambda v: v in SPARSITY, " or ".join(SPARSITY)),
     (("optimizer",), lambda v: v in OPTIMIZERS, " or ".join(OPTIMIZERS)),
     (("death_set",), lambda v: v in DEATH_SETS, " or ".join(DEATH_SETS)),

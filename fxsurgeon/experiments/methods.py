@@ -261,9 +261,27 @@ class _PruneAtEvent(NeuralRejuvenation):
         return plan(self.graph, alive, metric=self.metric, target=None, scheme="prune", fixed=self.fixed)
 
 
+class _InPlaceEvent(NeuralRejuvenation):
+    """NR's search, whose event gives every dimension back its width: the dead channels
+    are replaced by as many new ones, initialised as NR's (no reallocation)."""
+
+    def _plan(self, alive, current):
+        return plan(self.graph, alive, metric=self.metric, scheme=self.scheme, fixed=self.fixed,
+                    in_place=True)
+
+
+class InPlace(Rejuvenation):
+    """The ablation NR-IP, "NR without reallocation" (Table 1 of the paper, whose rows all
+    keep the parameter count): NR's search, then at the event the dead channels are
+    re-initialised in place, at the same widths (scheme nr: the new channels' links to
+    the survivors start at zero), and the network trains on."""
+
+    nr_class = _InPlaceEvent
+
+
 class PrunedOnly(Rejuvenation):
-    """The ablation NR-IP: NR's search, the dead channels removed at the event with no
-    reallocation, and the pruned network trained on."""
+    """NR's search, the dead channels removed at the event with no reallocation, and the
+    pruned network trained on (what ``nr-ip`` meant before it was in place)."""
 
     nr_class = _PruneAtEvent
 
@@ -285,5 +303,6 @@ class FromScratch(Rejuvenation):
 
 #: method name -> its class
 METHODS = {"baseline": Method, "slimming": Slimming, "magnitude": Magnitude, "demp": DemPMethod,
-           "nr": Rejuvenation, "nr-cr": CrossRemoved, "nr-ca": CrossAttention, "nr-ip": PrunedOnly,
+           "nr": Rejuvenation, "nr-cr": CrossRemoved, "nr-ca": CrossAttention, "nr-ip": InPlace,
+           "nr-prune": PrunedOnly,
            "nr-fs": FromScratch}

@@ -28,6 +28,7 @@ def record(surgery: Surgery, seed: int = 0) -> dict:
             "rounding": p.rounding, "seed": seed,
             "survivors": {n: torch.as_tensor(d.survivors, dtype=torch.int64)
                           for n, d in p.dims.items() if not d.pinned},
+            "widths": {n: d.new_width for n, d in p.dims.items() if not d.pinned},
             "folds": dict(surgery.folds)}
 
 
@@ -48,6 +49,11 @@ def replay(graph: ChannelGraph, rec: dict) -> Surgery:
         # before they were rounded to the nearest multiple, no rounding: they rounded down
         p = plan(graph, alive, metric=rec["metric"], scheme=rec["scheme"], alpha=rec["alpha"],
                  round_to=rec.get("round_to", 1), rounding=rec.get("rounding", "down"))
+    recorded = rec.get("widths", {})        # none in files from before in-place plans and spent rounding
+    if not isinstance(recorded, dict):
+        raise FxSurgeonError(f"the recorded widths are a {type(recorded).__name__}, not a dict")
+    for name, width in recorded.items():
+        _set_width(p.dims, name, width, widths)
     surgery = rewrite(graph, p, scheme=rec["scheme"], seed=rec["seed"], fold=False)
     for node, spec in rec["folds"].items():
         restore_fold(surgery.module, node, spec)
@@ -56,6 +62,25 @@ def replay(graph: ChannelGraph, rec: dict) -> Surgery:
     if surgery.partitioned:
         surgery.module = streamed(surgery.module, graph.example_inputs)
     return surgery
+
+
+#: a recorded width above this many times the dimension's (and the α a plan allows) is refused
+MAX_GROWTH = 100
+
+
+def _set_width(dims: dict, name: str, width, original: dict[str, int]) -> None:
+    """Give the replayed plan the recorded width of ``name``, checked before it is used."""
+    dp = dims.get(name)
+    if dp is None or dp.pinned:
+        raise FxSurgeonError(f"the recorded surgery was made on another architecture: "
+                             f"no free dimension {name!r}")
+    if not isinstance(width, int) or isinstance(width, bool) or \
+            not len(dp.survivors) <= width <= MAX_GROWTH * max(original[name], 1):
+        raise FxSurgeonError(f"the recorded width of {name!r} is {width!r}: not a whole number between its "
+                             f"{len(dp.survivors)} survivors and {MAX_GROWTH}x its width {original[name]}")
+    if width != dp.new_width and not dp.grows:
+        raise FxSurgeonError(f"the recorded width of {name!r} is {width}, but it cannot grow here")
+    dp.new_width = width
 
 
 def write_atomic(data, path: str | os.PathLike) -> None:

@@ -61,6 +61,10 @@ class Plan:
     silenced: dict[str, np.ndarray] = field(default_factory=dict)
     #: how grown widths meet ``round_to`` (see :func:`plan`)
     rounding: str = "nearest"
+    #: channels added past α's rounded width to spend what rounding left, per dimension
+    filled: dict[str, int] = field(default_factory=dict)
+    #: dead channels regrown at the same widths (NR-IP), no α
+    in_place: bool = False
 
     @property
     def miss(self) -> float | None:
@@ -73,11 +77,15 @@ class Plan:
         header = ("dimension", "width", "alive", "new width", "added", "note")
         w = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(r)).rstrip() for r in [header, *rows]]
-        goal = "remove the dead only" if self.budget is None else \
+        goal = "dead channels regrown in place, same widths" if self.in_place else \
+            "remove the dead only" if self.budget is None else \
             f"target {self.target:g} x {human(self.original)} = {human(self.budget)}"
         lines += ["", f"scheme {self.scheme}, metric {self.metric}: {goal}",
                   f"alpha = {self.alpha:.4f}; predicted {self.metric} {human(self.predicted)}"
                   + ("" if self.miss is None else f" ({self.miss:.3%} under the budget)")]
+        if self.filled:
+            lines.append(f"rounding to {self.round_to}: {sum(self.filled.values())} channel(s) in "
+                         f"{len(self.filled)} dimension(s) added past it to spend the budget")
         return "\n".join(lines)
 
 
@@ -167,7 +175,7 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
          target: float | None = 1.0, scheme: str = "nr", round_to: int = 1,
          alpha: float | None = None, max_target: float = 100.0, fixed: Fixed = None,
          scores: dict[str, np.ndarray] | None = None, ranking: str = "global",
-         rounding: str = "nearest") -> Plan:
+         rounding: str = "nearest", in_place: bool = False) -> Plan:
     """Remove the dead channels and find the shared expansion α for ``target · cost``.
 
     ``alive`` maps free dimension names to bool masks (missing: all alive), as
@@ -188,6 +196,11 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
     every channel, dead or alive, and no new one. Raises :class:`FxSurgeonError` when
     the budget is impossible, and for a ``target`` above ``max_target`` (a budget that
     large is more likely a typo).
+
+    ``in_place=True`` reallocates nothing: every dimension that can grow gets back its
+    width, its dead channels replaced by as many new ones (the paper's NR-IP, "without
+    reallocation"; under ``scheme="nr"`` the cost is the original's). ``target``,
+    ``alpha`` and ``round_to`` play no part then.
     """
     if scheme not in SCHEMES:
         raise FxSurgeonError(f"unknown scheme {scheme!r}: use one of {SCHEMES}")
@@ -196,6 +209,12 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
     require("round_to", round_to, lambda v: isinstance(v, int) and v >= 1, "a positive integer")
     if rounding not in ROUNDINGS:
         raise FxSurgeonError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+    if in_place and (scheme == "prune" or alpha is not None):
+        raise FxSurgeonError(f"in_place regrows every dimension to its width: it needs a growing scheme "
+                             f"and no alpha, got {scheme!r} and alpha={alpha}")
+    if in_place:
+        target, round_to = None, 1
+    searched = alpha is None            # α found for the budget (not given): rounding's leftover is spent
     if target is not None:
         require("target", target, lambda v: v > 0, "a finite number above 0 (of the original cost)")
         if target > max_target and scheme != "prune":
@@ -269,6 +288,8 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
     base_a, step_a, half = np.array(base), np.array(step), _half(round_to, rounding)
 
     def widths(alpha: float) -> np.ndarray:
+        if in_place:
+            return np.where(step_a > 0, [d.width for d in dims.values()], base_a).astype(np.int64)
         if alpha <= 1:          # nothing grows (rounding to the nearest would grow 6 to 8)
             return base_a.astype(np.int64)
         grown = np.where(step_a > 0, _steps(alpha, base_a, step_a, half) * step_a, base_a)
@@ -299,14 +320,47 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
                 f"{target:g} x {human(original)} = {human(budget)}; raise the target or let "
                 f"more channels die first")
         alpha = _largest_alpha(cost_at, budget) if (step_a > 0).any() else 1.0
-    for dp, w, st in zip(dims.values(), widths(alpha), step_a, strict=True):
+    final = widths(alpha)
+    if searched and budget is not None and scheme != "prune" and round_to > 1:
+        fine = np.array([d.multiple_of if st else 0 for d, st in zip(graph.dims, step_a, strict=True)])
+        final = _spend(final, alpha * base_a, step_a, fine, budget,
+                       lambda w: cost.count_plan(metric, kept, partitioned, w - base_a, scheme))
+    filled = {}
+    for dp, w, grown, st in zip(dims.values(), final, widths(alpha), step_a, strict=True):
         if dp.pinned:
             continue
         dp.new_width = int(w)
-        if st and w % st and round_to > 1:
+        if w > grown:
+            filled[dp.name] = int(w - grown)
+            dp.note = dp.note or f"+{int(w - grown)} past alpha's multiple of {st}: spends what rounding left"
+        elif st and w % st and round_to > 1:
             dp.note = dp.note or f"round_to {round_to} not reached without exceeding the budget"
-    return Plan(metric, scheme, target, alpha, original, budget, cost_at(alpha), dims, round_to, graph.token,
-                silenced if prunable else {}, rounding)
+    predicted = cost.count_plan(metric, kept, partitioned, final - base_a, scheme)
+    return Plan(metric, scheme, target, alpha, original, budget, predicted, dims, round_to, graph.token,
+                silenced if prunable else {}, rounding, filled, in_place)
+
+
+def _spend(widths: np.ndarray, ideal: np.ndarray, coarse: np.ndarray, fine: np.ndarray, budget: float,
+           cost_of) -> np.ndarray:
+    """Spend what rounding to ``coarse`` multiples left of ``budget``: widths that grow
+    take one more ``coarse`` step (their multiple kept), else one ``fine`` step (the
+    dimension's own multiple), the one furthest below its ideal α·survivors first,
+    while the cost stays within the budget. The cost only grows with widths, so a step
+    that does not fit never will: each is tried until it fails once."""
+    widths = widths.copy()
+    tries = [(i, int(s)) for i in np.nonzero(coarse > 0)[0] for s in (coarse[i], fine[i]) if s]
+    while tries:
+        tries.sort(key=lambda t: widths[t[0]] / max(ideal[t[0]], 1e-9))
+        for k, (i, s) in enumerate(tries):
+            widths[i] += s
+            if cost_of(widths) <= budget:
+                break
+            widths[i] -= s
+            tries[k] = None
+        else:
+            tries = []
+        tries = [t for t in tries if t is not None]
+    return widths
 
 
 def _check_masks(graph: ChannelGraph, alive: dict) -> None:

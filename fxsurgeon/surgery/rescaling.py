@@ -7,7 +7,7 @@ norm's output ``γ·x̂ + β`` (x̂ has zero mean and unit variance). Lifting γ
 multiply an unpenalised β by ``goal/|γ|`` (hundreds, when L1 drove γ near the dead
 threshold): a huge constant activation whose readers then take steps ∝ its square.
 
-Two goals (``to``):
+Three goals (``to``):
 
 - ``"layer"`` (the default): the level of the norm's strongest survivor, at most γ0.
   Under a strong L1 every survivor of a layer is far below γ0 (the digits CNN of
@@ -17,9 +17,14 @@ Two goals (``to``):
   event). Lifting to the layer's strongest survivor equalises the survivors at a level
   the optimizer already handles: no reader direction gets more curvature than the
   strongest channel gave it before the event.
-- ``"gamma0"``: the paper's ``|γ'| = max(|γ|, γ0)`` (with the RMS level above).
+- ``"gamma0"``: ``max(level, γ0)`` with the RMS level above.
+- ``"paper"``: the paper's rule exactly (its "neural rescaling"): ``|γ'| = max(|γ|, γ0)``,
+  ``c = γ0 / |γ|`` for every channel with ``|γ| < γ0``; β is multiplied by the same ``c``
+  (the function is kept only so), however large that makes it.
 
-New channels keep their initial scale either way.
+New channels keep their initial scale in every goal. The factors are returned, so that
+an optimizer's state can follow them (a momentum is a sum of gradients, and the
+gradient of a tensor multiplied by ``c`` is divided by ``c``).
 
 This is exact only when every path from the norm to those layers is positively
 homogeneous (``f(c·x) = c·f(x)`` for ``c > 0``, as the op table says: ReLU, max/avg
@@ -30,6 +35,7 @@ model output) are left alone and reported.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -63,23 +69,31 @@ def _readers(norm: fx.Node, prop: Propagation, modules) -> tuple[list[fx.Node], 
     return found, ""
 
 
-GOALS = ("layer", "gamma0")
+GOALS = ("layer", "gamma0", "paper")
+
+
+@dataclass
+class Rescaling:
+    """What :func:`rescale` did: per norm the channels it lifted (``done``) or, where it
+    could not, those channels and why (``skipped``); per tensor it changed, the factor it
+    multiplied it by (``factors``, broadcastable to the tensor)."""
+
+    done: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, tuple[list[int], str]] = field(default_factory=dict)
+    factors: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def rescale(module: fx.GraphModule, prop: Propagation, gamma0: float = 1.0, to: str = "layer",
-            is_new: Callable[[np.ndarray], np.ndarray] | None = None
-            ) -> tuple[dict[str, int], dict[str, tuple[list[int], str]]]:
+            is_new: Callable[[np.ndarray], np.ndarray] | None = None) -> Rescaling:
     """Rescale every per-channel scale of ``module`` (in place) whose paths allow it.
 
     ``prop`` is the identity propagation of ``module``; ``to`` the goal (see the module
     docstring); ``is_new`` tells, from a norm's channel identities, which channels the
-    rewrite added (they are neither lifted nor a measure of the layer's level). Returns
-    the number of channels rescaled per norm, and per norm that had small scales but was
-    skipped, those channels and the reason.
+    rewrite added (they are neither lifted nor a measure of the layer's level).
     """
     modules = dict(module.named_modules())
     nodes = {n.name: n for n in module.graph.nodes}
-    done, skipped = {}, {}
+    out = Rescaling()
     shared: dict[str, int] = {}          # weight or scale -> how many calls use it
     for t in [r.weight for r in prop.readers.values()] + [sc.weight for sc in prop.scales.values()]:
         shared[t] = shared.get(t, 0) + 1
@@ -89,12 +103,12 @@ def rescale(module: fx.GraphModule, prop: Propagation, gamma0: float = 1.0, to: 
         gamma = getattr_path(module, scale.weight)
         beta = getattr_path(module, scale.bias) if scale.bias is not None else None
         g = gamma.detach()
-        level = g.hypot(beta.detach()) if beta is not None else g.abs()
+        level = g.hypot(beta.detach()) if beta is not None and to != "paper" else g.abs()
         old = torch.ones_like(g, dtype=torch.bool) if is_new is None else \
             torch.as_tensor(~is_new(scale.tags), device=g.device)
         if not old.any():
             continue
-        goal = gamma0 if to == "gamma0" else min(gamma0, level[old].max().item())
+        goal = min(gamma0, level[old].max().item()) if to == "layer" else gamma0
         small = (level < goal) & (g != 0) & old
         if not small.any():
             continue
@@ -113,13 +127,15 @@ def rescale(module: fx.GraphModule, prop: Propagation, gamma0: float = 1.0, to: 
         if not why and isinstance(src, fx.Node) and len(value_users(src)) > 1:
             why = "its input is also read around it"
         if why:
-            skipped[key] = (torch.nonzero(small).reshape(-1).tolist(), why)
+            out.skipped[key] = (torch.nonzero(small).reshape(-1).tolist(), why)
             continue
         c = torch.where(small, goal / level.clamp_min(1e-30), torch.ones_like(g))
         with torch.no_grad():
             gamma.mul_(c)
+            out.factors[scale.weight] = c
             if beta is not None:
                 beta.mul_(c)
+                out.factors[scale.bias] = c
         # raw identities, not their coupled classes: a depthwise conv's outputs are coupled
         # to its inputs but carry identities of their own
         factor = dict(zip(scale.tags.tolist(), c.tolist(), strict=True))
@@ -130,5 +146,6 @@ def rescale(module: fx.GraphModule, prop: Propagation, gamma0: float = 1.0, to: 
             shape[r.weight_axis] = -1
             with torch.no_grad():
                 w.div_(div.view(shape))
-        done[key] = int(small.sum())
-    return done, skipped
+            out.factors[r.weight] = 1 / div.view(shape)
+        out.done[key] = int(small.sum())
+    return out

@@ -58,7 +58,10 @@ class Surgery:
     border sees less of the constant; exact at every input size); ``folds`` records
     what each added, as data. ``partitioned`` lists the layers split into S/R blocks;
     ``rescaled`` counts the channels neural rescaling lifted per norm, and
-    ``rescale_skipped`` gives, per norm it could not rescale, the channels and why.
+    ``rescale_skipped`` gives, per norm it could not rescale, the channels and why;
+    ``rescale_factors``, per old tensor that rescaling changed, the factor its surviving
+    values were multiplied by (broadcastable, in the old tensor's layout: what an
+    optimizer's state for it follows).
     """
 
     module: fx.GraphModule
@@ -71,6 +74,7 @@ class Surgery:
     partitioned: list[str] = field(default_factory=list)
     rescaled: dict[str, int] = field(default_factory=dict)
     rescale_skipped: dict[str, tuple[list[int], str]] = field(default_factory=dict)
+    rescale_factors: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def origin(self, name: str) -> str:
         """The old parameter or buffer that the new ``name`` comes from."""
@@ -82,6 +86,23 @@ class Surgery:
         for axis, idx in self.index_maps.get(name, []):
             old = take(old, axis, idx, fill)
         return old
+
+
+def _in_old_layout(factor: torch.Tensor, maps: list[tuple[int, np.ndarray]], old: torch.Tensor
+                   ) -> torch.Tensor:
+    """A factor laid out like a new tensor, laid out like the old one it comes from (1 at
+    the old positions that were dropped; new channels were not rescaled)."""
+    for axis, idx in maps:
+        if factor.shape[axis] == 1:
+            continue
+        shape = list(factor.shape)
+        shape[axis] = old.shape[axis]
+        out = torch.ones(shape, dtype=factor.dtype, device=factor.device)
+        kept = torch.as_tensor(np.nonzero(idx >= 0)[0], device=factor.device)
+        out.index_copy_(axis, torch.as_tensor(idx[idx >= 0], device=factor.device),
+                        factor.index_select(axis, kept))
+        factor = out
+    return factor
 
 
 def _refs(prop) -> dict[tuple[str, int], AxisRef]:
@@ -288,9 +309,12 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
         if added.any():
             _init_new_channels(new, new_refs, new_prop, layout, seed)
     if rescale:
-        surgery.rescaled, surgery.rescale_skipped = neural_rescale(
-            new, new_prop, gamma0, "layer" if rescale is True else rescale,
-            lambda tags: new_prop.uf.find(tags) >= layout.old_size)
+        done = neural_rescale(new, new_prop, gamma0, "layer" if rescale is True else rescale,
+                              lambda tags: new_prop.uf.find(tags) >= layout.old_size)
+        surgery.rescaled, surgery.rescale_skipped = done.done, done.skipped
+        surgery.rescale_factors = {
+            name: _in_old_layout(f, surgery.index_maps.get(name, []), old_tensors[name])
+            for name, f in done.factors.items()}
     if fold:
         fold_constants(graph, new, new_prop, surgery, removed, calls, sources)
     if scheme in ("cr", "ca") or prop.generations:

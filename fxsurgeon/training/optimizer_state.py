@@ -13,6 +13,21 @@ from ..ops import TABLE
 from ..persistence.fileformat import problem
 from ..surgery.rewriter import Surgery
 
+#: the power of the gradient that each known per-parameter state holds: a parameter
+#: multiplied by ``c`` has its gradient divided by ``c``, so that state is divided by
+#: ``c`` to that power (SGD's momentum, Adam's and RMSprop's moments, Adagrad's sum)
+GRADIENT_POWER = {"momentum_buffer": 1, "exp_avg": 1, "grad_avg": 1, "exp_inf": 1,
+                  "exp_avg_sq": 2, "max_exp_avg_sq": 2, "square_avg": 2, "sum": 2}
+
+
+def _follow(key: str, value: torch.Tensor, factor: torch.Tensor | None) -> torch.Tensor:
+    """``value`` (state ``key`` of a parameter that neural rescaling multiplied by
+    ``factor``) as it would be had the parameter always been so scaled."""
+    power = GRADIENT_POWER.get(key)
+    if factor is None or power is None:
+        return value
+    return value / factor.to(value.dtype) ** power
+
 
 def remap_optimizer(optimizer: torch.optim.Optimizer, old: nn.Module, new: nn.Module,
                     surgery: Surgery) -> None:
@@ -47,8 +62,9 @@ def remap_optimizer(optimizer: torch.optim.Optimizer, old: nn.Module, new: nn.Mo
                 q = new_params[child]
                 params.append(q)
                 if state:
+                    factor = surgery.rescale_factors.get(surgery.origin(child))
                     optimizer.state[q] = {
-                        k: surgery.carry(child, v)
+                        k: surgery.carry(child, _follow(k, v, factor))
                         if torch.is_tensor(v) and (v.shape == p.shape or dense and v.dim() > 0)
                         else (v.clone() if torch.is_tensor(v) else v) for k, v in state.items()}
         group["params"] = params

@@ -214,6 +214,8 @@ def _experiment(cfg: dict, args) -> None:
     runs = experiment.Runs(args.model or cfg["model"], args.data or cfg["data"],
                            args.method or cfg.get("methods", ["nr"]), args.seeds or cfg.get("seeds", [0]),
                            experiment.recipe_from(recipe), getattr(args, "num_classes", None))
+    if recipe.get("equal_epochs"):
+        experiment.check_equal_epochs(runs.methods)
     if args.smoke:
         runs, note = experiment.smoke(runs, given)
         if note:

@@ -3,6 +3,7 @@ import json
 import math
 import os
 import pickle
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -384,14 +385,23 @@ def test_demp_death_set_from_the_latest_training_batches():
     assert result.events and result.history[-1]["sparsity"] > 0.05
 
 
+def _folder(path):
+    path.mkdir()
+    return path
+
+
 def test_equal_epochs_give_the_baseline_nr_s_search_and_schedule(tmp_path):
     from fxsurgeon.experiments.runs import Runs, prepare, run
-    recipe = Recipe(**{**FAST, "batch_size": 128}, threshold=1.01, equal_epochs=True)
+    recipe = Recipe(**{**FAST, "batch_size": 128, "epochs": 3}, threshold=1.01)     # equal by default
     runs = Runs("zoo:digits_cnn", "digits", ["baseline", "nr"], [0], recipe, smoke=True)
-    results = run(runs, prepare(runs), tmp_path, progress=False)
-    assert [(r.method, r.epochs) for r in results] == [("baseline", 2), ("nr", 2)]   # NR: search + 1
-    with pytest.raises(fxs.FxSurgeonError, match="needs baseline and one of nr"):
-        prepare(Runs("zoo:digits_cnn", "digits", ["baseline"], [0], recipe))
+    results = run(runs, prepare(runs), _folder(tmp_path / "equal"), progress=False)
+    assert [(r.method, r.epochs) for r in results] == [("baseline", 4), ("nr", 4)]   # NR: search + 3
+    unequal = Runs("zoo:digits_cnn", "digits", ["baseline", "nr"], [0], replace(recipe, equal_epochs=False),
+                   smoke=True)
+    results = run(unequal, prepare(unequal), _folder(tmp_path / "unequal"), progress=False)
+    assert [(r.method, r.epochs) for r in results] == [("baseline", 3), ("nr", 4)]
+    alone = Runs("zoo:digits_cnn", "digits", ["baseline"], [0], recipe, smoke=True)
+    assert [r.epochs for r in run(alone, prepare(alone), _folder(tmp_path / "alone"), progress=False)] == [3]
 
 
 def test_smoke_runs_a_paper_config_on_the_stand_in_and_compares_with_the_paper(tmp_path, capsys):

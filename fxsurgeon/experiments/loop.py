@@ -61,7 +61,7 @@ class Recipe:
     sparsity: str = "auto"
     round_to: int = 8
     lr_steps: list[int] | None = None
-    equal_epochs: bool = False
+    equal_epochs: bool = True
     slimming_lambda: float = 1e-4
     prune_ratio: float = 0.5
     finetune_epochs: int = 40
@@ -109,7 +109,8 @@ HELP = {
     "round_to": "NR: widths that grow are multiples of this (1: channel by channel, as the paper)",
     "lr_steps": "epochs after the schedule's start where the LR drops ×0.1, e.g. 30,60,90 "
                 "(default: a cosine)",
-    "equal_epochs": "baseline: train as many epochs as the first NR method did (search + schedule)",
+    "equal_epochs": "baseline: train as many epochs as the first NR method of its seed did (search + "
+                    "schedule), when both run",
     "slimming_lambda": "Network Slimming's L1 on γ",
     "prune_ratio": "slimming, magnitude: the share of channels removed",
     "finetune_epochs": "slimming, magnitude: epochs of fine-tuning after pruning",

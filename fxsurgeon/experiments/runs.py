@@ -23,7 +23,7 @@ from .loop import METHODS, PRUNING, SEARCHING, Recipe, Result, train
 #: fast enough for an event within a few epochs (the paper's Δλ = 5e-5 needs ~100)
 DEMO = {"model": "zoo:digits_cnn", "data": "digits", "methods": ["baseline", "nr"], "seeds": [0],
         "recipe": {"epochs": 20, "search_epochs": 20, "batch_size": 32, "lr": 0.05, "weight_decay": 5e-4,
-                   "threshold": 0.6, "delta_lambda": 2e-3}}
+                   "threshold": 0.6, "delta_lambda": 2e-3, "round_to": 1}}
 
 
 #: what a config may hold; ``paper`` says which row of which table of the paper it
@@ -94,15 +94,25 @@ def smoke(runs: Runs, given: dict | None = None) -> tuple[Runs, str | None]:
     return Runs(runs.model, runs.data, runs.methods, runs.seeds, recipe, runs.num_classes, True), note
 
 
+def _paired(methods: list[str]) -> bool:
+    """Whether the methods hold a baseline and an NR method, which equal epochs pair."""
+    return "baseline" in methods and bool(set(SEARCHING) & set(methods))
+
+
+def check_equal_epochs(methods: list[str]) -> None:
+    """Asked for explicitly, equal epochs need a baseline and an NR method to pair (by
+    default they apply where there are both)."""
+    if not _paired(methods):
+        raise FxSurgeonError(f"equal epochs give the baseline as many epochs as NR trained: --method needs "
+                             f"baseline and one of {', '.join(SEARCHING)}")
+
+
 def prepare(runs: Runs) -> Data:
     """The runs' data, once the methods are known and the model runs on the data and
     gives one output per class: every check made before the work starts."""
     bad = [m for m in runs.methods if m not in METHODS]
     if bad:
         raise FxSurgeonError(f"unknown methods {bad}: use {', '.join(METHODS)}")
-    if runs.recipe.equal_epochs and not ("baseline" in runs.methods and set(SEARCHING) & set(runs.methods)):
-        raise FxSurgeonError(f"equal epochs give the baseline as many epochs as NR trained: --method needs "
-                             f"baseline and one of {', '.join(SEARCHING)}")
     data = load_data(runs.data)
     if runs.smoke:
         train_n, test_n = SMOKE["samples"]
@@ -136,10 +146,11 @@ def run(runs: Runs, data: Data, out: Path, tensorboard: bool = False, progress: 
     """Train every method with every seed where ``hardware`` says; append metrics to
     ``out``/metrics.jsonl, checkpoint each run in ``out``/checkpoints (a run found there
     continues, or is read back when finished) and write ``out``/results.json
-    (:func:`plots` draws them). With ``equal_epochs`` the NR methods of a seed train
-    first, and its baseline as many epochs as the first of them did."""
+    (:func:`plots` draws them). With ``equal_epochs``, when there are both, the NR
+    methods of a seed train first, and its baseline as many epochs as the first of them
+    did."""
     results = []
-    equal = runs.recipe.equal_epochs
+    equal = runs.recipe.equal_epochs and _paired(runs.methods)
     for seed in runs.seeds:
         nr_epochs = None
         for method in sorted(runs.methods, key=lambda m: equal and m not in SEARCHING):

@@ -245,3 +245,31 @@ def test_torchvision_resnet_rescales_only_inside_blocks():
     assert_same_function(model, surgery.module, x)
     assert set(surgery.rescaled) == {f"layer{i}.{j}.bn1" for i in range(1, 5) for j in range(2)}
     assert all("add()" in why for _, why in surgery.rescale_skipped.values())
+
+
+@pytest.mark.parametrize("scheme", ["cr", "ca", "prune"])
+def test_a_rewrite_in_training_mode_leaves_the_running_statistics_alone(scheme):
+    """A second rewrite of a rejuvenated network in training mode (NR's events happen while
+    it trains) keeps its eval function: the shapes of partitioned layers need a real run,
+    which must not update any BatchNorm's running statistics."""
+    from wrapped import small_net
+    first = "cr" if scheme == "prune" else scheme
+    _, x, surgery = _rejuvenated(first, make=small_net, size=8)
+    net = surgery.module
+    _perturb(net)
+    net.train()
+    stats = {n: b.clone() for n, b in net.named_buffers() if "running" in n}
+    graph = fxs.analyze(net, x)
+    kill(graph, 0.3, seed=2)
+    plan = fxs.plan(graph, fxs.liveliness(graph), metric="params", target=1.0 if scheme != "prune" else None,
+                    scheme=scheme)
+    again = fxs.rewrite(graph, plan)                     # its self-check compares in eval mode
+    assert net.training and again.module.training
+    kept = dict(again.module.named_buffers())
+    for name, before in stats.items():      # the survivors' statistics, carried as they were
+        survivors = np.ones(kept[name].shape[0], bool)
+        for _, idx in again.index_maps.get(name, []):
+            survivors = idx >= 0
+        assert survivors.any()
+        assert torch.equal(kept[name][survivors], again.carry(name, before)[survivors]), name
+    assert all(torch.equal(b, stats[n]) for n, b in net.named_buffers() if n in stats)

@@ -8,7 +8,6 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from ..channels.modes import evaluating
 from ..errors import FxSurgeonError, UntraceableModelError
 from .cost import CostModel
 from .dimension import Dimension, build_dimensions
@@ -176,10 +175,9 @@ def _exported(model, args, leaf_modules=(), autowrap_functions=(), concrete_args
 
 
 def _shapes(gm: fx.GraphModule, args: tuple, how: str) -> None:
-    """Annotate ``gm`` with shapes for ``args``, in eval mode (its flags restored after)."""
+    """Annotate ``gm`` with shapes for ``args`` (in eval mode, as propagation runs)."""
     try:
-        with evaluating(gm):
-            propagate_shapes(gm, args)
+        propagate_shapes(gm, args)
     except Exception as exc:
         raise FxSurgeonError(f"the {how} model failed on the example inputs "
                              f"{[tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]}: "

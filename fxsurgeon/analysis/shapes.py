@@ -17,6 +17,7 @@ from torch.func import functional_call
 from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..channels.modes import evaluating
 from ..channels.nodes import mutable
 from ..ops import TABLE
 
@@ -124,10 +125,13 @@ def _broadcast(a: torch.Size, b: torch.Size) -> tuple[int, ...]:
 
 
 def propagate_shapes(gm: fx.GraphModule, args: tuple) -> None:
-    """Annotate every node of ``gm`` with what it returns for ``args`` (no gradients)."""
+    """Annotate every node of ``gm`` with what it returns for ``args``, without gradients
+    and in eval mode (its flags restored after): where it must run on real values, the
+    run changes nothing (a BatchNorm in training mode would update its running
+    statistics: a rewrite in training mode changed its new network's eval function)."""
     for n in gm.graph.nodes:
         n.meta.pop("fxs_value", None)
-    with torch.no_grad():
+    with torch.no_grad(), evaluating(gm):
         try:
             _ShapeRecorder(gm, on_meta=True).run(*_to_meta(args))
             return

@@ -418,7 +418,17 @@ def test_smoke_runs_a_paper_config_on_the_stand_in_and_compares_with_the_paper(t
 def test_table5_smoke_runs_several_events_until_the_search_ends(tmp_path, capsys):
     assert main(["train", "--config", "paper:vgg19-cifar10-table5", "--smoke", "--device", "cpu", "--quiet",
                  "--threshold", "1.01", "--search-epochs", "3", "--out", str(tmp_path / "run")]) == 0
-    assert "paper: Table 5" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "paper: Table 5" in out
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     nr = next(r for r in results if r["method"] == "nr-cr")
     assert len(nr["events"]) == 3 and nr["epochs"] == 5       # an event per search epoch, then 2
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    nr_epochs = [h for h in history if h.get("method") == "nr-cr" and "accuracy" in h]
+    for k, event in enumerate(nr["events"]):      # each event's accuracy: its epoch's (epoch k + 1)
+        assert event["accuracy"] == nr_epochs[k]["accuracy"]
+    table = out[out.index("per event"):].splitlines()[2:]
+    rows = [line.split() for line in table[:5]]
+    assert [r[0] for r in rows] == ["1", "2", "3", "4", "5"]
+    assert rows[0][1] == f"{100 * (1 - nr['events'][0]['accuracy']):.2f}" and rows[0][-2:] == ["4.19", "%"]
+    assert rows[3][1:4] == ["no", "such", "event"] and rows[4][-2:] == ["3.62", "%"]

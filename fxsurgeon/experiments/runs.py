@@ -166,7 +166,7 @@ def run(runs: Runs, data: Data, out: Path, tensorboard: bool = False, progress: 
     results.sort(key=lambda r: (runs.seeds.index(r.seed), runs.methods.index(r.method)))
     (out / "results.json").write_text(json.dumps(
         [{k: v for k, v in asdict(r).items() if k not in ("history", "events")} |
-         {"events": [e.summary() for e in r.events]}
+         {"events": [e.summary() | {"accuracy": accuracy_at(r, e)} for e in r.events]}
          for r in results], indent=1))
     return results
 
@@ -203,16 +203,35 @@ def table(results: list[Result]) -> str:
     return _columns(rows)
 
 
+def accuracy_at(result: Result, event) -> float | None:
+    """The test accuracy at the end of the epoch in which ``event`` fired."""
+    return next((h["accuracy"] for h in result.history if h["step"] >= event.step and "accuracy" in h), None)
+
+
 def paper_table(results: list[Result], paper: dict) -> str:
     """The measured test error (last epoch, mean ± sd over seeds) beside the paper's, for
-    the table row a config reproduces."""
+    the table row a config reproduces; with the paper's error after each of several
+    events (Table 5), the error at the end of the epoch of each event too."""
     errors = paper.get("error", {})
     rows = [("method", "error (measured)", "error (paper)")]
     for method, rs in _by_method(results).items():
         known = errors.get(method)
         rows.append((method, _mean_sd([100 * (1 - r.accuracy) for r in rs]) + " %",
                      "not recorded" if known is None else f"{known:.2f} %"))
-    return f"paper: Table {paper.get('table', '?')}, {paper.get('row', '')}\n" + _columns(rows)
+    text = f"paper: Table {paper.get('table', '?')}, {paper.get('row', '')}\n" + _columns(rows)
+    per_event = paper.get("error_per_event")
+    searched = [r for r in results if r.events]
+    if per_event and searched:
+        rows = [("events", "error at the event's epoch (measured)", "error after k events (paper)")]
+        for k in range(1, max(len(per_event) - 1, max(len(r.events) for r in searched)) + 1):
+            at = [100 * (1 - a) for r in searched if len(r.events) >= k
+                  for a in [accuracy_at(r, r.events[k - 1])] if a is not None]
+            rows.append((str(k), _mean_sd(at) + " %" if at else "no such event",
+                         f"{per_event[k]:.2f} %" if k < len(per_event) else "-"))
+        text += ("\n\nper event (measured: the test error at the end of the epoch in which event k fired, "
+                 "during the search at a constant LR; the paper's: after training with k events)\n"
+                 + _columns(rows))
+    return text
 
 
 def plots(results: list[Result], out: Path) -> list[Path]:

@@ -43,3 +43,21 @@ def test_the_subgradient_form_leaves_a_frozen_scale_alone_too():
     before = bn.weight.detach().clone()
     train_step(nr)
     assert torch.equal(bn.weight, before)
+
+
+@pytest.mark.parametrize("frozen", ["1.weight", "3.weight"])
+def test_rescaling_leaves_a_frozen_scale_and_a_frozen_reader_alone(frozen):
+    """Neither a frozen γ (or β) nor a frozen layer reading it is changed by neural
+    rescaling: the norm is skipped, and the rewrite says why."""
+    model = small_net().eval()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.linspace(0.05, 0.4, 8))
+        model[4].weight.copy_(torch.linspace(0.05, 0.4, 8))
+    model.get_parameter(frozen).requires_grad_(False)
+    x = batch()[0]
+    graph = fxs.analyze(model, x)
+    surgery = fxs.rewrite(graph, fxs.plan(graph, target=None, scheme="prune"), rescale="paper")
+    assert "1" not in surgery.rescaled and "frozen" in surgery.rescale_skipped["1"][1]
+    assert "4" in surgery.rescaled                       # the trainable norm is rescaled
+    assert torch.equal(surgery.module.get_parameter(frozen), model.get_parameter(frozen))
+    torch.testing.assert_close(surgery.module(x), model(x))

@@ -116,11 +116,15 @@ def rescale(module: fx.GraphModule, prop: Propagation, gamma0: float = 1.0, to: 
             ([], "its own activation after the scale is not positively homogeneous")
         if shared[scale.weight] > 1:
             why = "its norm is called at several places"
+        if not why and not all(t.requires_grad for t in (gamma, beta) if t is not None):
+            why = "its scale or shift is frozen (requires_grad=False)"
         reads = [prop.readers[u.name] for u in readers]
         if not why and any(r.weight is None for r in reads):
             why = "a layer reads it through a computed weight"
         if not why and any(r.divisor > 1 for r in reads):
             why = "a grouped convolution reads it"
+        if not why and any(not getattr_path(module, r.weight).requires_grad for r in reads):
+            why = "a layer reading it is frozen (requires_grad=False)"
         if not why and any(shared.get(r.weight, 0) > 1 for r in reads):
             why = "a layer reading it shares its weight with another"
         src = node.args[0] if node.args else None

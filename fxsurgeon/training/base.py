@@ -179,6 +179,8 @@ class SurgicalTraining:
             lr = self._learning_rates()
             with torch.no_grad():
                 for p, mask in self.scales.values():
+                    if id(p) not in lr:         # out of the optimizer: not trained, not penalised
+                        continue
                     shrunk = p.abs().sub_(lr[id(p)] * lam * mask).clamp_(min=0)
                     p.copy_(p.sign() * shrunk)
 

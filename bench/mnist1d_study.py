@@ -11,8 +11,8 @@ initialisation and data order), each trained the same total number of epochs:
   (``|γ| → γ0``);
 - ``nr-layer``: the same, rescaling to the layer's strongest survivor (this project's);
 - ``nr-norescale``: the same without rescaling;
-- ``l1``: the L1 search with no event (threshold 0), as long as NR's search: the control
-  that separates NR's reallocation from its L1 phase;
+- ``l1``: the L1 search with no event (a threshold of 1e-9, never reached), as long as
+  NR's search: the control that separates NR's reallocation from its L1 phase;
 - ``nr-ip``: NR without reallocation: at the event the dead channels are re-initialised
   in place, at the same widths;
 - ``nr-fs``: the architecture NR found, trained from scratch;
@@ -56,7 +56,19 @@ NETWORKS = {"skewed": "mnist1d_skewed", "uniform": "mnist1d_uniform"}
 RECIPE = Recipe(epochs=40, search_epochs=30, batch_size=128, lr=0.05, momentum=0.9, weight_decay=5e-4,
                 metric="params", target=1.0, threshold=0.8, delta_lambda=2e-3, round_to=1, rescale="paper",
                 events=1)
-SMOKE = {"epochs": 2, "search_epochs": 2, "threshold": 1.01, "delta_lambda": 0.5}
+SMOKE = {"epochs": 2, "search_epochs": 2, "threshold": 1.0, "delta_lambda": 0.5}
+
+
+def _dead_quarter(network: torch.nn.Module) -> torch.nn.Module:
+    """The smoke run's network: the first quarter of every convolution's channels dead for
+    good (filters and scales at zero), so that NR has something to rejuvenate at once."""
+    layers = list(network.modules())
+    with torch.no_grad():
+        for conv, norm in zip(layers, layers[1:], strict=False):
+            if isinstance(conv, torch.nn.Conv1d) and isinstance(norm, torch.nn.BatchNorm1d):
+                conv.weight[:conv.out_channels // 4] = 0
+                norm.weight[:conv.out_channels // 4] = 0
+    return network
 
 
 def _data(smoke: bool) -> Data:
@@ -71,7 +83,7 @@ def _run(model: str, method: str, recipe: Recipe, device: str, smoke: bool) -> d
     """One training run in this process; its final accuracy, epochs, parameters and events."""
     torch.set_num_threads(1)
     torch.manual_seed(recipe.seed)
-    network = MODELS[model]()
+    network = _dead_quarter(MODELS[model]()) if smoke else MODELS[model]()
     _, result = train(network, _data(smoke), method, recipe, progress=False, hardware=Hardware(device))
     search = next((e.step for e in result.events), None)
     return {"accuracy": result.accuracy, "epochs": result.epochs, "params": result.params,
@@ -92,7 +104,7 @@ def seed_runs(network: str, seed: int, arms: list[str], device: str, smoke: bool
     if "nr-ip" in arms:
         out["nr-ip"] = _run(model, "nr-ip", recipe, device, smoke)
     if "l1" in arms:
-        out["l1"] = _run(model, "nr-cr", replace(recipe, threshold=0.0, search_epochs=max(search, 1)),
+        out["l1"] = _run(model, "nr-cr", replace(recipe, threshold=1e-9, search_epochs=max(search, 1)),
                          device, smoke)
     if "nr-fs" in arms:
         out["nr-fs"] = _run(model, "nr-fs", recipe, device, smoke)

@@ -43,4 +43,4 @@ def test_the_mnist1d_study_runs_paired_arms(capsys):
         assert regrown["widths_after"] == regrown["widths_before"] and regrown["alpha"] == 1
         assert runs["baseline"]["epochs"] == runs["nr"]["epochs"] == runs["l1"]["epochs"]
     text = study["report"](results, [0, 1])
-    assert "| nr | 16,106 |" in text and "paired difference" in text
+    assert "| baseline | 16,106 |" in text and "| nr |" in text and "paired difference" in text

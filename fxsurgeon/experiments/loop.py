@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Subset
 from ..errors import FxSurgeonError, one_line
 from ..persistence.checkpoint import MISFIT
 from ..persistence.fileformat import check_fields, problem
+from ..planning.planner import MAX_TARGET
 from ..surgery.rescaling import GOALS as RESCALE_GOALS
 from ..training.base import SurgicalTraining
 from ..training.demp import REGULARIZATIONS, Pruning
@@ -134,7 +135,9 @@ _LIMITS = {name: (test, wanted) for names, test, wanted in [
       "round_to"),
      lambda v: v >= 1, "a whole number of at least 1"),
     (("finetune_epochs",), lambda v: v >= 0, "a whole number of at least 0"),
-    (("lr", "target"), lambda v: v > 0, "a positive number"),
+    (("lr",), lambda v: v > 0, "a positive number"),
+    (("target",), lambda v: 0 < v <= MAX_TARGET, f"a positive number, at most {MAX_TARGET:g}"),
+    (("threshold",), lambda v: 0 < v <= 1, "in (0, 1]: an event fires when utilization falls below it"),
     (("weight_decay", "delta_r", "delta_lambda", "slimming_lambda", "demp_reg", "demp_noise", "epsilon"),
      lambda v: v >= 0, "a number of at least 0"),
     (("momentum", "prune_ratio"), lambda v: 0 <= v < 1, "a number in [0, 1)"),

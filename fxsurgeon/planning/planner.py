@@ -23,6 +23,9 @@ from .budget import Prunable, choose
 
 SCHEMES = ("nr", "cr", "ca", "prune")
 
+#: the largest budget (times the original cost) a plan takes unless told otherwise
+MAX_TARGET = 100.0
+
 
 @dataclass
 class DimPlan:
@@ -173,7 +176,7 @@ def _pad(keep: np.ndarray, score: np.ndarray, where: np.ndarray, count: int) -> 
 
 def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric: str = "params",
          target: float | None = 1.0, scheme: str = "nr", round_to: int = 1,
-         alpha: float | None = None, max_target: float = 100.0, fixed: Fixed = None,
+         alpha: float | None = None, max_target: float = MAX_TARGET, fixed: Fixed = None,
          scores: dict[str, np.ndarray] | None = None, ranking: str = "global",
          rounding: str = "nearest", in_place: bool = False) -> Plan:
     """Remove the dead channels and find the shared expansion α for ``target · cost``.

@@ -20,7 +20,7 @@ from ..errors import FxSurgeonError, require
 from ..judging.fixed import Fixed
 from ..judging.liveliness import liveliness
 from ..persistence.fileformat import build, schema_of
-from ..planning.planner import SCHEMES, Plan, plan
+from ..planning.planner import MAX_TARGET, SCHEMES, Plan, plan
 from ..surgery.rescaling import GOALS as RESCALE_GOALS
 from ..surgery.rewriter import Surgery, rewrite
 from .base import SurgicalTraining, shared
@@ -94,8 +94,11 @@ class NeuralRejuvenation(SurgicalTraining):
                  fixed: Fixed = None, sparsity: str = "auto", judges: bool = True, **analyze_kwargs):
         if scheme not in SCHEMES or scheme == "prune":
             raise FxSurgeonError(f"scheme must be one of nr, cr, ca, not {scheme!r}")
-        require("target", target, lambda v: v > 0, "a positive multiple of the model's cost")
-        require("threshold", threshold, lambda v: True, "a utilization")
+        require("target", target, lambda v: 0 < v <= MAX_TARGET,
+                f"a positive multiple of the model's cost, at most {MAX_TARGET:g}")
+        require("threshold", threshold, lambda v: 0 < v <= 1,
+                "a utilization in (0, 1]: an event fires when utilization falls below it (1: as soon as "
+                "anything is dead)")
         require("delta_r", delta_r, lambda v: v >= 0, "at least 0")
         require("delta_lambda", delta_lambda, lambda v: v >= 0, "at least 0")
         require("dead_threshold", dead_threshold, lambda v: 0 < v < 1, "between 0 and 1")
@@ -231,6 +234,9 @@ class NeuralRejuvenation(SurgicalTraining):
             raise FxSurgeonError(f"nothing to rejuvenate: every dimension is fixed "
                                  f"({len(self.fixed_dims)}) or pinned ({'; '.join(why)})")
         p = self._plan(alive, current)
+        if all(len(d.survivors) == d.width == d.new_width for d in p.dims.values()):
+            raise FxSurgeonError("nothing to rejuvenate: the plan keeps every channel and adds none "
+                                 "(the dead channels are all in dimensions that keep their width)")
         seed = self.seed + len(self.events)
         surgery = rewrite(graph, p, seed=seed, rescale=self.rescale if p.scheme != "prune" else False)
         self.apply_surgery(surgery, seed)

@@ -80,3 +80,19 @@ class HandWritten(nn.Module):
         q, k, v = (f(x).view(*shape).transpose(1, 2) for f in (self.q, self.k, self.v))
         y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
         return self.o(y.reshape(b, n, -1) if self.infer else y.reshape(b, n, self.heads * self.head_dim))
+
+
+def dead_digits_cnn(num_classes: int = 10) -> nn.Module:
+    """``zoo:digits_cnn`` with the first quarter of every layer's channels dead for good:
+    their filters and scales at zero (the normalised output is then zero, so neither
+    takes a gradient). A model factory for the CLI (``helpers.models:dead_digits_cnn``)
+    whose NR runs have something to rejuvenate at their first check."""
+    from fxsurgeon.zoo import digits_cnn
+    model = digits_cnn(num_classes)
+    with torch.no_grad():
+        for conv, bn in zip(model.features[:-1], model.features[1:], strict=True):
+            if isinstance(conv, nn.Conv2d):
+                dead = slice(0, conv.out_channels // 4)
+                conv.weight[dead] = 0
+                bn.weight[dead] = 0
+    return model

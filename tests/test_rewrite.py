@@ -229,3 +229,21 @@ def test_the_papers_rescaling_lifts_gamma_itself_to_gamma0(rescale, gamma):
     torch.testing.assert_close(surgery.rescale_factors["3.weight"].flatten(), torch.tensor(
         [1.0, 1 / c], dtype=torch.float64))
     torch.testing.assert_close(surgery.module(x), model(x))
+
+
+def test_a_stale_plan_is_refused_naming_the_dimension():
+    """A plan applied after the channels it judged dead came back to life (the model
+    trained on) would remove live channels, and the self-check (which zeroes the removed
+    scales in its reference) would not see it: the rewrite refuses it."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([1.0, 0.0, 0.5, 0.0]))
+    graph = fxs.analyze(model, torch.randn(1, 3, 8, 8))
+    plan = fxs.plan(graph, fxs.liveliness(graph), target=None, scheme="prune")
+    assert plan.dims["0"].survivors.tolist() == [0, 2]
+    fxs.rewrite(graph, plan)                              # fresh: fine
+    with torch.no_grad():
+        model[1].weight[1] = 0.3                          # back to life
+    with pytest.raises(fxs.FxSurgeonError, match="the plan is stale: the scales of the channels it removes "
+                                                 "from '0' changed since it was made \\(by up to 0.3\\)"):
+        fxs.rewrite(graph, plan)

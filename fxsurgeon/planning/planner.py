@@ -68,6 +68,9 @@ class Plan:
     filled: dict[str, int] = field(default_factory=dict)
     #: dead channels regrown at the same widths (NR-IP), no α
     in_place: bool = False
+    #: per dimension, the scales of the channels the plan removes, as it judged them (a
+    #: rewrite refuses the plan once they changed: it would no longer remove the dead)
+    judged: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def miss(self) -> float | None:
@@ -339,8 +342,10 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
         elif st and w % st and round_to > 1:
             dp.note = dp.note or f"round_to {round_to} not reached without exceeding the budget"
     predicted = cost.count_plan(metric, kept, partitioned, final - base_a, scheme)
+    judged = {name: scales[name][np.setdiff1d(np.arange(dp.width), dp.survivors)]
+              for name, dp in dims.items() if name in scales and len(dp.survivors) < dp.width}
     return Plan(metric, scheme, target, alpha, original, budget, predicted, dims, round_to, graph.token,
-                silenced if prunable else {}, rounding, filled, in_place)
+                silenced if prunable else {}, rounding, filled, in_place, judged)
 
 
 def _spend(widths: np.ndarray, ideal: np.ndarray, coarse: np.ndarray, fine: np.ndarray, budget: float,

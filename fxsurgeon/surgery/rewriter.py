@@ -30,6 +30,7 @@ from ..analysis.shapes import propagate_shapes
 from ..analysis.tracing import generated
 from ..channels.nodes import getattr_path
 from ..errors import FxSurgeonError, one_line
+from ..judging.liveliness import channel_scales
 from ..layers.partitioned import Partitioned
 from ..ops import TABLE, Rule
 from ..planning.planner import SCHEMES, Plan
@@ -86,6 +87,21 @@ class Surgery:
         for axis, idx in self.index_maps.get(name, []):
             old = take(old, axis, idx, fill)
         return old
+
+
+def _check_fresh(graph: ChannelGraph, plan: Plan) -> None:
+    """Refuse a plan whose removed channels' scales changed since it judged them (the
+    model trained on, or dead channels came back): it would remove what is now alive."""
+    if not plan.judged:
+        return
+    now = channel_scales(graph, [graph[name] for name in plan.judged])
+    for name, then in plan.judged.items():
+        removed = np.setdiff1d(np.arange(graph[name].width), plan.dims[name].survivors)
+        if not np.array_equal(now[name][removed], then):
+            change = float(np.abs(now[name][removed] - then).max())
+            raise FxSurgeonError(f"the plan is stale: the scales of the channels it removes from {name!r} "
+                                 f"changed since it was made (by up to {change:.3g}); plan again on the "
+                                 f"model as it is now")
 
 
 def _in_old_layout(factor: torch.Tensor, maps: list[tuple[int, np.ndarray]], old: torch.Tensor
@@ -224,6 +240,7 @@ def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: in
     if plan.graph_token not in (None, graph.token):
         raise FxSurgeonError("this plan was made for another ChannelGraph: plan again on the "
                              "graph you rewrite (its dimensions and channels are its own)")
+    _check_fresh(graph, plan)
     scheme = scheme or plan.scheme
     if scheme not in SCHEMES:
         raise FxSurgeonError(f"unknown scheme {scheme!r}: use one of {SCHEMES}")

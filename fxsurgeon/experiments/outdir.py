@@ -6,9 +6,13 @@ to its logs; ``overwrite`` runs into a fresh hidden sibling folder that replaces
 one only once the new run has finished, so an interrupted or failed run leaves the old
 results as they were. :func:`check_file` and :func:`check_folder` raise before any work
 when a path cannot be written.
+
+A run never writes through a symbolic link inside the folder (an ``--out`` that is one is
+followed: it is the user's own).
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -20,6 +24,28 @@ from pathlib import Path
 from ..errors import FxSurgeonError
 
 SETTINGS = "run.json"
+
+
+def _dead_links(path: Path, flag: str, given: Path) -> None:
+    """Raise when ``path`` or a folder above it is a symbolic link that leads nowhere: to
+    nothing, or round a loop (``given`` is the path named by ``flag``)."""
+    for link in (path, *path.parents):
+        if link.exists():
+            return
+        if link.is_symlink():
+            where = "" if link == given else f": {str(link)!r}"
+            what = "goes round in a loop" if _errno(link) == errno.ELOOP else "leads to nothing"
+            raise FxSurgeonError(f"{flag} {str(given)!r}{where} is a symbolic link to "
+                                 f"{os.readlink(link)!r}, which {what}")
+
+
+def _errno(path: Path) -> int | None:
+    """The error number of ``stat(path)``, or None when it succeeds."""
+    try:
+        path.stat()
+    except OSError as err:
+        return err.errno
+    return None
 
 
 def _writable_ancestor(path: Path, flag: str) -> None:
@@ -43,13 +69,24 @@ def check_file(path: str | os.PathLike, flag: str, overwrite: bool = True) -> No
         raise FxSurgeonError(f"{flag} {str(path)!r} exists: pass --overwrite to replace it")
     if path.exists() and not os.access(path, os.W_OK):
         raise FxSurgeonError(f"{flag} {str(path)!r}: cannot write it")
+    _dead_links(path.parent, flag, path)
     _writable_ancestor(path, flag)
+
+
+def _first_link(out: Path) -> Path | None:
+    """The first symbolic link inside the folder ``out`` (none is followed), if any."""
+    for root, dirs, files in os.walk(out):
+        for name in sorted(dirs + files):
+            if os.path.islink(os.path.join(root, name)):
+                return Path(root, name)
+    return None
 
 
 def check_folder(out: str | os.PathLike, settings: dict, *, resume: bool = False,
                  overwrite: bool = False) -> None:
     """Raise unless a run with ``settings`` may write to the folder ``out``."""
     out = Path(out)
+    _dead_links(out, "--out", out)
     if out.exists() and not out.is_dir():
         raise FxSurgeonError(f"--out {str(out)!r} is a file, not a folder")
     _writable_ancestor(out / SETTINGS, "--out")
@@ -58,6 +95,10 @@ def check_folder(out: str | os.PathLike, settings: dict, *, resume: bool = False
     if not resume:
         raise FxSurgeonError(f"--out {str(out)!r} already holds results: pass --resume to continue its run, "
                              f"or --overwrite to replace it once the new run has finished")
+    link = _first_link(out)
+    if link:
+        raise FxSurgeonError(f"--resume: {str(link)!r} is a symbolic link, and fxsurgeon never writes "
+                             f"through one inside a run folder (make --out itself the link instead)")
     try:
         recorded = json.loads((out / SETTINGS).read_text())
     except (OSError, ValueError):
@@ -69,29 +110,45 @@ def check_folder(out: str | os.PathLike, settings: dict, *, resume: bool = False
                                  f"{key} was {recorded.get(key)!r}, not {settings.get(key)!r}")
 
 
+#: how :func:`open_file` opens for each mode
+_FLAGS = {"w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND}
+
+
+def open_file(path: Path, mode: str = "w"):
+    """``open(path, mode)`` for writing (``w``, ``a``, ``wb``, ``ab``), refused when ``path``
+    is a symbolic link: a run never writes through one to a file outside it."""
+    try:
+        fd = os.open(path, _FLAGS[mode[0]] | os.O_NOFOLLOW, 0o666)
+    except OSError as err:
+        if err.errno != errno.ELOOP:
+            raise
+        raise FxSurgeonError(f"{str(path)!r} is a symbolic link: fxsurgeon never writes through one "
+                             f"inside a run folder") from None
+    return os.fdopen(fd, mode)
+
+
 @contextmanager
 def folder(out: str | os.PathLike, settings: dict, *, resume: bool = False,
            overwrite: bool = False) -> Iterator[Path]:
     """The folder a run with ``settings`` writes to (see the module docstring); with
-    ``overwrite`` it replaces ``out`` when the block finishes, and is removed if it raises."""
+    ``overwrite`` it replaces ``out`` when the block finishes, and is removed if it raises.
+    An ``out`` that is a symbolic link stays one: the folder it leads to is what is replaced."""
     out = Path(out)
     check_folder(out, settings, resume=resume, overwrite=overwrite)
-    replace = overwrite and out.exists() and any(out.iterdir())
-    if replace:
-        target = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.new-"))
-    else:
-        target = out
-        target.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    real = out.resolve()
+    replace = overwrite and any(out.iterdir())
+    target = Path(tempfile.mkdtemp(dir=real.parent, prefix=f".{real.name}.new-")) if replace else out
     try:
-        (target / SETTINGS).write_text(json.dumps(settings, indent=1))
+        with open_file(target / SETTINGS) as f:
+            f.write(json.dumps(settings, indent=1))
         yield target
     except BaseException:
         if replace:
             shutil.rmtree(target, ignore_errors=True)
         raise
     if replace:
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-        os.replace(out, old / out.name)
-        os.replace(target, out)
+        old = Path(tempfile.mkdtemp(dir=real.parent, prefix=f".{real.name}.old-"))
+        os.replace(real, old / real.name)
+        os.replace(target, real)
         shutil.rmtree(old)
-

@@ -1,6 +1,11 @@
-"""The run folder of ``fxsurgeon train``: never written through a symbolic link."""
+"""The run folder of ``fxsurgeon train``: never written through a symbolic link, locked
+while a run holds it, cleaned of what killed runs left."""
+import fcntl
 import json
 import shutil
+import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -31,7 +36,7 @@ def _contents(root):
 
 
 @pytest.mark.parametrize("name", ["results.json", "metrics.jsonl", "run.json", "training.png",
-                                  "checkpoints/baseline-seed0.pt", "checkpoints"])
+                                  "checkpoints/baseline-seed0.pt", "checkpoints", outdir.LOCK])
 def test_resume_refuses_a_link_inside_the_run_folder_before_any_work(name, run, tmp_path, capsys):
     outside = tmp_path / "outside"
     (run / name).rename(outside)
@@ -77,3 +82,57 @@ def test_a_dangling_or_looping_out_is_a_clear_error(make, message, tmp_path, cap
     for again in ([], ["--overwrite"], ["--resume"]):
         assert main([*RUN, "--out", str(out), *again]) == 2
         assert capsys.readouterr().err == f"fxsurgeon: error: --out {message.format(t=tmp_path)}\n"
+
+
+def test_a_second_run_on_a_folder_is_refused_while_the_first_holds_it(run, monkeypatch, capsys):
+    before = _contents(run)
+    with open(run / outdir.LOCK, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main([*RUN, "--out", str(run), "--resume"]) == 2
+    assert f"--out {str(run)!r} is in use by another run" in capsys.readouterr().err
+    assert _contents(run) == before                             # nothing logged twice
+
+    from fxsurgeon.experiments import runs
+    real, seen = runs.run, []
+
+    def run_and_try_the_lock(*args):
+        with open(run / outdir.LOCK, "a") as other, pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        seen.append(True)
+        return real(*args)
+    monkeypatch.setattr(runs, "run", run_and_try_the_lock)
+    assert main([*RUN, "--out", str(run), "--resume"]) == 0 and seen         # held while it runs
+    with open(run / outdir.LOCK, "a") as after:
+        fcntl.flock(after, fcntl.LOCK_EX | fcntl.LOCK_NB)                  # and released after
+
+
+def test_a_killed_run_leaves_no_stale_lock(run):
+    code = (f"import fcntl, os, signal; f = open({str(run / outdir.LOCK)!r}, 'a'); "
+            f"fcntl.flock(f, fcntl.LOCK_EX); os.kill(os.getpid(), signal.SIGKILL)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == -signal.SIGKILL
+    assert main([*RUN, "--out", str(run), "--resume"]) == 0
+
+
+def test_the_next_run_removes_what_killed_runs_left(run, tmp_path):
+    left = [run / "checkpoints" / ".baseline-seed0.pt.k3x_9q0z", tmp_path / ".run.new-abcd1234",
+            tmp_path / ".run.old-wxyz_678"]
+    kept = [run / "checkpoints" / "notes.txt", tmp_path / ".run.new-abc", tmp_path / ".other.new-abcd1234",
+            tmp_path / ".run.new-abcd1234.new-abcd1234"]
+    left[0].write_bytes(b"half a checkpoint")
+    for path in left[1:] + kept[1:]:
+        path.mkdir()
+        (path / "metrics.jsonl").write_text("{}\n")
+    kept[0].write_text("mine")
+    assert main([*RUN, "--out", str(run), "--resume"]) == 0
+    assert not any(p.exists() for p in left)
+    assert all(p.exists() for p in kept)
+
+
+def test_an_overwrite_killed_while_swapping_keeps_the_old_results(run, tmp_path, capsys):
+    old = tmp_path / ".run.old-abcd1234"
+    old.mkdir()
+    run.rename(old / "run")                 # killed between moving the old folder and the new one
+    before = _contents(tmp_path)
+    assert main([*RUN, "--out", str(run)]) == 2
+    assert f"its old results are in {str(old / 'run')!r}: move them back" in capsys.readouterr().err
+    assert _contents(tmp_path) == before

@@ -7,6 +7,7 @@ through each recorded surgery; the weights come from the saved state dict.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -81,6 +82,10 @@ def _set_width(dims: dict, name: str, width, original: dict[str, int]) -> None:
     if width != dp.new_width and not dp.grows:
         raise FxSurgeonError(f"the recorded width of {name!r} is {width}, but it cannot grow here")
     dp.new_width = width
+
+
+#: the name of a temporary file :func:`write_atomic` makes (tempfile's 8-character suffix)
+TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}")
 
 
 def write_atomic(data, path: str | os.PathLike) -> None:

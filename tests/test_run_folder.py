@@ -1,7 +1,8 @@
 """The run folder of ``fxsurgeon train``: never written through a symbolic link, locked
-while a run holds it, cleaned of what killed runs left."""
+while a run holds it, cleaned of what killed runs left, made with the user's umask."""
 import fcntl
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -136,3 +137,17 @@ def test_an_overwrite_killed_while_swapping_keeps_the_old_results(run, tmp_path,
     assert main([*RUN, "--out", str(run)]) == 2
     assert f"its old results are in {str(old / 'run')!r}: move them back" in capsys.readouterr().err
     assert _contents(tmp_path) == before
+
+
+@pytest.fixture
+def umask_027():
+    old = os.umask(0o027)
+    yield
+    os.umask(old)
+
+
+def test_files_and_folders_follow_the_umask(run, umask_027):
+    assert main([*RUN, "--out", str(run), "--overwrite"]) == 0        # a fresh sibling folder
+    assert run.stat().st_mode & 0o777 == 0o750
+    for name in ("checkpoints/baseline-seed0.pt", "results.json", "metrics.jsonl", outdir.LOCK):
+        assert (run / name).stat().st_mode & 0o777 == 0o640, name

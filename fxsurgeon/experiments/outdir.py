@@ -9,8 +9,8 @@ when a path cannot be written.
 
 A run holds the folder's lock (:func:`locked`) while it runs, so a second run on it is
 refused; it never writes through a symbolic link inside the folder (an ``--out`` that is
-one is followed: it is the user's own); what killed runs left behind (temporary files,
-sibling folders) is removed.
+one is followed: it is the user's own); files and folders get the permissions the umask
+gives; what killed runs left behind (temporary files, sibling folders) is removed.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from ..errors import FxSurgeonError
-from ..persistence.history import TEMPORARY
+from ..persistence.history import TEMPORARY, umask
 
 SETTINGS = "run.json"
 LOCK = ".fxsurgeon.lock"
@@ -190,8 +190,11 @@ def _clean(out: Path, real: Path) -> None:
 
 
 def _fresh(real: Path, kind: str) -> Path:
-    """A new hidden sibling folder of ``real`` (see :func:`_siblings`)."""
-    return Path(tempfile.mkdtemp(dir=real.parent, prefix=f".{real.name}.{kind}-"))
+    """A new hidden sibling folder of ``real`` (see :func:`_siblings`), with the permissions
+    the umask gives a folder."""
+    path = Path(tempfile.mkdtemp(dir=real.parent, prefix=f".{real.name}.{kind}-"))
+    path.chmod(0o777 & ~umask())
+    return path
 
 
 @contextmanager

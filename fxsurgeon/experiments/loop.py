@@ -32,6 +32,7 @@ from ..training.rejuvenation import Event
 from .data import Data
 from .devices import Hardware, Placement
 from .methods import METHODS as _CLASSES
+from .outdir import open_file
 
 METHODS = tuple(_CLASSES)
 PRUNING = tuple(name for name, cls in _CLASSES.items() if cls.pruning)   # their aim is sparsity
@@ -196,7 +197,7 @@ class _Logger:
 
     def __init__(self, path: Path | None, method: str, seed: int, tensorboard: bool, progress: bool,
                  total: int | None, initial: int = 0):
-        self.file = open(path, "a") if path else None   # noqa: SIM115 - closed in close()
+        self.file = open_file(path, "a") if path else None
         self.method, self.seed = method, seed
         self.writer = None
         if tensorboard and path:

@@ -7,6 +7,7 @@ import numpy as np
 
 from ..training.rejuvenation import Event
 from .loop import Result
+from .outdir import open_file
 
 
 def _pyplot():
@@ -14,6 +15,14 @@ def _pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
+
+
+def _save(fig, path: Path) -> None:
+    """Write ``fig`` to ``path`` (in the format its suffix names), never through a symbolic
+    link, and close it."""
+    with open_file(path, "wb") as f:
+        fig.savefig(f, format=path.suffix[1:] or None, dpi=120)
+    _pyplot().close(fig)
 
 
 #: what the training plot can show, in order: history key, axis label
@@ -49,8 +58,7 @@ def plot_training(results: list[Result], path: Path) -> Path:
     axes[-1].set_xlabel("epoch")
     axes[-1].legend(fontsize="small")        # accuracy: every run has it
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
     return path
 
 
@@ -82,8 +90,7 @@ def plot_tradeoff(groups: list[list[Result]], path: Path) -> Path:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
     return path
 
 
@@ -106,6 +113,5 @@ def plot_widths(result: Result, path: Path) -> Path | None:
     ax.set_title(f"{result.method}: widths at the event (α = {event.alpha:.3f})")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
     return path

@@ -18,6 +18,7 @@ from ..zoo.specs import load_model
 from .data import Data, load_data
 from .devices import Hardware
 from .loop import METHODS, PRUNING, SEARCHING, Recipe, Result, train
+from .outdir import open_file
 
 #: the demo: a capacity-limited net on the digits that ship with scikit-learn; λ grows
 #: fast enough for an event within a few epochs (the paper's Δλ = 5e-5 needs ~100)
@@ -164,10 +165,10 @@ def run(runs: Runs, data: Data, out: Path, tensorboard: bool = False, progress: 
             if method in SEARCHING and nr_epochs is None:
                 nr_epochs = result.epochs
     results.sort(key=lambda r: (runs.seeds.index(r.seed), runs.methods.index(r.method)))
-    (out / "results.json").write_text(json.dumps(
-        [{k: v for k, v in asdict(r).items() if k not in ("history", "events")} |
-         {"events": [e.summary() | {"accuracy": accuracy_at(r, e)} for e in r.events]}
-         for r in results], indent=1))
+    with open_file(out / "results.json") as f:
+        f.write(json.dumps([{k: v for k, v in asdict(r).items() if k not in ("history", "events")} |
+                            {"events": [e.summary() | {"accuracy": accuracy_at(r, e)} for e in r.events]}
+                            for r in results], indent=1))
     return results
 
 

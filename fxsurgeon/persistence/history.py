@@ -7,6 +7,7 @@ through each recorded surgery; the weights come from the saved state dict.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -83,11 +84,25 @@ def _set_width(dims: dict, name: str, width, original: dict[str, int]) -> None:
     dp.new_width = width
 
 
+#: the name of a temporary file :func:`write_atomic` makes (tempfile's 8-character suffix)
+TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}")
+
+
+def umask() -> int:
+    """The process's umask. Reading it means setting it: for that instant it is 0o077, so
+    that a file another thread makes meanwhile is only ever more private."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(data, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file renamed into place: never a half-written file."""
+    """``torch.save`` to a temporary file renamed into place: never a half-written file. The
+    file gets the permissions the umask gives a new file (not the temporary's 0600)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    os.fchmod(fd, 0o666 & ~umask())
     os.close(fd)
     try:
         torch.save(data, tmp)

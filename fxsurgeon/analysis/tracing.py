@@ -12,14 +12,14 @@ from __future__ import annotations
 import inspect
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.fx as fx
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..errors import UntraceableModelError
+from ..errors import FxSurgeonError, UntraceableModelError
 from ..layers.streamed import canonical
 from ..ops import TABLE
 
@@ -177,7 +177,12 @@ def defaults_beyond(model: nn.Module, n_inputs: int) -> dict:
 
 
 def as_tuple(example_inputs) -> tuple:
-    """Example inputs as a tuple of positional arguments."""
+    """Example inputs as a tuple of positional arguments (a dict is refused: it would be
+    its keys)."""
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)
+    if isinstance(example_inputs, Mapping):
+        raise FxSurgeonError(f"example inputs are positional, and a dict (keys {list(example_inputs)[:5]}) "
+                             f"is not taken as keyword arguments: pass (inputs,) for a forward that takes "
+                             f"the dict as its argument, or the tensors in forward's order as a tuple")
     return tuple(example_inputs)

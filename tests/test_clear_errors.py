@@ -46,3 +46,16 @@ def test_a_dict_as_the_example_inputs_is_refused_saying_how_to_pass_it():
     with pytest.raises(fxs.FxSurgeonError, match=r"a dict \(keys \['image', 'scale'\]\) is not taken as "
                                                  r"keyword arguments: pass \(inputs,\)"):
         fxs.analyze(BatchDict(), _batch())
+
+
+@pytest.mark.parametrize("build", [
+    lambda m, x: fxs.analyze(m, x),
+    lambda m, x: fxs.NeuralRejuvenation(m, x, torch.optim.SGD(m.parameters(), lr=0.1)),
+    lambda m, x: fxs.DemP(m, x, torch.optim.SGD(m.parameters(), lr=0.1), [(x,)], total_steps=10),
+], ids=["analyze", "nr", "demp"])
+def test_a_compiled_model_is_refused_saying_what_to_compile(build):
+    from fxsurgeon.zoo import digits_cnn
+    compiled = torch.compile(digits_cnn(), backend="eager")
+    with pytest.raises(fxs.UntraceableModelError, match=r"compiled \(torch.compile\): pass the model itself "
+                                                        r"\(its ._orig_mod\).*torch.compile\(nr.model\)"):
+        build(compiled, torch.randn(1, 1, 8, 8))

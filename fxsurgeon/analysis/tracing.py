@@ -136,11 +136,17 @@ def _hint(cls: type) -> str:
 
 
 def refuse_wrapped(model: nn.Module) -> None:
-    """Raise :class:`UntraceableModelError` for a model wrapped for data parallelism."""
+    """Raise :class:`UntraceableModelError` for a model wrapped for data parallelism, or
+    compiled (torch.compile's wrapper holds the model as ``_orig_mod``)."""
     if isinstance(model, _WRAPPERS):
         raise UntraceableModelError(
             f"the model is wrapped in {type(model).__name__}: pass the model itself (its .module); "
             f"fxsurgeon's training wrappers build DistributedDataParallel themselves (ddp=True)")
+    if isinstance(model._modules.get("_orig_mod"), nn.Module):
+        raise UntraceableModelError(
+            "the model is compiled (torch.compile): pass the model itself (its ._orig_mod), and compile "
+            "the network fxsurgeon hands back: torch.compile(nr.model) to train, surgery.module after a "
+            "rewrite")
 
 
 def trace(model: nn.Module, leaf_modules: Iterable[type] = (),

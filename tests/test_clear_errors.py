@@ -1,5 +1,9 @@
 """Inputs a tester found giving raw tracebacks or misleading words: each is handled, or
 refused with one line that names its cause, before any work."""
+import errno
+import json
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -59,3 +63,99 @@ def test_a_compiled_model_is_refused_saying_what_to_compile(build):
     with pytest.raises(fxs.UntraceableModelError, match=r"compiled \(torch.compile\): pass the model itself "
                                                         r"\(its ._orig_mod\).*torch.compile\(nr.model\)"):
         build(compiled, torch.randn(1, 1, 8, 8))
+
+
+def _few_digits(n=128):
+    from torch.utils.data import Subset
+
+    from fxsurgeon.experiments.data import Data, load_data
+    data = load_data("digits")
+    return Data(Subset(data.train, range(n)), Subset(data.test, range(64)), data.input_shape, 10)
+
+
+def _train(tmp_path, epochs=3):
+    from fxsurgeon.experiments.devices import Hardware
+    from fxsurgeon.experiments.loop import Recipe, train
+    from fxsurgeon.zoo import digits_cnn
+    torch.manual_seed(0)
+    recipe = Recipe(epochs=epochs, batch_size=64)
+    return train(digits_cnn(), _few_digits(), "baseline", recipe, tmp_path / "m.jsonl", progress=False,
+                 checkpoint=tmp_path / "ck.pt", hardware=Hardware("cpu"))[1]
+
+
+def _epoch_of(checkpoint):
+    from fxsurgeon.persistence.checkpoint import read
+    return read(checkpoint)["extra"]["run"]["epoch"]
+
+
+full = pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+
+
+@full
+def test_a_full_disk_while_checkpointing_says_so_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import fxsurgeon.persistence.history as history
+    saves = []
+
+    def second_to_full_disk(fd, mode, buffering):      # torch.save really writes to a full device
+        saves.append(fd)
+        if len(saves) < 2:
+            return open(fd, mode, buffering=buffering)
+        os.close(fd)
+        return open("/dev/full", mode, buffering=buffering)
+    monkeypatch.setattr(history, "open", second_to_full_disk, raising=False)
+    with pytest.raises(fxs.FxSurgeonError) as err:
+        _train(tmp_path)
+    assert str(err.value) == (f"no space left on device writing {str(tmp_path / 'ck.pt')!r}; the last good "
+                              f"checkpoint, {str(tmp_path / 'ck.pt')!r} of epoch 1, is kept")
+    assert _epoch_of(tmp_path / "ck.pt") == 1 and sorted(os.listdir(tmp_path)) == ["ck.pt", "m.jsonl"]
+    monkeypatch.undo()
+    assert _train(tmp_path).epochs == 3 and _epoch_of(tmp_path / "ck.pt") == 3
+
+
+class _FillsUp:
+    """A log file on a disk that fills up after ``room`` bytes, halfway through a line."""
+
+    def __init__(self, path, room):
+        self.file, self.room = open(path, "ab", buffering=0), room
+
+    def write(self, data):
+        if self.room <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        n = self.file.write(data[:self.room])
+        self.room -= n
+        return n
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+
+def _logged(path):
+    return [json.loads(line)["epoch"] for line in path.read_text().splitlines()]
+
+
+def test_a_full_disk_while_logging_leaves_whole_lines_and_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import fxsurgeon.experiments.loop as loop
+    monkeypatch.setattr(loop, "open", lambda path, *_, **__: _FillsUp(path, 300), raising=False)
+    with pytest.raises(fxs.FxSurgeonError) as err:
+        _train(tmp_path)
+    assert str(err.value) == (f"no space left on device writing {str(tmp_path / 'm.jsonl')!r}; the last good "
+                              f"checkpoint, {str(tmp_path / 'ck.pt')!r} of epoch 1, is kept")
+    assert _logged(tmp_path / "m.jsonl") == [1]
+    monkeypatch.undo()
+    _train(tmp_path)
+    assert _logged(tmp_path / "m.jsonl") == [1, 2, 3]
+
+
+@full
+def test_saving_a_model_to_a_full_disk_names_the_file_and_leaves_it(tmp_path, monkeypatch):
+    import fxsurgeon.persistence.history as history
+
+    def full_disk(fd, mode, buffering):
+        os.close(fd)
+        return open("/dev/full", mode, buffering=buffering)
+    (tmp_path / "w.pt").write_bytes(b"old")
+    monkeypatch.setattr(history, "open", full_disk, raising=False)
+    with pytest.raises(fxs.FxSurgeonError, match=r"^no space left on device writing '.*w.pt'; the file there "
+                                                 r"is left as it was$"):
+        history.write_atomic({"w": torch.zeros(1000)}, tmp_path / "w.pt")
+    assert os.listdir(tmp_path) == ["w.pt"] and (tmp_path / "w.pt").read_bytes() == b"old"

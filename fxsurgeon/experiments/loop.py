@@ -12,6 +12,7 @@ and, given a checkpoint file, saves the run there, so that an interrupted run co
 from __future__ import annotations
 
 import json
+import os
 import time
 import typing
 from dataclasses import dataclass, field, fields
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from ..errors import FxSurgeonError, one_line
+from ..errors import FxSurgeonError, NoSpaceError, one_line, writing
 from ..persistence.checkpoint import MISFIT
 from ..persistence.fileformat import check_fields, problem
 from ..surgery.rescaling import GOALS as RESCALE_GOALS
@@ -188,12 +189,13 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, place: Placement | None
 
 
 class _Logger:
-    """JSON lines (appended, flushed per record), optional TensorBoard and a progress bar,
-    one record per epoch."""
+    """JSON lines (each appended whole, or not at all), optional TensorBoard and a progress
+    bar, one record per epoch."""
 
     def __init__(self, path: Path | None, method: str, seed: int, tensorboard: bool, progress: bool,
                  total: int | None, initial: int = 0):
-        self.file = open(path, "a") if path else None   # noqa: SIM115 - closed in close()
+        self.path = path
+        self.file = open(path, "ab", buffering=0) if path else None   # noqa: SIM115 - closed in close()
         self.method, self.seed = method, seed
         self.writer = None
         if tensorboard and path:
@@ -207,8 +209,7 @@ class _Logger:
     def write(self, record: dict) -> None:
         record = {"method": self.method, "seed": self.seed, **record}
         if self.file is not None:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
+            self._append((json.dumps(record) + "\n").encode())
         if self.writer is not None and "epoch" in record:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k not in ("epoch", "seed"):
@@ -216,6 +217,17 @@ class _Logger:
         if self.bar is not None and "accuracy" in record:
             self.bar.update(1)
             self.bar.set_postfix(acc=f"{record['accuracy']:.3f}", sparsity=f"{record['sparsity']:.2f}")
+
+    def _append(self, line: bytes) -> None:
+        """Append ``line`` to the log whole; a full disk leaves the log as it was."""
+        start = self.file.seek(0, os.SEEK_END)
+        with writing(self.path, "it is left as it was"):
+            try:
+                while line:
+                    line = line[self.file.write(line):]
+            except OSError:
+                self.file.truncate(start)
+                raise
 
     def close(self) -> None:
         for h in (self.file, self.writer, self.bar):
@@ -274,6 +286,7 @@ def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: 
     if checkpoint is not None and checkpoint.exists():
         run.update(_resume(wrapper, sched, train_loader.generator, place, checkpoint))
         how.resumed(wrapper, run)
+    saved = run["epoch"] if checkpoint is not None and checkpoint.exists() else None
     logger = _Logger(log, method, recipe.seed, tensorboard, progress and not run["done"], how.total_epochs(),
                      run["epoch"])
     net = wrapper.model
@@ -310,6 +323,9 @@ def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: 
                 wrapper.save(checkpoint, run=run, scheduler=sched.state_dict(),
                              shuffle=train_loader.generator.get_state(), rng=torch.get_rng_state(),
                              scaler=place.scaler.state_dict() if place.scaler else {})
+                saved = epoch
+    except NoSpaceError as err:
+        raise NoSpaceError(err.path, _last_good(checkpoint, saved)) from None
     finally:
         logger.close()
     accuracies = [h["accuracy"] for h in run["history"]]
@@ -317,6 +333,15 @@ def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: 
                     int(wrapper.graph.count("flops")), accuracies[-1], max(accuracies), run["epoch"],
                     run["seconds"], run["history"], list(wrapper.surgeries))
     return wrapper.model.network, result
+
+
+def _last_good(checkpoint: Path | None, epoch: int | None) -> str:
+    """What a run that filled the disk leaves to continue from."""
+    if checkpoint is None:
+        return ""
+    if epoch is None:
+        return f"no checkpoint was written yet ({str(checkpoint)!r})"
+    return f"the last good checkpoint, {str(checkpoint)!r} of epoch {epoch}, is kept"
 
 
 def _resume(wrapper: SurgicalTraining, sched, shuffle: torch.Generator, place: Placement,

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Subset
 
 from ..analysis.report import human
-from ..errors import FxSurgeonError
+from ..errors import FxSurgeonError, writing
 from ..persistence.fileformat import problem
 from ..zoo.specs import load_model
 from .data import Data, load_data
@@ -164,10 +164,11 @@ def run(runs: Runs, data: Data, out: Path, tensorboard: bool = False, progress: 
             if method in SEARCHING and nr_epochs is None:
                 nr_epochs = result.epochs
     results.sort(key=lambda r: (runs.seeds.index(r.seed), runs.methods.index(r.method)))
-    (out / "results.json").write_text(json.dumps(
-        [{k: v for k, v in asdict(r).items() if k not in ("history", "events")} |
-         {"events": [e.summary() | {"accuracy": accuracy_at(r, e)} for e in r.events]}
-         for r in results], indent=1))
+    with writing(out / "results.json"):
+        (out / "results.json").write_text(json.dumps(
+            [{k: v for k, v in asdict(r).items() if k not in ("history", "events")} |
+             {"events": [e.summary() | {"accuracy": accuracy_at(r, e)} for e in r.events]}
+             for r in results], indent=1))
     return results
 
 

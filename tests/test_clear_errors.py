@@ -3,6 +3,7 @@ refused with one line that names its cause, before any work."""
 import errno
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -159,3 +160,28 @@ def test_saving_a_model_to_a_full_disk_names_the_file_and_leaves_it(tmp_path, mo
                                                  r"is left as it was$"):
         history.write_atomic({"w": torch.zeros(1000)}, tmp_path / "w.pt")
     assert os.listdir(tmp_path) == ["w.pt"] and (tmp_path / "w.pt").read_bytes() == b"old"
+
+
+class _Sprung:
+    """Pickles as a call to os.system: a hostile checkpoint."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.path}",)
+
+
+def test_a_hostile_checkpoint_is_refused_for_fxsurgeons_reason_without_torchs_advice(tmp_path, capsys):
+    from fxsurgeon.cli import main
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"state_dict": _Sprung(tmp_path / "sprung")}, hostile)
+    assert main(["plan", "zoo:digits_cnn", "--checkpoint", str(hostile)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(r"GLOBAL \w+\.system", err), err
+    assert "which fxsurgeon refuses: it reads files with torch.load(weights_only=True) and never runs" in err
+    with pytest.raises(fxs.FxSurgeonError) as load:
+        fxs.load(hostile)
+    for text in (err, str(load.value)):
+        assert "weights_only` set to `False`" not in text and "will likely succeed" not in text, text
+    assert not (tmp_path / "sprung").exists()

@@ -185,3 +185,42 @@ def test_a_hostile_checkpoint_is_refused_for_fxsurgeons_reason_without_torchs_ad
     for text in (err, str(load.value)):
         assert "weights_only` set to `False`" not in text and "will likely succeed" not in text, text
     assert not (tmp_path / "sprung").exists()
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"paper": {"error": {"baseline": "6.1%"}}}, r"paper.error\['baseline'\] is '6.1%', not float"),
+    ({"paper": {"table": 4}}, "paper.table is 4, not str"),
+    ({"paper": {"error_per_event": [5.4, None]}}, r"paper.error_per_event\[1\] is None, not float"),
+    ({"paper": {"note": ["a"]}}, r"paper.note is \['a'\], not str"),
+    ({"seeds": [2 ** 64]}, r"seeds must be whole numbers in \[0, 2\*\*63\).*got \[18446744073709551616\]"),
+    ({"seeds": [-1]}, r"seeds must be whole numbers in \[0, 2\*\*63\).*got \[-1\]"),
+    ({"seeds": []}, r"seeds must be .* at least one: got none"),
+    ({"methods": []}, "no method to run"),
+])
+def test_a_bad_config_is_refused_before_anything_is_written(tmp_path, capsys, config, message):
+    from fxsurgeon.cli import main
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model": "zoo:digits_cnn", "data": "digits", "methods": ["baseline"],
+                                "recipe": {"epochs": 1, "batch_size": 256}, **config}))
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 2
+    assert re.search(f"^fxsurgeon: error: .*{message}", capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_huge_seed_on_the_command_line_is_refused_before_anything_is_written(tmp_path, capsys):
+    from fxsurgeon.cli import main
+    out = tmp_path / "out"
+    argv = ["train", "zoo:digits_cnn", "--data", "digits", "--seeds", f"0,{2 ** 63}", "--out", str(out)]
+    assert main(argv) == 2
+    assert "seeds must be whole numbers in [0, 2**63)" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(fxs.FxSurgeonError, match=r"recipe: seed must be a whole number in \[0, 2\*\*63\)"):
+        from fxsurgeon.experiments.loop import Recipe
+        Recipe(seed=2 ** 64)
+
+
+def test_every_shipped_config_passes_the_checks():
+    from importlib import resources
+
+    from fxsurgeon.experiments.runs import load_config
+    for path in (resources.files("fxsurgeon") / "configs").iterdir():
+        assert load_config("paper:" + path.name[:-5])["paper"]["error"], path.name

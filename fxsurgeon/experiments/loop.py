@@ -127,6 +127,7 @@ HELP = {
 
 SPARSITY = ("auto", "subgradient", "proximal")
 DEATH_SETS = ("train", "held-out")
+SEEDS = 2 ** 63         # seeds are below it: torch.manual_seed takes them, with room for seed + k
 OPTIMIZERS = ("sgd", "adamw")
 
 #: what each recipe setting must be, beyond its type
@@ -150,6 +151,7 @@ _LIMITS = {name: (test, wanted) for names, test, wanted in [
     (("lr_steps",), lambda v: v == sorted(set(v)) and min(v, default=1) >= 1,
      "increasing whole numbers of at least 1"),
     (("demp_regularization",), lambda v: v in REGULARIZATIONS, " or ".join(REGULARIZATIONS)),
+    (("seed",), lambda v: 0 <= v < SEEDS, "a whole number in [0, 2**63)"),
 ] for name in names}
 
 

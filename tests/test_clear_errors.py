@@ -224,3 +224,21 @@ def test_every_shipped_config_passes_the_checks():
     from fxsurgeon.experiments.runs import load_config
     for path in (resources.files("fxsurgeon") / "configs").iterdir():
         assert load_config("paper:" + path.name[:-5])["paper"]["error"], path.name
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"done": True, "history": [], "epoch": 0}, "it is done, and ran no epoch"),
+    ({"epoch": 3}, r"it ran 3 epochs, and its history records epochs \[1\]"),
+    ({"history": [{"epoch": 1}]}, r"run.history\[0\] has no 'step'"),
+])
+def test_a_crafted_run_state_is_refused_before_any_work(tmp_path, change, message):
+    from fxsurgeon.persistence.checkpoint import read
+    _train(tmp_path, epochs=1)
+    state = read(tmp_path / "ck.pt")
+    state["extra"]["run"].update(change)
+    torch.save(state, tmp_path / "ck.pt")
+    log = (tmp_path / "m.jsonl").read_bytes()
+    with pytest.raises(fxs.FxSurgeonError, match=f"^cannot resume from '.*ck.pt': its run state is damaged: "
+                                                 f"{message}$"):
+        _train(tmp_path, epochs=2)
+    assert (tmp_path / "m.jsonl").read_bytes() == log

@@ -255,9 +255,11 @@ def _loaders(data: Data, recipe: Recipe, hold_out: int, place: Placement) -> tup
             DataLoader(data.test, 256, **how), death)
 
 
-#: the state of a run between epochs, as a checkpoint's ``extra`` holds it
+#: the state of a run between epochs, as a checkpoint's ``extra`` holds it: a record per
+#: epoch, with what the results read of it
+_EPOCH = {"epoch": int, "step": int, "accuracy": float, "sparsity": float, "seconds": float}
 _RUN = {"epoch": int, "start": int | None, "length": int, "pruned": bool, "done": bool, "seconds": float,
-        "history": list[dict]}
+        "history": list[_EPOCH]}
 
 
 def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: Path | None = None,
@@ -346,6 +348,15 @@ def _last_good(checkpoint: Path | None, epoch: int | None) -> str:
     return f"the last good checkpoint, {str(checkpoint)!r} of epoch {epoch}, is kept"
 
 
+def _check_epochs(run: dict) -> None:
+    """Raise unless ``run`` holds one record per epoch it ran, and ran one if it is done."""
+    recorded = [h["epoch"] for h in run["history"]]
+    if recorded != list(range(1, run["epoch"] + 1)):
+        raise FxSurgeonError(f"it ran {run['epoch']} epochs, and its history records epochs {recorded[:8]}")
+    if run["done"] and not recorded:
+        raise FxSurgeonError("it is done, and ran no epoch")
+
+
 def _resume(wrapper: SurgicalTraining, sched, shuffle: torch.Generator, place: Placement,
             checkpoint: Path) -> dict:
     """Load a run's checkpoint into its fresh wrapper, scheduler, shuffling, gradient
@@ -354,6 +365,7 @@ def _resume(wrapper: SurgicalTraining, sched, shuffle: torch.Generator, place: P
     try:
         check_fields(extra, {"run": _RUN, "scheduler": dict, "shuffle": torch.Tensor, "rng": torch.Tensor,
                              "scaler": dict})
+        _check_epochs(extra["run"])
         sched.load_state_dict(extra["scheduler"])
         shuffle.set_state(extra["shuffle"])
         torch.set_rng_state(extra["rng"])

@@ -286,3 +286,19 @@ def test_what_an_interrupted_or_failed_run_says_is_left_to_resume(tmp_path, monk
                         capsys.readouterr().err)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     assert os.listdir(tmp_path) == ["run"]
+
+
+def test_overwrite_refuses_a_mount_point_before_training(tmp_path, monkeypatch, capsys):
+    import fxsurgeon.experiments.runs as runs
+    from fxsurgeon.cli import main
+    out = tmp_path / "mnt"
+    out.mkdir()
+    (out / "results.json").write_text("old")
+    real = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: os.fspath(p) == str(out) or real(p))
+    monkeypatch.setattr(runs, "train", lambda *a, **k: pytest.fail("trained"))
+    assert main([*RUN, "--out", str(out), "--overwrite"]) == 2
+    assert capsys.readouterr().err == (f"fxsurgeon: error: --out {str(out)!r} is a mount point, which "
+                                       f"--overwrite cannot replace: pass a folder inside it, or empty it "
+                                       f"first\n")
+    assert os.listdir(tmp_path) == ["mnt"] and os.listdir(out) == ["results.json"]

@@ -53,7 +53,12 @@ def check_folder(out: str | os.PathLike, settings: dict, *, resume: bool = False
     if out.exists() and not out.is_dir():
         raise FxSurgeonError(f"--out {str(out)!r} is a file, not a folder")
     _writable_ancestor(out / SETTINGS, "--out")
-    if not out.exists() or not any(out.iterdir()) or overwrite:
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if overwrite:
+        if os.path.ismount(out):         # replacing it (os.replace) would fail once the run is done
+            raise FxSurgeonError(f"--out {str(out)!r} is a mount point, which --overwrite cannot replace: "
+                                 f"pass a folder inside it, or empty it first")
         return
     if not resume:
         raise FxSurgeonError(f"--out {str(out)!r} already holds results: pass --resume to continue its run, "

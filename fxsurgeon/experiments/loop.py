@@ -223,7 +223,7 @@ class _Logger:
     def _append(self, line: bytes) -> None:
         """Append ``line`` to the log whole; a full disk leaves the log as it was."""
         start = self.file.seek(0, os.SEEK_END)
-        with writing(self.path, "it is left as it was"):
+        with writing(self.path):
             try:
                 while line:
                     line = line[self.file.write(line):]

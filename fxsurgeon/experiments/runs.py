@@ -88,8 +88,8 @@ class Runs:
     def __post_init__(self):
         bad = [s for s in self.seeds if not 0 <= s < SEEDS]
         if bad or not self.seeds:
-            raise FxSurgeonError(f"seeds must be whole numbers in [0, 2**63) (what torch.manual_seed "
-                                 f"takes), at least one: got {bad or 'none'}")
+            raise FxSurgeonError(f"seeds must be whole numbers in [0, 2**63), at least one: "
+                                 f"got {bad or 'none'}")
         if not self.methods:
             raise FxSurgeonError(f"no method to run: use some of {', '.join(METHODS)}")
 

@@ -42,7 +42,9 @@ def test_a_dict_argument_is_analysed_and_rewritten_keeping_the_function(scheme):
     assert {d.name: d.free for d in graph.dims if d.kind == "input"} == {"batch['image']": False,
                                                                          "batch['scale']": False}
     assert graph.input_shapes == [(1, 3, 8, 8), (1, 1, 1, 1)]
-    surgery = fxs.rewrite(graph, fxs.plan(graph, fxs.liveliness(graph), scheme=scheme))
+    plan = fxs.plan(graph, fxs.liveliness(graph), scheme=scheme)
+    assert (len(plan.dims["conv"].survivors), len(plan.dims["conv2"].survivors)) == (5, 6)
+    surgery = fxs.rewrite(graph, plan)
     five = _batch(5)
     torch.testing.assert_close(surgery.module(five), model(five))
 

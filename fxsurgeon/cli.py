@@ -7,11 +7,13 @@ import importlib
 import json
 import math
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 
-from .errors import FxSurgeonError
+from .errors import FxSurgeonError, NoSpaceError
 
 DESCRIPTION = """\
 Network surgery for PyTorch models traced with torch.fx: inspect how a model's
@@ -200,6 +202,22 @@ def prune_command(args) -> None:
     print(f"wrote {args.out} (load it with fxsurgeon.load)")
 
 
+@contextmanager
+def _discarding(out: Path) -> Iterator[None]:
+    """Where a run that ``--overwrite`` makes to replace ``out`` fails or is interrupted,
+    say that it is discarded and ``out`` keeps its results."""
+    note = (f"--overwrite discarded the new run: {str(out)!r} holds its old results as they were, and "
+            f"there is nothing to resume")
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(note) from None
+    except NoSpaceError as exc:
+        raise NoSpaceError(exc.path, note) from None
+    except (FxSurgeonError, OSError) as exc:
+        raise FxSurgeonError(f"{exc}; {note}") from None
+
+
 def _experiment(cfg: dict, args) -> None:
     """Run a config (overridden by the command line) into ``--out``, safely; print the
     table and the plots."""
@@ -224,10 +242,12 @@ def _experiment(cfg: dict, args) -> None:
     hardware.resolve()                                  # a bad one is an error before the work
     out, how = Path(args.out), {"resume": args.resume, "overwrite": args.overwrite}
     outdir.check_folder(out, runs.settings(), **how)
-    data = experiment.prepare(runs)
-    with outdir.folder(out, runs.settings(), **how) as where:
-        results = experiment.run(runs, data, where, args.tensorboard, not args.quiet, hardware)
-        plots = experiment.plots(results, where)
+    replacing = args.overwrite and out.is_dir() and any(out.iterdir())
+    with _discarding(out) if replacing else nullcontext():
+        data = experiment.prepare(runs)
+        with outdir.folder(out, runs.settings(), **how) as where:
+            results = experiment.run(runs, data, where, args.tensorboard, not args.quiet, hardware)
+            plots = experiment.plots(results, where)
     print(experiment.table(results))
     if "paper" in cfg:
         print("\n" + experiment.paper_table(results, cfg["paper"]))
@@ -397,9 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FxSurgeonError, OSError) as exc:      # OSError: a path that cannot be read or written
         print(f"fxsurgeon: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:          # it may say what is left
         resume = " (continue it with --resume)" if getattr(args, "command", None) in ("train", "demo") else ""
-        print(f"fxsurgeon: interrupted{resume}", file=sys.stderr)
+        print(f"fxsurgeon: interrupted{f': {exc}' if str(exc) else resume}", file=sys.stderr)
         return 130
     return 0
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 from torch import fx, nn
+from torch.utils._pytree import tree_flatten
 
 from ..errors import FxSurgeonError, UntraceableModelError
 from .cost import CostModel
@@ -33,7 +34,8 @@ class ChannelGraph:
         self.dims = dims
         self.cost = cost
         self.example_inputs = example_inputs
-        self.input_shapes = [tuple(a.shape) for a in example_inputs if isinstance(a, torch.Tensor)]
+        self.input_shapes = [tuple(a.shape) for a in tree_flatten(example_inputs)[0]
+                             if isinstance(a, torch.Tensor)]
         self.propagation = propagation      # identities and axis refs, for the rewriter
         #: identities -> index over all dimensions' channels (-1: in no dimension)
         self.global_channels = global_channels
@@ -100,8 +102,10 @@ def analyze(model: nn.Module, example_inputs, *, leaf_modules: Iterable[type] = 
             concrete_args: dict | None = None, frontend: str = "auto") -> ChannelGraph:
     """Trace ``model`` and build its :class:`ChannelGraph`.
 
-    ``example_inputs`` is a tensor or a tuple of positional inputs (batch 1 is
-    enough; FLOPs are counted for exactly this input). ``leaf_modules`` are module
+    ``example_inputs`` is a tensor or a tuple of positional inputs, each a tensor or a
+    dict, list or tuple of them (a forward taking one batch dict gets ``(batch,)``; a dict
+    itself is refused, not taken as keyword arguments); batch 1 is enough, and FLOPs are
+    counted for exactly this input. ``leaf_modules`` are module
     types kept opaque (their channels are pinned); ``autowrap_functions`` are free
     functions kept as single calls. The user's model is not modified.
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import fx, nn
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import keystr, tree_flatten, tree_flatten_with_path, tree_map, tree_unflatten
 
 from ..channels.nodes import describe, getattr_path, normalized, reads_values, tensors_in
 from ..channels.provenance import WeightSource, constant_nodes, trace_weight
@@ -209,14 +209,22 @@ class Walk(fx.Interpreter):
         return self.table.lookup(n, self.modules).propagate(self, n, args, kwargs)
 
     def _placeholder(self, node, value):
+        """Identities for the tensors of an input, in a dict, list or tuple too (named by
+        their place, ``batch['image']``)."""
         if isinstance(value, torch.Tensor):
-            if value.is_floating_point() and value.dim() >= 2:
-                t = self.fresh(value.shape, 1, node)
-                self.out.groups.append((node.name, self.tags.axis_vector(t, 1), "input"))
-                self.pin(t, f"model input '{node.name}'")
-                return t
-            return self.tags.none(value.shape)
-        return value
+            return self._input(node.name, value)
+        leaves, spec = tree_flatten_with_path(value)
+        return tree_unflatten([self._input(node.name + keystr(path), v) if isinstance(v, torch.Tensor) else v
+                               for path, v in leaves], spec)
+
+    def _input(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        """A model input's identities: a float tensor's channels (axis 1), pinned."""
+        if value.is_floating_point() and value.dim() >= 2:
+            t = self.tags.fresh(value.shape, 1, self.prescribed.get(name))
+            self.out.groups.append((name, self.tags.axis_vector(t, 1), "input"))
+            self.pin(t, f"model input '{name}'")
+            return t
+        return self.tags.none(value.shape)
 
     def _get_attr(self, node):
         value = self.real(node)

@@ -12,14 +12,14 @@ from __future__ import annotations
 import inspect
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.fx as fx
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..errors import UntraceableModelError
+from ..errors import FxSurgeonError, UntraceableModelError
 from ..layers.streamed import canonical
 from ..ops import TABLE
 
@@ -136,11 +136,17 @@ def _hint(cls: type) -> str:
 
 
 def refuse_wrapped(model: nn.Module) -> None:
-    """Raise :class:`UntraceableModelError` for a model wrapped for data parallelism."""
+    """Raise :class:`UntraceableModelError` for a model wrapped for data parallelism, or
+    compiled (torch.compile's wrapper holds the model as ``_orig_mod``)."""
     if isinstance(model, _WRAPPERS):
         raise UntraceableModelError(
             f"the model is wrapped in {type(model).__name__}: pass the model itself (its .module); "
             f"fxsurgeon's training wrappers build DistributedDataParallel themselves (ddp=True)")
+    if isinstance(model._modules.get("_orig_mod"), nn.Module):
+        raise UntraceableModelError(
+            "the model is compiled (torch.compile): pass the model itself (its ._orig_mod), and compile "
+            "the network fxsurgeon hands back: torch.compile(nr.model) to train, surgery.module after a "
+            "rewrite")
 
 
 def trace(model: nn.Module, leaf_modules: Iterable[type] = (),
@@ -177,7 +183,12 @@ def defaults_beyond(model: nn.Module, n_inputs: int) -> dict:
 
 
 def as_tuple(example_inputs) -> tuple:
-    """Example inputs as a tuple of positional arguments."""
+    """Example inputs as a tuple of positional arguments (a dict is refused: it would be
+    its keys)."""
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)
+    if isinstance(example_inputs, Mapping):
+        raise FxSurgeonError(f"example inputs are positional, and a dict (keys {list(example_inputs)[:5]}) "
+                             f"is not taken as keyword arguments: pass (inputs,) for a forward that takes "
+                             f"the dict as its argument, or the tensors in forward's order as a tuple")
     return tuple(example_inputs)

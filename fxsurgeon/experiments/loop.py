@@ -12,6 +12,7 @@ and, given a checkpoint file, saves the run there, so that an interrupted run co
 from __future__ import annotations
 
 import json
+import os
 import time
 import typing
 from dataclasses import dataclass, field, fields
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from ..errors import FxSurgeonError, one_line
+from ..errors import FxSurgeonError, NoSpaceError, one_line, writing
 from ..persistence.checkpoint import MISFIT
 from ..persistence.fileformat import check_fields, problem
 from ..planning.planner import MAX_TARGET
@@ -128,6 +129,7 @@ HELP = {
 
 SPARSITY = ("auto", "subgradient", "proximal")
 DEATH_SETS = ("train", "held-out")
+SEEDS = 2 ** 63         # seeds are below it: torch.manual_seed takes them, with room for seed + k
 OPTIMIZERS = ("sgd", "adamw")
 
 #: what each recipe setting must be, beyond its type
@@ -153,6 +155,7 @@ _LIMITS = {name: (test, wanted) for names, test, wanted in [
     (("lr_steps",), lambda v: v == sorted(set(v)) and min(v, default=1) >= 1,
      "increasing whole numbers of at least 1"),
     (("demp_regularization",), lambda v: v in REGULARIZATIONS, " or ".join(REGULARIZATIONS)),
+    (("seed",), lambda v: 0 <= v < SEEDS, "a whole number in [0, 2**63)"),
 ] for name in names}
 
 
@@ -192,12 +195,13 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, place: Placement | None
 
 
 class _Logger:
-    """JSON lines (appended, flushed per record), optional TensorBoard and a progress bar,
-    one record per epoch."""
+    """JSON lines (each appended whole, or not at all), optional TensorBoard and a progress
+    bar, one record per epoch."""
 
     def __init__(self, path: Path | None, method: str, seed: int, tensorboard: bool, progress: bool,
                  total: int | None, initial: int = 0):
-        self.file = open_file(path, "a") if path else None
+        self.path = path
+        self.file = open_file(path, "ab", buffering=0) if path else None   # closed in close()
         self.method, self.seed = method, seed
         self.writer = None
         if tensorboard and path:
@@ -211,8 +215,7 @@ class _Logger:
     def write(self, record: dict) -> None:
         record = {"method": self.method, "seed": self.seed, **record}
         if self.file is not None:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
+            self._append((json.dumps(record) + "\n").encode())
         if self.writer is not None and "epoch" in record:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k not in ("epoch", "seed"):
@@ -220,6 +223,17 @@ class _Logger:
         if self.bar is not None and "accuracy" in record:
             self.bar.update(1)
             self.bar.set_postfix(acc=f"{record['accuracy']:.3f}", sparsity=f"{record['sparsity']:.2f}")
+
+    def _append(self, line: bytes) -> None:
+        """Append ``line`` to the log whole; a full disk leaves the log as it was."""
+        start = self.file.seek(0, os.SEEK_END)
+        with writing(self.path):
+            try:
+                while line:
+                    line = line[self.file.write(line):]
+            except OSError:
+                self.file.truncate(start)
+                raise
 
     def close(self) -> None:
         for h in (self.file, self.writer, self.bar):
@@ -245,9 +259,11 @@ def _loaders(data: Data, recipe: Recipe, hold_out: int, place: Placement) -> tup
             DataLoader(data.test, 256, **how), death)
 
 
-#: the state of a run between epochs, as a checkpoint's ``extra`` holds it
+#: the state of a run between epochs, as a checkpoint's ``extra`` holds it: a record per
+#: epoch, with what the results read of it
+_EPOCH = {"epoch": int, "step": int, "accuracy": float, "sparsity": float, "seconds": float}
 _RUN = {"epoch": int, "start": int | None, "length": int, "pruned": bool, "done": bool, "seconds": float,
-        "history": list[dict]}
+        "history": list[_EPOCH]}
 
 
 def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: Path | None = None,
@@ -278,6 +294,7 @@ def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: 
     if checkpoint is not None and checkpoint.exists():
         run.update(_resume(wrapper, sched, train_loader.generator, place, checkpoint))
         how.resumed(wrapper, run)
+    saved = run["epoch"] if checkpoint is not None and checkpoint.exists() else None
     logger = _Logger(log, method, recipe.seed, tensorboard, progress and not run["done"], how.total_epochs(),
                      run["epoch"])
     net = wrapper.model
@@ -314,6 +331,9 @@ def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: 
                 wrapper.save(checkpoint, run=run, scheduler=sched.state_dict(),
                              shuffle=train_loader.generator.get_state(), rng=torch.get_rng_state(),
                              scaler=place.scaler.state_dict() if place.scaler else {})
+                saved = epoch
+    except NoSpaceError as err:
+        raise NoSpaceError(err.path, _last_good(checkpoint, saved)) from None
     finally:
         logger.close()
     accuracies = [h["accuracy"] for h in run["history"]]
@@ -321,6 +341,24 @@ def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: 
                     int(wrapper.graph.count("flops")), accuracies[-1], max(accuracies), run["epoch"],
                     run["seconds"], run["history"], list(wrapper.surgeries))
     return wrapper.model.network, result
+
+
+def _last_good(checkpoint: Path | None, epoch: int | None) -> str:
+    """What a run that filled the disk leaves to continue from."""
+    if checkpoint is None:
+        return ""
+    if epoch is None:
+        return f"no checkpoint was written yet ({str(checkpoint)!r})"
+    return f"the last good checkpoint, {str(checkpoint)!r} of epoch {epoch}, is kept"
+
+
+def _check_epochs(run: dict) -> None:
+    """Raise unless ``run`` holds one record per epoch it ran, and ran one if it is done."""
+    recorded = [h["epoch"] for h in run["history"]]
+    if recorded != list(range(1, run["epoch"] + 1)):
+        raise FxSurgeonError(f"it ran {run['epoch']} epochs, and its history records epochs {recorded[:8]}")
+    if run["done"] and not recorded:
+        raise FxSurgeonError("it is done, and ran no epoch")
 
 
 def _resume(wrapper: SurgicalTraining, sched, shuffle: torch.Generator, place: Placement,
@@ -331,6 +369,7 @@ def _resume(wrapper: SurgicalTraining, sched, shuffle: torch.Generator, place: P
     try:
         check_fields(extra, {"run": _RUN, "scheduler": dict, "shuffle": torch.Tensor, "rng": torch.Tensor,
                              "scaler": dict})
+        _check_epochs(extra["run"])
         sched.load_state_dict(extra["scheduler"])
         shuffle.set_state(extra["shuffle"])
         torch.set_rng_state(extra["rng"])

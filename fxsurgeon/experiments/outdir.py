@@ -125,7 +125,12 @@ def check_folder(out: str | os.PathLike, settings: dict, *, resume: bool = False
     if (out / LOCK).is_file():
         with locked(out):       # only to refuse at once a folder another run holds
             pass
-    if not out.exists() or not _holds(out) or overwrite:
+    if not out.exists() or not _holds(out):
+        return
+    if overwrite:
+        if os.path.ismount(out):         # replacing it (os.replace) would fail once the run is done
+            raise FxSurgeonError(f"--out {str(out)!r} is a mount point, which --overwrite cannot replace: "
+                                 f"pass a folder inside it, or empty it first")
         return
     if not resume:
         raise FxSurgeonError(f"--out {str(out)!r} already holds results: pass --resume to continue its run, "
@@ -149,7 +154,7 @@ def check_folder(out: str | os.PathLike, settings: dict, *, resume: bool = False
 _FLAGS = {"w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND}
 
 
-def open_file(path: Path, mode: str = "w"):
+def open_file(path: Path, mode: str = "w", buffering: int = -1):
     """``open(path, mode)`` for writing (``w``, ``a``, ``wb``, ``ab``), refused when ``path``
     is a symbolic link: a run never writes through one to a file outside it."""
     try:
@@ -159,7 +164,7 @@ def open_file(path: Path, mode: str = "w"):
             raise
         raise FxSurgeonError(f"{str(path)!r} is a symbolic link: fxsurgeon never writes through one "
                              f"inside a run folder") from None
-    return os.fdopen(fd, mode)
+    return os.fdopen(fd, mode, buffering)
 
 
 @contextmanager

@@ -12,12 +12,12 @@ import torch
 from torch.utils.data import Subset
 
 from ..analysis.report import human
-from ..errors import FxSurgeonError
+from ..errors import FxSurgeonError, writing
 from ..persistence.fileformat import problem
 from ..zoo.specs import load_model
 from .data import Data, load_data
 from .devices import Hardware
-from .loop import METHODS, PRUNING, SEARCHING, Recipe, Result, train
+from .loop import METHODS, PRUNING, SEARCHING, SEEDS, Recipe, Result, train
 from .outdir import open_file
 
 #: the demo: a capacity-limited net on the digits that ship with scikit-learn; λ grows
@@ -27,9 +27,13 @@ DEMO = {"model": "zoo:digits_cnn", "data": "digits", "methods": ["baseline", "nr
                    "threshold": 0.6, "delta_lambda": 2e-3, "round_to": 1}}
 
 
-#: what a config may hold; ``paper`` says which row of which table of the paper it
-#: reproduces, and the paper's error (%) per method
+#: what a config may hold (each field optional); ``paper`` says which row of which table
+#: of the paper it reproduces, and the paper's error (%) per method
 CONFIG = {"model": str, "data": str, "methods": list[str], "seeds": list[int], "recipe": dict, "paper": dict}
+#: what a config's ``paper`` may hold (each field optional): ``error_per_event[k]`` is the
+#: error after k events (0: the baseline's)
+PAPER = {"table": str, "row": str, "error": dict[str, float], "top5_error": dict[str, float],
+         "error_per_event": list[float], "note": str}
 
 #: ``--smoke``: a few epochs on a few samples, and the stand-in when the data is absent
 SMOKE = {"recipe": {"epochs": 2, "search_epochs": 1, "finetune_epochs": 1, "batch_size": 32},
@@ -37,23 +41,29 @@ SMOKE = {"recipe": {"epochs": 2, "search_epochs": 1, "finetune_epochs": 1, "batc
 
 
 def load_config(name: str) -> dict:
-    """A shipped config (``paper:vgg19-cifar10``) or a JSON file."""
+    """A shipped config (``paper:vgg19-cifar10``) or a JSON file, every field checked."""
     if name.startswith("paper:"):
         shipped = resources.files("fxsurgeon") / "configs"
         path = shipped / f"{name[6:]}.json"
         if not path.is_file():
             known = sorted("paper:" + p.name[:-5] for p in shipped.iterdir())
             raise FxSurgeonError(f"no shipped config {name!r}; known: {', '.join(known)}")
-        return json.loads(path.read_text())
-    try:
-        cfg = json.loads(Path(name).read_text())
-    except (OSError, ValueError) as err:
-        raise FxSurgeonError(f"cannot read config {name!r}: {err}") from None
-    found = problem(cfg, dict) or next(filter(None, (problem(cfg[k], t, k) for k, t in CONFIG.items()
-                                                     if k in cfg)), None)
+        cfg = json.loads(path.read_text())
+    else:
+        try:
+            cfg = json.loads(Path(name).read_text())
+        except (OSError, ValueError) as err:
+            raise FxSurgeonError(f"cannot read config {name!r}: {err}") from None
+    found = problem(cfg, dict) or _optional(cfg, CONFIG) or _optional(cfg.get("paper", {}), PAPER, "paper.")
     if found:
         raise FxSurgeonError(f"config {name!r}: {found}")
     return cfg
+
+
+def _optional(value: dict, schema: dict, where: str = "") -> str | None:
+    """The first field of ``value`` that ``schema`` does not accept, where every field is optional."""
+    found = (problem(value[k], t, where + k) for k, t in schema.items() if k in value)
+    return next(filter(None, found), None)
 
 
 def recipe_from(values: dict) -> Recipe:
@@ -75,6 +85,14 @@ class Runs:
     recipe: Recipe
     num_classes: int | None = None      # must match the data's, when given
     smoke: bool = False                 # only the first samples of the data (SMOKE)
+
+    def __post_init__(self):
+        bad = [s for s in self.seeds if not 0 <= s < SEEDS]
+        if bad or not self.seeds:
+            raise FxSurgeonError(f"seeds must be whole numbers in [0, 2**63), at least one: "
+                                 f"got {bad or 'none'}")
+        if not self.methods:
+            raise FxSurgeonError(f"no method to run: use some of {', '.join(METHODS)}")
 
     def settings(self) -> dict:
         """What makes two runs the same run (``run.json`` of the output folder)."""
@@ -165,7 +183,7 @@ def run(runs: Runs, data: Data, out: Path, tensorboard: bool = False, progress: 
             if method in SEARCHING and nr_epochs is None:
                 nr_epochs = result.epochs
     results.sort(key=lambda r: (runs.seeds.index(r.seed), runs.methods.index(r.method)))
-    with open_file(out / "results.json") as f:
+    with writing(out / "results.json"), open_file(out / "results.json") as f:
         f.write(json.dumps([{k: v for k, v in asdict(r).items() if k not in ("history", "events")} |
                             {"events": [e.summary() | {"accuracy": accuracy_at(r, e)} for e in r.events]}
                             for r in results], indent=1))

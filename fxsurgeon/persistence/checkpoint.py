@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
+import re
 import warnings
 import zipfile
 
@@ -57,17 +59,22 @@ def read(path: str | os.PathLike) -> dict:
     except FileNotFoundError:
         raise FxSurgeonError(f"checkpoint {str(path)!r} does not exist") from None
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same explanation
-        raise FxSurgeonError(f"cannot read checkpoint {str(path)!r} as data (torch.load with weights_only): "
-                             f"it is corrupt, not a torch file, or holds objects other than tensors and "
-                             f"plain containers ({_cause(exc)})") from exc
+        raise FxSurgeonError(f"cannot read checkpoint {str(path)!r} as data: it is corrupt, not a torch "
+                             f"file, or holds objects other than tensors and plain containers, which "
+                             f"fxsurgeon refuses: it reads files with torch.load(weights_only=True) and "
+                             f"never runs code from them ({_cause(exc)})") from None
 
 
 def _cause(exc: Exception) -> str:
-    """The line of torch.load's error that says what failed (not its advice to unpickle
-    unsafely)."""
-    text = str(exc).partition("WeightsUnpickler error:")
+    """The first sentence of what torch.load says failed, without its advice to load with
+    weights_only=False (it wraps the unpickler's own error, kept as the context)."""
+    inner = exc.__context__ if isinstance(exc, pickle.UnpicklingError) and exc.__context__ else exc
+    text = str(inner).partition("WeightsUnpickler error:")
     line = next((line.strip() for line in (text[2] or text[0]).splitlines() if line.strip()), "")
-    return f"{type(exc).__name__}: {line}"
+    return f"{type(exc).__name__}: {_SENTENCE_END.split(line)[0]}"
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s")
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..analysis.graph import ChannelGraph
-from ..errors import FxSurgeonError
+from ..errors import FxSurgeonError, writing
 from ..planning.planner import plan
 from ..surgery.folding import restore_fold
 from ..surgery.rewriter import Surgery, rewrite
@@ -97,16 +97,18 @@ def umask() -> int:
 
 
 def write_atomic(data, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file renamed into place: never a half-written file. The
-    file gets the permissions the umask gives a new file (not the temporary's 0600)."""
+    """``torch.save`` to a temporary file renamed into place: never a half-written file; a
+    full disk is a :class:`NoSpaceError` that leaves the file as it was. The file gets the
+    permissions the umask gives a new file (not the temporary's 0600)."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    os.fchmod(fd, 0o666 & ~umask())
-    os.close(fd)
-    try:
-        torch.save(data, tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with writing(target, "the file there is left as it was" if target.exists() else ""):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        os.fchmod(fd, 0o666 & ~umask())
+        try:
+            with open(fd, "wb", buffering=0) as f:       # unbuffered: torch.save raises the OS's error
+                torch.save(data, f)
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)

@@ -61,3 +61,10 @@ def test_rescaling_leaves_a_frozen_scale_and_a_frozen_reader_alone(frozen):
     assert "4" in surgery.rescaled                       # the trainable norm is rescaled
     assert torch.equal(surgery.module.get_parameter(frozen), model.get_parameter(frozen))
     torch.testing.assert_close(surgery.module(x), model(x))
+
+
+def test_the_dimensions_left_alone_are_named_once():
+    model, _ = _frozen_gamma()
+    with pytest.warns(UserWarning, match=r"1 free dimension\(s\) have frozen scales .* left alone: never "
+                                         r"penalised, never rescaled \(0\)"):
+        fxs.NeuralRejuvenation(model, batch()[0][:1], torch.optim.SGD(model.parameters(), lr=0.1))

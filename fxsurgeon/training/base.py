@@ -10,6 +10,7 @@ surgeries from the original model. :class:`~fxsurgeon.NeuralRejuvenation` and
 from __future__ import annotations
 
 import os
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -124,6 +125,14 @@ class SurgicalTraining:
             else Judged(graph)
         self._join_gates(optimizer)
         self._set_graph(self.judged.graph)
+        params = dict(self.graph.module.named_parameters())
+        frozen = [d.name for d in self.graph.free_dims if d.name not in self.fixed_dims and
+                  {not params[m.tensor].requires_grad for m in d.sources
+                   if m.tensor in params and params[m.tensor].dim() == 1} == {True}]
+        if frozen:
+            warnings.warn(f"{len(frozen)} free dimension(s) have frozen scales (requires_grad=False) and are "
+                          f"left alone: never penalised, never rescaled ({', '.join(frozen[:5])}"
+                          f"{', ...' if len(frozen) > 5 else ''})", stacklevel=2)
         self.model = SurgicalModel(self.graph.module, None if ddp is False else {} if ddp is True else ddp)
         self.model.train(model.training)
         self.steps = 0

@@ -125,6 +125,9 @@ class Judge(PerChannel):
     def fresh(self, node, module):
         return True
 
+    def folded_scale(self, node, root):
+        return root.get_submodule(node.target).weight.detach()
+
     def propagate(self, walk, node, args, kwargs):
         y = super().propagate(walk, node, args, kwargs)
         walk.params(node, walk.tensor_name(f"{node.target}.weight"), 0.0)   # folds away on export

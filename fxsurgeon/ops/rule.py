@@ -90,6 +90,12 @@ class Rule:
         refuses where the constants' contribution varies over the output)."""
         return None
 
+    def folded_scale(self, node: fx.Node, root: nn.Module) -> Tensor | None:
+        """deploying: the per-channel scale this op only multiplies its input by, which
+        deployment folds into the layers around it (a judge's gate), or None: the op stays
+        (the safe answer)."""
+        return None
+
     def absorbs_scale(self, node: fx.Node, root: nn.Module) -> bool:
         """deploying: whether :meth:`absorb_scale` can take a per-channel scale of the op's
         input into its weight; False, the safe answer (a gate then stays in front of it)."""

@@ -7,7 +7,6 @@ from collections import Counter
 
 from torch import fx
 
-from ..layers.gate import Gate
 from ..layers.streamed import canonical
 from ..ops import TABLE
 
@@ -46,9 +45,9 @@ def fold_gates(module: fx.GraphModule) -> list[str]:
     graph, kept, modules = module.graph, [], dict(module.named_modules())
     calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
     for node in list(graph.nodes):
-        if node.op != "call_module" or not isinstance(modules[node.target], Gate):
+        scale = TABLE.lookup(node, modules).folded_scale(node, module) if node.op == "call_module" else None
+        if scale is None:
             continue
-        scale = modules[node.target].weight.detach()
         users, producer = list(node.users), node.args[0]
         if all(_absorbs(module, modules, user, node, calls) for user in users):
             for user in users:

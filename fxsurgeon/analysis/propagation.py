@@ -21,6 +21,7 @@ import torch
 from torch import fx, nn
 from torch.utils._pytree import keystr, tree_flatten, tree_flatten_with_path, tree_map, tree_unflatten
 
+from ..channels.facts import Coupling, Divisor, Generations, Group, Grouped, Pin, Size
 from ..channels.nodes import describe, getattr_path, normalized, reads_values, tensors_in
 from ..channels.provenance import WeightSource, constant_nodes, trace_weight
 from ..channels.tags import Tags, prod
@@ -91,10 +92,10 @@ class Propagation:
     readers: dict[str, Reader] = field(default_factory=dict)
     scales: dict[str, Scale] = field(default_factory=dict)    # norm node -> its γ and β
     terms: list[Term] = field(default_factory=list)
-    pins: list[tuple[np.ndarray, str]] = field(default_factory=list)
-    divisors: list[tuple[np.ndarray, int]] = field(default_factory=list)
-    couplings: list[tuple[np.ndarray, str]] = field(default_factory=list)
-    groups: list[tuple[str, np.ndarray, str]] = field(default_factory=list)  # node, tags, origin
+    pins: list[Pin] = field(default_factory=list)
+    divisors: list[Divisor] = field(default_factory=list)
+    couplings: list[Coupling] = field(default_factory=list)
+    groups: list[Group] = field(default_factory=list)
     out_axes: dict[str, int] = field(default_factory=dict)   # producer node -> its channel axis
     write_axes: dict[str, int] = field(default_factory=dict)   # writing layer -> its output's channel axis
     follows: set[tuple[str, str]] = field(default_factory=set)  # (writer node, norm right after it)
@@ -104,16 +105,11 @@ class Propagation:
     heads: list[np.ndarray] = field(default_factory=list)
     depthwise: set[str] = field(default_factory=set)   # convs with one group per input channel
     blockwise: set[str] = field(default_factory=set)   # dense conv/linear modules S/R can split
-    #: channels around grouped convs: (tags, groups, transposed); the tags form ``groups``
-    #: equal consecutive blocks
-    grouped: list[tuple[np.ndarray, int, bool]] = field(default_factory=list)
+    grouped: list[Grouped] = field(default_factory=list)
     aliases: dict[str, list[str]] = field(default_factory=dict)  # tensor -> every name it has
     sources: dict[tuple[str, tuple], WeightSource] = field(default_factory=dict)  # computed weights
-    #: partitioned layers: node -> (output identities, their generations, input identities,
-    #: their generations or -1 for fixed)
-    generations: dict[str, tuple[np.ndarray, ...]] = field(default_factory=dict)
-    #: literal sizes that follow a channel axis (node, index in its size list, its channels)
-    sizes: list[tuple[str, int, np.ndarray]] = field(default_factory=list)
+    generations: dict[str, Generations] = field(default_factory=dict)   # partitioned layers
+    sizes: list[Size] = field(default_factory=list)
 
 
 def tensor_names(module: nn.Module) -> tuple[dict[str, str], dict[str, list[str]], dict[int, str]]:
@@ -221,7 +217,7 @@ class Walk(fx.Interpreter):
         """A model input's identities: a float tensor's channels (axis 1), pinned."""
         if value.is_floating_point() and value.dim() >= 2:
             t = self.tags.fresh(value.shape, 1, self.prescribed.get(name))
-            self.out.groups.append((name, self.tags.axis_vector(t, 1), "input"))
+            self.out.groups.append(Group(name, self.tags.axis_vector(t, 1), "input"))
             self.pin(t, f"model input '{name}'")
             return t
         return self.tags.none(value.shape)
@@ -322,13 +318,13 @@ class Walk(fx.Interpreter):
         """Pin every channel in the tag tensors of ``value``."""
         for t in tensors_in(value):
             if t.dtype == torch.int64 and t.numel():
-                self.out.pins.append((self.tags.unique(t), reason))
+                self.out.pins.append(Pin(self.tags.unique(t), reason))
 
     def couple(self, a: np.ndarray, b: np.ndarray, label: str | None = None) -> None:
         """Make ``a[i]`` and ``b[i]`` one class; ``label`` says why (residual, gate, concat...)."""
         self.tags.couple(a, b)
         if label:
-            self.out.couplings.append((np.asarray(a), label))
+            self.out.couplings.append(Coupling(np.asarray(a), label))
 
     def ref(self, tensor: str, axis: int, tags, role: str, node: fx.Node, divisor: int = 1,
             init: float | str = 0.0) -> None:
@@ -348,7 +344,7 @@ class Walk(fx.Interpreter):
             self.couple(prev.tags, tags, "shared")
         else:
             why = f"'{name}' is used by {prev.node} and {node.name} with different layouts"
-            self.out.pins += [(prev.tags[prev.tags != 0], why), (tags[tags != 0], why)]
+            self.out.pins += [Pin(prev.tags[prev.tags != 0], why), Pin(tags[tags != 0], why)]
 
     def reader(self, node: fx.Node, source, axis: int, tags, weight: str | None,
                weight_axis: int, divisor: int = 1, bias: str | None = None,
@@ -385,7 +381,7 @@ class Walk(fx.Interpreter):
 
     def produced(self, node: fx.Node, out: torch.Tensor, axis: int) -> torch.Tensor:
         """``node`` emits new channels along ``axis`` of ``out`` (a group of one dimension)."""
-        self.out.groups.append((node.name, self.tags.axis_vector(out, axis), "producer"))
+        self.out.groups.append(Group(node.name, self.tags.axis_vector(out, axis), "producer"))
         self.out.out_axes[node.name] = axis % out.dim()
         return out
 
@@ -479,9 +475,8 @@ class Walk(fx.Interpreter):
                 vec = t.movedim(a, 0).reshape(t.shape[a], -1)[:, 0].numpy()
                 self.out.axes.append(AxisRef(name, a, vec, "param", name))
             elif t.numel() > 1:
-                self.out.pins.append((np.unique(roots[coupled]),
-                                      f"tensor '{name}' couples channels in a pattern "
-                                      f"that cannot be sliced"))
+                self.out.pins.append(Pin(np.unique(roots[coupled]), f"tensor '{name}' couples channels "
+                                                                    f"in a pattern that cannot be sliced"))
 
     def _param_terms(self, model: nn.Module) -> None:
         """A params cost term per parameter of ``model``: sliced axes scale, the rest is

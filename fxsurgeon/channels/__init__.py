@@ -2,5 +2,6 @@
 
 Takes nothing from later stages. Gives tag tensors (:mod:`.tags`), the union-find over
 identities (:mod:`.unionfind`), readers of fx nodes (:mod:`.nodes`), where a layer's weight
-comes from (:mod:`.provenance`) and eval mode for a block (:mod:`.modes`).
+comes from (:mod:`.provenance`), eval mode for a block (:mod:`.modes`) and the named
+records of what the identity walk learns about channels (:mod:`.facts`).
 """

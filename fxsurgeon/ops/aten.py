@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import fx
 
+from ..channels.facts import Pin, Size
 from .attention import DotProductAttention
 from .elementwise import Carry, Couple
 from .layers import Addmm, FunctionalEmbedding, FunctionalLayer, Matmul
@@ -58,9 +59,9 @@ class Split(Move):
         def decide():
             roots = [np.sort(walk.tags.uf.find(p)) for p in parts]
             if all(np.array_equal(r, roots[0]) for r in roots):
-                walk.out.sizes.append((node.name, 1, parts[0]))
+                walk.out.sizes.append(Size(node.name, 1, parts[0]))
             else:
-                walk.out.pins.append((pinned, why))
+                walk.out.pins.append(Pin(pinned, why))
         walk.later(decide)
 
     def set_size(self, node, index: int, width: int) -> None:

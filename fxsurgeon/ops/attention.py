@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..channels.facts import Group
 from ..channels.nodes import tensors_in
 from .rule import Rule
 
@@ -82,7 +83,7 @@ class HeadAttention(Rule):
                     f"folded through its softmax")
         key = f"{node.target}.heads"
         heads = tags.axis_vector(tags.fresh((m.num_heads,), 0, walk.prescribed.get(key)), 0)
-        walk.out.groups.append((key, heads, "heads"))
+        walk.out.groups.append(Group(key, heads, "heads"))
         rows = np.repeat(heads, m.head_dim)               # one head's positions in q, k or v
         qkv, proj = f"{node.target}.qkv", f"{node.target}.proj"
         walk.ref(f"{qkv}.weight", 0, np.tile(rows, 3), "out", node, init="he")

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils._pytree import tree_map
 
+from ..channels.facts import Coupling, Divisor, Pin, Size
 from ..channels.nodes import tensors_in
 from ..channels.tags import prod
 from .rule import Rule
@@ -85,7 +86,7 @@ class Reshape(Move):
         literal = [k for k in carrying if isinstance(raw[k], int) and raw[k] != -1]
         if self.follow_sizes:
             for k in [k for k in literal if _whole(tags, x, out, k)]:
-                walk.out.sizes.append((node.name, k, tags.axis_vector(out, k)))
+                walk.out.sizes.append(Size(node.name, k, tags.axis_vector(out, k)))
                 literal.remove(k)
                 carrying.remove(k)
         # a head count beside a -1 (the head_dim, inferred) is a head count all the same
@@ -104,7 +105,7 @@ class Reshape(Move):
             # with fewer channels the inferred size would shrink, not the groups
             walk.pin(x, f"constant reshape size outside an inferred (-1) one at {walk.describe(node)}")
         elif literal:
-            walk.out.divisors.append((tags.unique(x), prod(raw[k] for k in literal)))
+            walk.out.divisors.append(Divisor(tags.unique(x), prod(raw[k] for k in literal)))
         # a size read off a channel axis of another tensor ties that width to this reshape
         classes = set(tags.uf.find(tags.unique(x)).tolist())
         for size in raw:
@@ -162,11 +163,11 @@ def _follow_heads(walk, node, k: int, heads: np.ndarray, split: bool, x, rest: i
     def decide():
         roots = walk.tags.uf.find(heads)
         if (roots == roots[:, :1]).all():
-            walk.out.sizes.append((node.name, k, heads[:, 0] if split else heads.reshape(-1)))
+            walk.out.sizes.append(Size(node.name, k, heads[:, 0] if split else heads.reshape(-1)))
             if rest > 1:
-                walk.out.divisors.append((pinned, rest))
+                walk.out.divisors.append(Divisor(pinned, rest))
         else:
-            walk.out.pins.append((pinned, why))
+            walk.out.pins.append(Pin(pinned, why))
     return decide
 
 
@@ -196,7 +197,7 @@ class Chunk(Move):
     def check(self, walk, node, x, out, args, kwargs):
         dim = walk.argument(node, "dim", 2, 0)
         if walk.tags.carries(x, dim % x.dim()):
-            walk.out.divisors.append((walk.tags.unique(x), walk.argument(node, "chunks", 1)))
+            walk.out.divisors.append(Divisor(walk.tags.unique(x), walk.argument(node, "chunks", 1)))
             walk.out.position_splits.append(walk.tags.unique(x))
 
 
@@ -283,7 +284,7 @@ class Concat(Rule):
         vecs = [tags.axis_vector(p, dim) if p.shape[dim] else np.zeros(0, np.int64) for p in parts]
         for p, v in zip(parts, vecs, strict=True):
             if len(parts) > 1 and p.numel():
-                walk.out.couplings.append((v if v is not None else tags.unique(p), "concat"))
+                walk.out.couplings.append(Coupling(v if v is not None else tags.unique(p), "concat"))
         if all(v is not None for v in vecs):
             shape = list(ref.shape)
             shape[dim] = sum(len(v) for v in vecs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
+from ..channels.facts import Generations
 from ..channels.nodes import value_users
 from ..channels.provenance import WeightSource
 from ..layers.folded import FoldedConv
@@ -81,7 +82,7 @@ class Blocks(Rule):
             walk.pin(args[0], why)
             return out
         row_gen, col_gen = m.generations()
-        walk.out.generations[node.name] = (vout, row_gen, vin, col_gen)
+        walk.out.generations[node.name] = Generations(vout, row_gen, vin, col_gen)
         walk.out.blockwise.add(node.name)
         for g in range(len(m.rows)):         # the blocks between generations: not there
             for h in range(len(m.rows)):

@@ -1,0 +1,68 @@
+"""What the identity walk records about channels, one named record per kind of fact.
+
+Op rules make them (they take nothing from later stages); the walk collects them in its
+:class:`~fxsurgeon.analysis.propagation.Propagation`, and the dimensions, the planner and
+the rewrite read them by name. They are named tuples: unpacking them still works.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Pin(NamedTuple):
+    """Channels that must keep their width, and why."""
+
+    tags: np.ndarray
+    why: str
+
+
+class Divisor(NamedTuple):
+    """Channels whose width must stay a multiple of ``factor`` (groups, chunks, head_dim)."""
+
+    tags: np.ndarray
+    factor: int
+
+
+class Coupling(NamedTuple):
+    """Channels that are one (an add, a concat), and the op that couples them."""
+
+    tags: np.ndarray
+    why: str
+
+
+class Group(NamedTuple):
+    """The channels ``node`` emits (or takes in), and which kind of node it is:
+    ``"producer"``, ``"input"`` or ``"heads"``."""
+
+    node: str
+    tags: np.ndarray
+    origin: str
+
+
+class Grouped(NamedTuple):
+    """Channels around a grouped conv: ``groups`` equal consecutive blocks."""
+
+    tags: np.ndarray
+    groups: int
+    transposed: bool
+
+
+class Generations(NamedTuple):
+    """A partitioned layer's output and input identities, each with its generation (an
+    input's is -1 when it is fixed)."""
+
+    out: np.ndarray
+    out_gen: np.ndarray
+    inputs: np.ndarray
+    in_gen: np.ndarray
+
+
+class Size(NamedTuple):
+    """A literal size that follows a channel axis: the node, its index in the node's size
+    list, and the channels it counts."""
+
+    node: str
+    index: int
+    tags: np.ndarray

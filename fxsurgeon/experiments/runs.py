@@ -13,7 +13,7 @@ from torch.utils.data import Subset
 
 from ..analysis.report import human
 from ..errors import FxSurgeonError
-from ..persistence.fileformat import problem
+from ..persistence.fileformat import problem, regular_size
 from ..zoo.specs import load_model
 from .data import Data, load_data
 from .devices import Hardware
@@ -45,6 +45,7 @@ def load_config(name: str) -> dict:
             raise FxSurgeonError(f"no shipped config {name!r}; known: {', '.join(known)}")
         return json.loads(path.read_text())
     try:
+        regular_size(name, "config")
         cfg = json.loads(Path(name).read_text())
     except (OSError, ValueError) as err:
         raise FxSurgeonError(f"cannot read config {name!r}: {err}") from None

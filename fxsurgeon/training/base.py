@@ -22,7 +22,7 @@ from ..analysis.graph import ChannelGraph, analyze
 from ..analysis.tracing import as_tuple, generated
 from ..errors import FxSurgeonError, one_line
 from ..judging.fixed import Fixed, fixed_names
-from ..persistence.checkpoint import MISFIT, RECORD, read
+from ..persistence.checkpoint import MISFIT, RECORD, read, stored
 from ..persistence.fileformat import FINGERPRINT, check_fields, check_format, fingerprint, first_difference
 from ..persistence.history import record, replay, write_atomic
 from ..surgery.judges import Judged, add_judges
@@ -249,10 +249,11 @@ class SurgicalTraining:
         if data["optimizer_type"] != optimizer_type(self.optimizer):
             raise FxSurgeonError(f"it was written with the optimizer {data['optimizer_type']}, "
                                  f"not {optimizer_type(self.optimizer)}")
+        most = max(self.graph.count("params"), stored(data))    # the largest network it may build
         try:
             with self._all_or_nothing():
                 for rec in data["history"]:
-                    self.apply_surgery(replay(self.graph, rec), remember=False)
+                    self.apply_surgery(replay(self.graph, rec, most), remember=False)
                 self.model.network.load_state_dict(data["model"])
                 check_state(data["optimizer"], self.optimizer)
                 self.optimizer.load_state_dict(data["optimizer"])

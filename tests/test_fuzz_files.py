@@ -5,6 +5,7 @@ import atexit
 import contextlib
 import copy
 import functools
+import math
 import os
 import resource
 import shutil
@@ -278,3 +279,55 @@ def test_only_regular_files_are_read(kind, tmp_path):
         for read in (fxs.load, nr.load, lambda p: load_config(str(p))):
             with pytest.raises(fxs.FxSurgeonError, match=r"'.*file' is not a regular file \(a folder, FIFO"):
                 read(path)
+
+
+# ---- NaN and infinity: a diverged run's file is refused, naming the tensor ----
+
+@pytest.mark.parametrize("tensor, value, refused", [
+    ("features.0.weight", math.nan, "parameter 'features.0.weight' holds NaN"),
+    ("classifier.bias", -math.inf, "parameter 'classifier.bias' holds infinity"),
+    ("features.1.running_var", math.nan, "buffer 'features.1.running_var' holds NaN"),
+    ("features.1.running_mean", math.inf, None),           # a buffer may hold ±inf, as attention masks do
+])
+def test_a_saved_model_with_nan_or_inf_weights_is_refused(tensor, value, refused, tmp_path):
+    original("pruned")
+    data = torch.load(SCRATCH / "pruned.pt", weights_only=True)
+    data["state_dict"][tensor][0] = value
+    torch.save(data, tmp_path / "diverged.pt")
+    if refused is None:
+        assert fxs.load(tmp_path / "diverged.pt").state_dict()[tensor][0] == value
+        return
+    with pytest.raises(fxs.FxSurgeonError, match=rf"cannot load .*: its {refused}: a run that diverged\?"):
+        fxs.load(tmp_path / "diverged.pt")
+
+
+def test_a_users_checkpoint_with_nan_weights_is_refused(tmp_path):
+    from fxsurgeon.persistence.checkpoint import load_weights
+    model = small_net()
+    state = model.state_dict()
+    state["4.weight"][1] = math.nan
+    torch.save({"state_dict": state}, tmp_path / "user.pt")
+    with pytest.raises(fxs.FxSurgeonError, match=r"checkpoint .*user.pt.: its parameter '4.weight' holds"):
+        load_weights(small_net(), tmp_path / "user.pt")
+
+
+@pytest.mark.parametrize("kind", sorted(WRAPPERS))
+@pytest.mark.parametrize("where", ["model", "optimizer"])
+def test_a_checkpoint_with_nan_is_refused_and_changes_nothing(kind, where, tmp_path):
+    original(kind)
+    data = torch.load(SCRATCH / f"{kind}.pt", weights_only=True)
+    if where == "model":
+        data["model"]["0.weight"].view(-1)[0] = math.nan
+        refused = "parameter '0.weight' holds NaN"
+    else:
+        next(iter(data["optimizer"]["state"].values()))["momentum_buffer"].view(-1)[0] = math.nan
+        refused = r"optimizer state 'momentum_buffer of .*' holds NaN"
+    torch.save(data, tmp_path / "diverged.pt")
+    model = small_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    wrapper = WRAPPERS[kind][0](model, batch()[0][:1], opt)
+    network = wrapper.model.network
+    with pytest.raises(fxs.FxSurgeonError, match=rf"cannot resume from .*: its {refused}: a run that"):
+        wrapper.load(tmp_path / "diverged.pt")
+    assert wrapper.model.network is network and not wrapper.history and not opt.state
+    train_step(wrapper)

@@ -300,6 +300,27 @@ def test_cpu_training_in_bf16_and_clear_device_errors():
         assert Hardware().resolve().device.type == "cpu" and Hardware().resolve().workers == 0
 
 
+def _checkpointed(tmp_path, hardware=None, **recipe):
+    """A baseline run of one epoch on 256 digits (at a constant LR: ``lr_steps`` past it),
+    checkpointed; its recipe and checkpoint."""
+    torch.manual_seed(0)
+    recipe = Recipe(**{**FAST, "lr_steps": [5], **recipe})
+    path = tmp_path / "run.pt"
+    train(digits_cnn(), _few_digits(), "baseline", recipe, tmp_path / "m.jsonl", progress=False,
+          checkpoint=path, hardware=hardware)
+    return recipe, path
+
+
+def test_a_diverged_run_logs_strict_json_and_its_checkpoint_is_refused(tmp_path):
+    def strict(constant):
+        raise ValueError(f"{constant} is not JSON")
+    recipe, path = _checkpointed(tmp_path, lr=1e12)
+    lines = (tmp_path / "m.jsonl").read_text().splitlines()
+    assert [json.loads(line, parse_constant=strict)["loss"] for line in lines] == [None]    # NaN: null
+    with pytest.raises(fxs.FxSurgeonError, match=r"cannot resume from .*: its parameter '.*' holds NaN"):
+        train(digits_cnn(), _few_digits(), "baseline", recipe, progress=False, checkpoint=path)
+
+
 def test_fp16_steps_only_on_finite_gradients_and_lowers_the_scale():
     from fxsurgeon.experiments.devices import Hardware
     place = Hardware("cpu", amp="fp16").resolve()

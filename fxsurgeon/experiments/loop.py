@@ -12,6 +12,7 @@ and, given a checkpoint file, saves the run there, so that an interrupted run co
 from __future__ import annotations
 
 import json
+import math
 import time
 import typing
 from dataclasses import dataclass, field, fields
@@ -187,6 +188,18 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, place: Placement | None
     return correct / total
 
 
+def finite(value):
+    """``value`` (numbers in nested dicts and lists) with every number that is not finite
+    (NaN, ±inf: a diverged loss) as None, so that it is strict JSON, which has no NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
 class _Logger:
     """JSON lines (appended, flushed per record), optional TensorBoard and a progress bar,
     one record per epoch."""
@@ -207,7 +220,7 @@ class _Logger:
     def write(self, record: dict) -> None:
         record = {"method": self.method, "seed": self.seed, **record}
         if self.file is not None:
-            self.file.write(json.dumps(record) + "\n")
+            self.file.write(json.dumps(finite(record), allow_nan=False) + "\n")
             self.file.flush()
         if self.writer is not None and "epoch" in record:
             for k, v in record.items():

@@ -17,7 +17,7 @@ from ..persistence.fileformat import problem, regular_size
 from ..zoo.specs import load_model
 from .data import Data, load_data
 from .devices import Hardware
-from .loop import METHODS, PRUNING, SEARCHING, Recipe, Result, train
+from .loop import METHODS, PRUNING, SEARCHING, Recipe, Result, finite, train
 
 #: the demo: a capacity-limited net on the digits that ship with scikit-learn; λ grows
 #: fast enough for an event within a few epochs (the paper's Δλ = 5e-5 needs ~100)
@@ -165,10 +165,10 @@ def run(runs: Runs, data: Data, out: Path, tensorboard: bool = False, progress: 
             if method in SEARCHING and nr_epochs is None:
                 nr_epochs = result.epochs
     results.sort(key=lambda r: (runs.seeds.index(r.seed), runs.methods.index(r.method)))
-    (out / "results.json").write_text(json.dumps(
+    (out / "results.json").write_text(json.dumps(finite(
         [{k: v for k, v in asdict(r).items() if k not in ("history", "events")} |
          {"events": [e.summary() | {"accuracy": accuracy_at(r, e)} for e in r.events]}
-         for r in results], indent=1))
+         for r in results]), indent=1, allow_nan=False))
     return results
 
 

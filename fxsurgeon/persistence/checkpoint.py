@@ -120,6 +120,31 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
         raise FxSurgeonError(
             f"checkpoint {str(path)!r} does not match the model: missing "
             f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
+    try:
+        check_finite(model)
+    except FxSurgeonError as err:
+        raise FxSurgeonError(f"checkpoint {str(path)!r}: {err}") from None
+
+
+#: what each kind of tensor must hold to be read back: NaN nowhere, ±inf only in buffers
+#: (attention masks hold -inf); whatever else is a diverged run, refused before it is used
+FINITE = {"parameter": torch.isfinite, "buffer": lambda t: ~torch.isnan(t), "optimizer state": torch.isfinite}
+
+
+def check_finite(module: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Raise :class:`FxSurgeonError` naming the first floating tensor of ``module`` (or of
+    ``optimizer``'s per-parameter state) that :data:`FINITE` does not accept."""
+    names = {p: n for n, p in module.named_parameters()}
+    tensors = [("parameter", n, p) for n, p in module.named_parameters()] + \
+        [("buffer", n, b) for n, b in module.named_buffers()]
+    if optimizer is not None:
+        tensors += [("optimizer state", f"{key} of {names.get(p, 'a parameter')}", value)
+                    for p, state in optimizer.state.items() for key, value in state.items()
+                    if isinstance(value, torch.Tensor)]
+    for kind, name, t in tensors:
+        if t.is_floating_point() and not bool(FINITE[kind](t.detach()).all()):
+            what = "NaN" if bool(t.isnan().any()) else "infinity"
+            raise FxSurgeonError(f"its {kind} {name!r} holds {what}: a run that diverged?")
 
 
 def save(graph, surgery, path: str | os.PathLike, *, spec: str | None = None,
@@ -165,12 +190,13 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, **analyze_kwar
 
 def _rebuilt(graph, data: dict, most: int) -> nn.Module:
     """The recorded surgery replayed on ``graph`` (a network of at most ``most``
-    parameters), with the saved weights."""
+    parameters), with the saved weights, all finite."""
     try:
         module = replay(graph, data["surgery"], most).module
         module.load_state_dict(data["state_dict"])
     except MISFIT as err:
         raise FxSurgeonError(f"it is damaged: its surgery does not fit its model: {one_line(err)}") from None
+    check_finite(module)
     return module
 
 

@@ -22,7 +22,7 @@ from ..analysis.graph import ChannelGraph, analyze
 from ..analysis.tracing import as_tuple, generated
 from ..errors import FxSurgeonError, one_line
 from ..judging.fixed import Fixed, fixed_names
-from ..persistence.checkpoint import MISFIT, RECORD, read, stored
+from ..persistence.checkpoint import MISFIT, RECORD, check_finite, read, stored
 from ..persistence.fileformat import FINGERPRINT, check_fields, check_format, fingerprint, first_difference
 from ..persistence.history import record, replay, write_atomic
 from ..surgery.judges import Judged, add_judges
@@ -237,7 +237,9 @@ class SurgicalTraining:
     def load_state_dict(self, data: dict) -> None:
         """Resume from :meth:`state_dict` on a wrapper built as the saved one was (same
         original model, optimizer type and arguments), before it has trained. A checkpoint
-        that does not fit is an error that changes nothing."""
+        that does not fit, or holds a NaN or infinity
+        (:func:`~fxsurgeon.persistence.checkpoint.check_finite`), is an error that changes
+        nothing."""
         data = self._upgrade(data)
         check_format(data, self.FORMAT)
         if self.steps or self.history:
@@ -250,17 +252,26 @@ class SurgicalTraining:
             raise FxSurgeonError(f"it was written with the optimizer {data['optimizer_type']}, "
                                  f"not {optimizer_type(self.optimizer)}")
         most = max(self.graph.count("params"), stored(data))    # the largest network it may build
-        try:
-            with self._all_or_nothing():
+        with self._all_or_nothing():
+            with self._fitting():
                 for rec in data["history"]:
                     self.apply_surgery(replay(self.graph, rec, most), remember=False)
                 self.model.network.load_state_dict(data["model"])
                 check_state(data["optimizer"], self.optimizer)
                 self.optimizer.load_state_dict(data["optimizer"])
+            check_finite(self.model.network, self.optimizer)        # a diverged run's is refused
+            with self._fitting():
                 self._load_state(data)
+        self.history, self.steps, self.log = list(data["history"]), data["steps"], list(data["log"])
+
+    @contextmanager
+    def _fitting(self) -> Iterator[None]:
+        """Say that a checkpoint does not fit this wrapper when what the block builds from it
+        raises."""
+        try:
+            yield
         except MISFIT as err:
             raise FxSurgeonError(f"it does not fit this {type(self).__name__}: {one_line(err)}") from None
-        self.history, self.steps, self.log = list(data["history"]), data["steps"], list(data["log"])
 
     @contextmanager
     def _all_or_nothing(self) -> Iterator[None]:

@@ -331,3 +331,55 @@ def test_a_checkpoint_with_nan_is_refused_and_changes_nothing(kind, where, tmp_p
         wrapper.load(tmp_path / "diverged.pt")
     assert wrapper.model.network is network and not wrapper.history and not opt.state
     train_step(wrapper)
+
+
+# ---- numbers that no run of the wrapper makes: refused before any work, naming the field ----
+
+def _set(**changes):
+    return lambda data: data.update(changes)
+
+
+#: a checkpoint changed to numbers its wrapper (as WRAPPERS builds it) never writes, and the refusal
+IMPOSSIBLE = [
+    ("nr", _set(lam=1e30), r"its lam is 1e\+30, and must be from 0 to delta_lambda times the checks"),
+    ("nr", _set(max_events=-1), "its max_events is -1, and must be at least its events"),
+    ("nr", _set(max_events=5), "its max_events is 5, and must be .* at most this wrapper's max_events"),
+    ("nr", _set(max_events=None), "its max_events is None, and must be"),
+    ("nr", _set(failures=99), "its failures is 99, and must be from 0 to MAX_FAILURES"),
+    ("nr", _set(wait=-1), "its wait is -1, and must be a number of checks to wait"),
+    ("nr", _set(last_utilization=7.5), "its last_utilization is 7.5, and must be a utilization from 0 to 1"),
+    ("nr", _set(steps=-5), "its steps is -5, and must be a number of steps"),
+    ("nr", _set(events=[]), r"its events is \[\], and must be one per surgery of its history"),
+    ("nr", lambda d: d["events"][0].update(alpha=0.5), "its events is .*, each with an alpha a plan makes"),
+    ("demp", _set(prunings=[]), r"its prunings is \[\], and must be one per surgery of its history"),
+    ("demp", _set(steps=1), r"its prunings is .*, and must be one per surgery of its history, at its steps"),
+]
+
+
+@pytest.mark.parametrize("kind, change, message", IMPOSSIBLE)
+def test_a_checkpoint_with_numbers_its_wrapper_never_writes_is_refused(kind, change, message, tmp_path):
+    original(kind)
+    data = torch.load(SCRATCH / f"{kind}.pt", weights_only=True)
+    change(data)
+    torch.save(data, tmp_path / "impossible.pt")
+    model = small_net()
+    wrapper = WRAPPERS[kind][0](model, batch()[0][:1], torch.optim.SGD(model.parameters(), lr=0.05,
+                                                                        momentum=0.9, weight_decay=1e-4))
+    with pytest.raises(fxs.FxSurgeonError, match=rf"cannot resume from .*: {message}"):
+        wrapper.load(tmp_path / "impossible.pt")
+    assert not wrapper.history and not wrapper.steps
+
+
+def test_a_negative_adam_step_is_refused(tmp_path):
+    def make():
+        model = small_net()
+        return _nr(model, batch()[0][:1], torch.optim.Adam(model.parameters(), lr=1e-3))
+    nr = make()
+    train_step(nr)
+    nr.save(tmp_path / "adam.pt")
+    data = torch.load(tmp_path / "adam.pt", weights_only=True)
+    data["optimizer"]["state"][0]["step"] = torch.tensor(-3.0)       # Adam's bias correction: NaN
+    torch.save(data, tmp_path / "adam.pt")
+    with pytest.raises(fxs.FxSurgeonError, match="the optimizer state 'step' of parameter 0 holds values "
+                                                 "that are not a whole number of steps"):
+        make().load(tmp_path / "adam.pt")

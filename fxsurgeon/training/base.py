@@ -75,6 +75,14 @@ def shared(compute: Callable[[], T]) -> T:
 SPARSITY = ("auto", "subgradient", "proximal")
 
 
+def one_per_surgery(records: list[dict], data: dict) -> bool:
+    """Whether ``records`` (a checkpoint's events or prunings) are one per surgery of its
+    history, at steps in order, up to its own."""
+    steps = [r["step"] for r in records]
+    return len(steps) == len(data["history"]) and steps == sorted(steps) and \
+        all(0 <= s <= data["steps"] for s in steps)
+
+
 class SurgicalTraining:
     """Base of the optimizer wrappers: train :attr:`model`, call :meth:`step` instead
     of ``optimizer.step()``. The optimizer must hold every trainable parameter of
@@ -98,6 +106,9 @@ class SurgicalTraining:
     #: the fields of :meth:`state_dict` and their types, checked before a checkpoint loads
     SCHEMA = {"history": list[RECORD], "steps": int, "log": list[dict], "model": dict[str, torch.Tensor],
               "optimizer": dict, "optimizer_type": str, "architecture": FINGERPRINT}
+    #: what those fields must be beyond their types, in this wrapper, as its arguments are
+    #: checked: (field, test of the wrapper and the checkpoint, what the field must be)
+    CHECKS = (("steps", lambda w, d: d["steps"] >= 0, "a number of steps"),)
 
     def __init__(self, model: nn.Module, example_inputs, optimizer: torch.optim.Optimizer, *,
                  ddp: dict | bool = False, fixed: Fixed = None, sparsity: str = "auto",
@@ -237,14 +248,17 @@ class SurgicalTraining:
     def load_state_dict(self, data: dict) -> None:
         """Resume from :meth:`state_dict` on a wrapper built as the saved one was (same
         original model, optimizer type and arguments), before it has trained. A checkpoint
-        that does not fit, or holds a NaN or infinity
-        (:func:`~fxsurgeon.persistence.checkpoint.check_finite`), is an error that changes
-        nothing."""
+        that does not fit, holds a number this wrapper never writes (:attr:`CHECKS`), or a
+        NaN or infinity (:func:`~fxsurgeon.persistence.checkpoint.check_finite`) is an error
+        that changes nothing."""
         data = self._upgrade(data)
         check_format(data, self.FORMAT)
         if self.steps or self.history:
             raise FxSurgeonError(f"load a checkpoint into a fresh {type(self).__name__}, before training")
         check_fields(data, self.SCHEMA)
+        for name, test, wanted in self.CHECKS:
+            if not test(self, data):
+                raise FxSurgeonError(f"its {name} is {data[name]!r:.60}, and must be {wanted}")
         difference = first_difference(data["architecture"], self._architecture)
         if difference:
             raise FxSurgeonError(f"it was written for another architecture: {difference}")

@@ -229,9 +229,9 @@ def test_every_shipped_config_passes_the_checks():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"done": True, "history": [], "epoch": 0}, "it is done, and ran no epoch"),
-    ({"epoch": 3}, r"it ran 3 epochs, and its history records epochs \[1\]"),
-    ({"history": [{"epoch": 1}]}, r"run.history\[0\] has no 'step'"),
+    ({"done": True, "history": [], "epoch": 0}, r"its run's history is \[\], and must be optimizer steps"),
+    ({"epoch": 3}, r"its run's epoch is 3, and must be the number of epochs its history records"),
+    ({"history": [{"epoch": 1}]}, r".*run.history\[0\] has no 'step'"),
 ])
 def test_a_crafted_run_state_is_refused_before_any_work(tmp_path, change, message):
     from fxsurgeon.persistence.checkpoint import read
@@ -240,8 +240,7 @@ def test_a_crafted_run_state_is_refused_before_any_work(tmp_path, change, messag
     state["extra"]["run"].update(change)
     torch.save(state, tmp_path / "ck.pt")
     log = (tmp_path / "m.jsonl").read_bytes()
-    with pytest.raises(fxs.FxSurgeonError, match=f"^cannot resume from '.*ck.pt': its run state is damaged: "
-                                                 f"{message}$"):
+    with pytest.raises(fxs.FxSurgeonError, match=f"^cannot resume from '.*ck.pt': {message}"):
         _train(tmp_path, epochs=2)
     assert (tmp_path / "m.jsonl").read_bytes() == log
 

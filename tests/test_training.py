@@ -301,6 +301,78 @@ def test_cpu_training_in_bf16_and_clear_device_errors():
         assert Hardware().resolve().device.type == "cpu" and Hardware().resolve().workers == 0
 
 
+def _checkpointed(tmp_path, hardware=None, **recipe):
+    """A baseline run of one epoch on 256 digits (at a constant LR: ``lr_steps`` past it),
+    checkpointed; its recipe and checkpoint."""
+    torch.manual_seed(0)
+    recipe = Recipe(**{**FAST, "lr_steps": [5], **recipe})
+    path = tmp_path / "run.pt"
+    train(digits_cnn(), _few_digits(), "baseline", recipe, tmp_path / "m.jsonl", progress=False,
+          checkpoint=path, hardware=hardware)
+    return recipe, path
+
+
+def _group(**changes):
+    return lambda data: data["optimizer"]["param_groups"][0].update(changes)
+
+
+def _run_state(**changes):
+    return lambda data: data["extra"]["run"].update(changes)
+
+
+#: a run's checkpoint changed where the run's recipe says otherwise, and what the refusal says
+RESUMED = {
+    "lr": (_group(lr=100.0), r"its optimizer's lr is 100.0 \(group 0\), and the run's recipe makes it 0.05: "
+                             r"it is not this run's checkpoint"),
+    "momentum": (_group(momentum=0.5), "its optimizer's momentum is 0.5 .* makes it 0.9"),
+    "initial lr": (_group(initial_lr=100.0), "its optimizer's initial_lr is 100.0"),
+    "epoch": (_run_state(epoch=-5), "its run's epoch is -5, and must be the number of epochs its history"),
+    "start": (_run_state(start=3), "its run's start is 3, and must be an epoch up to the run's"),
+    "length": (_run_state(length=10 ** 9), "its run's length is 1000000000, and must be the recipe's epochs"),
+    "pruned": (_run_state(pruned=True), "its run's pruned is True, and must be false but for a method"),
+    "done": (_run_state(start=1), "its run's done is True, and must be true once its schedule ran"),
+    "seconds": (_run_state(seconds=-1.0), "its run's seconds is -1.0, and must be a duration"),
+    "steps": (lambda d: d.update(steps=3), "its run's history is .*, and must be optimizer steps in order"),
+    "lam": (lambda d: d.update(lam=1e30), r"its lam is 1e\+30, and must be this wrapper's lam before"),
+}
+
+
+@pytest.mark.parametrize("name", RESUMED)
+def test_resume_takes_the_runs_recipe_as_the_truth(name, tmp_path):
+    recipe, path = _checkpointed(tmp_path)
+    change, message = RESUMED[name]
+    data = torch.load(path, weights_only=True)
+    change(data)
+    torch.save(data, path)
+    with pytest.raises(fxs.FxSurgeonError, match=rf"cannot resume from .*run.pt.: {message}"):
+        train(digits_cnn(), _few_digits(), "baseline", recipe, progress=False, checkpoint=path)
+
+
+def test_resume_checks_the_gradient_scaler(tmp_path):
+    from fxsurgeon.experiments.devices import Hardware
+    fp16 = Hardware("cpu", amp="fp16")
+    recipe, path = _checkpointed(tmp_path, hardware=fp16)
+    for change, message in [({"scale": math.nan}, "scale is nan"),
+                            ({"_growth_tracker": -1}, "_growth_tracker is -1"),
+                            ({"growth_factor": 1e9}, "growth_factor is 1000000000.0")]:
+        data = torch.load(path, weights_only=True)
+        data["extra"]["scaler"].update(change)
+        torch.save(data, tmp_path / "tampered.pt")
+        with pytest.raises(fxs.FxSurgeonError, match=rf"its gradient scaler's {message}: not one this run"):
+            train(digits_cnn(), _few_digits(), "baseline", recipe, progress=False,
+                  checkpoint=tmp_path / "tampered.pt", hardware=fp16)
+
+
+def test_a_diverged_run_logs_strict_json_and_its_checkpoint_is_refused(tmp_path):
+    def strict(constant):
+        raise ValueError(f"{constant} is not JSON")
+    recipe, path = _checkpointed(tmp_path, lr=1e12)
+    lines = (tmp_path / "m.jsonl").read_text().splitlines()
+    assert [json.loads(line, parse_constant=strict)["loss"] for line in lines] == [None]    # NaN: null
+    with pytest.raises(fxs.FxSurgeonError, match=r"cannot resume from .*: its parameter '.*' holds NaN"):
+        train(digits_cnn(), _few_digits(), "baseline", recipe, progress=False, checkpoint=path)
+
+
 def test_fp16_steps_only_on_finite_gradients_and_lowers_the_scale():
     from fxsurgeon.experiments.devices import Hardware
     place = Hardware("cpu", amp="fp16").resolve()

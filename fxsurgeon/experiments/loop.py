@@ -12,11 +12,13 @@ and, given a checkpoint file, saves the run there, so that an interrupted run co
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +35,7 @@ from ..training.rejuvenation import Event
 from .data import Data
 from .devices import Hardware, Placement
 from .methods import METHODS as _CLASSES
+from .methods import FineTuned, Method
 from .outdir import open_file
 
 METHODS = tuple(_CLASSES)
@@ -194,6 +197,18 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, place: Placement | None
     return correct / total
 
 
+def finite(value):
+    """``value`` (numbers in nested dicts and lists) with every number that is not finite
+    (NaN, ±inf: a diverged loss) as None, so that it is strict JSON, which has no NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
 class _Logger:
     """JSON lines (each appended whole, or not at all), optional TensorBoard and a progress
     bar, one record per epoch."""
@@ -215,7 +230,7 @@ class _Logger:
     def write(self, record: dict) -> None:
         record = {"method": self.method, "seed": self.seed, **record}
         if self.file is not None:
-            self._append((json.dumps(record) + "\n").encode())
+            self._append((json.dumps(finite(record), allow_nan=False) + "\n").encode())
         if self.writer is not None and "epoch" in record:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k not in ("epoch", "seed"):
@@ -259,11 +274,53 @@ def _loaders(data: Data, recipe: Recipe, hold_out: int, place: Placement) -> tup
             DataLoader(data.test, 256, **how), death)
 
 
-#: the state of a run between epochs, as a checkpoint's ``extra`` holds it: a record per
-#: epoch, with what the results read of it
-_EPOCH = {"epoch": int, "step": int, "accuracy": float, "sparsity": float, "seconds": float}
+#: the state of a run between epochs, as a checkpoint's ``extra`` holds it (of each epoch's
+#: record, what the run reads back)
+_EPOCH = {"epoch": int, "step": int, "accuracy": float, "sparsity": float}
 _RUN = {"epoch": int, "start": int | None, "length": int, "pruned": bool, "done": bool, "seconds": float,
         "history": list[_EPOCH]}
+
+
+class _Resuming(NamedTuple):
+    """What a run's checkpoint is checked against: its method (and recipe), the optimizer
+    steps its wrapper took and the batches of an epoch."""
+
+    how: Method
+    steps: int
+    batches: int
+
+
+#: what a run's state must be beyond its types: (field, test, what it must be)
+_RUN_CHECKS = (
+    ("epoch", lambda run, at: run["epoch"] >= 0 and
+     [h["epoch"] for h in run["history"]] == list(range(1, run["epoch"] + 1)),
+     "the number of epochs its history records"),
+    ("history", lambda run, at: _steps_fit([h["step"] for h in run["history"]], at.steps, at.batches),
+     "optimizer steps in order, at most one per batch, the last one the checkpoint's"),
+    ("start", lambda run, at: run["start"] is None and at.how.searches or
+     run["start"] is not None and 0 <= run["start"] <= run["epoch"],
+     "an epoch up to the run's (None while NR searches)"),
+    ("pruned", lambda run, at: not run["pruned"] or isinstance(at.how, FineTuned),
+     "false but for a method that prunes then fine-tunes"),
+    ("length", lambda run, at: run["length"] == (at.how.recipe.finetune_epochs if run["pruned"] else
+                                                at.how.recipe.epochs),
+     "the recipe's epochs (once pruned, its finetune_epochs)"),
+    ("done", lambda run, at: not run["done"] or run["start"] is not None and
+     run["epoch"] - run["start"] >= run["length"], "true once its schedule ran"),
+    ("seconds", lambda run, at: run["seconds"] >= 0, "a duration"),
+)
+
+
+def _steps_fit(logged: list[int], steps: int, batches: int) -> bool:
+    """Whether the optimizer steps each epoch's record logged are in order, at most
+    ``batches`` an epoch, the last one the checkpoint's ``steps``."""
+    return logged == sorted(logged) and min(logged, default=0) >= 0 and \
+        steps == (logged[-1] if logged else 0) and all(s <= (i + 1) * batches for i, s in enumerate(logged))
+
+
+#: what a GradScaler's state may hold that differs from a fresh one's (the rest are its settings)
+_SCALER = {"scale": lambda v, fresh: problem(v, float) is None and v > 0,
+           "_growth_tracker": lambda v, fresh: problem(v, int) is None and 0 <= v < fresh["growth_interval"]}
 
 
 def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: Path | None = None,
@@ -292,7 +349,8 @@ def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: 
            "done": False, "seconds": 0.0, "history": []}
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: how.lr_factor(e, run))
     if checkpoint is not None and checkpoint.exists():
-        run.update(_resume(wrapper, sched, train_loader.generator, place, checkpoint))
+        run.update(_resume(wrapper, how, train_loader, place, checkpoint))
+        sched.last_epoch = run["epoch"]       # the recipe's schedule, where the run is
         how.resumed(wrapper, run)
     saved = run["epoch"] if checkpoint is not None and checkpoint.exists() else None
     logger = _Logger(log, method, recipe.seed, tensorboard, progress and not run["done"], how.total_epochs(),
@@ -328,9 +386,9 @@ def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: 
             logger.write(record)
             run["seconds"] += time.perf_counter() - tick
             if checkpoint is not None:
-                wrapper.save(checkpoint, run=run, scheduler=sched.state_dict(),
-                             shuffle=train_loader.generator.get_state(), rng=torch.get_rng_state(),
-                             scaler=place.scaler.state_dict() if place.scaler else {})
+                scaler = place.scaler.state_dict() if place.scaler else {}
+                wrapper.save(checkpoint, run=run, shuffle=train_loader.generator.get_state(),
+                             rng=torch.get_rng_state(), scaler=scaler)
                 saved = epoch
     except NoSpaceError as err:
         raise NoSpaceError(err.path, _last_good(checkpoint, saved)) from None
@@ -352,30 +410,48 @@ def _last_good(checkpoint: Path | None, epoch: int | None) -> str:
     return f"the last good checkpoint, {str(checkpoint)!r} of epoch {epoch}, is kept"
 
 
-def _check_epochs(run: dict) -> None:
-    """Raise unless ``run`` holds one record per epoch it ran, and ran one if it is done."""
-    recorded = [h["epoch"] for h in run["history"]]
-    if recorded != list(range(1, run["epoch"] + 1)):
-        raise FxSurgeonError(f"it ran {run['epoch']} epochs, and its history records epochs {recorded[:8]}")
-    if run["done"] and not recorded:
-        raise FxSurgeonError("it is done, and ran no epoch")
-
-
-def _resume(wrapper: SurgicalTraining, sched, shuffle: torch.Generator, place: Placement,
+def _resume(wrapper: SurgicalTraining, how: Method, loader: DataLoader, place: Placement,
             checkpoint: Path) -> dict:
-    """Load a run's checkpoint into its fresh wrapper, scheduler, shuffling, gradient
-    scaler and torch's generator; returns the run's state."""
+    """Load a run's checkpoint into its fresh wrapper, shuffling, gradient scaler and
+    torch's generator; returns the run's state. The recipe the run was started with is the
+    truth: every number the checkpoint holds must be one it makes."""
+    fresh = [{k: v for k, v in g.items() if k != "params"} for g in wrapper.optimizer.param_groups]
     extra = wrapper.load(checkpoint)
     try:
-        check_fields(extra, {"run": _RUN, "scheduler": dict, "shuffle": torch.Tensor, "rng": torch.Tensor,
-                             "scaler": dict})
-        _check_epochs(extra["run"])
-        sched.load_state_dict(extra["scheduler"])
-        shuffle.set_state(extra["shuffle"])
+        check_fields(extra, {"run": _RUN, "shuffle": torch.Tensor, "rng": torch.Tensor, "scaler": dict})
+        run, at = extra["run"], _Resuming(how, wrapper.steps, len(loader))
+        for name, test, wanted in _RUN_CHECKS:
+            if not test(run, at):
+                raise FxSurgeonError(f"its run's {name} is {run[name]!r:.60}, and must be {wanted}")
+        _check_hyperparameters(wrapper.optimizer, fresh, how.lr_factor(run["epoch"], run))
+        loader.generator.set_state(extra["shuffle"])
         torch.set_rng_state(extra["rng"])
         if place.scaler is not None and extra["scaler"]:
+            _check_scaler(extra["scaler"], place.scaler.state_dict())
             place.scaler.load_state_dict(extra["scaler"])
     except MISFIT as err:
-        raise FxSurgeonError(f"cannot resume from {str(checkpoint)!r}: its run state is damaged: "
-                             f"{one_line(err)}") from None
-    return extra["run"]
+        raise FxSurgeonError(f"cannot resume from {str(checkpoint)!r}: {one_line(err)}") from None
+    return run
+
+
+def _check_hyperparameters(opt: torch.optim.Optimizer, fresh: list[dict], factor: float) -> None:
+    """Raise unless every hyper-parameter a checkpoint gave ``opt`` is the one of the fresh
+    optimizer the recipe built (``fresh``, per group), the LR where the recipe's schedule
+    (``factor`` times the initial LR) puts it."""
+    for i, (group, mine) in enumerate(zip(opt.param_groups, fresh, strict=True)):
+        for key, value in mine.items():
+            found, wanted = group.get(key), mine["initial_lr"] * factor if key == "lr" else value
+            if not (found == wanted or key == "lr" and problem(found, float) is None and
+                    math.isclose(found, wanted, rel_tol=1e-9)):
+                raise FxSurgeonError(f"its optimizer's {key} is {found!r:.40} (group {i}), and the run's "
+                                     f"recipe makes it {wanted!r}: it is not this run's checkpoint")
+
+
+def _check_scaler(saved: dict, fresh: dict) -> None:
+    """Raise unless a checkpoint's GradScaler state has a fresh one's settings (``fresh``),
+    a positive scale and a growth count below its interval."""
+    for key in dict.fromkeys([*fresh, *saved]):
+        test = _SCALER.get(key, lambda v, fresh, key=key: v == fresh.get(key))
+        if key not in fresh or not test(saved.get(key), fresh):
+            raise FxSurgeonError(f"its gradient scaler's {key} is {saved.get(key)!r:.40}: "
+                                 f"not one this run makes")

@@ -19,7 +19,7 @@ from ..judging.liveliness import liveliness, smallest, smallest_filters
 from ..persistence.fileformat import build, schema_of
 from ..planning.planner import plan
 from ..surgery.rewriter import rewrite
-from ..training.base import SurgicalTraining
+from ..training.base import SurgicalTraining, one_per_surgery
 from ..training.demp import DemP, Pruning
 from ..training.rejuvenation import NeuralRejuvenation
 
@@ -30,6 +30,11 @@ class PlainTraining(SurgicalTraining):
 
     FORMAT = "fxsurgeon.plain/1"
     SCHEMA = {**SurgicalTraining.SCHEMA, "lam": float, "prunings": list[schema_of(Pruning)]}
+    CHECKS = (*SurgicalTraining.CHECKS,
+              ("lam", lambda w, d: d["lam"] == (0.0 if d["prunings"] else w.lam),
+               "this wrapper's lam before its pruning, 0 after"),
+              ("prunings", lambda w, d: one_per_surgery(d["prunings"], d),
+               "one per surgery of its history, at its steps in order"))
 
     def __init__(self, model, example_inputs, optimizer, lam: float = 0.0, sparsity: str = "auto"):
         super().__init__(model, example_inputs, optimizer, sparsity=sparsity)

@@ -13,11 +13,11 @@ from torch.utils.data import Subset
 
 from ..analysis.report import human
 from ..errors import FxSurgeonError, writing
-from ..persistence.fileformat import problem
+from ..persistence.fileformat import problem, regular_size
 from ..zoo.specs import load_model
 from .data import Data, load_data
 from .devices import Hardware
-from .loop import METHODS, PRUNING, SEARCHING, SEEDS, Recipe, Result, train
+from .loop import METHODS, PRUNING, SEARCHING, SEEDS, Recipe, Result, finite, train
 from .outdir import open_file
 
 #: the demo: a capacity-limited net on the digits that ship with scikit-learn; λ grows
@@ -51,6 +51,7 @@ def load_config(name: str) -> dict:
         cfg = json.loads(path.read_text())
     else:
         try:
+            regular_size(name, "config")
             cfg = json.loads(Path(name).read_text())
         except (OSError, ValueError) as err:
             raise FxSurgeonError(f"cannot read config {name!r}: {err}") from None
@@ -184,9 +185,10 @@ def run(runs: Runs, data: Data, out: Path, tensorboard: bool = False, progress: 
                 nr_epochs = result.epochs
     results.sort(key=lambda r: (runs.seeds.index(r.seed), runs.methods.index(r.method)))
     with writing(out / "results.json"), open_file(out / "results.json") as f:
-        f.write(json.dumps([{k: v for k, v in asdict(r).items() if k not in ("history", "events")} |
-                            {"events": [e.summary() | {"accuracy": accuracy_at(r, e)} for e in r.events]}
-                            for r in results], indent=1))
+        records = [{k: v for k, v in asdict(r).items() if k not in ("history", "events")} |
+                   {"events": [e.summary() | {"accuracy": accuracy_at(r, e)} for e in r.events]}
+                   for r in results]
+        f.write(json.dumps(finite(records), indent=1, allow_nan=False))
     return results
 
 

@@ -12,6 +12,8 @@ A schema maps each required key to a type: a class, ``X | None``, ``list[T]``,
 from __future__ import annotations
 
 import math
+import os
+import stat
 import types
 import typing
 from dataclasses import fields
@@ -22,6 +24,17 @@ from ..errors import FxSurgeonError
 #: what each kind of file fxsurgeon writes is, for messages
 KINDS = {"fxsurgeon.nr": "a NeuralRejuvenation checkpoint", "fxsurgeon.training.demp": "a DemP checkpoint",
          "fxsurgeon.pruned": "a model saved by fxsurgeon.save"}
+
+
+def regular_size(path: str | os.PathLike, what: str) -> int:
+    """The size of the regular file ``path`` (a ``what``, for messages); raises for anything
+    else (a folder, FIFO, socket or device: reading one could block or never end) before
+    it is opened."""
+    mode = os.stat(path)
+    if not stat.S_ISREG(mode.st_mode):
+        raise FxSurgeonError(f"{what} {str(path)!r} is not a regular file (a folder, FIFO, socket or "
+                             f"device): fxsurgeon reads only files")
+    return mode.st_size
 
 
 def _split(tag: str) -> tuple[str, int | None]:

@@ -6,6 +6,7 @@ through each recorded surgery; the weights come from the saved state dict.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import tempfile
@@ -15,11 +16,13 @@ import numpy as np
 import torch
 
 from ..analysis.graph import ChannelGraph
+from ..analysis.report import human
 from ..errors import FxSurgeonError, writing
-from ..planning.planner import plan
+from ..planning.planner import cost_of, plan
 from ..surgery.folding import restore_fold
 from ..surgery.rewriter import Surgery, rewrite
 from ..surgery.streams import streamed
+from .fileformat import problem
 
 
 def record(surgery: Surgery, seed: int = 0) -> dict:
@@ -33,16 +36,18 @@ def record(surgery: Surgery, seed: int = 0) -> dict:
             "folds": dict(surgery.folds)}
 
 
-def replay(graph: ChannelGraph, rec: dict) -> Surgery:
+def replay(graph: ChannelGraph, rec: dict, most: int | None = None) -> Surgery:
     """The surgery ``rec`` describes, redone on ``graph``: its module has the recorded
-    architecture, with weights still to be loaded."""
+    architecture, with weights still to be loaded. ``most`` (for a record read from a
+    file) is the most parameters the new network, and elements any of its folds, may
+    have: every size is checked against it before anything is built."""
     widths = {d.name: d.width for d in graph.free_dims}
     alive = {}
     for name, kept in rec["survivors"].items():
         if name not in widths:
             raise FxSurgeonError(f"the recorded surgery was made on another architecture: "
                                  f"no free dimension {name!r}")
-        alive[name] = np.isin(np.arange(widths[name]), np.asarray(kept))
+        alive[name] = _alive(name, kept, widths[name])
     if rec["scheme"] == "prune":
         p = plan(graph, alive, metric=rec["metric"], target=None, scheme="prune")
     else:
@@ -55,6 +60,13 @@ def replay(graph: ChannelGraph, rec: dict) -> Surgery:
         raise FxSurgeonError(f"the recorded widths are a {type(recorded).__name__}, not a dict")
     for name, width in recorded.items():
         _set_width(p.dims, name, width, widths)
+    if most is not None:
+        params = cost_of(p, graph)
+        if params > most:
+            raise FxSurgeonError(f"its surgery would build a network of {human(params)} parameters, more "
+                                 f"than the {human(most)} that the model and the file justify")
+    for node, spec in rec["folds"].items():
+        _check_fold(node, spec, most)
     surgery = rewrite(graph, p, scheme=rec["scheme"], seed=rec["seed"], fold=False)
     for node, spec in rec["folds"].items():
         restore_fold(surgery.module, node, spec)
@@ -63,6 +75,39 @@ def replay(graph: ChannelGraph, rec: dict) -> Surgery:
     if surgery.partitioned:
         surgery.module = streamed(surgery.module, graph.example_inputs)
     return surgery
+
+
+def _alive(name: str, kept: torch.Tensor, width: int) -> np.ndarray:
+    """The alive mask of the recorded survivors ``kept`` of the dimension ``name``, checked
+    before it is read: at most ``width`` positions (int64, one axis), increasing, within it."""
+    if kept.dtype != torch.int64 or kept.dim() != 1 or len(kept) > width:
+        raise FxSurgeonError(f"the recorded survivors of {name!r} are {kept.dtype} shaped "
+                             f"{tuple(kept.shape)}, not at most {width} positions (int64, one axis)")
+    at = kept.numpy()
+    if len(at) and (at[0] < 0 or at[-1] >= width or (np.diff(at) <= 0).any()):
+        raise FxSurgeonError(f"the recorded survivors of {name!r} are not increasing positions in its "
+                             f"width {width}")
+    mask = np.zeros(width, bool)
+    mask[at] = True
+    return mask
+
+
+#: the shapes each kind of fold records (:func:`~fxsurgeon.surgery.folding.restore_fold` builds them)
+_FOLD_SHAPES = {"constant": ("shape",), "map": ("shape", "weight")}
+
+
+def _check_fold(node: str, spec: dict, most: int | None) -> None:
+    """Raise unless the recorded fold ``spec`` is of a known kind, with shapes of whole
+    numbers of at most ``most`` elements."""
+    keys = _FOLD_SHAPES.get(spec["kind"])
+    if keys is None:
+        raise FxSurgeonError(f"the fold at {node} is of the unknown kind {spec['kind']!r}")
+    for key in keys:
+        shape = spec.get(key)
+        if problem(shape, list[int]) or min(shape, default=0) < 0 or \
+                most is not None and math.prod(shape) > most:
+            limit = "" if most is None else f" of at most {most} elements"
+            raise FxSurgeonError(f"the fold at {node} has the {key} {shape!r:.60}: not a shape{limit}")
 
 
 #: a recorded width above this many times the dimension's (and the α a plan allows) is refused

@@ -22,6 +22,8 @@ from ..judging.liveliness import channel_scales
 from .budget import Prunable, choose
 
 SCHEMES = ("nr", "cr", "ca", "prune")
+#: the largest expansion α a plan takes or searches: past it the budget never binds
+MAX_ALPHA = 1e6
 
 #: the largest budget (times the original cost) a plan takes unless told otherwise
 MAX_TARGET = 100.0
@@ -307,9 +309,9 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
     original = graph.count(metric)
     budget = target * original if budgeted or (scheme != "prune" and target is not None) else None
     if alpha is not None:
-        if alpha < 1 or scheme == "prune":
-            raise FxSurgeonError(f"alpha must be at least 1 and needs a growing scheme, got "
-                                 f"{alpha} with {scheme!r}")
+        require("alpha", alpha, lambda v: 1 <= v <= MAX_ALPHA, f"a number from 1 to {MAX_ALPHA:g}")
+        if scheme == "prune":
+            raise FxSurgeonError(f"alpha needs a growing scheme, got {alpha} with {scheme!r}")
     elif budget is None or scheme == "prune":
         alpha = 1.0
         if budget is not None and cost_at(1.0) > budget:
@@ -346,6 +348,20 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
               for name, dp in dims.items() if name in scales and len(dp.survivors) < dp.width}
     return Plan(metric, scheme, target, alpha, original, budget, predicted, dims, round_to, graph.token,
                 silenced if prunable else {}, rounding, filled, in_place, judged)
+
+
+def cost_of(p: Plan, graph: ChannelGraph, metric: str = "params") -> float:
+    """The cost of the network ``p`` describes on ``graph``, at its widths as they are now
+    (a file's recorded widths included): what rewriting it would build."""
+    cost = graph.cost
+    kept, partitioned = np.zeros(int(cost.offsets[-1]), bool), np.zeros(int(cost.offsets[-1]), bool)
+    added = np.zeros(len(graph.dims), np.int64)
+    for i, d in enumerate(graph.dims):
+        dp, start = p.dims[d.name], int(cost.offsets[i])
+        kept[start + np.asarray(dp.survivors, np.int64)] = True
+        partitioned[start:int(cost.offsets[i + 1])] = dp.grows
+        added[i] = 0 if dp.pinned else dp.new_width - len(dp.survivors)
+    return cost.count_plan(metric, kept, partitioned, added, p.scheme)
 
 
 def _spend(widths: np.ndarray, ideal: np.ndarray, coarse: np.ndarray, fine: np.ndarray, budget: float,
@@ -421,7 +437,7 @@ def _largest_alpha(cost_at, budget: float) -> float:
     lo, hi = 1.0, 2.0
     while cost_at(hi) <= budget:
         lo, hi = hi, hi * 2
-        if hi > 1e6:
+        if hi > MAX_ALPHA:
             raise FxSurgeonError("the budget never binds: the cost does not grow with α")
     for _ in range(60):
         mid = (lo + hi) / 2

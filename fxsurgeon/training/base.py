@@ -23,7 +23,7 @@ from ..analysis.graph import ChannelGraph, analyze
 from ..analysis.tracing import as_tuple, generated
 from ..errors import FxSurgeonError, one_line
 from ..judging.fixed import Fixed, fixed_names
-from ..persistence.checkpoint import MISFIT, RECORD, read
+from ..persistence.checkpoint import MISFIT, RECORD, check_finite, read, stored
 from ..persistence.fileformat import FINGERPRINT, check_fields, check_format, fingerprint, first_difference
 from ..persistence.history import record, replay, write_atomic
 from ..surgery.judges import Judged, add_judges
@@ -76,6 +76,14 @@ def shared(compute: Callable[[], T]) -> T:
 SPARSITY = ("auto", "subgradient", "proximal")
 
 
+def one_per_surgery(records: list[dict], data: dict) -> bool:
+    """Whether ``records`` (a checkpoint's events or prunings) are one per surgery of its
+    history, at steps in order, up to its own."""
+    steps = [r["step"] for r in records]
+    return len(steps) == len(data["history"]) and steps == sorted(steps) and \
+        all(0 <= s <= data["steps"] for s in steps)
+
+
 class SurgicalTraining:
     """Base of the optimizer wrappers: train :attr:`model`, call :meth:`step` instead
     of ``optimizer.step()``. The optimizer must hold every trainable parameter of
@@ -99,6 +107,9 @@ class SurgicalTraining:
     #: the fields of :meth:`state_dict` and their types, checked before a checkpoint loads
     SCHEMA = {"history": list[RECORD], "steps": int, "log": list[dict], "model": dict[str, torch.Tensor],
               "optimizer": dict, "optimizer_type": str, "architecture": FINGERPRINT}
+    #: what those fields must be beyond their types, in this wrapper, as its arguments are
+    #: checked: (field, test of the wrapper and the checkpoint, what the field must be)
+    CHECKS = (("steps", lambda w, d: d["steps"] >= 0, "a number of steps"),)
 
     def __init__(self, model: nn.Module, example_inputs, optimizer: torch.optim.Optimizer, *,
                  ddp: dict | bool = False, fixed: Fixed = None, sparsity: str = "auto",
@@ -246,29 +257,44 @@ class SurgicalTraining:
     def load_state_dict(self, data: dict) -> None:
         """Resume from :meth:`state_dict` on a wrapper built as the saved one was (same
         original model, optimizer type and arguments), before it has trained. A checkpoint
-        that does not fit is an error that changes nothing."""
+        that does not fit, holds a number this wrapper never writes (:attr:`CHECKS`), or a
+        NaN or infinity (:func:`~fxsurgeon.persistence.checkpoint.check_finite`) is an error
+        that changes nothing."""
         data = self._upgrade(data)
         check_format(data, self.FORMAT)
         if self.steps or self.history:
             raise FxSurgeonError(f"load a checkpoint into a fresh {type(self).__name__}, before training")
         check_fields(data, self.SCHEMA)
+        for name, test, wanted in self.CHECKS:
+            if not test(self, data):
+                raise FxSurgeonError(f"its {name} is {data[name]!r:.60}, and must be {wanted}")
         difference = first_difference(data["architecture"], self._architecture)
         if difference:
             raise FxSurgeonError(f"it was written for another architecture: {difference}")
         if data["optimizer_type"] != optimizer_type(self.optimizer):
             raise FxSurgeonError(f"it was written with the optimizer {data['optimizer_type']}, "
                                  f"not {optimizer_type(self.optimizer)}")
-        try:
-            with self._all_or_nothing():
+        most = max(self.graph.count("params"), stored(data))    # the largest network it may build
+        with self._all_or_nothing():
+            with self._fitting():
                 for rec in data["history"]:
-                    self.apply_surgery(replay(self.graph, rec), remember=False)
+                    self.apply_surgery(replay(self.graph, rec, most), remember=False)
                 self.model.network.load_state_dict(data["model"])
                 check_state(data["optimizer"], self.optimizer)
                 self.optimizer.load_state_dict(data["optimizer"])
+            check_finite(self.model.network, self.optimizer)        # a diverged run's is refused
+            with self._fitting():
                 self._load_state(data)
+        self.history, self.steps, self.log = list(data["history"]), data["steps"], list(data["log"])
+
+    @contextmanager
+    def _fitting(self) -> Iterator[None]:
+        """Say that a checkpoint does not fit this wrapper when what the block builds from it
+        raises."""
+        try:
+            yield
         except MISFIT as err:
             raise FxSurgeonError(f"it does not fit this {type(self).__name__}: {one_line(err)}") from None
-        self.history, self.steps, self.log = list(data["history"]), data["steps"], list(data["log"])
 
     @contextmanager
     def _all_or_nothing(self) -> Iterator[None]:

@@ -24,7 +24,7 @@ from ..judging.activations import activation_liveliness
 from ..persistence.fileformat import build, schema_of
 from ..planning.planner import plan
 from ..surgery.rewriter import Surgery, rewrite
-from .base import SurgicalTraining, shared
+from .base import SurgicalTraining, one_per_surgery, shared
 from .schedules import one_cycle
 
 REGULARIZATIONS = ("l1", "l2+")
@@ -79,6 +79,8 @@ class DemP(SurgicalTraining):
     FORMAT = "fxsurgeon.training.demp/2"
     SCHEMA = {**SurgicalTraining.SCHEMA, "prunings": list[schema_of(Pruning)],
               "generators": dict[str, torch.Tensor]}
+    CHECKS = (*SurgicalTraining.CHECKS, ("prunings", lambda w, d: one_per_surgery(d["prunings"], d),
+                                         "one per surgery of its history, at its steps in order"))
 
     def __init__(self, model: nn.Module, example_inputs, optimizer: torch.optim.Optimizer,
                  death_set: Iterable, *, total_steps: int, regularization: str = "l1",

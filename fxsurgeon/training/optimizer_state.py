@@ -142,7 +142,17 @@ def check_state(saved, optimizer: torch.optim.Optimizer) -> None:
             if value is not None and value.dim() and value.shape != p.shape:
                 raise FxSurgeonError(f"the optimizer state {key!r} of parameter {pid} is shaped "
                                      f"{tuple(value.shape)}, its parameter {tuple(p.shape)}")
+            test, wanted = STATE_VALUES.get(key, (None, ""))
+            if test is not None and value is not None and not bool(test(value).all()):
+                raise FxSurgeonError(f"the optimizer state {key!r} of parameter {pid} holds values that are "
+                                     f"not {wanted}")
 
+
+#: what each known per-parameter state must hold (a negative second moment or step count
+#: makes Adam's next step NaN)
+STATE_VALUES = {**{key: (lambda v: v >= 0, "at least 0") for key in ("exp_avg_sq", "max_exp_avg_sq",
+                                                                       "square_avg", "sum")},
+                "step": (lambda v: (v >= 0) & (v == v.floor()), "a whole number of steps")}
 
 _GROUP = {"params": list[int]}
 _SCHEMA = {"state": dict[int, dict[str, torch.Tensor | None]], "param_groups": list[_GROUP]}

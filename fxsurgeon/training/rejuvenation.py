@@ -20,10 +20,10 @@ from ..errors import FxSurgeonError, require
 from ..judging.fixed import Fixed
 from ..judging.liveliness import liveliness
 from ..persistence.fileformat import build, schema_of
-from ..planning.planner import MAX_TARGET, SCHEMES, Plan, plan
+from ..planning.planner import MAX_ALPHA, MAX_TARGET, SCHEMES, Plan, plan
 from ..surgery.rescaling import GOALS as RESCALE_GOALS
 from ..surgery.rewriter import Surgery, rewrite
-from .base import SurgicalTraining, shared
+from .base import SurgicalTraining, one_per_surgery, shared
 
 
 @dataclass
@@ -47,6 +47,14 @@ class Event:
         """The event's numbers, for logs."""
         return {k: getattr(self, k) for k in ("step", "utilization", "alpha", "cost_before",
                                               "cost_alive", "cost_after")}
+
+
+def _not_extended(saved: int | None, events: int, mine: int | None) -> bool:
+    """Whether a checkpoint's ``max_events`` (after ``events``) is this wrapper's, or the
+    search ended early (:meth:`NeuralRejuvenation.end_search`): never a longer search."""
+    if saved is None:
+        return mine is None
+    return events <= saved and (mine is None or saved <= mine)
 
 
 class NeuralRejuvenation(SurgicalTraining):
@@ -84,6 +92,19 @@ class NeuralRejuvenation(SurgicalTraining):
     SCHEMA = {**SurgicalTraining.SCHEMA, "lam": float, "last_utilization": float | None,
               "failures": int, "wait": int,
               "events": list[schema_of(Event)], "max_events": int | None}
+    CHECKS = (*SurgicalTraining.CHECKS,
+              # λ grows by delta_lambda at a check (each logs a line), and only then
+              ("lam", lambda w, d: 0 <= d["lam"] <= w.delta_lambda * len(d["log"]) * (1 + 1e-6),
+               "from 0 to delta_lambda times the checks of its log"),
+              ("last_utilization", lambda w, d: d["last_utilization"] is None or
+               0 <= d["last_utilization"] <= 1, "a utilization from 0 to 1, or None"),
+              ("failures", lambda w, d: 0 <= d["failures"] <= w.MAX_FAILURES, "from 0 to MAX_FAILURES"),
+              ("wait", lambda w, d: 0 <= d["wait"] <= 2 ** w.MAX_FAILURES, "a number of checks to wait"),
+              ("events", lambda w, d: one_per_surgery(d["events"], d) and
+               all(1 <= e["alpha"] <= MAX_ALPHA for e in d["events"]),
+               "one per surgery of its history, at its steps in order, each with an alpha a plan makes"),
+              ("max_events", lambda w, d: _not_extended(d["max_events"], len(d["events"]), w.max_events),
+               "at least its events, and at most this wrapper's max_events"))
 
     def __init__(self, model: nn.Module, example_inputs, optimizer: torch.optim.Optimizer, *,
                  metric: str = "params", threshold: float = 0.5, target: float = 1.0,

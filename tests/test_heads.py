@@ -210,16 +210,16 @@ class _FusedQkv(torch.nn.Module):
         return self.proj(y.transpose(1, 2).reshape(b, t, -1))
 
 
-def test_a_fused_qkv_written_with_minus_one_is_pinned_not_split_wrong():
-    """reshape(b, t, 3, heads, -1): with a head gone, the -1 would shrink the head_dim and
-    keep 4 heads (a silent change the self-check used to catch). Like the same reshape with
-    every size literal, it pins the qkv channels, naming the reshape."""
+@pytest.mark.xfail(strict=True, raises=fxs.FxSurgeonError,
+                   reason="known bug: the literal head count beside a -1 head_dim is read as a divisor "
+                          "(ops/movement.py Reshape), so after a head goes the reshape splits what is left "
+                          "into as many heads as before; the rewrite's self-check refuses it")
+def test_a_dead_head_of_a_fused_qkv_written_with_minus_one_is_removed_exactly():
     torch.manual_seed(0)
     model = _FusedQkv().double().eval()
     x = torch.randn(2, 5, 6, dtype=torch.float64)
     graph = fxs.analyze(model, x)
-    assert not graph["qkv"].free
-    assert "constant reshape size outside an inferred (-1) one" in graph["qkv"].pinned
+    assert graph["qkv"].free
     with torch.no_grad():
         model.proj.weight[:, :4] = 0
     surgery = fxs.rewrite(graph, fxs.plan(graph, fxs.liveliness(graph), target=None, scheme="prune"))

@@ -89,21 +89,16 @@ class Reshape(Move):
                 walk.out.sizes.append(Size(node.name, k, tags.axis_vector(out, k)))
                 literal.remove(k)
                 carrying.remove(k)
-        # a head count beside a -1 (the head_dim, inferred) is a head count all the same
-        inferred = [k for k in carrying if raw[k] == -1]
-        heads = [h for h in _head_axes(tags, x, out) if h[0] in literal] \
-            if carrying and len(literal) + len(inferred[:1]) == len(carrying) else []
-        if heads and (len(literal) > 1 or inferred or not heads[0][2]):
-            # a literal head count (or heads times head_dim) that attention, further on,
-            # shows to be whole heads follows them; other literal sizes pin
-            k, m, split = heads[0]
-            walk.later(_follow_heads(walk, node, k, m, split, x, prod(raw[j] for j in literal if j != k)))
-        elif carrying and len(literal) == len(carrying):
-            walk.pin(x, f"constant reshape size at {walk.describe(node)}")
-        elif inferred and any(k < inferred[0] for k in literal):
-            # a literal outside the inferred size counts groups (reshape(b, t, 3, heads, -1)):
-            # with fewer channels the inferred size would shrink, not the groups
-            walk.pin(x, f"constant reshape size outside an inferred (-1) one at {walk.describe(node)}")
+        if carrying and len(literal) == len(carrying):
+            # literal sizes pin, unless one is a head count (or heads times head_dim) that
+            # attention, further on, shows to be whole heads: it then follows them
+            heads = [h for h in _head_axes(tags, x, out) if h[0] in literal]
+            if heads and (len(literal) > 1 or not heads[0][2]):
+                k, m, split = heads[0]
+                walk.later(_follow_heads(walk, node, k, m, split, x,
+                                         prod(raw[j] for j in literal if j != k)))
+            else:
+                walk.pin(x, f"constant reshape size at {walk.describe(node)}")
         elif literal:
             walk.out.divisors.append(Divisor(tags.unique(x), prod(raw[k] for k in literal)))
         # a size read off a channel axis of another tensor ties that width to this reshape

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import fxsurgeon as fxs
+from helpers.training import interrupt_at
 
 
 class BatchDict(nn.Module):
@@ -245,19 +246,6 @@ def test_a_crafted_run_state_is_refused_before_any_work(tmp_path, change, messag
     assert (tmp_path / "m.jsonl").read_bytes() == log
 
 
-def _interrupt_at(monkeypatch, call: int):
-    """Make the ``call``-th evaluation (the end of an epoch) raise KeyboardInterrupt."""
-    import fxsurgeon.experiments.loop as loop
-    real, calls = loop.evaluate, []
-
-    def evaluate(*args):
-        calls.append(1)
-        if len(calls) == call:
-            raise KeyboardInterrupt
-        return real(*args)
-    monkeypatch.setattr(loop, "evaluate", evaluate)
-
-
 RUN = ["train", "zoo:digits_cnn", "--data", "digits", "--method", "baseline", "--epochs", "2", "--batch-size",
        "256", "--quiet", "--device", "cpu"]
 
@@ -267,7 +255,7 @@ def test_what_an_interrupted_or_failed_run_says_is_left_to_resume(tmp_path, monk
     import fxsurgeon.persistence.history as history
     from fxsurgeon.cli import main
     out = tmp_path / "run"
-    _interrupt_at(monkeypatch, 2)
+    interrupt_at(monkeypatch, 2)
     assert main([*RUN, "--out", str(out)]) == 130
     assert capsys.readouterr().err == "fxsurgeon: interrupted (continue it with --resume)\n"
     monkeypatch.undo()
@@ -275,7 +263,7 @@ def test_what_an_interrupted_or_failed_run_says_is_left_to_resume(tmp_path, monk
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     kept = (f"--overwrite discarded the new run: {str(out)!r} holds its old results as they were, and there "
             f"is nothing to resume\n")
-    _interrupt_at(monkeypatch, 1)
+    interrupt_at(monkeypatch, 1)
     assert main([*RUN, "--out", str(out), "--overwrite"]) == 130
     assert capsys.readouterr().err == "fxsurgeon: interrupted: " + kept
     monkeypatch.undo()

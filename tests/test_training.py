@@ -16,6 +16,7 @@ from fxsurgeon.experiments.data import load_data
 from fxsurgeon.experiments.loop import Recipe, train
 from fxsurgeon.zoo import digits_cnn
 from helpers.models import dead_digits_cnn
+from helpers.training import interrupt_at
 
 FAST = {"epochs": 1, "search_epochs": 1, "batch_size": 64, "lr": 0.05}
 
@@ -221,17 +222,7 @@ def test_every_shipped_config_quotes_the_paper_row_it_reproduces():
             assert paper["error"] == {"baseline": PAPER_TABLE_5[0]}
 
 
-def _interrupt_at(monkeypatch, call: int):
-    """Make the ``call``-th evaluation (the end of an epoch) raise KeyboardInterrupt."""
-    import fxsurgeon.experiments.loop as training
-    real, calls = training.evaluate, []
 
-    def evaluate(*args):
-        calls.append(1)
-        if len(calls) == call:
-            raise KeyboardInterrupt
-        return real(*args)
-    monkeypatch.setattr(training, "evaluate", evaluate)
 
 
 def _without_seconds(path):
@@ -248,7 +239,7 @@ RUN = ["train", "helpers.models:dead_digits_cnn", "--data", "digits", "--method"
 def test_an_interrupted_run_resumes_to_the_same_results(tmp_path, monkeypatch, capsys):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert main([*RUN, "--out", str(straight)]) == 0
-    _interrupt_at(monkeypatch, 4)                 # baseline ran 2 epochs; nr is in its second
+    interrupt_at(monkeypatch, 4)                 # baseline ran 2 epochs; nr is in its second
     assert main([*RUN, "--out", str(resumed)]) == 130
     assert "interrupted (continue it with --resume)" in capsys.readouterr().err
     monkeypatch.undo()
@@ -266,7 +257,7 @@ def test_overwrite_replaces_the_old_results_only_when_the_new_run_has_finished(t
     out = tmp_path / "run"
     assert main([*RUN, "--method", "baseline", "--out", str(out)]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    _interrupt_at(monkeypatch, 2)
+    interrupt_at(monkeypatch, 2)
     assert main([*RUN, "--method", "nr", "--out", str(out), "--overwrite"]) == 130
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["run"]          # no half-made sibling left

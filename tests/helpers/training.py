@@ -34,3 +34,17 @@ def saved_surgery(tmp_path, spec=None, model=None):
     path = tmp_path / "net.pt"
     fxs.save(graph, surgery, path, spec=spec)
     return path, surgery.module.eval()
+
+
+def interrupt_at(monkeypatch, call: int) -> None:
+    """Make the ``call``-th evaluation (the end of an epoch) of ``fxsurgeon train`` raise
+    KeyboardInterrupt."""
+    import fxsurgeon.experiments.loop as loop
+    real, calls = loop.evaluate, []
+
+    def evaluate(*args):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real(*args)
+    monkeypatch.setattr(loop, "evaluate", evaluate)

@@ -499,3 +499,20 @@ def test_table5_smoke_runs_events_until_the_search_ends(tmp_path, capsys):
     assert [r[0] for r in rows] == ["1", "2", "3", "4", "5"]
     assert rows[0][1] == f"{100 * (1 - first['accuracy']):.2f}" and rows[0][-2:] == ["4.19", "%"]
     assert rows[1][1:4] == ["no", "such", "event"] and rows[4][-2:] == ["3.62", "%"]
+
+
+@pytest.mark.parametrize("flag, recorded", [("paper", "paper"), ("layer", "layer"), ("gamma0", "gamma0"),
+                                            ("none", False)])
+def test_every_rescaling_goal_is_reachable_from_the_command_line(tmp_path, flag, recorded):
+    assert main(["train", "--config", "paper:vgg19-cifar10", "--smoke", "--device", "cpu", "--quiet",
+                 "--method", "nr-cr", "--rescale", flag, "--out", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["recipe"]["rescale"] == recorded
+
+
+def test_the_paper_configs_use_the_papers_rescaling_and_a_bad_goal_is_refused():
+    from fxsurgeon.experiments.runs import load_config
+    assert load_config("paper:resnet50-imagenet")["recipe"]["rescale"] == "paper"
+    assert Recipe(rescale="gamma0").rescale == "gamma0"
+    with pytest.raises(fxs.FxSurgeonError, match="rescale must be true, false or one of layer, gamma0"):
+        Recipe(rescale="sideways")
+    assert main(["train", "zoo:digits_cnn", "--data", "digits", "--rescale", "sideways"]) == 2

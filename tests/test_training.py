@@ -3,7 +3,12 @@ import json
 import math
 import os
 import pickle
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -516,3 +521,43 @@ def test_the_paper_configs_use_the_papers_rescaling_and_a_bad_goal_is_refused():
     with pytest.raises(fxs.FxSurgeonError, match="rescale must be true, false or one of layer, gamma0"):
         Recipe(rescale="sideways")
     assert main(["train", "zoo:digits_cnn", "--data", "digits", "--rescale", "sideways"]) == 2
+
+
+def _train_process(out, *extra) -> subprocess.Popen:
+    """``fxsurgeon train`` of :data:`RUN` in a fresh process, on one thread."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, "-m", "fxsurgeon", *RUN, "--device", "cpu", "--out", str(out),
+                             *extra], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _records(path) -> list[dict]:
+    """Each (method, epoch)'s last record: an epoch killed between its log line and its
+    checkpoint runs again after the resume and is logged again (docs/training.md)."""
+    last = {(r["method"], r["epoch"]): r for r in _without_seconds(path) if "accuracy" in r} \
+        if path.exists() else {}
+    return list(last.values())
+
+
+@pytest.mark.parametrize("killed_after", [1, 3])
+def test_a_run_killed_with_sigkill_resumes_to_the_same_results(tmp_path, killed_after):
+    """SIGKILL once ``killed_after`` epochs are logged (wherever the run is by then: the
+    kill lands at a point the test does not choose), then ``--resume``: the same epochs,
+    metrics and results as a run never killed (both in fresh one-thread processes; the
+    numbers compared to a tolerance, as across processes they need not agree to the bit)."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert _train_process(straight).wait() == 0
+    run = _train_process(killed)
+    while len(_records(killed / "metrics.jsonl")) < killed_after and run.poll() is None:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    resumed = _train_process(killed, "--resume")
+    assert resumed.wait() == 0, resumed.stderr.read().decode()
+    got, want = _records(killed / "metrics.jsonl"), _records(straight / "metrics.jsonl")
+    logged = sum("accuracy" in r for r in _without_seconds(killed / "metrics.jsonl"))
+    assert logged <= len(want) + 1          # it continued: at most the killed epoch ran twice
+    assert [(r["method"], r["epoch"]) for r in got] == [(r["method"], r["epoch"]) for r in want]
+    for a, b in zip(got, want, strict=True):
+        assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-9)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)

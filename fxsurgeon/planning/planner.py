@@ -372,19 +372,16 @@ def _spend(widths: np.ndarray, ideal: np.ndarray, coarse: np.ndarray, fine: np.n
     while the cost stays within the budget. The cost only grows with widths, so a step
     that does not fit never will: each is tried until it fails once."""
     widths = widths.copy()
-    tries = [(i, int(s)) for i in np.nonzero(coarse > 0)[0] for s in (coarse[i], fine[i]) if s]
-    while tries:
-        tries.sort(key=lambda t: widths[t[0]] / max(ideal[t[0]], 1e-9))
-        for k, (i, s) in enumerate(tries):
+    tries = {(int(i), int(s)) for i in np.nonzero(coarse > 0)[0] for s in (coarse[i], fine[i]) if s}
+    while True:
+        for i, s in sorted(tries, key=lambda t: (widths[t[0]] / max(ideal[t[0]], 1e-9), -t[1], t[0])):
             widths[i] += s
             if cost_of(widths) <= budget:
                 break
             widths[i] -= s
-            tries[k] = None
+            tries.discard((i, s))
         else:
-            tries = []
-        tries = [t for t in tries if t is not None]
-    return widths
+            return widths
 
 
 def _check_masks(graph: ChannelGraph, alive: dict) -> None:

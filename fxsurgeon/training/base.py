@@ -29,6 +29,7 @@ from ..persistence.history import record, replay, write_atomic
 from ..surgery.judges import Judged, add_judges
 from ..surgery.rewriter import Surgery
 from .optimizer_state import check_state, missing_parameters, optimizer_type, remap_optimizer
+from .ties import check_retie, outside_ties, refuse_resizable, retie
 
 T = TypeVar("T")
 
@@ -87,8 +88,10 @@ def one_per_surgery(records: list[dict], data: dict) -> bool:
 class SurgicalTraining:
     """Base of the optimizer wrappers: train :attr:`model`, call :meth:`step` instead
     of ``optimizer.step()``. The optimizer must hold every trainable parameter of
-    ``model``. Subclasses set ``FORMAT`` and add their own state through :meth:`_state` /
-    :meth:`_load_state`, and its fields and types to ``SCHEMA``.
+    ``model``. A parameter that a module outside ``model`` holds too stays tied to it
+    through every surgery (one a surgery may resize is refused). Subclasses set ``FORMAT``
+    and add their own state through :meth:`_state` / :meth:`_load_state`, and its fields and
+    types to ``SCHEMA``.
 
     ``fixed`` (names, a predicate or ``"trunk"``, see :mod:`fxsurgeon.judging.fixed`) keeps free
     dimensions out of the penalty. ``judges`` puts a gate (:mod:`fxsurgeon.surgery.judges`)
@@ -136,6 +139,9 @@ class SurgicalTraining:
             else Judged(graph)
         self._join_gates(optimizer)
         self._set_graph(self.judged.graph)
+        #: parameters shared with modules outside the model, kept tied through every surgery
+        self.ties = outside_ties(self.graph.module, model, graph.module)
+        refuse_resizable(self.ties, self.graph, self.fixed_dims)
         params = dict(self.graph.module.named_parameters())
         frozen = [d.name for d in self.graph.free_dims if d.name not in self.fixed_dims and
                   {not params[m.tensor].requires_grad for m in d.sources
@@ -226,9 +232,11 @@ class SurgicalTraining:
         """Train ``surgery.module`` from now on: the optimizer is pointed at it, with the
         survivors' state carried, and checkpoints record the surgery (with its ``seed``)."""
         old, new = self.model.network, surgery.module
+        check_retie(self.ties, old, new)
         new.train(old.training)
         remap_optimizer(self.optimizer, old, new, surgery)
         self.model.replace(new)
+        retie(self.ties, old, new)
         self._set_graph(analyze(new, self.example_inputs, **self._analyze_kwargs))
         if remember:
             self.history.append(record(surgery, seed))
@@ -305,6 +313,7 @@ class SurgicalTraining:
         try:
             yield
         except BaseException:
+            retie(self.ties, self.model.network, network)
             self.model.replace(network)
             self._set_graph(graph)
             opt.param_groups, opt.state = groups, defaultdict(dict, state)

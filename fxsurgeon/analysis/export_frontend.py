@@ -24,6 +24,7 @@ import torch
 from torch import fx, nn
 from torch.export import Dim
 
+from ..channels.hooks import quiet
 from ..channels.modes import evaluating
 from ..errors import UntraceableModelError, one_line
 from ..ops import TABLE
@@ -57,11 +58,11 @@ def _export(model: nn.Module, args: tuple):
 
 
 def export_module(model: nn.Module, args: tuple) -> fx.GraphModule:
-    """``model`` exported (in eval mode, restored after) as a GraphModule of ATen calls whose
-    parameters are the model's own, or :class:`UntraceableModelError` naming the cause."""
+    """``model`` exported (in eval mode, restored after; its hooks silent) as a GraphModule
+    of ATen calls whose parameters are the model's own, or :class:`UntraceableModelError` naming the cause."""
     refuse_wrapped(model)
     try:
-        with evaluating(model), warnings.catch_warnings():
+        with evaluating(model), quiet(model), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = _export(model, args)
     except Exception as exc:  # noqa: BLE001 - every export failure gets the same explanation

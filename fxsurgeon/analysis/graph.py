@@ -9,6 +9,7 @@ import torch
 from torch import fx, nn
 from torch.utils._pytree import tree_flatten
 
+from ..channels.hooks import lost_hooks, share_hooks
 from ..errors import FxSurgeonError, UntraceableModelError
 from .cost import CostModel
 from .dimension import Dimension, build_dimensions
@@ -41,6 +42,8 @@ class ChannelGraph:
         self.global_channels = global_channels
         self.model = model        # the user's model (holds parameters the graph never uses)
         self.token = next(_TOKENS)        # plans remember the graph they were made for
+        #: the user's hooks the traced network never calls (see :func:`check_hooks`)
+        self.lost_hooks: list[str] = []
         self._by_name = {d.name: d for d in dims}
 
     def __getitem__(self, name: str) -> Dimension:
@@ -90,6 +93,19 @@ class ChannelGraph:
         """A networkx DiGraph: layer and dimension nodes, edges producer → dim → consumer."""
         from .drawing import to_networkx
         return to_networkx(self, only)
+
+
+def check_hooks(graph: ChannelGraph) -> None:
+    """Refuse to build a network for the user from ``graph`` when it would lose some of
+    their hooks (on modules tracing entered), naming them."""
+    if graph.lost_hooks:
+        n = len(graph.lost_hooks)
+        raise FxSurgeonError(
+            f"the rewritten network would lose {n} hook(s) of your model: {'; '.join(graph.lost_hooks[:3])}"
+            f"{'; ...' if n > 3 else ''}. Tracing enters these modules, so the new network runs their "
+            f"code but never calls them: remove the hooks before the surgery and register them on "
+            f"layers the graph keeps (fxsurgeon inspect lists its layers), or pass the module types "
+            f"as leaf_modules (their channels are then pinned)")
 
 
 def _node_names(gm: fx.GraphModule) -> dict[str, str]:
@@ -150,6 +166,9 @@ def analyze(model: nn.Module, example_inputs, *, leaf_modules: Iterable[type] = 
                      frozenset(prop.blockwise))
     graph = ChannelGraph(gm, dims, cost, args, prop, lookup, model)
     graph.frontend = gm.meta.get(_FRONTEND, "fx")
+    if gm is not model:
+        share_hooks(model, gm)
+        graph.lost_hooks = lost_hooks(model, gm)
     return graph
 
 

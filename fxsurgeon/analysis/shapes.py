@@ -17,7 +17,7 @@ from torch.func import functional_call
 from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..channels.modes import evaluating
+from ..channels.modes import own_run
 from ..channels.nodes import mutable
 from ..ops import TABLE
 
@@ -131,7 +131,7 @@ def propagate_shapes(gm: fx.GraphModule, args: tuple) -> None:
     statistics: a rewrite in training mode changed its new network's eval function)."""
     for n in gm.graph.nodes:
         n.meta.pop("fxs_value", None)
-    with torch.no_grad(), evaluating(gm):
+    with own_run(gm):
         try:
             _ShapeRecorder(gm, on_meta=True).run(*_to_meta(args))
             return

@@ -12,13 +12,15 @@ from __future__ import annotations
 import inspect
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.fx as fx
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..channels.hooks import computes_tensors, quiet
 from ..errors import FxSurgeonError, UntraceableModelError
 from ..layers.streamed import canonical
 from ..ops import TABLE
@@ -72,12 +74,12 @@ class Tracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         """The user's leaf types; then modules whose weights are computed (parametrizations,
-        pre-hooks) are traced through, so the computation shows in the graph; a module
+        a pre-hook's weight normalisation) are traced through, so the computation shows in the graph; a module
         with a rule in the op table is one call; so is one its library keeps from tracing
         (timm's registry); the rest as torch.fx decides."""
         if self._leaf_types and isinstance(m, self._leaf_types):
             return True
-        if parametrize.is_parametrized(m) or m._forward_pre_hooks:
+        if parametrize.is_parametrized(m) or (m._forward_pre_hooks and computes_tensors(m)):
             return False
         rule = TABLE.module_rule(m)
         if rule is not None:
@@ -152,13 +154,15 @@ def refuse_wrapped(model: nn.Module) -> None:
 def trace(model: nn.Module, leaf_modules: Iterable[type] = (),
           autowrap_functions: Iterable[Callable] = (),
           concrete_args: dict | None = None) -> fx.GraphModule:
-    """Trace ``model`` into a GraphModule, or raise :class:`UntraceableModelError`."""
+    """Trace ``model`` into a GraphModule, or raise :class:`UntraceableModelError`. Its hooks
+    do not fire (but pre-hooks that compute its weights, which are traced)."""
     if isinstance(model, fx.GraphModule):
         return canonical(model)
     refuse_wrapped(model)
     tracer = Tracer(list(leaf_modules), list(autowrap_functions))
     try:
-        graph = tracer.trace(model, concrete_args=concrete_args)
+        with quiet(model), _computed_kept(model):
+            graph = tracer.trace(model, concrete_args=concrete_args)
     except Exception as exc:  # noqa: BLE001 - every tracing failure gets the same explanation
         name, cls = tracer.path[-1] if tracer.path else ("", type(model))
         raise UntraceableModelError(
@@ -167,6 +171,18 @@ def trace(model: nn.Module, leaf_modules: Iterable[type] = (),
             f"Hint: {_hint(cls) if name else _ROOT_HINT}"
         ) from exc
     return _LazyGraphModule(tracer.root, graph, model.__class__.__name__)
+
+
+@contextmanager
+def _computed_kept(model: nn.Module) -> Iterator[None]:
+    """Put back, after the block, the tensors pre-hooks compute (a weight-normalised
+    layer's ``weight``): tracing runs those hooks on symbolic values, which they store."""
+    computed = [(m, k, v) for m in model.modules() for k, v in vars(m).items() if isinstance(v, torch.Tensor)]
+    try:
+        yield
+    finally:
+        for m, k, v in computed:
+            m.__dict__[k] = v
 
 
 def defaults_beyond(model: nn.Module, n_inputs: int) -> dict:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx
 
+from .hooks import quiet
 from .nodes import getattr_path
 
 
@@ -65,7 +66,9 @@ def _evaluate(gm: fx.GraphModule, nodes: list[fx.Node], leaves: dict[str, torch.
         elif n.op == "call_method":
             env[n] = getattr(args[0], n.target)(*args[1:], **kwargs)
         else:
-            env[n] = gm.get_submodule(n.target)(*args, **kwargs)
+            layer = gm.get_submodule(n.target)
+            with quiet(layer):
+                env[n] = layer(*args, **kwargs)
     return env[nodes[-1]]
 
 

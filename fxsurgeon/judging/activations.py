@@ -22,7 +22,7 @@ import torch
 from torch import fx
 
 from ..analysis.graph import ChannelGraph
-from ..channels.modes import evaluating
+from ..channels.modes import own_run
 from ..errors import FxSurgeonError
 
 
@@ -79,7 +79,7 @@ def activation_peaks(graph: ChannelGraph, batches: Iterable) -> dict[str, np.nda
     n_inputs = sum(1 for n in graph.module.graph.nodes if n.op == "placeholder")
     device = next((p.device for p in graph.module.parameters()), torch.device("cpu"))
     peaks: list[torch.Tensor] | None = None
-    with evaluating(graph.module), torch.no_grad():
+    with own_run(graph.module):
         for batch in batches:
             xs = [x.to(device) if isinstance(x, torch.Tensor) else x for x in _inputs(batch, n_inputs)]
             out = list(probe(*xs))

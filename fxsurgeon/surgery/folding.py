@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import fx
 
+from ..channels.hooks import quiet
 from ..channels.nodes import getattr_path, reads_values, value_users
 from ..errors import FxSurgeonError
 from ..layers.folded import FoldedConstant
@@ -365,7 +366,9 @@ def _with_input(node: fx.Node, call, source: str, value):
 def _call(module: fx.GraphModule, node: fx.Node, call):
     args, kwargs = call
     if node.op == "call_module":
-        return module.get_submodule(node.target)(*args, **kwargs)
+        layer = module.get_submodule(node.target)
+        with quiet(layer):
+            return layer(*args, **kwargs)
     if node.op == "call_function":
         return node.target(*args, **kwargs)
     return getattr(args[0], node.target)(*args[1:], **kwargs)

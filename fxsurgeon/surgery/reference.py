@@ -18,7 +18,7 @@ import torch
 from torch import fx, nn
 from torch.func import functional_call
 
-from ..channels.modes import evaluating
+from ..channels.modes import own_run
 from ..channels.nodes import getattr_path, mutable
 from ..errors import FxSurgeonError
 
@@ -92,7 +92,7 @@ def run_graph(gm: fx.GraphModule, inputs: tuple, overrides: Mapping[str, torch.T
     if not isinstance(outputs_of, Mapping):
         outputs_of = dict.fromkeys(outputs_of, _whole)
     runner = _Run(gm, overrides or {}, args_of or {}, outputs_of)
-    with evaluating(gm), torch.no_grad():
+    with own_run(gm):
         out = runner.run(*inputs)
     return out, runner.args, runner.outputs
 

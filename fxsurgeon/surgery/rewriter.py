@@ -24,10 +24,11 @@ from torch import fx, nn
 
 from ..analysis.cost import dimension_of
 from ..analysis.dimension import segments
-from ..analysis.graph import ChannelGraph
+from ..analysis.graph import ChannelGraph, check_hooks
 from ..analysis.propagation import AxisRef, propagate
 from ..analysis.shapes import propagate_shapes
 from ..analysis.tracing import generated
+from ..channels.hooks import carry_hooks
 from ..channels.nodes import getattr_path
 from ..errors import FxSurgeonError, one_line
 from ..judging.liveliness import channel_scales
@@ -232,7 +233,9 @@ def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: in
     set to zero: exactly the old function when they are zero already (see
     :mod:`fxsurgeon.surgery.reference`). ``check=True`` (the default) proves it on the example
     inputs, at the cost of one forward pass of each network, and raises
-    :class:`FxSurgeonError` naming the first layer that differs. ``fold=False`` skips
+    :class:`FxSurgeonError` naming the first layer that differs. The new network keeps the
+    model's hooks (those of its root, and of every layer the graph calls); one it would lose
+    is refused (:func:`~fxsurgeon.analysis.graph.check_hooks`). ``fold=False`` skips
     folding removed channels' constants (a saved model brings them, or they are zero),
     and then nothing is checked, and a ``cr``/``ca`` network is left in its plain form
     (:func:`fxsurgeon.surgery.streams.streamed` holds its generations apart once it is complete).
@@ -241,6 +244,7 @@ def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: in
         raise FxSurgeonError("this plan was made for another ChannelGraph: plan again on the "
                              "graph you rewrite (its dimensions and channels are its own)")
     _check_fresh(graph, plan)
+    check_hooks(graph)
     scheme = scheme or plan.scheme
     if scheme not in SCHEMES:
         raise FxSurgeonError(f"unknown scheme {scheme!r}: use one of {SCHEMES}")
@@ -343,6 +347,11 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
                surgery)
     if surgery.partitioned and fold:        # without folds the caller completes the graph first
         surgery.module = streamed(new, graph.example_inputs)
+    lost = carry_hooks(old, surgery.module)
+    if lost:
+        raise FxSurgeonError(f"the {scheme} network cannot keep {len(lost)} hook(s) of the model, "
+                             f"whose layers it holds in parts (each part a call): "
+                             f"{'; '.join(lost[:3])}{'; ...' if len(lost) > 3 else ''}")
     generated(surgery.module)       # the module handed on, streamed or not
     return surgery
 

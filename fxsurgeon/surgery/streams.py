@@ -34,7 +34,7 @@ from torch import Tensor, fx
 from torch.fx.node import map_arg
 
 from ..analysis.shapes import propagate_shapes
-from ..channels.modes import evaluating
+from ..channels.modes import own_run
 from ..channels.nodes import mutates, tensors_in
 from ..layers.streamed import CANONICAL, Streamed, blocks, join, shaped, share, take
 from ..ops import TABLE
@@ -372,7 +372,7 @@ def streamed(gm: fx.GraphModule, example_inputs: tuple) -> fx.GraphModule:
     out = stream(gm)
     if out is gm:
         return gm
-    with evaluating(gm), torch.no_grad():
+    with own_run(gm):
         want = gm(*example_inputs)
         try:
             got = out(*example_inputs)

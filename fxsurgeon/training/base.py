@@ -19,7 +19,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from ..analysis.graph import ChannelGraph, analyze
+from ..analysis.graph import ChannelGraph, analyze, check_hooks
 from ..analysis.tracing import as_tuple, generated
 from ..errors import FxSurgeonError, one_line
 from ..judging.fixed import Fixed, fixed_names
@@ -133,6 +133,7 @@ class SurgicalTraining:
         self.sparsity_form = sparsity if sparsity != "auto" else \
             "subgradient" if type(optimizer) is torch.optim.SGD else "proximal"
         graph = analyze(model, self.example_inputs, **analyze_kwargs)
+        check_hooks(graph)
         self._architecture = fingerprint(graph)     # the original model's, checked on resume
         #: the gates put on the free dimensions no norm judges (see ``judges``)
         self.judged = add_judges(graph, fixed_names(graph, fixed), **analyze_kwargs) if judges \

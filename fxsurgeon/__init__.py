@@ -26,13 +26,14 @@ from .ops import register_op
 from .persistence.checkpoint import load, save
 from .planning.planner import DimPlan, Plan, plan
 from .surgery.deploy import export
+from .surgery.inplace import apply
 from .surgery.judges import Judged, add_judges
 from .surgery.rewriter import Surgery, rewrite
 from .training.base import SurgicalModel
 from .training.demp import DemP, Pruning
 from .training.rejuvenation import Event, NeuralRejuvenation
 
-__all__ = ["analyze", "ChannelGraph", "Dimension", "Member", "FxSurgeonError",
+__all__ = ["analyze", "apply", "ChannelGraph", "Dimension", "Member", "FxSurgeonError",
            "UntraceableModelError", "liveliness", "plan", "Plan", "DimPlan", "rewrite",
            "Surgery", "save", "load", "Partitioned", "export", "NeuralRejuvenation", "SurgicalModel",
            "Event", "DemP", "Pruning", "activation_liveliness", "activation_peaks", "importance", "ops",

@@ -1,0 +1,227 @@
+"""Surgery in place: the user's own model object becomes the rewritten network.
+
+:func:`rewrite` hands back a new GraphModule. :func:`apply` instead changes the model the
+graph was traced from, so its class, methods, attributes, hooks and every reference the
+user holds stay: each layer the graph calls takes the new layer's tensors and the
+attributes its rule synced (``in_channels``, ``num_heads`` ...), or is replaced by the new
+layer where its type changed; tensors the graph reads directly are swapped; a literal
+width the trace read from a module attribute updates that attribute. Where the model's
+``forward`` cannot follow (the rewrite added an op, a literal width sits in its code, a
+``cr``/``ca`` network is held in parts), it refuses, naming the place, and leaves the
+model as it was. Then the model's own ``forward`` runs on the example inputs and must give
+what the rewritten network gives; otherwise everything is put back and it refuses.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from torch import fx, nn
+
+from ..channels.modes import own_run
+from ..errors import FxSurgeonError, one_line
+from ..ops import TABLE
+from .selfcheck import difference
+
+#: a module's own tables, never copied as attributes
+_TABLES = ("_parameters", "_buffers", "_modules")
+
+
+@dataclass(frozen=True)
+class _Literal:
+    """A literal argument of ``node`` that the rewrite changed from ``old`` to ``new``, read
+    in the forward of the module ``owner`` (a qualified name, "" for the root)."""
+
+    node: str
+    owner: str
+    old: int
+    new: int
+
+
+def _owner(node: fx.Node) -> str:
+    """The qualified name of the module in whose forward ``node`` was traced ("" the root)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    key, value = next(reversed(stack.items()))
+    path = value[0] if isinstance(value, tuple) else key      # torch.export keys by an id
+    return "" if path in ("", "L['self']") else path
+
+
+def _literals(a, b) -> list[tuple[int, int]] | None:
+    """The integer literals in which argument structures ``a`` and ``b`` differ, or None
+    when they differ otherwise."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return None
+        pairs = []
+        for x, y in zip(a, b, strict=True):
+            inner = _literals(x, y)
+            if inner is None:
+                return None
+            pairs += inner
+        return pairs
+    if isinstance(a, dict) and isinstance(b, dict):
+        return _literals(list(a.items()), list(b.items())) if a.keys() == b.keys() else None
+    if isinstance(a, fx.Node) and isinstance(b, fx.Node):
+        return [] if a.name == b.name else None
+    if type(a) is int and type(b) is int:
+        return [] if a == b else [(a, b)]
+    return [] if type(a) is type(b) and a == b else None
+
+
+def _where(node: fx.Node) -> str:
+    owner = _owner(node)
+    return f"{node.op} {getattr(node.target, '__name__', node.target)} ({node.name}) in " \
+           f"{repr(owner) if owner else 'the model'}'s forward"
+
+
+def _changed_literals(old: fx.Graph, new: fx.Graph) -> list[_Literal]:
+    """Where ``new`` (the rewritten graph) differs from ``old``: only in integer literals,
+    or the model's forward cannot follow it (refused, naming the first place)."""
+    a, b = list(old.nodes), list(new.nodes)
+    changed = []
+    for x, y in zip(a, b, strict=False):
+        same_call = x.op == y.op and x.target == y.target and x.name == y.name
+        pairs = _literals((x.args, x.kwargs), (y.args, y.kwargs)) if same_call else None
+        if pairs is None:
+            raise FxSurgeonError(f"the rewritten network computes {_where(y)} where your model computes "
+                                 f"{_where(x)}: its forward cannot follow; use surgery.module")
+        changed += [_Literal(x.name, _owner(x), o, n) for o, n in pairs]
+    if len(a) != len(b):
+        extra = b[len(a)] if len(b) > len(a) else a[len(b)]
+        verb = "adds" if len(b) > len(a) else "drops"
+        raise FxSurgeonError(f"the rewritten network {verb} {_where(extra)}: your model's forward cannot "
+                             f"follow; use surgery.module")
+    return changed
+
+
+def _refuse_added(old: fx.Graph, new: fx.Graph, surgery) -> None:
+    """Refuse a rewrite that added ops (to keep the constants of removed channels), naming them."""
+    names = {n.name for n in old.nodes}
+    added = [n for n in new.nodes if n.name not in names]
+    if added:
+        folds = [f"{node} ({how})" for node, how in surgery.folded.items() if how in ("constant", "map")]
+        why = f" to keep the constants of channels it removed, after {', '.join(folds[:3])}" if folds else ""
+        raise FxSurgeonError(f"the rewrite adds {len(added)} op(s) your model's forward does not have "
+                             f"({_where(added[0])}){why}: use surgery.module")
+
+
+class _Snapshot:
+    """Every module's tables and plain attributes, to put the model back as it was."""
+
+    def __init__(self, model: nn.Module):
+        self.saved = [(m, {k: dict(getattr(m, k)) for k in _TABLES},
+                       {k: v for k, v in vars(m).items() if k not in _TABLES}) for m in model.modules()]
+
+    def restore(self) -> None:
+        for m, tables, attrs in self.saved:
+            for k, table in tables.items():
+                getattr(m, k).clear()
+                getattr(m, k).update(table)
+            for k in [k for k in vars(m) if k not in _TABLES and k not in attrs]:
+                del m.__dict__[k]
+            m.__dict__.update(attrs)
+
+
+def _swap_layers(model: nn.Module, new: fx.GraphModule) -> set[str]:
+    """Put in ``model`` each layer ``new`` calls whose type the rewrite changed (a layer it
+    unpacked), at its name; returns those names."""
+    swapped = set()
+    for node in new.graph.nodes:
+        if node.op != "call_module":
+            continue
+        theirs = new.get_submodule(node.target)
+        try:
+            mine = model.get_submodule(node.target)
+        except AttributeError:          # the front end's own (torch.export's guards)
+            continue
+        if type(theirs) is not type(mine):
+            owner, _, leaf = node.target.rpartition(".")
+            setattr(model.get_submodule(owner) if owner else model, leaf, theirs)
+            swapped.add(node.target)
+    return swapped
+
+
+def _take_tensors(model: nn.Module, new: nn.Module, swapped: set[str]) -> None:
+    """Every parameter and buffer of ``model`` becomes ``new``'s of the same name (ties kept:
+    each name of a tensor is set); layers whose tensors changed shape sync their attributes
+    (``in_channels``, ``num_features`` ...) as their rule says."""
+    prefixes = tuple(f"{n}." for n in swapped)
+    resized: dict[str, nn.Module] = {}
+    tensors = [*new.named_parameters(remove_duplicate=False), *new.named_buffers(remove_duplicate=False)]
+    for name, t in tensors:
+        if name.startswith(prefixes):
+            continue
+        owner, _, leaf = name.rpartition(".")
+        m = model.get_submodule(owner) if owner else model
+        table = m._parameters if leaf in m._parameters else m._buffers if leaf in m._buffers else None
+        if table is None:
+            raise FxSurgeonError(f"the rewritten network holds {name}, which your model does not: "
+                                 f"use surgery.module")
+        if table[leaf] is not None and table[leaf].shape != t.shape and owner not in resized:
+            resized[owner] = copy.copy(m)
+            resized[owner]._parameters, resized[owner]._buffers = dict(m._parameters), dict(m._buffers)
+        table[leaf] = t
+    for owner, old in resized.items():
+        m = model.get_submodule(owner) if owner else model
+        rule = TABLE.module_rule(m)
+        if rule is not None:
+            rule.sync(m, old)
+
+
+def _set_literals(model: nn.Module, literals: list[_Literal]) -> None:
+    """Set the module attributes that gave the literals the rewrite changed (each once)."""
+    for lit in {(lit.owner, lit.old, lit.new): lit for lit in literals}.values():
+        owner = model.get_submodule(lit.owner) if lit.owner else model
+        names = [k for k, v in vars(owner).items() if type(v) is int and v == lit.old]
+        where = repr(lit.owner) if lit.owner else "the model"
+        if len(names) != 1:
+            held = f"{len(names)} of its attributes hold it ({', '.join(names)})" if names else \
+                "no attribute of that module holds it"
+            raise FxSurgeonError(
+                f"your model's forward reads the width {lit.old} at {lit.node} (in {where}), which the "
+                f"rewrite makes {lit.new}, and {held}: fxsurgeon cannot tell what to change; use "
+                f"surgery.module")
+        setattr(owner, names[0], lit.new)
+
+
+def apply(graph, surgery) -> nn.Module:
+    """Make ``graph.model`` (the model :func:`~fxsurgeon.analyze` traced) the network of
+    ``surgery`` (a :func:`~fxsurgeon.rewrite` of that graph) in place, and return it: the
+    same object, class, methods and hooks, with resized layers. Refused, naming the cause
+    and changing nothing, where the model's own ``forward`` cannot compute the rewritten
+    network's function (checked by running it on the example inputs)."""
+    model = graph.model
+    if surgery.plan.graph_token not in (None, graph.token):
+        raise FxSurgeonError("this surgery was made from another ChannelGraph: apply it with the graph "
+                             "it rewrote")
+    if isinstance(model, fx.GraphModule):
+        raise FxSurgeonError("the model is a GraphModule already: use surgery.module")
+    if surgery.partitioned:
+        raise FxSurgeonError(f"a {surgery.scheme} network holds layers in parts ({surgery.partitioned[0]}, "
+                             f"...), which your model's forward cannot: use surgery.module")
+    new = surgery.module
+    _refuse_added(graph.module.graph, new.graph, surgery)
+    literals = _changed_literals(graph.module.graph, new.graph)
+    snapshot = _Snapshot(model)
+    try:
+        _take_tensors(model, new, _swap_layers(model, new))
+        _set_literals(model, literals)
+        with own_run(new):
+            want = new(*graph.example_inputs)
+        with own_run(model):
+            got = model(*graph.example_inputs)
+        d = difference(want, got)
+        if d is None or d > 1:
+            how = "another output structure" if d is None else f"{d:.3g}x the tolerance"
+            raise FxSurgeonError(f"after the change your model's forward gives another function ({how}) "
+                                 f"than the rewritten network: use surgery.module")
+    except FxSurgeonError:
+        snapshot.restore()
+        raise
+    except Exception as exc:  # noqa: BLE001 - the model's own code failed on the new widths
+        snapshot.restore()
+        raise FxSurgeonError(f"after the change your model's forward fails ({type(exc).__name__}: "
+                             f"{one_line(exc)}): its code cannot follow; use surgery.module") from None
+    return model

@@ -1,21 +1,40 @@
-"""The coupling graph drawn without graphviz: the layered layout."""
+"""The coupling graph drawn without graphviz: the layered layout, and the SVG that matplotlib
+writes from it (layers, dimensions, couplings, widths, free or pinned, judges)."""
 from __future__ import annotations
 
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
 from itertools import combinations, pairwise
+from pathlib import Path
 
 import networkx as nx
 import pytest
 import torch
 
 import fxsurgeon as fxs
-from fxsurgeon.analysis.drawing import to_networkx
+from fxsurgeon.analysis.drawing import to_dot, to_networkx, write_svg
 from fxsurgeon.analysis.layout import layout
 from helpers.models import Mixed
+
+ROOT = Path(__file__).resolve().parent.parent
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 @pytest.fixture(scope="module")
 def graph():
     return fxs.analyze(Mixed(), torch.randn(1, 3, 8, 8))
+
+
+def test_dimension_nodes_say_how_a_free_dimension_is_judged(graph):
+    judges = {n: d["judge"] for n, d in to_networkx(graph, gated={"fc1"}).nodes(data=True)
+              if d["type"] == "dim"}
+    assert judges == {"dim:x": None, "dim:stem.0+1": "scale", "dim:block.0": "scale", "dim:fc1": "gate",
+                      "dim:fc2": None}
+    assert to_networkx(graph).nodes["dim:fc1"]["judge"] is None
+    dot = to_dot(graph, gated={"fc1"})
+    assert r'"dim:fc1" [label="fc1\n16 ch, hidden\nfree, judged by a gate" style="filled,dashed"' in dot
+    assert r'free, no judge" style=filled color="#d62728"' in to_dot(graph)
 
 
 def checked_layout(g: nx.DiGraph, width: dict, gap: float = 0.2, lane: float = 0.1):
@@ -68,3 +87,69 @@ def test_the_layout_of_random_graphs(seed):
     assert not checked_layout(dag, width)[1]            # no cycle: every edge runs down
     at = checked_layout(g, width)[0]
     assert crossings(at) < 0.8 * crossings(layout(g, width, 0.2, 0.1, sweeps=0))   # the sweeps
+
+
+def _svg(path: Path) -> dict[str, ET.Element]:
+    """The SVG's groups by id."""
+    return {e.get("id"): e for e in ET.parse(path).iter(f"{SVG}g") if e.get("id")}
+
+
+def _box(group: ET.Element) -> tuple[list[str], str]:
+    """A node's text lines and its box's style."""
+    return [t.text for t in group.iter(f"{SVG}text")], next(group.iter(f"{SVG}path")).get("style")
+
+
+def test_the_svg_shows_layers_dimensions_couplings_widths_states_and_judges(graph, tmp_path):
+    write_svg(graph, tmp_path / "gated.svg", gated={"fc1"})
+    write_svg(graph, tmp_path / "plain.svg")
+    groups, g = _svg(tmp_path / "gated.svg"), to_networkx(graph)
+    assert {f"{a} -> {b}" for a, b in g.edges} | set(g) <= set(groups)
+    assert _box(groups["block.3"])[0] == ["block.3"] and "fill: #ffffff" in _box(groups["block.3"])[1]
+    lines = {n: _box(groups[n])[0] for n in g if n.startswith("dim:")}
+    assert lines == {"dim:x": ["x", "3 ch, input", "pinned: model input 'x'"],
+                     "dim:stem.0+1": ["stem.0+1", "8 ch, residual trunk", "free, judged by a norm or head"],
+                     "dim:block.0": ["block.0", "6 ch, hidden", "free, judged by a norm or head"],
+                     "dim:fc1": ["fc1", "16 ch, hidden", "free, judged by a gate"],
+                     "dim:fc2": ["fc2", "4 ch, output", "pinned: model output"]}
+    fills = {n: _box(groups[n])[1].split(";")[0] for n in lines}
+    assert fills["dim:x"] == fills["dim:fc2"] == "fill: #cccccc"              # pinned: grey
+    free = {fills[n] for n in ("dim:stem.0+1", "dim:block.0", "dim:fc1")}
+    assert len(free) == 3 and "fill: #cccccc" not in free                    # free: a colour each
+    for a, b in g.edges:                                    # an edge takes its dimension's colour
+        dim = a if a.startswith("dim:") else b
+        assert f"stroke: {fills[dim][6:]}" in next(groups[f"{a} -> {b}"].iter(f"{SVG}path")).get("style")
+    assert "stroke-dasharray" in _box(groups["dim:fc1"])[1]
+    assert "stroke: #000000" in _box(groups["dim:block.0"])[1]
+    plain = _box(_svg(tmp_path / "plain.svg")["dim:fc1"])
+    assert plain[0][2] == "free, no judge" and "stroke: #d62728" in plain[1]
+
+    def top(n):
+        return float(next(groups[n].iter(f"{SVG}path")).get("d").split()[2])
+
+    assert top("dim:x") < top("stem.0") < top("dim:stem.0+1") < top("block.3") < top("dim:fc2")
+
+
+def test_only_draws_a_part(graph, tmp_path):
+    write_svg(graph, tmp_path / "g.svg", only="fc*")
+    groups = _svg(tmp_path / "g.svg")
+    assert {"dim:fc1", "dim:fc2", "fc1", "fc2", "fc1 -> dim:fc1"} <= set(groups)
+    assert not {"dim:x", "dim:stem.0+1", "stem.0", "block.0"} & set(groups)
+    write_svg(graph, tmp_path / "none.svg", only="nothing")
+    assert ET.parse(tmp_path / "none.svg").getroot().tag == f"{SVG}svg"
+
+
+def test_drawing_without_matplotlib_says_how_to_install_it(graph, tmp_path, monkeypatch):
+    for name in ("matplotlib", "matplotlib.figure"):
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(fxs.FxSurgeonError, match="needs matplotlib, which is not installed: "
+                                                 "pip install matplotlib"):
+        write_svg(graph, tmp_path / "g.svg")
+    assert not (tmp_path / "g.svg").exists()
+    assert to_dot(graph).startswith("digraph channels {")
+
+
+def test_the_package_imports_without_matplotlib():
+    code = ("import sys\nsys.modules['matplotlib'] = None\n"
+            "import fxsurgeon, fxsurgeon.cli, fxsurgeon.analysis.drawing, fxsurgeon.analysis.layout\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

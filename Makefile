@@ -15,7 +15,8 @@ demo: $(BIN)/.installed
 	$(BIN)/fxsurgeon demo --out out/demo --overwrite
 
 inspect-demo: $(BIN)/.installed
-	$(BIN)/fxsurgeon inspect torchvision:resnet50 --json out/resnet50.json --dot out/resnet50_layer1.dot --only 'layer1*'
+	$(BIN)/fxsurgeon inspect torchvision:resnet50 --json out/resnet50.json --dot out/resnet50_layer1.dot --svg out/resnet50_layer1.svg \
+		--only 'layer1*'
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -n 2 -q

@@ -126,28 +126,32 @@ def _leaf(text: str) -> type:
 
 def inspect(args) -> None:
     from . import add_judges, analyze
-    from .analysis.drawing import to_dot, write_svg
+    from .analysis.drawing import need_matplotlib, to_dot, write_svg
     from .experiments.outdir import check_file
     from .zoo.specs import load_model
 
     outputs = {flag: getattr(args, flag) for flag in ("json", "dot", "svg") if getattr(args, flag)}
     for flag, path in outputs.items():
         check_file(path, f"--{flag}")
+    if args.svg:
+        need_matplotlib()
     model, shape = load_model(args.model, args.num_classes)
     graph = analyze(model, torch.randn(args.input_shape or shape), leaf_modules=args.leaf,
                     frontend=args.frontend)
     print(graph.summary())
-    print(add_judges(graph, leaf_modules=args.leaf, frontend=args.frontend).report(graph))
+    judged = add_judges(graph, leaf_modules=args.leaf, frontend=args.frontend)
+    print(judged.report(graph))
+    gated = {name for name, _ in judged.gates.values()}
     for path in outputs.values():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     if args.json:
         Path(args.json).write_text(json.dumps(graph.to_json(), indent=1))
         print(f"wrote {args.json}")
     if args.dot:
-        Path(args.dot).write_text(to_dot(graph, args.only))
+        Path(args.dot).write_text(to_dot(graph, args.only, gated))
         print(f"wrote {args.dot}")
     if args.svg:
-        write_svg(graph, args.svg, args.only)
+        write_svg(graph, args.svg, args.only, gated)
         print(f"wrote {args.svg}")
 
 
@@ -354,8 +358,9 @@ def parser() -> argparse.ArgumentParser:
                      help="module class to keep opaque, e.g. mypkg.blocks.Attention (imports mypkg; "
                           "repeatable)")
     ins.add_argument("--json", metavar="FILE", help="write everything machine-readable")
-    ins.add_argument("--dot", metavar="FILE", help="write the coupling graph as graphviz DOT")
-    ins.add_argument("--svg", metavar="FILE", help="draw the coupling graph (needs graphviz)")
+    ins.add_argument("--dot", metavar="FILE", help="write the coupling graph as graphviz DOT text")
+    ins.add_argument("--svg", metavar="FILE",
+                     help="draw the coupling graph as SVG (needs matplotlib, not graphviz)")
     ins.add_argument("--only", metavar="GLOB", help="draw only dimensions whose name matches, e.g. 'layer1*'")
     ins.set_defaults(run=inspect)
     for name, run, text in (("plan", plan_command, "plan the widths after removing dead channels"),

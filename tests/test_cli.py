@@ -53,13 +53,31 @@ def test_inspect_bad_specs_exit_2_with_the_cause(spec, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_svg_needs_graphviz_or_draws(tmp_path, capsys):
+@pytest.mark.parametrize("dot", [False, True])
+def test_svg_is_drawn_with_or_without_graphviz(tmp_path, monkeypatch, capsys, dot):
+    """--svg draws with matplotlib, never with graphviz's dot (here, when present, a dot
+    that fails), and shows the gates inspect would add."""
+    path = tmp_path / "bin"
+    path.mkdir()
+    if dot:
+        (path / "dot").write_text("#!/bin/sh\nexit 1\n")
+        (path / "dot").chmod(0o755)
+    monkeypatch.setenv("PATH", str(path))
+    assert (shutil.which("dot") is not None) == dot
     svg = tmp_path / "g.svg"
-    rc = main(["inspect", "zoo:vgg19_cifar", "--svg", str(svg)])
-    if shutil.which("dot"):
-        assert rc == 0 and "<svg" in svg.read_text()
-    else:
-        assert rc == 2 and "needs graphviz" in capsys.readouterr().err
+    assert main(["inspect", "helpers.models:Mixed", "--input-shape", "1,3,8,8", "--svg", str(svg)]) == 0
+    assert f"wrote {svg}" in capsys.readouterr().out
+    assert svg.read_text().startswith("<?xml") and "free, judged by a gate" in svg.read_text()
+
+
+def test_svg_without_matplotlib_is_refused_before_the_analysis(tmp_path, monkeypatch, capsys):
+    for name in ("matplotlib", "matplotlib.figure"):
+        monkeypatch.setitem(sys.modules, name, None)
+    svg, dot = tmp_path / "g.svg", tmp_path / "g.dot"
+    assert main(["inspect", "zoo:digits_cnn", "--svg", str(svg)]) == 2
+    out, err = capsys.readouterr()
+    assert "pip install matplotlib" in err and "dimensions:" not in out and not svg.exists()
+    assert main(["inspect", "zoo:digits_cnn", "--dot", str(dot)]) == 0 and dot.exists()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import fxsurgeon as fxs
 from fxsurgeon.errors import FxSurgeonError
 from helpers.surgery import kill, randomise_norms
 from randomnets import examples, nets
-from wrapped import batch, small_net
+from wrapped import batch, small_net, train_step
 
 
 def _state(model):
@@ -31,8 +31,9 @@ def test_in_place_the_model_computes_the_rewritten_network_or_is_left_as_it_was(
     model, x = model.double().eval(), x.double()
     randomise_norms(model, seed)
     graph = fxs.analyze(model, x)
-    alive = {name: ~dead for name, dead in kill(graph, fraction, seed).items()}
-    surgery = fxs.rewrite(graph, fxs.plan(graph, alive, scheme=scheme, target=1.0, round_to=1))
+    kill(graph, fraction, seed)
+    plan = fxs.plan(graph, fxs.liveliness(graph), scheme=scheme, target=1.0, round_to=1)
+    surgery = fxs.rewrite(graph, plan)
     cls, state, before = type(model), _state(model), model(x)
     try:
         out = fxs.apply(graph, surgery)
@@ -154,3 +155,57 @@ def test_a_huggingface_model_exported_is_pruned_in_place():
     assert model.encoder.layer[0].intermediate.dense.out_features == 48
     assert model.encoder.layer[0].attention.self.query.out_features == 24
     torch.testing.assert_close(model(tokens).last_hidden_state, surgery.module(tokens).last_hidden_state)
+
+
+def _nr_in_place(model, **kw):
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    return fxs.NeuralRejuvenation(model, batch()[0][:1], opt, threshold=1.0, round_to=1, in_place=True, **kw)
+
+
+def test_rejuvenation_in_place_trains_the_users_own_object_across_events_and_resumes(tmp_path):
+    model = small_net()
+    seen = []
+    model[3].register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape[1]))
+    nr = _nr_in_place(model, max_events=2)
+    assert nr.model is model and nr.network is model
+    for _ in range(2):
+        with torch.no_grad():           # dead and constant 0: no fold adds an op to the forward
+            model[1].weight[:3] = 0
+            model[1].bias[:3] = 0
+        event = nr.check()
+        assert event is not None and nr.model is model and isinstance(model, nn.Sequential)
+        assert all(p is q for p, q in zip(model.parameters(), event.surgery.module.parameters(), strict=True))
+        held = {id(p) for g in nr.optimizer.param_groups for p in g["params"]}
+        assert held == {id(p) for p in model.parameters()}
+        train_step(nr)
+    assert seen and seen[-1] == model[0].out_channels
+    x = batch()[0]
+    nr.save(tmp_path / "ck.pt")
+    fresh = small_net()
+    again = _nr_in_place(fresh, max_events=2)
+    again.load(tmp_path / "ck.pt")
+    model.eval(), fresh.eval()
+    torch.testing.assert_close(fresh(x), model(x))
+    assert fresh[0].out_channels == model[0].out_channels
+
+
+def test_demp_prunes_the_users_own_object_in_place():
+    model = small_net()
+    x = batch()[0]
+    demp = fxs.DemP(model, x[:1], torch.optim.SGD(model.parameters(), lr=0.1), [x], total_steps=4,
+                    prune_every=None, in_place=True)
+    with torch.no_grad():
+        model[1].weight[:3] = 0
+    assert demp.prune() is not None
+    assert demp.model is model and model[0].out_channels == 5 and model[1].num_features == 5
+    train_step(demp)
+
+
+def test_in_place_rejuvenation_refuses_gates_and_ddp_up_front():
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(4, 16), nn.GELU(), nn.Linear(16, 2))
+    with pytest.raises(FxSurgeonError, match="gate.*judges=False"):
+        fxs.NeuralRejuvenation(mlp, torch.randn(1, 4), torch.optim.SGD(mlp.parameters(), lr=0.1),
+                               in_place=True)
+    with pytest.raises(FxSurgeonError, match="DistributedDataParallel"):
+        _nr_in_place(small_net(), ddp=True)

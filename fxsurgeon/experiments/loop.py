@@ -373,7 +373,7 @@ def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: 
             seconds = time.perf_counter() - tick
             sched.step()
             if len(wrapper.surgeries) > before:
-                place.model(wrapper.model.network)     # a surgery's new tensors: channels-last too
+                place.model(wrapper.network)     # a surgery's new tensors: channels-last too
             for e in wrapper.surgeries[before:]:
                 logger.write({"epoch": epoch, "event": e.summary()})
             params = wrapper.graph.count("params")
@@ -398,7 +398,7 @@ def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: 
     result = Result(method, recipe.seed, int(wrapper.graph.count("params")),
                     int(wrapper.graph.count("flops")), accuracies[-1], max(accuracies), run["epoch"],
                     run["seconds"], run["history"], list(wrapper.surgeries))
-    return wrapper.model.network, result
+    return wrapper.network, result
 
 
 def _last_good(checkpoint: Path | None, epoch: int | None) -> str:

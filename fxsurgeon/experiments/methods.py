@@ -300,7 +300,7 @@ class FromScratch(Rejuvenation):
         searching = run["start"] is None
         super().after_epoch(wrapper, run, surgeries_before)
         if searching and run["start"] is not None and wrapper.events:
-            for m in wrapper.model.network.modules():
+            for m in wrapper.network.modules():
                 if hasattr(m, "reset_parameters"):
                     m.reset_parameters()
             wrapper.optimizer.state.clear()

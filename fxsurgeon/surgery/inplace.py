@@ -107,7 +107,7 @@ def _refuse_added(old: fx.Graph, new: fx.Graph, surgery) -> None:
                              f"({_where(added[0])}){why}: use surgery.module")
 
 
-class _Snapshot:
+class Snapshot:
     """Every module's tables and plain attributes, to put the model back as it was."""
 
     def __init__(self, model: nn.Module):
@@ -204,7 +204,7 @@ def apply(graph, surgery) -> nn.Module:
     new = surgery.module
     _refuse_added(graph.module.graph, new.graph, surgery)
     literals = _changed_literals(graph.module.graph, new.graph)
-    snapshot = _Snapshot(model)
+    snapshot = Snapshot(model)
     try:
         _take_tensors(model, new, _swap_layers(model, new))
         _set_literals(model, literals)

@@ -26,6 +26,7 @@ from ..judging.fixed import Fixed, fixed_names
 from ..persistence.checkpoint import MISFIT, RECORD, check_finite, read, stored
 from ..persistence.fileformat import FINGERPRINT, check_fields, check_format, fingerprint, first_difference
 from ..persistence.history import record, replay, write_atomic
+from ..surgery.inplace import Snapshot, apply
 from ..surgery.judges import Judged, add_judges
 from ..surgery.rewriter import Surgery
 from .optimizer_state import check_state, missing_parameters, optimizer_type, remap_optimizer
@@ -85,6 +86,18 @@ def one_per_surgery(records: list[dict], data: dict) -> bool:
         all(0 <= s <= data["steps"] for s in steps)
 
 
+def _check_in_place(judged: Judged, ddp) -> None:
+    """Refuse ``in_place=True`` where the user's model cannot be the network trained."""
+    if ddp is not False:
+        raise FxSurgeonError("in_place=True changes your model object itself, which DistributedDataParallel "
+                             "wraps: train nr.model (ddp=True) instead")
+    if judged.gates:
+        raise FxSurgeonError(f"in_place=True cannot put the {len(judged.gates)} gate(s) that judge "
+                             f"{len({d for d, _ in judged.gates.values()})} dimension(s) no norm judges "
+                             f"into your model's forward: pass judges=False (only what norms judge is "
+                             f"rejuvenated), or train nr.model")
+
+
 class SurgicalTraining:
     """Base of the optimizer wrappers: train :attr:`model`, call :meth:`step` instead
     of ``optimizer.step()``. The optimizer must hold every trainable parameter of
@@ -98,7 +111,10 @@ class SurgicalTraining:
     on every free dimension no norm judges, so that it can be judged and rejuvenated too
     (an MLP's hidden units, a ConvNeXt block's expansion); :attr:`judged` says where it did
     and why it could not elsewhere. Each gate joins the optimizer group of the layer it
-    feeds, and :func:`fxsurgeon.export` folds it away. ``sparsity`` is how the L1 penalty λ·|γ| on the free
+    feeds, and :func:`fxsurgeon.export` folds it away. ``in_place=True`` makes every surgery
+    change ``model`` itself (:func:`fxsurgeon.apply`): :attr:`model` is then your model object,
+    its class, methods and hooks kept (no gates, no DDP; an event its forward cannot follow
+    is refused and training goes on). ``sparsity`` is how the L1 penalty λ·|γ| on the free
     scales is applied: ``"subgradient"`` adds λ·sign(γ) to their gradients before the
     step (the paper's form), ``"proximal"`` soft-thresholds them after it,
     γ ← sign(γ)·max(|γ| − lr·λ, 0) with the scale's own learning rate (decoupled from the
@@ -116,7 +132,7 @@ class SurgicalTraining:
 
     def __init__(self, model: nn.Module, example_inputs, optimizer: torch.optim.Optimizer, *,
                  ddp: dict | bool = False, fixed: Fixed = None, sparsity: str = "auto",
-                 judges: bool = True, **analyze_kwargs):
+                 judges: bool = True, in_place: bool = False, **analyze_kwargs):
         if sparsity not in SPARSITY:
             raise FxSurgeonError(f"sparsity must be one of {', '.join(SPARSITY)}, not {sparsity!r}")
         missing = missing_parameters(optimizer, model)
@@ -138,6 +154,10 @@ class SurgicalTraining:
         #: the gates put on the free dimensions no norm judges (see ``judges``)
         self.judged = add_judges(graph, fixed_names(graph, fixed), **analyze_kwargs) if judges \
             else Judged(graph)
+        #: whether surgeries change the user's model object itself (see ``in_place``)
+        self.in_place = in_place
+        if in_place:
+            _check_in_place(self.judged, ddp)
         self._join_gates(optimizer)
         self._set_graph(self.judged.graph)
         #: parameters shared with modules outside the model, kept tied through every surgery
@@ -151,11 +171,20 @@ class SurgicalTraining:
             warnings.warn(f"{len(frozen)} free dimension(s) have frozen scales (requires_grad=False) and are "
                           f"left alone: never penalised, never rescaled ({', '.join(frozen[:5])}"
                           f"{', ...' if len(frozen) > 5 else ''})", stacklevel=2)
-        self.model = SurgicalModel(self.graph.module, None if ddp is False else {} if ddp is True else ddp)
-        self.model.train(model.training)
+        if in_place:
+            self.model = model
+        else:
+            ddp = None if ddp is False else {} if ddp is True else ddp
+            self.model = SurgicalModel(self.graph.module, ddp)
+            self.model.train(model.training)
         self.steps = 0
         self.history: list[dict] = []          # each surgery as data, for checkpoints
         self.log: list[dict] = []
+
+    @property
+    def network(self) -> nn.Module:
+        """The current network: the user's model in place, else the one :attr:`model` runs."""
+        return self.model if self.in_place else self.model.network
 
     def _join_gates(self, optimizer: torch.optim.Optimizer) -> None:
         """Put each gate's parameter into the optimizer group of the layer it feeds (frozen,
@@ -232,13 +261,16 @@ class SurgicalTraining:
     def apply_surgery(self, surgery: Surgery, seed: int = 0, remember: bool = True) -> None:
         """Train ``surgery.module`` from now on: the optimizer is pointed at it, with the
         survivors' state carried, and checkpoints record the surgery (with its ``seed``)."""
-        old, new = self.model.network, surgery.module
+        old, new = self.graph.module, surgery.module
         check_retie(self.ties, old, new)
-        new.train(old.training)
+        new.train(self.network.training)
         remap_optimizer(self.optimizer, old, new, surgery)
-        self.model.replace(new)
+        if self.in_place:       # refused where it cannot (the caller puts the optimizer back)
+            apply(self.graph, surgery)
+        else:
+            self.model.replace(new)
         retie(self.ties, old, new)
-        self._set_graph(analyze(new, self.example_inputs, **self._analyze_kwargs))
+        self._set_graph(analyze(self.network, self.example_inputs, **self._analyze_kwargs))
         if remember:
             self.history.append(record(surgery, seed))
 
@@ -255,7 +287,7 @@ class SurgicalTraining:
         (and the optimizer's class), the step, the log and the method's own state. Plain
         data: it loads with ``torch.load(weights_only=True)``."""
         return {"format": self.FORMAT, "architecture": self._architecture, "history": list(self.history),
-                "steps": self.steps, "log": list(self.log), "model": self.model.network.state_dict(),
+                "steps": self.steps, "log": list(self.log), "model": self.network.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "optimizer_type": optimizer_type(self.optimizer),
                 **self._state()}
 
@@ -288,10 +320,10 @@ class SurgicalTraining:
             with self._fitting():
                 for rec in data["history"]:
                     self.apply_surgery(replay(self.graph, rec, most), remember=False)
-                self.model.network.load_state_dict(data["model"])
+                self.network.load_state_dict(data["model"])
                 check_state(data["optimizer"], self.optimizer)
                 self.optimizer.load_state_dict(data["optimizer"])
-            check_finite(self.model.network, self.optimizer)        # a diverged run's is refused
+            check_finite(self.network, self.optimizer)        # a diverged run's is refused
             with self._fitting():
                 self._load_state(data)
         self.history, self.steps, self.log = list(data["history"]), data["steps"], list(data["log"])
@@ -308,14 +340,19 @@ class SurgicalTraining:
     @contextmanager
     def _all_or_nothing(self) -> Iterator[None]:
         """Undo what the block did to the network, its graph and the optimizer if it raises."""
-        network, graph, opt = self.model.network, self.graph, self.optimizer
+        network, graph, opt = self.network, self.graph, self.optimizer
         groups = [dict(g, params=list(g["params"])) for g in opt.param_groups]
         state = {p: dict(s) for p, s in opt.state.items()}
+        snapshot = Snapshot(network) if self.in_place else None
+        old = graph.module
         try:
             yield
         except BaseException:
-            retie(self.ties, self.model.network, network)
-            self.model.replace(network)
+            retie(self.ties, self.network, old)
+            if snapshot is not None:
+                snapshot.restore()
+            else:
+                self.model.replace(network)
             self._set_graph(graph)
             opt.param_groups, opt.state = groups, defaultdict(dict, state)
             raise

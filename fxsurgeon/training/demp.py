@@ -87,7 +87,7 @@ class DemP(SurgicalTraining):
                  reg_peak: float = 1e-3, noise_peak: float = 1e-3, rise: float = 0.3,
                  prune_every: int | None = 1000, epsilon: float = 0.0, fraction: float = 0.0, seed: int = 0,
                  on_prune: Callable[[Pruning], None] | None = None, ddp: dict | bool = False,
-                 sparsity: str = "auto", judges: bool = False, **analyze_kwargs):
+                 sparsity: str = "auto", judges: bool = False, in_place: bool = False, **analyze_kwargs):
         if regularization not in REGULARIZATIONS:
             raise FxSurgeonError(f"regularization must be one of {', '.join(REGULARIZATIONS)}, "
                                  f"not {regularization!r}")
@@ -106,7 +106,7 @@ class DemP(SurgicalTraining):
         if hasattr(death_set, "__len__") and len(death_set) == 0:
             raise FxSurgeonError("the death set is empty: death is measured on at least one batch")
         super().__init__(model, example_inputs, optimizer, ddp=ddp, sparsity=sparsity, judges=judges,
-                         **analyze_kwargs)
+                         in_place=in_place, **analyze_kwargs)
         self.death_set, self.total_steps, self.regularization = death_set, total_steps, regularization
         self.reg_peak, self.noise_peak, self.rise = reg_peak, noise_peak, rise
         self.prune_every, self.epsilon, self.seed, self.on_prune = prune_every, epsilon, seed, on_prune

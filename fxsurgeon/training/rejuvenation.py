@@ -78,7 +78,9 @@ class NeuralRejuvenation(SurgicalTraining):
     is called with each :class:`Event`. ``judges`` gates the free dimensions no norm judges
     (an MLP's hidden units, a ConvNeXt expansion: see :mod:`fxsurgeon.surgery.judges`), so
     they are penalised, judged and rejuvenated like BatchNorm channels; :attr:`judged` says
-    which got a gate. Train :attr:`model`, not the model you passed in.
+    which got a gate. Train :attr:`model`, not the model you passed in; or pass
+    ``in_place=True``, and every event changes your model object itself (see
+    :class:`~fxsurgeon.training.base.SurgicalTraining`).
 
     Under ``torchrun``, pass ``ddp=True`` (or DistributedDataParallel's keyword
     arguments) instead of wrapping the model yourself: :attr:`model` then runs the DDP
@@ -112,7 +114,8 @@ class NeuralRejuvenation(SurgicalTraining):
                  delta_r: float = 0.01, delta_lambda: float = 5e-5, max_events: int | None = 1,
                  dead_threshold: float = 0.01, round_to: int = 8, seed: int = 0,
                  on_event: Callable[[Event], None] | None = None, ddp: dict | bool = False,
-                 fixed: Fixed = None, sparsity: str = "auto", judges: bool = True, **analyze_kwargs):
+                 fixed: Fixed = None, sparsity: str = "auto", judges: bool = True, in_place: bool = False,
+                 **analyze_kwargs):
         if scheme not in SCHEMES or scheme == "prune":
             raise FxSurgeonError(f"scheme must be one of nr, cr, ca, not {scheme!r}")
         require("target", target, lambda v: 0 < v <= MAX_TARGET,
@@ -132,7 +135,7 @@ class NeuralRejuvenation(SurgicalTraining):
         if check_every is not None and check_every < 1:
             raise FxSurgeonError(f"check_every must be a positive number of steps, got {check_every}")
         super().__init__(model, example_inputs, optimizer, ddp=ddp, fixed=fixed, sparsity=sparsity,
-                         judges=judges, **analyze_kwargs)
+                         judges=judges, in_place=in_place, **analyze_kwargs)
         self.metric, self.threshold, self.target = metric, threshold, target
         self.scheme, self.rescale = scheme, rescale
         self.check_every, self.delta_r, self.delta_lambda = check_every, delta_r, delta_lambda

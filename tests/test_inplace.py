@@ -166,12 +166,12 @@ def test_rejuvenation_in_place_trains_the_users_own_object_across_events_and_res
     model = small_net()
     seen = []
     model[3].register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape[1]))
-    nr = _nr_in_place(model, max_events=2)
+    nr = _nr_in_place(model, max_events=3)
     assert nr.model is model and nr.network is model
-    for _ in range(2):
-        with torch.no_grad():           # dead and constant 0: no fold adds an op to the forward
+    for _ in range(3):
+        with torch.no_grad():           # dead, and constant (β > 0): the next layer takes a fold
             model[1].weight[:3] = 0
-            model[1].bias[:3] = 0
+            model[1].bias[:3] = 0.5
         event = nr.check()
         assert event is not None and nr.model is model and isinstance(model, nn.Sequential)
         assert all(p is q for p, q in zip(model.parameters(), event.surgery.module.parameters(), strict=True))
@@ -182,7 +182,7 @@ def test_rejuvenation_in_place_trains_the_users_own_object_across_events_and_res
     x = batch()[0]
     nr.save(tmp_path / "ck.pt")
     fresh = small_net()
-    again = _nr_in_place(fresh, max_events=2)
+    again = _nr_in_place(fresh, max_events=3)
     again.load(tmp_path / "ck.pt")
     model.eval(), fresh.eval()
     torch.testing.assert_close(fresh(x), model(x))

@@ -10,6 +10,7 @@ traced network no longer calls: those on modules tracing entered rather than kep
 """
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,6 +54,16 @@ def quiet(module: nn.Module, keep: Callable[[nn.Module], bool] = computes_tensor
     finally:
         for hooks, saved in held:
             hooks.update(saved)
+
+
+def hookless_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` without hooks (for fxsurgeon's own use of a user's layer)."""
+    copied = copy.deepcopy(module)
+    for m in copied.modules():
+        for table in HOOK_TABLES:
+            if hasattr(m, table):
+                setattr(m, table, type(getattr(m, table))())
+    return copied
 
 
 def share_hooks(source: nn.Module, target: nn.Module) -> None:

@@ -4,14 +4,13 @@ their inputs' channels; a depthwise convolution couples each output to its input
 """
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 from ..channels.facts import Divisor, Grouped
+from ..channels.hooks import hookless_copy
 from ..channels.nodes import getattr_path, normalized, tensors_in
 from ..channels.provenance import WeightSource
 from ..channels.tags import prod
@@ -172,7 +171,7 @@ class Layer(Rule):
         if node.op == "call_module":        # the module itself, with those columns and no bias
             if node.kwargs or len(node.args) > 1:
                 return None
-            layer = copy.deepcopy(root.get_submodule(node.target))
+            layer = hookless_copy(root.get_submodule(node.target))
             for name, t in list(layer.named_parameters(recurse=False)):
                 delattr(layer, name)                        # fixed: no parameter of its own
                 layer.register_buffer(name, t.detach())

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import fx
 
-from ..channels.hooks import quiet
+from ..channels.hooks import hookless_copy, quiet
 from ..channels.nodes import getattr_path, reads_values, value_users
 from ..errors import FxSurgeonError
 from ..layers.folded import FoldedConstant
@@ -273,7 +273,9 @@ def _chain(gm: fx.GraphModule, nodes: list[fx.Node]) -> torch.nn.Module | None:
                                  f"the channels, so it cannot be replayed on them alone")
         env[n] = g.node_copy(n, lambda a: env[a])
     g.output(env[nodes[-1]])
-    return fx.GraphModule(gm, g)
+    return fx.GraphModule({n.target: hookless_copy(gm.get_submodule(n.target))     # as they are now
+                           for n in nodes if n.op == "call_module"} |
+                          {n.target: getattr_path(gm, n.target) for n in nodes if n.op == "get_attr"}, g)
 
 
 def _free_name(module: torch.nn.Module) -> str:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from torch import fx, nn
 
 from ..channels.modes import own_run
+from ..channels.nodes import getattr_path
 from ..errors import FxSurgeonError, one_line
 from ..ops import TABLE
 from .selfcheck import difference
@@ -48,23 +49,23 @@ def _owner(node: fx.Node) -> str:
     return "" if path in ("", "L['self']") else path
 
 
-def _literals(a, b) -> list[tuple[int, int]] | None:
+def _literals(a, b, read_as: dict[str, str]) -> list[tuple[int, int]] | None:
     """The integer literals in which argument structures ``a`` and ``b`` differ, or None
-    when they differ otherwise."""
+    when they differ otherwise (a node of ``b`` named in ``read_as`` reads as that one)."""
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         if len(a) != len(b):
             return None
         pairs = []
         for x, y in zip(a, b, strict=True):
-            inner = _literals(x, y)
+            inner = _literals(x, y, read_as)
             if inner is None:
                 return None
             pairs += inner
         return pairs
     if isinstance(a, dict) and isinstance(b, dict):
-        return _literals(list(a.items()), list(b.items())) if a.keys() == b.keys() else None
+        return _literals(list(a.items()), list(b.items()), read_as) if a.keys() == b.keys() else None
     if isinstance(a, fx.Node) and isinstance(b, fx.Node):
-        return [] if a.name == b.name else None
+        return [] if a.name == read_as.get(b.name, b.name) else None
     if type(a) is int and type(b) is int:
         return [] if a == b else [(a, b)]
     return [] if type(a) is type(b) and a == b else None
@@ -76,14 +77,17 @@ def _where(node: fx.Node) -> str:
            f"{repr(owner) if owner else 'the model'}'s forward"
 
 
-def _changed_literals(old: fx.Graph, new: fx.Graph) -> list[_Literal]:
-    """Where ``new`` (the rewritten graph) differs from ``old``: only in integer literals,
-    or the model's forward cannot follow it (refused, naming the first place)."""
-    a, b = list(old.nodes), list(new.nodes)
+def _changed_literals(old: fx.Graph, new: fx.Graph, folds: list[_Fold]) -> list[_Literal]:
+    """Where ``new`` (the rewritten graph) differs from ``old`` but in the ops of ``folds``
+    (each read as its layer): only in integer literals, or the model's forward cannot follow
+    it (refused, naming the first place)."""
+    within = {n for f in folds for n in f.nodes}
+    read_as = {f.exit.name: f.layer.name for f in folds}
+    a, b = list(old.nodes), [n for n in new.nodes if n not in within]
     changed = []
     for x, y in zip(a, b, strict=False):
         same_call = x.op == y.op and x.target == y.target and x.name == y.name
-        pairs = _literals((x.args, x.kwargs), (y.args, y.kwargs)) if same_call else None
+        pairs = _literals((x.args, x.kwargs), (y.args, y.kwargs), read_as) if same_call else None
         if pairs is None:
             raise FxSurgeonError(f"the rewritten network computes {_where(y)} where your model computes "
                                  f"{_where(x)}: its forward cannot follow; use surgery.module")
@@ -96,15 +100,68 @@ def _changed_literals(old: fx.Graph, new: fx.Graph) -> list[_Literal]:
     return changed
 
 
-def _refuse_added(old: fx.Graph, new: fx.Graph, surgery) -> None:
-    """Refuse a rewrite that added ops (to keep the constants of removed channels), naming them."""
+@dataclass
+class _Fold:
+    """Ops the rewrite added after the layer call ``layer`` (to keep the constants of channels
+    it removed): ``nodes`` in graph order, ``exit`` the one the layer's readers now read."""
+
+    layer: fx.Node
+    nodes: list[fx.Node]
+    exit: fx.Node
+
+
+def _folds(old: fx.Graph, new: fx.Graph) -> list[_Fold]:
+    """The ops ``new`` adds to ``old``, grouped by the layer call they follow (whose readers
+    now read the ops instead); refused, naming them, where they read anything but that
+    call, its inputs and their own constants."""
     names = {n.name for n in old.nodes}
     added = [n for n in new.nodes if n.name not in names]
-    if added:
-        folds = [f"{node} ({how})" for node, how in surgery.folded.items() if how in ("constant", "map")]
-        why = f" to keep the constants of channels it removed, after {', '.join(folds[:3])}" if folds else ""
-        raise FxSurgeonError(f"the rewrite adds {len(added)} op(s) your model's forward does not have "
-                             f"({_where(added[0])}){why}: use surgery.module")
+    fresh = set(added)
+    folded = {n for n in new.nodes if n not in fresh and n.users and set(n.users) <= fresh}
+    owner: dict[fx.Node, fx.Node] = {}
+
+    def refuse(n: fx.Node):
+        return FxSurgeonError(f"the rewrite adds {_where(n)}, which your model's forward does not have: "
+                              f"use surgery.module")
+
+    for n in added:             # in graph order: an op after a folded layer, or after such ops
+        layers = {owner[a] for a in n.all_input_nodes if a in owner} | (set(n.all_input_nodes) & folded)
+        if len(layers) > 1:
+            raise refuse(n)
+        if layers:
+            owner[n] = layers.pop()
+    for n in reversed(added):   # a constant, or a read of the layer's input: its readers' group
+        if n not in owner:
+            groups = {owner.get(u) for u in n.users}
+            if len(groups) != 1 or None in groups:
+                raise refuse(n)
+            owner[n] = groups.pop()
+    folds = []
+    for layer in dict.fromkeys(owner.values()):
+        nodes = [n for n in added if owner[n] is layer]
+        allowed = {layer, *layer.all_input_nodes, *nodes}
+        bad = next((n for n in nodes if not set(n.all_input_nodes) <= allowed), None)
+        exits = [n for n in nodes if any(u not in nodes for u in n.users)]
+        if bad is not None or len(exits) != 1 or layer.op != "call_module":
+            raise refuse(bad or nodes[0])
+        folds.append(_Fold(layer, nodes, exits[0]))
+    return folds
+
+
+def _folded_layer(new: fx.GraphModule, fold: _Fold) -> fx.GraphModule:
+    """A module computing the layer call and the ops added after it, from the layer's inputs:
+    what the user's model calls where it called the layer."""
+    graph = fx.Graph()
+    env = {}
+    for a in fold.layer.all_input_nodes:
+        env[a] = graph.placeholder(a.name)
+    env[fold.layer] = graph.node_copy(fold.layer, lambda a: env[a])
+    env[fold.layer].target = "layer"
+    for n in fold.nodes:
+        env[n] = graph.node_copy(n, lambda a: env[a])
+    graph.output(env[fold.exit])
+    owned = {n.target: getattr_path(new, n.target) for n in fold.nodes if n.op in ("call_module", "get_attr")}
+    return fx.GraphModule({"layer": new.get_submodule(fold.layer.target), **owned}, graph, "Folded")
 
 
 class Snapshot:
@@ -143,6 +200,18 @@ def _swap_layers(model: nn.Module, new: fx.GraphModule) -> set[str]:
     return swapped
 
 
+def _put_folded_layers(model: nn.Module, new: fx.GraphModule, folds: list[_Fold]) -> set[str]:
+    """Put in ``model``, where it called each folded layer, a module computing the layer and
+    its fold; returns the names replaced, and the names of what only the folds hold."""
+    replaced = set()
+    for fold in folds:
+        owner, _, leaf = fold.layer.target.rpartition(".")
+        setattr(model.get_submodule(owner) if owner else model, leaf, _folded_layer(new, fold))
+        replaced.add(fold.layer.target)
+        replaced |= {n.target for n in fold.nodes if n.op in ("call_module", "get_attr")}
+    return replaced
+
+
 def _take_tensors(model: nn.Module, new: nn.Module, swapped: set[str]) -> None:
     """Every parameter and buffer of ``model`` becomes ``new``'s of the same name (ties kept:
     each name of a tensor is set); layers whose tensors changed shape sync their attributes
@@ -151,7 +220,7 @@ def _take_tensors(model: nn.Module, new: nn.Module, swapped: set[str]) -> None:
     resized: dict[str, nn.Module] = {}
     tensors = [*new.named_parameters(remove_duplicate=False), *new.named_buffers(remove_duplicate=False)]
     for name, t in tensors:
-        if name.startswith(prefixes):
+        if name in swapped or name.startswith(prefixes):
             continue
         owner, _, leaf = name.rpartition(".")
         m = model.get_submodule(owner) if owner else model
@@ -202,11 +271,11 @@ def apply(graph, surgery) -> nn.Module:
         raise FxSurgeonError(f"a {surgery.scheme} network holds layers in parts ({surgery.partitioned[0]}, "
                              f"...), which your model's forward cannot: use surgery.module")
     new = surgery.module
-    _refuse_added(graph.module.graph, new.graph, surgery)
-    literals = _changed_literals(graph.module.graph, new.graph)
+    folds = _folds(graph.module.graph, new.graph)
+    literals = _changed_literals(graph.module.graph, new.graph, folds)
     snapshot = Snapshot(model)
     try:
-        _take_tensors(model, new, _swap_layers(model, new))
+        _take_tensors(model, new, _swap_layers(model, new) | _put_folded_layers(model, new, folds))
         _set_literals(model, literals)
         with own_run(new):
             want = new(*graph.example_inputs)

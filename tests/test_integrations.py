@@ -3,7 +3,9 @@ an event fires, the trainer's model runs the new network, its optimizer trains t
 parameters and its scheduler steps on, and a run resumed from the trainer's checkpoint written
 after the event goes on with the same widths and weights."""
 import importlib
+import re
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -238,3 +240,19 @@ def test_a_missing_trainer_is_named_with_what_to_install(name, install, monkeypa
     with pytest.raises(FxSurgeonError, match=install):
         importlib.import_module(f"fxsurgeon.integrations.{name}")
 
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "integrations.md"
+
+
+@pytest.mark.parametrize("trainer, printed", [("lightning", "features.0: 16 channels, 12 alive"),
+                                              ("transformers", "channels removed")])
+def test_the_docs_examples_run(trainer, printed, tmp_path, monkeypatch, capsys):
+    """docs/integrations.md's example for each trainer runs (its asserts included), writing its
+    checkpoints under out/ of the folder it runs in."""
+    for package in (trainer, "sklearn") + (("accelerate",) if trainer == "transformers" else ()):
+        pytest.importorskip(package)
+    example, = [code for code in re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
+                if f"from {trainer} import" in code or f"import {trainer} " in code]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example, str(DOC), "exec"), {"__name__": "__main__"})
+    assert printed in capsys.readouterr().out

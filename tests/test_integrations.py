@@ -85,10 +85,10 @@ def check_same_run(a, b, exact=True):
 
 
 # ---- PyTorch Lightning ---------------------------------------------------------------------
-def lightning_fit(kind, folder, resume=None, steps=STEPS):
-    """Fit a LightningModule holding ``dead_net`` at ``net`` for ``steps`` steps (one batch an
-    epoch) with the callback of ``kind`` (None: none), writing a checkpoint after every step, or
-    resuming from ``resume``."""
+def lightning_fit(kind, folder, resume=None, steps=STEPS, batch_size=4, **trainer_args):
+    """Fit a LightningModule holding ``dead_net`` at ``net`` for ``steps`` steps (the batch an
+    epoch) with the callback of ``kind`` (None: none), writing a checkpoint after every epoch,
+    or resuming from ``resume``."""
     L = pytest.importorskip("lightning.pytorch")
     from fxsurgeon.integrations.lightning import SurgeryCallback
 
@@ -112,9 +112,10 @@ def lightning_fit(kind, folder, resume=None, steps=STEPS):
         options = method(kind, snapshots)
         callbacks.append(SurgeryCallback(example_inputs=batch()[0][:1], attribute="net", **options))
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, callbacks=callbacks, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        **trainer_args)
     module = Classifier()
-    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*batch()), batch_size=4)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*batch()), batch_size=batch_size)
     trainer.fit(module, data, ckpt_path=resume)
     return module, trainer, callbacks[-1], snapshots
 
@@ -156,14 +157,14 @@ class Classifier(nn.Module):
 
 def hf_trainer(callback, folder, **args):
     """HuggingFace's Trainer on a fresh ``Classifier`` with ``callback``, the batch as its data
-    (one step an epoch), SGD and a StepLR, no gradient clipping."""
+    (one step an epoch unless ``args`` say otherwise), SGD and a StepLR, no gradient clipping."""
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
     x, y = batch()
     model = Classifier()
-    args = transformers.TrainingArguments(output_dir=str(folder), per_device_train_batch_size=4, report_to=[],
-                                          logging_strategy="no", use_cpu=True, disable_tqdm=True,
-                                          max_grad_norm=0.0, **args)
+    args = transformers.TrainingArguments(output_dir=str(folder), report_to=[], logging_strategy="no",
+                                          use_cpu=True, disable_tqdm=True, max_grad_norm=0.0,
+                                          **{"per_device_train_batch_size": 4, **args})
     return transformers.Trainer(model=model, args=args, callbacks=[callback],
                                 train_dataset=[{"pixels": a, "labels": b} for a, b in zip(x, y, strict=True)],
                                 optimizers=optimizer_and_scheduler(model.parameters()))
@@ -218,6 +219,25 @@ def test_huggingface_refuses_a_resume_its_callback_was_not_given(tmp_path):
     with pytest.raises(FxSurgeonError, match="resume_from=folder"):
         hf_trainer(callback(), tmp_path / "again", max_steps=2).train(
             resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
+
+
+@pytest.mark.parametrize("trainer", ["lightning", "huggingface"])
+def test_gradient_accumulation_counts_the_optimizer_steps(trainer, tmp_path):
+    """Two batches of two a step: the method counts the trainer's optimizer steps, not its
+    batches, and its event comes at its second step."""
+    if trainer == "lightning":
+        _, run, callback, _ = lightning_fit("nr", tmp_path, batch_size=2, accumulate_grad_batches=2)
+        taken = run.global_step
+    else:
+        pytest.importorskip("transformers")
+        from fxsurgeon.integrations.huggingface import SurgeryCallback
+
+        callback = SurgeryCallback(example_inputs=batch()[0][:1], attribute="net", **method("nr", []))
+        run = hf_trainer(callback, tmp_path, max_steps=STEPS, per_device_train_batch_size=2,
+                         gradient_accumulation_steps=2, save_strategy="no")
+        run.train()
+        taken = run.state.global_step
+    assert taken == callback.wrapper.steps == STEPS and callback.wrapper.events[0].step == 2
 
 
 # ---- both ------------------------------------------------------------------------------------

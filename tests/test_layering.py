@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "fxsurgeon"
 
 #: the pipeline's stages, earliest first; a module may import its own stage and earlier ones
 STAGES = ["errors", "zoo", "channels", "layers", "ops", "analysis", "judging", "planning", "surgery",
-          "persistence", "training", "experiments"]
+          "persistence", "training", "integrations", "experiments"]
 #: the top level, which may import every stage and which no stage imports: the public face
 #: (``__init__``, the command line) and the old module paths kept for pickles and users
 INTERFACE = {"__init__", "__main__", "cli", "importance", "partitioned", "folded", "tracing"}
@@ -99,6 +99,15 @@ def test_stages_import_only_earlier_stages():
         elif sa in order and sb in order and order[sb] > order[sa]:
             wrong.append(f"{a} ({sa}) imports the later stage's {b} ({sb})")
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_package_imports_no_trainer_integration():
+    """``import fxsurgeon`` needs torch, networkx and numpy alone: no module it imports imports
+    fxsurgeon.integrations, whose modules import Lightning or transformers."""
+    graph = import_graph()
+    reached = sorted(m for m in nx.descendants(graph, "fxsurgeon") if stage(m) == "integrations")
+    assert not reached, f"import fxsurgeon imports {reached}"
+    assert any(stage(m) == "integrations" for m in graph)
 
 
 def test_no_import_cycles():

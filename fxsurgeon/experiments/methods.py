@@ -41,12 +41,6 @@ class PlainTraining(SurgicalTraining):
         self.lam = lam
         self.prunings: list[Pruning] = []
 
-    def step(self, closure=None):
-        """Step the optimizer with the L1 penalty ``lam`` (if any)."""
-        loss = self.penalized_step(self.lam, closure)
-        self.steps += 1
-        return loss
-
     @property
     def surgeries(self) -> list[Pruning]:
         return self.prunings

@@ -100,11 +100,11 @@ def _check_in_place(judged: Judged, ddp) -> None:
 
 class SurgicalTraining:
     """Base of the optimizer wrappers: train :attr:`model`, call :meth:`step` instead
-    of ``optimizer.step()``. The optimizer must hold every trainable parameter of
-    ``model``. A parameter that a module outside ``model`` holds too stays tied to it
-    through every surgery (one a surgery may resize is refused). Subclasses set ``FORMAT``
-    and add their own state through :meth:`_state` / :meth:`_load_state`, and its fields and
-    types to ``SCHEMA``.
+    of ``optimizer.step()`` (or :meth:`before_step` and :meth:`after_step` around it). The
+    optimizer must hold every trainable parameter of ``model``. A parameter that a module
+    outside ``model`` holds too stays tied to it through every surgery (one a surgery may
+    resize is refused). Subclasses set ``FORMAT`` and add their own state through
+    :meth:`_state` / :meth:`_load_state`, and its fields and types to ``SCHEMA``.
 
     ``fixed`` (names, a predicate or ``"trunk"``, see :mod:`fxsurgeon.judging.fixed`) keeps free
     dimensions out of the penalty. ``judges`` puts a gate (:mod:`fxsurgeon.surgery.judges`)
@@ -123,6 +123,8 @@ class SurgicalTraining:
     proximal form for every other optimizer."""
 
     FORMAT = ""
+    #: λ of the L1 penalty on the free scales at the next step (each method keeps its own)
+    lam = 0.0
     #: the fields of :meth:`state_dict` and their types, checked before a checkpoint loads
     SCHEMA = {"history": list[RECORD], "steps": int, "log": list[dict], "model": dict[str, torch.Tensor],
               "optimizer": dict, "optimizer_type": str, "architecture": FINGERPRINT}
@@ -240,14 +242,34 @@ class SurgicalTraining:
                     shrunk = p.abs().sub_(lr[id(p)] * lam * mask).clamp_(min=0)
                     p.copy_(p.sign() * shrunk)
 
-    def penalized_step(self, lam: float, closure=None):
-        """``optimizer.step(closure)`` with the L1 penalty ``lam`` in the chosen form."""
-        if self.sparsity_form == "subgradient":
-            self._penalty_gradient(lam)
+    # ---- a step ----------------------------------------------------------------------
+    def step(self, closure=None):
+        """``optimizer.step(closure)`` between :meth:`before_step` and :meth:`after_step`."""
+        self.before_step()
         loss = self.optimizer.step(closure)
-        if self.sparsity_form == "proximal":
-            self._penalty_proximal(lam)
+        self.after_step()
         return loss
+
+    def before_step(self) -> None:
+        """What comes before ``optimizer.step()``: the L1 penalty's subgradient on the free
+        scales' gradients (in its subgradient form). Where a trainer steps the optimizer
+        itself, call this, the trainer's step, then :meth:`after_step`
+        (:mod:`fxsurgeon.integrations` does)."""
+        if self.sparsity_form == "subgradient":
+            self._penalty_gradient(self.lam)
+
+    def after_step(self):
+        """What comes after ``optimizer.step()``: the penalty's proximal step (in its proximal
+        form), the step count, and the method's checks and surgeries. Returns the surgery it
+        made (an :class:`~fxsurgeon.Event` or a :class:`~fxsurgeon.Pruning`), or None."""
+        if self.sparsity_form == "proximal":
+            self._penalty_proximal(self.lam)
+        self.steps += 1
+        return self._stepped()
+
+    def _stepped(self):
+        """The method's own work once a step is counted (its checks and surgeries)."""
+        return None
 
     @property
     def surgeries(self) -> list:

@@ -51,6 +51,16 @@ class Pruning:
                                               "params_after", "flops_before", "flops_after")}
 
 
+@dataclass
+class Noise:
+    """The noise a step adds after its update: σ_t, and which entries of each parameter
+    were live (a nonzero loss gradient) before it."""
+
+    sigma: float
+    params: list[torch.Tensor]
+    live: list[torch.Tensor]
+
+
 class DemP(SurgicalTraining):
     """Wrap ``optimizer`` to train ``model`` with Demon Pruning.
 
@@ -114,6 +124,7 @@ class DemP(SurgicalTraining):
         self.original = {m: self.graph.count(m) for m in ("params", "flops")}
         self.prunings: list[Pruning] = []
         self._generators: dict[str, torch.Generator] = {}
+        self._noise: Noise | None = None        # from before_step to after_step
 
     # ---- the schedule ------------------------------------------------------------------
     @property
@@ -144,19 +155,28 @@ class DemP(SurgicalTraining):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        lam, sigma = self.lam, self.sigma
-        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        live = [p.grad != 0 for p in params] if sigma else []
-        self.penalized_step(lam)
-        if sigma:
-            with torch.no_grad():
-                for p, mask in zip(params, live, strict=True):
-                    p.add_(torch.randn(p.shape, generator=self._generator(p.device), device=p.device,
-                                       dtype=p.dtype) * mask, alpha=sigma)
-        self.steps += 1
-        if self.steps == self.total_steps or (self.prune_every and self.steps % self.prune_every == 0):
-            self.prune()
+        super().step()
         return loss
+
+    def before_step(self) -> None:
+        """Note the live entries (a nonzero loss gradient) that the noise will go to, then add
+        the penalty's gradient (in its subgradient form)."""
+        sigma = self.sigma
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        self._noise = Noise(sigma, params, [p.grad != 0 for p in params]) if sigma else None
+        super().before_step()
+
+    def _stepped(self) -> Pruning | None:
+        """Add the noise to the live entries, and prune on schedule."""
+        if self._noise is not None:
+            with torch.no_grad():
+                for p, mask in zip(self._noise.params, self._noise.live, strict=True):
+                    p.add_(torch.randn(p.shape, generator=self._generator(p.device), device=p.device,
+                                       dtype=p.dtype) * mask, alpha=self._noise.sigma)
+            self._noise = None
+        if self.steps == self.total_steps or (self.prune_every and self.steps % self.prune_every == 0):
+            return self.prune()
+        return None
 
     def _set_graph(self, graph: ChannelGraph) -> None:
         super()._set_graph(graph)

@@ -149,13 +149,11 @@ class NeuralRejuvenation(SurgicalTraining):
         self._failures, self._wait = 0, 0     # failed events in a row; checks to wait
 
     # ---- training ------------------------------------------------------------------
-    def step(self, closure=None):
-        """Step the optimizer with the L1 penalty, and check every ``check_every`` steps."""
-        loss = self.penalized_step(self.lam, closure)
-        self.steps += 1
+    def _stepped(self) -> Event | None:
+        """Check every ``check_every`` steps."""
         if self.check_every and self.steps % self.check_every == 0:
-            self.check()
-        return loss
+            return self.check()
+        return None
 
     @property
     def surgeries(self) -> list[Event]:

@@ -184,6 +184,8 @@ def fold_constants(graph, new: fx.GraphModule, new_prop, surgery, removed: dict,
                 delta = take(delta, axis, idx)
         per_channel = delta.mean([a for a in range(delta.dim()) if a != axis], keepdim=True)
         if _same(delta, per_channel) and cut.constant(at) is not None:
+            if not per_channel.any():
+                continue            # they add nothing (dead through a ReLU, or read by zeros)
             users = sum(r.bias == reader.bias for r in new_prop.readers.values())
             if reader.bias is not None and users == 1:
                 with torch.no_grad():

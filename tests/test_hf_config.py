@@ -1,0 +1,80 @@
+"""After a surgery in place, a HuggingFace model's config describes its new widths, so
+``save_pretrained`` and ``from_pretrained`` give the same network; widths a config cannot
+describe are refused, naming them (issue: your model stays your model)."""
+import numpy as np
+import pytest
+import torch
+
+import fxsurgeon as fxs
+from fxsurgeon.errors import FxSurgeonError
+from fxsurgeon.integrations.hf_config import sync_config
+
+transformers = pytest.importorskip("transformers")
+TOKENS = torch.randint(0, 50, (1, 8), generator=torch.Generator().manual_seed(0))
+
+
+def _llama():
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=4, vocab_size=50,
+                                      use_cache=False)
+    return transformers.LlamaForCausalLM(config).eval(), lambda m, i: m.model.layers[i].mlp.up_proj
+
+
+def _bert():
+    torch.manual_seed(0)
+    config = transformers.BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
+                                     intermediate_size=64, vocab_size=50)
+    return transformers.BertModel(config).eval(), lambda m, i: m.encoder.layer[i].intermediate.dense
+
+
+def _prune_mlp(model, up, every: list[int]):
+    """Kill every ``every[i]``-th hidden unit of layer ``i``'s MLP (its up projection's rows
+    to zero: it emits 0 after the product, or a constant the next layer folds), prune in place."""
+    with torch.no_grad():
+        for i, k in enumerate(every):
+            up(model, i).weight[::k] = 0
+            if up(model, i).bias is not None:
+                up(model, i).bias[::k] = -10.0          # GELU(-10) ≈ 0: dead, a tiny constant
+    graph = fxs.analyze(model, TOKENS)
+    mlp = [d for d in graph.free_dims if "mlp" in d.name or "intermediate" in d.name]
+    alive = {d.name: np.ones(d.width, bool) for d in graph.free_dims}
+    for i, d in enumerate(mlp):
+        alive[d.name][::every[i]] = False
+    surgery = fxs.rewrite(graph, fxs.plan(graph, alive, scheme="prune"))
+    return fxs.apply(graph, surgery)
+
+
+@pytest.mark.parametrize("make", [_llama, _bert])
+def test_a_uniformly_pruned_model_round_trips_through_save_pretrained(make, tmp_path):
+    model, up = make()
+    _prune_mlp(model, up, [4, 4])
+    assert sync_config(model) == {"intermediate_size": (64, 48)}
+    model.save_pretrained(tmp_path)
+    again = type(model).from_pretrained(tmp_path).eval()
+    out = (lambda o: o.logits if hasattr(o, "logits") else o.last_hidden_state)
+    torch.testing.assert_close(out(again(TOKENS)), out(model(TOKENS)))
+
+
+def test_widths_a_config_cannot_describe_are_refused_naming_them():
+    model, up = _llama()
+    _prune_mlp(model, up, [4, 2])                       # 48 and 32 hidden units
+    before = model.config.to_dict()
+    with pytest.raises(FxSurgeonError, match=r"cannot describe its widths: .*mlp.*fxsurgeon.save"):
+        sync_config(model)
+    assert model.config.to_dict() == before
+
+
+def test_heads_of_a_size_the_config_derives_are_refused():
+    model, _ = _bert()
+    graph = fxs.analyze(model, TOKENS)
+    alive = {d.name: np.ones(d.width, bool) for d in graph.free_dims}
+    heads = next(d for d in graph.free_dims if "attention" in d.name)
+    alive[heads.name][0] = False
+    with torch.no_grad():               # the head's query, key and value rows: nothing it reads
+        for p in ("query", "key", "value"):
+            getattr(model.encoder.layer[0].attention.self, p).weight[:8] = 0
+            getattr(model.encoder.layer[0].attention.self, p).bias[:8] = 0
+    fxs.apply(graph, fxs.rewrite(graph, fxs.plan(graph, alive, scheme="prune")))
+    with pytest.raises(FxSurgeonError, match=r"query\.weight \[24, 32\]"):
+        sync_config(model)

@@ -68,6 +68,7 @@ class Tracer(fx.Tracer):
         # the defaults let torch.fx re-create the tracer when it unpickles a GraphModule
         super().__init__(autowrap_functions=(*autowrap_functions, *library_functions()))
         self._leaf_types = tuple(leaf_modules)
+        self.record_stack_traces = True     # a refusal can name the line of the user's code
         self.path: list[tuple[str, type]] = []
         self._names: dict[int, str] = {}            # tensor id -> its name, for ``_named_for``
         self._named_for: nn.Module | None = None

@@ -14,6 +14,7 @@ what the rewritten network gives; otherwise everything is put back and it refuse
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 
 from torch import fx, nn
@@ -37,6 +38,7 @@ class _Literal:
     owner: str
     old: int
     new: int
+    line: str = ""
 
 
 def _owner(node: fx.Node) -> str:
@@ -71,10 +73,17 @@ def _literals(a, b, read_as: dict[str, str]) -> list[tuple[int, int]] | None:
     return [] if type(a) is type(b) and a == b else None
 
 
+def _line(node: fx.Node) -> str:
+    """Where in the user's code ``node`` was traced (`` at file:line `code` ``), if recorded."""
+    frames = re.findall(r'File "([^"]+)", line (\d+), in \S+\n\s*(.*)', node.stack_trace or "")
+    user = [f for f in frames if "/torch/" not in f[0] and "/fxsurgeon/" not in f[0]]
+    return f" at {user[-1][0]}:{user[-1][1]} `{user[-1][2].strip()}`" if user else ""
+
+
 def _where(node: fx.Node) -> str:
     owner = _owner(node)
     return f"{node.op} {getattr(node.target, '__name__', node.target)} ({node.name}) in " \
-           f"{repr(owner) if owner else 'the model'}'s forward"
+           f"{repr(owner) if owner else 'the model'}'s forward{_line(node)}"
 
 
 def _changed_literals(old: fx.Graph, new: fx.Graph, folds: list[_Fold]) -> list[_Literal]:
@@ -91,7 +100,7 @@ def _changed_literals(old: fx.Graph, new: fx.Graph, folds: list[_Fold]) -> list[
         if pairs is None:
             raise FxSurgeonError(f"the rewritten network computes {_where(y)} where your model computes "
                                  f"{_where(x)}: its forward cannot follow; use surgery.module")
-        changed += [_Literal(x.name, _owner(x), o, n) for o, n in pairs]
+        changed += [_Literal(x.name, _owner(x), o, n, _line(x)) for o, n in pairs]
     if len(a) != len(b):
         extra = b[len(a)] if len(b) > len(a) else a[len(b)]
         verb = "adds" if len(b) > len(a) else "drops"
@@ -249,9 +258,9 @@ def _set_literals(model: nn.Module, literals: list[_Literal]) -> None:
             held = f"{len(names)} of its attributes hold it ({', '.join(names)})" if names else \
                 "no attribute of that module holds it"
             raise FxSurgeonError(
-                f"your model's forward reads the width {lit.old} at {lit.node} (in {where}), which the "
-                f"rewrite makes {lit.new}, and {held}: fxsurgeon cannot tell what to change; use "
-                f"surgery.module")
+                f"your model's forward reads the width {lit.old} at {lit.node} (in {where}{lit.line}), "
+                f"which the rewrite makes {lit.new}, and {held}: fxsurgeon cannot tell what to change; "
+                f"use surgery.module")
         setattr(owner, names[0], lit.new)
 
 

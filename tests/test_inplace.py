@@ -210,3 +210,22 @@ def test_in_place_rejuvenation_refuses_gates_and_ddp_up_front():
                                in_place=True)
     with pytest.raises(FxSurgeonError, match="DistributedDataParallel"):
         _nr_in_place(small_net(), ddp=True)
+
+
+def test_gpt2_heads_and_mlp_pruned_in_place_still_generate():
+    """GPT-2's attention splits by ``split_size``, which holds the same width as ``embed_dim``:
+    of the two, the one its forward follows is found by running it."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=50, n_positions=16,
+                                     use_cache=False, bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(config).double().eval()
+    tokens = torch.randint(0, 50, (1, 8))
+    graph = fxs.analyze(model, tokens)
+    alive = {d.name: np.arange(d.width) % 4 != 1 for d in graph.free_dims}      # a head, a quarter of units
+    surgery = fxs.rewrite(graph, fxs.plan(graph, alive, scheme="prune"))
+    assert fxs.apply(graph, surgery) is model
+    attn = model.transformer.h[0].attn
+    assert (attn.split_size, attn.embed_dim, attn.c_attn.weight.shape[1]) == (24, 32, 72)
+    torch.testing.assert_close(model(tokens).logits, surgery.module(tokens).logits)
+    assert model.generate(tokens, max_new_tokens=3, do_sample=False).shape == (1, 11)

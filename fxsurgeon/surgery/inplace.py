@@ -14,6 +14,7 @@ what the rewritten network gives; otherwise everything is put back and it refuse
 from __future__ import annotations
 
 import copy
+import itertools
 import re
 from dataclasses import dataclass
 
@@ -248,20 +249,69 @@ def _take_tensors(model: nn.Module, new: nn.Module, swapped: set[str]) -> None:
             rule.sync(m, old)
 
 
-def _set_literals(model: nn.Module, literals: list[_Literal]) -> None:
-    """Set the module attributes that gave the literals the rewrite changed (each once)."""
+@dataclass(frozen=True)
+class _Choice:
+    """The attributes ``names`` of module ``owner`` that may have given a changed literal."""
+
+    owner: nn.Module
+    names: tuple[str, ...]
+    old: int
+    new: int
+
+
+#: most combinations of ambiguous attributes tried
+_MAX_TRIES = 64
+
+
+def _choices(model: nn.Module, literals: list[_Literal]) -> list[_Choice]:
+    """For each literal the rewrite changed (each once), the attributes of its module holding
+    the old width; refused, naming the user's line, where none does."""
+    choices = []
     for lit in {(lit.owner, lit.old, lit.new): lit for lit in literals}.values():
         owner = model.get_submodule(lit.owner) if lit.owner else model
-        names = [k for k, v in vars(owner).items() if type(v) is int and v == lit.old]
-        where = repr(lit.owner) if lit.owner else "the model"
-        if len(names) != 1:
-            held = f"{len(names)} of its attributes hold it ({', '.join(names)})" if names else \
-                "no attribute of that module holds it"
+        names = tuple(k for k, v in vars(owner).items() if type(v) is int and v == lit.old)
+        if not names:
+            where = repr(lit.owner) if lit.owner else "the model"
             raise FxSurgeonError(
                 f"your model's forward reads the width {lit.old} at {lit.node} (in {where}{lit.line}), "
-                f"which the rewrite makes {lit.new}, and {held}: fxsurgeon cannot tell what to change; "
-                f"use surgery.module")
-        setattr(owner, names[0], lit.new)
+                f"which the rewrite makes {lit.new}, and no attribute of that module holds it: its code "
+                f"cannot follow; use surgery.module")
+        choices.append(_Choice(owner, names, lit.old, lit.new))
+    return choices
+
+
+def _mismatch(model: nn.Module, new: nn.Module, inputs: tuple) -> str | None:
+    """How ``model``'s forward differs from ``new``'s on ``inputs``, or None where it gives the same."""
+    with own_run(new):
+        want = new(*inputs)
+    try:
+        with own_run(model):
+            got = model(*inputs)
+    except Exception as exc:  # noqa: BLE001 - the model's own code failed on the new widths
+        return f"fails ({type(exc).__name__}: {one_line(exc)})"
+    d = difference(want, got)
+    if d is None or d > 1:
+        how = "another output structure" if d is None else f"{d:.3g}x the tolerance"
+        return f"gives another function ({how})"
+    return None
+
+
+def _follow(model: nn.Module, new: nn.Module, inputs: tuple, choices: list[_Choice]) -> None:
+    """Set, of each choice's attributes, the one (tried in turn where several hold the old
+    width) with which ``model`` computes what ``new`` does; refuse where none does."""
+    tries = list(itertools.islice(itertools.product(*[c.names for c in choices]), _MAX_TRIES))
+    why = None
+    for picked in tries:
+        for c, name in zip(choices, picked, strict=True):
+            for k in c.names:
+                setattr(c.owner, k, c.new if k == name else c.old)
+        why = _mismatch(model, new, inputs)
+        if why is None:
+            return
+    several = "; ".join(", ".join(c.names) for c in choices if len(c.names) > 1)
+    tried = f" with each of the attributes that hold a changed width ({several})" if several else ""
+    raise FxSurgeonError(f"after the change your model's forward {why}{tried}: its code cannot follow; "
+                         f"use surgery.module")
 
 
 def apply(graph, surgery) -> nn.Module:
@@ -285,21 +335,14 @@ def apply(graph, surgery) -> nn.Module:
     snapshot = Snapshot(model)
     try:
         _take_tensors(model, new, _swap_layers(model, new) | _put_folded_layers(model, new, folds))
-        _set_literals(model, literals)
-        with own_run(new):
-            want = new(*graph.example_inputs)
-        with own_run(model):
-            got = model(*graph.example_inputs)
-        d = difference(want, got)
-        if d is None or d > 1:
-            how = "another output structure" if d is None else f"{d:.3g}x the tolerance"
-            raise FxSurgeonError(f"after the change your model's forward gives another function ({how}) "
-                                 f"than the rewritten network: use surgery.module")
+        _follow(model, new, graph.example_inputs, _choices(model, literals))
     except FxSurgeonError:
         snapshot.restore()
         raise
-    except Exception as exc:  # noqa: BLE001 - the model's own code failed on the new widths
+    except BaseException as exc:
         snapshot.restore()
-        raise FxSurgeonError(f"after the change your model's forward fails ({type(exc).__name__}: "
-                             f"{one_line(exc)}): its code cannot follow; use surgery.module") from None
+        if not isinstance(exc, Exception):
+            raise
+        raise FxSurgeonError(f"could not change the model in place ({type(exc).__name__}: {one_line(exc)}); "
+                             f"it is as it was: use surgery.module") from exc
     return model

@@ -34,7 +34,7 @@ def widths_are_multiples(graph, plan, round_to):
 
 @settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(nets(), st.floats(0.2, 0.95), st.sampled_from(["params", "flops"]), st.sampled_from([1, 2, 4]),
-       st.sampled_from(["global", "per-dimension"]), st.integers(0, 3))
+       st.sampled_from(["global", "per-dimension", "uniform"]), st.integers(0, 3))
 def test_a_budget_plan_fits_and_the_rewrite_costs_what_it_planned(net, target, metric, round_to, ranking,
                                                                    seed):
     model, x = net

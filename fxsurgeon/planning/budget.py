@@ -2,17 +2,19 @@
 
 The channels of every prunable dimension are ranked by their scores (see
 :mod:`fxsurgeon.importance`). ``ranking="global"`` ranks all of them together, each
-dimension's scores divided by its largest (so layers of different scales compare);
-keeping the top ``t`` of that order keeps, in each dimension, those of its channels
-among them. ``ranking="per-dimension"`` keeps the same share ``t / N`` of every
-dimension. Either way a dimension keeps at least one channel per producer (a layer
-cannot have zero outputs) and a multiple of its step (its own constraint and
-``round_to``), rounding down. The cost never falls as ``t`` grows, so a bisection finds
-the largest ``t`` whose cost fits. With a global ranking, the budget left is then spent
-down the same order: a dimension whose next step still fits takes it, until no
-dimension's does (with widths in steps, the first step that does not fit can be a costly
-layer's while cheaper ones still fit: SqueezeNet at half its FLOPs and ``round_to=8``
-was left up to 6 % under its budget).
+dimension's scores divided by its largest (so layers of different scales compare); keeping
+the top ``t`` of that order keeps, in each dimension, those of its channels among them.
+``ranking="per-dimension"`` keeps the same share ``t / N`` of every dimension's
+candidates; ``ranking="uniform"`` the same share of every dimension's width, so that
+dimensions of one width keep one width (each layer's MLP alike: what a model config with
+one ``intermediate_size`` can say), as far as their dead channels allow. Every way, a
+dimension keeps at least one channel per producer (a layer cannot have zero outputs) and a
+multiple of its step (its own constraint and ``round_to``), rounding down. The cost never
+falls as ``t`` grows, so a bisection finds the largest ``t`` whose cost fits. With a
+global ranking, the budget left is then spent down the same order: a dimension whose next
+step still fits takes it, until no dimension's does (with widths in steps, the first step
+that does not fit can be a costly layer's while cheaper ones still fit: SqueezeNet at half
+its FLOPs and ``round_to=8`` was left up to 6 % under its budget).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import numpy as np
 
 from ..errors import FxSurgeonError
 
-RANKINGS = ("global", "per-dimension")
+RANKINGS = ("global", "per-dimension", "uniform")
 
 
 @dataclass
@@ -38,6 +40,7 @@ class Prunable:
     step: int                   # kept counts are multiples of this
     slots: np.ndarray | None = None     # a grouped conv's block of each candidate: every
     groups: int = 1                     # block keeps as many (the candidates do too)
+    width: int = 0                      # the dimension's width, before its dead went
     _kept: dict[int, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def keep(self, k: int) -> np.ndarray:
@@ -84,11 +87,16 @@ def choose(dims: list[Prunable], ranking: str, cost: Callable[[dict[str, np.ndar
 
         def counts(t: int) -> list[int]:
             return np.bincount(order[:t], minlength=len(dims)).tolist()
-    else:
+    elif ranking == "per-dimension":
         total = max((len(d.candidates) for d in dims), default=0)
 
         def counts(t: int) -> list[int]:
             return [math.ceil(t * len(d.candidates) / total) for d in dims]
+    else:
+        total = max((d.width for d in dims), default=0)
+
+        def counts(t: int) -> list[int]:
+            return [min(len(d.candidates), math.ceil(t * d.width / total)) for d in dims]
 
     def survivors(ks: list[int]) -> dict[str, np.ndarray]:
         return {d.name: d.keep(k) for d, k in zip(dims, ks, strict=True)}

@@ -198,7 +198,8 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
     keeps the most important channels while the cost is at most ``target`` of the
     original (within one channel of it), by ``scores`` (``{dimension: importance per
     channel}``, from :mod:`fxsurgeon.importance`; default its ``magnitude``), ranked
-    ``"global"`` or ``"per-dimension"`` (see :mod:`fxsurgeon.planning.budget`); pruned widths are
+    ``"global"``, ``"per-dimension"`` or ``"uniform"`` (dimensions of one width keep one width:
+    what a HuggingFace config can say, see :mod:`fxsurgeon.planning.budget`); pruned widths are
     multiples of ``round_to``. ``fixed`` (dimension names, a predicate on a dimension, or
     ``"trunk"``: see :mod:`fxsurgeon.judging.fixed`) keeps those free dimensions as they are:
     every channel, dead or alive, and no new one. Raises :class:`FxSurgeonError` when
@@ -425,7 +426,7 @@ def _prunable(d, survivors: np.ndarray, scores, step: int) -> Prunable:
         if len(own) and not forced & set(own.tolist()):
             forced.add(int(own[np.argmax(scores[own])]))
     return Prunable(d.name, survivors, scores[survivors], np.array(sorted(forced), dtype=np.int64), step,
-                    None if d.slots is None else d.slots[survivors], d.groups)
+                    None if d.slots is None else d.slots[survivors], d.groups, d.width)
 
 
 def _largest_alpha(cost_at, budget: float) -> float:

@@ -96,3 +96,4 @@ def test_a_budget_ranked_uniform_keeps_one_mlp_width_that_the_config_can_say(tmp
     model.save_pretrained(tmp_path)
     again = type(model).from_pretrained(tmp_path).eval()
     torch.testing.assert_close(again(TOKENS).logits, model(TOKENS).logits)
+    assert again.generate(TOKENS, max_new_tokens=2, do_sample=False).shape == (1, 10)

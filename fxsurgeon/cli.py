@@ -170,9 +170,10 @@ def _planned(args):
 
 def plan_command(args) -> None:
     from . import plan
+    from .layers.schemes import SCHEMES
 
     graph, alive = _planned(args)
-    target = None if args.scheme == "prune" else args.target
+    target = args.target if SCHEMES[args.scheme].grows else None
     print(plan(graph, alive, metric=args.metric, target=target, scheme=args.scheme,
                round_to=args.round_to))
 

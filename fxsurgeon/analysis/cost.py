@@ -12,6 +12,7 @@ from collections import defaultdict
 import numpy as np
 
 from ..errors import FxSurgeonError
+from ..layers.schemes import scheme_of
 from .propagation import Term
 
 METRICS = ("params", "flops")
@@ -133,9 +134,9 @@ class CostModel:
                    scheme: str) -> float:
         """Cost with only ``kept`` channels plus ``added[d]`` new ones per dimension.
 
-        ``scheme="cr"`` drops the cross blocks between survivors and new channels of
-        the weights and MACs of every dense conv or linear module (fixed channels feed
-        and read both); every other scheme and layer computes the dense layer.
+        A scheme without cross blocks (``"cr"``) drops those between survivors and new
+        channels from the weights and MACs of every dense conv or linear module (fixed
+        channels feed and read both); every other scheme and layer computes the dense layer.
         """
         factor, dim, rep = self.rep
         s = self._held(kept & partitioned) / self.divisor
@@ -143,7 +144,7 @@ class CostModel:
         r = np.bincount(factor, weights=rep * np.asarray(added, np.float64)[dim],
                         minlength=len(self.fixed)) / self.divisor
         values = self._terms(s + r + f)
-        if scheme == "cr":
+        if not scheme_of(scheme).crosses:
             t, o, i = self._blocks
             values[t] -= self.const[t] * (s[o] * r[i] + r[o] * s[i])
         return self._total(values, metric)

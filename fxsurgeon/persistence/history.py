@@ -18,6 +18,7 @@ import torch
 from ..analysis.graph import ChannelGraph
 from ..analysis.report import human
 from ..errors import FxSurgeonError, writing
+from ..layers.schemes import scheme_of
 from ..planning.planner import cost_of, plan
 from ..surgery.folding import restore_fold
 from ..surgery.rewriter import Surgery, rewrite
@@ -48,7 +49,7 @@ def replay(graph: ChannelGraph, rec: dict, most: int | None = None) -> Surgery:
             raise FxSurgeonError(f"the recorded surgery was made on another architecture: "
                                  f"no free dimension {name!r}")
         alive[name] = _alive(name, kept, widths[name])
-    if rec["scheme"] == "prune":
+    if not scheme_of(rec["scheme"]).grows:
         p = plan(graph, alive, metric=rec["metric"], target=None, scheme="prune")
     else:
         # files written before widths were rounded have no round_to: they grew by one channel;

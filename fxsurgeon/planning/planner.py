@@ -19,9 +19,9 @@ from ..errors import FxSurgeonError, require
 from ..judging import importance
 from ..judging.fixed import Fixed, fixed_names
 from ..judging.liveliness import channel_scales
+from ..layers.schemes import Scheme, scheme_of
 from .budget import Prunable, choose
 
-SCHEMES = ("nr", "cr", "ca", "prune")
 #: the largest expansion α a plan takes or searches: past it the budget never binds
 MAX_ALPHA = 1e6
 
@@ -128,9 +128,9 @@ def _keeps_width(d) -> str | None:
     return None
 
 
-def _cannot_grow(d, growable: bool, scheme: str) -> str | None:
+def _cannot_grow(d, growable: bool, scheme: Scheme) -> str | None:
     """Why a free dimension can lose dead channels but not gain new ones, if so."""
-    if d.slots is not None and scheme in ("cr", "ca"):
+    if d.slots is not None and scheme.partitioned:
         # every group would interleave survivors and new channels, where cr's layers
         # hold each generation in one block
         return f"grouped convolution under {scheme}"
@@ -211,14 +211,13 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
     reallocation"; under ``scheme="nr"`` the cost is the original's). ``target``,
     ``alpha`` and ``round_to`` play no part then.
     """
-    if scheme not in SCHEMES:
-        raise FxSurgeonError(f"unknown scheme {scheme!r}: use one of {SCHEMES}")
+    kind = scheme_of(scheme)
     if metric not in METRICS:
         raise FxSurgeonError(f"unknown metric {metric!r}: use one of {METRICS}")
     require("round_to", round_to, lambda v: isinstance(v, int) and v >= 1, "a positive integer")
     if rounding not in ROUNDINGS:
         raise FxSurgeonError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
-    if in_place and (scheme == "prune" or alpha is not None):
+    if in_place and (not kind.grows or alpha is not None):
         raise FxSurgeonError(f"in_place regrows every dimension to its width: it needs a growing scheme "
                              f"and no alpha, got {scheme!r} and alpha={alpha}")
     if in_place:
@@ -226,16 +225,16 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
     searched = alpha is None            # α found for the budget (not given): rounding's leftover is spent
     if target is not None:
         require("target", target, lambda v: v > 0, "a finite number above 0 (of the original cost)")
-        if target > max_target and scheme != "prune":
+        if target > max_target and kind.grows:
             raise FxSurgeonError(f"target {target:g} would make the network {target:g}x its cost; "
                                  f"pass max_target={target:g} (or more) if you mean it")
-    if graph.propagation.generations and scheme in ("nr", "ca"):
+    if graph.propagation.generations and kind.grows and kind.crosses:
         raise FxSurgeonError(f"this network has layers split by an earlier cr rewrite "
                              f"({next(iter(graph.propagation.generations))}, ...): plan it with "
                              f"scheme 'cr' (a new generation) or 'prune', not {scheme!r}")
     alive = alive or {}
     _check_masks(graph, alive)
-    budgeted = scheme == "prune" and target is not None and target < 1
+    budgeted = not kind.grows and target is not None and target < 1
     if budgeted:
         scores = importance.magnitude(graph) if scores is None else scores
         _check_scores(graph, scores)
@@ -261,13 +260,13 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
         if whole:
             survivors, note = np.arange(d.width), f"{whole}: keeps its width"
         else:
-            m = _multiple(d, round_to) if scheme == "prune" else d.multiple_of
+            m = d.multiple_of if kind.grows else _multiple(d, round_to)
             survivors, note = _keep(d, mask, m, scales[d.name])
             if budgeted:
                 prunable.append(_prunable(d, survivors, scores[d.name], _multiple(d, round_to)))
         kept[sl] = False
         kept[sl.start + survivors] = True
-        stuck = whole or _cannot_grow(d, growable[i], scheme)
+        stuck = whole or _cannot_grow(d, growable[i], kind)
         if stuck and not whole:
             note = note or f"{stuck}: does not grow"
         if not (whole or (d.scaled and d.sources)):
@@ -308,12 +307,12 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
         return cost.count_plan(metric, kept, partitioned, widths(alpha) - base_a, scheme)
 
     original = graph.count(metric)
-    budget = target * original if budgeted or (scheme != "prune" and target is not None) else None
+    budget = target * original if budgeted or (kind.grows and target is not None) else None
     if alpha is not None:
         require("alpha", alpha, lambda v: 1 <= v <= MAX_ALPHA, f"a number from 1 to {MAX_ALPHA:g}")
-        if scheme == "prune":
+        if not kind.grows:
             raise FxSurgeonError(f"alpha needs a growing scheme, got {alpha} with {scheme!r}")
-    elif budget is None or scheme == "prune":
+    elif budget is None or not kind.grows:
         alpha = 1.0
         if budget is not None and cost_at(1.0) > budget:
             raise FxSurgeonError(
@@ -330,7 +329,7 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
                 f"more channels die first")
         alpha = _largest_alpha(cost_at, budget) if (step_a > 0).any() else 1.0
     final = widths(alpha)
-    if searched and budget is not None and scheme != "prune" and round_to > 1:
+    if searched and budget is not None and kind.grows and round_to > 1:
         fine = np.array([d.multiple_of if st else 0 for d, st in zip(graph.dims, step_a, strict=True)])
         final = _spend(final, alpha * base_a, step_a, fine, budget,
                        lambda w: cost.count_plan(metric, kept, partitioned, w - base_a, scheme))

@@ -33,8 +33,9 @@ from ..channels.nodes import getattr_path
 from ..errors import FxSurgeonError, one_line
 from ..judging.liveliness import channel_scales
 from ..layers.partitioned import Partitioned
+from ..layers.schemes import SCHEMES, Scheme, scheme_of
 from ..ops import TABLE, Rule
-from ..planning.planner import SCHEMES, Plan
+from ..planning.planner import Plan
 from .folding import constant_sources, fold_constants, held_reads, removed_reads, watched
 from .matching import is_identity, match, take
 from .reference import run_graph, zeroed_scales
@@ -246,14 +247,13 @@ def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: in
     _check_fresh(graph, plan)
     check_hooks(graph)
     scheme = scheme or plan.scheme
-    if scheme not in SCHEMES:
-        raise FxSurgeonError(f"unknown scheme {scheme!r}: use one of {SCHEMES}")
+    kind, planned = scheme_of(scheme), scheme_of(plan.scheme)
     # cr prices its layers without cross blocks, nr and ca densely; prune adds nothing to price
-    if "prune" not in (scheme, plan.scheme) and (scheme == "cr") != (plan.scheme == "cr"):
+    if kind.grows and planned.grows and kind.crosses != planned.crosses:
         raise FxSurgeonError(f"a plan made for scheme {plan.scheme!r} prices its layers "
                              f"differently from {scheme!r}: plan again with scheme={scheme!r}")
     added = np.array([plan.dims[d.name].added for d in graph.dims], dtype=np.int64)
-    if scheme == "prune" and added.any():
+    if not kind.grows and added.any():
         raise FxSurgeonError("scheme 'prune' adds no channels, but the plan grows "
                              f"{[d.name for d in graph.dims if plan.dims[d.name].added][:3]}")
     if rescale not in (False, True, *RESCALE_GOALS):
@@ -338,7 +338,7 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
             for name, f in done.factors.items()}
     if fold:
         fold_constants(graph, new, new_prop, surgery, removed, calls, sources)
-    if scheme in ("cr", "ca") or prop.generations:
+    if scheme_of(scheme).partitioned or prop.generations:
         _partition(new, prop, new_prop, new_refs, layout, surgery)
     _carry_unused(graph, new)
     new.recompile()
@@ -463,8 +463,8 @@ def _init_new_channels(new: fx.GraphModule, refs, prop, layout: _Layout, seed: i
         value.copy_(torch.where(rows & cols, he.to(value.device), value))
 
 
-def _generations(node: str, out_ids: np.ndarray, in_ids: np.ndarray, old, layout: _Layout, scheme: str
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def _generations(node: str, out_ids: np.ndarray, in_ids: np.ndarray, old, layout: _Layout,
+                 scheme: Scheme) -> tuple[np.ndarray, np.ndarray]:
     """The generation of each output and input (by class: ``out_ids``, ``in_ids``) of a
     layer to split: the one it had in an earlier partition (``old``: classes and
     generations, or None), or 0 for survivors; new channels join a new generation. Inputs
@@ -477,7 +477,7 @@ def _generations(node: str, out_ids: np.ndarray, in_ids: np.ndarray, old, layout
     o_ids, o_row, i_ids, i_col = old
     # new channels join a generation of their own: above every generation the layer has,
     # its inputs' included (a generation may have inputs and no outputs left)
-    latest = int(max(o_row.max(initial=0), i_col.max(initial=0))) + 1 if scheme == "cr" else 0
+    latest = 0 if scheme.crosses else int(max(o_row.max(initial=0), i_col.max(initial=0))) + 1
     rows = dict(zip(o_ids.tolist(), o_row.tolist(), strict=True))
     cols = dict(zip(i_ids.tolist(), i_col.tolist(), strict=True))
     row = np.array([latest if n else rows[i] for i, n in zip(out_ids.tolist(), is_new_out, strict=True)])
@@ -494,7 +494,8 @@ def _partition(new: fx.GraphModule, old_prop, prop, refs, layout: _Layout, surge
     survivors and the new channels of a layer whose outputs grow, and every generation
     of a layer an earlier ``cr`` rewrite split."""
     modules = {n.name: n.target for n in new.graph.nodes if n.op == "call_module"}
-    scheme = "ca" if surgery.scheme == "ca" else "cr"
+    kind = scheme_of(surgery.scheme)
+    layers_as = kind if kind.partitioned else SCHEMES["cr"]     # a cr network pruned or grown stays cr
     done: dict[str, tuple] = {}
     for node in sorted(prop.blockwise):
         target = modules[node]
@@ -505,9 +506,9 @@ def _partition(new: fx.GraphModule, old_prop, prop, refs, layout: _Layout, surge
         old = old_prop.generations.get(node)
         if old is not None:         # by class: a depthwise conv's outputs are new identities
             old = (old_prop.uf.find(old[0]), old[1], old_prop.uf.find(old[2]), old[3])
-        if old is None and (surgery.scheme == "prune" or not layout.growing(out_ids).any()):
+        if old is None and (not kind.grows or not layout.growing(out_ids).any()):
             continue                                   # fixed outputs read every input
-        row, col = _generations(node, out_ids, in_ids, old, layout, surgery.scheme)
+        row, col = _generations(node, out_ids, in_ids, old, layout, kind)
         if not any(((row == g).any() and (col == h).any()) for g in set(row.tolist())
                    for h in set(col.tolist()) - {g, -1}):
             continue                                   # no block between generations
@@ -518,14 +519,14 @@ def _partition(new: fx.GraphModule, old_prop, prop, refs, layout: _Layout, surge
                                      f"cannot partition a shared layer")
             continue
         done[target] = key
-        part = Partitioned.from_dense(scheme, new.get_submodule(target), row, col)
+        part = Partitioned.from_dense(layers_as.name, new.get_submodule(target), row, col)
         owner, _, leaf = target.rpartition(".")
         setattr(new.get_submodule(owner) if owner else new, leaf, part)
         maps = dict(surgery.index_maps.pop(wname, []))
         out_idx = maps.get(0, np.arange(len(out_ids)))
         in_idx = maps.get(1, np.arange(len(in_ids)))
         for k, g in enumerate(part.block_gen):
-            rows = out_idx[row == g] if scheme == "cr" else out_idx
+            rows = out_idx if layers_as.crosses else out_idx[row == g]
             surgery.index_maps[f"{target}.blocks.{k}"] = [(0, rows), (1, in_idx[col == g])]
             surgery.origins[f"{target}.blocks.{k}"] = wname
         if part.weight_f is not None:

@@ -19,8 +19,9 @@ from torch import nn
 from ..errors import FxSurgeonError, require
 from ..judging.fixed import Fixed
 from ..judging.liveliness import liveliness
+from ..layers.schemes import SCHEMES
 from ..persistence.fileformat import build, schema_of
-from ..planning.planner import MAX_ALPHA, MAX_TARGET, SCHEMES, Plan, plan
+from ..planning.planner import MAX_ALPHA, MAX_TARGET, Plan, plan
 from ..surgery.rescaling import GOALS as RESCALE_GOALS
 from ..surgery.rewriter import Surgery, rewrite
 from .base import SurgicalTraining, one_per_surgery, shared
@@ -116,7 +117,7 @@ class NeuralRejuvenation(SurgicalTraining):
                  on_event: Callable[[Event], None] | None = None, ddp: dict | bool = False,
                  fixed: Fixed = None, sparsity: str = "auto", judges: bool = True, in_place: bool = False,
                  **analyze_kwargs):
-        if scheme not in SCHEMES or scheme == "prune":
+        if scheme not in SCHEMES or not SCHEMES[scheme].grows:
             raise FxSurgeonError(f"scheme must be one of nr, cr, ca, not {scheme!r}")
         require("target", target, lambda v: 0 < v <= MAX_TARGET,
                 f"a positive multiple of the model's cost, at most {MAX_TARGET:g}")
@@ -260,7 +261,7 @@ class NeuralRejuvenation(SurgicalTraining):
             raise FxSurgeonError("nothing to rejuvenate: the plan keeps every channel and adds none "
                                  "(the dead channels are all in dimensions that keep their width)")
         seed = self.seed + len(self.events)
-        surgery = rewrite(graph, p, seed=seed, rescale=self.rescale if p.scheme != "prune" else False)
+        surgery = rewrite(graph, p, seed=seed, rescale=self.rescale if SCHEMES[p.scheme].grows else False)
         self.apply_surgery(surgery, seed)
         event = Event(self.steps, r, p.alpha, self.metric, p.scheme, current,
                       graph.count(self.metric, alive), self.graph.count(self.metric),

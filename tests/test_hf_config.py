@@ -16,8 +16,8 @@ TOKENS = torch.randint(0, 50, (1, 8), generator=torch.Generator().manual_seed(0)
 def _llama():
     torch.manual_seed(0)
     config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=4, vocab_size=50,
-                                      use_cache=False)
+                                      num_attention_heads=4, num_key_value_heads=4, vocab_size=50)
+    assert config.use_cache          # as loaded: analysed without its key-value cache all the same
     return transformers.LlamaForCausalLM(config).eval(), lambda m, i: m.model.layers[i].mlp.up_proj
 
 

@@ -23,12 +23,13 @@ import warnings
 import torch
 from torch import fx, nn
 from torch.export import Dim
+from torch.utils._pytree import tree_structure
 
 from ..channels.hooks import quiet
 from ..channels.modes import evaluating
 from ..errors import UntraceableModelError, one_line
 from ..ops import TABLE
-from .tracing import refuse_wrapped
+from .tracing import refuse_wrapped, stateless
 
 
 def _dynamic(args: tuple) -> tuple:
@@ -49,12 +50,15 @@ def sharing_copy(model: nn.Module) -> nn.Module:
 
 
 def _export(model: nn.Module, args: tuple):
-    """The exported program, with dynamic input sizes if the model takes them, else static;
-    each attempt runs on a fresh :func:`sharing_copy`."""
+    """The exported program (called with its :data:`~fxsurgeon.analysis.tracing.STATELESS`
+    keyword arguments), with dynamic input sizes if the model takes them, else static; each
+    attempt runs on a fresh :func:`sharing_copy`."""
+    kwargs = stateless(model)
     try:
-        return torch.export.export(sharing_copy(model), args, dynamic_shapes=_dynamic(args), strict=False)
+        shapes = (*_dynamic(args), *[None] * len(kwargs))        # the keywords are flags
+        return torch.export.export(sharing_copy(model), args, kwargs, dynamic_shapes=shapes, strict=False)
     except Exception:  # noqa: BLE001 - dynamic sizes are a bonus: fall back to the example's
-        return torch.export.export(sharing_copy(model), args, strict=False)
+        return torch.export.export(sharing_copy(model), args, kwargs, strict=False)
 
 
 def export_module(model: nn.Module, args: tuple) -> fx.GraphModule:
@@ -70,8 +74,29 @@ def export_module(model: nn.Module, args: tuple) -> fx.GraphModule:
                                     f"{type(exc).__name__}: {one_line(exc)}") from exc
     unlifted = program.module()
     gm = fx.GraphModule(unlifted, unlifted.graph, type(model).__name__)
+    _bind(gm, args, stateless(model))
     _follow_mode(gm)
     return gm.train(model.training)
+
+
+def _bind(gm: fx.GraphModule, args: tuple, kwargs: dict) -> None:
+    """Put the value of each of ``kwargs`` where the graph reads its input, so the graph
+    takes the positional inputs (``args``) alone."""
+    bound = [n for n in gm.graph.nodes if n.op == "placeholder" and n.target in kwargs]
+    for node in bound:
+        swap = dict.fromkeys([node], kwargs[node.target])
+        for user in list(node.users):
+            user.args = fx.node.map_arg(user.args, lambda a, swap=swap: swap.get(a, a))
+            user.kwargs = fx.node.map_arg(user.kwargs, lambda a, swap=swap: swap.get(a, a))
+        gm.graph.erase_node(node)
+    info = getattr(gm.graph._codegen, "pytree_info", None)
+    if bound and info is not None:          # the signature, and how it flattens its inputs
+        spec = tree_structure(list(args))       # without keywords the code passes the list alone
+        gm.graph._codegen.pytree_info = info._replace(
+            orig_args=[a for a in info.orig_args if a not in kwargs], in_spec=spec)
+        if hasattr(gm, "_in_spec"):
+            gm._in_spec = spec
+    gm.recompile()
 
 
 def _follow_mode(gm: fx.GraphModule) -> None:

@@ -186,17 +186,34 @@ def _computed_kept(model: nn.Module) -> Iterator[None]:
             m.__dict__[k] = v
 
 
+#: keyword arguments a model is analysed with where its forward takes them: a key-value
+#: cache is state carried between calls, not part of the function (HuggingFace's
+#: ``use_cache``, whose cache object neither front end can hold)
+STATELESS = {"use_cache": False}
+
+
+def stateless(model: nn.Module) -> dict:
+    """The :data:`STATELESS` keyword arguments ``model``'s forward takes."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {k: v for k, v in STATELESS.items() if k in params}
+
+
 def defaults_beyond(model: nn.Module, n_inputs: int) -> dict:
     """The ``forward`` arguments after the first ``n_inputs`` that have defaults, at their
     defaults: the example inputs do not give them, so the model is traced as called so
-    (``if mask is not None:`` then takes the branch the call takes)."""
+    (``if mask is not None:`` then takes the branch the call takes); :data:`STATELESS` ones
+    at their stateless value."""
     try:
         params = list(inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError):
         return {}
-    return {p.name: p.default for p in params[n_inputs:]
-            if p.default is not inspect.Parameter.empty
-            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    defaults = {p.name: p.default for p in params[n_inputs:]
+                if p.default is not inspect.Parameter.empty
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {**defaults, **{k: v for k, v in stateless(model).items() if k in defaults}}
 
 
 def as_tuple(example_inputs) -> tuple:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from torch import fx, nn
 
+from ..analysis.tracing import stateless
 from ..channels.modes import own_run
 from ..channels.nodes import getattr_path
 from ..errors import FxSurgeonError, one_line
@@ -281,12 +282,13 @@ def _choices(model: nn.Module, literals: list[_Literal]) -> list[_Choice]:
 
 
 def _mismatch(model: nn.Module, new: nn.Module, inputs: tuple) -> str | None:
-    """How ``model``'s forward differs from ``new``'s on ``inputs``, or None where it gives the same."""
+    """How ``model``'s forward differs from ``new``'s on ``inputs`` (called as the analysis
+    called it), or None where it gives the same."""
     with own_run(new):
         want = new(*inputs)
     try:
         with own_run(model):
-            got = model(*inputs)
+            got = model(*inputs, **stateless(model))
     except Exception as exc:  # noqa: BLE001 - the model's own code failed on the new widths
         return f"fails ({type(exc).__name__}: {one_line(exc)})"
     d = difference(want, got)

@@ -187,3 +187,11 @@ def test_a_global_choice_spends_the_budget_until_no_next_step_fits(widths, step,
         k = len(chosen[d.name]) + step          # its next multiple of the step, if it has one
         if k <= len(d.candidates):
             assert cost({**chosen, d.name: d.keep(k)}) > limit, (d.name, k - step)
+
+
+def test_an_impossible_budget_says_which_pinned_dimensions_hold_the_cost_and_why():
+    model = nn.Sequential(nn.Linear(4, 64), nn.LayerNorm(64), nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 2))
+    graph = fxs.analyze(model, torch.randn(1, 4))
+    with pytest.raises(fxs.FxSurgeonError, match=r"impossible budget.*pinned dimensions: '0' 9\d % "
+                                                 r"\(LayerNorm statistics"):
+        fxs.plan(graph, None, target=0.2, scheme="prune")

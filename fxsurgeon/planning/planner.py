@@ -128,6 +128,19 @@ def _keeps_width(d) -> str | None:
     return None
 
 
+def _pinned_costs(graph: ChannelGraph, metric: str, shown: int = 3) -> str:
+    """Which pinned dimensions hold the most of the cost, and why each is pinned (for a
+    refused budget)."""
+    total = graph.count(metric)
+    pinned = [(total - graph.count(metric, {d.name: np.zeros(d.width, bool)}), d) for d in graph.dims
+              if d.pinned and total]
+    pinned = sorted([(c, d) for c, d in pinned if c > 0], key=lambda cd: -cd[0])[:shown]
+    if not pinned:
+        return ""
+    parts = [f"{d.name!r} {100 * c / total:.0f} % ({d.pinned})" for c, d in pinned]
+    return f". The cost that scales with pinned dimensions: {'; '.join(parts)}"
+
+
 def _cannot_grow(d, growable: bool, scheme: Scheme) -> str | None:
     """Why a free dimension can lose dead channels but not gain new ones, if so."""
     if d.slots is not None and scheme.partitioned:
@@ -286,7 +299,11 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
 
         index = {d.name: i for i, d in enumerate(graph.dims)}
         silenced = {}
-        for name, survivors in choose(prunable, ranking, pruned_cost, target * graph.count(metric)).items():
+        try:
+            chosen = choose(prunable, ranking, pruned_cost, target * graph.count(metric))
+        except FxSurgeonError as err:
+            raise FxSurgeonError(f"{err}{_pinned_costs(graph, metric)}") from None
+        for name, survivors in chosen.items():
             i = index[name]
             silenced[name] = np.setdiff1d(dims[name].survivors, survivors)
             kept[cost.offsets[i]:cost.offsets[i + 1]] = False
@@ -319,14 +336,14 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
                 f"impossible budget: with every prunable channel at its minimum the model still costs "
                 f"{human(cost_at(1.0))} {metric}, above the target {target:g} x {human(original)} = "
                 f"{human(budget)} ({len(prunable)} of {len(graph.free_dims)} free dimensions can shrink; "
-                f"the rest are pinned, fixed or keep their width)")
+                f"the rest are pinned, fixed or keep their width){_pinned_costs(graph, metric)}")
     else:
         if cost_at(1.0) > budget:
             raise FxSurgeonError(
                 f"impossible budget: without its dead channels the model still costs "
                 f"{human(cost_at(1.0))} {metric} under scheme {scheme!r}, above the target "
                 f"{target:g} x {human(original)} = {human(budget)}; raise the target or let "
-                f"more channels die first")
+                f"more channels die first{_pinned_costs(graph, metric)}")
         alpha = _largest_alpha(cost_at, budget) if (step_a > 0).any() else 1.0
     final = widths(alpha)
     if searched and budget is not None and kind.grows and round_to > 1:

@@ -232,7 +232,7 @@ def _analyse(model, x, record: dict, frontend: str = "auto"):
 
 
 def check(source: str, name: str, max_params: int = MAX_PARAMS, device: str = "cpu",
-          frontend: str = "auto") -> dict:
+          frontend: str = "auto", draws: int = 1) -> dict:
     """Analyse one model and run every scheme on it; the record says what happened.
 
     Keys: ``model``, ``source``, ``params``, ``input``, ``seconds``; ``skipped`` (why:
@@ -247,20 +247,34 @@ def check(source: str, name: str, max_params: int = MAX_PARAMS, device: str = "c
     per scheme its outcome (``same``, ``refused: ...``, ``CHANGED: ...``, ``WRONG COST:
     ...``, ``CRASH in <stage>: ...``); ``gated``, ``unjudged`` and ``gates`` (see
     :func:`_gated`); ``differences`` (per scheme that ran, the
-    relative difference of the outputs); ``tracebacks`` of the crashes.
+    relative difference of the outputs); ``tracebacks`` of the crashes. ``draws`` dead
+    sets are drawn (seeds 0, 1, ...): a scheme is ``same`` only when it is for every
+    draw, else its worst outcome, with the draw (``(draw 1)``); the counts and
+    differences are the first draw's.
     """
     start = time.perf_counter()
-    record = {"model": name, "source": source}
+    record = {"model": name, "source": source, "draws": draws}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            _check(source, name, max_params, device, record, frontend)
+            _check(source, name, max_params, device, record, frontend, draws)
     finally:
         record["seconds"] = round(time.perf_counter() - start, 1)
     return record
 
 
-def _check(source: str, name: str, max_params: int, device: str, record: dict, frontend: str) -> None:
+#: outcomes from the worst: a scheme's outcome over several draws is its worst one
+WORST = ("CRASH", "CHANGED", "WRONG COST", "refused", "same")
+
+
+def worse(a: str, b: str) -> str:
+    """The worse of two outcomes (the first of equals)."""
+    rank = (lambda o: next(i for i, w in enumerate(WORST) if o.startswith(w)))
+    return b if rank(b) < rank(a) else a
+
+
+def _check(source: str, name: str, max_params: int, device: str, record: dict, frontend: str,
+           draws: int = 1) -> None:
     with torch.device("meta"):
         record["params"] = sum(p.numel() for p in _factory(source, name)().parameters())
     if record["params"] > max_params:
@@ -274,6 +288,7 @@ def _check(source: str, name: str, max_params: int, device: str, record: dict, f
     graph = _analyse(model, x, record, frontend)
     if graph is None:
         return
+    state = {k: v.clone() for k, v in graph.module.state_dict().items()}   # every draw starts from it
     kill(graph, 0.3)
     alive = fxs.liveliness(graph)
     record["free"] = sum(d.width for d in graph.free_dims)
@@ -286,6 +301,17 @@ def _check(source: str, name: str, max_params: int, device: str, record: dict, f
     for scheme in SCHEMES:
         record[scheme] = _scheme(graph, alive, scheme, x, y0, record)
     _gated(graph, x, record)
+    for draw in range(1, draws):
+        graph.module.load_state_dict(state)
+        kill(graph, 0.3, seed=draw)
+        alive = fxs.liveliness(graph)
+        dead = int(sum((~a).sum() for a in alive.values()))
+        with torch.no_grad():
+            y0 = model(x)
+        for scheme in SCHEMES:
+            outcome = _scheme(graph, alive, scheme, x, y0, {"target": 1.0 if dead else GROWTH})
+            noted = outcome if outcome == "same" else f"{outcome} (draw {draw})"
+            record[scheme] = worse(record[scheme], noted)
 
 
 def _gated(graph, x, record: dict) -> None:

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("timm")
 
-from coverage_check import SCHEMES, SOURCES, check, models  # noqa: E402 - needs timm
+from coverage_check import SCHEMES, SOURCES, check, models, worse  # noqa: E402 - needs timm
 
 #: cheap (seconds each) and diverse: a plain ResNet; timm's BatchNormAct2d (depthwise,
 #: squeeze-excitation); a ViT (LayerNorm: it grows at 1.5x); ghost modules (a
@@ -38,3 +38,11 @@ def test_surgery_keeps_the_function_or_refuses_with_a_reason(source, name):
         pytest.skip(f"not traceable: {record['untraceable']}")
     bad = {k: record[k] for k in ("analysed", *SCHEMES) if k in record and not _acceptable(record[k])}
     assert not bad, "\n".join(f"{k}: {v}\n{record.get('tracebacks', {}).get(k, '')}" for k, v in bad.items())
+
+
+def test_a_scheme_is_same_only_when_every_draw_is():
+    record = check("timm", "test_resnet", draws=2)
+    assert record["draws"] == 2 and all(record[s] == "same" for s in SCHEMES)
+    assert worse("same", "refused: why (draw 1)") == "refused: why (draw 1)"
+    assert worse("CHANGED: 1e-3", "refused: why (draw 1)") == "CHANGED: 1e-3"
+    assert worse("same", "same") == "same"

@@ -110,6 +110,9 @@ class Propagation:
     sources: dict[tuple[str, tuple], WeightSource] = field(default_factory=dict)  # computed weights
     generations: dict[str, Generations] = field(default_factory=dict)   # partitioned layers
     sizes: list[Size] = field(default_factory=list)
+    #: identities no producer emits, per node that made them (an opaque op's outputs, an
+    #: attribute's elements; consecutive, so a range each): a rewrite's walk makes them again
+    born: dict[str, list[range]] = field(default_factory=dict)
 
 
 def tensor_names(module: nn.Module) -> tuple[dict[str, str], dict[str, list[str]], dict[int, str]]:
@@ -138,7 +141,8 @@ class Walk(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule, uf: UnionFind | None = None,
                  prescribed: dict[str, np.ndarray] | None = None,
                  depthwise: set[str] | None = None, sources: dict | None = None,
-                 attr_axes: dict[str, int] | None = None, table: OpTable = TABLE):
+                 attr_axes: dict[str, int] | None = None, born: dict[str, list[range]] | None = None,
+                 resized: set[str] = frozenset(), table: OpTable = TABLE):
         super().__init__(gm)
         self.table = table
         self.modules = self.submodules
@@ -153,6 +157,8 @@ class Walk(fx.Interpreter):
         self._refs: dict[tuple, AxisRef] = {}
         self.out.sources.update(sources or {})
         self.attr_axes = attr_axes or {}        # attribute tensor -> the channel axis it had
+        self.born_before = born or {}           # the analysed model's born identities, by node
+        self.resized = resized                  # tensors a rewrite resized (their elements moved)
         self._later: list = []                  # what rules decide once every coupling is known
         self.const: set[fx.Node] = set()        # nodes computed from parameters alone
         self.weight_only: set[fx.Node] = set()  # ... that only feed layers as their weights
@@ -226,8 +232,9 @@ class Walk(fx.Interpreter):
         value = self.real(node)
         if not isinstance(value, torch.Tensor):
             return getattr_path(self.module, node.target)
-        t = self.tags.fresh_elements(value.shape)
-        self.attr_tags[self.tensor_name(node.target)] = t
+        name = self.tensor_name(node.target)
+        t = self.born(node, value.shape, again=name not in self.resized)
+        self.attr_tags[name] = t
         return t
 
     def _scalar(self, node, args, kwargs):
@@ -312,6 +319,20 @@ class Walk(fx.Interpreter):
         producer) emits those instead."""
         vec = self.prescribed.get(node.name) if node is not None else None
         return self.tags.fresh(shape, axis, vec)
+
+    def born(self, node: fx.Node, shape, axis: int | None = None, again: bool = True) -> torch.Tensor:
+        """Fresh identities that no producer emits (an opaque op's output, an attribute's
+        elements): one per position of ``axis``, else one per element. A rewrite's walk
+        makes the analysed model's again at the same node where they are as many (and
+        ``again``): a layer reading them then keeps its columns."""
+        made = self.out.born.setdefault(node.name, [])
+        old = self.born_before.get(node.name, [])
+        n = prod(shape) if axis is None else shape[axis]
+        k = len(made)
+        ids = np.arange(old[k].start, old[k].stop) if again and k < len(old) and len(old[k]) == n \
+            else self.tags.uf.new(n)            # consecutive: a range records them
+        made.append(range(int(ids[0]), int(ids[0]) + n) if n else range(0))
+        return self.tags.fresh_elements(shape, ids) if axis is None else self.tags.fresh(shape, axis, ids)
 
     # ---- what rules record -------------------------------------------------------------
     def pin(self, value, reason: str) -> None:
@@ -414,10 +435,7 @@ class Walk(fx.Interpreter):
                 return v
             if not v.numel():
                 return self.tags.none(v.shape)
-            if axis is not None and v.dim():
-                t = self.fresh(v.shape, axis)
-            else:
-                t = self.tags.fresh_elements(v.shape)
+            t = self.born(node, v.shape, axis if axis is not None and v.dim() else None)
             self.pin(t, why)
             return t
         return tree_map(make, self.real(node))
@@ -534,6 +552,7 @@ def propagate(gm: fx.GraphModule, args: tuple, model: nn.Module, before: Propaga
         walk = Walk(gm)
     else:
         attr_axes = {r.param: r.axis for r in before.axes if r.node == r.param}
-        walk = Walk(gm, before.uf, prescribed, before.depthwise, before.sources, attr_axes)
+        walk = Walk(gm, before.uf, prescribed, before.depthwise, before.sources, attr_axes, before.born,
+                    {r.param for r in before.axes})
     walk.run(*args)
     return walk.finish(model)

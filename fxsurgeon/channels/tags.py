@@ -36,9 +36,9 @@ class Tags:
         vec = self.uf.new(shape[axis]) if vec is None else np.asarray(vec, dtype=np.int64)
         return self.structured(vec, shape, axis)
 
-    def fresh_elements(self, shape) -> torch.Tensor:
-        """A fresh identity for every element (they are all distinct)."""
-        ids = self.uf.new(prod(shape))
+    def fresh_elements(self, shape, ids: np.ndarray | None = None) -> torch.Tensor:
+        """A fresh identity for every element (they are all distinct), or the given ``ids``."""
+        ids = self.uf.new(prod(shape)) if ids is None else np.asarray(ids, dtype=np.int64)
         t = torch.from_numpy(ids).view(tuple(shape))
         self._unique[id(t)] = (t, ids)
         return t

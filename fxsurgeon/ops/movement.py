@@ -84,6 +84,11 @@ class Reshape(Move):
         tags = walk.tags
         carrying = tags.carrying_axes(out)
         literal = [k for k in carrying if isinstance(raw[k], int) and raw[k] != -1]
+        one = carrying[0] if len(carrying) == 1 else 0
+        if one and isinstance(raw[one - 1], int) and raw[one - 1] == 1 and _whole(tags, x, out, one):
+            # (..., 1, n): one head of n channels, if attention further on makes them one
+            walk.later(_one_head(walk, node, one, x, out, one in literal, self.follow_sizes))
+            carrying, literal = [], []
         if self.follow_sizes:
             for k in [k for k in literal if _whole(tags, x, out, k)]:
                 walk.out.sizes.append(Size(node.name, k, tags.axis_vector(out, k)))
@@ -162,6 +167,27 @@ def _follow_heads(walk, node, k: int, heads: np.ndarray, split: bool, x, rest: i
             if rest > 1:
                 walk.out.divisors.append(Divisor(pinned, rest))
         else:
+            walk.out.pins.append(Pin(pinned, why))
+    return decide
+
+
+def _one_head(walk, node, k: int, x, out, literal: bool, follow: bool):
+    """What to decide once every coupling is known about a split of a channel axis into
+    ``(1, n)`` at axes ``k - 1, k``: if attention made the ``n`` channels one head, the 1
+    is the head count and follows the heads (``n``, the head_dim, keeps its size); else it
+    is a plain view, and a literal ``n`` follows the width (``follow``) or pins ``x``."""
+    vec, pinned = walk.tags.axis_vector(out, k), walk.tags.unique(x)
+    why = f"constant reshape size at {walk.describe(node)}"
+
+    def decide():
+        uf = walk.tags.uf
+        roots = uf.find(vec)
+        heads = uf.find(np.concatenate(walk.out.heads)) if walk.out.heads else roots[:0]
+        if (roots == roots[0]).all() and roots[0] in heads:
+            walk.out.sizes.append(Size(node.name, k - 1, vec[:1]))
+        elif literal and follow:
+            walk.out.sizes.append(Size(node.name, k, vec))
+        elif literal:
             walk.out.pins.append(Pin(pinned, why))
     return decide
 

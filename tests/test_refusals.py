@@ -1,0 +1,212 @@
+"""Causes of refusals the self-check found on models nobody here wrote (issue #31), each
+on a small network that has it, and the real model where it is cheap."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fxsurgeon as fxs
+from helpers.surgery import kill, randomise_norms, same
+
+SCHEMES = ("prune", "nr", "cr", "ca")
+
+
+def every_scheme(model, x, fraction=0.3, seed=0, growth=1.0, **analyze_kwargs):
+    """Every scheme, with ``fraction`` of every free dimension's γ zeroed, computes what
+    ``model`` computes on ``x`` (a tuple of inputs), in float64; the growing ones spend
+    ``growth`` times the budget."""
+    model = model.double().eval()
+    randomise_norms(model)
+    graph = fxs.analyze(model, x, **analyze_kwargs)
+    kill(graph, fraction, seed)
+    alive = fxs.liveliness(graph)
+    with torch.no_grad():
+        y0 = model(*x)
+        for scheme in SCHEMES:
+            plan = fxs.plan(graph, alive, target=None if scheme == "prune" else growth, scheme=scheme)
+            new = fxs.rewrite(graph, plan, rescale=scheme == "ca").module
+            assert same(y0, new(*x)), scheme
+    return graph
+
+
+class Timesteps(nn.Module):
+    """diffusers' sinusoidal timestep embedding (``get_timestep_embedding`` with
+    ``flip_sin_to_cos``): frequencies from ``arange`` (an op without a rule), or from a
+    fixed buffer (``GaussianFourierProjection``), into a Linear, added to conv features."""
+
+    def __init__(self, fourier: bool = False, flip: bool = True):
+        super().__init__()
+        self.fourier, self.flip = fourier, flip
+        self.register_buffer("freqs", torch.randn(8))
+        self.conv, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.time, self.bn2 = nn.Linear(16, 8), nn.BatchNorm1d(8)
+
+    def forward(self, x, t):
+        if self.fourier:
+            freqs = self.freqs
+        else:
+            freqs = torch.exp(-math.log(10000) * torch.arange(0, 8, dtype=torch.float64) / 8)
+        emb = t[:, None].double() * freqs[None, :]
+        emb = torch.cat([torch.sin(emb), torch.cos(emb)], dim=-1)
+        if self.flip:
+            emb = torch.cat([emb[:, 8:], emb[:, :8]], dim=-1)
+        h = torch.relu(self.bn2(self.time(emb)))
+        return torch.relu(self.bn(self.conv(x))) + h[:, :, None, None]
+
+
+@pytest.mark.parametrize("fourier", [False, True], ids=["arange", "buffer"])
+@pytest.mark.parametrize("flip", [True, False], ids=["flipped", "plain"])
+def test_a_layer_reading_identities_born_outside_producers_keeps_its_columns(fourier, flip):
+    """An op without a rule (``arange``) or an attribute makes identities of its own; a
+    layer reading them as channels (one timestep: they vary along the frequencies only)
+    kept them in the analysis but found new ones in the rewrite's walk, took its input
+    columns for new channels and zeroed them, even in a plan that changes nothing."""
+    x = (torch.randn(1, 3, 6, 6, dtype=torch.float64), torch.tensor([3]))
+    graph = every_scheme(Timesteps(fourier, flip), x)
+    every_scheme(Timesteps(fourier, flip), x, fraction=0.0)
+    assert any(r.param == "time.weight" and r.axis == 1 for r in graph.propagation.axes)
+
+
+class Attention(nn.Module):
+    """A Linear reading an ``nn.MultiheadAttention`` (opaque, one identity per embedding
+    position of its output)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv1d(3, 8, 1), nn.BatchNorm1d(8)
+        self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.lin, self.bn2, self.head = nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv(x))).transpose(1, 2)
+        a = self.mha(h, h, h, need_weights=False)[0]
+        return self.head(torch.relu(self.bn2(self.lin(a).transpose(1, 2))).mean(2))
+
+
+def test_a_layer_reading_an_opaque_module_keeps_its_columns():
+    every_scheme(Attention(), (torch.randn(2, 3, 5, dtype=torch.float64),))
+
+
+class Sample(nn.Module):
+    """A diffusers model's ``.sample``."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args):
+        return self.model(*args).sample
+
+
+def diffusers_unet(conditioned: bool):
+    """A tiny diffusers UNet and its inputs (one timestep: its embedding's channels vary
+    along the frequencies only)."""
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    common = dict(sample_size=8, layers_per_block=1, block_out_channels=(16, 32), norm_num_groups=8)
+    x = torch.randn(1, 4, 8, 8, dtype=torch.float64)
+    if conditioned:
+        return diffusers.UNet2DConditionModel(
+            in_channels=4, out_channels=4, cross_attention_dim=8, attention_head_dim=4, **common,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")), (x, torch.tensor([3]), torch.randn(1, 3, 8))
+    return diffusers.UNet2DModel(in_channels=4, out_channels=4, **common,
+                                 down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                 up_block_types=("AttnUpBlock2D", "UpBlock2D")), (x, torch.tensor([3]))
+
+
+@pytest.mark.parametrize("conditioned", [False, True], ids=["UNet2DModel", "UNet2DConditionModel"])
+def test_diffusers_unets_keep_their_timestep_embedding(conditioned):
+    model, x = diffusers_unet(conditioned)
+    x = tuple(v.double() if v.is_floating_point() else v for v in x)
+    every_scheme(Sample(model), x)
+
+
+class Queries(nn.Module):
+    """Learned queries (a parameter read as a value, as DETR's) into a Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(1, 6))
+        self.conv, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.lin, self.bn2 = nn.Linear(6, 8), nn.BatchNorm1d(8)
+
+    def forward(self, x):
+        q = torch.relu(self.bn2(self.lin(self.queries.expand(x.shape[0], 6))))
+        return torch.relu(self.bn(self.conv(x))) + q[:, :, None, None]
+
+
+def test_a_layer_reading_a_parameter_as_a_value_keeps_its_columns():
+    every_scheme(Queries(), (torch.randn(2, 3, 6, 6, dtype=torch.float64),))
+
+
+class OneHead(nn.Module):
+    """Attention with one head (diffusers' ``Attention`` in a VAE's mid block): q, k and v
+    viewed as ``(batch, tokens, 1, head_dim)``."""
+
+    def __init__(self, heads: int = 1):
+        super().__init__()
+        self.heads = heads
+        self.conv, self.bn = nn.Conv1d(3, 8, 1), nn.BatchNorm1d(8)
+        self.q, self.k, self.v, self.out = (nn.Linear(8, 8) for _ in range(4))
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv(x))).transpose(1, 2)
+        b = h.shape[0]
+        q, k, v = (f(h).view(b, -1, self.heads, 8 // self.heads).transpose(1, 2)
+                   for f in (self.q, self.k, self.v))
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, 8)
+        return self.out(a) + h
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_one_head_grows_by_heads_not_by_head_dim(heads):
+    """An exported graph's ``view(b, -1, 1, 8)`` holds the channel axis whole on its last
+    axis, so its 8 followed the width: new heads became one head of a larger head_dim
+    (attention then mixed the new channels' q and k in). The 1 is the head count."""
+    x = (torch.randn(2, 3, 5, dtype=torch.float64),)
+    graph = every_scheme(OneHead(heads), x, growth=2.5, frontend="export")
+    assert any(d.free and d.unit == 8 // heads for d in graph.dims)
+
+
+def test_diffusers_vae_grows_its_one_head_attention():
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(32, 64),
+                                  layers_per_block=1, latent_channels=4, norm_num_groups=8,
+                                  down_block_types=("DownEncoderBlock2D",) * 2,
+                                  up_block_types=("UpDecoderBlock2D",) * 2)
+    every_scheme(Sample(vae), (torch.randn(1, 3, 16, 16, dtype=torch.float64),), growth=1.5)
+
+
+class UnknownBeforeTheHead(nn.Module):
+    """An op without a rule (``**``, as in MetaFormers' StarReLU) on the pooled features a head reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(self.conv(x))).mean((2, 3)) ** 2)
+
+
+def test_a_head_after_an_opaque_op_keeps_its_columns_for_one_image():
+    """For one image the opaque op's identities vary along the channels only, so the head
+    reads them as its input channels: the rewrite zeroed its columns (timm's
+    ``caformer_s18`` at ``head.fc.fc2``, ``nf_seresnet26`` at ``head.fc``, no-op plans)."""
+    every_scheme(UnknownBeforeTheHead(), (torch.randn(1, 3, 6, 6, dtype=torch.float64),))
+
+
+@pytest.mark.parametrize("name", ["nf_seresnet26", "caformer_s18"])
+def test_timm_heads_after_opaque_ops_for_one_image(name):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10).double().eval()
+    randomise_norms(model)
+    x = torch.randn(1, 3, 96, 96, dtype=torch.float64)
+    graph = fxs.analyze(model, x)
+    plan = fxs.plan(graph, fxs.liveliness(graph), target=None, scheme="prune")
+    with torch.no_grad():
+        assert same(model(x), fxs.rewrite(graph, plan).module(x))

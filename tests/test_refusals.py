@@ -210,3 +210,32 @@ def test_timm_heads_after_opaque_ops_for_one_image(name):
     plan = fxs.plan(graph, fxs.liveliness(graph), target=None, scheme="prune")
     with torch.no_grad():
         assert same(model(x), fxs.rewrite(graph, plan).module(x))
+
+
+class ChannelAttention1d(nn.Module):
+    """diffusers' ``SelfAttention1d``: one head over every channel, ``q @ kᵀ`` a plain matmul
+    contracted over the channels, between BatchNorm'd features and a 1x1 conv."""
+
+    def __init__(self, c: int = 8):
+        super().__init__()
+        self.conv, self.bn = nn.Conv1d(3, c, 3, padding=1), nn.BatchNorm1d(c)
+        self.q, self.k, self.v, self.proj = (nn.Linear(c, c) for _ in range(4))
+        self.head = nn.Conv1d(c, 2, 1)
+
+    def forward(self, x):
+        h = F.relu(self.bn(self.conv(x))).transpose(1, 2)          # (b, n, c)
+        q, k, v = self.q(h), self.k(h), self.v(h)
+        scores = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(q.shape[-1]), dim=-1)
+        return self.head((h + self.proj(scores @ v)).transpose(1, 2))
+
+
+def test_channels_contracted_between_two_computed_operands_keep_their_width():
+    """New channels of q and k (contracted by ``q @ kᵀ`` one by one) would add
+    ``q_new · k_new`` to every score: that dimension keeps its width, the rest grow."""
+    x = (torch.randn(2, 3, 5, dtype=torch.float64),)
+    graph = every_scheme(ChannelAttention1d(), x, growth=1.5)
+    held = [d for d in graph.free_dims if d.held]
+    assert len(held) == 1 and "q @ k" in held[0].held
+    plan = fxs.plan(graph, fxs.liveliness(graph), target=1.5, scheme="nr")
+    assert plan.dims[held[0].name].new_width <= held[0].width
+    assert any(p.new_width > p.width for p in plan.dims.values())

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..channels.facts import CONTRACTION
 from ..channels.unionfind import UnionFind
 from .propagation import Propagation
 
@@ -72,6 +73,8 @@ class Dimension:
     scaled: bool = False              # every layer writing it feeds its own BatchNorm and
     #                                   nothing else: γ = 0 makes a channel constant
     classes: np.ndarray = field(default=None, repr=False)
+    #: why it keeps its width though free (it may lose dead channels), or None
+    held: str | None = None
 
     @property
     def free(self) -> bool:
@@ -200,6 +203,15 @@ def _split_axes(axes, uf: UnionFind, dim_of_root: np.ndarray, chan_of_root: np.n
             zip(which[firsts].tolist(), d_at[firsts].tolist(), bounds[:-1], bounds[1:], strict=True)]
 
 
+def _held(labels: set[str], unit: int) -> str | None:
+    """Why a dimension cannot grow, from how it is coupled: channels contracted one by one
+    between two computed operands (``q @ kᵀ`` over a single head's channels) would each add
+    ``q_new · k_new`` to every product (where a head is ``unit`` channels, new heads stay apart)."""
+    if CONTRACTION in labels and unit == 1:
+        return "contracted between two computed operands (q @ kᵀ): a new channel would change the product"
+    return None
+
+
 def build_dimensions(prop: Propagation, node_names: dict[str, str]
                      ) -> tuple[list[Dimension], np.ndarray, np.ndarray]:
     """Group classes into dimensions; also return per-root (dimension, channel) lookups.
@@ -296,5 +308,6 @@ def build_dimensions(prop: Propagation, node_names: dict[str, str]
             split_by_position=split[d], repeated=c in comp_repeated or len(comp_units.get(c, ())) > 1,
             unit=max(comp_units.get(c, {1})), **grouping.get(d, {}),
             scaled=bool(writers) and writers <= followed,
-            classes=np.asarray(comp_classes[c], dtype=np.int64)))
+            classes=np.asarray(comp_classes[c], dtype=np.int64),
+            held=_held(labels[d], max(comp_units.get(c, {1})))))
     return dims, dim_of_root, chan_of_root

@@ -32,6 +32,11 @@ class Coupling(NamedTuple):
     why: str
 
 
+#: the :class:`Coupling` of the two sides of a product contracted over channels (``q @ kᵀ``):
+#: no weight reads them, and a new channel on both sides adds to every product
+CONTRACTION = "contraction"
+
+
 class Group(NamedTuple):
     """The channels ``node`` emits (or takes in), and which kind of node it is:
     ``"producer"``, ``"input"`` or ``"heads"``."""

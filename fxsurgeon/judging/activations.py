@@ -22,6 +22,7 @@ import torch
 from torch import fx
 
 from ..analysis.graph import ChannelGraph
+from ..channels.facts import CONTRACTION
 from ..channels.modes import own_run
 from ..errors import FxSurgeonError
 
@@ -43,7 +44,7 @@ def _reads(graph: ChannelGraph) -> tuple[dict[str, tuple[fx.Node, int, np.ndarra
         if free[index[index >= 0]].any():
             reads[r.node] = (nodes[r.input], r.axis, index)
     blind = [graph.global_channels(tags) for tags, label in graph.propagation.couplings
-             if label == "contraction"]
+             if label == CONTRACTION]
     return reads, np.concatenate(blind) if blind else np.zeros(0, np.int64)
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..channels.facts import Divisor, Grouped
+from ..channels.facts import CONTRACTION, Divisor, Grouped
 from ..channels.hooks import hookless_copy
 from ..channels.nodes import getattr_path, normalized, tensors_in
 from ..channels.provenance import WeightSource
@@ -425,7 +425,7 @@ class Matmul(Rule):
             k_vec, kb = tags.axis_vector(a, -1), tags.axis_vector(b, -2)
             if k_vec is None or kb is None:
                 return walk.opaque(node, args, kwargs, reason=f"matmul over a split channel axis at {where}")
-            walk.couple(k_vec, kb, "contraction")   # read without a weight
+            walk.couple(k_vec, kb, CONTRACTION)     # read without a weight
         elif a_k or b_k:
             walk.pin(a if a_k else b, f"matmul contracts channels with an operand without them at {where}")
         j_vec = None

@@ -149,6 +149,8 @@ def _cannot_grow(d, growable: bool, scheme: Scheme) -> str | None:
         return f"grouped convolution under {scheme}"
     if d.repeated:
         return "a producer repeats its channels (depthwise multiplier)"
+    if d.held:
+        return d.held
     if not growable:
         return "held in part by some axis"
     return None

@@ -41,6 +41,11 @@ import tempfile
 import time
 import warnings
 
+#: this checkout's fxsurgeon, not whichever one the environment installed (the children inherit it)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ["PYTHONPATH"] = os.pathsep.join([ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
+
 GB = 2 ** 30
 
 #: Llama shapes: hidden, layers, intermediate, heads, KV heads, vocabulary
@@ -72,6 +77,9 @@ class _Stages:
     """Times each stage and records its peak resident memory; prints a JSON line per stage
     at once, so that a run cut short by the timeout still reports the stages it finished."""
 
+    #: rows of a cProfile of each stage to print (0: none; the times then include its overhead)
+    profile = 0
+
     def __init__(self, model_gb: float | None = None):
         self.model_gb = model_gb
 
@@ -80,9 +88,22 @@ class _Stages:
         gc.collect()
         _reset_peak()
         before = _status("VmRSS")
+        prof = None
+        if self.profile and name != "build":
+            import cProfile
+            prof = cProfile.Profile()
+            prof.enable()
         t = time.perf_counter()
         out = fn()
         seconds = time.perf_counter() - t
+        if prof is not None:
+            import io
+            import pstats
+            prof.disable()
+            for order in ("cumulative", "tottime"):
+                stream = io.StringIO()
+                pstats.Stats(prof, stream=stream).sort_stats(order).print_stats(self.profile)
+                print(f"== {name}, by {order}\n" + stream.getvalue(), flush=True)
         row = {"stage": name, "s": seconds, "rss_before_gb": before, "peak_gb": _status("VmHWM"),
                "model_gb": self.model_gb}
         print(json.dumps(row), flush=True)
@@ -197,7 +218,7 @@ def run_torch_pruning(size: str, dtype: str, device: str, seq: int, keep: float)
 # ---- the parent: one process per size ---------------------------------------------------
 def _child(args, mode: str, size: str, timeout: float) -> tuple[list[dict], str | None]:
     cmd = [sys.executable, __file__, f"--{mode}", size, "--dtype", args.dtype, "--device", args.device,
-           "--seq", str(args.seq), "--keep", str(args.keep)]
+           "--seq", str(args.seq), "--keep", str(args.keep), "--profile", str(args.profile)]
     rows, error = [], None
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -209,6 +230,8 @@ def _child(args, mode: str, size: str, timeout: float) -> tuple[list[dict], str 
     for line in stdout.splitlines():
         if line.startswith("{"):
             rows.append(json.loads(line))
+        elif args.profile:
+            print(line)
     if code:
         tail = stderr.strip().splitlines()
         error = tail[-1] if tail else f"exit {code}"
@@ -299,6 +322,7 @@ def event(args) -> None:
     t = time.perf_counter()
     fxs.rewrite(graph, plan)
     rewrite_s = time.perf_counter() - t
+    print(f"fxsurgeon from {os.path.dirname(fxs.__file__)}")
     print(f"ResNet-50, 224 px, CPU ({torch.get_num_threads()} threads), batch {args.batch}")
     print(f"  NR set-up (first analysis): {setup:.2f} s")
     print(f"  training step (median of {args.steps}): {one_step:.2f} s  {[round(s, 2) for s in steps]}")
@@ -329,12 +353,16 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=3, help="--event: training steps timed (default 3)")
     p.add_argument("--dead", type=float, default=0.3, help="--event: share of γ zeroed (default 0.3)")
     p.add_argument("--top", type=int, default=25, help="--event: rows of the profile (default 25)")
+    p.add_argument("--profile", type=int, default=0,
+                   help="print this many rows of a cProfile of each stage (its times then include the "
+                        "profiler's overhead)")
     p.add_argument("--one", help=argparse.SUPPRESS)     # the child: one size, fxsurgeon
     p.add_argument("--tp", help=argparse.SUPPRESS)      # the child: one size, Torch-Pruning
     args = p.parse_args(argv)
     if args.event:
         event(args)
         return 0
+    _Stages.profile = args.profile
     if args.one:
         with tempfile.TemporaryDirectory() as out:
             pipeline(args.one, args.dtype, args.device, args.seq, args.keep, out)
@@ -348,6 +376,8 @@ def main(argv=None) -> int:
     except ImportError:
         have_tp = False
         print("torch_pruning is not importable: fxsurgeon only")
+    import fxsurgeon
+    print(f"fxsurgeon from {os.path.dirname(fxsurgeon.__file__)}")
     print(f"{os.cpu_count()} CPUs; MLP widths pruned to {args.keep} of their parameters by magnitude; "
           f"peak = the stage's resident high-water mark")
     for size in args.size.split(","):

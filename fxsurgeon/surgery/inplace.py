@@ -2,14 +2,17 @@
 
 :func:`rewrite` hands back a new GraphModule. :func:`apply` instead changes the model the
 graph was traced from, so its class, methods, attributes, hooks and every reference the
-user holds stay: each layer the graph calls takes the new layer's tensors and the
-attributes its rule synced (``in_channels``, ``num_heads`` ...), or is replaced by the new
-layer where its type changed; tensors the graph reads directly are swapped; a literal
-width the trace read from a module attribute updates that attribute. Where the model's
-``forward`` cannot follow (the rewrite added an op, a literal width sits in its code, a
-``cr``/``ca`` network is held in parts), it refuses, naming the place, and leaves the
-model as it was. Then the model's own ``forward`` runs on the example inputs and must give
-what the rewritten network gives; otherwise everything is put back and it refuses.
+user holds stay: every parameter and buffer becomes the new network's of the same name
+(under torch.fx and torch.export alike: both keep the model's names), each resized layer
+syncs its attributes as its rule says (``in_channels``, ``num_features`` ...), a layer
+whose type the rewrite changed is replaced, a layer followed by ops that fold removed
+channels' constants becomes a ``Folded`` module holding both, and a literal width the
+trace read from a module attribute updates that attribute (of several attributes holding
+it, the one with which the forward follows). Where the model's ``forward`` cannot follow
+(other ops added, a literal width in its code, a ``cr``/``ca`` network held in parts), it
+refuses, naming the place and the user's line, and leaves the model as it was. Last, the
+model's own ``forward`` runs on the example inputs and must give what the rewritten
+network gives; otherwise everything is put back and it refuses.
 """
 from __future__ import annotations
 

@@ -194,6 +194,118 @@ def _pad(keep: np.ndarray, score: np.ndarray, where: np.ndarray, count: int) -> 
     return max(short, 0)
 
 
+def _check_arguments(graph: ChannelGraph, kind: Scheme, metric: str, target: float | None, round_to: int,
+                     alpha: float | None, max_target: float, rounding: str, in_place: bool) -> None:
+    """Refuse arguments :func:`plan` cannot plan with, naming them."""
+    if metric not in METRICS:
+        raise FxSurgeonError(f"unknown metric {metric!r}: use one of {METRICS}")
+    require("round_to", round_to, lambda v: isinstance(v, int) and v >= 1, "a positive integer")
+    if rounding not in ROUNDINGS:
+        raise FxSurgeonError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+    if in_place and (not kind.grows or alpha is not None):
+        raise FxSurgeonError(f"in_place regrows every dimension to its width: it needs a growing scheme "
+                             f"and no alpha, got {kind.name!r} and alpha={alpha}")
+    if target is not None and not in_place:
+        require("target", target, lambda v: v > 0, "a finite number above 0 (of the original cost)")
+        if target > max_target and kind.grows:
+            raise FxSurgeonError(f"target {target:g} would make the network {target:g}x its cost; "
+                                 f"pass max_target={target:g} (or more) if you mean it")
+    if graph.propagation.generations and kind.grows and kind.crosses:
+        raise FxSurgeonError(f"this network has layers split by an earlier cr rewrite "
+                             f"({next(iter(graph.propagation.generations))}, ...): plan it with "
+                             f"scheme 'cr' (a new generation) or 'prune', not {kind.name!r}")
+
+
+@dataclass
+class _Start:
+    """Every dimension's survivors, before budget pruning and growth: its :class:`DimPlan`,
+    ``base`` (survivors; 0 when pinned) and ``step`` (its growth step; 0 where it does not
+    grow) per dimension; per channel ``kept`` and ``partitioned`` (in a dimension that grows:
+    split into survivors and new ones); the ``prunable`` candidates where pruning to a budget;
+    the per-channel ``scales`` that judged them."""
+
+    dims: dict[str, DimPlan]
+    base: list[int]
+    step: list[int]
+    kept: np.ndarray
+    partitioned: np.ndarray
+    prunable: list[Prunable]
+    scales: dict[str, np.ndarray]
+
+
+def _survivors(graph: ChannelGraph, alive: dict, kind: Scheme, round_to: int, kept_as_is: set[str],
+               scores: dict | None) -> _Start:
+    """Every dimension's survivors (its alive channels, or all where it keeps its width) and
+    whether it may grow; with ``scores``, its candidates for pruning to a budget."""
+    cost = graph.cost
+    growable = cost.growable()
+    # channels of dimensions that grow split into survivors and new ones (S and R); all
+    # others (pinned, or free but kept at their width) feed and read both halves
+    partitioned = np.zeros(int(cost.offsets[-1]), bool)
+    start = _Start({}, [], [], np.ones_like(partitioned), partitioned, [],
+                   channel_scales(graph, graph.free_dims))
+    for i, d in enumerate(graph.dims):
+        sl = slice(cost.offsets[i], cost.offsets[i + 1])
+        if not d.free:
+            start.dims[d.name] = DimPlan(d.name, d.width, np.arange(d.width), d.width, pinned=True)
+            start.base.append(0)
+            start.step.append(0)
+            continue
+        mask = np.asarray(alive.get(d.name, np.ones(d.width, bool)), bool)
+        whole = "fixed" if d.name in kept_as_is else _keeps_width(d)
+        if whole:
+            survivors, note = np.arange(d.width), f"{whole}: keeps its width"
+        else:
+            m = d.multiple_of if kind.grows else _multiple(d, round_to)
+            survivors, note = _keep(d, mask, m, start.scales[d.name])
+            if scores is not None:
+                start.prunable.append(_prunable(d, survivors, scores[d.name], _multiple(d, round_to)))
+        start.kept[sl] = False
+        start.kept[sl.start + survivors] = True
+        stuck = whole or _cannot_grow(d, growable[i], kind)
+        if stuck and not whole:
+            note = note or f"{stuck}: does not grow"
+        if not (whole or (d.scaled and d.sources)):
+            note = note or "no scale judges it (fxs.add_judges gives it a gate, or says why not)"
+        start.dims[d.name] = DimPlan(d.name, d.width, survivors, len(survivors), grows=not stuck, note=note)
+        start.base.append(len(survivors))
+        start.step.append(0 if stuck else _multiple(d, round_to))
+        partitioned[sl] = not stuck
+    return start
+
+
+def _prune_to_budget(graph: ChannelGraph, start: _Start, metric: str, target: float, kind: Scheme,
+                     ranking: str) -> dict[str, np.ndarray]:
+    """Keep the most important of ``start``'s prunable channels while the cost fits ``target``
+    (see :mod:`fxsurgeon.planning.budget`), updating ``start``; returns the channels silenced
+    per dimension."""
+    cost = graph.cost
+    index = {d.name: i for i, d in enumerate(graph.dims)}
+
+    def pruned_cost(chosen: dict[str, np.ndarray]) -> float:
+        mask = start.kept.copy()
+        for name, survivors in chosen.items():
+            sl = slice(cost.offsets[index[name]], cost.offsets[index[name] + 1])
+            mask[sl] = False
+            mask[sl.start + survivors] = True
+        none_added = np.zeros(len(graph.dims), np.int64)
+        return cost.count_plan(metric, mask, start.partitioned, none_added, kind.name)
+
+    try:
+        chosen = choose(start.prunable, ranking, pruned_cost, target * graph.count(metric))
+    except FxSurgeonError as err:
+        raise FxSurgeonError(f"{err}{_pinned_costs(graph, metric)}") from None
+    silenced = {}
+    for name, survivors in chosen.items():
+        i, dp = index[name], start.dims[name]
+        silenced[name] = np.setdiff1d(dp.survivors, survivors)
+        start.kept[cost.offsets[i]:cost.offsets[i + 1]] = False
+        start.kept[cost.offsets[i] + survivors] = True
+        dp.survivors, dp.new_width = survivors, len(survivors)
+        start.base[i] = len(survivors)
+    return silenced
+
+
 def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric: str = "params",
          target: float | None = 1.0, scheme: str = "nr", round_to: int = 1,
          alpha: float | None = None, max_target: float = MAX_TARGET, fixed: Fixed = None,
@@ -227,91 +339,20 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
     ``alpha`` and ``round_to`` play no part then.
     """
     kind = scheme_of(scheme)
-    if metric not in METRICS:
-        raise FxSurgeonError(f"unknown metric {metric!r}: use one of {METRICS}")
-    require("round_to", round_to, lambda v: isinstance(v, int) and v >= 1, "a positive integer")
-    if rounding not in ROUNDINGS:
-        raise FxSurgeonError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
-    if in_place and (not kind.grows or alpha is not None):
-        raise FxSurgeonError(f"in_place regrows every dimension to its width: it needs a growing scheme "
-                             f"and no alpha, got {scheme!r} and alpha={alpha}")
+    _check_arguments(graph, kind, metric, target, round_to, alpha, max_target, rounding, in_place)
     if in_place:
         target, round_to = None, 1
     searched = alpha is None            # α found for the budget (not given): rounding's leftover is spent
-    if target is not None:
-        require("target", target, lambda v: v > 0, "a finite number above 0 (of the original cost)")
-        if target > max_target and kind.grows:
-            raise FxSurgeonError(f"target {target:g} would make the network {target:g}x its cost; "
-                                 f"pass max_target={target:g} (or more) if you mean it")
-    if graph.propagation.generations and kind.grows and kind.crosses:
-        raise FxSurgeonError(f"this network has layers split by an earlier cr rewrite "
-                             f"({next(iter(graph.propagation.generations))}, ...): plan it with "
-                             f"scheme 'cr' (a new generation) or 'prune', not {scheme!r}")
     alive = alive or {}
     _check_masks(graph, alive)
     budgeted = not kind.grows and target is not None and target < 1
     if budgeted:
         scores = importance.magnitude(graph) if scores is None else scores
         _check_scores(graph, scores)
-    prunable: list[Prunable] = []
-    kept_as_is = fixed_names(graph, fixed)
-    cost = graph.cost
-    growable = cost.growable()
-    # channels of dimensions that grow split into survivors and new ones (S and R); all
-    # others (pinned, or free but kept at their width) feed and read both halves
-    partitioned = np.zeros(int(cost.offsets[-1]), bool)
-    kept = np.ones_like(partitioned)
-    base, step, dims = [], [], {}
-    scales = channel_scales(graph, graph.free_dims)
-    for i, d in enumerate(graph.dims):
-        sl = slice(cost.offsets[i], cost.offsets[i + 1])
-        if not d.free:
-            dims[d.name] = DimPlan(d.name, d.width, np.arange(d.width), d.width, pinned=True)
-            base.append(0)
-            step.append(0)
-            continue
-        mask = np.asarray(alive.get(d.name, np.ones(d.width, bool)), bool)
-        whole = "fixed" if d.name in kept_as_is else _keeps_width(d)
-        if whole:
-            survivors, note = np.arange(d.width), f"{whole}: keeps its width"
-        else:
-            m = d.multiple_of if kind.grows else _multiple(d, round_to)
-            survivors, note = _keep(d, mask, m, scales[d.name])
-            if budgeted:
-                prunable.append(_prunable(d, survivors, scores[d.name], _multiple(d, round_to)))
-        kept[sl] = False
-        kept[sl.start + survivors] = True
-        stuck = whole or _cannot_grow(d, growable[i], kind)
-        if stuck and not whole:
-            note = note or f"{stuck}: does not grow"
-        if not (whole or (d.scaled and d.sources)):
-            note = note or "no scale judges it (fxs.add_judges gives it a gate, or says why not)"
-        dims[d.name] = DimPlan(d.name, d.width, survivors, len(survivors), grows=not stuck, note=note)
-        base.append(len(survivors))
-        step.append(0 if stuck else _multiple(d, round_to))
-        partitioned[sl] = not stuck
-    if prunable:
-        def pruned_cost(chosen: dict[str, np.ndarray]) -> float:
-            mask = kept.copy()
-            for name, survivors in chosen.items():
-                sl = slice(cost.offsets[index[name]], cost.offsets[index[name] + 1])
-                mask[sl] = False
-                mask[sl.start + survivors] = True
-            return cost.count_plan(metric, mask, partitioned, np.zeros(len(graph.dims), np.int64), scheme)
-
-        index = {d.name: i for i, d in enumerate(graph.dims)}
-        silenced = {}
-        try:
-            chosen = choose(prunable, ranking, pruned_cost, target * graph.count(metric))
-        except FxSurgeonError as err:
-            raise FxSurgeonError(f"{err}{_pinned_costs(graph, metric)}") from None
-        for name, survivors in chosen.items():
-            i = index[name]
-            silenced[name] = np.setdiff1d(dims[name].survivors, survivors)
-            kept[cost.offsets[i]:cost.offsets[i + 1]] = False
-            kept[cost.offsets[i] + survivors] = True
-            dims[name].survivors, dims[name].new_width = survivors, len(survivors)
-            base[i] = len(survivors)
+    start = _survivors(graph, alive, kind, round_to, fixed_names(graph, fixed), scores if budgeted else None)
+    dims, kept, partitioned, prunable = start.dims, start.kept, start.partitioned, start.prunable
+    base, step, scales, cost = start.base, start.step, start.scales, graph.cost
+    silenced = _prune_to_budget(graph, start, metric, target, kind, ranking) if prunable else {}
     base_a, step_a, half = np.array(base), np.array(step), _half(round_to, rounding)
 
     def widths(alpha: float) -> np.ndarray:
@@ -366,7 +407,7 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
     judged = {name: scales[name][np.setdiff1d(np.arange(dp.width), dp.survivors)]
               for name, dp in dims.items() if name in scales and len(dp.survivors) < dp.width}
     return Plan(metric, scheme, target, alpha, original, budget, predicted, dims, round_to, graph.token,
-                silenced if prunable else {}, rounding, filled, in_place, judged)
+                silenced, rounding, filled, in_place, judged)
 
 
 def cost_of(p: Plan, graph: ChannelGraph, metric: str = "params") -> float:

@@ -239,3 +239,27 @@ def test_channels_contracted_between_two_computed_operands_keep_their_width():
     plan = fxs.plan(graph, fxs.liveliness(graph), target=1.5, scheme="nr")
     assert plan.dims[held[0].name].new_width <= held[0].width
     assert any(p.new_width > p.width for p in plan.dims.values())
+
+
+class PerChannelGroupNorm(nn.Module):
+    """wav2vec2's feature extractor: a conv, then a group norm with a group per channel,
+    written functionally (an exported graph's ``aten.group_norm`` is too)."""
+
+    def __init__(self, c: int = 8):
+        super().__init__()
+        self.conv = nn.Conv1d(2, c, 5, stride=2)
+        self.weight, self.bias = nn.Parameter(torch.rand(c) + 0.5), nn.Parameter(torch.randn(c))
+        self.bn = nn.BatchNorm1d(c)
+        self.head = nn.Conv1d(c, 3, 1)
+
+    def forward(self, x):
+        h = F.group_norm(self.conv(x), 8, self.weight, self.bias)
+        return self.head(F.relu(self.bn(h)))
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_a_group_per_channel_keeps_one_group_per_channel_when_it_grows(frontend):
+    """The literal group count of a functional group norm with a group per channel follows
+    the width (it stayed 8 for 12 channels: the rewrite could not build the network)."""
+    every_scheme(PerChannelGroupNorm(), (torch.randn(2, 2, 21, dtype=torch.float64),), growth=1.5,
+                 frontend=frontend)

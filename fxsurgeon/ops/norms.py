@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from ..channels.nodes import value_users
+from ..channels.nodes import getattr_path, value_users
 from .parts import part_of
 from .rule import Rule
 
@@ -138,7 +138,31 @@ class Norm(PerChannel):
             return len(nshape) == 1
         if self.flavour == "group" and groups not in (None, x.shape[1]):
             walk.pin(x, f"GroupNorm statistics over channel groups at {where}")
+        elif self.flavour == "group" and node.op != "call_module" and self._group_weight(node) is None:
+            walk.pin(x, f"GroupNorm with a group per channel and no weight whose width its count "
+                        f"could follow at {where}")
         return True
+
+    @staticmethod
+    def _group_weight(node: fx.Node) -> fx.Node | None:
+        """A functional group norm's weight, read as an attribute (None where it is not)."""
+        w = node.kwargs.get("weight", node.args[2] if len(node.args) > 2 else None)
+        return w if isinstance(w, fx.Node) and w.op == "get_attr" else None
+
+    def sync_call(self, node, root, old_root):
+        """A functional group norm with a group per channel: its literal count follows them."""
+        if self.flavour != "group" or node.op == "call_module":
+            return
+        groups, w = node.kwargs.get("num_groups", node.args[1] if len(node.args) > 1 else None), \
+            self._group_weight(node)
+        if not isinstance(groups, int) or w is None:
+            return
+        old, new = getattr_path(old_root, w.target).shape[0], getattr_path(root, w.target).shape[0]
+        if groups == old and new != old:
+            if "num_groups" in node.kwargs:
+                node.update_kwarg("num_groups", new)
+            else:
+                node.update_arg(1, new)
 
     def stream(self, node, module):
         plain_bn = module is not None and \

@@ -49,7 +49,7 @@ def _prune_mlp(model, up, every: list[int]):
 def test_a_uniformly_pruned_model_round_trips_through_save_pretrained(make, tmp_path):
     model, up = make()
     _prune_mlp(model, up, [4, 4])
-    assert sync_config(model) == {"intermediate_size": (64, 48)}
+    assert sync_config(model, TOKENS) == {"intermediate_size": (64, 48)}      # built from it: the same
     model.save_pretrained(tmp_path)
     again = type(model).from_pretrained(tmp_path).eval()
     out = (lambda o: o.logits if hasattr(o, "logits") else o.last_hidden_state)
@@ -97,3 +97,14 @@ def test_a_budget_ranked_uniform_keeps_one_mlp_width_that_the_config_can_say(tmp
     again = type(model).from_pretrained(tmp_path).eval()
     torch.testing.assert_close(again(TOKENS).logits, model(TOKENS).logits)
     assert again.generate(TOKENS, max_new_tokens=2, do_sample=False).shape == (1, 10)
+
+
+def test_a_config_that_builds_the_shapes_but_not_the_function_is_refused():
+    """Checked on an example, a config whose model has every shape but computes otherwise is
+    refused: here one that says another epsilon than the model's norms hold."""
+    model, up = _llama()
+    _prune_mlp(model, up, [4, 4])
+    model.config.rms_norm_eps = 1.0             # the norms were built with 1e-6
+    with pytest.raises(FxSurgeonError, match="computes something else on the example"):
+        sync_config(model, TOKENS)
+    assert model.config.intermediate_size == 64                 # nothing changed

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..channels.modes import evaluating
 from ..errors import FxSurgeonError
+from ..surgery.selfcheck import difference
 
 
 @dataclass(frozen=True)
@@ -62,11 +64,13 @@ def _candidates(config, changes: set[tuple[int, int]]) -> list[tuple[str, int]]:
     return list(dict.fromkeys(guesses))
 
 
-def sync_config(model: nn.Module) -> dict[str, tuple[int, int]]:
+def sync_config(model: nn.Module, example_inputs=None) -> dict[str, tuple[int, int]]:
     """Update ``model.config`` (a HuggingFace ``PretrainedConfig``) so that it builds every
     parameter of ``model`` with its current shape; returns each field changed, ``(old,
     new)``. Refused, naming the parameters and changing nothing, where no setting of its
-    integer fields does."""
+    integer fields does. With ``example_inputs`` (a tensor or a tuple), the model built from
+    the new config and given ``model``'s weights must also compute what ``model`` does on
+    them (what ``from_pretrained`` will give), else it is refused too."""
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "to_dict"):
         raise FxSurgeonError(f"{type(model).__name__} has no HuggingFace config to update")
@@ -93,6 +97,22 @@ def sync_config(model: nn.Module) -> dict[str, tuple[int, int]]:
         field, value, misfits = best
         changed[field] = (getattr(config, field), value)
         setattr(trial, field, value)
+    if example_inputs is not None and changed:
+        _check_function(model, trial, example_inputs)
     for field, (_, value) in changed.items():
         setattr(config, field, value)
     return changed
+
+
+def _check_function(model: nn.Module, config, example_inputs) -> None:
+    """Refuse ``config`` where the model it builds, with ``model``'s weights, computes other
+    outputs than ``model`` on ``example_inputs``."""
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    built = type(model)(config).to(next(model.parameters()).dtype)
+    built.load_state_dict(model.state_dict())
+    with evaluating(model), evaluating(built), torch.no_grad():
+        d = difference(model(*inputs), built(*inputs))
+    if d is None or d > 1:
+        raise FxSurgeonError(f"the config the widths need builds a {type(model).__name__} that computes "
+                             f"something else on the example: save it with fxsurgeon.save and load it "
+                             f"with fxsurgeon.load")

@@ -310,3 +310,32 @@ def test_optimizer_state_follows_neural_rescaling_as_the_gradients_do(optimizer,
             torch.testing.assert_close(after[sure], before[sure], rtol=1e-6, atol=1e-9)
             followed += origin in event.surgery.rescale_factors and bool(sure.any())
     assert followed
+
+
+@pytest.mark.parametrize("opt", ["sgd", "lbfgs"])
+def test_a_step_with_a_closure_that_zeroes_the_gradients_keeps_the_penalty(opt):
+    """The subgradient goes onto the gradients the closure makes (it zeroed them first): a
+    step through a closure moves the scales as a step after backward() does."""
+    x, y = batch()
+    models = []
+    for with_closure in (False, True):
+        model = small_net()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1) if opt == "sgd" else \
+            torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=1)
+        nr = fxs.NeuralRejuvenation(model, x[:1], optimizer, threshold=0.01, sparsity="subgradient")
+        nr.lam = 0.5
+
+        def closure(nr=nr):
+            nr.zero_grad()
+            loss = nn.functional.cross_entropy(nr.model(x), y)
+            loss.backward()
+            return loss
+        if with_closure:
+            nr.step(closure)
+        else:
+            closure()
+            nr.before_step()
+            optimizer.step(lambda: torch.tensor(0.0)) if opt == "lbfgs" else optimizer.step()
+            nr.after_step()
+        models.append(nr.model.network)
+    torch.testing.assert_close(models[0].get_submodule("1").weight, models[1].get_submodule("1").weight)

@@ -244,9 +244,18 @@ class SurgicalTraining:
 
     # ---- a step ----------------------------------------------------------------------
     def step(self, closure=None):
-        """``optimizer.step(closure)`` between :meth:`before_step` and :meth:`after_step`."""
-        self.before_step()
-        loss = self.optimizer.step(closure)
+        """``optimizer.step(closure)`` between :meth:`before_step` and :meth:`after_step`. A
+        ``closure`` gets :meth:`before_step` after each time it is evaluated: it makes the
+        gradients the subgradient goes onto (a closure zeroes them first)."""
+        if closure is None:
+            self.before_step()
+            loss = self.optimizer.step()
+        else:
+            def penalised():
+                loss = closure()
+                self.before_step()
+                return loss
+            loss = self.optimizer.step(penalised)
         self.after_step()
         return loss
 

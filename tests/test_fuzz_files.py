@@ -383,3 +383,11 @@ def test_a_negative_adam_step_is_refused(tmp_path):
     with pytest.raises(fxs.FxSurgeonError, match="the optimizer state 'step' of parameter 0 holds values "
                                                  "that are not a whole number of steps"):
         make().load(tmp_path / "adam.pt")
+
+
+def test_a_file_justifies_as_many_parameters_as_it_holds_elements_not_bytes():
+    from fxsurgeon.persistence.checkpoint import stored
+    weights = torch.zeros(1000)
+    data = {"a": weights, "b": [weights[:10], torch.zeros(10, dtype=torch.float64)],
+            "c": {"d": weights.view(10, 100)}}
+    assert stored(data) == 1010         # each storage once, in elements of its own size

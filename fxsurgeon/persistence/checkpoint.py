@@ -80,9 +80,10 @@ MAX_INFLATION = 16
 
 
 def stored(data) -> int:
-    """The bytes that the tensors anywhere in ``data`` (nested dicts and lists) hold, each
-    storage counted once: the most a file can justify building. Raises for a tensor that
-    claims more elements than its storage holds (stride 0: it would grow when copied)."""
+    """The elements that the tensors anywhere in ``data`` (nested dicts and lists) hold, each
+    storage counted once, in its tensors' element size: the most parameters a file can
+    justify building (bytes overstated it 4 to 8 times). Raises for a tensor that claims
+    more elements than its storage holds (stride 0: it would grow when copied)."""
     seen, storages, todo = set(), {}, [data]
     while todo:
         value = todo.pop()
@@ -94,7 +95,7 @@ def stored(data) -> int:
             if value.numel() * value.element_size() > storage.nbytes():
                 raise FxSurgeonError(f"it holds a tensor shaped {tuple(value.shape)} on a storage of "
                                      f"{storage.nbytes()} bytes: not one torch.save writes from a module")
-            storages[storage.data_ptr()] = storage.nbytes()
+            storages[storage.data_ptr()] = storage.nbytes() // max(value.element_size(), 1)
     return sum(storages.values())
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import math
 import sys
@@ -245,6 +246,10 @@ def _experiment(cfg: dict, args) -> None:
             print(note)
     hardware = Hardware(args.device, args.workers, args.amp, args.channels_last)
     hardware.resolve()                                  # a bad one is an error before the work
+    drawing = importlib.util.find_spec("matplotlib") is not None
+    if not drawing:
+        print("matplotlib is not installed: the runs are written without plots (pip install matplotlib)",
+              file=sys.stderr)
     out, how = Path(args.out), {"resume": args.resume, "overwrite": args.overwrite}
     outdir.check_folder(out, runs.settings(), **how)
     replacing = args.overwrite and out.is_dir() and any(out.iterdir())
@@ -252,7 +257,7 @@ def _experiment(cfg: dict, args) -> None:
         data = experiment.prepare(runs)
         with outdir.folder(out, runs.settings(), **how) as where:
             results = experiment.run(runs, data, where, args.tensorboard, not args.quiet, hardware)
-            plots = experiment.plots(results, where)
+            plots = experiment.plots(results, where) if drawing else []
     print(experiment.table(results))
     if "paper" in cfg:
         print("\n" + experiment.paper_table(results, cfg["paper"]))

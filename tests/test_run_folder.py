@@ -151,3 +151,12 @@ def test_files_and_folders_follow_the_umask(run, umask_027):
     assert run.stat().st_mode & 0o777 == 0o750
     for name in ("checkpoints/baseline-seed0.pt", "results.json", "metrics.jsonl", outdir.LOCK):
         assert (run / name).stat().st_mode & 0o777 == 0o640, name
+
+
+def test_a_run_without_matplotlib_is_written_without_plots_and_says_so(tmp_path, monkeypatch, capsys):
+    for name in ("matplotlib", "matplotlib.pyplot"):
+        monkeypatch.setitem(sys.modules, name, None)
+    out = tmp_path / "run"
+    assert main([*RUN, "--out", str(out)]) == 0
+    assert "matplotlib is not installed: the runs are written without plots" in capsys.readouterr().err
+    assert (out / "results.json").is_file() and not list(out.rglob("*.png"))

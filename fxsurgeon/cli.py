@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import importlib
 import importlib.util
 import json
@@ -140,6 +141,10 @@ def inspect(args) -> None:
     graph = analyze(model, torch.randn(args.input_shape or shape), leaf_modules=args.leaf,
                     frontend=args.frontend)
     print(graph.summary())
+    drawn = (args.dot or args.svg) and args.only
+    if drawn and not any(fnmatch.fnmatchcase(d.name, args.only) for d in graph.dims):
+        raise FxSurgeonError(f"--only {args.only!r} matches no dimension of this model (their names are "
+                             f"in the summary above): nothing to draw")
     judged = add_judges(graph, leaf_modules=args.leaf, frontend=args.frontend)
     print(judged.report(graph))
     gated = {name for name, _ in judged.gates.values()}

@@ -206,3 +206,9 @@ def test_prune_to_a_budget_prints_costs_and_latency_and_writes_the_model(tmp_pat
     graph = fxs.analyze(model, torch.randn(1, 3, 32, 32))
     full = fxs.analyze(torchvision.models.resnet18(), torch.randn(1, 3, 32, 32))
     assert graph.count("flops") <= 0.5 * full.count("flops")
+
+
+def test_only_matching_no_dimension_draws_nothing_and_says_so(tmp_path, capsys):
+    dot = tmp_path / "g.dot"
+    assert main(["inspect", "zoo:digits_cnn", "--dot", str(dot), "--only", "nothing*"]) == 2
+    assert "--only 'nothing*' matches no dimension" in capsys.readouterr().err and not dot.exists()

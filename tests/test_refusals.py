@@ -2,7 +2,6 @@
 on a small network that has it, and the real model where it is cheap."""
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -264,40 +263,3 @@ def test_a_group_per_channel_keeps_one_group_per_channel_when_it_grows(frontend)
     the width (it stayed 8 for 12 channels: the rewrite could not build the network)."""
     every_scheme(PerChannelGroupNorm(), (torch.randn(2, 2, 21, dtype=torch.float64),), growth=1.5,
                  frontend=frontend)
-
-
-class AttentionGate(nn.Module):
-    """MONAI's AttentionUnet merge: skip features (conv, BatchNorm, ReLU) times a one-channel
-    attention map ψ computed from them and a gating signal, concatenated and read by a conv."""
-
-    def __init__(self, c: int = 8):
-        super().__init__()
-        self.skip = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
-        self.gate = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
-        self.psi = nn.Sequential(nn.Conv2d(2 * c, 1, 1), nn.Sigmoid())
-        self.merge = nn.Conv2d(2 * c, 4, 3, padding=1)
-
-    def forward(self, x):
-        s, g = self.skip(x), self.gate(x)
-        psi = self.psi(torch.cat([s, g], 1))
-        return self.merge(torch.cat([s * psi, g], 1))
-
-
-def test_channels_a_computed_map_is_multiplied_into_are_not_judged_by_their_norm():
-    """A channel its BatchNorm makes constant, then multiplied by an input-dependent map,
-    carries that map: not dead, and not removable by folding a constant. Its norm does not
-    judge it (and no gate can: its channels are also read before the product), so it stays
-    alive, with the reason."""
-    graph = every_scheme(AttentionGate(), (torch.randn(2, 3, 8, 8, dtype=torch.float64),), growth=1.5)
-    skip = next(d for d in graph.free_dims if d.name.startswith("skip"))
-    assert not skip.scaled and next(d for d in graph.free_dims if d.name.startswith("gate")).scaled
-    assert fxs.liveliness(graph).get(skip.name, np.ones(1, bool)).all()
-    assert "reach other ops" in fxs.add_judges(graph).unjudged[skip.name]
-
-
-def test_monai_attention_unet_prunes_and_grows_exactly():
-    nets = pytest.importorskip("monai.networks.nets")
-    torch.manual_seed(0)
-    model = nets.AttentionUnet(spatial_dims=2, in_channels=1, out_channels=2, channels=(8, 16, 32),
-                               strides=(2, 2))
-    every_scheme(model, (torch.randn(1, 1, 32, 32, dtype=torch.float64),), growth=1.5)

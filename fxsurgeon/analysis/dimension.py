@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..channels.facts import CONTRACTION, MODULATED
+from ..channels.facts import CONTRACTION
 from ..channels.unionfind import UnionFind
 from .propagation import Propagation
 
@@ -71,8 +71,7 @@ class Dimension:
     unit: int = 1                     # positions each channel takes in a row in its
     #                                   producers' outputs (an attention head's head_dim)
     scaled: bool = False              # every layer writing it feeds its own BatchNorm and
-    #                                   nothing else, and no computed value is broadcast into
-    #                                   its channels after: γ = 0 makes a channel constant
+    #                                   nothing else: γ = 0 makes a channel constant
     classes: np.ndarray = field(default=None, repr=False)
     #: why it keeps its width though free (it may lose dead channels), or None
     held: str | None = None
@@ -308,7 +307,7 @@ def build_dimensions(prop: Propagation, node_names: dict[str, str]
             members=members[d], producers=producers, multiple_of=multiple[d],
             split_by_position=split[d], repeated=c in comp_repeated or len(comp_units.get(c, ())) > 1,
             unit=max(comp_units.get(c, {1})), **grouping.get(d, {}),
-            scaled=bool(writers) and writers <= followed and MODULATED not in labels[d],
+            scaled=bool(writers) and writers <= followed,
             classes=np.asarray(comp_classes[c], dtype=np.int64),
             held=_held(labels[d], max(comp_units.get(c, {1})))))
     return dims, dim_of_root, chan_of_root

@@ -35,10 +35,6 @@ class Coupling(NamedTuple):
 #: the :class:`Coupling` of the two sides of a product contracted over channels (``q @ kᵀ``):
 #: no weight reads them, and a new channel on both sides adds to every product
 CONTRACTION = "contraction"
-#: the :class:`Coupling` of channels that a computed value broadcast across them (an
-#: attention gate's map, a shared offset) was multiplied into or added to: a channel its
-#: norm makes constant still carries that value, so the norm cannot judge it
-MODULATED = "modulated"
 
 
 class Group(NamedTuple):

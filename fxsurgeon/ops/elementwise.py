@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from ..channels.facts import MODULATED, Coupling
+from ..channels.facts import Coupling
 from .rule import Rule
 
 
@@ -74,11 +74,9 @@ class Couple(Rule):
         if len(va) == len(vb):
             walk.couple(va, vb, self.label)
             return tags.structured(va, out_shape, axis)
-        for one, v, arg in ((b, va, node.args[1] if len(node.args) > 1 else None), (a, vb, node.args[0])):
+        for one, v in ((b, va), (a, vb)):
             if len(v) > 1 and one.shape[axis - nd + one.dim()] == 1:   # broadcast across the other's channels
                 self._broadcast(walk, node, one, axis - nd + one.dim())
-                if isinstance(arg, fx.Node) and arg not in walk.const:
-                    walk.out.couplings.append(Coupling(v, MODULATED))
                 return tags.structured(v, out_shape, axis)
         return None
 

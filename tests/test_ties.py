@@ -45,7 +45,7 @@ def _nr(lm, **kw):
 
 def _event(nr):
     with torch.no_grad():
-        nr.model.network.bn.weight[:4] = 0
+        nr.network.bn.weight[:4] = 0
     event = nr.check()
     assert event is not None and event.widths_alive["fc1"] == 12
     return event
@@ -117,3 +117,11 @@ def test_a_resumed_run_ties_the_new_model_and_a_failed_resume_leaves_the_tie(tmp
         third.load(tmp_path / "broken.pt")
     assert other.head.weight is third.model.network.emb.weight
     assert third.model.network.fc1.out_features == 16
+
+
+def test_a_tie_is_kept_when_the_surgery_changes_the_model_in_place():
+    torch.manual_seed(0)
+    lm = TiedLM()
+    nr = _nr(lm, fixed=["emb"], in_place=True)
+    _event(nr)
+    assert nr.model is lm.body and lm.head.weight is lm.body.emb.weight

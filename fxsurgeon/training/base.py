@@ -30,7 +30,7 @@ from ..surgery.inplace import Snapshot, apply
 from ..surgery.judges import Judged, add_judges
 from ..surgery.rewriter import Surgery
 from .optimizer_state import check_state, missing_parameters, optimizer_type, remap_optimizer
-from .ties import check_retie, outside_ties, refuse_resizable, retie
+from .ties import check_retie, held, outside_ties, refuse_resizable, retie
 
 T = TypeVar("T")
 
@@ -293,14 +293,15 @@ class SurgicalTraining:
         """Train ``surgery.module`` from now on: the optimizer is pointed at it, with the
         survivors' state carried, and checkpoints record the surgery (with its ``seed``)."""
         old, new = self.graph.module, surgery.module
-        check_retie(self.ties, old, new)
+        pending = held(self.ties, old)          # before an in-place change makes old new
+        check_retie(pending, new)
         new.train(self.network.training)
         remap_optimizer(self.optimizer, old, new, surgery)
         if self.in_place:       # refused where it cannot (the caller puts the optimizer back)
             apply(self.graph, surgery)
         else:
             self.model.replace(new)
-        retie(self.ties, old, new)
+        retie(pending, new)
         self._set_graph(analyze(self.network, self.example_inputs, **self._analyze_kwargs))
         if remember:
             self.history.append(record(surgery, seed))
@@ -375,15 +376,15 @@ class SurgicalTraining:
         groups = [dict(g, params=list(g["params"])) for g in opt.param_groups]
         state = {p: dict(s) for p, s in opt.state.items()}
         snapshot = Snapshot(network) if self.in_place else None
-        old = graph.module
         try:
             yield
         except BaseException:
-            retie(self.ties, self.network, old)
+            pending = held(self.ties, self.network)
             if snapshot is not None:
                 snapshot.restore()
             else:
                 self.model.replace(network)
+            retie(pending, network)
             self._set_graph(graph)
             opt.param_groups, opt.state = groups, defaultdict(dict, state)
             raise

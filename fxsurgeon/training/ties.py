@@ -66,24 +66,25 @@ def refuse_resizable(ties: list[Tie], graph, fixed: set[str]) -> None:
                 f"(NeuralRejuvenation can also keep them at their width: fixed={dims})")
 
 
-def _held(ties: list[Tie], old: nn.Module) -> list[tuple[Tie, nn.Module]]:
-    """The ties whose holder is alive and still holds its parameter of ``old``."""
-    before = dict(old.named_parameters(remove_duplicate=False))
+def held(ties: list[Tie], network: nn.Module) -> list[tuple[Tie, nn.Module]]:
+    """The ties whose holder is alive and still holds its parameter of ``network``, with the
+    holder: taken before a surgery, as one in place changes ``network`` itself."""
+    before = dict(network.named_parameters(remove_duplicate=False))
     live = [(t, t.holder()) for t in ties]
     return [(t, h) for t, h in live if h is not None and h._parameters.get(t.leaf) is before.get(t.name)]
 
 
-def check_retie(ties: list[Tie], old: nn.Module, new: nn.Module) -> None:
-    """Refuse a surgery from ``old`` to ``new`` that resizes (or drops) a tied parameter."""
+def check_retie(pending: list[tuple[Tie, nn.Module]], new: nn.Module) -> None:
+    """Refuse a surgery to ``new`` that resizes (or drops) a tied parameter of ``pending``
+    (see :func:`held`)."""
     after = dict(new.named_parameters(remove_duplicate=False))
-    for tie, holder in _held(ties, old):
+    for tie, holder in pending:
         if tie.name not in after or after[tie.name].shape != holder._parameters[tie.leaf].shape:
             raise FxSurgeonError(f"the surgery would resize parameter {tie}; it was not made")
 
 
-def retie(ties: list[Tie], old: nn.Module, new: nn.Module) -> None:
-    """Point each holder that still holds its parameter of ``old`` at the parameter of the
-    same name in ``new``."""
+def retie(pending: list[tuple[Tie, nn.Module]], new: nn.Module) -> None:
+    """Point each holder of ``pending`` (see :func:`held`) at the parameter of its name in ``new``."""
     after = dict(new.named_parameters(remove_duplicate=False))
-    for tie, holder in _held(ties, old):
+    for tie, holder in pending:
         holder._parameters[tie.leaf] = after[tie.name]

@@ -284,11 +284,9 @@ def _choices(model: nn.Module, literals: list[_Literal]) -> list[_Choice]:
     return choices
 
 
-def _mismatch(model: nn.Module, new: nn.Module, inputs: tuple) -> str | None:
-    """How ``model``'s forward differs from ``new``'s on ``inputs`` (called as the analysis
-    called it), or None where it gives the same."""
-    with own_run(new):
-        want = new(*inputs)
+def _mismatch(model: nn.Module, want, inputs: tuple) -> str | None:
+    """How ``model``'s forward on ``inputs`` (called as the analysis called it) differs from
+    ``want``, or None where it gives the same."""
     try:
         with own_run(model):
             got = model(*inputs, **stateless(model))
@@ -305,12 +303,14 @@ def _follow(model: nn.Module, new: nn.Module, inputs: tuple, choices: list[_Choi
     """Set, of each choice's attributes, the one (tried in turn where several hold the old
     width) with which ``model`` computes what ``new`` does; refuse where none does."""
     tries = list(itertools.islice(itertools.product(*[c.names for c in choices]), _MAX_TRIES))
+    with own_run(new):
+        want = new(*inputs)
     why = None
     for picked in tries:
         for c, name in zip(choices, picked, strict=True):
             for k in c.names:
                 setattr(c.owner, k, c.new if k == name else c.old)
-        why = _mismatch(model, new, inputs)
+        why = _mismatch(model, want, inputs)
         if why is None:
             return
     several = "; ".join(", ".join(c.names) for c in choices if len(c.names) > 1)

@@ -48,7 +48,8 @@ sys.path.insert(0, str(ROOT))
 
 from fxsurgeon.experiments.data import Data, load_data  # noqa: E402
 from fxsurgeon.experiments.devices import Hardware  # noqa: E402
-from fxsurgeon.experiments.loop import Recipe, train  # noqa: E402
+from fxsurgeon.experiments.loop import train  # noqa: E402
+from fxsurgeon.experiments.recipe import Recipe  # noqa: E402
 from fxsurgeon.zoo import MODELS  # noqa: E402
 
 ARMS = ("baseline", "nr", "nr-layer", "nr-norescale", "l1", "nr-ip", "nr-fs", "oracle")

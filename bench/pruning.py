@@ -28,8 +28,9 @@ import torch
 from common import device_argument
 from fxsurgeon.experiments.data import load_data
 from fxsurgeon.experiments.devices import Hardware
-from fxsurgeon.experiments.loop import Recipe, Result, train
+from fxsurgeon.experiments.loop import Result, train
 from fxsurgeon.experiments.plots import plot_tradeoff
+from fxsurgeon.experiments.recipe import Recipe
 from fxsurgeon.zoo import digits_cnn
 
 

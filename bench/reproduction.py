@@ -23,7 +23,8 @@ import torch
 
 from common import DIGITS, digits_study
 from fxsurgeon.experiments.devices import Hardware
-from fxsurgeon.experiments.loop import Recipe, train
+from fxsurgeon.experiments.loop import train
+from fxsurgeon.experiments.recipe import Recipe
 from fxsurgeon.zoo import digits_cnn
 
 

@@ -293,7 +293,7 @@ def demo_command(args) -> None:
 def _recipe_fields() -> dict:
     from dataclasses import fields
 
-    from .experiments.loop import Recipe
+    from .experiments.recipe import Recipe
     return {f.name: f for f in fields(Recipe) if f.name != "seed"}     # --seeds sets it
 
 
@@ -302,7 +302,8 @@ _RECIPE = _recipe_fields()
 
 def _training_arguments(p: argparse.ArgumentParser, cfg: dict, out: str, defaults: str) -> None:
     """The options of train and demo; ``cfg`` gives the defaults they show."""
-    from .experiments.loop import HELP, METHODS
+    from .experiments.loop import METHODS
+    from .experiments.recipe import HELP
     recipe = cfg.get("recipe", {})
     p.add_argument("--method", type=_methods, help=f"comma-separated, from {', '.join(METHODS)} "
                    f"(default {','.join(cfg.get('methods', ['nr']))})")

@@ -79,7 +79,8 @@ def _few_digits(n=128):
 
 def _train(tmp_path, epochs=3):
     from fxsurgeon.experiments.devices import Hardware
-    from fxsurgeon.experiments.loop import Recipe, train
+    from fxsurgeon.experiments.loop import train
+    from fxsurgeon.experiments.recipe import Recipe
     from fxsurgeon.zoo import digits_cnn
     torch.manual_seed(0)
     recipe = Recipe(epochs=epochs, batch_size=64)
@@ -217,7 +218,7 @@ def test_a_huge_seed_on_the_command_line_is_refused_before_anything_is_written(t
     assert main(argv) == 2
     assert "seeds must be whole numbers in [0, 2**63)" in capsys.readouterr().err and not out.exists()
     with pytest.raises(fxs.FxSurgeonError, match=r"recipe: seed must be a whole number in \[0, 2\*\*63\)"):
-        from fxsurgeon.experiments.loop import Recipe
+        from fxsurgeon.experiments.recipe import Recipe
         Recipe(seed=2 ** 64)
 
 

@@ -18,7 +18,8 @@ from PIL import Image
 import fxsurgeon as fxs
 from fxsurgeon.cli import main
 from fxsurgeon.experiments.data import load_data
-from fxsurgeon.experiments.loop import Recipe, train
+from fxsurgeon.experiments.loop import train
+from fxsurgeon.experiments.recipe import Recipe
 from fxsurgeon.zoo import digits_cnn
 from helpers.models import dead_digits_cnn
 from helpers.training import interrupt_at
@@ -383,10 +384,11 @@ def test_fp16_steps_only_on_finite_gradients_and_lowers_the_scale():
 
 def test_lr_schedule_is_constant_while_searching_then_a_cosine_or_steps():
     from fxsurgeon.experiments.methods import Method
-    run = {"start": None, "length": 6}
+    from fxsurgeon.experiments.state import Run
+    run = Run(start=None, length=6)
     steps, cosine = Method(Recipe(lr_steps=[2, 4])), Method(Recipe())
     assert steps.lr_factor(5, run) == cosine.lr_factor(5, run) == 1.0
-    run["start"] = 3
+    run.start = 3
     assert [round(steps.lr_factor(e, run), 6) for e in range(3, 10)] == [1, 1, 0.1, 0.1, 0.01, 0.01, 0.01]
     assert cosine.lr_factor(3, run) == 1 and cosine.lr_factor(6, run) == pytest.approx(0.5)
     with pytest.raises(fxs.FxSurgeonError, match="lr_steps must be increasing"):
@@ -426,6 +428,7 @@ def test_nr_prune_prunes_at_the_event_and_reallocates_nothing():
 
 def test_nr_fs_reinitialises_the_found_architecture_and_its_optimizer_state():
     from fxsurgeon.experiments.methods import FromScratch
+    from fxsurgeon.experiments.state import Run
     torch.manual_seed(0)
     model = dead_digits_cnn()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -435,9 +438,9 @@ def test_nr_fs_reinitialises_the_found_architecture_and_its_optimizer_state():
     for _ in range(3):
         torch.nn.functional.cross_entropy(nr.model(x), y).backward()
         nr.step()
-    run = {"epoch": 1, "start": None, "length": 1, "pruned": False, "done": False}
+    run = Run(epoch=1, start=None, length=1)
     how.after_epoch(nr, run, 0)                    # the check fires the event; the search ends
-    assert len(nr.events) == 1 and run["start"] == 1 and not opt.state
+    assert len(nr.events) == 1 and run.start == 1 and not opt.state
     norms = [m for m in nr.model.network.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in norms)
 

@@ -15,10 +15,8 @@ import json
 import math
 import os
 import time
-import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -27,139 +25,21 @@ from torch.utils.data import DataLoader, Subset
 from ..errors import FxSurgeonError, NoSpaceError, one_line, writing
 from ..persistence.checkpoint import MISFIT
 from ..persistence.fileformat import check_fields, problem
-from ..planning.planner import MAX_TARGET
-from ..surgery.rescaling import GOALS as RESCALE_GOALS
 from ..training.base import SurgicalTraining
-from ..training.demp import REGULARIZATIONS, Pruning
+from ..training.demp import Pruning
 from ..training.rejuvenation import Event
 from .data import Data
 from .devices import Hardware, Placement
 from .methods import METHODS as _CLASSES
-from .methods import FineTuned, Method
+from .methods import Method
 from .outdir import open_file
+from .recipe import Recipe
+from .state import SCHEMA as RUN_SCHEMA
+from .state import Resuming, Run
 
 METHODS = tuple(_CLASSES)
 PRUNING = tuple(name for name, cls in _CLASSES.items() if cls.pruning)   # their aim is sparsity
 SEARCHING = tuple(name for name, cls in _CLASSES.items() if cls.searches)  # NR and its ablations
-
-
-@dataclass
-class Recipe:
-    """Every hyper-parameter of a run (paper defaults; the demo overrides a few); what
-    each one means is in :data:`HELP`."""
-
-    epochs: int = 160
-    batch_size: int = 64
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    metric: str = "params"
-    target: float = 1.0
-    threshold: float = 0.5
-    delta_r: float = 0.01
-    delta_lambda: float = 5e-5
-    check_every: int | None = None
-    search_epochs: int = 160
-    rescale: bool | str = True
-    events: int | None = 1
-    fixed: str | None = None
-    sparsity: str = "auto"
-    round_to: int = 8
-    lr_steps: list[int] | None = None
-    equal_epochs: bool = True
-    slimming_lambda: float = 1e-4
-    prune_ratio: float = 0.5
-    finetune_epochs: int = 40
-    demp_reg: float = 1e-3
-    demp_noise: float = 1e-3
-    demp_regularization: str = "l1"
-    demp_prune_every: int | None = None
-    death_set: str = "held-out"
-    death_samples: int = 128
-    epsilon: float = 0.0
-    seed: int = 0
-
-    def __post_init__(self):
-        hints = typing.get_type_hints(Recipe)
-        for f in fields(self):
-            value = getattr(self, f.name)
-            found = problem(value, hints[f.name], f.name)
-            if found:
-                raise FxSurgeonError(f"recipe: {found}")
-            test, wanted = _LIMITS.get(f.name, (None, ""))
-            if test and value is not None and not test(value):
-                raise FxSurgeonError(f"recipe: {f.name} must be {wanted}, not {value!r}")
-
-
-#: what each recipe setting means (the command line's help)
-HELP = {
-    "epochs": "epochs of the LR schedule: the whole run, or what follows NR's search",
-    "batch_size": "training batch size",
-    "optimizer": "sgd (with momentum, the paper's) or adamw (transformers, ConvNeXts)",
-    "lr": "learning rate",
-    "momentum": "SGD momentum",
-    "weight_decay": "weight decay (AdamW's decoupled)",
-    "metric": "NR's resource: params or flops",
-    "target": "NR's budget: this times the original model's cost",
-    "threshold": "NR's T_r: an event fires when utilization falls below it",
-    "delta_r": "NR's Δr: λ grows at each check where utilization fell by less",
-    "delta_lambda": "NR's Δλ: what λ grows by",
-    "check_every": "NR: optimizer steps between checks",
-    "search_epochs": "NR: at most this many epochs at constant LR while it searches",
-    "rescale": "NR: neural rescaling at the event: layer (true), paper, gamma0 or none (false); "
-               "see docs/nr.md",
-    "events": "NR: the search ends once this many events fired (unlimited: at search_epochs)",
-    "fixed": "NR: trunk keeps residual trunks and the stem at their width, out of the L1",
-    "sparsity": "NR, DemP: the L1's form: subgradient (the paper's), proximal, or auto (by optimizer)",
-    "round_to": "NR: widths that grow are multiples of this (1: channel by channel, as the paper)",
-    "lr_steps": "epochs after the schedule's start where the LR drops ×0.1, e.g. 30,60,90 "
-                "(default: a cosine)",
-    "equal_epochs": "baseline: train as many epochs as the first NR method of its seed did (search + "
-                    "schedule), when both run",
-    "slimming_lambda": "Network Slimming's L1 on γ",
-    "prune_ratio": "slimming, magnitude: the share of channels removed",
-    "finetune_epochs": "slimming, magnitude: epochs of fine-tuning after pruning",
-    "demp_reg": "DemP: peak λ of the one-cycle regularization",
-    "demp_noise": "DemP: peak σ of the noise on live units",
-    "demp_regularization": "DemP: l1 (on the scales) or l2+ (positive part of scales and shifts)",
-    "demp_prune_every": "DemP: optimizer steps between prunings",
-    "death_set": "DemP: train (the latest training batches, as the authors' code) or held-out",
-    "death_samples": "DemP: samples in the death set",
-    "epsilon": "DemP: dead means |activation| <= epsilon on the whole death set",
-    "seed": "seed of the model's initialisation, the data order and every surgery",
-}
-
-SPARSITY = ("auto", "subgradient", "proximal")
-DEATH_SETS = ("train", "held-out")
-SEEDS = 2 ** 63         # seeds are below it: torch.manual_seed takes them, with room for seed + k
-OPTIMIZERS = ("sgd", "adamw")
-
-#: what each recipe setting must be, beyond its type
-_LIMITS = {name: (test, wanted) for names, test, wanted in [
-    (("epochs", "batch_size", "search_epochs", "check_every", "demp_prune_every", "death_samples",
-      "round_to"),
-     lambda v: v >= 1, "a whole number of at least 1"),
-    (("finetune_epochs",), lambda v: v >= 0, "a whole number of at least 0"),
-    (("lr",), lambda v: v > 0, "a positive number"),
-    (("target",), lambda v: 0 < v <= MAX_TARGET, f"a positive number, at most {MAX_TARGET:g}"),
-    (("threshold",), lambda v: 0 < v <= 1, "in (0, 1]: an event fires when utilization falls below it"),
-    (("weight_decay", "delta_r", "delta_lambda", "slimming_lambda", "demp_reg", "demp_noise", "epsilon"),
-     lambda v: v >= 0, "a number of at least 0"),
-    (("momentum", "prune_ratio"), lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    (("metric",), lambda v: v in ("params", "flops"), "params or flops"),
-    (("events",), lambda v: v >= 1, "a whole number of at least 1, or null (unlimited)"),
-    (("fixed",), lambda v: v == "trunk", "trunk or null"),
-    (("rescale",), lambda v: v in (True, False, *RESCALE_GOALS),
-     "true, false or one of " + ", ".join(RESCALE_GOALS)),
-    (("sparsity",), lambda v: v in SPARSITY, " or ".join(SPARSITY)),
-    (("optimizer",), lambda v: v in OPTIMIZERS, " or ".join(OPTIMIZERS)),
-    (("death_set",), lambda v: v in DEATH_SETS, " or ".join(DEATH_SETS)),
-    (("lr_steps",), lambda v: v == sorted(set(v)) and min(v, default=1) >= 1,
-     "increasing whole numbers of at least 1"),
-    (("demp_regularization",), lambda v: v in REGULARIZATIONS, " or ".join(REGULARIZATIONS)),
-    (("seed",), lambda v: 0 <= v < SEEDS, "a whole number in [0, 2**63)"),
-] for name in names}
 
 
 @dataclass
@@ -274,50 +154,6 @@ def _loaders(data: Data, recipe: Recipe, hold_out: int, place: Placement) -> tup
             DataLoader(data.test, 256, **how), death)
 
 
-#: the state of a run between epochs, as a checkpoint's ``extra`` holds it (of each epoch's
-#: record, what the run reads back)
-_EPOCH = {"epoch": int, "step": int, "accuracy": float, "sparsity": float}
-_RUN = {"epoch": int, "start": int | None, "length": int, "pruned": bool, "done": bool, "seconds": float,
-        "history": list[_EPOCH]}
-
-
-class _Resuming(NamedTuple):
-    """What a run's checkpoint is checked against: its method (and recipe), the optimizer
-    steps its wrapper took and the batches of an epoch."""
-
-    how: Method
-    steps: int
-    batches: int
-
-
-#: what a run's state must be beyond its types: (field, test, what it must be)
-_RUN_CHECKS = (
-    ("epoch", lambda run, at: run["epoch"] >= 0 and
-     [h["epoch"] for h in run["history"]] == list(range(1, run["epoch"] + 1)),
-     "the number of epochs its history records"),
-    ("history", lambda run, at: _steps_fit([h["step"] for h in run["history"]], at.steps, at.batches),
-     "optimizer steps in order, at most one per batch, the last one the checkpoint's"),
-    ("start", lambda run, at: run["start"] is None and at.how.searches or
-     run["start"] is not None and 0 <= run["start"] <= run["epoch"],
-     "an epoch up to the run's (None while NR searches)"),
-    ("pruned", lambda run, at: not run["pruned"] or isinstance(at.how, FineTuned),
-     "false but for a method that prunes then fine-tunes"),
-    ("length", lambda run, at: run["length"] == (at.how.recipe.finetune_epochs if run["pruned"] else
-                                                at.how.recipe.epochs),
-     "the recipe's epochs (once pruned, its finetune_epochs)"),
-    ("done", lambda run, at: not run["done"] or run["start"] is not None and
-     run["epoch"] - run["start"] >= run["length"], "true once its schedule ran"),
-    ("seconds", lambda run, at: run["seconds"] >= 0, "a duration"),
-)
-
-
-def _steps_fit(logged: list[int], steps: int, batches: int) -> bool:
-    """Whether the optimizer steps each epoch's record logged are in order, at most
-    ``batches`` an epoch, the last one the checkpoint's ``steps``."""
-    return logged == sorted(logged) and min(logged, default=0) >= 0 and \
-        steps == (logged[-1] if logged else 0) and all(s <= (i + 1) * batches for i, s in enumerate(logged))
-
-
 #: what a GradScaler's state may hold that differs from a fresh one's (the rest are its settings)
 _SCALER = {"scale": lambda v, fresh: problem(v, float) is None and v > 0,
            "_growth_tracker": lambda v, fresh: problem(v, int) is None and 0 <= v < fresh["growth_interval"]}
@@ -345,20 +181,19 @@ def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: 
         torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     wrapper = how.wrapper(model, example, opt, len(train_loader))
     original = wrapper.graph.count("params")
-    run = {"epoch": 0, "start": None if how.searches else 0, "length": recipe.epochs, "pruned": False,
-           "done": False, "seconds": 0.0, "history": []}
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: how.lr_factor(e, run))
+    run = Run(start=None if how.searches else 0, length=recipe.epochs)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: how.lr_factor(e, run))   # run as it is then
     if checkpoint is not None and checkpoint.exists():
-        run.update(_resume(wrapper, how, train_loader, place, checkpoint))
-        sched.last_epoch = run["epoch"]       # the recipe's schedule, where the run is
+        run = _resume(wrapper, how, train_loader, place, checkpoint)
+        sched.last_epoch = run.epoch          # the recipe's schedule, where the run is
         how.resumed(wrapper, run)
-    saved = run["epoch"] if checkpoint is not None and checkpoint.exists() else None
-    logger = _Logger(log, method, recipe.seed, tensorboard, progress and not run["done"], how.total_epochs(),
-                     run["epoch"])
+    saved = run.epoch if checkpoint is not None and checkpoint.exists() else None
+    logger = _Logger(log, method, recipe.seed, tensorboard, progress and not run.done, how.total_epochs(),
+                     run.epoch)
     net = wrapper.model
     net.train()
     try:
-        while not run["done"]:
+        while not run.done:
             tick = time.perf_counter()
             loss_sum, n, before = 0.0, 0, len(wrapper.surgeries)
             for x, y in train_loader:
@@ -368,7 +203,7 @@ def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: 
                     loss = F.cross_entropy(net(x), y)
                 place.step(loss, opt, wrapper.step)
                 loss_sum, n = loss_sum + loss.item() * len(y), n + len(y)
-            run["epoch"] = epoch = run["epoch"] + 1
+            run.epoch = epoch = run.epoch + 1
             how.after_epoch(wrapper, run, before)
             seconds = time.perf_counter() - tick
             sched.step()
@@ -382,22 +217,22 @@ def train(model: torch.nn.Module, data: Data, method: str, recipe: Recipe, log: 
                       "params": params, "flops": wrapper.graph.count("flops"),
                       "sparsity": 1 - params / original, "lambda": wrapper.lam, "seconds": seconds,
                       **how.metrics(wrapper)}
-            run["history"].append(record)
+            run.history.append(record)
             logger.write(record)
-            run["seconds"] += time.perf_counter() - tick
+            run.seconds += time.perf_counter() - tick
             if checkpoint is not None:
                 scaler = place.scaler.state_dict() if place.scaler else {}
-                wrapper.save(checkpoint, run=run, shuffle=train_loader.generator.get_state(),
+                wrapper.save(checkpoint, run=run.stored(), shuffle=train_loader.generator.get_state(),
                              rng=torch.get_rng_state(), scaler=scaler)
                 saved = epoch
     except NoSpaceError as err:
         raise NoSpaceError(err.path, _last_good(checkpoint, saved)) from None
     finally:
         logger.close()
-    accuracies = [h["accuracy"] for h in run["history"]]
+    accuracies = [h["accuracy"] for h in run.history]
     result = Result(method, recipe.seed, int(wrapper.graph.count("params")),
-                    int(wrapper.graph.count("flops")), accuracies[-1], max(accuracies), run["epoch"],
-                    run["seconds"], run["history"], list(wrapper.surgeries))
+                    int(wrapper.graph.count("flops")), accuracies[-1], max(accuracies), run.epoch,
+                    run.seconds, run.history, list(wrapper.surgeries))
     return wrapper.network, result
 
 
@@ -411,19 +246,16 @@ def _last_good(checkpoint: Path | None, epoch: int | None) -> str:
 
 
 def _resume(wrapper: SurgicalTraining, how: Method, loader: DataLoader, place: Placement,
-            checkpoint: Path) -> dict:
+            checkpoint: Path) -> Run:
     """Load a run's checkpoint into its fresh wrapper, shuffling, gradient scaler and
     torch's generator; returns the run's state. The recipe the run was started with is the
     truth: every number the checkpoint holds must be one it makes."""
     fresh = [{k: v for k, v in g.items() if k != "params"} for g in wrapper.optimizer.param_groups]
     extra = wrapper.load(checkpoint)
     try:
-        check_fields(extra, {"run": _RUN, "shuffle": torch.Tensor, "rng": torch.Tensor, "scaler": dict})
-        run, at = extra["run"], _Resuming(how, wrapper.steps, len(loader))
-        for name, test, wanted in _RUN_CHECKS:
-            if not test(run, at):
-                raise FxSurgeonError(f"its run's {name} is {run[name]!r:.60}, and must be {wanted}")
-        _check_hyperparameters(wrapper.optimizer, fresh, how.lr_factor(run["epoch"], run))
+        check_fields(extra, {"run": RUN_SCHEMA, "shuffle": torch.Tensor, "rng": torch.Tensor, "scaler": dict})
+        run = Run.checked(extra["run"], Resuming(how, wrapper.steps, len(loader)))
+        _check_hyperparameters(wrapper.optimizer, fresh, how.lr_factor(run.epoch, run))
         loader.generator.set_state(extra["shuffle"])
         torch.set_rng_state(extra["rng"])
         if place.scaler is not None and extra["scaler"]:

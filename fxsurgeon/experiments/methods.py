@@ -2,10 +2,8 @@
 its optimizer wrapper, its learning-rate schedule, what it does after an epoch and the
 metrics it logs.
 
-The state a method changes between epochs lives in the run's dict (checkpointed with
-it): ``epoch``, ``start`` (the epoch its decaying schedule starts; None while NR
-searches at a constant LR), ``length`` (that schedule's epochs), ``pruned`` and
-``done``.
+The state a method changes between epochs is the run's
+:class:`~fxsurgeon.experiments.state.Run` (checkpointed with it).
 """
 from __future__ import annotations
 
@@ -22,6 +20,7 @@ from ..surgery.rewriter import rewrite
 from ..training.base import SurgicalTraining, one_per_surgery
 from ..training.demp import DemP, Pruning
 from ..training.rejuvenation import NeuralRejuvenation
+from .state import Run
 
 
 class PlainTraining(SurgicalTraining):
@@ -74,6 +73,7 @@ class Method:
 
     searches = False        # a constant LR until the search ends (NR), then the schedule
     pruning = False         # its aim is sparsity (the sparsity plot)
+    prunes_then_tunes = False   # prunes once its schedule is done, then fine-tunes
 
     def __init__(self, recipe):
         self.recipe = recipe
@@ -89,25 +89,25 @@ class Method:
         """The run's length, when known before it starts (the progress bar's)."""
         return self.recipe.epochs
 
-    def lr_factor(self, epoch: int, run: dict) -> float:
-        """The LR multiplier at ``epoch``: 1 before ``run["start"]``, then the recipe's
+    def lr_factor(self, epoch: int, run: Run) -> float:
+        """The LR multiplier at ``epoch``: 1 before ``run.start``, then the recipe's
         cosine, or its steps (×0.1 at each of ``lr_steps`` epochs after the start)."""
-        if run["start"] is None or epoch < run["start"]:
+        if run.start is None or epoch < run.start:
             return 1.0
-        t = min(epoch - run["start"], run["length"])
+        t = min(epoch - run.start, run.length)
         if self.recipe.lr_steps is not None:
             return 0.1 ** sum(t >= s for s in self.recipe.lr_steps)
-        return 0.5 * (1 + math.cos(math.pi * t / run["length"]))
+        return 0.5 * (1 + math.cos(math.pi * t / run.length))
 
     def on_batch(self, x: torch.Tensor) -> None:
         """Called with every training batch's inputs, before its step."""
 
-    def after_epoch(self, wrapper, run: dict, surgeries_before: int) -> None:
-        """Update ``run`` once ``run["epoch"]`` is done: by default the run is done when
-        its schedule is."""
-        run["done"] = run["start"] is not None and run["epoch"] - run["start"] >= run["length"]
+    def after_epoch(self, wrapper, run: Run, surgeries_before: int) -> None:
+        """Update ``run`` once ``run.epoch`` is done: by default the run is done when its
+        schedule is."""
+        run.done = run.start is not None and run.epoch - run.start >= run.length
 
-    def resumed(self, wrapper, run: dict) -> None:
+    def resumed(self, wrapper, run: Run) -> None:
         """Bring a wrapper just loaded from a checkpoint to where ``run`` stands."""
 
     def metrics(self, wrapper) -> dict:
@@ -119,6 +119,7 @@ class FineTuned(Method):
     is :meth:`dead`'s choice."""
 
     pruning = True
+    prunes_then_tunes = True
 
     def total_epochs(self) -> int:
         return self.recipe.epochs + self.recipe.finetune_epochs
@@ -128,10 +129,10 @@ class FineTuned(Method):
 
     def after_epoch(self, wrapper, run, surgeries_before):
         super().after_epoch(wrapper, run, surgeries_before)
-        if run["done"] and not run["pruned"]:
+        if run.done and not run.pruned:
             wrapper.prune(self.dead(wrapper.graph))
-            run.update(start=run["epoch"], length=self.recipe.finetune_epochs, pruned=True,
-                       done=self.recipe.finetune_epochs == 0)
+            run.start, run.length, run.pruned = run.epoch, self.recipe.finetune_epochs, True
+            run.done = self.recipe.finetune_epochs == 0
 
 
 class Slimming(FineTuned):
@@ -227,13 +228,13 @@ class Rejuvenation(Method):
         if self.recipe.check_every is None:
             wrapper.check()
         spent = self.recipe.events is not None and len(wrapper.events) >= self.recipe.events
-        if run["start"] is None and (spent or run["epoch"] >= self.recipe.search_epochs):
-            run["start"] = run["epoch"]
+        if run.start is None and (spent or run.epoch >= self.recipe.search_epochs):
+            run.start = run.epoch
             wrapper.end_search()
         super().after_epoch(wrapper, run, surgeries_before)
 
     def resumed(self, wrapper, run):
-        if run["start"] is not None:
+        if run.start is not None:
             wrapper.end_search()
 
     def metrics(self, wrapper):
@@ -291,9 +292,9 @@ class FromScratch(Rejuvenation):
     scratch on the full schedule."""
 
     def after_epoch(self, wrapper, run, surgeries_before):
-        searching = run["start"] is None
+        searching = run.start is None
         super().after_epoch(wrapper, run, surgeries_before)
-        if searching and run["start"] is not None and wrapper.events:
+        if searching and run.start is not None and wrapper.events:
             for m in wrapper.network.modules():
                 if hasattr(m, "reset_parameters"):
                     m.reset_parameters()

@@ -17,8 +17,9 @@ from ..persistence.fileformat import problem, regular_size
 from ..zoo.specs import load_model
 from .data import Data, load_data
 from .devices import Hardware
-from .loop import METHODS, PRUNING, SEARCHING, SEEDS, Recipe, Result, finite, train
+from .loop import METHODS, PRUNING, SEARCHING, Result, finite, train
 from .outdir import open_file
+from .recipe import SEEDS, Recipe
 
 #: the demo: a capacity-limited net on the digits that ship with scikit-learn; λ grows
 #: fast enough for an event within a few epochs (the paper's Δλ = 5e-5 needs ~100)

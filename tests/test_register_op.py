@@ -122,3 +122,80 @@ def test_a_subclass_keeps_its_bases_rule_only_with_its_forward():
 def test_a_dotted_name_registers_a_class_without_importing_it():
     fxs.register_op(f"{__name__}.Swish", fxs.ops.Carry())
     assert isinstance(fxs.ops.TABLE.module_rule(Swish()), fxs.ops.Carry)
+
+
+class Scale(nn.Module):
+    """A per-channel scale torch.fx cannot trace, known only to the analyses given its rule
+    (nothing registers it process-wide)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.g = nn.Parameter(torch.rand(c) + 0.5)
+
+    def forward(self, x):
+        if x.dim() != 4:
+            raise ValueError("images only")
+        return x * self.g.view(1, -1, 1, 1)
+
+
+def scaled_net():
+    net = nn.Sequential(nn.Conv2d(3, 12, 3, padding=1), Scale(12), nn.ReLU(), nn.Conv2d(12, 4, 1))
+    return net.double().eval()
+
+
+def test_rules_given_to_one_analysis_serve_its_passes_and_no_other():
+    rule = fxs.ops.PerChannel({"g": 1.0}, scale="g", homogeneous=True)
+    model, x = scaled_net(), torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    graph = fxs.analyze(model, x, ops={Scale: rule})
+    assert graph.frontend == "fx" and [m.tensor for m in graph["0"].sources] == ["1.g"]
+    assert fxs.ops.TABLE.module_rule(model[1]) is None           # the process-wide table is as it was
+    assert fxs.analyze(scaled_net(), x).frontend == "export"     # another analysis does not see the rule
+    with torch.no_grad():
+        model[1].g[:5] = 0
+    alive = fxs.liveliness(graph)
+    assert int((~alive["0"]).sum()) == 5
+    for scheme in ("prune", "nr", "cr", "ca"):
+        plan = fxs.plan(graph, alive, target=None if scheme == "prune" else 1.0, scheme=scheme)
+        surgery = fxs.rewrite(graph, plan, rescale=scheme == "ca")
+        assert torch.allclose(model(x), surgery.module(x), rtol=0, atol=1e-10), scheme
+        again = fxs.analyze(surgery.module, x)                   # a rewritten network keeps its rules
+        assert again.count("params") == sum(p.numel() for p in surgery.module.parameters()) == plan.predicted
+        assert [d.name for d in again.free_dims] == [d.name for d in graph.free_dims], scheme
+    prune = fxs.rewrite(graph, fxs.plan(graph, alive, target=None, scheme="prune"))
+    y = model(x)
+    assert fxs.apply(graph, prune) is model and model[1].g.shape == (7,)
+    assert torch.allclose(model(x), y, rtol=0, atol=1e-10)
+
+
+def test_rules_in_scope_win_over_the_tables_and_leave_with_it():
+    from fxsurgeon.ops.table import scope, scoped
+    mine = fxs.ops.Carry()
+    table = scoped({nn.ReLU: mine, "relu": mine})
+    builtin = fxs.ops.TABLE.module_rule(nn.ReLU())
+    with scope(table):
+        assert fxs.ops.TABLE.module_rule(nn.ReLU()) is mine
+        assert fxs.ops.TABLE.module_rule(nn.Conv2d(1, 1, 1)) is not None      # the rest is the table's
+    assert fxs.ops.TABLE.module_rule(nn.ReLU()) is builtin
+    with pytest.raises(fxs.FxSurgeonError, match="ops must be a dict"):
+        fxs.analyze(nn.ReLU(), torch.randn(1, 3), ops=[mine])
+    with pytest.raises(fxs.FxSurgeonError, match="needs a fxsurgeon.ops.Rule"):
+        fxs.analyze(nn.ReLU(), torch.randn(1, 3), ops={nn.ReLU: "carry"})
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_rejuvenation_keeps_one_analysis_rules_across_its_events(in_place):
+    """NR analyses again after every event: the rules it was given serve each analysis."""
+    torch.manual_seed(0)
+    model, x = scaled_net(), torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    nr = fxs.NeuralRejuvenation(model, x[:1], opt, threshold=1.0, scheme="nr", in_place=in_place,
+                                ops={Scale: fxs.ops.PerChannel({"g": 1.0}, scale="g", homogeneous=True)})
+    assert nr.graph.frontend == "fx" and [d.name for d in nr.graph.free_dims] == ["0"]
+    with torch.no_grad():
+        model[1].g[:5] = 0
+    nr.model.eval()
+    before = nr.model(x)
+    event = nr.check()
+    assert event is not None and event.widths_alive["0"] == 7
+    torch.testing.assert_close(nr.model(x), before, rtol=1e-9, atol=1e-12)
+    assert [d.name for d in nr.graph.free_dims] == ["0"] and nr.graph.ops is not None

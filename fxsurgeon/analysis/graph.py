@@ -11,6 +11,8 @@ from torch.utils._pytree import tree_flatten
 
 from ..channels.hooks import lost_hooks, share_hooks
 from ..errors import FxSurgeonError, UntraceableModelError
+from ..ops.table import META as OPS_META
+from ..ops.table import OpTable, rules_of, scope, scoped
 from .cost import CostModel
 from .dimension import Dimension, build_dimensions
 from .export_frontend import export_module, layer_names
@@ -44,6 +46,8 @@ class ChannelGraph:
         self.token = next(_TOKENS)        # plans remember the graph they were made for
         #: the user's hooks the traced network never calls (see :func:`check_hooks`)
         self.lost_hooks: list[str] = []
+        #: the rules this analysis was given (``analyze(ops=...)``), in scope for its passes
+        self.ops: OpTable | None = None
         self._by_name = {d.name: d for d in dims}
 
     def __getitem__(self, name: str) -> Dimension:
@@ -115,7 +119,8 @@ def _node_names(gm: fx.GraphModule) -> dict[str, str]:
 
 def analyze(model: nn.Module, example_inputs, *, leaf_modules: Iterable[type] = (),
             autowrap_functions: Iterable[Callable] = (),
-            concrete_args: dict | None = None, frontend: str = "auto") -> ChannelGraph:
+            concrete_args: dict | None = None, frontend: str = "auto",
+            ops: dict | None = None) -> ChannelGraph:
     """Trace ``model`` and build its :class:`ChannelGraph`.
 
     ``example_inputs`` is a tensor or a tuple of positional inputs, each a tensor or a
@@ -131,7 +136,24 @@ def analyze(model: nn.Module, example_inputs, *, leaf_modules: Iterable[type] = 
     example inputs. ``graph.frontend`` says which one did. A GraphModule (a network
     fxsurgeon rewrote, or put judges into) is analysed as it is, whatever ``frontend``
     says: exporting it again would take its own layers apart.
+
+    ``ops`` (``{target: rule}``, targets as :func:`~fxsurgeon.ops.register_op` takes
+    them) teaches this analysis alone: its rules win over the process-wide table's while
+    this graph is analysed, rewritten and applied, and a network rewritten from it keeps
+    them (analysing it again reads them); nothing else sees them.
     """
+    table = scoped(ops) if ops is not None else rules_of(model)
+    with scope(table):
+        graph = _analyze(model, example_inputs, leaf_modules, autowrap_functions, concrete_args, frontend)
+    graph.ops = table
+    if table is not None:
+        graph.module.meta[OPS_META] = table
+    return graph
+
+
+def _analyze(model, example_inputs, leaf_modules, autowrap_functions, concrete_args,
+             frontend) -> ChannelGraph:
+    """:func:`analyze` with its rules in scope."""
     if not isinstance(model, nn.Module):
         raise FxSurgeonError(f"analyze() needs a torch.nn.Module, got {type(model).__name__}")
     if frontend not in FRONTENDS:

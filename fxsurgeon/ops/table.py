@@ -4,10 +4,16 @@ Keys are module types, functions, tensor method names, or dotted names
 (``"package.module.Name"``) of classes and functions from libraries fxsurgeon does not
 import. A module subclass uses its base's rule as long as it does not override
 ``forward``; an op without a rule is :class:`~fxsurgeon.ops.rule.Opaque`.
+
+:func:`register_op` teaches the process-wide :data:`TABLE`; ``fxs.analyze(model, x,
+ops={MyLayer: rule})`` teaches one analysis only: its rules are in scope (:func:`scope`)
+while that graph is analysed, rewritten or applied, and win over the table's.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from torch import fx, nn
 
@@ -25,11 +31,18 @@ def dotted(obj) -> str:
 class OpTable:
     """Rules by module type, function, method name or dotted name."""
 
-    def __init__(self):
+    def __init__(self, rules: dict | None = None):
         self._types: dict[type, Rule] = {}
         self._functions: dict[Callable, Rule] = {}
         self._methods: dict[str, Rule] = {}
         self._dotted: dict[str, Rule] = {}
+        for target, rule in (rules or {}).items():
+            self.register(target, rule)
+
+    def _tables(self) -> tuple[OpTable, ...]:
+        """The tables a lookup reads, first match winning: the rules in scope, then these."""
+        scoped = _SCOPE.get() if self is TABLE else None
+        return (scoped, self) if scoped is not None else (self,)
 
     def register(self, target, rule: Rule) -> None:
         """Use ``rule`` for ``target``: a module class, a function, a tensor method name
@@ -54,17 +67,22 @@ class OpTable:
         for base in cls.__mro__:
             if base is nn.Module:
                 break
-            rule = self._types.get(base) or self._dotted.get(dotted(base))
+            rule = next((r for t in self._tables() for r in (t._types.get(base), t._dotted.get(dotted(base)))
+                         if r is not None), None)
             if rule is not None:
                 return rule if base is cls or base.forward is cls.forward else None
         return None
 
     def function_rule(self, fn) -> Rule | None:
-        try:
-            rule = self._functions.get(fn)
-        except TypeError:          # an unhashable callable
-            rule = None
-        return rule or self._dotted.get(dotted(fn))
+        for t in self._tables():
+            try:
+                rule = t._functions.get(fn)
+            except TypeError:          # an unhashable callable
+                rule = None
+            rule = rule or t._dotted.get(dotted(fn))
+            if rule is not None:
+                return rule
+        return None
 
     def lookup(self, node: fx.Node, modules: dict[str, nn.Module]) -> Rule:
         """The rule of a ``call_*`` node (:class:`Opaque` where there is none)."""
@@ -73,12 +91,49 @@ class OpTable:
         elif node.op == "call_function":
             rule = self.function_rule(node.target)
         else:
-            rule = self._methods.get(node.target)
+            rule = next((r for t in self._tables() if (r := t._methods.get(node.target)) is not None), None)
         return rule or _OPAQUE
 
 
 #: the table every pass reads
 TABLE = OpTable()
+#: the rules of the analysis in hand (see :func:`scope`), read before :data:`TABLE`'s
+_SCOPE: ContextVar[OpTable | None] = ContextVar("fxsurgeon_ops", default=None)
+
+
+def scoped(rules: dict | OpTable | None) -> OpTable | None:
+    """``rules`` (``{target: rule}``, targets as :func:`register_op` takes them) as a table
+    of their own, checked now; None for none."""
+    if rules is None or isinstance(rules, OpTable):
+        return rules
+    if not isinstance(rules, dict):
+        raise FxSurgeonError(f"ops must be a dict {{target: fxsurgeon.ops.Rule}}, got {type(rules).__name__}")
+    return OpTable(rules)
+
+
+#: the GraphModule meta key holding the rules it was analysed with (a rewrite's network
+#: keeps them, so that analysing it again reads them)
+META = "fxs_ops"
+
+
+def rules_of(module) -> OpTable | None:
+    """The rules ``module`` (a GraphModule fxsurgeon made) was analysed with, if any."""
+    return module.meta.get(META) if isinstance(module, fx.GraphModule) else None
+
+
+@contextmanager
+def scope(table: OpTable | None) -> Iterator[None]:
+    """Within it, :data:`TABLE` reads ``table``'s rules first (one analysis's ``ops``);
+    ``None`` leaves the rules in scope as they are. Per thread and task, as a
+    :class:`~contextvars.ContextVar` is."""
+    if table is None:
+        yield
+        return
+    token = _SCOPE.set(table)
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
 
 
 def register_op(target, rule: Rule) -> None:

@@ -9,6 +9,7 @@ from torch import fx
 
 from ..layers.streamed import canonical
 from ..ops import TABLE
+from ..ops.table import rules_of, scope
 
 
 def export(module: fx.GraphModule) -> fx.GraphModule:
@@ -20,13 +21,14 @@ def export(module: fx.GraphModule) -> fx.GraphModule:
     (:mod:`fxsurgeon.surgery.streams`) is deployed in its plain form. Judges
     (:class:`~fxsurgeon.layers.gate.Gate`) are folded into the layers that read them."""
     out = copy.deepcopy(canonical(module))
-    for name, m in list(out.named_modules()):
-        rule = TABLE.module_rule(m) if name else None
-        standard = rule.unpack(m) if rule is not None else None
-        if standard is not None:
-            owner, _, leaf = name.rpartition(".")
-            setattr(out.get_submodule(owner) if owner else out, leaf, standard)
-    fold_gates(out)
+    with scope(rules_of(module)):
+        for name, m in list(out.named_modules()):
+            rule = TABLE.module_rule(m) if name else None
+            standard = rule.unpack(m) if rule is not None else None
+            if standard is not None:
+                owner, _, leaf = name.rpartition(".")
+                setattr(out.get_submodule(owner) if owner else out, leaf, standard)
+        fold_gates(out)
     # a plain GraphModule: torch.fx's lazy one (what tracing makes, so every rewrite too)
     # does not script with TorchScript. It holds every submodule of the copy, not only those
     # its graph reads (a rewrite carries the user's unused ones, an aux head in eval mode).

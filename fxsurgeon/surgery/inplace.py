@@ -28,6 +28,7 @@ from ..channels.modes import own_run
 from ..channels.nodes import getattr_path
 from ..errors import FxSurgeonError, one_line
 from ..ops import TABLE
+from ..ops.table import scope
 from .selfcheck import difference
 
 #: a module's own tables, never copied as attributes
@@ -339,8 +340,9 @@ def apply(graph, surgery) -> nn.Module:
     literals = _changed_literals(graph.module.graph, new.graph, folds)
     snapshot = Snapshot(model)
     try:
-        _take_tensors(model, new, _swap_layers(model, new) | _put_folded_layers(model, new, folds))
-        _follow(model, new, graph.example_inputs, _choices(model, literals))
+        with scope(graph.ops):
+            _take_tensors(model, new, _swap_layers(model, new) | _put_folded_layers(model, new, folds))
+            _follow(model, new, graph.example_inputs, _choices(model, literals))
     except FxSurgeonError:
         snapshot.restore()
         raise

@@ -35,6 +35,7 @@ from ..judging.liveliness import channel_scales
 from ..layers.partitioned import Partitioned
 from ..layers.schemes import SCHEMES, Scheme, scheme_of
 from ..ops import TABLE, Rule
+from ..ops.table import scope
 from ..planning.planner import Plan
 from .folding import constant_sources, fold_constants, held_reads, removed_reads, watched
 from .matching import is_identity, match, take
@@ -266,7 +267,8 @@ def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: in
                                  f"{layout.new_size(r.tags)} input channels, not a multiple of its "
                                  f"{r.divisor} groups: plan it again")
     try:
-        return _build(graph, plan, scheme, layout, seed, fold, rescale, gamma0, check)
+        with scope(graph.ops):        # the new network is a copy: its meta keeps the rules
+            return _build(graph, plan, scheme, layout, seed, fold, rescale, gamma0, check)
     except FxSurgeonError:
         raise
     except Exception as exc:  # noqa: BLE001 - a crash is a refusal that names its cause

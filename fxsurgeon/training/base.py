@@ -23,6 +23,7 @@ from ..analysis.graph import ChannelGraph, analyze, check_hooks
 from ..analysis.tracing import as_tuple, generated
 from ..errors import FxSurgeonError, one_line
 from ..judging.fixed import Fixed, fixed_names
+from ..ops.table import scope
 from ..persistence.checkpoint import MISFIT, RECORD, check_finite, read, stored
 from ..persistence.fileformat import FINGERPRINT, check_fields, check_format, fingerprint, first_difference
 from ..persistence.history import record, replay, write_atomic
@@ -296,11 +297,12 @@ class SurgicalTraining:
         pending = held(self.ties, old)          # before an in-place change makes old new
         check_retie(pending, new)
         new.train(self.network.training)
-        remap_optimizer(self.optimizer, old, new, surgery)
-        if self.in_place:       # refused where it cannot (the caller puts the optimizer back)
-            apply(self.graph, surgery)
-        else:
-            self.model.replace(new)
+        with scope(self.graph.ops):
+            remap_optimizer(self.optimizer, old, new, surgery)
+            if self.in_place:       # refused where it cannot (the caller puts the optimizer back)
+                apply(self.graph, surgery)
+            else:
+                self.model.replace(new)
         retie(pending, new)
         self._set_graph(analyze(self.network, self.example_inputs, **self._analyze_kwargs))
         if remember:

@@ -5,7 +5,7 @@ Every model is analysed (its parameter count must be exact), then 30 % of every 
 dimension's BatchNorm γ are zeroed and ``prune``, ``nr``, ``cr`` and ``ca`` (rescaled)
 must compute the same function in float64, or refuse with an ``FxSurgeonError``
 naming the cause, for each of ``--draws`` random dead sets (a scheme is "same" only
-when it is for every draw) (``tests/coverage_check.py`` does one model; ``tests/test_coverage.py``
+when it is for every draw) (``fxsurgeon/experiments/coverage.py`` does one model; ``tests/test_coverage.py``
 asserts the same). Each model runs in its own process, so a crash, a timeout or
 running out of memory costs only that model. timm contributes one model per
 architecture family (the smallest), or every model with ``--full``.
@@ -17,7 +17,7 @@ architecture family (the smallest), or every model with ``--full``.
     python bench/coverage.py --full                 # every timm model (many hours)
     python bench/coverage.py --frontend export --only levit --out docs/coverage-export.md
     python bench/coverage.py --resume               # go on where an interrupted sweep stopped
-    python bench/coverage.py --families             # recompute tests/coverage_check.TIMM_FAMILIES
+    python bench/coverage.py --families             # recompute fxsurgeon.experiments.coverage.TIMM_FAMILIES
 """
 from __future__ import annotations
 
@@ -34,11 +34,11 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # this checkout's fxsurgeon, and the test helpers
+sys.path.insert(0, str(ROOT))  # this checkout's fxsurgeon, whatever the environment installed
 
-import coverage_check  # noqa: E402 - importable only now
-from coverage_check import SCHEMES, SOURCES  # noqa: E402
-from fxsurgeon.analysis.graph import FRONTENDS  # noqa: E402
+from fxsurgeon.analysis.graph import FRONTENDS  # noqa: E402 - importable only now
+from fxsurgeon.experiments import coverage  # noqa: E402
+from fxsurgeon.experiments.coverage import SCHEMES, SOURCES  # noqa: E402
 
 
 def _worker(spec: str, args) -> None:
@@ -46,7 +46,7 @@ def _worker(spec: str, args) -> None:
     import torch
     torch.set_num_threads(int(os.environ.get("COVERAGE_THREADS", "1")))
     source, name = spec.split(":", 1)
-    record = coverage_check.check(source, name, args.max_params, args.device, args.frontend, args.draws)
+    record = coverage.check(source, name, args.max_params, args.device, args.frontend, args.draws)
     record["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     print(json.dumps(record))
 
@@ -171,7 +171,7 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="every timm model, not one per family")
     parser.add_argument("--jobs", type=int, default=2, help="models checked at once (default 2)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per model (default 1800)")
-    parser.add_argument("--max-params", type=int, default=coverage_check.MAX_PARAMS,
+    parser.add_argument("--max-params", type=int, default=coverage.MAX_PARAMS,
                         help="skip bigger models (default %(default)s)")
     parser.add_argument("--device", default="cpu", help="where the models run (default cpu)")
     parser.add_argument("--frontend", default="auto", choices=FRONTENDS,
@@ -189,9 +189,9 @@ def main() -> None:
     if args.worker:
         return _worker(args.worker, args)
     if args.families:
-        return print(json.dumps(coverage_check.smallest_per_family(), indent=1))
+        return print(json.dumps(coverage.smallest_per_family(), indent=1))
     specs = [f"{source}:{name}" for source in args.source.split(",")
-             for name in coverage_check.models(source, args.full)
+             for name in coverage.models(source, args.full)
              if not args.only or any(p in name for p in args.only.split(","))]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,12 +1,12 @@
 """Coverage on models nobody here wrote: on every model ``bench/coverage.py`` sweeps, the
 analysis counts parameters exactly and each scheme keeps the function or refuses with
-an ``FxSurgeonError`` (``coverage_check.check`` does the work). CI runs a sample of
+an ``FxSurgeonError`` (``fxsurgeon.experiments.coverage.check`` does the work). CI runs a sample of
 cheap, diverse models; ``pytest --full`` runs them all (an hour or more)."""
 import pytest
 
 pytest.importorskip("timm")
 
-from coverage_check import SCHEMES, SOURCES, check, models, worse  # noqa: E402 - needs timm
+from fxsurgeon.experiments.coverage import SCHEMES, SOURCES, check, models, worse  # noqa: E402 - needs timm
 
 #: cheap (seconds each) and diverse: a plain ResNet; timm's BatchNormAct2d (depthwise,
 #: squeeze-excitation); a ViT (LayerNorm: it grows at 1.5x); ghost modules (a

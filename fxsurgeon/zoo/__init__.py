@@ -1,6 +1,7 @@
 """The paper's CIFAR architectures, written for fxsurgeon (input 3x32x32), its ImageNet
 VGG-16 (3x224x224), the demo's small network for 1x8x8 digits, and a ViT and a ConvNeXt
-for the same digits, and one-dimensional CNNs for MNIST-1D."""
+for the same digits, and one-dimensional CNNs for MNIST-1D; :mod:`.dead` makes channels
+dead on purpose, to check a surgery keeps a model's function."""
 from .cnn1d import Cnn1d, mnist1d_balanced, mnist1d_skewed, mnist1d_uniform
 from .densenet import DenseNetBC, densenet_bc100_k40_cifar
 from .resnet import CifarResNet, resnet164_cifar

@@ -5,7 +5,8 @@ statistics, analyses it (the parameter count must be exact), zeroes the γ of 30
 every free dimension's channels, then runs ``prune``, ``nr``, ``cr`` and ``ca`` (with
 neural rescaling) and compares every output tensor with the original model's. It
 returns a JSON-friendly record; ``tests/test_coverage.py`` asserts on it and
-``bench/coverage.py`` tabulates it in ``docs/coverage.md``.
+``bench/coverage.py`` tabulates it in ``docs/coverage.md``. It needs timm (a test and
+bench dependency), imported only where a timm model is built.
 
 Sources: ``timm`` (one model per architecture family, see :data:`TIMM_FAMILIES`),
 ``segmentation`` (torchvision), ``detection`` (the ``backbone`` of each torchvision
@@ -21,9 +22,14 @@ import warnings
 import torch
 import torchvision
 
-import fxsurgeon as fxs
-from fxsurgeon.surgery.judges import JUDGES
-from helpers.surgery import kill, randomise_norms
+from ..analysis.graph import analyze
+from ..errors import FxSurgeonError, UntraceableModelError
+from ..judging.liveliness import liveliness
+from ..planning.planner import plan as make_plan
+from ..surgery.judges import JUDGES, add_judges
+from ..surgery.rewriter import rewrite
+from ..zoo.dead import kill_channels as kill
+from ..zoo.dead import randomise_norms
 
 SOURCES = ("timm", "segmentation", "detection", "video")
 SCHEMES = ("prune", "nr", "cr", "ca")
@@ -186,18 +192,18 @@ def _scheme(graph, alive, scheme: str, x, y0, record: dict) -> str:
     """One scheme's outcome: same, refused, CHANGED, WRONG COST or CRASH."""
     stage = "plan"
     try:
-        plan = fxs.plan(graph, alive, metric="params", target=None if scheme == "prune" else record["target"],
-                        scheme=scheme)
+        target = None if scheme == "prune" else record["target"]
+        plan = make_plan(graph, alive, metric="params", target=target, scheme=scheme)
         if scheme == "prune":
             record["removed"] = int(sum(d.width - len(d.survivors) for d in plan.dims.values()))
         else:
             record.setdefault("grown", {})[scheme] = int(sum(d.added for d in plan.dims.values()))
         stage = "rewrite"
-        new = fxs.rewrite(graph, plan, rescale=scheme == "ca").module
+        new = rewrite(graph, plan, rescale=scheme == "ca").module
         stage = "forward"
         with torch.no_grad():
             y1 = new(x)
-    except fxs.FxSurgeonError as err:
+    except FxSurgeonError as err:
         return f"refused: {_first_line(err)}"
     except Exception as err:  # noqa: BLE001 - every other exception is a crash to report
         return _crash(stage, err, record, scheme)
@@ -214,12 +220,12 @@ def _scheme(graph, alive, scheme: str, x, y0, record: dict) -> str:
 def _analyse(model, x, record: dict, frontend: str = "auto"):
     """The channel graph, with ``traced``, ``frontend`` and ``analysed`` filled in (None if none)."""
     try:
-        graph = fxs.analyze(model, x, frontend=frontend)
+        graph = analyze(model, x, frontend=frontend)
         record.update(traced=True, frontend=graph.frontend)
-    except fxs.UntraceableModelError as err:
+    except UntraceableModelError as err:
         record.update(traced=False, untraceable=_first_line(err))
         return None
-    except fxs.FxSurgeonError as err:
+    except FxSurgeonError as err:
         record.update(traced=True, analysed=f"refused: {_first_line(err)}")
         return None
     except Exception as err:  # noqa: BLE001
@@ -290,7 +296,7 @@ def _check(source: str, name: str, max_params: int, device: str, record: dict, f
         return
     state = {k: v.clone() for k, v in graph.module.state_dict().items()}   # every draw starts from it
     kill(graph, 0.3)
-    alive = fxs.liveliness(graph)
+    alive = liveliness(graph)
     record["free"] = sum(d.width for d in graph.free_dims)
     record["judged"] = sum(d.width for d in graph.free_dims if d.scaled)
     record["dead"] = int(sum((~a).sum() for a in alive.values()))
@@ -310,7 +316,7 @@ def _check(source: str, name: str, max_params: int, device: str, record: dict, f
         if g is None:
             continue
         kill(g, 0.3, seed=draw)
-        alive = fxs.liveliness(g)
+        alive = liveliness(g)
         dead = int(sum((~a).sum() for a in alive.values()))
         with torch.no_grad():
             y0 = model(xd)
@@ -326,7 +332,7 @@ def _gated(graph, x, record: dict) -> None:
     ``unjudged`` (why the rest are not), ``gates`` (nr's outcome on the gated network with
     30 % of every judge zeroed)."""
     try:
-        judged = fxs.add_judges(graph)
+        judged = add_judges(graph)
     except Exception as err:  # noqa: BLE001
         record["gates"] = _crash("add_judges", err, record, "gates")
         return
@@ -335,7 +341,7 @@ def _gated(graph, x, record: dict) -> None:
     if not judged.gates:
         return
     kill(judged.graph, 0.3, seed=1)
-    alive = fxs.liveliness(judged.graph)
+    alive = liveliness(judged.graph)
     with torch.no_grad():
         y0 = judged.graph.module(x)
     record["gates"] = _scheme(judged.graph, alive, "nr", x, y0, {"target": record["target"]})

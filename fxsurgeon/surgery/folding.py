@@ -38,11 +38,54 @@ from .reference import readout_sources
 _REACH = 8
 
 
-def removed_reads(graph, kept) -> dict:
-    """``{call: (its Reader, which positions of its input go, the way back from its input
-    (see :func:`_way_back`))}`` for every call that reads a channel ``kept`` drops, but for
-    channels its own columns judge (an attention head: the reference zeroes those columns,
-    so the head adds nothing to fold)."""
+class Folding:
+    """The folds of one rewrite, in the order they happen: made from the graph and the
+    channels it keeps (which calls read removed channels), it says what the reference run
+    must hold (:attr:`args_of`, :attr:`outputs_of`), reads that run (:meth:`observe`),
+    then folds the removed channels' constants into the new network (:meth:`apply`)."""
+
+    def __init__(self, graph, kept):
+        self.graph = graph
+        self.removed = _removed_reads(graph, kept)
+        #: ``run_graph``'s ``args_of`` and ``outputs_of``: what the reference run keeps
+        self.args_of = _held_reads(graph, self.removed)
+        self.outputs_of = _watched(self.removed)
+        self._calls: dict | None = None
+        self._sources: dict = {}
+
+    def observe(self, calls: dict, values: dict) -> None:
+        """Take the reference run's arguments of each call (``calls``) and the values of
+        the watched nodes (``values``), which are read now and not kept."""
+        self._calls = calls
+        self._sources = _constant_sources(self.graph, self.removed, calls, values)
+
+    def apply(self, new: fx.GraphModule, new_prop, surgery) -> None:
+        """Fold every removed read's constants into ``new`` (in place); ``surgery.folded``
+        says how per call, ``surgery.folds`` what was added (as data)."""
+        if self._calls is None:
+            raise RuntimeError("Folding.apply before the reference run was observed")
+        _fold_constants(self.graph, new, new_prop, surgery, self.removed, self._calls, self._sources)
+
+
+class _Removed(NamedTuple):
+    """A call that reads removed channels."""
+    reader: object              # its Reader (analysis.propagation)
+    gone: np.ndarray            # which positions of its input go
+    way: list[fx.Node]          # the way back from its input (see :func:`_way_back`)
+
+
+class _Source(NamedTuple):
+    """Where a removed read's channels are constant: the nearest node on its way back."""
+    node: fx.Node
+    between: list[fx.Node]      # the channel-wise nodes from it to the read, in order
+    constants: torch.Tensor     # what each removed channel holds there
+    shape: list[int]            # the node's value's shape
+
+
+def _removed_reads(graph, kept) -> dict[str, _Removed]:
+    """Every call that reads a channel ``kept`` drops, but for channels its own columns
+    judge (an attention head: the reference zeroes those columns, so the head adds nothing
+    to fold)."""
     prop = graph.propagation
     judged = {(r.param, r.axis) for r in readout_sources(prop)}
     modules = dict(graph.module.named_modules())
@@ -51,7 +94,7 @@ def removed_reads(graph, kept) -> dict:
     for r in prop.readers.values():
         gone = ~kept(r.tags) & ((r.weight, r.weight_axis) not in judged)
         if gone.any():
-            reads[r.node] = (r, gone, _way_back(nodes[r.input], modules))
+            reads[r.node] = _Removed(r, gone, _way_back(nodes[r.input], modules))
     return reads
 
 
@@ -90,7 +133,7 @@ def _cutter(reads: list[tuple[int, np.ndarray]]):
     return cut
 
 
-def held_reads(graph, removed: dict) -> dict:
+def _held_reads(graph, removed: dict[str, _Removed]) -> dict:
     """What the reference run keeps of each ``removed`` read's arguments (``run_graph``'s
     ``args_of``): all of them, the input it reads the removed channels from cut to those."""
     nodes = {n.name: n for n in graph.module.graph.nodes}
@@ -105,7 +148,7 @@ def held_reads(graph, removed: dict) -> dict:
                                      f"as the {len(gone)} channels its rule says")
             return _with_input(node, (args, kwargs), reader.input, x)
         return hold
-    return {name: holder(nodes[name], reader, gone) for name, (reader, gone, _) in removed.items()}
+    return {name: holder(nodes[name], read.reader, read.gone) for name, read in removed.items()}
 
 
 def _way_back(start: fx.Node, modules) -> list[fx.Node]:
@@ -122,43 +165,41 @@ def _way_back(start: fx.Node, modules) -> list[fx.Node]:
     return way
 
 
-def watched(removed: dict) -> dict:
+def _watched(removed: dict[str, _Removed]) -> dict:
     """The nodes whose values folding reads on the reference run (see
-    :func:`constant_sources`), each with what to keep of its value (``run_graph``'s
+    :func:`_constant_sources`), each with what to keep of its value (``run_graph``'s
     ``outputs_of``): the channels removed from it."""
     reads: dict[str, list] = {}
-    for r, gone, way in removed.values():
-        for n in way:
-            reads.setdefault(n.name, []).append((r.axis, gone))
+    for read in removed.values():
+        for n in read.way:
+            reads.setdefault(n.name, []).append((read.reader.axis, read.gone))
     return {name: _cutter(its) for name, its in reads.items()}
 
 
-def constant_sources(graph, removed: dict, calls: dict, values: dict) -> dict:
-    """Per ``removed`` read, the nearest node on its way back whose removed channels each
-    hold one value everywhere on the reference run: ``(that node, the channel-wise nodes
-    from it to the read, in order, those values, the node's shape)``, or None. Read from
-    the :func:`watched` nodes' ``values`` as soon as the reference has run, so they are
+def _constant_sources(graph, removed: dict[str, _Removed], calls: dict, values: dict) -> dict:
+    """Per ``removed`` read, its :class:`_Source`, or None where the removed channels are
+    constant nowhere on its way back on the reference run. Read from the :func:`_watched`
+    nodes' ``values`` as soon as the reference has run, so they are
     not held while the new network is built (a ViT-L's were 0.23 GB)."""
     nodes = {n.name: n for n in graph.module.graph.nodes}
     out = {}
-    for name, (reader, _, way) in removed.items():
+    for name, read in removed.items():
+        reader, way = read.reader, read.way
         cut = _input(nodes[name], calls[name], reader.input)
         axis, at = cut.axis, cut.at
         found = ((i, _constant_in(values[n.name], axis, at)) for i, n in enumerate(way))
         i, constants = next(((i, c) for i, c in found if c is not None), (None, None))
         if i is not None:
-            out[name] = (way[i], way[:i][::-1], constants, list(values[way[i].name].shape))
+            out[name] = _Source(way[i], way[:i][::-1], constants, list(values[way[i].name].shape))
         else:
             out[name] = None
     return out
 
 
-def fold_constants(graph, new: fx.GraphModule, new_prop, surgery, removed: dict, calls: dict,
-                   sources: dict) -> None:
-    """Fold the constants of the ``removed`` reads (see :func:`removed_reads`) into ``new``
-    (in place), given, on the reference network, each call's arguments (``calls``) and
-    the :func:`constant_sources`; ``surgery.folded`` says how per call, ``surgery.folds``
-    what was added (as data)."""
+def _fold_constants(graph, new: fx.GraphModule, new_prop, surgery, removed: dict[str, _Removed],
+                    calls: dict, sources: dict) -> None:
+    """:meth:`Folding.apply`, given, on the reference network, each call's arguments
+    (``calls``) and the :func:`_constant_sources`."""
     prop = graph.propagation
     modules = dict(graph.module.named_modules())
     old_nodes = {n.name: n for n in graph.module.graph.nodes}
@@ -167,8 +208,8 @@ def fold_constants(graph, new: fx.GraphModule, new_prop, surgery, removed: dict,
     called = Counter(id(new_modules[n.target]) for n in new.graph.nodes if n.op == "call_module")
     out_old = {node: vec for node, vec, _ in prop.groups}
     out_new = {node: vec for node, vec, _ in new_prop.groups}
-    for name, (reader, _, _) in removed.items():
-        node, call = old_nodes[name], calls[name]
+    for name, read in removed.items():
+        reader, node, call = read.reader, old_nodes[name], calls[name]
         cut = _input(node, call, reader.input)
         axis, at = cut.axis, cut.at
         x = cut.full()              # the removed channels alone
@@ -203,8 +244,8 @@ def fold_constants(graph, new: fx.GraphModule, new_prop, surgery, removed: dict,
                 f"cannot fold the channels removed from {name}: they are not constant on the example "
                 f"inputs, so they are not dead and removing them changes the function (pass "
                 f"fold=False to drop them anyway)")
-        source, between, constants, shape = sources[name]
-        chain = _chain(graph.module, between)
+        source = sources[name]
+        chain = _chain(graph.module, source.between)
         weight = getattr_path(graph.module, reader.weight) if reader.weight is not None else \
             _input(node, call, reader.weight_node)
         columns = _columns(weight.detach(), reader, at.to(weight.device))
@@ -213,9 +254,9 @@ def fold_constants(graph, new: fx.GraphModule, new_prop, surgery, removed: dict,
             raise FxSurgeonError(f"cannot fold the channels removed from {name}: their constants add a "
                                  f"map that varies over its output, and its rule (fxsurgeon.ops) cannot "
                                  f"compute that at other input sizes")
-        folded = FoldedConstant(constants, layer, chain)
+        folded = FoldedConstant(source.constants, layer, chain)
         with torch.no_grad():
-            got = folded(torch.zeros_like(raw[:1]), shape)
+            got = folded(torch.zeros_like(raw[:1]), source.shape)
         if got.shape != raw[:1].shape or not _same(got, raw[:1]):
             raise FxSurgeonError(f"cannot fold the channels removed from {name}: computing their "
                                  f"contribution again from sizes does not give what they add")
@@ -223,8 +264,8 @@ def fold_constants(graph, new: fx.GraphModule, new_prop, surgery, removed: dict,
             for attr, out_axis in TABLE.module_rule(layer).output_axes(layer):
                 layer.register_buffer(attr, take(getattr(layer, attr), out_axis, idx))
         held = TABLE.module_rule(layer).output_axes(layer)[0][0]
-        surgery.folds[name] = _attach_map(new, new_nodes[name], new_nodes[source.name], folded,
-                                          [n.name for n in between],
+        surgery.folds[name] = _attach_map(new, new_nodes[name], new_nodes[source.node.name], folded,
+                                          [n.name for n in source.between],
                                           list(getattr(layer, held).shape))
         surgery.folded[name] = "map"
 
@@ -337,7 +378,7 @@ def _attach_map(module: fx.GraphModule, node: fx.Node, source: fx.Node, folded: 
 
 
 def restore_fold(module: fx.GraphModule, node_name: str, spec: dict) -> None:
-    """Add back a fold that :func:`fold_constants` recorded (zeros: the weights load over them)."""
+    """Add back a fold that :meth:`Folding.apply` recorded (zeros: the weights load over them)."""
     nodes = {n.name: n for n in module.graph.nodes}
     like = next(module.parameters(), torch.zeros(()))      # the network's dtype and device
     zeros = (lambda shape: torch.zeros(shape, dtype=like.dtype, device=like.device))

@@ -37,7 +37,7 @@ from ..layers.schemes import SCHEMES, Scheme, scheme_of
 from ..ops import TABLE, Rule
 from ..ops.table import scope
 from ..planning.planner import Plan
-from .folding import constant_sources, fold_constants, held_reads, removed_reads, watched
+from .folding import Folding
 from .matching import is_identity, match, take
 from .reference import run_graph, zeroed_scales
 from .rescaling import GOALS as RESCALE_GOALS
@@ -284,12 +284,11 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
     added = layout.added
     old = graph.module
     if fold:        # the reference first: of its run, only what folding reads is held after it
-        removed = removed_reads(graph, layout.kept)
+        folding = Folding(graph, layout.kept)
         expected, calls, values = run_graph(old, graph.example_inputs,
                                             zeroed_scales(graph, layout.kept, layout.silenced),
-                                            args_of=held_reads(graph, removed),
-                                            outputs_of=watched(removed))
-        sources = constant_sources(graph, removed, calls, values)
+                                            args_of=folding.args_of, outputs_of=folding.outputs_of)
+        folding.observe(calls, values)
         del values
     old_refs = _refs(prop)
     old_tensors = {**dict(old.named_parameters()), **dict(old.named_buffers())}
@@ -339,7 +338,7 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
             name: _in_old_layout(f, surgery.index_maps.get(name, []), old_tensors[name])
             for name, f in done.factors.items()}
     if fold:
-        fold_constants(graph, new, new_prop, surgery, removed, calls, sources)
+        folding.apply(new, new_prop, surgery)
     if scheme_of(scheme).partitioned or prop.generations:
         _partition(new, prop, new_prop, new_refs, layout, surgery)
     _carry_unused(graph, new)

@@ -341,11 +341,57 @@ class Walk(fx.Interpreter):
             if t.dtype == torch.int64 and t.numel():
                 self.out.pins.append(Pin(self.tags.unique(t), reason))
 
+    def pin_channels(self, tags: np.ndarray, reason: str) -> None:
+        """Pin the channels of the identities ``tags``."""
+        self.out.pins.append(Pin(tags, reason))
+
     def couple(self, a: np.ndarray, b: np.ndarray, label: str | None = None) -> None:
         """Make ``a[i]`` and ``b[i]`` one class; ``label`` says why (residual, gate, concat...)."""
         self.tags.couple(a, b)
         if label:
-            self.out.couplings.append(Coupling(np.asarray(a), label))
+            self.coupled(np.asarray(a), label)
+
+    def coupled(self, tags: np.ndarray, label: str) -> None:
+        """Record that the channels ``tags`` were coupled with others, and why (``label``)."""
+        self.out.couplings.append(Coupling(tags, label))
+
+    def divisor(self, tags: np.ndarray, factor: int) -> None:
+        """The width of the channels ``tags`` must stay a multiple of ``factor``."""
+        self.out.divisors.append(Divisor(tags, factor))
+
+    def size(self, node: fx.Node, axis: int, tags: np.ndarray) -> None:
+        """The literal size at ``node``'s axis ``axis`` counts the channels ``tags`` (a
+        rewrite sets it to their new number)."""
+        self.out.sizes.append(Size(node.name, axis, tags))
+
+    def split_by_position(self, tags: np.ndarray) -> None:
+        """The channels ``tags`` are cut by their positions (chunks, slices)."""
+        self.out.position_splits.append(tags)
+
+    def group(self, key: str, tags: np.ndarray, kind: str) -> None:
+        """The channels ``tags`` form the named dimension ``key`` (see :class:`Group`)."""
+        self.out.groups.append(Group(key, tags, kind))
+
+    def head(self, tags: np.ndarray) -> None:
+        """The identities ``tags`` are attention heads, one channel each, judged by the
+        weights that read them back."""
+        self.out.heads.append(tags)
+
+    def depthwise_conv(self, node: fx.Node) -> None:
+        """``node`` is a convolution with one group per input channel."""
+        self.out.depthwise.add(node.name)
+
+    def blockwise_layer(self, node: fx.Node) -> None:
+        """``node`` is a dense conv or linear module that cr/ca may split into blocks."""
+        self.out.blockwise.add(node.name)
+
+    def norm_after(self, writer: str, norm: fx.Node) -> None:
+        """The norm ``norm`` reads what the layer ``writer`` wrote, right after it."""
+        self.out.follows.add((writer, norm.name))
+
+    def partitioned(self, node: fx.Node, generations: Generations) -> None:
+        """``node`` is a partitioned layer holding these generations of channels."""
+        self.out.generations[node.name] = generations
 
     def ref(self, tensor: str, axis: int, tags, role: str, node: fx.Node, divisor: int = 1,
             init: float | str = 0.0) -> None:

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from torch import fx
 
-from ..channels.facts import Pin, Size
 from .attention import DotProductAttention
 from .elementwise import Carry, Couple
 from .layers import Addmm, FunctionalEmbedding, FunctionalLayer, Matmul
@@ -59,9 +58,9 @@ class Split(Move):
         def decide():
             roots = [np.sort(walk.tags.uf.find(p)) for p in parts]
             if all(np.array_equal(r, roots[0]) for r in roots):
-                walk.out.sizes.append(Size(node.name, 1, parts[0]))
+                walk.size(node, 1, parts[0])
             else:
-                walk.out.pins.append(Pin(pinned, why))
+                walk.pin_channels(pinned, why)
         walk.later(decide)
 
     def set_size(self, node, index: int, width: int) -> None:
@@ -83,7 +82,7 @@ class Slice(Move):
         if all(isinstance(b, int) for b in bounds):
             walk.pin(x, f"constant slice of a channel axis at {walk.describe(node)}")
         else:
-            walk.out.position_splits.append(walk.tags.unique(x))
+            walk.split_by_position(walk.tags.unique(x))
 
 
 def _whole_slice(node: fx.Node, size: int) -> bool:

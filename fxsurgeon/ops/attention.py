@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..channels.facts import Group
 from ..channels.nodes import tensors_in
 from .rule import Rule
 
@@ -83,7 +82,7 @@ class HeadAttention(Rule):
                     f"folded through its softmax")
         key = f"{node.target}.heads"
         heads = tags.axis_vector(tags.fresh((m.num_heads,), 0, walk.prescribed.get(key)), 0)
-        walk.out.groups.append(Group(key, heads, "heads"))
+        walk.group(key, heads, "heads")
         rows = np.repeat(heads, m.head_dim)               # one head's positions in q, k or v
         qkv, proj = f"{node.target}.qkv", f"{node.target}.proj"
         walk.ref(f"{qkv}.weight", 0, np.tile(rows, 3), "out", node, init="he")
@@ -91,7 +90,7 @@ class HeadAttention(Rule):
         if m.qkv.bias is not None:
             walk.ref(f"{qkv}.bias", 0, np.tile(rows, 3), "param", node)
         walk.ref(f"{proj}.weight", 1, rows, "in", node)
-        walk.out.heads.append(heads)        # judged by their proj columns, as sdpa's heads are
+        walk.head(heads)        # judged by their proj columns, as sdpa's heads are
         if not isinstance(getattr(m, "norm", None), (nn.Identity, type(None))):
             walk.pin(tags.structured(heads, (len(heads),), 0), f"a norm spans the heads of {node.target}")
         y = tensors_in(walk.real(node))[0]
@@ -156,7 +155,7 @@ class DotProductAttention(Rule):
         for h in range(len(q)):
             walk.couple(np.full(q.shape[1] + k.shape[1] + v.shape[1], q[h, 0]),
                         np.concatenate([q[h], k[h], v[h]]), "heads")
-        walk.out.heads.append(q[:, 0])
+        walk.head(q[:, 0])
         pairs = rows // len(q) * rk.shape[-2]      # (batch, query, key) per head channel
         walk.flops(node, pairs, (q.reshape(-1), 1))
         walk.flops(node, pairs, (v.reshape(-1), 1))

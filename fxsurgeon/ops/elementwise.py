@@ -4,7 +4,6 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from ..channels.facts import Coupling
 from .rule import Rule
 
 
@@ -110,9 +109,9 @@ class Couple(Rule):
         for t in (a, b):   # every pair is now one class: a structured operand stands for both
             st = tags.structure(t, nd)
             if st is not None and t.shape[st[0] - nd + t.dim()] == out_shape[st[0]]:
-                walk.out.couplings.append(Coupling(st[1], self.label))
+                walk.coupled(st[1], self.label)
                 return tags.structured(st[1], out_shape, st[0])
-        walk.out.couplings.append(Coupling(ea.numpy(), self.label))
+        walk.coupled(ea.numpy(), self.label)
         return torch.where(a.expand(out_shape) != 0, a.expand(out_shape), b.expand(out_shape))
 
 

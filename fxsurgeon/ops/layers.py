@@ -54,7 +54,7 @@ def produce(walk, node: fx.Node, x, weight: WeightSource, bias: WeightSource | N
             walk.ref(name, a, vec, role, node, divisor, init=_init(walk, name, a) if role == "out" else 0.0)
 
     if depthwise:
-        walk.out.depthwise.add(node.name)
+        walk.depthwise_conv(node)
         walk.couple(np.repeat(vin, len(vout) // groups), vout)
         # one weight row per channel: the output's (a multiplier repeats it), or for a
         # transposed conv the input's, whose outputs all share its class
@@ -125,7 +125,7 @@ class Layer(Rule):
                     and node.name not in walk.out.depthwise
                     and getattr(m, "padding_mode", "zeros") == "zeros"
                     and not isinstance(getattr(m, "padding", 0), str)):
-                walk.out.blockwise.add(node.name)
+                walk.blockwise_layer(node)
             return out
         wnode, bnode = walk.node_argument(node, "weight", 1), walk.node_argument(node, "bias", 2)
         if not (isinstance(wnode, fx.Node) and wnode in walk.const) or \

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from torch.utils._pytree import tree_map
 
-from ..channels.facts import Coupling, Divisor, Pin, Size
 from ..channels.nodes import tensors_in
 from ..channels.tags import prod
 from .rule import Rule
@@ -91,7 +90,7 @@ class Reshape(Move):
             carrying, literal = [], []
         if self.follow_sizes:
             for k in [k for k in literal if _whole(tags, x, out, k)]:
-                walk.out.sizes.append(Size(node.name, k, tags.axis_vector(out, k)))
+                walk.size(node, k, tags.axis_vector(out, k))
                 literal.remove(k)
                 carrying.remove(k)
         if carrying and len(literal) == len(carrying):
@@ -105,7 +104,7 @@ class Reshape(Move):
             else:
                 walk.pin(x, f"constant reshape size at {walk.describe(node)}")
         elif literal:
-            walk.out.divisors.append(Divisor(tags.unique(x), prod(raw[k] for k in literal)))
+            walk.divisor(tags.unique(x), prod(raw[k] for k in literal))
         # a size read off a channel axis of another tensor ties that width to this reshape
         classes = set(tags.uf.find(tags.unique(x)).tolist())
         for size in raw:
@@ -163,11 +162,11 @@ def _follow_heads(walk, node, k: int, heads: np.ndarray, split: bool, x, rest: i
     def decide():
         roots = walk.tags.uf.find(heads)
         if (roots == roots[:, :1]).all():
-            walk.out.sizes.append(Size(node.name, k, heads[:, 0] if split else heads.reshape(-1)))
+            walk.size(node, k, heads[:, 0] if split else heads.reshape(-1))
             if rest > 1:
-                walk.out.divisors.append(Divisor(pinned, rest))
+                walk.divisor(pinned, rest)
         else:
-            walk.out.pins.append(Pin(pinned, why))
+            walk.pin_channels(pinned, why)
     return decide
 
 
@@ -184,11 +183,11 @@ def _one_head(walk, node, k: int, x, out, literal: bool, follow: bool):
         roots = uf.find(vec)
         heads = uf.find(np.concatenate(walk.out.heads)) if walk.out.heads else roots[:0]
         if (roots == roots[0]).all() and roots[0] in heads:
-            walk.out.sizes.append(Size(node.name, k - 1, vec[:1]))
+            walk.size(node, k - 1, vec[:1])
         elif literal and follow:
-            walk.out.sizes.append(Size(node.name, k, vec))
+            walk.size(node, k, vec)
         elif literal:
-            walk.out.pins.append(Pin(pinned, why))
+            walk.pin_channels(pinned, why)
     return decide
 
 
@@ -218,8 +217,8 @@ class Chunk(Move):
     def check(self, walk, node, x, out, args, kwargs):
         dim = walk.argument(node, "dim", 2, 0)
         if walk.tags.carries(x, dim % x.dim()):
-            walk.out.divisors.append(Divisor(walk.tags.unique(x), walk.argument(node, "chunks", 1)))
-            walk.out.position_splits.append(walk.tags.unique(x))
+            walk.divisor(walk.tags.unique(x), walk.argument(node, "chunks", 1))
+            walk.split_by_position(walk.tags.unique(x))
 
 
 class Split(Move):
@@ -272,7 +271,7 @@ class Select(Move):
                 if literal:
                     walk.pin(x, f"constant slice of a channel axis at {walk.describe(node)}")
                 else:
-                    walk.out.position_splits.append(walk.tags.unique(x))
+                    walk.split_by_position(walk.tags.unique(x))
 
 
 class Pad(Move):
@@ -305,7 +304,7 @@ class Concat(Rule):
         vecs = [tags.axis_vector(p, dim) if p.shape[dim] else np.zeros(0, np.int64) for p in parts]
         for p, v in zip(parts, vecs, strict=True):
             if len(parts) > 1 and p.numel():
-                walk.out.couplings.append(Coupling(v if v is not None else tags.unique(p), "concat"))
+                walk.coupled(v if v is not None else tags.unique(p), "concat")
         if all(v is not None for v in vecs):
             shape = list(ref.shape)
             shape[dim] = sum(len(v) for v in vecs)

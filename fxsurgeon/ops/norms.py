@@ -68,7 +68,7 @@ class PerChannel(Rule):
                        module is None or self.after_scale_homogeneous(module))
             writer = walk.writer_of(x)
             if writer is not None and _sole_reader(node, writer):
-                walk.out.follows.add((writer, node.name))
+                walk.norm_after(writer, node)
         return x
 
     def homogeneous(self, node, module) -> bool:

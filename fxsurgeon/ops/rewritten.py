@@ -82,8 +82,8 @@ class Blocks(Rule):
             walk.pin(args[0], why)
             return out
         row_gen, col_gen = m.generations()
-        walk.out.generations[node.name] = Generations(vout, row_gen, vin, col_gen)
-        walk.out.blockwise.add(node.name)
+        walk.partitioned(node, Generations(vout, row_gen, vin, col_gen))
+        walk.blockwise_layer(node)
         for g in range(len(m.rows)):         # the blocks between generations: not there
             for h in range(len(m.rows)):
                 rows, cols = vout[row_gen == g], vin[col_gen == h]
@@ -133,7 +133,7 @@ class Judge(PerChannel):
         y = super().propagate(walk, node, args, kwargs)
         walk.params(node, walk.tensor_name(f"{node.target}.weight"), 0.0)   # folds away on export
         for writer in _writers_reaching_only(walk, node):
-            walk.out.follows.add((writer, node.name))
+            walk.norm_after(writer, node)
         return y
 
 

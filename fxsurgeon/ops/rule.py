@@ -28,7 +28,12 @@ with :func:`fxsurgeon.register_op`.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import Tensor, fx, nn
+
+if TYPE_CHECKING:      # the walk runs rules; rules only take it as an argument
+    from ..analysis.propagation import Walk
 
 
 class Rule:
@@ -55,12 +60,14 @@ class Rule:
     #: module's ``training`` flag, so ``train()`` and ``eval()`` switch it
     mode_argument: tuple[str, int] | None = None
 
-    def propagate(self, walk, node: fx.Node, args: tuple, kwargs: dict):
+    def propagate(self, walk: Walk, node: fx.Node, args: tuple, kwargs: dict):
         """The tag value of ``node`` given the tag values of its arguments.
 
         ``walk`` is the :class:`~fxsurgeon.analysis.propagation.Walk` running the graph: it makes
-        and reads tag tensors (``walk.tags``) and takes the records (``walk.ref``,
-        ``walk.pin``, ``walk.flops``, ``walk.produced``, ``walk.reader``)."""
+        and reads tag tensors (``walk.tags``) and takes the records through its methods
+        (``walk.ref``, ``walk.pin``, ``walk.flops``, ``walk.produced``, ``walk.reader``,
+        ``walk.size``, ``walk.divisor``, ...: its "what rules record" section); a rule
+        never writes ``walk.out`` itself."""
         return walk.opaque(node, args, kwargs)
 
     @property
@@ -69,7 +76,7 @@ class Rule:
         keeps the default :meth:`propagate`), so a constant it reads needs no identities."""
         return type(self).propagate in (Rule.propagate, Opaque.propagate)
 
-    def weights(self, walk, node: fx.Node) -> list[fx.Node]:
+    def weights(self, walk: Walk, node: fx.Node) -> list[fx.Node]:
         """The arguments of ``node`` that it uses as weights (computed from parameters,
         they are read through their provenance, not as channels)."""
         return []

@@ -32,13 +32,13 @@ from ..channels.hooks import carry_hooks
 from ..channels.nodes import getattr_path
 from ..errors import FxSurgeonError, one_line
 from ..judging.liveliness import channel_scales
+from ..judging.reference import run_graph, zeroed_scales
 from ..layers.partitioned import Partitioned
 from ..layers.schemes import SCHEMES, Scheme, scheme_of
 from ..ops import TABLE, Rule
 from ..planning.planner import Plan
 from .folding import constant_sources, fold_constants, held_reads, removed_reads, watched
 from .matching import is_identity, match, take
-from .reference import run_graph, zeroed_scales
 from .rescaling import GOALS as RESCALE_GOALS
 from .rescaling import rescale as neural_rescale
 from .selfcheck import verify
@@ -232,7 +232,7 @@ def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: in
 
     The new network computes the old one's function with the removed channels' scales
     set to zero: exactly the old function when they are zero already (see
-    :mod:`fxsurgeon.surgery.reference`). ``check=True`` (the default) proves it on the example
+    :mod:`fxsurgeon.judging.reference`). ``check=True`` (the default) proves it on the example
     inputs, at the cost of one forward pass of each network, and raises
     :class:`FxSurgeonError` naming the first layer that differs. The new network keeps the
     model's hooks (those of its root, and of every layer the graph calls); one it would lose

@@ -7,7 +7,8 @@ nearly constant, and removing it changes the function slightly, as the paper doe
 cases have one exact statement: the new network computes the old one *with the removed
 channels' scales set to zero* — the same function when they already are. This module
 runs that reference network (without touching the user's tensors) for folding to read
-and for the rewrite's self-check to compare against.
+and for the rewrite's self-check to compare against. It sits with the judges (it says
+what removing a channel means), so that planning may run it too.
 """
 from __future__ import annotations
 

@@ -4,5 +4,5 @@
 test), :mod:`.activations` watches activations (DemP's test), :mod:`.importance` scores
 channels for pruning to a budget, :mod:`.fixed` names the dimensions a method keeps;
 :mod:`.reference` runs the network with removed channels' scales at zero (what a removal
-keeps).
+keeps), from which :mod:`.modulated` finds the dead channels that cannot go.
 """

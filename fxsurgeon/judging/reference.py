@@ -6,9 +6,10 @@ network computes the old one's function exactly. With γ merely small the channe
 nearly constant, and removing it changes the function slightly, as the paper does. Both
 cases have one exact statement: the new network computes the old one *with the removed
 channels' scales set to zero* — the same function when they already are. This module
-runs that reference network (without touching the user's tensors) for folding to read
-and for the rewrite's self-check to compare against. It sits with the judges (it says
-what removing a channel means), so that planning may run it too.
+runs that reference network (without touching the user's tensors) for folding to read,
+for the rewrite's self-check to compare against, and for the plan to read which constant
+a dead channel holds where a computed map multiplies it (:mod:`.modulated`). It sits with
+the judges (it says what removing a channel means), before the stages that use it.
 """
 from __future__ import annotations
 

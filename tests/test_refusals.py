@@ -360,3 +360,20 @@ def test_monai_attention_unet_prunes_and_grows_exactly():
     model = nets.AttentionUnet(spatial_dims=2, in_channels=1, out_channels=2, channels=(4, 8, 16),
                                strides=(2, 2))
     every_scheme(model, (torch.randn(2, 1, 32, 32, dtype=torch.float64),), growth=1.5)
+
+
+@pytest.mark.parametrize("name", ["UNet", "SegResNet"])
+def test_monai_nets_with_batchnorm_prune_to_a_budget(name):
+    """Their residual units add a plain conv to normed channels: silencing such a channel
+    left the plain conv writing it, and the fold refused ('not constant')."""
+    nets = pytest.importorskip("monai.networks.nets")
+    torch.manual_seed(0)
+    model = nets.UNet(spatial_dims=2, in_channels=1, out_channels=2, channels=(4, 8, 16), strides=(2, 2),
+                      num_res_units=2, norm="batch") if name == "UNet" else \
+        nets.SegResNet(spatial_dims=2, in_channels=1, out_channels=2, init_filters=4, blocks_down=(1, 2),
+                       blocks_up=(1,), norm="batch")
+    x = (torch.randn(2, 1, 32, 32, dtype=torch.float64),)
+    graph = every_scheme(model, x, growth=1.5)
+    plan = fxs.plan(graph, fxs.liveliness(graph), target=0.5, scheme="prune")
+    assert plan.silenced
+    fxs.rewrite(graph, plan)        # checks itself against the network with those silenced

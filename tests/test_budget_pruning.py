@@ -78,7 +78,42 @@ def test_the_pruned_network_is_the_original_with_its_removed_channels_silenced()
     assert same(reference(other), surgery.module(other))
 
 
-def test_importance_decides_which_channels_stay():
+
+class ResidualUnit(nn.Module):
+    """MONAI's ``ResidualUnit`` where the width changes: conv, BatchNorm, activation, plus a
+    plain 1x1 conv of the input (no norm), summed; then a conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.res = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(3, 8, 1)
+        self.head = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(self.conv(x))) + self.res(x))
+
+
+def test_a_silenced_channel_loses_every_writer_also_those_no_norm_follows():
+    """A channel the BatchNorm judges but a plain conv also writes: silencing it zeroed γ
+    and β only, the residual conv's rows kept writing it, and the fold refused ('not
+    constant'; MONAI UNet and SegResNet with BatchNorm pruned to a budget). Every writer's
+    rows and bias go."""
+    torch.manual_seed(0)
+    model = ResidualUnit().double().eval()
+    with torch.no_grad():
+        model.bn.bias.uniform_(-1, 1)
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    graph = fxs.analyze(model, x)
+    scores = {d.name: np.arange(float(d.width)) for d in graph.free_dims}
+    plan = fxs.plan(graph, metric="params", target=0.6, scheme="prune", scores=scores)
+    gone = plan.silenced[next(d.name for d in graph.free_dims if d.width == 8)]
+    assert len(gone)
+    surgery = fxs.rewrite(graph, plan)
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        for t in (reference.bn.weight, reference.bn.bias, reference.res.weight, reference.res.bias):
+            t[gone] = 0
+    other = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    assert same(reference(other), surgery.module(other))
     model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 2, 1))
     graph = fxs.analyze(model, torch.randn(1, 3, 4, 4))
     scores = {"0": np.arange(8.0)}

@@ -1,5 +1,5 @@
 """The reference network a rewrite keeps: ``run_graph`` with tensors swapped in by name,
-each made when a node reads it (:class:`~fxsurgeon.surgery.reference.Zeroed`)."""
+each made when a node reads it (:class:`~fxsurgeon.judging.reference.Zeroed`)."""
 import numpy as np
 import pytest
 import torch
@@ -8,7 +8,7 @@ from torch import nn
 from torch.func import functional_call
 
 import fxsurgeon as fxs
-from fxsurgeon.surgery.reference import Zeroed, run_graph
+from fxsurgeon.judging.reference import Zeroed, run_graph
 
 
 class Tied(nn.Module):

@@ -2,6 +2,7 @@
 on a small network that has it, and the real model where it is cheap."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -263,3 +264,116 @@ def test_a_group_per_channel_keeps_one_group_per_channel_when_it_grows(frontend)
     the width (it stayed 8 for 12 channels: the rewrite could not build the network)."""
     every_scheme(PerChannelGroupNorm(), (torch.randn(2, 2, 21, dtype=torch.float64),), growth=1.5,
                  frontend=frontend)
+
+
+class Gated(nn.Module):
+    """MONAI AttentionUnet's attention gate, reduced: conv, BatchNorm, ReLU, then combined
+    (``op``) with a one-channel map σ(conv(x)) computed from the input, read by a conv."""
+
+    def __init__(self, op: str = "mul", c: int = 16):
+        super().__init__()
+        self.op = op
+        self.conv, self.bn = nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c)
+        self.psi = nn.Conv2d(3, 1, 1)
+        self.head = nn.Conv2d(c, 4, 3, padding=1)
+
+    def forward(self, x):
+        h, psi = torch.relu(self.bn(self.conv(x))), torch.sigmoid(self.psi(x))
+        return self.head(h * psi if self.op == "mul" else h / (psi + 0.5) if self.op == "div" else h + psi)
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+@pytest.mark.parametrize("op", ["mul", "div", "add"])
+def test_dead_channels_a_computed_map_modulates_are_kept_unless_they_are_zero(op, frontend):
+    """A channel its BatchNorm makes constant (γ = 0: ReLU(β)) and then multiplies by an
+    input-dependent map ψ holds ReLU(β)·ψ(x): not a constant to fold, so every scheme
+    refused the whole surgery ('cannot fold ... not constant', MONAI AttentionUnet, #31).
+    The plan keeps those channels and says so; the ones at 0 (β < 0) still go, exactly
+    (0·ψ = 0). Past a sum (c + ψ) none can go."""
+    graph = every_scheme(Gated(op), (torch.randn(2, 3, 8, 8, dtype=torch.float64),), fraction=0.5,
+                         growth=1.5, frontend=frontend)
+    dim = next(d for d in graph.free_dims if any(m.tensor == "bn.weight" for m in d.sources))
+    bn = graph.model.bn
+    dead, zero = (bn.weight == 0).numpy(), (bn.bias <= 0).detach().numpy()
+    assert (dead & zero).any() and (dead & ~zero).any()        # both cases are here
+    plan = fxs.plan(graph, fxs.liveliness(graph), target=None, scheme="prune")
+    kept = ~dead | ~zero if op != "add" else np.ones_like(dead)
+    assert plan.dims[dim.name].survivors.tolist() == np.nonzero(kept)[0].tolist()
+    assert "computed map" in plan.dims[dim.name].note
+
+
+class PerSampleScale(nn.Module):
+    """Features times a per-sample scale given as an input (a data pipeline's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Linear(8, 4)
+
+    def forward(self, x, scale):
+        return self.head((torch.relu(self.bn(self.conv(x))) * scale).mean((2, 3)))
+
+
+def test_a_dead_channel_times_a_per_sample_scale_is_kept_though_one_sample_shows_it_constant():
+    """On one example sample ReLU(β)·scale looks constant: it was folded into the head's
+    bias and the pruned network silently differed on any other scale. Whether it varies
+    is read off the graph; the channels at 0 still go."""
+    torch.manual_seed(0)
+    model = PerSampleScale().double().eval()
+    with torch.no_grad():
+        model.bn.weight[:4] = 0
+        model.bn.bias[:4] = torch.tensor([1.0, 0.5, -1.0, -0.5])
+    one = (torch.randn(1, 3, 6, 6, dtype=torch.float64), torch.rand(1, 1, 1, 1, dtype=torch.float64) + 0.5)
+    five = (torch.randn(5, 3, 6, 6, dtype=torch.float64), torch.rand(5, 1, 1, 1, dtype=torch.float64) + 0.5)
+    graph = fxs.analyze(model, one)
+    for scheme in SCHEMES:
+        target = None if scheme == "prune" else 1.5
+        plan = fxs.plan(graph, fxs.liveliness(graph), target=target, scheme=scheme)
+        assert plan.dims["conv"].survivors.tolist()[:3] == [0, 1, 4], scheme
+        with torch.no_grad():
+            assert same(model(*five), fxs.rewrite(graph, plan).module(*five)), scheme
+
+
+def test_a_plan_removing_what_a_computed_map_multiplies_is_refused(monkeypatch):
+    """A plan that removes them anyway (by hand, or made before plans kept them) is
+    refused with its cause, rather than folded into a network that differs elsewhere."""
+    from fxsurgeon.planning import planner
+
+    model = PerSampleScale().double().eval()
+    with torch.no_grad():
+        model.bn.weight[:2] = 0
+        model.bn.bias[:2] = 1.0
+    graph = fxs.analyze(model, (torch.randn(1, 3, 6, 6, dtype=torch.float64),
+                                torch.rand(1, 1, 1, 1, dtype=torch.float64) + 0.5))
+    monkeypatch.setattr(planner, "carried", lambda graph, alive: {})
+    plan = fxs.plan(graph, fxs.liveliness(graph), target=None, scheme="prune")
+    assert len(plan.dims["conv"].survivors) == 6
+    with pytest.raises(fxs.FxSurgeonError, match=r"removes 2 channel\(s\) of 'conv' .* computed from the "
+                                                  r"inputs multiplies while they are not zero"):
+        fxs.rewrite(graph, plan)
+    fxs.rewrite(graph, plan, fold=False)        # dropped anyway, as asked
+
+
+def test_monai_attention_unet_prunes_and_grows_exactly():
+    """Every scheme refused it: its attention gates multiply the skip features by ψ(x)."""
+    nets = pytest.importorskip("monai.networks.nets")
+    torch.manual_seed(0)
+    model = nets.AttentionUnet(spatial_dims=2, in_channels=1, out_channels=2, channels=(4, 8, 16),
+                               strides=(2, 2))
+    every_scheme(model, (torch.randn(2, 1, 32, 32, dtype=torch.float64),), growth=1.5)
+
+
+@pytest.mark.parametrize("name", ["UNet", "SegResNet"])
+def test_monai_nets_with_batchnorm_prune_to_a_budget(name):
+    """Their residual units add a plain conv to normed channels: silencing such a channel
+    left the plain conv writing it, and the fold refused ('not constant')."""
+    nets = pytest.importorskip("monai.networks.nets")
+    torch.manual_seed(0)
+    model = nets.UNet(spatial_dims=2, in_channels=1, out_channels=2, channels=(4, 8, 16), strides=(2, 2),
+                      num_res_units=2, norm="batch") if name == "UNet" else \
+        nets.SegResNet(spatial_dims=2, in_channels=1, out_channels=2, init_filters=4, blocks_down=(1, 2),
+                       blocks_up=(1,), norm="batch")
+    x = (torch.randn(2, 1, 32, 32, dtype=torch.float64),)
+    graph = every_scheme(model, x, growth=1.5)
+    plan = fxs.plan(graph, fxs.liveliness(graph), target=0.5, scheme="prune")
+    assert plan.silenced
+    fxs.rewrite(graph, plan)        # checks itself against the network with those silenced

@@ -21,7 +21,7 @@ import torch
 from torch import fx, nn
 from torch.utils._pytree import keystr, tree_flatten, tree_flatten_with_path, tree_map, tree_unflatten
 
-from ..channels.facts import Coupling, Divisor, Generations, Group, Grouped, Pin, Size
+from ..channels.facts import Coupling, Divisor, Generations, Group, Grouped, Modulated, Pin, Size
 from ..channels.nodes import describe, getattr_path, normalized, reads_values, tensors_in
 from ..channels.provenance import WeightSource, constant_nodes, trace_weight
 from ..channels.tags import Tags, prod
@@ -110,6 +110,9 @@ class Propagation:
     sources: dict[tuple[str, tuple], WeightSource] = field(default_factory=dict)  # computed weights
     generations: dict[str, Generations] = field(default_factory=dict)   # partitioned layers
     sizes: list[Size] = field(default_factory=list)
+    #: channels a computed value broadcast across them is multiplied into (or added to):
+    #: which of them may go depends on the constant they hold there
+    modulated: list[Modulated] = field(default_factory=list)
     #: identities no producer emits, per node that made them (an opaque op's outputs, an
     #: attribute's elements; consecutive, so a range each): a rewrite's walk makes them again
     born: dict[str, list[range]] = field(default_factory=dict)
@@ -388,6 +391,10 @@ class Walk(fx.Interpreter):
     def norm_after(self, writer: str, norm: fx.Node) -> None:
         """The norm ``norm`` reads what the layer ``writer`` wrote, right after it."""
         self.out.follows.add((writer, norm.name))
+
+    def modulated(self, record: Modulated) -> None:
+        """Channels combined with a computed value broadcast across them (see :class:`Modulated`)."""
+        self.out.modulated.append(record)
 
     def partitioned(self, node: fx.Node, generations: Generations) -> None:
         """``node`` is a partitioned layer holding these generations of channels."""

@@ -37,6 +37,21 @@ class Coupling(NamedTuple):
 CONTRACTION = "contraction"
 
 
+class Modulated(NamedTuple):
+    """Channels that ``node`` combines with a value computed from the inputs and broadcast
+    across them (an attention gate's one-channel map ψ, a per-sample scale): the channels
+    ``tags`` along ``axis`` of ``operand`` (a node's name). A channel constant at ``c``
+    there (dead: its BatchNorm's γ is 0) comes out as ``c·ψ(x)``, which varies: removing
+    it would change the function, unless ``keeps_zero`` (a product: ``0·ψ = 0``) and ``c``
+    is 0."""
+
+    node: str
+    operand: str
+    axis: int
+    tags: np.ndarray
+    keeps_zero: bool
+
+
 class Group(NamedTuple):
     """The channels ``node`` emits (or takes in), and which kind of node it is:
     ``"producer"``, ``"input"`` or ``"heads"``."""

@@ -7,6 +7,9 @@ A dimension with a writer that no scale follows (the excitation conv of a
 squeeze-excitation gate) is not judged: its channels carry input-dependent values
 whatever the scales say, so they stay alive. An attention head is judged by its
 columns of the output projection, the largest |entry| among them standing for γ.
+A channel its scale calls dead may still not be removable: one that a computed map
+multiplies while its constant is not zero carries ``c·ψ(x)``; the plan keeps it
+(:mod:`fxsurgeon.judging.modulated`), and it stays dead here.
 """
 from __future__ import annotations
 

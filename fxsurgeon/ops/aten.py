@@ -116,7 +116,9 @@ def register_aten(table: OpTable) -> None:
                      aten.clamp_max.default, aten.pow.Tensor_Scalar, aten.clip.default):
         table.register(overload, Carry())
     each([aten.add, aten.add_, aten.sub, aten.sub_], Couple("residual"))
-    each([aten.mul, aten.mul_, aten.div, aten.div_, aten.maximum, aten.minimum], Couple("gate"))
+    each([aten.mul, aten.mul_], Couple("gate", keeps_zero=(0, 1)))
+    each([aten.div, aten.div_], Couple("gate", keeps_zero=(0,)))
+    each([aten.maximum, aten.minimum], Couple("gate"))
 
     each([aten.permute, aten.transpose, aten.t, aten.flatten, aten.unsqueeze, aten.unflatten,
           aten.pixel_shuffle, aten.pixel_unshuffle, aten.channel_shuffle, aten.native_channel_shuffle,

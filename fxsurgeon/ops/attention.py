@@ -61,7 +61,7 @@ class HeadAttention(Rule):
     ``head_dim`` columns of ``proj`` go together, so heads are removed and added whole
     and ``num_heads`` follows. A head is dead when its columns of ``proj`` are (they are
     its liveliness source): it then adds nothing. The reference a rewrite keeps zeroes a
-    removed head's columns (see :mod:`fxsurgeon.surgery.reference`), so the rewrite is exact. The
+    removed head's columns (see :mod:`fxsurgeon.judging.reference`), so the rewrite is exact. The
     module's input channels are pinned: a removed input's constant cannot be folded
     through the softmax. Heads are kept whole (pinned) where a norm spans them
     (``scale_norm``) or a gate multiplies them (``gated``), and the module is opaque

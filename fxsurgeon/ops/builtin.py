@@ -49,8 +49,10 @@ def register_builtins(table: OpTable) -> None:
     table.register("torchvision.ops.stochastic_depth.stochastic_depth", StochasticDepth())
     each([operator.add, operator.sub, operator.iadd, operator.isub, torch.add, torch.sub,
           "add", "add_", "sub", "sub_"], Couple("residual"))
-    each([operator.mul, operator.truediv, operator.imul, operator.itruediv, torch.mul, torch.div,
-          torch.maximum, torch.minimum, torch.true_divide, "mul", "mul_", "div", "div_"], Couple("gate"))
+    each([operator.mul, operator.imul, torch.mul, "mul", "mul_"], Couple("gate", keeps_zero=(0, 1)))
+    each([operator.truediv, operator.itruediv, torch.div, torch.true_divide, "div", "div_"],
+         Couple("gate", keeps_zero=(0,)))
+    each([torch.maximum, torch.minimum], Couple("gate"))
 
     # data movement
     move = Move()

@@ -1,9 +1,11 @@
 """Elementwise ops: unary ones carry channels through, binary ones couple them."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import fx
 
+from ..channels.facts import Modulated
 from .rule import Rule
 
 
@@ -33,12 +35,16 @@ class Carry(Rule):
 
 class Couple(Rule):
     """A binary elementwise op: the channels it lines up position by position become one
-    class (``label``: "residual" for additions, "gate" for products)."""
+    class (``label``: "residual" for additions, "gate" for products). ``keeps_zero`` names
+    the operands (0, 1) whose zero it keeps whatever the other holds (both of a product,
+    the dividend of a quotient): a channel broadcast against a computed value (an attention
+    map) stays removable there only if it is 0 (see :class:`~fxsurgeon.channels.facts.Modulated`)."""
 
     elementwise = True
 
-    def __init__(self, label: str):
+    def __init__(self, label: str, keeps_zero: tuple[int, ...] = ()):
         self.label = label
+        self.keeps_zero = keeps_zero
 
     def stream(self, node, module):
         return "each"
@@ -73,11 +79,22 @@ class Couple(Rule):
         if len(va) == len(vb):
             walk.couple(va, vb, self.label)
             return tags.structured(va, out_shape, axis)
-        for one, v in ((b, va), (a, vb)):
+        for k, (one, v, many) in enumerate(((b, va, a), (a, vb, b))):
             if len(v) > 1 and one.shape[axis - nd + one.dim()] == 1:   # broadcast across the other's channels
                 self._broadcast(walk, node, one, axis - nd + one.dim())
+                self._modulated(walk, node, k, axis - nd + many.dim(), v)
                 return tags.structured(v, out_shape, axis)
         return None
+
+    def _modulated(self, walk, node, k: int, axis: int, v) -> None:
+        """Record channels ``v`` of operand ``k`` along its ``axis`` as modulated when the
+        other operand, broadcast across them, is computed from the inputs (a constant one
+        keeps a constant channel constant: folding takes it)."""
+        operands = [node.args[0] if node.args else node.kwargs.get("input"),
+                    node.args[1] if len(node.args) > 1 else node.kwargs.get("other")]
+        many, one = operands[k], operands[1 - k]
+        if isinstance(many, fx.Node) and isinstance(one, fx.Node) and one not in walk.const:
+            walk.modulated(Modulated(node.name, many.name, axis, np.asarray(v), k in self.keeps_zero))
 
     @staticmethod
     def _broadcast(walk, node, t, axis):

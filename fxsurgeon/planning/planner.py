@@ -19,6 +19,7 @@ from ..errors import FxSurgeonError, require
 from ..judging import importance
 from ..judging.fixed import Fixed, fixed_names
 from ..judging.liveliness import channel_scales
+from ..judging.modulated import carried
 from ..layers.schemes import Scheme, scheme_of
 from .budget import Prunable, choose
 
@@ -236,7 +237,10 @@ class _Start:
 def _survivors(graph: ChannelGraph, alive: dict, kind: Scheme, round_to: int, kept_as_is: set[str],
                scores: dict | None) -> _Start:
     """Every dimension's survivors (its alive channels, or all where it keeps its width) and
-    whether it may grow; with ``scores``, its candidates for pruning to a budget."""
+    whether it may grow; with ``scores``, its candidates for pruning to a budget. Dead
+    channels a computed map multiplies while not zero are kept (see
+    :mod:`fxsurgeon.judging.modulated`): removing them would change the function."""
+    must = carried(graph, alive)
     cost = graph.cost
     growable = cost.growable()
     # channels of dimensions that grow split into survivors and new ones (S and R); all
@@ -257,7 +261,11 @@ def _survivors(graph: ChannelGraph, alive: dict, kind: Scheme, round_to: int, ke
             survivors, note = np.arange(d.width), f"{whole}: keeps its width"
         else:
             m = d.multiple_of if kind.grows else _multiple(d, round_to)
-            survivors, note = _keep(d, mask, m, start.scales[d.name])
+            held = must.get(d.name, np.zeros(d.width, bool)) & ~mask
+            survivors, note = _keep(d, mask | held, m, start.scales[d.name])
+            if held.any():
+                note = "; ".join([f"keeps {int(held.sum())} dead channel(s) a computed map multiplies "
+                                  f"(c·ψ(x) is no constant to fold)", *filter(None, [note])])
             if scores is not None:
                 start.prunable.append(_prunable(d, survivors, scores[d.name], _multiple(d, round_to)))
         start.kept[sl] = False

@@ -29,10 +29,10 @@ from torch import fx
 from ..channels.hooks import hookless_copy, quiet
 from ..channels.nodes import getattr_path, reads_values, value_users
 from ..errors import FxSurgeonError
+from ..judging.reference import readout_sources
 from ..layers.folded import FoldedConstant
 from ..ops import TABLE
 from .matching import is_identity, match, take
-from .reference import readout_sources
 
 #: how many channel-wise ops back from a layer folding looks for where a constant is constant
 _REACH = 8

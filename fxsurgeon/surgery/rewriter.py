@@ -32,6 +32,8 @@ from ..channels.hooks import carry_hooks
 from ..channels.nodes import getattr_path
 from ..errors import FxSurgeonError, one_line
 from ..judging.liveliness import channel_scales
+from ..judging.modulated import carried
+from ..judging.reference import run_graph, zeroed_scales
 from ..layers.partitioned import Partitioned
 from ..layers.schemes import SCHEMES, Scheme, scheme_of
 from ..ops import TABLE, Rule
@@ -39,7 +41,6 @@ from ..ops.table import scope
 from ..planning.planner import Plan
 from .folding import Folding
 from .matching import is_identity, match, take
-from .reference import run_graph, zeroed_scales
 from .rescaling import GOALS as RESCALE_GOALS
 from .rescaling import rescale as neural_rescale
 from .selfcheck import verify
@@ -105,6 +106,28 @@ def _check_fresh(graph: ChannelGraph, plan: Plan) -> None:
             raise FxSurgeonError(f"the plan is stale: the scales of the channels it removes from {name!r} "
                                  f"changed since it was made (by up to {change:.3g}); plan again on the "
                                  f"model as it is now")
+
+
+def _check_modulated(graph: ChannelGraph, plan: Plan) -> None:
+    """Refuse a plan that removes dead channels a computed map multiplies while they are
+    not zero (made by hand, or before :func:`~fxsurgeon.plan` kept them): what they carry
+    varies with the input, so no fold can put it back, and on one example sample it may
+    look constant (see :mod:`fxsurgeon.judging.modulated`). Channels a budget silences are
+    the plan's choice to change the function, and are not asked about."""
+    kept = {}
+    for d in graph.free_dims:
+        mask = np.zeros(d.width, bool)
+        mask[plan.dims[d.name].survivors] = True
+        mask[plan.silenced.get(d.name, np.zeros(0, np.int64))] = True
+        kept[d.name] = mask
+    must = carried(graph, kept)
+    if must:
+        name, mask = next(iter(must.items()))
+        raise FxSurgeonError(f"the plan removes {int(mask.sum())} channel(s) of {name!r} (and "
+                             f"{len(must) - 1} more dimension(s)) that a value computed from the "
+                             f"inputs multiplies while they are not zero: what they carry varies, so "
+                             f"no constant can be folded for them; plan again (fxs.plan keeps them), or "
+                             f"pass fold=False to drop them anyway")
 
 
 def _in_old_layout(factor: torch.Tensor, maps: list[tuple[int, np.ndarray]], old: torch.Tensor
@@ -233,7 +256,7 @@ def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: in
 
     The new network computes the old one's function with the removed channels' scales
     set to zero: exactly the old function when they are zero already (see
-    :mod:`fxsurgeon.surgery.reference`). ``check=True`` (the default) proves it on the example
+    :mod:`fxsurgeon.judging.reference`). ``check=True`` (the default) proves it on the example
     inputs, at the cost of one forward pass of each network, and raises
     :class:`FxSurgeonError` naming the first layer that differs. The new network keeps the
     model's hooks (those of its root, and of every layer the graph calls); one it would lose
@@ -246,6 +269,8 @@ def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: in
         raise FxSurgeonError("this plan was made for another ChannelGraph: plan again on the "
                              "graph you rewrite (its dimensions and channels are its own)")
     _check_fresh(graph, plan)
+    if fold:
+        _check_modulated(graph, plan)
     check_hooks(graph)
     scheme = scheme or plan.scheme
     kind, planned = scheme_of(scheme), scheme_of(plan.scheme)

@@ -1,6 +1,6 @@
 """A rewrite checks itself: the new network against the reference on the example inputs.
 
-Where a rewrite promises the same function (see :mod:`fxsurgeon.surgery.reference`), it runs
+Where a rewrite promises the same function (see :mod:`fxsurgeon.judging.reference`), it runs
 the new network on the example inputs and compares its output with the reference's.
 If they differ beyond the dtype's rounding, it finds the first layer whose output
 differs (matching channels through the identities) and refuses, naming it: a silent
@@ -13,8 +13,8 @@ from torch.utils._pytree import tree_flatten
 
 from ..channels.nodes import describe
 from ..errors import FxSurgeonError
+from ..judging.reference import run_graph
 from .matching import match
-from .reference import run_graph
 
 #: largest relative difference (to the output's magnitude) that rounding explains
 _TOLERANCE = {torch.float64: 1e-8, torch.float32: 1e-3, torch.bfloat16: 3e-2, torch.float16: 3e-2}

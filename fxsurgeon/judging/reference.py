@@ -6,8 +6,10 @@ network computes the old one's function exactly. With γ merely small the channe
 nearly constant, and removing it changes the function slightly, as the paper does. Both
 cases have one exact statement: the new network computes the old one *with the removed
 channels' scales set to zero* — the same function when they already are. This module
-runs that reference network (without touching the user's tensors) for folding to read
-and for the rewrite's self-check to compare against.
+runs that reference network (without touching the user's tensors) for folding to read,
+for the rewrite's self-check to compare against, and for the plan to read which constant
+a dead channel holds where a computed map multiplies it (:mod:`.modulated`). It sits with
+the judges (it says what removing a channel means), before the stages that use it.
 """
 from __future__ import annotations
 
@@ -135,9 +137,10 @@ def zeroed_scales(graph, kept, silenced=None) -> Zeroed:
     columns that read it: it then adds nothing): dead, it keeps emitting the constant its shift
     gives (ReLU(β)), which folding puts back, so the function is kept. One no norm
     judges gets its producer rows at zero. One ``silenced`` (removed by a budget although
-    alive: a callable on tags) loses every per-channel shift and bias on its way too
-    (β, a producer's bias, an added per-channel buffer), so that it emits the activation
-    of zero, which a gate or any other product leaves constant."""
+    alive: a callable on tags) loses every producer's rows (a plain conv added to a
+    normed one's channels writes them too) and every per-channel shift and bias on its
+    way (β, a producer's bias, an added per-channel buffer), so that it emits the
+    activation of zero, which a gate or any other product leaves constant."""
     prop = graph.propagation
     out = Zeroed(graph.module)
     quiet = silenced or (lambda tags: np.zeros(len(tags), bool))
@@ -164,7 +167,7 @@ def zeroed_scales(graph, kept, silenced=None) -> Zeroed:
             continue
         gone = ~kept(r.tags) & (r.tags != 0)
         if r.role == "out":
-            gone &= ~np.isin(prop.uf.find(r.tags), judged)
+            gone &= ~np.isin(prop.uf.find(r.tags), judged) | quiet(r.tags)
         else:                   # biases and shifts along the way, of silenced channels only
             gone &= quiet(r.tags)
         if gone.any() and r.param not in weights:

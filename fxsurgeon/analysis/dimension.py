@@ -220,8 +220,8 @@ def build_dimensions(prop: Propagation, node_names: dict[str, str]
     """
     uf = prop.uf
     uf.compress()
-    ordered = [(node, uf.find(vec), origin) for node, vec, origin in prop.groups
-               if vec is not None and len(vec)]
+    ordered = [(g.node, uf.find(g.tags), g.origin) for g in prop.groups
+               if g.tags is not None and len(g.tags)]
     # classes emitted together by one producer belong to one dimension
     groups = UnionFind()
     groups.new(uf.size - 1)

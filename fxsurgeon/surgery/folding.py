@@ -206,8 +206,8 @@ def _fold_constants(graph, new: fx.GraphModule, new_prop, surgery, removed: dict
     new_nodes = {n.name: n for n in new.graph.nodes}
     new_modules = dict(new.named_modules())
     called = Counter(id(new_modules[n.target]) for n in new.graph.nodes if n.op == "call_module")
-    out_old = {node: vec for node, vec, _ in prop.groups}
-    out_new = {node: vec for node, vec, _ in new_prop.groups}
+    out_old = {g.node: g.tags for g in prop.groups}
+    out_new = {g.node: g.tags for g in new_prop.groups}
     for name, read in removed.items():
         reader, node, call = read.reader, old_nodes[name], calls[name]
         cut = _input(node, call, reader.input)

@@ -231,8 +231,9 @@ def _sync_sizes(module: fx.GraphModule, prop, layout: _Layout) -> None:
     """Literal sizes that follow a channel axis (an exported graph's reshapes) take its new width."""
     modules = dict(module.named_modules())
     nodes = {n.name: n for n in module.graph.nodes}
-    for name, index, tags in prop.sizes:
-        TABLE.lookup(nodes[name], modules).set_size(nodes[name], index, layout.new_size(tags))
+    for size in prop.sizes:
+        node = nodes[size.node]
+        TABLE.lookup(node, modules).set_size(node, size.index, layout.new_size(size.tags))
     module.recompile()
 
 
@@ -399,11 +400,11 @@ class _Layout:
         self.old_size = prop.uf.size          # identities from here on are new channels
         new_ids = {i: self.uf.new(int(a)) for i, a in enumerate(added) if a}
         self.prescribed = {}
-        for node, vec, _ in prop.groups:
-            if vec is None:
+        for g in prop.groups:
+            if g.tags is None:
                 continue
-            d = int(self.dims_of(vec[:1])[0])
-            self.prescribed[node] = self._emitted(d, vec, new_ids.get(d, np.zeros(0, np.int64)))
+            d = int(self.dims_of(g.tags[:1])[0])
+            self.prescribed[g.node] = self._emitted(d, g.tags, new_ids.get(d, np.zeros(0, np.int64)))
 
     def _emitted(self, d: int, vec: np.ndarray, new: np.ndarray) -> np.ndarray:
         """What a producer of ``vec`` (channels of dimension ``d``) now emits: its survivors,

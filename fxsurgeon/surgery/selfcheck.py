@@ -52,8 +52,8 @@ def verify(graph, overrides, expected, new, new_prop, surgery) -> None:
     if d is not None and d <= 1:
         return
     prop = graph.propagation
-    producers = [(node, vec) for node, vec, origin in prop.groups if origin == "producer"]
-    new_vecs = {node: vec for node, vec, _ in new_prop.groups}
+    producers = [(g.node, g.tags) for g in prop.groups if g.origin == "producer"]
+    new_vecs = {g.node: g.tags for g in new_prop.groups}
     shown = {node: surgery.folds.get(node, {}).get("node", node) for node, _ in producers}
     _, _, before = run_graph(graph.module, graph.example_inputs, overrides(),
                              outputs_of=[n for n, _ in producers])

@@ -377,3 +377,41 @@ def test_monai_nets_with_batchnorm_prune_to_a_budget(name):
     plan = fxs.plan(graph, fxs.liveliness(graph), target=0.5, scheme="prune")
     assert plan.silenced
     fxs.rewrite(graph, plan)        # checks itself against the network with those silenced
+
+
+class GroupedAfterOpaque(nn.Module):
+    """timm MetaFormers' ``SepConv`` (``caformer_s18``): a 1x1 conv, an op without a rule
+    (StarReLU's ``**``; here ``cumsum``, which keeps no rule whatever the table learns), a
+    depthwise or grouped conv reading it, a 1x1 conv; then a block that can grow."""
+
+    def __init__(self, groups: int = 8, out: int = 8, transposed: bool = False):
+        super().__init__()
+        self.pw1, self.bn1 = nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8)
+        conv = nn.ConvTranspose2d if transposed else nn.Conv2d
+        self.dw, self.bn2 = conv(8, out, 3, padding=1, groups=groups), nn.BatchNorm2d(out)
+        self.pw2, self.bn3 = nn.Conv2d(out, 6, 1), nn.BatchNorm2d(6)
+        self.head = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        h = F.relu(self.bn1(self.pw1(x))).cumsum(-1)
+        h = self.pw2(F.relu(self.bn2(self.dw(h))))
+        return self.head(F.relu(self.bn3(h)))
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+@pytest.mark.parametrize("groups, out, transposed", [(8, 8, False), (8, 16, False), (2, 8, False),
+                                                     (8, 8, True), (2, 6, True)])
+def test_a_grouped_conv_after_an_opaque_op_keeps_its_width(groups, out, transposed, frontend):
+    """A grouped conv's output channels are blocks over its input's groups: where the input
+    has no channel identities (an op without a rule before it) nothing ties the output to
+    it, and its own dimension looked free. Growing it grew ``groups`` with it (timm's
+    ``caformer_s18``: every growing scheme made ``stages.0.blocks.0.token_mixer.dwconv``
+    8805 channels wide over its 128 inputs, α 68.8 since it was almost all that could grow);
+    pruning it left ``groups`` above the input's channels. It keeps its width; the rest grows."""
+    x = (torch.randn(2, 3, 6, 6, dtype=torch.float64),)
+    graph = every_scheme(GroupedAfterOpaque(groups, out, transposed), x, growth=1.5, frontend=frontend)
+    dw = graph["dw"]
+    assert "groups over an input that is not channel-structured" in dw.pinned
+    plan = fxs.plan(graph, fxs.liveliness(graph), target=1.5, scheme="nr")
+    assert plan.dims[dw.name].new_width == dw.width
+    assert [d.name for d in graph.free_dims] and all(plan.dims[d.name].added for d in graph.free_dims)

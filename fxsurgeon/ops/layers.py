@@ -46,6 +46,11 @@ def produce(walk, node: fx.Node, x, weight: WeightSource, bias: WeightSource | N
     n_in = x.shape[axis]
     depthwise = vin is not None and (groups == n_in > 1 if walk.was_depthwise is None
                                      else node.name in walk.was_depthwise)
+    if vin is None and groups > 1:
+        # its output channels are blocks, one per group of input channels that no dimension
+        # holds: nothing resizes the input or its groups with them, so they keep their width
+        walk.pin(out, f"{walk.describe(node)} has {groups} groups over an input that is not "
+                      f"channel-structured")
 
     def refs(w_axis, vec, role, divisor=1):
         if w_axis not in weight.axes:

@@ -492,6 +492,8 @@ def _prunable(d, survivors: np.ndarray, scores, step: int) -> Prunable:
         own = np.intersect1d(np.unique(member.channels), survivors) if member.role == "out" else []
         if len(own) and not forced & set(own.tolist()):
             forced.add(int(own[np.argmax(scores[own])]))
+    if d.slots is not None:        # every block keeps as many: counts are multiples of the blocks too
+        step = math.lcm(step, d.groups)
     return Prunable(d.name, survivors, scores[survivors], np.array(sorted(forced), dtype=np.int64), step,
                     None if d.slots is None else d.slots[survivors], d.groups, d.width)
 

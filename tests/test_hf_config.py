@@ -82,14 +82,17 @@ def test_heads_of_a_size_the_config_derives_are_refused():
 
 def test_a_budget_ranked_uniform_keeps_one_mlp_width_that_the_config_can_say(tmp_path):
     """Pruned to a budget by random scores, each layer's MLP keeps its own width ranked
-    globally; ranked "uniform", one width, which ``intermediate_size`` says."""
+    globally; ranked "uniform", one width, which ``intermediate_size`` says (the heads,
+    free too, are kept fixed here)."""
     model, _ = _llama()
     graph = fxs.analyze(model, TOKENS)
     scores = fxs.importance.random(graph, 0)
+    heads = [d.name for d in graph.free_dims if "mlp" not in d.name]
     widths = {}
     for ranking in ("global", "uniform"):
-        plan = fxs.plan(graph, None, target=0.9, scheme="prune", scores=scores, ranking=ranking)
-        widths[ranking] = sorted({plan.dims[d.name].new_width for d in graph.free_dims})
+        plan = fxs.plan(graph, None, target=0.9, scheme="prune", scores=scores, ranking=ranking, fixed=heads)
+        widths[ranking] = sorted({plan.dims[d.name].new_width for d in graph.free_dims
+                                  if d.name not in heads})
     assert len(widths["global"]) > 1 and len(widths["uniform"]) == 1
     fxs.apply(graph, fxs.rewrite(graph, plan))
     assert sync_config(model) == {"intermediate_size": (64, widths["uniform"][0])}

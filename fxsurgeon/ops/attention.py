@@ -169,12 +169,14 @@ class DotProductAttention(Rule):
 def _heads(tags, t) -> np.ndarray | None:
     """The ``(heads, head_dim)`` identities of a ``(..., heads, tokens, head_dim)`` tag
     tensor: a channel at every position, the same over batch and tokens, no identity in
-    two heads. None otherwise."""
+    two heads, unless the two heads are the same one repeated whole (grouped-query
+    attention's keys and values, each read by the query heads of its group). None
+    otherwise."""
     if not isinstance(t, torch.Tensor) or t.dim() < 3:
         return None
     m = t.reshape(-1, *t.shape[-3:])[0, :, 0, :]
     if (m == 0).any() or not torch.equal(t, m.unsqueeze(-2).expand(t.shape)):
         return None
     m = m.numpy()
-    per_head = sum(len(np.unique(row)) for row in m)
+    per_head = sum(len(np.unique(row)) for row in np.unique(m, axis=0))
     return m if len(np.unique(m)) == per_head else None

@@ -232,15 +232,21 @@ def _groups(graph):
     return [d for d in graph.free_dims if d.sources]
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen2", "mistral"])
-def test_grouped_query_attention_loses_and_gains_whole_kv_groups(name):
+@pytest.mark.parametrize("name,in_sdpa", [("llama", False), ("qwen2", False), ("mistral", False),
+                                          ("llama", True)])
+def test_grouped_query_attention_loses_and_gains_whole_kv_groups(name, in_sdpa, monkeypatch):
     """Llama, Qwen2, Mistral through torch.export: rotary embeddings act within head_dim,
-    and ``repeat_kv`` makes each key/value head and its n_rep query heads one channel (a
-    KV group): its q rows, k and v rows and o_proj columns go and come together."""
+    and ``repeat_kv`` (or ``enable_gqa`` in scaled_dot_product_attention, ``in_sdpa``) makes
+    each key/value head and its n_rep query heads one channel (a KV group): its q rows, k
+    and v rows and o_proj columns go and come together."""
     from helpers.models import hf
+    if in_sdpa:
+        monkeypatch.setenv("TRANSFORMERS_SDPA_FORCE_GQA", "1")
     model, (x, other) = hf(name)
     model = model.double().eval()
     graph = fxs.analyze(model, x, frontend="export")
+    sdpa = [n for n in graph.module.graph.nodes if "scaled_dot_product" in n.name]
+    assert [n.kwargs.get("enable_gqa", False) for n in sdpa] == [in_sdpa] * 2
     groups = _groups(graph)
     assert [d.name for d in groups] == [f"layers.{i}.self_attn.*" for i in range(2)]
     assert len(graph.free_dims) == 4 and all(d.width == 2 and d.unit == 16 for d in groups)

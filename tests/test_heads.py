@@ -284,3 +284,39 @@ def test_grouped_query_attention_loses_and_gains_whole_kv_groups(name, in_sdpa, 
         else:           # one group left: which axis would grow is not told apart, so it stays
             assert [d.name for d in _groups(again)] == ["layers.1.self_attn.*"]
             assert any(r.startswith("constant") for r in again["layers.0.self_attn.*"].reasons)
+
+
+@settings(max_examples=examples(6), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(2, 3), st.integers(1, 3), st.sampled_from([4, 6]),
+       st.sampled_from(["prune", "nr", "cr", "ca"]), st.integers(0, 2 ** 16))
+def test_random_grouped_query_llamas_keep_the_function_and_their_cost(kv, n_rep, head_dim, scheme, seed):
+    """A one-layer Llama of ``kv`` key/value heads, ``n_rep`` query heads each, random KV
+    groups dead (their o_proj columns at zero): every scheme keeps the function exactly,
+    the cost is what the plan predicted, and the config's head counts describe the result."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(   # (HF wants the hidden size a multiple of the heads)
+        vocab_size=50, hidden_size=36, intermediate_size=12, num_hidden_layers=1,
+        num_attention_heads=kv * n_rep, num_key_value_heads=kv, head_dim=head_dim,
+        max_position_embeddings=32, use_cache=False)
+    model = transformers.LlamaModel(config).double().eval()
+    x = torch.randint(0, 50, (2, 7))
+    graph = fxs.analyze(model, x, frontend="export")
+    (d,) = _groups(graph)
+    assert d.width == kv and d.unit == n_rep * head_dim
+    dead = np.random.default_rng(seed).random(kv) < 0.5
+    with torch.no_grad():
+        o = model.layers[0].self_attn.o_proj.weight.view(36, kv, n_rep * head_dim)
+        o[:, torch.as_tensor(dead)] = 0
+    alive = fxs.liveliness(graph)
+    assert alive[d.name].tolist() == (~dead).tolist()
+    grow = scheme != "prune"
+    plan = fxs.plan(graph, alive, metric="flops", target=1.0 if grow else None, scheme=scheme,
+                    alpha=1.5 if grow else None)
+    new = fxs.rewrite(graph, plan, seed=seed).module
+    with torch.no_grad():
+        assert_same_function(lambda t: model(t).last_hidden_state, lambda t: new(t)[0], x)
+    assert fxs.analyze(new, x, frontend="export").count("flops") == plan.predicted
+    groups = plan.dims[d.name].new_width
+    q, k = (new.get_parameter(f"layers.0.self_attn.{p}_proj.weight") for p in "qk")
+    assert q.shape[0] == groups * n_rep * head_dim and k.shape[0] == groups * head_dim

@@ -224,3 +224,99 @@ def test_a_dead_head_of_a_fused_qkv_written_with_minus_one_is_removed_exactly():
         model.proj.weight[:, :4] = 0
     surgery = fxs.rewrite(graph, fxs.plan(graph, fxs.liveliness(graph), target=None, scheme="prune"))
     torch.testing.assert_close(surgery.module(x), model(x))
+
+
+def _groups(graph):
+    """The attention dimensions of a 2-layer grouped-query model (the rest is pinned
+    or an MLP, which no norm or projection judges)."""
+    return [d for d in graph.free_dims if d.sources]
+
+
+@pytest.mark.parametrize("name,in_sdpa", [("llama", False), ("qwen2", False), ("mistral", False),
+                                          ("llama", True)])
+def test_grouped_query_attention_loses_and_gains_whole_kv_groups(name, in_sdpa, monkeypatch):
+    """Llama, Qwen2, Mistral through torch.export: rotary embeddings act within head_dim,
+    and ``repeat_kv`` (or ``enable_gqa`` in scaled_dot_product_attention, ``in_sdpa``) makes
+    each key/value head and its n_rep query heads one channel (a KV group): its q rows, k
+    and v rows and o_proj columns go and come together."""
+    from helpers.models import hf
+    if in_sdpa:
+        monkeypatch.setenv("TRANSFORMERS_SDPA_FORCE_GQA", "1")
+    model, (x, other) = hf(name)
+    model = model.double().eval()
+    graph = fxs.analyze(model, x, frontend="export")
+    sdpa = [n for n in graph.module.graph.nodes if "scaled_dot_product" in n.name]
+    assert [n.kwargs.get("enable_gqa", False) for n in sdpa] == [in_sdpa] * 2
+    groups = _groups(graph)
+    assert [d.name for d in groups] == [f"layers.{i}.self_attn.*" for i in range(2)]
+    assert len(graph.free_dims) == 4 and all(d.width == 2 and d.unit == 16 for d in groups)
+    rows = {m.tensor.rsplit(".", 2)[-2]: len(m.positions) for m in groups[0].members if m.role != "source"}
+    assert rows == {"q_proj": 32, "k_proj": 16, "v_proj": 16, "o_proj": 32}
+    if name == "qwen2":             # their biases too
+        assert {m.tensor for m in groups[0].members if m.role == "param"} == \
+            {f"layers.0.self_attn.{p}_proj.bias" for p in "qkv"}
+    with torch.no_grad():           # group 1 of layer 0 (query heads 2, 3) adds nothing
+        model.layers[0].self_attn.o_proj.weight[:, 16:] = 0
+    alive = fxs.liveliness(graph)
+    assert alive[groups[0].name].tolist() == [True, False] and alive[groups[1].name].all()
+    for scheme in ("prune", "nr", "cr", "ca"):
+        grow = scheme != "prune"
+        plan = fxs.plan(graph, alive, metric="flops", target=1.0 if grow else None, scheme=scheme,
+                        alpha=2.0 if grow else None)
+        kv = [plan.dims[d.name].new_width for d in groups]
+        assert kv == ([2, 4] if grow else [1, 2])
+        new = fxs.rewrite(graph, plan, seed=1).module
+        with torch.no_grad():
+            for inputs in (x, other):           # another batch and length: sizes follow
+                y0, y1 = model(inputs).last_hidden_state, new(inputs)[0]
+                assert (y0 - y1).abs().max() <= 1e-9 * max(1.0, float(y0.abs().max())), scheme
+        for i, k in enumerate(kv):
+            q, kw, o = (new.get_parameter(f"layers.{i}.self_attn.{p}_proj.weight") for p in "qko")
+            assert q.shape[0] == o.shape[1] == 2 * 8 * k and kw.shape[0] == 8 * k
+        again = fxs.analyze(new, x, frontend="export")
+        assert again.count("flops") == plan.predicted
+        assert again.count("params") == sum(p.numel() for p in new.parameters())
+        if grow:        # new groups: q, k, v rows He-initialised, o_proj columns at zero
+            o = new.get_parameter("layers.1.self_attn.o_proj.weight")
+            q = new.get_parameter("layers.1.self_attn.q_proj.weight")
+            assert o[:, 32:].abs().max() == 0 and q[32:].abs().min() > 0
+            assert [d.width for d in _groups(again)] == kv
+        else:           # one group left: which axis would grow is not told apart, so it stays
+            assert [d.name for d in _groups(again)] == ["layers.1.self_attn.*"]
+            assert any(r.startswith("constant") for r in again["layers.0.self_attn.*"].reasons)
+
+
+@settings(max_examples=examples(6), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(2, 3), st.integers(1, 3), st.sampled_from([4, 6]),
+       st.sampled_from(["prune", "nr", "cr", "ca"]), st.integers(0, 2 ** 16))
+def test_random_grouped_query_llamas_keep_the_function_and_their_cost(kv, n_rep, head_dim, scheme, seed):
+    """A one-layer Llama of ``kv`` key/value heads, ``n_rep`` query heads each, random KV
+    groups dead (their o_proj columns at zero): every scheme keeps the function exactly,
+    the cost is what the plan predicted, and the config's head counts describe the result."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(   # (HF wants the hidden size a multiple of the heads)
+        vocab_size=50, hidden_size=36, intermediate_size=12, num_hidden_layers=1,
+        num_attention_heads=kv * n_rep, num_key_value_heads=kv, head_dim=head_dim,
+        max_position_embeddings=32, use_cache=False)
+    model = transformers.LlamaModel(config).double().eval()
+    x = torch.randint(0, 50, (2, 7))
+    graph = fxs.analyze(model, x, frontend="export")
+    (d,) = _groups(graph)
+    assert d.width == kv and d.unit == n_rep * head_dim
+    dead = np.random.default_rng(seed).random(kv) < 0.5
+    with torch.no_grad():
+        o = model.layers[0].self_attn.o_proj.weight.view(36, kv, n_rep * head_dim)
+        o[:, torch.as_tensor(dead)] = 0
+    alive = fxs.liveliness(graph)
+    assert alive[d.name].tolist() == (~dead).tolist()
+    grow = scheme != "prune"
+    plan = fxs.plan(graph, alive, metric="flops", target=1.0 if grow else None, scheme=scheme,
+                    alpha=1.5 if grow else None)
+    new = fxs.rewrite(graph, plan, seed=seed).module
+    with torch.no_grad():
+        assert_same_function(lambda t: model(t).last_hidden_state, lambda t: new(t)[0], x)
+    assert fxs.analyze(new, x, frontend="export").count("flops") == plan.predicted
+    groups = plan.dims[d.name].new_width
+    q, k = (new.get_parameter(f"layers.0.self_attn.{p}_proj.weight") for p in "qk")
+    assert q.shape[0] == groups * n_rep * head_dim and k.shape[0] == groups * head_dim

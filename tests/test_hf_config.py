@@ -82,14 +82,17 @@ def test_heads_of_a_size_the_config_derives_are_refused():
 
 def test_a_budget_ranked_uniform_keeps_one_mlp_width_that_the_config_can_say(tmp_path):
     """Pruned to a budget by random scores, each layer's MLP keeps its own width ranked
-    globally; ranked "uniform", one width, which ``intermediate_size`` says."""
+    globally; ranked "uniform", one width, which ``intermediate_size`` says (the heads,
+    free too, are kept fixed here)."""
     model, _ = _llama()
     graph = fxs.analyze(model, TOKENS)
     scores = fxs.importance.random(graph, 0)
+    heads = [d.name for d in graph.free_dims if "mlp" not in d.name]
     widths = {}
     for ranking in ("global", "uniform"):
-        plan = fxs.plan(graph, None, target=0.9, scheme="prune", scores=scores, ranking=ranking)
-        widths[ranking] = sorted({plan.dims[d.name].new_width for d in graph.free_dims})
+        plan = fxs.plan(graph, None, target=0.9, scheme="prune", scores=scores, ranking=ranking, fixed=heads)
+        widths[ranking] = sorted({plan.dims[d.name].new_width for d in graph.free_dims
+                                  if d.name not in heads})
     assert len(widths["global"]) > 1 and len(widths["uniform"]) == 1
     fxs.apply(graph, fxs.rewrite(graph, plan))
     assert sync_config(model) == {"intermediate_size": (64, widths["uniform"][0])}
@@ -108,3 +111,36 @@ def test_a_config_that_builds_the_shapes_but_not_the_function_is_refused():
     with pytest.raises(FxSurgeonError, match="computes something else on the example"):
         sync_config(model, TOKENS)
     assert model.config.intermediate_size == 64                 # nothing changed
+
+
+@pytest.mark.parametrize("scheme", ["prune", "nr"])
+def test_grouped_query_heads_changed_in_place_round_trip_through_save_pretrained(scheme, tmp_path):
+    """Analysed through torch.export, a Llama with 4 query and 2 key/value heads loses one
+    KV group per layer (or doubles them) in place: its own forward follows (``repeat_kv``
+    reads the head count off the tensor), and ``num_attention_heads`` and
+    ``num_key_value_heads`` follow, ``head_dim`` (which would fit the projections too) kept."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=40, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, vocab_size=50)
+    model = transformers.LlamaForCausalLM(config).double().eval()
+    graph = fxs.analyze(model, TOKENS, frontend="export")
+    groups = [d for d in graph.free_dims if "self_attn" in d.name]
+    assert [d.width for d in groups] == [2, 2]
+    with torch.no_grad():           # layer i's group i adds nothing
+        for i in range(2):
+            model.model.layers[i].self_attn.o_proj.weight[:, 16 * i:16 * (i + 1)] = 0
+        before = model(TOKENS).logits
+    alive = fxs.liveliness(graph)
+    if scheme == "nr":
+        alive = {d.name: np.ones(d.width, bool) for d in graph.free_dims}
+    plan = fxs.plan(graph, alive, target=None if scheme == "prune" else 1.0, scheme=scheme,
+                    alpha=None if scheme == "prune" else 2.0, fixed=[d.name for d in graph.free_dims
+                                                                   if "mlp" in d.name])
+    fxs.apply(graph, fxs.rewrite(graph, plan))
+    kv = 1 if scheme == "prune" else 4
+    assert sync_config(model, TOKENS) == {"num_attention_heads": (4, 2 * kv), "num_key_value_heads": (2, kv)}
+    model.save_pretrained(tmp_path)
+    again = type(model).from_pretrained(tmp_path, dtype=torch.float64).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(TOKENS).logits, before, rtol=0, atol=1e-9)
+    assert again.generate(TOKENS, max_new_tokens=2, do_sample=False).shape == (1, 10)

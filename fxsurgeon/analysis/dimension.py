@@ -69,7 +69,9 @@ class Dimension:
     repeated: bool = False            # a producer emits some channel twice (depthwise
     #                                   multiplier feeding a residual add)
     unit: int = 1                     # positions each channel takes in a row in its
-    #                                   producers' outputs (an attention head's head_dim)
+    #                                   producers' outputs (an attention head's head_dim),
+    #                                   the most of any producer (a grouped-query group
+    #                                   takes n_rep heads in q, one in k and v)
     scaled: bool = False              # every layer writing it feeds its own BatchNorm and
     #                                   nothing else: γ = 0 makes a channel constant
     classes: np.ndarray = field(default=None, repr=False)
@@ -121,7 +123,7 @@ def _kind(origins: set[str], labels: set[str], producers: list[str], reasons: li
     return "hidden"
 
 
-def _blocks(roots: np.ndarray) -> int:
+def blocks(roots: np.ndarray) -> int:
     """``r`` if ``roots`` is each of its classes ``r`` times in a row (an attention head's
     ``head_dim`` channels), that run of runs maybe repeated whole (q, k and v heads from
     one projection: see :func:`segments`), else 0."""
@@ -242,7 +244,7 @@ def build_dimensions(prop: Propagation, node_names: dict[str, str]
             producers.append(node)
         comp_origins.setdefault(c, set()).add(origin)
         if len(np.unique(roots)) != len(roots):
-            unit = _blocks(roots) if np.isin(roots, heads).all() else 0
+            unit = blocks(roots) if np.isin(roots, heads).all() else 0
             comp_units.setdefault(c, set()).add(unit)
             if not unit:
                 comp_repeated.add(c)
@@ -275,7 +277,7 @@ def build_dimensions(prop: Propagation, node_names: dict[str, str]
             # a split of a tensor made of several dimensions constrains their sum; per
             # dimension it is kept where the dimension itself can honour it; a head's
             # head_dim positions (a view to (heads, head_dim)) honour it in part already
-            k = int(k) // math.gcd(int(k), max(comp_units.get(comps[d], {1})))
+            k = int(k) // math.gcd(int(k), min(comp_units.get(comps[d], {1})))
             if len(comp_classes[comps[d]]) % k == 0:
                 multiple[d] = math.lcm(multiple[d], k)
     split = [False] * len(comps)
@@ -305,7 +307,7 @@ def build_dimensions(prop: Propagation, node_names: dict[str, str]
             kind=_kind(comp_origins[c], labels[d], producers, reasons[d]),
             pinned=reasons[d][0] if reasons[d] else None, reasons=reasons[d],
             members=members[d], producers=producers, multiple_of=multiple[d],
-            split_by_position=split[d], repeated=c in comp_repeated or len(comp_units.get(c, ())) > 1,
+            split_by_position=split[d], repeated=c in comp_repeated,
             unit=max(comp_units.get(c, {1})), **grouping.get(d, {}),
             scaled=bool(writers) and writers <= followed,
             classes=np.asarray(comp_classes[c], dtype=np.int64),

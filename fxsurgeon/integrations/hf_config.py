@@ -75,26 +75,18 @@ def sync_config(model: nn.Module, example_inputs=None) -> dict[str, tuple[int, i
     if config is None or not hasattr(config, "to_dict"):
         raise FxSurgeonError(f"{type(model).__name__} has no HuggingFace config to update")
     trial = copy.deepcopy(config)
-    misfits, changed = _misfits(model, trial), {}
+    misfits = _misfits(model, trial)
     if misfits is None:
         raise FxSurgeonError(f"{type(model).__name__} cannot be built from its own config")
-    while misfits:
-        changes = {(b, s) for m in misfits if m.built and len(m.built) == len(m.shape)
-                   for b, s in zip(m.built, m.shape, strict=True) if b != s}
-        best = None
-        for field, value in _candidates(trial, changes):
-            attempt = copy.deepcopy(trial)
-            setattr(attempt, field, value)
-            left = _misfits(model, attempt)
-            if left is not None and len(left) < len(misfits) and (best is None or len(left) < len(best[2])):
-                best = (field, value, left)
-        if best is None:
-            shown = "; ".join(map(str, misfits[:3])) + ("; ..." if len(misfits) > 3 else "")
-            raise FxSurgeonError(
-                f"the config of {type(model).__name__} cannot describe its widths: {shown} (per-layer "
-                f"widths, or heads of a size the config derives): save it with fxsurgeon.save and load "
-                f"it with fxsurgeon.load")
-        field, value, misfits = best
+    steps = _search(model, trial, misfits, [_MAX_BUILDS])
+    if steps is None:
+        shown = "; ".join(map(str, misfits[:3])) + ("; ..." if len(misfits) > 3 else "")
+        raise FxSurgeonError(
+            f"the config of {type(model).__name__} cannot describe its widths: {shown} (per-layer "
+            f"widths, or heads of a size the config derives): save it with fxsurgeon.save and load "
+            f"it with fxsurgeon.load")
+    changed = {}
+    for field, value in steps:
         changed[field] = (getattr(config, field), value)
         setattr(trial, field, value)
     if example_inputs is not None and changed:
@@ -102,6 +94,38 @@ def sync_config(model: nn.Module, example_inputs=None) -> dict[str, tuple[int, i
     for field, (_, value) in changed.items():
         setattr(config, field, value)
     return changed
+
+
+#: most models a search for a config builds (on the meta device)
+_MAX_BUILDS = 64
+
+
+def _search(model: nn.Module, trial, misfits: list[Misfit],
+            budget: list[int]) -> list[tuple[str, int]] | None:
+    """Field changes that make ``trial`` build every shape of ``model``: each step a guess
+    that leaves fewer misfits, the fewest first, backtracking where that leads nowhere
+    (``head_dim`` 8 → 4 fits q, k, v and o of a model that lost half its key/value heads
+    at once, but not its rotary embedding: the head counts do); None when none does
+    within ``budget[0]`` builds."""
+    if not misfits:
+        return []
+    changes = {(b, s) for m in misfits if m.built and len(m.built) == len(m.shape)
+               for b, s in zip(m.built, m.shape, strict=True) if b != s}
+    options = []
+    for field, value in _candidates(trial, changes):
+        if budget[0] <= 0:
+            break
+        budget[0] -= 1
+        attempt = copy.deepcopy(trial)
+        setattr(attempt, field, value)
+        left = _misfits(model, attempt)
+        if left is not None and len(left) < len(misfits):
+            options.append((len(left), field, value, attempt, left))
+    for _, field, value, attempt, left in sorted(options, key=lambda o: o[0]):
+        rest = _search(model, attempt, left, budget)
+        if rest is not None:
+            return [(field, value), *rest]
+    return None
 
 
 def _check_function(model: nn.Module, config, example_inputs) -> None:

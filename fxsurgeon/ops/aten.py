@@ -19,7 +19,7 @@ from torch import fx
 from .attention import DotProductAttention
 from .elementwise import Carry, Couple
 from .layers import Addmm, FunctionalEmbedding, FunctionalLayer, Matmul
-from .movement import Chunk, Concat, Move, Pad, Reshape, Spatial, Squeeze
+from .movement import Chunk, Concat, Move, Pad, Reshape, Spatial, Squeeze, class_rows, varying_axes
 from .norms import Norm
 from .reductions import Reduce, Softmax
 from .rule import Rule
@@ -80,9 +80,26 @@ class Slice(Move):
             return
         bounds = [a for a in node.args[2:] if a is not None]
         if all(isinstance(b, int) for b in bounds):
-            walk.pin(x, f"constant slice of a channel axis at {walk.describe(node)}")
+            walk.later(_within_channels(walk, node, x, dim))
         else:
             walk.split_by_position(walk.tags.unique(x))
+
+
+def _within_channels(walk, node: fx.Node, x, dim: int):
+    """What to decide, once every coupling is known, about a cut of axis ``dim`` of ``x`` by
+    literal bounds: where the classes of ``x`` change along one other axis only, each
+    position of that axis holding one class, ``dim`` lies within channels (rotary
+    embeddings' halves of a head's ``head_dim``): a rewrite takes or adds whole positions of
+    the other axis, so the cut keeps its meaning. Anything else (the cut crosses channels,
+    or one class alone leaves it unclear which axis grows) pins ``x``."""
+    why = f"constant slice of a channel axis at {walk.describe(node)}"
+    pinned = walk.tags.unique(x)
+
+    def decide():
+        axes = varying_axes(walk.tags, x)
+        if len(axes) != 1 or axes[0] == dim or class_rows(walk.tags, x, axes[0]) is None:
+            walk.out.pins.append(Pin(pinned, why))
+    return decide
 
 
 def _whole_slice(node: fx.Node, size: int) -> bool:

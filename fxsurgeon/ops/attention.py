@@ -134,9 +134,11 @@ class DotProductAttention(Rule):
     Where q, k and v are ``(..., heads, tokens, head_dim)`` with channels on the heads
     and head-dim axes (the layers before them made each head's ``head_dim`` channels,
     ``view``/``transpose`` moved them there), the channels of head ``h`` in q, k and v
-    become one: the layers writing them lose or gain whole heads, and the output, which
-    carries v's heads, takes them to the layer reading the heads back (whose columns
-    judge a head's liveliness, see :attr:`~fxsurgeon.analysis.propagation.Propagation.heads`).
+    become one (``enable_gqa``: k and v have a head per ``n_rep`` query heads, each read by
+    its group; the group is then one channel, as after ``repeat_kv``): the layers writing
+    them lose or gain whole heads, and the output, which carries v's heads, takes them to
+    the layer reading the heads back (whose columns judge a head's liveliness, see
+    :attr:`~fxsurgeon.analysis.propagation.Propagation.heads`).
     Anything else keeps its heads' width (opaque). Its cost is its two matmuls (``q @ kᵀ``,
     then ``@ v``), which a fused kernel hides from ``FlopCounterMode``.
     """
@@ -145,6 +147,10 @@ class DotProductAttention(Rule):
         rq, rk, rv = (walk.real(a) for a in node.args[:3])
         rows = rq.numel() // rq.shape[-1]                    # (batch, head, query) triples
         q, k, v = (_heads(walk.tags, t) for t in args[:3])
+        gqa = node.kwargs.get("enable_gqa", node.args[7] if len(node.args) > 7 else False)
+        if gqa is True and q is not None and k is not None and v is not None and len(k) == len(v) \
+                and len(q) % len(k) == 0:       # query head h reads key/value head h // n_rep
+            k, v = (np.repeat(t, len(q) // len(k), axis=0) for t in (k, v))
         # a mask with a size per head would keep the old count
         per_head = [t for t in tensors_in((args[3:], kwargs)) if t.dim() >= 3 and t.shape[-3] > 1]
         if q is None or k is None or v is None or not (len(q) == len(k) == len(v)) or \
@@ -168,12 +174,14 @@ class DotProductAttention(Rule):
 def _heads(tags, t) -> np.ndarray | None:
     """The ``(heads, head_dim)`` identities of a ``(..., heads, tokens, head_dim)`` tag
     tensor: a channel at every position, the same over batch and tokens, no identity in
-    two heads. None otherwise."""
+    two heads, unless the two heads are the same one repeated whole (grouped-query
+    attention's keys and values, each read by the query heads of its group). None
+    otherwise."""
     if not isinstance(t, torch.Tensor) or t.dim() < 3:
         return None
     m = t.reshape(-1, *t.shape[-3:])[0, :, 0, :]
     if (m == 0).any() or not torch.equal(t, m.unsqueeze(-2).expand(t.shape)):
         return None
     m = m.numpy()
-    per_head = sum(len(np.unique(row)) for row in m)
+    per_head = sum(len(np.unique(row)) for row in np.unique(m, axis=0))
     return m if len(np.unique(m)) == per_head else None

@@ -101,6 +101,8 @@ class Reshape(Move):
                 k, m, split = heads[0]
                 walk.later(_follow_heads(walk, node, k, m, split, x,
                                          prod(raw[j] for j in literal if j != k)))
+            elif self.follow_sizes:
+                walk.later(_follow_rows(walk, node, x, out, literal))
             else:
                 walk.pin(x, f"constant reshape size at {walk.describe(node)}")
         elif literal:
@@ -167,6 +169,49 @@ def _follow_heads(walk, node, k: int, heads: np.ndarray, split: bool, x, rest: i
                 walk.divisor(pinned, rest)
         else:
             walk.pin_channels(pinned, why)
+    return decide
+
+
+def varying_axes(tags, t) -> list[int]:
+    """The axes of tag tensor ``t`` along which its channel classes change, as the
+    couplings known now make them (read after the walk: see ``walk.later``)."""
+    scratch: dict = {}
+    return [a for a in range(t.dim()) if tags.varies_along(t, a, scratch)]
+
+
+def class_rows(tags, t, k: int) -> np.ndarray | None:
+    """One identity per position of axis ``k`` of tag tensor ``t``, where each position holds
+    one class across every other axis (no channel aside) and every class holds as many
+    positions; else None. Read after the walk, as :func:`varying_axes`."""
+    m = torch.movedim(t, k, 0).reshape(t.shape[k], -1).numpy()
+    rep = m.max(1) if m.shape[1] else np.zeros(len(m), np.int64)
+    roots = tags.uf.find(m)
+    if not ((m == 0) | (roots == tags.uf.find(rep)[:, None])).all():
+        return None
+    counts = np.unique(tags.uf.find(rep[rep != 0]), return_counts=True)[1]
+    return rep if len(counts) and (counts == counts[0]).all() else None
+
+
+def _follow_rows(walk, node, x, out, literal: list[int]):
+    """What to decide, once every coupling is known, about a reshape or expand whose literal
+    sizes hold channels in a pattern no simpler rule reads (grouped-query attention's
+    ``k[:, :, None].expand(b, kv, n_rep, t, d).reshape(b, kv * n_rep, t, d)``): where the
+    classes of its output change along one axis only, and each position of that axis holds
+    one class, whole heads (or groups of them) are along that axis and nothing else holds a
+    channel apart: its literal size follows them (the count of positions the kept and new
+    classes take) and the other literal sizes lie within channels, which a rewrite never
+    cuts (head_dim, n_rep). Anything else, one class alone included (which axis would
+    grow?), pins ``x``."""
+    why = f"constant reshape size at {walk.describe(node)}"
+    pinned = walk.tags.unique(x)
+
+    def decide():
+        axes = varying_axes(walk.tags, out)
+        rows = class_rows(walk.tags, out, axes[0]) if len(axes) == 1 else None
+        if rows is None:
+            walk.out.pins.append(Pin(pinned, why))
+        elif axes[0] in literal:
+            walk.out.sizes.append(Size(node.name, axes[0], rows))
     return decide
 
 

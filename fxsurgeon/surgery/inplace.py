@@ -268,21 +268,22 @@ class _Choice:
 _MAX_TRIES = 64
 
 
-def _choices(model: nn.Module, literals: list[_Literal]) -> list[_Choice]:
+def _choices(model: nn.Module, literals: list[_Literal]) -> tuple[list[_Choice], str | None]:
     """For each literal the rewrite changed (each once), the attributes of its module holding
-    the old width; refused, naming the user's line, where none does."""
-    choices = []
+    the old width; and where none does, the first such literal, named by the user's line
+    (the forward may compute it from a tensor's shape, as ``repeat_kv`` does its head count:
+    then it follows by itself, which :func:`_follow` checks)."""
+    choices, unheld = [], None
     for lit in {(lit.owner, lit.old, lit.new): lit for lit in literals}.values():
         owner = model.get_submodule(lit.owner) if lit.owner else model
         names = tuple(k for k, v in vars(owner).items() if type(v) is int and v == lit.old)
-        if not names:
+        if names:
+            choices.append(_Choice(owner, names, lit.old, lit.new))
+        elif unheld is None:
             where = repr(lit.owner) if lit.owner else "the model"
-            raise FxSurgeonError(
-                f"your model's forward reads the width {lit.old} at {lit.node} (in {where}{lit.line}), "
-                f"which the rewrite makes {lit.new}, and no attribute of that module holds it: its code "
-                f"cannot follow; use surgery.module")
-        choices.append(_Choice(owner, names, lit.old, lit.new))
-    return choices
+            unheld = (f"reads the width {lit.old} at {lit.node} (in {where}{lit.line}), which the rewrite "
+                      f"makes {lit.new}, and no attribute of that module holds it")
+    return choices, unheld
 
 
 def _mismatch(model: nn.Module, want, inputs: tuple) -> str | None:
@@ -300,9 +301,11 @@ def _mismatch(model: nn.Module, want, inputs: tuple) -> str | None:
     return None
 
 
-def _follow(model: nn.Module, new: nn.Module, inputs: tuple, choices: list[_Choice]) -> None:
+def _follow(model: nn.Module, new: nn.Module, inputs: tuple, found: tuple[list[_Choice], str | None]) -> None:
     """Set, of each choice's attributes, the one (tried in turn where several hold the old
-    width) with which ``model`` computes what ``new`` does; refuse where none does."""
+    width) with which ``model`` computes what ``new`` does; refuse where none does (naming a
+    changed width no attribute holds, if one is why)."""
+    choices, unheld = found
     tries = list(itertools.islice(itertools.product(*[c.names for c in choices]), _MAX_TRIES))
     with own_run(new):
         want = new(*inputs)
@@ -314,6 +317,9 @@ def _follow(model: nn.Module, new: nn.Module, inputs: tuple, choices: list[_Choi
         why = _mismatch(model, want, inputs)
         if why is None:
             return
+    if unheld:
+        raise FxSurgeonError(f"your model's forward {unheld}, and after the change it {why}: its code "
+                             f"cannot follow; use surgery.module")
     several = "; ".join(", ".join(c.names) for c in choices if len(c.names) > 1)
     tried = f" with each of the attributes that hold a changed width ({several})" if several else ""
     raise FxSurgeonError(f"after the change your model's forward {why}{tried}: its code cannot follow; "

@@ -23,7 +23,7 @@ import torch
 from torch import fx, nn
 
 from ..analysis.cost import dimension_of
-from ..analysis.dimension import segments
+from ..analysis.dimension import blocks, segments
 from ..analysis.graph import ChannelGraph, check_hooks
 from ..analysis.propagation import AxisRef, propagate
 from ..analysis.shapes import propagate_shapes
@@ -343,7 +343,7 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
         r_new = new_refs.get(key)
         if r_new is None:
             raise FxSurgeonError(f"the rewritten graph lost track of {key[0]} axis {key[1]}")
-        idx = match(prop.uf.find(r_old.tags), new_prop.uf.find(r_new.tags))
+        idx = match(prop.uf.find(r_old.tags), _old_classes(prop, new_prop, layout, r_new.tags))
         if r_old.divisor > 1:
             idx = _grouped_map(r_old, r_new, idx)
             if not all(is_identity(row, len(r_old.tags) // r_old.divisor) for row in idx):
@@ -383,6 +383,17 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
     return surgery
 
 
+def _old_classes(prop, new_prop, layout: _Layout, tags: np.ndarray) -> np.ndarray:
+    """The class each of the new network's ``tags`` held in the analysis: an identity the
+    analysis made keeps its class there, whatever the rewrite's walk coupled it with (that
+    walk starts from the final classes, so a dimension left with one channel can read as
+    one class where the analysis saw several, and an op may then couple it with more, such
+    as a rotary embedding's pinned values); a new identity takes its class in that walk."""
+    tags = np.asarray(tags, np.int64)
+    old = tags < layout.old_size
+    return np.where(old, prop.uf.find(np.where(old, tags, 0)), new_prop.uf.find(tags))
+
+
 class _Layout:
     """Which channels survive, which are new, and the identities producers now emit."""
 
@@ -412,8 +423,9 @@ class _Layout:
         stays one block."""
         dim = self.graph.dims[d] if d >= 0 else None
         if dim is not None and dim.unit > 1:      # a new head takes head_dim positions in
-            new = np.repeat(new, dim.unit)        # each of q, k, v a projection emits
-            m = segments(self.graph.propagation.uf.find(vec))
+            roots = self.graph.propagation.uf.find(vec)     # each of q, k, v a projection
+            new = np.repeat(new, blocks(roots) or 1)        # emits (a group n_rep of them in q)
+            m = segments(roots)
             return np.concatenate([np.concatenate([part[self.kept(part)], new])
                                    for part in np.split(vec, m)])
         kept = self.kept(vec)

@@ -24,6 +24,12 @@ def hf(name):
         config = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64,
                                          use_cache=False, bos_token_id=0, eos_token_id=0)
         return transformers.GPT2Model(config), tokens
+    if name in ("llama", "qwen2", "mistral"):      # grouped-query: 4 query heads, 2 key/value heads
+        config = getattr(transformers, {"llama": "LlamaConfig", "qwen2": "Qwen2Config",
+                                        "mistral": "MistralConfig"}[name])(
+            vocab_size=100, hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64, use_cache=False)
+        return transformers.AutoModel.from_config(config), tokens
     if name == "vit":
         config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
                                         num_attention_heads=4, intermediate_size=37)

@@ -98,7 +98,7 @@ def _within_channels(walk, node: fx.Node, x, dim: int):
     def decide():
         axes = varying_axes(walk.tags, x)
         if len(axes) != 1 or axes[0] == dim or class_rows(walk.tags, x, axes[0]) is None:
-            walk.out.pins.append(Pin(pinned, why))
+            walk.pin_channels(pinned, why)
     return decide
 
 

@@ -209,9 +209,9 @@ def _follow_rows(walk, node, x, out, literal: list[int]):
         axes = varying_axes(walk.tags, out)
         rows = class_rows(walk.tags, out, axes[0]) if len(axes) == 1 else None
         if rows is None:
-            walk.out.pins.append(Pin(pinned, why))
+            walk.pin_channels(pinned, why)
         elif axes[0] in literal:
-            walk.out.sizes.append(Size(node.name, axes[0], rows))
+            walk.size(node, axes[0], rows)
     return decide
 
 

@@ -8,6 +8,7 @@ from ..channels.facts import Generations
 from ..channels.nodes import value_users
 from ..channels.provenance import WeightSource
 from ..layers.folded import FoldedConv
+from ..layers.schemes import scheme_of
 from .layers import produce
 from .norms import PerChannel
 from .rule import Rule
@@ -62,7 +63,7 @@ class Blocks(Rule):
         w = m.dense_weight()
         bias = None if m.bias is None else WeightSource.of(walk.tensor_name(f"{node.target}.bias"), 1)
         weight = WeightSource.of(f"{node.target}.weight", w.dim())
-        if m.scheme == "ca":      # its dense weight is a copy: a pass that wrote into it (rescaling)
+        if scheme_of(m.scheme).crosses:  # its dense weight is a copy: a pass that wrote into it (rescaling)
             weight.direct = None  # would change nothing, so it reads as a computed weight
         out = produce(walk, node, args[0], weight, bias, tuple(w.shape), 1, m.ndim == 0, False)
         vin, vout = walk.tags.axis_vector(args[0], m.axis), walk.tags.axis_vector(out, m.axis)
@@ -76,7 +77,7 @@ class Blocks(Rule):
             walk.params(node, dense, kernel, (vout, 1), (vin, 1))
             walk.accounted |= {walk.tensor_name(f"{node.target}.{name}") for name, _ in m.named_parameters()
                                if name != "bias"}   # the blocks: counted as the dense weight less the gaps
-        if m.scheme == "ca":
+        if scheme_of(m.scheme).crosses:
             why = f"a ca layer ({node.target}) keeps its widths: its gates have no dense form to resize"
             walk.pin(out, why)
             walk.pin(args[0], why)
@@ -106,7 +107,7 @@ class Blocks(Rule):
         return FoldedConv(weight, m.stride, m.padding, m.dilation) if m.ndim else None
 
     def unpack(self, module):
-        return module.dense() if module.scheme == "cr" else None
+        return module.dense() if not scheme_of(module.scheme).crosses else None
 
 
 class Judge(PerChannel):

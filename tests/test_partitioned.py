@@ -65,6 +65,10 @@ def _check_blocks(layer, row_gen, col_gen, x, scheme):
         want = [own[0] + 2 * torch.sigmoid(own[0]) * a_rs, own[1] + 2 * torch.sigmoid(own[1]) * a_sr]
     part = Partitioned.from_dense(scheme, layer, row_gen, col_gen)
     torch.testing.assert_close(part(x), torch.cat(want, -1 if isinstance(layer, nn.Linear) else 1))
+    # its shape without running it: what shape propagation asks its rule on the meta device
+    meta = {k: v.to("meta") for k, v in [*part.named_parameters(), *part.named_buffers()]}
+    rule = fxs.ops.TABLE.module_rule(part)
+    assert rule.forward_with(part, meta, (x.to("meta"),), {}).shape == part(x).shape
     # multiply-accumulates: cr only the diagonal blocks, ca exactly one dense layer
     with FlopCounterMode(display=False) as dense:
         layer(x)

@@ -98,7 +98,7 @@ class Blocks(Rule):
         if kwargs:
             return None
         x = args[0]
-        w = torch.empty([module.out_s + module.out_r, x.shape[module.axis], *module.kernel],
+        w = torch.empty([sum(module.rows), x.shape[module.axis], *module.kernel],
                         dtype=x.dtype, device=x.device)
         return module._layer(x, w)
 

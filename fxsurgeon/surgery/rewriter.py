@@ -369,11 +369,12 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
         _partition(new, prop, new_prop, new_refs, layout, surgery)
     _carry_unused(graph, new)
     new.recompile()
+    computed = None
     if fold and check:
-        verify(graph, lambda: zeroed_scales(graph, layout.kept, layout.silenced), expected, new, new_prop,
-               surgery)
+        computed = verify(graph, lambda: zeroed_scales(graph, layout.kept, layout.silenced), expected, new,
+                          new_prop, surgery)
     if surgery.partitioned and fold:        # without folds the caller completes the graph first
-        surgery.module = streamed(new, graph.example_inputs)
+        surgery.module = streamed(new, graph.example_inputs, computed)
     lost = carry_hooks(old, surgery.module)
     if lost:
         raise FxSurgeonError(f"the {scheme} network cannot keep {len(lost)} hook(s) of the model, "

@@ -41,16 +41,17 @@ def difference(a, b) -> float | None:
     return worst
 
 
-def verify(graph, overrides, expected, new, new_prop, surgery) -> None:
+def verify(graph, overrides, expected, new, new_prop, surgery):
     """Raise :class:`FxSurgeonError` if ``new`` does not compute ``expected`` (the
     reference's output) on the example inputs, naming the first layer that differs
     (``overrides()`` gives the reference's tensors again, to find it; ``surgery.folds``
     says where a fold now gives a layer's output; a layer folded ``"norm"`` lacks the
-    constant the norm reading it took in, so its output is not compared)."""
+    constant the norm reading it took in, so its output is not compared). Returns what
+    ``new`` computed."""
     got, _, _ = run_graph(new, graph.example_inputs)
     d = difference(expected, got)
     if d is not None and d <= 1:
-        return
+        return got
     prop = graph.propagation
     producers = [(g.node, g.tags) for g in prop.groups if g.origin == "producer"]
     new_vecs = {g.node: g.tags for g in new_prop.groups}

@@ -364,16 +364,18 @@ def stream(gm: fx.GraphModule) -> fx.GraphModule:
     return out
 
 
-def streamed(gm: fx.GraphModule, example_inputs: tuple) -> fx.GraphModule:
+def streamed(gm: fx.GraphModule, example_inputs: tuple, want=None) -> fx.GraphModule:
     """:func:`stream` ``gm``, proved on the example inputs (in eval mode): the streamed network
-    must give what ``gm`` gives; where it does not (a bug in this module or in an op rule's
-    ``stream()``), this warns and returns ``gm``, the plain form (checked by the rewrite)."""
+    must give what ``gm`` gives (``want``, when the caller ran it already); where it does not
+    (a bug in this module or in an op rule's ``stream()``), this warns and returns ``gm``, the
+    plain form (checked by the rewrite)."""
     propagate_shapes(gm, example_inputs)        # the nodes a rewrite added have no shapes yet
     out = stream(gm)
     if out is gm:
         return gm
     with own_run(gm):
-        want = gm(*example_inputs)
+        if want is None:
+            want = gm(*example_inputs)
         try:
             got = out(*example_inputs)
         except Exception as exc:  # noqa: BLE001 - a rule's stream() that does not fit: plain form

@@ -183,21 +183,47 @@ def test_diffusers_vae_grows_its_one_head_attention():
 
 
 class UnknownBeforeTheHead(nn.Module):
-    """An op without a rule (``**``, as in MetaFormers' StarReLU) on the pooled features a head reads."""
+    """An op without a rule (``cumsum`` along the channels) on the pooled features a head reads."""
 
     def __init__(self):
         super().__init__()
         self.conv, self.bn, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Linear(8, 4)
 
     def forward(self, x):
-        return self.head(torch.relu(self.bn(self.conv(x))).mean((2, 3)) ** 2)
+        return self.head(torch.cumsum(torch.relu(self.bn(self.conv(x))).mean((2, 3)), 1))
 
 
 def test_a_head_after_an_opaque_op_keeps_its_columns_for_one_image():
     """For one image the opaque op's identities vary along the channels only, so the head
     reads them as its input channels: the rewrite zeroed its columns (timm's
     ``caformer_s18`` at ``head.fc.fc2``, ``nf_seresnet26`` at ``head.fc``, no-op plans)."""
-    every_scheme(UnknownBeforeTheHead(), (torch.randn(1, 3, 6, 6, dtype=torch.float64),))
+    graph = every_scheme(UnknownBeforeTheHead(), (torch.randn(1, 3, 6, 6, dtype=torch.float64),))
+    assert graph["conv"].pinned.startswith("unknown op cumsum()")
+
+
+class InverseOfDead(nn.Module):
+    """``relu(x) ** -1``: a channel dead at 0 emits ``0 ** -1 = inf``, the next layer nan."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(self.conv(x))) ** -1)
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_a_removed_channel_that_adds_inf_is_refused_with_the_reason(frontend):
+    model = InverseOfDead().double().eval()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    with torch.no_grad():
+        model.bn.weight[:3], model.bn.bias[:3] = 0, -0.5      # dead at relu(-0.5) = 0
+        assert model(x).isnan().any()
+    graph = fxs.analyze(model, x, frontend=frontend)
+    assert graph["conv"].free
+    plan = fxs.plan(graph, fxs.liveliness(graph), target=None, scheme="prune")
+    with pytest.raises(fxs.FxSurgeonError, match=r"removed from .*: what they add to it is not finite"):
+        fxs.rewrite(graph, plan)
 
 
 @pytest.mark.parametrize("name", ["nf_seresnet26", "caformer_s18"])

@@ -311,6 +311,48 @@ def test_constants_that_vary_on_the_way_are_replayed_at_every_input_size():
     assert done["prune"].folded["pool"] == done["prune"].folded["conv"] == "map"
 
 
+#: ``**`` and its kin after a BatchNorm'd ReLU (issue #31: timm's MetaFormers square theirs)
+POWERS = {
+    "StarReLU": lambda s, h: s.scale * h ** 2 + s.bias,
+    "torch.pow": lambda s, h: torch.pow(h, 3),
+    "Tensor.pow": lambda s, h: h.pow(0.5),
+    "square": lambda s, h: torch.square(h),
+    "number ** x": lambda s, h: 2 ** h,
+    "x ** 0": lambda s, h: h ** 0,
+    "x ** 1": lambda s, h: h ** 1,
+    "sigmoid(x ** -1)": lambda s, h: torch.sigmoid(h ** -1),     # a dead channel's 0 ** -1 = inf, then 1
+}
+
+
+class Powers(nn.Module):
+    """A power between two conv-BN-ReLUs, then a zero pad: the removed channels' constant
+    ``c ** p`` varies over the pad, so folding replays it through the power."""
+
+    def __init__(self, form):
+        super().__init__()
+        self.form = form
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 2), nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, 4)
+        self.scale, self.bias = nn.Parameter(torch.tensor([0.8])), nn.Parameter(torch.tensor([-0.1]))
+
+    def forward(self, x):
+        h = POWERS[self.form](self, torch.relu(self.bn1(self.conv1(x))))
+        h = torch.relu(self.bn2(self.conv2(F.pad(h, (0, 1, 0, 1)))))
+        return self.head(h.mean((2, 3)))
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+@pytest.mark.parametrize("form", POWERS)
+def test_powers_keep_their_function_in_every_scheme(form, frontend):
+    graph = fxs.analyze(Powers(form), torch.randn(2, 3, 8, 8), frontend=frontend)
+    assert not any("pow" in r or "square" in r for d in graph.dims for r in d.reasons)
+    assert graph.dims[1].free        # conv1's channels, through the power
+    done = exact_in_every_scheme(Powers(form), torch.randn(2, 3, 8, 8), torch.randn(1, 3, 11, 7),
+                                 frontend=frontend)
+    assert "map" in done["prune"].folded.values()        # conv2's, replayed through the power
+
+
 class Dense(nn.Module):
     def __init__(self):
         super().__init__()

@@ -200,3 +200,42 @@ def test_attention_outputs_carry_one_identity_per_embedding_channel_pinned():
     assert trunk.pinned and any("MultiheadAttention" in r for r in trunk.reasons)
     assert {("norm", "param"), ("out", "in")} <= {(m.node, m.role) for m in trunk.members}
     assert graph.propagation.uf.size < 64 * 16
+
+
+class Power(nn.Module):
+    def __init__(self, exponent):
+        super().__init__()
+        self.exponent = exponent
+        self.c, self.bn, self.d = nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        p = self.exponent if not isinstance(self.exponent, str) else torch.sigmoid(self.c(x))
+        return self.d(torch.relu(self.bn(self.c(x))) ** p)
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_a_power_carries_channels_and_passes_rescaling_only_at_exponent_one(frontend):
+    """``(s·x) ** p = s ** p · x ** p``: neural rescaling, which divides the reader's weights by
+    ``s``, is exact through ``x ** 1`` only; elsewhere it leaves the norm and says why."""
+    x = torch.randn(2, 3, 4, 4)
+    for p, homogeneous in ((2, False), (0.5, False), (1, True), (1.0, True)):
+        model = Power(p).eval()
+        with torch.no_grad():
+            model.bn.weight.copy_(torch.linspace(0.001, 1, 8))      # small scales: rescaling lifts them
+        graph = fxs.analyze(model, x, frontend=frontend)
+        assert graph.dims[1].free
+        s = fxs.rewrite(graph, fxs.plan(graph, target=None, scheme="prune"), rescale=True)
+        bn = next(k for k in s.rescale_skipped if "bn" in k or "batch_norm" in k) \
+            if not homogeneous else None
+        assert (bn is None) == homogeneous == bool(s.rescaled), (p, s.rescale_skipped)
+        if bn is not None:
+            why = s.rescale_skipped[bn][1]
+            assert "pow" in why and "not positively homogeneous" in why
+        with torch.no_grad():
+            assert torch.allclose(model(x), s.module(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_a_tensor_raised_to_a_tensor_pins_with_its_reason(frontend):
+    graph = fxs.analyze(Power("tensor").eval(), torch.randn(2, 3, 4, 4), frontend=frontend)
+    assert "a tensor raised to a tensor's power" in graph.dims[1].pinned

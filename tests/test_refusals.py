@@ -183,21 +183,47 @@ def test_diffusers_vae_grows_its_one_head_attention():
 
 
 class UnknownBeforeTheHead(nn.Module):
-    """An op without a rule (``**``, as in MetaFormers' StarReLU) on the pooled features a head reads."""
+    """An op without a rule (``cumsum`` along the channels) on the pooled features a head reads."""
 
     def __init__(self):
         super().__init__()
         self.conv, self.bn, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Linear(8, 4)
 
     def forward(self, x):
-        return self.head(torch.relu(self.bn(self.conv(x))).mean((2, 3)) ** 2)
+        return self.head(torch.cumsum(torch.relu(self.bn(self.conv(x))).mean((2, 3)), 1))
 
 
 def test_a_head_after_an_opaque_op_keeps_its_columns_for_one_image():
     """For one image the opaque op's identities vary along the channels only, so the head
     reads them as its input channels: the rewrite zeroed its columns (timm's
     ``caformer_s18`` at ``head.fc.fc2``, ``nf_seresnet26`` at ``head.fc``, no-op plans)."""
-    every_scheme(UnknownBeforeTheHead(), (torch.randn(1, 3, 6, 6, dtype=torch.float64),))
+    graph = every_scheme(UnknownBeforeTheHead(), (torch.randn(1, 3, 6, 6, dtype=torch.float64),))
+    assert graph["conv"].pinned.startswith("unknown op cumsum()")
+
+
+class InverseOfDead(nn.Module):
+    """``relu(x) ** -1``: a channel dead at 0 emits ``0 ** -1 = inf``, the next layer nan."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(self.conv(x))) ** -1)
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_a_removed_channel_that_adds_inf_is_refused_with_the_reason(frontend):
+    model = InverseOfDead().double().eval()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    with torch.no_grad():
+        model.bn.weight[:3], model.bn.bias[:3] = 0, -0.5      # dead at relu(-0.5) = 0
+        assert model(x).isnan().any()
+    graph = fxs.analyze(model, x, frontend=frontend)
+    assert graph["conv"].free
+    plan = fxs.plan(graph, fxs.liveliness(graph), target=None, scheme="prune")
+    with pytest.raises(fxs.FxSurgeonError, match=r"removed from .*: what they add to it is not finite"):
+        fxs.rewrite(graph, plan)
 
 
 @pytest.mark.parametrize("name", ["nf_seresnet26", "caformer_s18"])
@@ -415,3 +441,72 @@ def test_a_grouped_conv_after_an_opaque_op_keeps_its_width(groups, out, transpos
     plan = fxs.plan(graph, fxs.liveliness(graph), target=1.5, scheme="nr")
     assert plan.dims[dw.name].new_width == dw.width
     assert [d.name for d in graph.free_dims] and all(plan.dims[d.name].added for d in graph.free_dims)
+
+
+def _conformer():
+    torchaudio = pytest.importorskip("torchaudio")
+    torch.manual_seed(0)
+    return torchaudio.models.Conformer(input_dim=16, num_heads=2, ffn_dim=32, num_layers=2,
+                                       depthwise_conv_kernel_size=3).double().eval()
+
+
+def test_a_conformer_is_refused_by_both_front_ends_naming_its_data_dependent_guard():
+    """torchaudio's Conformer builds its padding mask from ``int(torch.max(lengths).item())``."""
+    x, lengths = torch.randn(2, 10, 16, dtype=torch.float64), torch.tensor([10, 7])
+    with pytest.raises(fxs.UntraceableModelError, match=r"(?s)torch.fx cannot trace.*"
+                       r"int\(torch.max\(lengths\).item\(\)\).*torch.export cannot export Conformer: "
+                       r"a data-dependent guard at torchaudio/models/conformer.py:\d+ in "
+                       r"_lengths_to_padding_mask.*docs/your-model.md"):
+        fxs.analyze(_conformer(), (x, lengths))
+
+
+class ConformerLayers(nn.Module):
+    """What ``Conformer.forward`` does after its data-dependent mask, with the mask as an
+    input (docs/your-model.md, "A model with data-dependent control flow")."""
+
+    def __init__(self, conformer):
+        super().__init__()
+        self.conformer_layers = conformer.conformer_layers
+
+    def forward(self, input, key_padding_mask):
+        x = input.transpose(0, 1)
+        for layer in self.conformer_layers:
+            x = layer(x, key_padding_mask)
+        return x.transpose(0, 1)
+
+
+def padding_mask(lengths):
+    return torch.arange(int(lengths.max()))[None, :] >= lengths[:, None]
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_a_conformers_layers_with_the_mask_as_an_input_are_exact_in_every_scheme(frontend):
+    conformer = _conformer()
+    randomise_norms(conformer)
+    with torch.no_grad():          # 30 % of each feed-forward's hidden units silent (SiLU(0) = 0)
+        for layer in conformer.conformer_layers:
+            for ffn in (layer.ffn1, layer.ffn2):
+                dead = torch.rand(32) < 0.3
+                ffn.sequential[1].weight[dead], ffn.sequential[1].bias[dead] = 0, 0
+    inputs = [(torch.randn(2, 10, 16, dtype=torch.float64), torch.tensor([10, 7])),
+              (torch.randn(3, 6, 16, dtype=torch.float64), torch.tensor([4, 6, 1]))]
+    with torch.no_grad():
+        want = [conformer(x, lengths)[0] for x, lengths in inputs]
+    layers = ConformerLayers(conformer).eval()
+    x, lengths = inputs[0]
+    graph = fxs.analyze(layers, (x, padding_mask(lengths)), frontend=frontend)
+    assert graph.frontend == frontend and len(graph.free_dims) == 4
+    alive = fxs.activation_liveliness(graph, [(x, padding_mask(lengths))])
+    assert sum(int((~a).sum()) for a in alive.values()) > 0
+    for scheme in SCHEMES:
+        plan = fxs.plan(graph, alive, target=None if scheme == "prune" else 1.0, scheme=scheme)
+        new = fxs.rewrite(graph, plan, rescale=scheme == "ca").module
+        with torch.no_grad():
+            for (x, lengths), y in zip(inputs, want, strict=True):
+                assert same(y, new(x, padding_mask(lengths))), (scheme, tuple(x.shape))
+    # in place: the Conformer, with its own forward and lengths, computes what it did
+    fxs.apply(graph, fxs.rewrite(graph, fxs.plan(graph, alive, scheme="prune")))
+    assert conformer.conformer_layers[0].ffn1.sequential[1].out_features < 32
+    with torch.no_grad():
+        for (x, lengths), y in zip(inputs, want, strict=True):
+            assert same(y, conformer(x, lengths)[0])

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import copy
 import itertools
+import re
 import warnings
 
 import torch
 from torch import fx, nn
 from torch.export import Dim
+from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 from torch.utils._pytree import tree_structure
 
 from ..channels.hooks import quiet
@@ -61,6 +63,19 @@ def _export(model: nn.Module, args: tuple):
         return torch.export.export(sharing_copy(model), args, kwargs, strict=False)
 
 
+def _explain(exc: Exception) -> str:
+    """Why export failed: torch's message, after what it means where the model reads a
+    value of its input to decide a size or a branch (a data-dependent guard)."""
+    text = f"{type(exc).__name__}: {one_line(exc)}"
+    if not (isinstance(exc, GuardOnDataDependentSymNode) or "data-dependent" in str(exc)):
+        return text
+    where = re.search(r"Caused by: \(([^)]*)\)", str(exc))
+    return (f"a data-dependent guard{f' at {where[1]}' if where else ''}: the model decides a size "
+            f"or a branch from the values of an input (int(t.item()), if t.any(): ...), which no "
+            f"trace can follow. Analyse the part of it after that value, with the value as one of "
+            f"its inputs (docs/your-model.md, 'A model with data-dependent control flow'). {text}")
+
+
 def export_module(model: nn.Module, args: tuple) -> fx.GraphModule:
     """``model`` exported (in eval mode, restored after; its hooks silent) as a GraphModule
     of ATen calls whose parameters are the model's own, or :class:`UntraceableModelError` naming the cause."""
@@ -71,7 +86,7 @@ def export_module(model: nn.Module, args: tuple) -> fx.GraphModule:
             program = _export(model, args)
     except Exception as exc:  # noqa: BLE001 - every export failure gets the same explanation
         raise UntraceableModelError(f"torch.export cannot export {type(model).__name__}: "
-                                    f"{type(exc).__name__}: {one_line(exc)}") from exc
+                                    f"{_explain(exc)}") from exc
     unlifted = program.module()
     gm = fx.GraphModule(unlifted, unlifted.graph, type(model).__name__)
     _bind(gm, args, stateless(model))

@@ -17,7 +17,7 @@ import torch
 from torch import fx
 
 from .attention import DotProductAttention
-from .elementwise import Carry, Couple
+from .elementwise import Carry, Couple, Pow
 from .layers import Addmm, FunctionalEmbedding, FunctionalLayer, Matmul
 from .movement import Chunk, Concat, Move, Pad, Reshape, Spatial, Squeeze, class_rows, varying_axes
 from .norms import Norm
@@ -128,10 +128,11 @@ def register_aten(table: OpTable) -> None:
           aten.mish, aten.softplus, aten.exp, aten.sqrt, aten.rsqrt, aten.abs, aten.neg,
           aten.erf, aten.log, aten.sin, aten.cos, aten.reciprocal, aten.square],
          Carry())
-    # scalar-only overloads: a tensor bound or exponent is a second operand, opaque
+    # scalar-only overloads: a tensor bound is a second operand, opaque
     for overload in (aten.clamp.default, aten.clamp_.default, aten.clamp_min.default,
-                     aten.clamp_max.default, aten.pow.Tensor_Scalar, aten.clip.default):
+                     aten.clamp_max.default, aten.clip.default):
         table.register(overload, Carry())
+    each([aten.pow, aten.pow_], Pow())
     each([aten.add, aten.add_, aten.sub, aten.sub_], Couple("residual"))
     each([aten.mul, aten.mul_], Couple("gate", keeps_zero=(0, 1)))
     each([aten.div, aten.div_], Couple("gate", keeps_zero=(0,)))

@@ -12,7 +12,7 @@ from ..layers.folded import FoldedConstant, FoldedConv
 from ..layers.gate import Gate
 from ..layers.partitioned import Partitioned
 from .attention import DotProductAttention, MultiheadAttention
-from .elementwise import Carry, Couple, StochasticDepth
+from .elementwise import Carry, Couple, Pow, StochasticDepth
 from .layers import Embedding, FunctionalLayer, Layer, Matmul, PReLU
 from .movement import Chunk, Concat, Metadata, Move, Pad, Reshape, Select, Spatial, Split, Squeeze
 from .norms import Norm
@@ -45,7 +45,8 @@ def register_builtins(table: OpTable) -> None:
           torch.tanh, F.tanh, F.elu, F.selu, F.hardtanh, F.softplus, torch.clamp, torch.clip,
           operator.neg, torch.exp, torch.abs, torch.sqrt, torch.neg, F.alpha_dropout, operator.pos,
           "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "clip", "exp", "sqrt", "abs", "neg",
-          "hardtanh_", "requires_grad_"], Carry())
+          "hardtanh_", "requires_grad_", torch.square, "square", "square_"], Carry())
+    each([operator.pow, operator.ipow, torch.pow, "pow", "pow_"], Pow())
     table.register("torchvision.ops.stochastic_depth.stochastic_depth", StochasticDepth())
     each([operator.add, operator.sub, operator.iadd, operator.isub, torch.add, torch.sub,
           "add", "add_", "sub", "sub_"], Couple("residual"))

@@ -6,6 +6,7 @@ import torch
 from torch import fx
 
 from ..channels.facts import Modulated
+from ..channels.nodes import reads_values
 from .rule import Rule
 
 
@@ -31,6 +32,47 @@ class Carry(Rule):
 
     def stream(self, node, module):
         return "each" if self.per_element else None
+
+
+class Pow(Carry):
+    """``x ** p`` (``operator.pow``, ``torch.pow``, ``Tensor.pow``, ATen's ``pow`` overloads):
+    with a number ``p`` it maps each element on its own, so its output holds ``x``'s
+    channels. A removed channel's constant ``c`` becomes ``c ** p``, still a constant, which
+    folding replays and folds like any activation's (where ``c ** p`` is not finite, ``0 ** -1``,
+    the network read ``inf`` there before the surgery: folding refuses, see
+    :mod:`fxsurgeon.surgery.folding`). ``(s·x) ** p = s ** p · x ** p``: positively
+    homogeneous of degree ``p``, so neural rescaling (which divides the reader's weights by
+    ``s``) passes through it only where ``p`` is literally 1.
+
+    A number raised to a tensor (``2 ** x``) maps each element of ``x`` on its own too, so
+    it carries the exponent's channels. A tensor raised to a tensor is a second operand
+    whose zeros do not stay zeros (``0 ** 0 = 1``), with no rule that couples them: it pins
+    both, with that reason."""
+
+    def __init__(self):
+        super().__init__()
+
+    @staticmethod
+    def _operands(args, kwargs):
+        base = args[0] if args else kwargs.get("input", kwargs.get("self"))
+        exponent = args[1] if len(args) > 1 else kwargs.get("exponent")
+        return base, exponent
+
+    def propagate(self, walk, node, args, kwargs):
+        base, exponent = self._operands(args, kwargs)
+        if isinstance(base, torch.Tensor) and isinstance(exponent, torch.Tensor):
+            return walk.opaque(node, args, kwargs,
+                               reason=f"a tensor raised to a tensor's power at {walk.describe(node)}")
+        return base if isinstance(base, torch.Tensor) else exponent
+
+    def homogeneous(self, node, module) -> bool:
+        base, exponent = self._operands(node.args, node.kwargs)
+        return isinstance(base, fx.Node) and isinstance(exponent, (int, float)) and exponent == 1
+
+    def stream(self, node, module):
+        base, exponent = self._operands(node.args, node.kwargs)
+        tensors = [a for a in (base, exponent) if isinstance(a, fx.Node) and reads_values(a)]
+        return "each" if len(tensors) == 1 else None
 
 
 class Couple(Rule):

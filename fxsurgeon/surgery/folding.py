@@ -14,7 +14,9 @@ constant, replayed through the channel-wise ops on the way (the op table says wh
 ops act on each channel on its own), then through the layer restricted to those
 channels (its rule builds that). Each fold is exact at every input size, and is checked
 on the example inputs as it is built. A removed channel that is constant nowhere on
-the way was not dead: removing it changes the function, and folding refuses.
+the way was not dead: removing it changes the function, and folding refuses; so it does
+where what a removed channel adds is not finite (``0 ** -1`` reached a layer: the network
+computed inf or nan there already).
 """
 from __future__ import annotations
 
@@ -216,6 +218,11 @@ def _fold_constants(graph, new: fx.GraphModule, new_prop, surgery, removed: dict
         with torch.no_grad():
             delta = _call(graph.module, node, _with_input(node, call, reader.input, x)) \
                 - _call(graph.module, node, _with_input(node, call, reader.input, torch.zeros_like(x)))
+        if not torch.isfinite(delta).all():
+            raise FxSurgeonError(
+                f"cannot fold the channels removed from {name}: what they add to it is not finite (a "
+                f"constant such as 0 ** -1 = inf reached it), so the network computed inf or nan there "
+                f"before the surgery and no rewrite can keep that")
         raw, idx = delta, None
         if name in out_old and name in out_new:
             idx = match(prop.uf.find(out_old[name]), new_prop.uf.find(out_new[name]))

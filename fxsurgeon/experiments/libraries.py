@@ -154,7 +154,8 @@ def _phi():
 @_builder("transformers.GPT2LMHeadModel")
 def _gpt2():
     import transformers
-    config = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=64)
+    config = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                     bos_token_id=0, eos_token_id=0)   # (in the vocabulary)
     return transformers.GPT2LMHeadModel(config), _tokens()
 
 

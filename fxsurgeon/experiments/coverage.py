@@ -10,10 +10,13 @@ bench dependency), imported only where a timm model is built.
 
 Sources: ``timm`` (one model per architecture family, see :data:`TIMM_FAMILIES`),
 ``segmentation`` (torchvision), ``detection`` (the ``backbone`` of each torchvision
-detector, with its FPN or SSD extra layers) and ``video`` (torchvision).
+detector, with its FPN or SSD extra layers), ``video`` (torchvision) and ``libraries``
+(diffusers, MONAI, HuggingFace transformers and kornia models from tiny configs, see
+:mod:`fxsurgeon.experiments.libraries`: several inputs, dataclass outputs).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import traceback
@@ -30,8 +33,9 @@ from ..surgery.judges import JUDGES, add_judges
 from ..surgery.rewriter import rewrite
 from ..zoo.dead import kill_channels as kill
 from ..zoo.dead import randomise_norms
+from .libraries import LIBRARIES
 
-SOURCES = ("timm", "segmentation", "detection", "video")
+SOURCES = ("timm", "segmentation", "detection", "video", "libraries")
 SCHEMES = ("prune", "nr", "cr", "ca")
 #: largest relative difference (per output tensor, against its largest magnitude) still "same"
 TOLERANCE = 1e-8
@@ -100,6 +104,8 @@ def models(source: str, full: bool = False) -> list[str]:
     if source == "timm":
         import timm
         return timm.list_models() if full else sorted(TIMM_FAMILIES.values())
+    if source == "libraries":
+        return list(LIBRARIES)
     return torchvision.models.list_models(module=getattr(torchvision.models, source))
 
 
@@ -122,6 +128,8 @@ def _factory(source: str, name: str):
         return lambda: timm.create_model(name, pretrained=False, num_classes=10)
     if source == "video":
         return lambda: torchvision.models.get_model(name, weights=None)
+    if source == "libraries":
+        return lambda: LIBRARIES[name]()[0]
     if source == "detection":
         return lambda: torchvision.models.get_model(name, weights=None, weights_backbone=None).backbone
     return lambda: torchvision.models.get_model(name, weights=None, weights_backbone=None)
@@ -130,15 +138,44 @@ def _factory(source: str, name: str):
 def _runs(model, x) -> bool:
     try:
         with torch.no_grad():
-            model(x)
+            model(*_args(x))
         return True
     except Exception:  # noqa: BLE001 - any failure means this input size does not suit the model
         return False
 
 
-def build(source: str, name: str, device: str = "cpu") -> tuple[torch.nn.Module, torch.Tensor]:
-    """The model in float64 and eval mode with random BatchNorm statistics, and its input."""
+def _args(x) -> tuple:
+    """A model's positional inputs: ``x`` itself if a tuple (several inputs), else ``(x,)``."""
+    return x if isinstance(x, tuple) else (x,)
+
+
+def _shapes(x) -> list:
+    """The input's shape, or each input's where there are several."""
+    return [list(v.shape) for v in x] if isinstance(x, tuple) else list(x.shape)
+
+
+def _batch(x) -> int:
+    """The batch size: the first input's first axis."""
+    return _args(x)[0].shape[0]
+
+
+def _first(x):
+    """The first sample of the batch: every input whose first axis is the batch size sliced."""
+    if not isinstance(x, tuple):
+        return x[:1]
+    n = _batch(x)
+    return tuple(v[:1] if v.dim() and v.shape[0] == n else v for v in x)
+
+
+def build(source: str, name: str, device: str = "cpu") -> tuple[torch.nn.Module, torch.Tensor | tuple]:
+    """The model in float64 and eval mode with random BatchNorm statistics, and its input
+    (a tuple of positional inputs for a ``libraries`` model, floating ones in float64)."""
     torch.manual_seed(0)
+    if source == "libraries":
+        model, x = LIBRARIES[name]()
+        model = model.double().eval()
+        randomise_norms(model)
+        return model.to(device), tuple((v.double() if v.is_floating_point() else v).to(device) for v in x)
     model = _factory(source, name)().double().eval()
     randomise_norms(model)
     model.to(device)
@@ -156,9 +193,12 @@ def build(source: str, name: str, device: str = "cpu") -> tuple[torch.nn.Module,
 
 
 def _leaves(y) -> list:
-    """The tensors of a model's output, in order (dicts, lists, tuples; None skipped)."""
+    """The tensors of a model's output, in order (dicts, lists, tuples, dataclasses such as
+    diffusers' and transformers' outputs; None skipped)."""
     if isinstance(y, torch.Tensor):
         return [y]
+    if dataclasses.is_dataclass(y) and not isinstance(y, (type, dict)):
+        y = [getattr(y, f.name) for f in dataclasses.fields(y)]
     if isinstance(y, dict):
         y = list(y.values())
     if isinstance(y, (list, tuple)):
@@ -202,7 +242,7 @@ def _scheme(graph, alive, scheme: str, x, y0, record: dict) -> str:
         new = rewrite(graph, plan, rescale=scheme == "ca").module
         stage = "forward"
         with torch.no_grad():
-            y1 = new(x)
+            y1 = new(*_args(x))
     except FxSurgeonError as err:
         return f"refused: {_first_line(err)}"
     except Exception as err:  # noqa: BLE001 - every other exception is a crash to report
@@ -241,7 +281,8 @@ def check(source: str, name: str, max_params: int = MAX_PARAMS, device: str = "c
           frontend: str = "auto", draws: int = 1) -> dict:
     """Analyse one model and run every scheme on it; the record says what happened.
 
-    Keys: ``model``, ``source``, ``params``, ``input``, ``seconds``; ``skipped`` (why:
+    Keys: ``model``, ``source``, ``params``, ``input`` (its shape, or each input's),
+    ``seconds``; ``skipped`` (why:
     too big, or in :data:`SKIP`); ``traced`` (True or False) and ``untraceable`` (the
     tracer's message); ``frontend`` (``fx`` or ``export``: which one traced it, as
     ``analyze(frontend=frontend)`` chose); ``target`` (the growing schemes' budget: 1.0, or :data:`GROWTH`
@@ -281,7 +322,7 @@ def worse(a: str, b: str) -> str:
 
 def _check(source: str, name: str, max_params: int, device: str, record: dict, frontend: str,
            draws: int = 1) -> None:
-    with torch.device("meta"):
+    with torch.device("cpu" if source == "libraries" else "meta"):   # libraries: tiny, built as they are
         record["params"] = sum(p.numel() for p in _factory(source, name)().parameters())
     if record["params"] > max_params:
         record["skipped"] = f"{record['params'] / 1e6:.0f}M parameters, over {max_params / 1e6:.0f}M"
@@ -290,7 +331,7 @@ def _check(source: str, name: str, max_params: int, device: str, record: dict, f
     if "skipped" in record:
         return
     model, x = build(source, name, device)
-    record["input"] = list(x.shape)
+    record["input"] = _shapes(x)
     graph = _analyse(model, x, record, frontend)
     if graph is None:
         return
@@ -303,7 +344,7 @@ def _check(source: str, name: str, max_params: int, device: str, record: dict, f
     # with nothing dead, the growing schemes grow anyway: half again the parameters
     record["target"] = 1.0 if record["dead"] else GROWTH
     with torch.no_grad():
-        y0 = model(x)
+        y0 = model(*_args(x))
     for scheme in SCHEMES:
         record[scheme] = _scheme(graph, alive, scheme, x, y0, record)
     _gated(graph, x, record)
@@ -311,7 +352,7 @@ def _check(source: str, name: str, max_params: int, device: str, record: dict, f
         graph.module.load_state_dict(state)
         # the second draw is of one image: identities that vary along the channel axis alone
         # (an outer product of one timestep) show only there
-        xd = x[:1] if draw == 1 and x.shape[0] > 1 else x
+        xd = _first(x) if draw == 1 and _batch(x) > 1 else x
         g = graph if xd is x else _analyse(model, xd, {}, frontend)
         if g is None:
             continue
@@ -319,7 +360,7 @@ def _check(source: str, name: str, max_params: int, device: str, record: dict, f
         alive = liveliness(g)
         dead = int(sum((~a).sum() for a in alive.values()))
         with torch.no_grad():
-            y0 = model(xd)
+            y0 = model(*_args(xd))
         for scheme in SCHEMES:
             outcome = _scheme(g, alive, scheme, xd, y0, {"target": 1.0 if dead else GROWTH})
             which = f"draw {draw}, one image" if xd is not x else f"draw {draw}"
@@ -343,5 +384,5 @@ def _gated(graph, x, record: dict) -> None:
     kill(judged.graph, 0.3, seed=1)
     alive = liveliness(judged.graph)
     with torch.no_grad():
-        y0 = judged.graph.module(x)
+        y0 = judged.graph.module(*_args(x))
     record["gates"] = _scheme(judged.graph, alive, "nr", x, y0, {"target": record["target"]})

@@ -1,7 +1,6 @@
 """The ``libraries`` source of the coverage sweep: models from libraries nobody here wrote
 (diffusers, MONAI, HuggingFace transformers, kornia, segmentation-models-pytorch), each built
-from a tiny config, with
-nothing downloaded (issue #31).
+from a tiny config, with nothing downloaded (issue #31).
 
 :data:`LIBRARIES` maps a name to a builder returning ``(model, inputs)``: the float32 model
 with random weights and its example inputs, a tuple of positional arguments (batch 2: the

@@ -510,3 +510,25 @@ def test_a_conformers_layers_with_the_mask_as_an_input_are_exact_in_every_scheme
     with torch.no_grad():
         for (x, lengths), y in zip(inputs, want, strict=True):
             assert same(y, conformer(x, lengths)[0])
+
+
+class CutOfNothing(nn.Module):
+    """MONAI's ``SwinUNETR`` at a stage no larger than its window: ``compute_mask`` slices
+    ``slice(-window, -0)`` (empty), cuts that empty tensor again and reduces it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv(x)))
+        n = h.shape[2]
+        empty = h[:, :, n - 2:-0][:, :, 0:-1][:, :, :, 0:n - 1]
+        return self.head(h + empty.sum())
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_an_empty_cut_holds_no_channels(frontend):
+    graph = every_scheme(CutOfNothing(), (torch.randn(1, 3, 6, 6, dtype=torch.float64),), growth=1.5,
+                         frontend=frontend)
+    assert [d.name for d in graph.free_dims] == ["conv"]

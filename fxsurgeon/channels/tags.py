@@ -153,6 +153,8 @@ class Tags:
         found = [(len(v), a, v) for a, v in hit[1].items() if v is not None] \
             if hit is not None and hit[0] is t else []
         if not found:
+            if not t.numel():           # an empty tensor (a cut of nothing) holds no channels
+                return None
             moving = [a for a in range(t.dim()) if t.shape[a] > 1 and t.stride(a) != 0]
             if len(moving) != 1:
                 return None

@@ -14,6 +14,10 @@ class Reduce(Rule):
         keep = keep if isinstance(keep, bool) else False
         dims = list(range(x.dim())) if dims is None else [dims] if isinstance(dims, int) else list(dims)
         dims = sorted(d % x.dim() for d in dims)
+        if not x.numel():           # a statistic of nothing: no identity reaches it
+            shape = [1 if d in dims else n for d, n in enumerate(x.shape)] if keep else \
+                [n for d, n in enumerate(x.shape) if d not in dims]
+            return walk.tags.none(shape)
         out = x
         for d in reversed(dims):
             out = out.narrow(d, 0, 1) if keep else out.select(d, 0)

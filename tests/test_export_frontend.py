@@ -281,3 +281,26 @@ def test_a_rewrite_of_an_exported_model_exports_and_is_analysed_again():
     again = fxs.analyze(new, x)
     assert again.frontend == "export" and fxs.analyze(fxs.export(new), x).frontend == "export"
     assert again.count("params") == sum(p.numel() for p in new.parameters()) < graph.count("params")
+
+
+def test_an_export_with_dynamic_sizes_that_takes_too_long_falls_back_to_the_examples(monkeypatch):
+    """torch.export's shape reasoning can take hours (MONAI's SwinUNETR: over 15 minutes at
+    64x64); past ``DYNAMIC_SECONDS`` the model is exported at the example's sizes, with a
+    warning that says what that costs, and the timer and its handler are put back."""
+    import signal
+
+    from fxsurgeon.analysis import export_frontend
+    monkeypatch.setattr(export_frontend, "DYNAMIC_SECONDS", 1e-4)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    model, x = model.double().eval(), torch.randn(1, 3, 10, 10, dtype=torch.float64)
+    handler = signal.getsignal(signal.SIGALRM)
+    with pytest.warns(UserWarning, match="exported at the example's sizes"):
+        graph = fxs.analyze(model, x, frontend="export")
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0) and signal.getsignal(signal.SIGALRM) is handler
+    assert graph.count("params") == sum(p.numel() for p in model.parameters())
+    torch.testing.assert_close(graph.module(x), model(x))
+    with pytest.raises(AssertionError, match="Guard failed"):         # static: the example's size only
+        graph.module(torch.randn(1, 3, 12, 12, dtype=torch.float64))
+    monkeypatch.setattr(export_frontend, "DYNAMIC_SECONDS", None)
+    graph = fxs.analyze(model, x, frontend="export")                  # no limit: dynamic sizes
+    assert graph.module(torch.randn(1, 3, 12, 12, dtype=torch.float64)).shape == (1, 4, 10, 10)

@@ -19,7 +19,11 @@ from __future__ import annotations
 import copy
 import itertools
 import re
+import signal
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import fx, nn
@@ -51,16 +55,55 @@ def sharing_copy(model: nn.Module) -> nn.Module:
         return model
 
 
+#: seconds torch.export may spend on dynamic input sizes before the example's sizes are used
+#: instead (its shape reasoning can take hours: MONAI's SwinUNETR); None for no limit
+DYNAMIC_SECONDS: float | None = 60.0
+
+
+class _TooLong(BaseException):
+    """Raised by :func:`_time_limit` (a BaseException: torch's own ``except Exception``
+    blocks must not take it)."""
+
+
+@contextmanager
+def _time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`_TooLong` in the block after ``seconds``, by SIGALRM; no limit outside
+    the main thread, where there is no SIGALRM, or while a timer of the caller's runs."""
+    if seconds is None or threading.current_thread() is not threading.main_thread() \
+            or not hasattr(signal, "setitimer") or signal.getitimer(signal.ITIMER_REAL)[0]:
+        yield
+        return
+
+    def ring(signum, frame):
+        raise _TooLong
+    before = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+
+
 def _export(model: nn.Module, args: tuple):
     """The exported program (called with its :data:`~fxsurgeon.analysis.tracing.STATELESS`
-    keyword arguments), with dynamic input sizes if the model takes them, else static; each
-    attempt runs on a fresh :func:`sharing_copy`."""
+    keyword arguments), with dynamic input sizes if the model takes them within
+    :data:`DYNAMIC_SECONDS`, else static; each attempt runs on a fresh :func:`sharing_copy`.
+    Also returns why the sizes are static when that is news to the user (else None)."""
     kwargs = stateless(model)
     try:
         shapes = (*_dynamic(args), *[None] * len(kwargs))        # the keywords are flags
-        return torch.export.export(sharing_copy(model), args, kwargs, dynamic_shapes=shapes, strict=False)
+        with _time_limit(DYNAMIC_SECONDS):
+            return torch.export.export(sharing_copy(model), args, kwargs, dynamic_shapes=shapes,
+                                       strict=False), None
+    except _TooLong:
+        why = (f"torch.export took over {DYNAMIC_SECONDS:g} s to export {type(model).__name__} with dynamic "
+               f"input sizes, so it was exported at the example's sizes: the traced network and the "
+               f"networks rewritten from it run at those sizes only (a limit that "
+               f"fxsurgeon.analysis.export_frontend.DYNAMIC_SECONDS sets)")
     except Exception:  # noqa: BLE001 - dynamic sizes are a bonus: fall back to the example's
-        return torch.export.export(sharing_copy(model), args, kwargs, strict=False)
+        why = None
+    return torch.export.export(sharing_copy(model), args, kwargs, strict=False), why
 
 
 def _explain(exc: Exception) -> str:
@@ -83,10 +126,12 @@ def export_module(model: nn.Module, args: tuple) -> fx.GraphModule:
     try:
         with evaluating(model), quiet(model), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = _export(model, args)
+            program, static = _export(model, args)
     except Exception as exc:  # noqa: BLE001 - every export failure gets the same explanation
         raise UntraceableModelError(f"torch.export cannot export {type(model).__name__}: "
                                     f"{_explain(exc)}") from exc
+    if static:
+        warnings.warn(f"fxsurgeon: {static}", stacklevel=3)
     unlifted = program.module()
     gm = fx.GraphModule(unlifted, unlifted.graph, type(model).__name__)
     _bind(gm, args, stateless(model))

@@ -327,9 +327,10 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
         shapes.setdefault(name, list(old_tensors[name].shape))[axis] = _axis_size(layout, r)
     new = copy.deepcopy(old, _placeholders(old, shapes))
     _unpack(new)
-    resized = [name for name, shape in shapes.items() if shape != list(old_tensors[name].shape)]
-    for name in resized:
-        _set_tensor(new, prop.aliases.get(name, [name]), old_tensors[name].new_zeros(shapes[name]))
+    for name, shape in shapes.items():
+        t = old_tensors[name]
+        if shape != list(t.shape):
+            _set_tensor(new, prop.aliases.get(name, [name]), t.new_zeros(shape))
     _sync_attributes(new, old)
     _sync_sizes(new, prop, layout)
     # 2. where each channel now sits: propagate again with the identities each producer emits
@@ -350,16 +351,9 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
         elif not is_identity(idx, len(r_old.tags)):
             surgery.index_maps.setdefault(key[0], []).append((key[1], idx))
     # 3. copy the survivors' values, then initialise the new channels
-    fresh = set(resized)
     with torch.no_grad():
         for name in surgery.index_maps:
-            carried = surgery.carry(name, old_tensors[name].detach())     # a tensor of its own
-            if name in fresh and carried.is_contiguous():
-                # the zeros put in above only held the new shape: the carried values take
-                # their place instead of being copied into them
-                _set_tensor(new, prop.aliases.get(name, [name]), carried)
-            else:
-                getattr_path(new, name).copy_(carried)
+            getattr_path(new, name).copy_(surgery.carry(name, old_tensors[name].detach()))
         if added.any():
             _init_new_channels(new, new_refs, new_prop, layout, seed)
     if rescale:

@@ -53,6 +53,7 @@ SIZES = {
     "ci": (128, 2, 352, 4, 2, 2000),           # ~0.9M parameters: the test's
     "tiny": (512, 8, 1408, 8, 2, 8000),        # ~30M
     "88m": (768, 12, 2048, 12, 4, 8000),       # issue 30's smaller model
+    "250m": (1024, 16, 2816, 16, 4, 32000),    # ~245M: TinyLlama's proportions, a minute on 2 cores
     "1.1b": (2048, 22, 5632, 32, 4, 32000),    # TinyLlama's shape
 }
 

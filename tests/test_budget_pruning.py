@@ -166,6 +166,46 @@ def test_criteria_score_every_free_channel():
         fxs.plan(graph, metric="flops", target=0.6, scheme="prune", scores=scores)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_magnitude_by_blocks_of_rows_is_the_whole_weight_s_norm_bit_for_bit(threads):
+    """importance.magnitude takes a large weight's norms a block of rows at a time (in
+    cache, one thread per block): the very same float64 values as the whole weight's."""
+    from fxsurgeon.judging.importance import _row_blocks
+    g = torch.Generator().manual_seed(0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for shape in [(5632, 64), (37, 4096), (2, 40000), (3, 40000), (1031, 17), (300, 7, 3, 3), (4097, 8),
+                      (64, 16384)]:
+            for dtype in (torch.float32, torch.bfloat16, torch.float64):
+                w = torch.randn(shape, generator=g).to(dtype) * 3
+                w[0, 0] = -0.0
+                blocks = _row_blocks(w, 0)
+                assert blocks is None or (len(blocks) > 2 and min(np.diff(blocks)) >= 2)
+                for p in (1, 2):
+                    if blocks is not None:
+                        got = np.concatenate([_norm(w[a:b], p) for a, b in itertools.pairwise(blocks)])
+                        assert np.array_equal(got, _norm(w, p)), (shape, dtype, p)
+    finally:
+        torch.set_num_threads(before)
+    model = nn.Sequential(nn.Linear(64, 4096), nn.ReLU(), nn.Linear(4096, 8))
+    graph = fxs.analyze(model, torch.randn(2, 64))
+    assert _row_blocks(model[0].weight, 0) is not None
+    (name,) = [d.name for d in graph.free_dims]
+    assert np.array_equal(importance.magnitude(graph)[name], _norm(model[0].weight.detach(), 2))
+    assert np.array_equal(importance.magnitude(graph, p=1)[name], _norm(model[0].weight.detach(), 1))
+    model.double()              # float64: taken in place, ``.double()`` would be the weight itself
+    before = copy.deepcopy(model.state_dict())
+    importance.magnitude(fxs.analyze(model, torch.randn(2, 64, dtype=torch.float64)))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def _norm(w, p):
+    """The Lp norm of each row of ``w``, as importance.magnitude took it before blocks."""
+    w, others = w.double(), list(range(1, w.dim()))
+    return (w.abs().sum(others) if p == 1 else w.pow(2).sum(others).sqrt()).numpy()
+
+
 @pytest.mark.parametrize("scores, message", [
     ({"nope": np.ones(3)}, "not a free dimension"),
     ({"layer1.0.conv1": np.ones(3)}, "finite numbers"),

@@ -304,3 +304,34 @@ def test_an_export_with_dynamic_sizes_that_takes_too_long_falls_back_to_the_exam
     monkeypatch.setattr(export_frontend, "DYNAMIC_SECONDS", None)
     graph = fxs.analyze(model, x, frontend="export")                  # no limit: dynamic sizes
     assert graph.module(torch.randn(1, 3, 12, 12, dtype=torch.float64)).shape == (1, 4, 10, 10)
+
+
+def test_shapes_stay_on_meta_through_a_device_move(monkeypatch):
+    """An exported graph that moves a tensor to the CPU (a Llama's causal mask) has its
+    shapes found on meta tensors: no real forward pass in analyze, nor in rewrite."""
+    from fxsurgeon.analysis import shapes
+
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up, self.down = nn.Linear(8, 16), nn.Linear(16, 8)
+
+        def forward(self, x):
+            keep = (x.sum(-1, keepdim=True) > -1e9).to(device="cpu", dtype=torch.bool)
+            return self.down(torch.relu(self.up(x))) * keep
+
+    real = []
+    recorder = shapes._ShapeRecorder
+
+    class Counting(recorder):
+        def __init__(self, gm, on_meta):
+            super().__init__(gm, on_meta)
+            real.append(not on_meta)
+    monkeypatch.setattr(shapes, "_ShapeRecorder", Counting)
+    model, x = Masked().eval(), torch.randn(2, 5, 8)
+    graph = fxs.analyze(model, x, frontend="export")
+    assert any(n.target in shapes._MOVES for n in graph.module.graph.nodes)
+    plan = fxs.plan(graph, None, target=0.75, scheme="prune", scores=fxs.importance.magnitude(graph))
+    surgery = fxs.rewrite(graph, plan)          # its self-check passes
+    assert sum(p.numel() for p in surgery.module.parameters()) < sum(p.numel() for p in model.parameters())
+    assert real and not any(real)

@@ -35,11 +35,26 @@ def _meta_tensor(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to("meta")
 
 
+#: device moves of an exported graph (``.to(device="cpu")``, as a causal mask is built)
+_MOVES = (torch.ops.aten.to.dtype_layout, torch.ops.aten.to.device, torch.ops.aten._to_copy.default)
+
+
 class _ShapeRecorder(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule, on_meta: bool):
         super().__init__(gm)
         self.by_name = self.submodules
         self.on_meta = on_meta
+
+    def call_function(self, target, args, kwargs):
+        if self.on_meta and target in _MOVES and args and isinstance(args[0], torch.Tensor) \
+                and args[0].is_meta:
+            # a meta tensor has no data to move: it stays on meta (the values recorded are
+            # meta either way), and the run does not fall back to a real forward pass
+            if "device" in kwargs:
+                kwargs = {**kwargs, "device": torch.device("meta")}
+            elif target is torch.ops.aten.to.device:
+                args = (args[0], torch.device("meta"), *args[2:])
+        return super().call_function(target, args, kwargs)
 
     def fetch_args_kwargs_from_env(self, n: fx.Node):
         args, kwargs = super().fetch_args_kwargs_from_env(n)

@@ -17,6 +17,7 @@ its producers' contributions.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -53,10 +54,43 @@ def magnitude(graph: ChannelGraph, p: float = 2) -> dict[str, np.ndarray]:
     if p not in (1, 2):
         raise FxSurgeonError(f"magnitude importance takes p=1 or p=2, not {p!r}")
 
+    def block(w, axis):
+        # a float64 copy made anew (``.double()`` of a float64 weight is the weight itself),
+        # taken to |w| or w² in place: the same values as out of place
+        w = w.to(torch.float64, copy=True)
+        return (_sum_others(w.abs_(), axis) if p == 1 else _sum_others(w.pow_(2), axis).sqrt()).cpu().numpy()
+
     def norm(w, axis):
-        w = w.detach().double()
-        return (_sum_others(w.abs(), axis) if p == 1 else _sum_others(w.pow(2), axis).sqrt()).cpu().numpy()
+        w = w.detach()
+        bounds = _row_blocks(w, axis)
+        if bounds is None:
+            return block(w, axis)
+        return np.concatenate([block(w[a:b], axis) for a, b in pairwise(bounds)])
     return _producer_rows(graph, norm)
+
+
+#: elements of a block of rows that :func:`_row_blocks` gives (128 KB in float64: a block
+#: stays in cache, under torch's grain size of 32,768 elements, so it runs in one thread)
+_BLOCK = 1 << 14
+
+
+def _row_blocks(w: torch.Tensor, axis: int) -> list[int] | None:
+    """Bounds of blocks of ``w``'s rows (its first axis, the channels) to take a norm over
+    one block at a time, or None to take it whole. The sums are the same either way: on
+    the CPU, a contiguous tensor reduced over every axis but its first sums each row on its
+    own, in the same order whatever the number of rows, as long as there are at least two
+    (a single output is summed in parts across threads); so every block has two or more.
+    Whole, a 5632 x 2048 weight cost two float64 copies of itself (184 MB) and 5-6x the
+    time on two cores, in fresh pages."""
+    if axis != 0 or w.dim() < 2 or w.device.type != "cpu" or not w.is_contiguous():
+        return None
+    rows = max(2, _BLOCK // max(w[0].numel(), 1))
+    if w.shape[0] < 2 * rows:
+        return None
+    bounds = list(range(0, w.shape[0], rows))
+    if w.shape[0] - bounds[-1] < 2:
+        bounds.pop()
+    return [*bounds, w.shape[0]]
 
 
 def bn_scale(graph: ChannelGraph) -> dict[str, np.ndarray]:

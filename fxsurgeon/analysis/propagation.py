@@ -362,6 +362,11 @@ class Walk(fx.Interpreter):
         """The width of the channels ``tags`` must stay a multiple of ``factor``."""
         self.out.divisors.append(Divisor(tags, factor))
 
+    def grouped_conv(self, tags: np.ndarray, groups: int, transposed: bool) -> None:
+        """The channels ``tags`` are read or written by a conv of ``groups`` groups: equal
+        consecutive blocks (see :class:`Grouped`)."""
+        self.out.grouped.append(Grouped(tags, groups, transposed))
+
     def size(self, node: fx.Node, axis: int, tags: np.ndarray) -> None:
         """The literal size at ``node``'s axis ``axis`` counts the channels ``tags`` (a
         rewrite sets it to their new number)."""

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..channels.facts import CONTRACTION, Divisor, Grouped
+from ..channels.facts import CONTRACTION
 from ..channels.hooks import hookless_copy
 from ..channels.nodes import getattr_path, normalized, tensors_in
 from ..channels.provenance import WeightSource
@@ -66,8 +66,9 @@ def produce(walk, node: fx.Node, x, weight: WeightSource, bias: WeightSource | N
         refs(0, vin if transposed else vout, "out")
     else:
         if groups > 1 and vin is not None:
-            walk.out.divisors += [Divisor(vin, groups), Divisor(vout, groups)]
-            walk.out.grouped += [Grouped(vin, groups, transposed), Grouped(vout, groups, transposed)]
+            for tags in (vin, vout):
+                walk.divisor(tags, groups)
+                walk.grouped_conv(tags, groups, transposed)
         refs(out_axis, vout, "out", groups if transposed else 1)
         if vin is not None:
             refs(in_axis, vin, "in", 1 if transposed else groups)

@@ -46,9 +46,13 @@ class ChannelGraph:
         self.token = next(_TOKENS)        # plans remember the graph they were made for
         #: the user's hooks the traced network never calls (see :func:`check_hooks`)
         self.lost_hooks: list[str] = []
-        #: the rules this analysis was given (``analyze(ops=...)``), in scope for its passes
-        self.ops: OpTable | None = None
         self._by_name = {d.name: d for d in dims}
+
+    @property
+    def ops(self) -> OpTable | None:
+        """The rules this analysis was given (``analyze(ops=...)``), in scope for its passes:
+        its network keeps them in its meta."""
+        return rules_of(self.module)
 
     def __getitem__(self, name: str) -> Dimension:
         try:
@@ -145,7 +149,6 @@ def analyze(model: nn.Module, example_inputs, *, leaf_modules: Iterable[type] = 
     table = scoped(ops) if ops is not None else rules_of(model)
     with scope(table):
         graph = _analyze(model, example_inputs, leaf_modules, autowrap_functions, concrete_args, frontend)
-    graph.ops = table
     if table is not None:
         graph.module.meta[OPS_META] = table
     return graph

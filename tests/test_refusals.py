@@ -532,3 +532,36 @@ def test_an_empty_cut_holds_no_channels(frontend):
     graph = every_scheme(CutOfNothing(), (torch.randn(1, 3, 6, 6, dtype=torch.float64),), growth=1.5,
                          frontend=frontend)
     assert [d.name for d in graph.free_dims] == ["conv"]
+
+
+class PositionAttention(nn.Module):
+    """segmentation-models-pytorch MAnet's ``PABBlock``: attention over positions whose
+    ``[b, hw, C]`` result is reshaped (not transposed) to ``[b, C, h, w]``, so the literal
+    ``C`` takes channels and positions together, and added to the block's input."""
+
+    def __init__(self, c: int = 8):
+        super().__init__()
+        self.c = c
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
+        self.top, self.center = nn.Conv2d(c, 4, 1), nn.Conv2d(c, 4, 1)
+        self.bottom = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
+        self.out = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
+
+    def forward(self, x):
+        x = self.stem(x)
+        b, _, h, w = x.shape
+        top = self.top(x).flatten(2)
+        center = self.center(x).flatten(2).transpose(1, 2)
+        bottom = self.bottom(x).flatten(2).transpose(1, 2)
+        m = torch.softmax(torch.matmul(center, top).view(b, -1), 1).view(b, h * w, h * w)
+        return self.out(x + torch.matmul(m, bottom).reshape(b, self.c, h, w))
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_a_reshape_mixing_channels_with_positions_pins_them(frontend):
+    # 2x2 positions of 8 channels: each class of the sum holds whole channels, and the
+    # literal 8 was read as a multiple the classes never honour
+    graph = every_scheme(PositionAttention(), (torch.randn(2, 3, 2, 2, dtype=torch.float64),),
+                         frontend=frontend)
+    assert graph["stem.0+1"].pinned.startswith("reshape mixing channels with other axes")
+    assert [d.name for d in graph.free_dims] == ["top+1"]

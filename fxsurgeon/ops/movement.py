@@ -105,8 +105,12 @@ class Reshape(Move):
                 walk.later(_follow_rows(walk, node, x, out, literal))
             else:
                 walk.pin(x, f"constant reshape size at {walk.describe(node)}")
-        elif literal:
+        elif literal and all(_within_channels(tags, x, out, k) for k in literal):
             walk.divisor(tags.unique(x), prod(raw[k] for k in literal))
+        elif literal:
+            # smp MAnet's ``[b, hw, C] -> [b, C, h, w]``: the literal size takes channels
+            # and positions together, so no width of it holds whole channels
+            walk.pin(x, f"reshape mixing channels with other axes at {walk.describe(node)}")
         # a size read off a channel axis of another tensor ties that width to this reshape
         classes = set(tags.uf.find(tags.unique(x)).tolist())
         for size in raw:
@@ -234,6 +238,22 @@ def _one_head(walk, node, k: int, x, out, literal: bool, follow: bool):
         elif literal:
             walk.pin_channels(pinned, why)
     return decide
+
+
+def _within_channels(tags, x, out, k: int) -> bool:
+    """Whether axis ``k`` of ``out`` is a factor of channel axes of ``x``: in the row-major
+    order both share, every axis of ``x`` whose place values it overlaps holds channels
+    (a literal group count of ``(b, C, h, w) -> (b, G, -1)``, not the ``C`` of a
+    ``(b, hw, C) -> (b, C, h, w)``)."""
+    lo = prod(out.shape[k + 1:])
+    hi = lo * out.shape[k]
+    place = 1
+    for j in reversed(range(x.dim())):
+        width = place * x.shape[j]
+        if x.shape[j] > 1 and place < hi and lo < width and not tags.carries(x, j):
+            return False
+        place = width
+    return True
 
 
 def _whole(tags, x, out, k: int) -> bool:

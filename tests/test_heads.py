@@ -210,19 +210,20 @@ class _FusedQkv(torch.nn.Module):
         return self.proj(y.transpose(1, 2).reshape(b, t, -1))
 
 
-@pytest.mark.xfail(strict=True, raises=fxs.FxSurgeonError,
-                   reason="known bug: the literal head count beside a -1 head_dim is read as a divisor "
-                          "(ops/movement.py Reshape), so after a head goes the reshape splits what is left "
-                          "into as many heads as before; the rewrite's self-check refuses it")
-def test_a_dead_head_of_a_fused_qkv_written_with_minus_one_is_removed_exactly():
+@pytest.mark.parametrize("scheme", ["prune", "nr"])
+def test_a_dead_head_of_a_fused_qkv_written_with_minus_one_is_removed_exactly(scheme):
+    # the literal head count beside a -1 head_dim follows the heads (it was read as a
+    # multiple, so the reshape split what was left into as many heads as before)
     torch.manual_seed(0)
     model = _FusedQkv().double().eval()
     x = torch.randn(2, 5, 6, dtype=torch.float64)
     graph = fxs.analyze(model, x)
-    assert graph["qkv"].free
+    assert graph["qkv"].free and graph["qkv"].width == 4
     with torch.no_grad():
         model.proj.weight[:, :4] = 0
-    surgery = fxs.rewrite(graph, fxs.plan(graph, fxs.liveliness(graph), target=None, scheme="prune"))
+    plan = fxs.plan(graph, fxs.liveliness(graph), target=None if scheme == "prune" else 1.0, scheme=scheme)
+    assert len(plan.dims["qkv"].survivors) == 3
+    surgery = fxs.rewrite(graph, plan)
     torch.testing.assert_close(surgery.module(x), model(x))
 
 

@@ -106,7 +106,8 @@ class Reshape(Move):
             else:
                 walk.pin(x, f"constant reshape size at {walk.describe(node)}")
         elif literal and all(_within_channels(tags, x, out, k) for k in literal):
-            walk.divisor(tags.unique(x), prod(raw[k] for k in literal))
+            walk.later(_follow_or_divide(walk, node, out, literal, tags.unique(x),
+                                         prod(raw[k] for k in literal)))
         elif literal:
             # smp MAnet's ``[b, hw, C] -> [b, C, h, w]``: the literal size takes channels
             # and positions together, so no width of it holds whole channels
@@ -215,6 +216,23 @@ def _follow_rows(walk, node, x, out, literal: list[int]):
         if rows is None:
             walk.pin_channels(pinned, why)
         elif axes[0] in literal:
+            walk.size(node, axes[0], rows)
+    return decide
+
+
+def _follow_or_divide(walk, node, out, literal: list[int], channels: np.ndarray, factor: int):
+    """What to decide, once every coupling is known, about a size-derived reshape with
+    literal factors of a channel axis: where the classes of its output change along one
+    literal axis only, each position holding one class (the heads of a fused qkv's
+    ``reshape(b, t, 3, heads, -1)``), that size follows them and the rest lie within
+    classes; else the width of ``channels`` stays a multiple of ``factor``."""
+
+    def decide():
+        axes = varying_axes(walk.tags, out)
+        rows = class_rows(walk.tags, out, axes[0]) if len(axes) == 1 and axes[0] in literal else None
+        if rows is None:
+            walk.divisor(channels, factor)
+        else:
             walk.size(node, axes[0], rows)
     return decide
 

@@ -97,6 +97,43 @@ def test_cr_layers_keep_each_generation_apart(layout):
     _check_blocks(*layout, "cr")
 
 
+def _train_step(part, x):
+    """The output and every parameter's gradient of one backward pass of ``part`` on ``x``."""
+    part.zero_grad()
+    y = part(x)
+    (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+    return y.detach(), {n: p.grad.clone() for n, p in part.named_parameters()}
+
+
+@settings(max_examples=examples(40), deadline=None)
+@given(layouts(generations=3), st.sampled_from(["cr", "ca"]))
+def test_the_dense_form_computes_and_trains_what_the_split_form_does(layout, scheme):
+    """One kernel on the assembled dense weight: the same outputs, the same outputs part
+    by part, the same gradient for every block (the blocks between generations are no
+    parameters), and it scripts."""
+    layer, row_gen, col_gen, x = layout
+    if scheme == "ca":                       # two generations
+        row_gen, col_gen = np.minimum(row_gen, 1), np.minimum(col_gen, 1)
+    part = Partitioned.from_dense(scheme, layer, row_gen, col_gen)
+    split, grads = _train_step(part, x)
+    parts = [p.detach() for p in part._inputs(x)]
+    by_parts = part.forward_parts(parts, x)
+    part.form = "dense"
+    dense, dense_grads = _train_step(part, x)
+    torch.testing.assert_close(dense, split)
+    for name, g in grads.items():
+        torch.testing.assert_close(dense_grads[name], g, msg=name)
+    for got, want in zip(part.forward_parts(parts, x), by_parts, strict=True):
+        torch.testing.assert_close(got, want)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.script(part)(x), split)
+    with FlopCounterMode(display=False) as dense_flops:
+        layer(x)
+    with FlopCounterMode(display=False) as flops:
+        part(x)
+    assert flops.get_total_flops() == dense_flops.get_total_flops() * (1 if scheme == "cr" else 2)
+
+
 def _rejuvenated(scheme, rescale=False, make=vgg19_cifar, size=32):
     torch.manual_seed(0)
     model = make().double().eval()
@@ -277,3 +314,18 @@ def test_a_rewrite_in_training_mode_leaves_the_running_statistics_alone(scheme):
         assert survivors.any()
         assert torch.equal(kept[name][survivors], again.carry(name, before)[survivors]), name
     assert all(torch.equal(b, stats[n]) for n, b in net.named_buffers() if n in stats)
+
+
+def test_a_layer_pickled_before_the_dense_form_loads_split_and_can_run_dense():
+    import pickle
+    layer = nn.Conv2d(5, 4, 3, padding=1).double()
+    part = Partitioned.from_dense("ca", layer, np.array([0, 0, 0, 1]), np.array([1, 0, -1, 0, 1]))
+    x = torch.randn(2, 5, 4, 4, dtype=torch.float64)
+    want = part(x)
+    del part.form, part._buffers["order"], part._buffers["own"]     # what such a pickle holds
+    part.like = part.like.new_zeros(0)
+    old = pickle.loads(pickle.dumps(part))
+    assert old.form == "split"
+    torch.testing.assert_close(old(x), want)
+    old.form = "dense"
+    torch.testing.assert_close(old(x), want)

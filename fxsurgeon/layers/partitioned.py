@@ -14,6 +14,14 @@ gives them. Writing ``A_XY`` for the layer applied to the X inputs into the Y ou
 Fixed inputs feed every generation, as part of its diagonal block; the bias belongs
 there too. ``cr`` costs ``Σ_g out_g·(in_g + F_in)`` multiply-accumulates per position;
 ``ca`` costs exactly one dense layer of the same widths. Both script with TorchScript.
+
+A layer runs in one of two exact forms (:attr:`Partitioned.form`), with the same
+parameters: ``"split"``, one kernel per block (the FLOPs above), or ``"dense"``, one kernel
+on the dense weight assembled from the blocks each call, the blocks between generations
+zero (not parameters, so they stay zero through every gradient and optimizer); ``ca``'s
+dense form computes the diagonal and the cross blocks as one layer of twice the outputs,
+then gates. Fewer, larger kernels for more FLOPs: which is faster depends on the layer,
+the batch and the device (:mod:`fxsurgeon.surgery.forms` times both).
 """
 from __future__ import annotations
 
@@ -100,8 +108,9 @@ class Partitioned(nn.Module):
                              persistent=False)
         self.register_buffer("index_f", torch.as_tensor(fixed, dtype=torch.long, device=device),
                              persistent=False)
-        # the layer's dtype and device, for a layer whose every block is gone
-        self.register_buffer("like", layer.weight.new_zeros(0), persistent=False)
+        # the layer's dtype, device and kernel, for a layer whose every block is gone
+        self.register_buffer("like", layer.weight.new_zeros([0, 0, *self.kernel]), persistent=False)
+        self._dense_buffers(np.concatenate([*cols, fixed]).astype(np.int64))
         self.blocks = nn.ParameterList()
         self.block_gen: List[int] = []
         self.register_parameter("weight_f", None)
@@ -137,6 +146,29 @@ class Partitioned(nn.Module):
         if layer.bias is not None:
             m.bias = nn.Parameter(layer.bias.detach().clone(), layer.bias.requires_grad)
         return m
+
+    def _dense_buffers(self, parts: np.ndarray) -> None:
+        """What the dense form reads besides the parameters, from the input positions of the
+        parts (``index`` then ``index_f``): the order that puts them back in the layer's input
+        order (:meth:`_in_order`) and, under ``ca``, which weights are on the diagonal; the
+        layer starts in the split form."""
+        out_gen = np.repeat(np.arange(len(self.rows)), self.rows)
+        col_gen = np.full(len(parts), -1)
+        col_gen[parts[:sum(self.cols)]] = np.repeat(np.arange(len(self.cols)), self.cols)
+        kw = {"device": self.like.device}
+        self.register_buffer("order", torch.as_tensor(np.argsort(parts) if not self.split else parts[:0],
+                                                      dtype=torch.long, **kw), persistent=False)
+        own = (out_gen[:, None] == col_gen[None, :]) | (col_gen[None, :] < 0)
+        self.register_buffer("own", torch.as_tensor(own, dtype=self.like.dtype, **kw).reshape(
+            [len(out_gen), len(col_gen)] + [1] * self.ndim) if self.scheme == "ca" else self.like[:0],
+            persistent=False)
+        self.form = "split"
+
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        if "form" not in state:          # pickled before the dense form
+            self.like = self.like.new_zeros([0, 0, *self.kernel])
+            self._dense_buffers(torch.cat([self.index, self.index_f]).cpu().numpy())
 
     def generations(self) -> tuple[np.ndarray, np.ndarray]:
         """The generation of every output and input position (-1: fixed input)."""
@@ -217,6 +249,8 @@ class Partitioned(nn.Module):
         return y
 
     def forward(self, x: Tensor) -> Tensor:
+        if self._dense_form():
+            return self._dense_forward(x)
         parts: List[Optional[Tensor]] = []
         for part in self._inputs(x):
             parts.append(part)
@@ -228,6 +262,86 @@ class Partitioned(nn.Module):
         increasing position), ``parts[-1]`` the fixed ones (None where a part is not read);
         one output per generation. ``x`` is any input of the layer's dtype and device (for
         the zeros of outputs that read nothing)."""
+        if self._dense_form():
+            return list(torch.split(self._dense_forward(self._whole(parts)), self.rows, self.axis))
+        return self._split_parts(parts, x)
+
+    def _dense_form(self) -> bool:
+        """Whether this call runs the dense form (a layer that reads nothing runs split)."""
+        return self.form == "dense" and (len(self.block_gen) > 0 or self.weight_f is not None)
+
+    def _in_order(self, pieces: List[Tensor], axis: int) -> Tensor:
+        """One tensor per part (each generation's, then the fixed), joined along ``axis``
+        in the layer's own input order."""
+        if self.split:
+            ordered: List[Tensor] = []
+            for s in range(len(pieces)):
+                ordered.append(pieces[self.slot.index(s)])
+            return torch.cat(ordered, axis)
+        return torch.cat(pieces, axis).index_select(axis, self.order)
+
+    def _whole(self, parts: List[Optional[Tensor]]) -> Tensor:
+        """The layer's input from its parts; a part it does not read (None) as zeros."""
+        ref: Optional[Tensor] = None
+        for p in parts:
+            if p is not None:
+                ref = p
+        assert ref is not None
+        widths = self.cols + [len(self.index_f)]
+        pieces: List[Tensor] = []
+        for k, p in enumerate(parts):
+            if p is None:
+                shape = list(ref.shape)
+                shape[self.axis] = widths[k]
+                p = ref.new_zeros(shape)
+            pieces.append(p)
+        return self._in_order(pieces, self.axis)
+
+    def _assembled(self) -> Tensor:
+        """The dense weight, built from the blocks on every call (gradients reach the
+        blocks; under ``cr`` the blocks between generations are zeros, not parameters)."""
+        n = sum(self.rows)
+        ref = self.weight_f if self.weight_f is not None else self.blocks[0]
+        by_gen: List[Optional[Tensor]] = [None for _ in self.rows]
+        for k, b in enumerate(self.blocks):
+            by_gen[self.block_gen[k]] = b
+        start = 0
+        pieces: List[Tensor] = []
+        for g in range(len(self.cols)):
+            found = by_gen[g]
+            if found is None:
+                pieces.append(self._zeros(ref, n, self.cols[g]))
+            elif self.scheme == "cr":
+                above = self._zeros(ref, start, self.cols[g])
+                below = self._zeros(ref, n - start - self.rows[g], self.cols[g])
+                pieces.append(torch.cat([above, found, below], 0))
+            else:
+                pieces.append(found)
+            start += self.rows[g]
+        weight_f = self.weight_f
+        pieces.append(weight_f if weight_f is not None else self._zeros(ref, n, 0))
+        return self._in_order(pieces, 1)
+
+    def _zeros(self, like: Tensor, rows: int, cols: int) -> Tensor:
+        """A zero weight of ``rows`` outputs and ``cols`` inputs, ``like``'s dtype and device."""
+        shape = [rows, cols]
+        for k in self.like.shape[2:]:
+            shape.append(k)
+        return like.new_zeros(shape)
+
+    def _dense_forward(self, x: Tensor) -> Tensor:
+        """The dense form on the whole input: one kernel (ca: of twice the outputs, the
+        diagonal blocks then the cross ones, gated)."""
+        n = sum(self.rows)
+        w = self._assembled()
+        if self.scheme == "cr":
+            return self._with_bias(self._layer(x, w), 0, n, x)
+        y = self._layer(x, torch.cat([w * self.own, w - w * self.own], 0))
+        own, cross = torch.split(y, [n, n], self.axis)
+        return _gate(self._with_bias(own, 0, n, x), cross)
+
+    def _split_parts(self, parts: List[Optional[Tensor]], x: Tensor) -> List[Tensor]:
+        """The split form of :meth:`forward_parts`: one kernel per block."""
         f: Optional[Tensor] = None       # from the fixed inputs, every output
         fixed_in = parts[-1]
         if self.weight_f is not None and fixed_in is not None:
@@ -251,7 +365,7 @@ class Partitioned(nn.Module):
                 own[g] = pieces[g]
                 cross[g] = pieces[1 - g]
         if like is None:        # its outputs read nothing (their inputs all died): zeros
-            like = self._layer(x.narrow(self.axis, 0, 1), x.new_zeros([sum(self.rows), 1] + self.kernel))
+            like = self._layer(x.narrow(self.axis, 0, 1), self._zeros(x, sum(self.rows), 1))
         outs: List[Tensor] = []
         start = 0
         for g in range(len(self.rows)):
@@ -268,4 +382,4 @@ class Partitioned(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.scheme}, outputs {self.rows} by generation, inputs {self.cols} "
-                f"and {len(self.index_f)} fixed")
+                f"and {len(self.index_f)} fixed, {self.form} form")

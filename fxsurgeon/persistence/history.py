@@ -21,6 +21,7 @@ from ..errors import FxSurgeonError, writing
 from ..layers.schemes import scheme_of
 from ..planning.planner import cost_of, plan
 from ..surgery.folding import restore_fold
+from ..surgery.forms import FORMS
 from ..surgery.rewriter import Surgery, rewrite
 from ..surgery.streams import streamed
 from .fileformat import problem
@@ -34,7 +35,8 @@ def record(surgery: Surgery, seed: int = 0) -> dict:
             "survivors": {n: torch.as_tensor(d.survivors, dtype=torch.int64)
                           for n, d in p.dims.items() if not d.pinned},
             "widths": {n: d.new_width for n, d in p.dims.items() if not d.pinned},
-            "folds": dict(surgery.folds)}
+            "folds": dict(surgery.folds),
+            "forms": {n: f for n, f in surgery.forms.items() if f != "split"}}
 
 
 def replay(graph: ChannelGraph, rec: dict, most: int | None = None) -> Surgery:
@@ -72,10 +74,23 @@ def replay(graph: ChannelGraph, rec: dict, most: int | None = None) -> Surgery:
     for node, spec in rec["folds"].items():
         restore_fold(surgery.module, node, spec)
         surgery.folds[node] = spec
+    _set_forms(surgery, rec.get("forms", {}))       # none in files from before the dense form
     surgery.module.recompile()
     if surgery.partitioned:
         surgery.module = streamed(surgery.module, graph.example_inputs)
     return surgery
+
+
+def _set_forms(surgery: Surgery, forms) -> None:
+    """Put the replayed network's partitioned layers in the recorded forms, checked first."""
+    found = problem(forms, dict[str, str], "the recorded forms")
+    if found:
+        raise FxSurgeonError(found)
+    for name, form in forms.items():
+        if name not in surgery.forms or form not in FORMS[:2]:
+            raise FxSurgeonError(f"the recorded surgery puts {name!r:.80} in the form {form!r:.20}: the "
+                                 f"replayed network has no such partitioned layer, or no such form")
+        surgery.module.get_submodule(name).form = surgery.forms[name] = form
 
 
 def _alive(name: str, kept: torch.Tensor, width: int) -> np.ndarray:

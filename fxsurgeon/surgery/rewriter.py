@@ -40,6 +40,7 @@ from ..ops import TABLE, Rule
 from ..ops.table import scope
 from ..planning.planner import Plan
 from .folding import Folding
+from .forms import FORMS, FormTiming, choose_forms, set_forms
 from .matching import is_identity, match, take
 from .rescaling import GOALS as RESCALE_GOALS
 from .rescaling import rescale as neural_rescale
@@ -66,7 +67,8 @@ class Surgery:
     ``rescale_skipped`` gives, per norm it could not rescale, the channels and why;
     ``rescale_factors``, per old tensor that rescaling changed, the factor its surviving
     values were multiplied by (broadcastable, in the old tensor's layout: what an
-    optimizer's state for it follows).
+    optimizer's state for it follows). ``forms`` gives each partitioned layer's form
+    (:mod:`fxsurgeon.surgery.forms`), ``form_timings`` what choosing them measured.
     """
 
     module: fx.GraphModule
@@ -80,6 +82,8 @@ class Surgery:
     rescaled: dict[str, int] = field(default_factory=dict)
     rescale_skipped: dict[str, tuple[list[int], str]] = field(default_factory=dict)
     rescale_factors: dict[str, torch.Tensor] = field(default_factory=dict)
+    forms: dict[str, str] = field(default_factory=dict)
+    form_timings: list[FormTiming] = field(default_factory=list)
 
     def origin(self, name: str) -> str:
         """The old parameter or buffer that the new ``name`` comes from."""
@@ -239,7 +243,7 @@ def _sync_sizes(module: fx.GraphModule, prop, layout: _Layout) -> None:
 
 def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: int = 0,
             fold: bool = True, rescale: bool | str = False, gamma0: float = 1.0,
-            check: bool = True) -> Surgery:
+            check: bool = True, form: str = "split") -> Surgery:
     """Build the new network a plan describes.
 
     ``scheme="prune"`` removes the dead channels. ``scheme="nr"`` also appends the
@@ -283,6 +287,8 @@ def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: in
     if not kind.grows and added.any():
         raise FxSurgeonError("scheme 'prune' adds no channels, but the plan grows "
                              f"{[d.name for d in graph.dims if plan.dims[d.name].added][:3]}")
+    if form not in FORMS:
+        raise FxSurgeonError(f"form must be one of {FORMS}, got {form!r}")
     if rescale not in (False, True, *RESCALE_GOALS):
         raise FxSurgeonError(f"rescale must be True, False or one of {RESCALE_GOALS}, got {rescale!r}")
     layout = _Layout(graph, plan, added)
@@ -294,7 +300,7 @@ def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: in
                                  f"{r.divisor} groups: plan it again")
     try:
         with scope(graph.ops):        # the new network is a copy: its meta keeps the rules
-            return _build(graph, plan, scheme, layout, seed, fold, rescale, gamma0, check)
+            return _build(graph, plan, scheme, layout, seed, fold, rescale, gamma0, check, form)
     except FxSurgeonError:
         raise
     except Exception as exc:  # noqa: BLE001 - a crash is a refusal that names its cause
@@ -304,7 +310,7 @@ def rewrite(graph: ChannelGraph, plan: Plan, scheme: str | None = None, seed: in
 
 
 def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: int, fold: bool,
-           rescale: bool | str, gamma0: float, check: bool) -> Surgery:
+           rescale: bool | str, gamma0: float, check: bool, form: str) -> Surgery:
     """The steps of :func:`rewrite`, once its arguments are known to fit."""
     prop = graph.propagation
     added = layout.added
@@ -369,6 +375,12 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
         _partition(new, prop, new_prop, new_refs, layout, surgery)
     _carry_unused(graph, new)
     new.recompile()
+    if surgery.partitioned:
+        if form == "auto":
+            surgery.form_timings = choose_forms(new, graph.example_inputs)
+        else:
+            set_forms(new, form)
+        surgery.forms = {name: new.get_submodule(name).form for name in surgery.partitioned}
     computed = None
     if fold and check:
         computed = verify(graph, lambda: zeroed_scales(graph, layout.kept, layout.silenced), expected, new,

@@ -22,6 +22,7 @@ from ..judging.liveliness import liveliness
 from ..layers.schemes import SCHEMES
 from ..persistence.fileformat import build, schema_of
 from ..planning.planner import MAX_ALPHA, MAX_TARGET, Plan, plan
+from ..surgery.forms import FORMS
 from ..surgery.rescaling import GOALS as RESCALE_GOALS
 from ..surgery.rewriter import Surgery, rewrite
 from .base import SurgicalTraining, one_per_surgery, shared
@@ -79,7 +80,10 @@ class NeuralRejuvenation(SurgicalTraining):
     is called with each :class:`Event`. ``judges`` gates the free dimensions no norm judges
     (an MLP's hidden units, a ConvNeXt expansion: see :mod:`fxsurgeon.surgery.judges`), so
     they are penalised, judged and rejuvenated like BatchNorm channels; :attr:`judged` says
-    which got a gate. Train :attr:`model`, not the model you passed in; or pass
+    which got a gate. ``form`` is the form of ``cr``/``ca`` layers (``"split"``,
+    ``"dense"`` or ``"auto"``: each layer's faster, timed at the event on
+    ``example_inputs``, so pass a batch of the size you train with; see
+    :mod:`fxsurgeon.surgery.forms`). Train :attr:`model`, not the model you passed in; or pass
     ``in_place=True``, and every event changes your model object itself (see
     :class:`~fxsurgeon.training.base.SurgicalTraining`).
 
@@ -116,7 +120,7 @@ class NeuralRejuvenation(SurgicalTraining):
                  dead_threshold: float = 0.01, round_to: int = 8, seed: int = 0,
                  on_event: Callable[[Event], None] | None = None, ddp: dict | bool = False,
                  fixed: Fixed = None, sparsity: str = "auto", judges: bool = True, in_place: bool = False,
-                 **analyze_kwargs):
+                 form: str = "split", **analyze_kwargs):
         if scheme not in SCHEMES or not SCHEMES[scheme].grows:
             raise FxSurgeonError(f"scheme must be one of nr, cr, ca, not {scheme!r}")
         require("target", target, lambda v: 0 < v <= MAX_TARGET,
@@ -135,13 +139,15 @@ class NeuralRejuvenation(SurgicalTraining):
             raise FxSurgeonError(f"rescale must be True, False or one of {RESCALE_GOALS}, got {rescale!r}")
         if check_every is not None and check_every < 1:
             raise FxSurgeonError(f"check_every must be a positive number of steps, got {check_every}")
+        if form not in FORMS:
+            raise FxSurgeonError(f"form must be one of {FORMS}, got {form!r}")
         super().__init__(model, example_inputs, optimizer, ddp=ddp, fixed=fixed, sparsity=sparsity,
                          judges=judges, in_place=in_place, **analyze_kwargs)
         self.metric, self.threshold, self.target = metric, threshold, target
         self.scheme, self.rescale = scheme, rescale
         self.check_every, self.delta_r, self.delta_lambda = check_every, delta_r, delta_lambda
         self.max_events, self.dead_threshold, self.seed = max_events, dead_threshold, seed
-        self.round_to = round_to
+        self.round_to, self.form = round_to, form
         self.on_event = on_event
         self.budget = target * self.graph.count(metric)
         self.lam = 0.0
@@ -261,7 +267,8 @@ class NeuralRejuvenation(SurgicalTraining):
             raise FxSurgeonError("nothing to rejuvenate: the plan keeps every channel and adds none "
                                  "(the dead channels are all in dimensions that keep their width)")
         seed = self.seed + len(self.events)
-        surgery = rewrite(graph, p, seed=seed, rescale=self.rescale if SCHEMES[p.scheme].grows else False)
+        surgery = rewrite(graph, p, seed=seed, rescale=self.rescale if SCHEMES[p.scheme].grows else False,
+                          form=self.form)
         self.apply_surgery(surgery, seed)
         event = Event(self.steps, r, p.alpha, self.metric, p.scheme, current,
                       graph.count(self.metric, alive), self.graph.count(self.metric),

@@ -17,6 +17,12 @@ up to that row).
 The CIFAR nets train at ``--batch`` images of 32 px (default 64), the torchvision models
 at an eighth of it at 224 px (the same pixels per step).
 
+``--form`` puts the cr/ca layers in their split form (a kernel per block, the default),
+their dense form (one kernel on the assembled weight), or each in its faster, timed on
+a training batch (``auto``, :mod:`fxsurgeon.surgery.forms`); the ``dense`` columns then
+count the layers in the dense form and the seconds choosing took. ``--compile MODE``
+times every network under ``torch.compile`` (``default``, ``max-autotune-no-cudagraphs``).
+
 On a CPU, glibc's malloc gives large freed blocks back to the system, so every step
 page-faults its activations in again, and a network with wider activations pays more
 (ResNet-164 nr: 168k faults a step against the original's 119k). The header says which
@@ -26,6 +32,7 @@ jemalloc or tcmalloc).
 
     python bench/surgery.py                    # the paper's CIFAR nets + a few torchvision models
     python bench/surgery.py --device cuda --models vgg19_cifar,resnet50
+    python bench/surgery.py --device cuda --batch 128 --form auto --compile default
 """
 from __future__ import annotations
 
@@ -43,6 +50,7 @@ import torchvision
 import fxsurgeon as fxs
 from common import device_argument, kill
 from fxsurgeon.layers.streamed import canonical
+from fxsurgeon.surgery.forms import FORMS, choose_forms, set_forms
 from fxsurgeon.zoo import MODELS, SHAPES
 
 CASES = [(name, factory, 32) for name, factory in MODELS.items() if name not in SHAPES] + \
@@ -127,17 +135,23 @@ def main() -> None:
     p.add_argument("--plain", action="store_true",
                    help="also time the cr/ca networks in their plain form (one tensor per value: "
                         "each layer slices its input and concatenates its outputs)")
+    p.add_argument("--form", choices=FORMS, default="split",
+                   help="the form of the cr/ca layers (auto: each layer's faster, timed on a training batch)")
+    p.add_argument("--compile", metavar="MODE", help="time every network under torch.compile(mode=MODE)")
     device_argument(p)
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     print(f"fwd+bwd step times in seconds on {args.device} (1 CPU thread), batch {args.batch} at 32 px "
-          f"and {max(1, args.batch // 8)} at 224 px; cr/ca against the dense network of the same widths")
+          f"and {max(1, args.batch // 8)} at 224 px; cr/ca against the dense network of the same widths; "
+          f"cr/ca layers in the {args.form} form; "
+          f"{'torch.compile mode ' + args.compile if args.compile else 'eager'}")
+    timed = (lambda m: torch.compile(m, mode=args.compile)) if args.compile else (lambda m: m)
     if not args.device.startswith("cuda"):
         print(f"CPU allocator: {_allocator()}")
     print(f"{'model':26s} {'plan s':>7s} {'rewrite s':>9s} {'step s':>7s} {'nr α':>6s} {'nr/orig':>7s} "
           f"{'cr α':>6s} {'cr/dense':>8s} {'plain':>8s} {'cr/orig':>7s} {'ca α':>6s} {'ca/dense':>8s} "
-          f"{'plain':>8s} {'ca/orig':>7s} {'peak GB':>7s}")
+          f"{'plain':>8s} {'ca/orig':>7s} {'dense':>9s} {'peak GB':>7s}")
     ratios = {"nr": [], "cr": [], "ca": [], "cr/orig": [], "ca/orig": []}
     names = []
     for name, factory, size in _cases(args.models):
@@ -153,21 +167,32 @@ def main() -> None:
         t = time.perf_counter()
         surgery = fxs.rewrite(graph, plan)
         rewritten = time.perf_counter() - t
-        ratio, before = _ratio(surgery.module, model, x)
+        original = timed(model)
+        ratio, before = _ratio(timed(surgery.module), original, x)
         ratios["nr"].append(ratio)
         names.append(name)
         row = (f"{name:26s} {planned:7.3f} {rewritten:9.3f} {before:7.3f} {plan.alpha:6.3f} "
                f"{ratios['nr'][-1]:7.2f}")
+        chosen, choosing = [], []
         for scheme in ("cr", "ca"):
             p = fxs.plan(graph, alive, metric="flops", target=1.0, scheme=scheme, round_to=args.round_to)
-            dense = _dense_like(graph, alive, p)
+            dense = timed(_dense_like(graph, alive, p))
             net = fxs.rewrite(graph, p).module
-            ratios[scheme].append(_ratio(net, dense, x)[0])
-            plain = _ratio(canonical(net), dense, x)[0] if args.plain else float("nan")
-            against = _ratio(net, model, x)[0]
+            t = time.perf_counter()
+            if args.form == "auto":     # timed on a training batch, not the analysis' one image
+                forms = [f.form for f in choose_forms(net, (x,))]
+            else:
+                forms = [args.form for _ in set_forms(net, args.form)]
+            chosen.append(f"{forms.count('dense')}/{len(forms)}")
+            choosing.append(f"{scheme} {time.perf_counter() - t:.1f} s")
+            fast = timed(net)
+            ratios[scheme].append(_ratio(fast, dense, x)[0])
+            plain = _ratio(timed(canonical(net)), dense, x)[0] if args.plain else float("nan")
+            against = _ratio(fast, original, x)[0]
             ratios[f"{scheme}/orig"].append(against)
             row += f" {p.alpha:6.3f} {ratios[scheme][-1]:8.2f} {plain:8.2f} {against:7.2f}"
-        print(row + f" {_peak_rss_gb():7.2f}", flush=True)
+        print(row + f" {' '.join(chosen):>9s} {_peak_rss_gb():7.2f}"
+              + (f"  (choosing forms: {', '.join(choosing)})" if args.form == "auto" else ""), flush=True)
     for label, rows in (("all models", ratios), ("issue 14's five", {
             k: [r for n, r in zip(names, v, strict=True) if n in TARGET_SET] for k, v in ratios.items()})):
         if rows["nr"]:

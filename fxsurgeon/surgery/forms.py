@@ -47,7 +47,7 @@ def set_forms(module: nn.Module, form: str) -> list[str]:
     return names
 
 
-def choose_forms(module: nn.Module, example_inputs: tuple, repeats: int = 5) -> list[FormTiming]:
+def choose_forms(module: nn.Module, example_inputs: tuple, repeats: int = 3) -> list[FormTiming]:
     """Time each partitioned layer of ``module`` (a cr or ca network, streamed or not) in
     both forms on the input it reads when ``module`` runs ``example_inputs``, and leave it in
     the faster (split on a tie). Layers on the meta device, and layers the example never

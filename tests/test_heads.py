@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import fxsurgeon as fxs
+from fxsurgeon.judging.fixed import fixed_names
 from helpers.models import HandWritten
 from helpers.surgery import assert_same_function
 from randomnets import examples
@@ -251,6 +252,9 @@ def test_grouped_query_attention_loses_and_gains_whole_kv_groups(name, in_sdpa, 
     groups = _groups(graph)
     assert [d.name for d in groups] == [f"layers.{i}.self_attn.*" for i in range(2)]
     assert len(graph.free_dims) == 4 and all(d.width == 2 and d.unit == 16 for d in groups)
+    # (rotary's add of two views of q once made them a "residual trunk", which fixed="trunk" kept)
+    assert {d.kind for d in groups} == {"attention heads"} and not fixed_names(graph, "trunk") & \
+        {d.name for d in groups}
     rows = {m.tensor.rsplit(".", 2)[-2]: len(m.positions) for m in groups[0].members if m.role != "source"}
     assert rows == {"q_proj": 32, "k_proj": 16, "v_proj": 16, "o_proj": 32}
     if name == "qwen2":             # their biases too

@@ -109,9 +109,12 @@ def _name(producers: list[str], taken: set[str]) -> str:
     return name
 
 
-def _kind(origins: set[str], labels: set[str], producers: list[str], reasons: list[str]) -> str:
+def _kind(origins: set[str], labels: set[str], producers: list[str], reasons: list[str],
+          heads: bool) -> str:
     if "input" in origins:
         return "input"
+    if heads:           # q, k and v write them (and a rotary embedding adds two of their views)
+        return "attention heads"
     if "residual" in labels and len(producers) > 1:
         return "residual trunk"
     if "concat" in labels:
@@ -304,7 +307,8 @@ def build_dimensions(prop: Propagation, node_names: dict[str, str]
         writers = {m.node for m in members[d] if m.role == "out"}
         dims.append(Dimension(
             name=_name(producers, taken), width=len(comp_classes[c]),
-            kind=_kind(comp_origins[c], labels[d], producers, reasons[d]),
+            kind=_kind(comp_origins[c], labels[d], producers, reasons[d],
+                       bool(len(heads)) and np.isin(comp_classes[c], heads).all()),
             pinned=reasons[d][0] if reasons[d] else None, reasons=reasons[d],
             members=members[d], producers=producers, multiple_of=multiple[d],
             split_by_position=split[d], repeated=c in comp_repeated,

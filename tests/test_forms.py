@@ -61,6 +61,12 @@ def test_auto_keeps_the_faster_form_of_each_layer_and_leaves_no_gradient():
         assert surgery.module.get_submodule(name).form == t.form
     assert all(p.grad is None for p in surgery.module.parameters())
     assert_same_function(model, surgery.module, x)
+    surgery.module.train()
+    state = {k: v.clone() for k, v in surgery.module.state_dict().items()}
+    choose_forms(surgery.module, (x,), repeats=1)         # mid-training: nothing moves
+    assert all(m.training for m in surgery.module.modules())
+    for k, v in surgery.module.state_dict().items():
+        assert torch.equal(v, state[k]), k
 
 
 def test_choose_forms_times_a_layer_by_its_input():

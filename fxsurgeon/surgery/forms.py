@@ -51,7 +51,8 @@ def choose_forms(module: nn.Module, example_inputs: tuple, repeats: int = 3) -> 
     """Time each partitioned layer of ``module`` (a cr or ca network, streamed or not) in
     both forms on the input it reads when ``module`` runs ``example_inputs``, and leave it in
     the faster (split on a tie). Layers on the meta device, and layers the example never
-    reaches, stay as they are. The timing leaves no gradient behind."""
+    reaches, stay as they are. The timing leaves no gradient, running statistic or
+    training mode behind."""
     if repeats < 1:
         raise FxSurgeonError(f"repeats must be at least 1, got {repeats}")
     layers = {name: m for name, m in module.named_modules() if isinstance(m, Partitioned)}
@@ -64,12 +65,15 @@ def choose_forms(module: nn.Module, example_inputs: tuple, repeats: int = 3) -> 
 
     handles = [m.register_forward_pre_hook(keep(name)) for name, m in layers.items()]
     plain = canonical(module) if isinstance(module, fx.GraphModule) else module
-    try:
+    modes = {m: m.training for m in plain.modules()}
+    try:        # in eval mode: no running statistics move, no dropout draws
         with torch.no_grad():       # the plain form calls each layer on its whole input
-            plain(*example_inputs)
+            plain.eval()(*example_inputs)
     finally:
         for h in handles:
             h.remove()
+        for m, training in modes.items():
+            m.train(training)
     timings = []
     for name, x in seen.items():
         layer = layers[name]

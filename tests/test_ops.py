@@ -239,3 +239,17 @@ def test_a_power_carries_channels_and_passes_rescaling_only_at_exponent_one(fron
 def test_a_tensor_raised_to_a_tensor_pins_with_its_reason(frontend):
     graph = fxs.analyze(Power("tensor").eval(), torch.randn(2, 3, 4, 4), frontend=frontend)
     assert "a tensor raised to a tensor's power" in graph.dims[1].pinned
+
+
+@pytest.mark.parametrize("call", ["function", "method"])
+def test_clamp_to_a_tensor_bound_pins_and_to_numbers_carries(call):
+    # (the bound was ignored: removing a channel left the bound a channel too wide)
+    def bounded(s, x):
+        y, low = s.c(x), s.n.weight[:, None, None]
+        return s.d(torch.clamp(y, min=low) if call == "function" else y.clamp(low))
+    g = analyze(bounded, torch.randn(1, 3, 2, 2), c=nn.Conv2d(3, 8, 1), n=nn.BatchNorm2d(8),
+                d=nn.Conv2d(8, 2, 1))
+    assert g["c"].pinned and "tensor bound" in " ".join(g["c"].reasons)
+    g = analyze(lambda s, x: s.d(s.c(x).clamp(-1, 1)), torch.randn(1, 3, 2, 2),
+                c=nn.Conv2d(3, 8, 1), d=nn.Conv2d(8, 2, 1))
+    assert g["c"].free

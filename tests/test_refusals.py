@@ -565,3 +565,31 @@ def test_a_reshape_mixing_channels_with_positions_pins_them(frontend):
                          frontend=frontend)
     assert graph["stem.0+1"].pinned.startswith("reshape mixing channels with other axes")
     assert [d.name for d in graph.free_dims] == ["top+1"]
+
+
+class GatedConv(nn.Module):
+    """A conformer's convolution module: a pointwise conv to twice the width, GLU over the
+    channels (``nn.GLU`` or ``F.glu``), a depthwise conv, BatchNorm."""
+
+    def __init__(self, functional: bool):
+        super().__init__()
+        self.functional = functional
+        self.stem = nn.Sequential(nn.Conv1d(3, 8, 3, padding=1), nn.BatchNorm1d(8), nn.ReLU())
+        self.pointwise, self.bn = nn.Conv1d(8, 12, 1), nn.BatchNorm1d(12)
+        self.glu = nn.GLU(dim=1)
+        self.depthwise, self.bn2 = nn.Conv1d(6, 6, 3, padding=1, groups=6), nn.BatchNorm1d(6)
+        self.head = nn.Conv1d(6, 4, 1)
+
+    def forward(self, x):
+        h = self.bn(self.pointwise(self.stem(x)))
+        h = F.glu(h, 1) if self.functional else self.glu(h)
+        return self.head(torch.relu(self.bn2(self.depthwise(h))))
+
+
+@pytest.mark.parametrize("functional", [False, True], ids=["module", "function"])
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_glu_lines_up_its_halves_as_one_channel(functional, frontend):
+    graph = every_scheme(GatedConv(functional), (torch.randn(2, 3, 9, dtype=torch.float64),), growth=1.5,
+                         frontend=frontend)
+    gated = next(d for d in graph.free_dims if "pointwise" in d.producers)
+    assert gated.width == 6 and gated.multiple_of == 1 and gated.kind == "gated"

@@ -17,7 +17,7 @@ import torch
 from torch import fx
 
 from .attention import DotProductAttention
-from .elementwise import Carry, Couple, Pow
+from .elementwise import Carry, Couple, Glu, Pow
 from .layers import Addmm, FunctionalEmbedding, FunctionalLayer, Matmul
 from .movement import Chunk, Concat, Move, Pad, Reshape, Spatial, Squeeze, class_rows, varying_axes
 from .norms import Norm
@@ -137,6 +137,7 @@ def register_aten(table: OpTable) -> None:
     each([aten.mul, aten.mul_], Couple("gate", keeps_zero=(0, 1)))
     each([aten.div, aten.div_], Couple("gate", keeps_zero=(0,)))
     each([aten.maximum, aten.minimum], Couple("gate"))
+    table.register(aten.glu.default, Glu())
 
     each([aten.permute, aten.transpose, aten.t, aten.flatten, aten.unsqueeze, aten.unflatten,
           aten.pixel_shuffle, aten.pixel_unshuffle, aten.channel_shuffle, aten.native_channel_shuffle,

@@ -12,7 +12,7 @@ from ..layers.folded import FoldedConstant, FoldedConv
 from ..layers.gate import Gate
 from ..layers.partitioned import Partitioned
 from .attention import DotProductAttention, MultiheadAttention
-from .elementwise import Carry, Couple, Pow, StochasticDepth
+from .elementwise import Bounded, Carry, Couple, Glu, Pow, StochasticDepth
 from .layers import Embedding, FunctionalLayer, Layer, Matmul, PReLU
 from .movement import Chunk, Concat, Metadata, Move, Pad, Reshape, Select, Spatial, Split, Squeeze
 from .norms import Norm
@@ -42,10 +42,11 @@ def register_builtins(table: OpTable) -> None:
           nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Hardtanh, nn.AlphaDropout, nn.Softsign, nn.Tanhshrink,
           nn.Threshold,
           F.relu6, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid, torch.sigmoid, F.sigmoid,
-          torch.tanh, F.tanh, F.elu, F.selu, F.hardtanh, F.softplus, torch.clamp, torch.clip,
+          torch.tanh, F.tanh, F.elu, F.selu, F.hardtanh, F.softplus,
           operator.neg, torch.exp, torch.abs, torch.sqrt, torch.neg, F.alpha_dropout, operator.pos,
-          "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "clip", "exp", "sqrt", "abs", "neg",
+          "sigmoid", "sigmoid_", "tanh", "exp", "sqrt", "abs", "neg",
           "hardtanh_", "requires_grad_", torch.square, "square", "square_"], Carry())
+    each([torch.clamp, torch.clip, "clamp", "clamp_", "clip", "clip_"], Bounded())
     each([operator.pow, operator.ipow, torch.pow, "pow", "pow_"], Pow())
     table.register("torchvision.ops.stochastic_depth.stochastic_depth", StochasticDepth())
     each([operator.add, operator.sub, operator.iadd, operator.isub, torch.add, torch.sub,
@@ -54,6 +55,7 @@ def register_builtins(table: OpTable) -> None:
     each([operator.truediv, operator.itruediv, torch.div, torch.true_divide, "div", "div_"],
          Couple("gate", keeps_zero=(0,)))
     each([torch.maximum, torch.minimum], Couple("gate"))
+    each([nn.GLU, F.glu], Glu())
 
     # data movement
     move = Move()

@@ -6,7 +6,7 @@ import torch
 from torch import fx
 
 from ..channels.facts import Modulated
-from ..channels.nodes import reads_values
+from ..channels.nodes import reads_values, tensors_in
 from .rule import Rule
 
 
@@ -32,6 +32,16 @@ class Carry(Rule):
 
     def stream(self, node, module):
         return "each" if self.per_element else None
+
+
+class Bounded(Carry):
+    """``clamp``/``clip``: a :class:`Carry` for scalar bounds; a tensor bound is a second
+    operand no rule lines up with the channels, so the op is opaque."""
+
+    def propagate(self, walk, node, args, kwargs):
+        if tensors_in((args[1:], kwargs)):
+            return walk.opaque(node, args, kwargs, reason=f"a tensor bound at {walk.describe(node)}")
+        return args[0]
 
 
 class Pow(Carry):
@@ -172,6 +182,31 @@ class Couple(Rule):
                 return tags.structured(st[1], out_shape, st[0])
         walk.coupled(ea.numpy(), self.label)
         return torch.where(a.expand(out_shape) != 0, a.expand(out_shape), b.expand(out_shape))
+
+
+class Glu(Couple):
+    """``glu`` (``nn.GLU``): the first half of ``dim`` times the sigmoid of the second. The
+    halves are cut by position, as ``chunk(2)`` cuts them (a multiple of 2), and channel
+    ``c`` and channel ``c + n/2`` are lined up as a product lines them up: one class."""
+
+    def __init__(self):
+        super().__init__("gate", keeps_zero=(0,))
+
+    def stream(self, node, module):
+        return None
+
+    def fresh(self, node, module):
+        return True
+
+    def propagate(self, walk, node, args, kwargs):
+        x = args[0] if args else kwargs["input"]
+        dim = walk.submodule(node).dim if node.op == "call_module" else walk.argument(node, "dim", 1, -1)
+        if walk.tags.carries(x, dim % x.dim()):
+            walk.divisor(walk.tags.unique(x), 2)
+            walk.split_by_position(walk.tags.unique(x))
+        a, b = x.chunk(2, dim)
+        out = self._structured(walk, node, a, b, tuple(a.shape))
+        return self._general(walk, node, a, b, tuple(a.shape)) if out is None else out
 
 
 class StochasticDepth(Carry):

@@ -495,7 +495,8 @@ def test_a_conformers_layers_with_the_mask_as_an_input_are_exact_in_every_scheme
     layers = ConformerLayers(conformer).eval()
     x, lengths = inputs[0]
     graph = fxs.analyze(layers, (x, padding_mask(lengths)), frontend=frontend)
-    assert graph.frontend == frontend and len(graph.free_dims) == 4
+    # the feed-forward hidden units, and the GLU-gated convolution modules
+    assert graph.frontend == frontend and len(graph.free_dims) == 6
     alive = fxs.activation_liveliness(graph, [(x, padding_mask(lengths))])
     assert sum(int((~a).sum()) for a in alive.values()) > 0
     for scheme in SCHEMES:

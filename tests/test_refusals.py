@@ -594,3 +594,37 @@ def test_glu_lines_up_its_halves_as_one_channel(functional, frontend):
                          frontend=frontend)
     gated = next(d for d in graph.free_dims if "pointwise" in d.producers)
     assert gated.width == 6 and gated.multiple_of == 1 and gated.kind == "gated"
+
+
+class AdditiveAttention(nn.Module):
+    """timm SwiftFormer's efficient additive attention: normalised queries (an op without
+    a rule) times a weight vector ``w_g``, behind a convolution whose channels grow."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.query, self.key = nn.Linear(8, 6), nn.Linear(8, 6)
+        self.w_g = nn.Parameter(torch.randn(6, 1))
+        self.proj, self.head = nn.Linear(6, 6), nn.Linear(6, 4)
+
+    def forward(self, x):
+        h = self.stem(x).flatten(2).transpose(1, 2)
+        q, k = F.normalize(self.query(h), dim=-1), F.normalize(self.key(h), dim=-1)
+        a = F.normalize(q @ self.w_g * 0.5, dim=1)
+        return self.head(self.proj((a * q).sum(1, keepdim=True) * k) + q)
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_a_weight_read_through_an_opaque_op_is_no_new_channel(frontend):
+    # the rewrite's own walk gives an opaque op's output identities of its own: they were
+    # read as channels the plan added, and w_g was drawn afresh (a change the self-check's
+    # tolerance hid under nr, and caught under cr)
+    torch.manual_seed(0)
+    model = AdditiveAttention()
+    w_g = model.w_g.detach().clone()
+    graph = every_scheme(model, (torch.randn(2, 3, 4, 4, dtype=torch.float64),), growth=1.5,
+                         frontend=frontend)
+    assert [d.name for d in graph.free_dims] == ["stem.0"]
+    plan = fxs.plan(graph, fxs.liveliness(graph), target=1.5, scheme="nr")
+    assert plan.dims["stem.0"].added
+    assert torch.equal(fxs.rewrite(graph, plan).module.get_parameter("w_g"), w_g.double())

@@ -364,7 +364,7 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
             _init_new_channels(new, new_refs, new_prop, layout, seed)
     if rescale:
         done = neural_rescale(new, new_prop, gamma0, "layer" if rescale is True else rescale,
-                              lambda tags: new_prop.uf.find(tags) >= layout.old_size)
+                              layout.is_new)
         surgery.rescaled, surgery.rescale_skipped = done.done, done.skipped
         surgery.rescale_factors = {
             name: _in_old_layout(f, surgery.index_maps.get(name, []), old_tensors[name])
@@ -421,8 +421,11 @@ class _Layout:
             self.quiet[cost.offsets[i] + plan.silenced.get(d.name, np.zeros(0, np.int64))] = True
         prop = graph.propagation
         self.uf = prop.uf.copy()
-        self.old_size = prop.uf.size          # identities from here on are new channels
+        self.old_size = prop.uf.size          # identities from here on are the rewrite's own
         new_ids = {i: self.uf.new(int(a)) for i, a in enumerate(added) if a}
+        # the new channels: the rewrite's walk makes more identities (an opaque op's
+        # output, a producer no dimension holds), which are no channel the plan added
+        self.new_ids = np.arange(self.old_size, self.uf.size, dtype=np.int64)
         self.prescribed = {}
         for g in prop.groups:
             if g.tags is None:
@@ -470,13 +473,21 @@ class _Layout:
                 n += int((d == dim).sum()) // width * int(self.added[dim])
         return n
 
+    def is_new(self, tags: np.ndarray) -> np.ndarray:
+        """Which of the new graph's identities ``tags`` are (coupled with) a channel the
+        plan added."""
+        tags = np.asarray(tags, dtype=np.int64)
+        if not len(self.new_ids):
+            return np.zeros(tags.shape, bool)
+        return np.isin(self.uf.find(tags), self.uf.find(self.new_ids))
+
     def growing(self, roots: np.ndarray) -> np.ndarray:
         """Per identity root of the new graph: new channel (R) or survivor of a growing
         dimension (S); the rest is fixed (F) and feeds or reads both halves. The plan's
         cost model splits the same way."""
-        new = roots >= self.old_size
-        d = self.dims_of(np.where(new, 0, roots))
-        return new | ((d >= 0) & self.grows[np.maximum(d, 0)])
+        old = roots < self.old_size
+        d = self.dims_of(np.where(old, roots, 0))
+        return self.is_new(roots) | (old & (d >= 0) & self.grows[np.maximum(d, 0)])
 
 
 def _init_new_channels(new: fx.GraphModule, refs, prop, layout: _Layout, seed: int) -> None:
@@ -491,7 +502,7 @@ def _init_new_channels(new: fx.GraphModule, refs, prop, layout: _Layout, seed: i
         own = roles.get("out") or roles.get("param")
         if own is None or own.init == 0:
             continue
-        is_new = prop.uf.find(own.tags) >= layout.old_size
+        is_new = layout.is_new(own.tags)
         if not is_new.any():
             continue
         value = getattr_path(new, name)
@@ -503,7 +514,7 @@ def _init_new_channels(new: fx.GraphModule, refs, prop, layout: _Layout, seed: i
         if "in" in roles:
             r_in = roles["in"]
             roots = prop.uf.find(r_in.tags)
-            feeds_new = (roots >= layout.old_size) | ~layout.growing(roots)
+            feeds_new = layout.is_new(roots) | ~layout.growing(roots)
             feeds_new = torch.as_tensor(feeds_new, device=value.device)
             if r_in.divisor > 1:        # each block of rows reads its own group's inputs
                 per = feeds_new.view(r_in.divisor, -1).repeat_interleave(value.shape[0] // r_in.divisor, 0)
@@ -521,7 +532,7 @@ def _generations(node: str, out_ids: np.ndarray, in_ids: np.ndarray, old, layout
     layer to split: the one it had in an earlier partition (``old``: classes and
     generations, or None), or 0 for survivors; new channels join a new generation. Inputs
     of dimensions that do not grow are fixed (-1)."""
-    is_new_out, is_new_in = out_ids >= layout.old_size, in_ids >= layout.old_size
+    is_new_out, is_new_in = layout.is_new(out_ids), layout.is_new(in_ids)
     if old is None:
         row = is_new_out.astype(np.int64)
         col = np.where(is_new_in, 1, np.where(layout.growing(in_ids), 0, -1))
@@ -533,7 +544,9 @@ def _generations(node: str, out_ids: np.ndarray, in_ids: np.ndarray, old, layout
     rows = dict(zip(o_ids.tolist(), o_row.tolist(), strict=True))
     cols = dict(zip(i_ids.tolist(), i_col.tolist(), strict=True))
     row = np.array([latest if n else rows[i] for i, n in zip(out_ids.tolist(), is_new_out, strict=True)])
-    col = np.array([latest if n else cols[i] for i, n in zip(in_ids.tolist(), is_new_in, strict=True)])
+    # an input no dimension holds (an opaque op's output) was and stays fixed
+    col = np.array([latest if n else cols.get(i, -1)
+                    for i, n in zip(in_ids.tolist(), is_new_in, strict=True)])
     if ((col == -1) & layout.growing(in_ids) & ~is_new_in).any():
         raise FxSurgeonError(f"{node}: inputs it read as fixed in an earlier partition now grow; "
                              f"partitioning it again is not supported")

@@ -344,6 +344,7 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
     new_prop = propagate(new, graph.example_inputs, new, dataclasses.replace(prop, uf=layout.uf),
                          layout.prescribed)
     new_refs = _refs(new_prop)
+    layout.uf = new_prop.uf         # the walk's copy, with the identities it made
     surgery = Surgery(new, plan, scheme)
     for key, r_old in old_refs.items():
         r_new = new_refs.get(key)
@@ -423,9 +424,9 @@ class _Layout:
         self.uf = prop.uf.copy()
         self.old_size = prop.uf.size          # identities from here on are the rewrite's own
         new_ids = {i: self.uf.new(int(a)) for i, a in enumerate(added) if a}
-        # the new channels: the rewrite's walk makes more identities (an opaque op's
-        # output, a producer no dimension holds), which are no channel the plan added
-        self.new_ids = np.arange(self.old_size, self.uf.size, dtype=np.int64)
+        # the new channels end here: the rewrite's walk makes more identities (an opaque
+        # op's output, a producer no dimension holds), which are no channel the plan added
+        self.new_end = self.uf.size
         self.prescribed = {}
         for g in prop.groups:
             if g.tags is None:
@@ -475,11 +476,10 @@ class _Layout:
 
     def is_new(self, tags: np.ndarray) -> np.ndarray:
         """Which of the new graph's identities ``tags`` are (coupled with) a channel the
-        plan added."""
-        tags = np.asarray(tags, dtype=np.int64)
-        if not len(self.new_ids):
-            return np.zeros(tags.shape, bool)
-        return np.isin(self.uf.find(tags), self.uf.find(self.new_ids))
+        plan added, and with no channel the analysis saw (a class's root is its smallest
+        identity)."""
+        roots = self.uf.find(np.asarray(tags, dtype=np.int64))
+        return (roots >= self.old_size) & (roots < self.new_end)
 
     def growing(self, roots: np.ndarray) -> np.ndarray:
         """Per identity root of the new graph: new channel (R) or survivor of a growing

@@ -288,15 +288,26 @@ def test_an_export_with_dynamic_sizes_that_takes_too_long_falls_back_to_the_exam
     64x64); past ``DYNAMIC_SECONDS`` the model is exported at the example's sizes, with a
     warning that says what that costs, and the timer and its handler are put back."""
     import signal
+    import time
 
     from fxsurgeon.analysis import export_frontend
-    monkeypatch.setattr(export_frontend, "DYNAMIC_SECONDS", 1e-4)
+    handler = signal.getsignal(signal.SIGALRM)
+    with pytest.raises(export_frontend._TooLong):        # the limit interrupts what runs past it
+        with export_frontend._time_limit(0.01):
+            time.sleep(60)
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0) and signal.getsignal(signal.SIGALRM) is handler
+    export = torch.export.export
+
+    def slow_when_dynamic(*args, dynamic_shapes=None, **kwargs):
+        if dynamic_shapes is not None:        # what the limit raises once it rings
+            raise export_frontend._TooLong()
+        return export(*args, **kwargs)
+    monkeypatch.setattr(torch.export, "export", slow_when_dynamic)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
     model, x = model.double().eval(), torch.randn(1, 3, 10, 10, dtype=torch.float64)
-    handler = signal.getsignal(signal.SIGALRM)
     with pytest.warns(UserWarning, match="exported at the example's sizes"):
         graph = fxs.analyze(model, x, frontend="export")
-    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0) and signal.getsignal(signal.SIGALRM) is handler
+    monkeypatch.setattr(torch.export, "export", export)
     assert graph.count("params") == sum(p.numel() for p in model.parameters())
     torch.testing.assert_close(graph.module(x), model(x))
     with pytest.raises(AssertionError, match="Guard failed"):         # static: the example's size only

@@ -51,3 +51,16 @@ def test_a_name_that_is_no_parameter_or_buffer_is_an_error_not_ignored():
     graph = fxs.analyze(Tied().eval(), torch.randn(3, 6))
     with pytest.raises(fxs.FxSurgeonError, match="cannot swap in"):
         run_graph(graph.module, (torch.randn(3, 6),), {"a.weight.T": torch.zeros(6, 6)})
+
+
+def test_the_self_check_tells_a_small_change_of_small_outputs_from_rounding():
+    """float64 rounding moves an exact rewrite's outputs by at most ~1e-13 of their size; a
+    change of 1.4e-8 of outputs under 1 (a SwiftFormer's, when a weight was drawn afresh)
+    once passed, measured against a magnitude of at least 1."""
+    from fxsurgeon.surgery.selfcheck import difference
+    y = torch.linspace(-0.5, 0.5, 11, dtype=torch.float64)
+    assert difference(y, y * (1 + 1.4e-8)) > 1
+    assert difference(y, y * (1 + 1e-13)) <= 1
+    zeros = torch.zeros(4, dtype=torch.float64)
+    assert difference(zeros, zeros + 1e-17) <= 1          # rounding noise on an output of zeros
+    assert difference(y.float(), y.float() * (1 + 1e-5)) <= 1

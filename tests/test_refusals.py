@@ -628,3 +628,34 @@ def test_a_weight_read_through_an_opaque_op_is_no_new_channel(frontend):
     plan = fxs.plan(graph, fxs.liveliness(graph), target=1.5, scheme="nr")
     assert plan.dims["stem.0"].added
     assert torch.equal(fxs.rewrite(graph, plan).module.get_parameter("w_g"), w_g.double())
+
+
+class ScalarAttention(nn.Module):
+    """timm csatv2's attention block: ``Linear(1, 3)`` unbound into scalar q, k and v (one
+    channel each, which nothing couples), attention over positions."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 1, 3, padding=1), nn.BatchNorm2d(1))
+        self.qkv, self.head = nn.Linear(1, 3, bias=False), nn.Conv2d(1, 4, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(x.flatten(2).transpose(1, 2)).unbind(-1)
+        y = ((q[:, :, None] * k[:, None, :]).softmax(-1) @ v[:, :, None]).transpose(1, 2)
+        return self.head(x + y.reshape(b, c, h, w))
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_channels_unbound_one_by_one_are_pinned_and_a_qkv_axis_is_not(frontend):
+    # a gate judged q, k and v, and a plan that removed one left two values for three uses
+    graph = fxs.analyze(ScalarAttention().double(), torch.randn(2, 3, 4, 4, dtype=torch.float64),
+                        frontend=frontend)
+    assert graph["qkv"].pinned.startswith("one value per channel unbound")
+    judged = fxs.add_judges(graph)
+    assert "qkv" not in {d.name for d in judged.graph.free_dims}
+    timm = pytest.importorskip("timm")          # timm's attention unbinds (3, heads, ...): heads stay free
+    attention = nn.Sequential(nn.Linear(6, 16), nn.LayerNorm(16), timm.layers.Attention(16, num_heads=4))
+    dims = fxs.analyze(attention, torch.randn(2, 5, 6), frontend="fx").free_dims
+    assert [(d.kind, d.width) for d in dims if d.kind == "attention heads"] == [("attention heads", 4)]

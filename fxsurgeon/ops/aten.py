@@ -19,7 +19,7 @@ from torch import fx
 from .attention import DotProductAttention
 from .elementwise import Carry, Couple, Glu, Pow
 from .layers import Addmm, FunctionalEmbedding, FunctionalLayer, Matmul
-from .movement import Chunk, Concat, Move, Pad, Reshape, Spatial, Squeeze, class_rows, varying_axes
+from .movement import Chunk, Concat, Move, Pad, Reshape, Spatial, Squeeze, Unbind, class_rows, varying_axes
 from .norms import Norm
 from .reductions import Reduce, Softmax
 from .rule import Rule
@@ -141,9 +141,10 @@ def register_aten(table: OpTable) -> None:
 
     each([aten.permute, aten.transpose, aten.t, aten.flatten, aten.unsqueeze, aten.unflatten,
           aten.pixel_shuffle, aten.pixel_unshuffle, aten.channel_shuffle, aten.native_channel_shuffle,
-          aten.roll, aten.flip, aten.movedim, aten.swapaxes, aten.unbind, aten.stack, aten.repeat],
+          aten.roll, aten.flip, aten.movedim, aten.swapaxes, aten.stack, aten.repeat],
          Move())
     each([aten.squeeze, aten.squeeze_], Squeeze())
+    table.register(aten.unbind.int, Unbind())
     each([aten.view, aten.reshape, aten._unsafe_view],
          Reshape(tag_function=aten.reshape.default, follow_sizes=True))
     table.register(aten.expand.default, Reshape(follow_sizes=True))

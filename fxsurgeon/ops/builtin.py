@@ -14,7 +14,7 @@ from ..layers.partitioned import Partitioned
 from .attention import DotProductAttention, MultiheadAttention
 from .elementwise import Bounded, Carry, Couple, Glu, Pow, StochasticDepth
 from .layers import Embedding, FunctionalLayer, Layer, Matmul, PReLU
-from .movement import Chunk, Concat, Metadata, Move, Pad, Reshape, Select, Spatial, Split, Squeeze
+from .movement import Chunk, Concat, Metadata, Move, Pad, Reshape, Select, Spatial, Split, Squeeze, Unbind
 from .norms import Norm
 from .reductions import Reduce, Softmax
 from .rewritten import Blocks, Folded, Judge, Restricted
@@ -62,9 +62,10 @@ def register_builtins(table: OpTable) -> None:
     each([nn.Flatten, nn.Unflatten, nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle,
           torch.flatten, torch.permute, torch.transpose, torch.stack, torch.unsqueeze,
           torch.roll, torch.flip, torch.movedim, torch.swapaxes, F.pixel_shuffle, F.pixel_unshuffle,
-          F.channel_shuffle, torch.channel_shuffle, torch.unbind, torch.unflatten,
+          F.channel_shuffle, torch.channel_shuffle, torch.unflatten,
           "permute", "transpose", "flatten", "unsqueeze", "expand", "repeat", "roll", "flip",
-          "unflatten", "movedim", "swapaxes", "unbind"], move)
+          "unflatten", "movedim", "swapaxes"], move)
+    each([torch.unbind, "unbind"], Unbind())
     each(_existing(nn, "ReflectionPad1d", "ReflectionPad2d", "ReflectionPad3d", "ReplicationPad1d",
                    "ReplicationPad2d", "ReplicationPad3d", "CircularPad1d", "CircularPad2d",
                    "CircularPad3d"), move)

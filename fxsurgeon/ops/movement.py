@@ -304,6 +304,25 @@ class Chunk(Move):
             walk.split_by_position(walk.tags.unique(x))
 
 
+class Unbind(Move):
+    """``unbind``: one value per position of ``dim``. Where the channels' classes vary
+    along it once every coupling is known (csatv2's ``Linear(1, 3)`` unbound into q, k and
+    v, which nothing couples), each value is a channel read on its own, so they are pinned;
+    a qkv's ``(3, heads, ...)`` axis, whose q, k and v of a head attention makes one class,
+    stays free."""
+
+    def check(self, walk, node, x, out, args, kwargs):
+        dim = walk.argument(node, "dim", 1, 0) % x.dim()
+        if not walk.tags.carries(x, dim):
+            return
+        channels, why = walk.tags.unique(x), f"one value per channel unbound at {walk.describe(node)}"
+
+        def decide():
+            if dim in varying_axes(walk.tags, x):
+                walk.pin_channels(channels, why)
+        walk.later(decide)
+
+
 class Split(Move):
     """``split``: literal sizes on a channel axis fix its width, so it is pinned."""
 

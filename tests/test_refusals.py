@@ -659,3 +659,25 @@ def test_channels_unbound_one_by_one_are_pinned_and_a_qkv_axis_is_not(frontend):
     attention = nn.Sequential(nn.Linear(6, 16), nn.LayerNorm(16), timm.layers.Attention(16, num_heads=4))
     dims = fxs.analyze(attention, torch.randn(2, 5, 6), frontend="fx").free_dims
     assert [(d.kind, d.width) for d in dims if d.kind == "attention heads"] == [("attention heads", 4)]
+
+
+class PositionalConv(nn.Module):
+    """wav2vec2's positional convolution: a grouped Conv1d with a weight-normalised weight
+    (computed, so its output channels have no weight rows to resize), added to its input."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.norm = nn.Linear(5, 8), nn.LayerNorm(8)
+        self.conv = nn.utils.parametrizations.weight_norm(nn.Conv1d(8, 8, 3, padding=1, groups=4), dim=2)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.norm(self.embed(x))
+        return self.head(h + F.gelu(self.conv(h.transpose(1, 2))).transpose(1, 2))
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_a_grouped_conv_with_a_computed_weight_is_analysed(frontend):
+    # the grouped rule's loop variable once shadowed the tag reader the pin used: a crash
+    graph = every_scheme(PositionalConv(), (torch.randn(2, 6, 5, dtype=torch.float64),), frontend=frontend)
+    assert not graph.free_dims or all("conv" not in d.name for d in graph.free_dims)

@@ -66,9 +66,9 @@ def produce(walk, node: fx.Node, x, weight: WeightSource, bias: WeightSource | N
         refs(0, vin if transposed else vout, "out")
     else:
         if groups > 1 and vin is not None:
-            for tags in (vin, vout):
-                walk.divisor(tags, groups)
-                walk.grouped_conv(tags, groups, transposed)
+            for vec in (vin, vout):
+                walk.divisor(vec, groups)
+                walk.grouped_conv(vec, groups, transposed)
         refs(out_axis, vout, "out", groups if transposed else 1)
         if vin is not None:
             refs(in_axis, vin, "in", 1 if transposed else groups)

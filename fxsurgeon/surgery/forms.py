@@ -89,7 +89,8 @@ def _step_seconds(layer: Partitioned, form: str, x: torch.Tensor, repeats: int) 
     """The median seconds of a forward and backward pass of ``layer`` in ``form`` on its
     input held in parts, as a streamed network holds it (after one untimed pass)."""
     layer.form = form
-    grads = [(p, p.grad) for p in layer.parameters()]
+    # a copy of each gradient to put back: backward adds into the same tensor
+    grads = [(p, None if p.grad is None else p.grad.clone()) for p in layer.parameters()]
     parts = [p.detach().requires_grad_(x.is_floating_point()) for p in layer._inputs(x)]
     sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
     times = []

@@ -193,10 +193,7 @@ class Glu(Couple):
         super().__init__("gate", keeps_zero=(0,))
 
     def stream(self, node, module):
-        return None
-
-    def fresh(self, node, module):
-        return True
+        return None             # its halves are cut by position: it reads a value whole
 
     def propagate(self, walk, node, args, kwargs):
         x = args[0] if args else kwargs["input"]

@@ -211,13 +211,21 @@ def _follow_rows(walk, node, x, out, literal: list[int]):
     pinned = walk.tags.unique(x)
 
     def decide():
-        axes = varying_axes(walk.tags, out)
-        rows = class_rows(walk.tags, out, axes[0]) if len(axes) == 1 else None
-        if rows is None:
+        found = _rows_along_one_axis(walk.tags, out)
+        if found is None:
             walk.pin_channels(pinned, why)
-        elif axes[0] in literal:
-            walk.size(node, axes[0], rows)
+        elif found[0] in literal:
+            walk.size(node, *found)
     return decide
+
+
+def _rows_along_one_axis(tags, out) -> tuple[int, np.ndarray] | None:
+    """``(axis, one identity per position)`` where the classes of tag tensor ``out`` change
+    along that one axis only, each position holding one class (:func:`class_rows`); else
+    None. Read after the walk."""
+    axes = varying_axes(tags, out)
+    rows = class_rows(tags, out, axes[0]) if len(axes) == 1 else None
+    return None if rows is None else (axes[0], rows)
 
 
 def _follow_or_divide(walk, node, out, literal: list[int], channels: np.ndarray, factor: int):
@@ -228,12 +236,11 @@ def _follow_or_divide(walk, node, out, literal: list[int], channels: np.ndarray,
     classes; else the width of ``channels`` stays a multiple of ``factor``."""
 
     def decide():
-        axes = varying_axes(walk.tags, out)
-        rows = class_rows(walk.tags, out, axes[0]) if len(axes) == 1 and axes[0] in literal else None
-        if rows is None:
-            walk.divisor(channels, factor)
+        found = _rows_along_one_axis(walk.tags, out)
+        if found is not None and found[0] in literal:
+            walk.size(node, *found)
         else:
-            walk.size(node, axes[0], rows)
+            walk.divisor(channels, factor)
     return decide
 
 

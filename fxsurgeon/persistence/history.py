@@ -36,7 +36,9 @@ def record(surgery: Surgery, seed: int = 0) -> dict:
                           for n, d in p.dims.items() if not d.pinned},
             "widths": {n: d.new_width for n, d in p.dims.items() if not d.pinned},
             "folds": dict(surgery.folds),
-            "forms": {n: f for n, f in surgery.forms.items() if f != "split"}}
+            # read off the layers: set_forms may have changed them since the rewrite
+            "forms": {n: f for n in surgery.partitioned
+                      if (f := surgery.module.get_submodule(n).form) != "split"}}
 
 
 def replay(graph: ChannelGraph, rec: dict, most: int | None = None) -> Surgery:

@@ -346,3 +346,21 @@ def test_shapes_stay_on_meta_through_a_device_move(monkeypatch):
     surgery = fxs.rewrite(graph, plan)          # its self-check passes
     assert sum(p.numel() for p in surgery.module.parameters()) < sum(p.numel() for p in model.parameters())
     assert real and not any(real)
+
+
+def test_an_example_sliced_from_a_batch_gives_a_graph_that_runs_on_fresh_inputs():
+    """torch.export guards on a view's base; an example sliced out of a batch (``x[:2, :16]``)
+    is exported from a copy, so the graph runs on tensors that are no views, of other sizes."""
+
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.fc = nn.Embedding(50, 8), nn.Linear(8, 4)
+
+        def forward(self, ids):
+            return self.fc(self.emb(ids)).mean(1)
+
+    model, batch = Tokens().eval(), torch.randint(0, 50, (4, 64))
+    graph = fxs.analyze(model, batch[:2, :16], frontend="export")
+    fresh = torch.randint(0, 50, (3, 20))
+    assert torch.allclose(graph.module(fresh), model(fresh))

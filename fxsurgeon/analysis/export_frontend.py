@@ -29,7 +29,7 @@ import torch
 from torch import fx, nn
 from torch.export import Dim
 from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
-from torch.utils._pytree import tree_structure
+from torch.utils._pytree import tree_map, tree_structure
 
 from ..channels.hooks import quiet
 from ..channels.modes import evaluating
@@ -42,6 +42,13 @@ def _dynamic(args: tuple) -> tuple:
     """Every axis of every tensor input free to vary where the model allows it."""
     return tuple({k: Dim.AUTO for k in range(a.dim())} if isinstance(a, torch.Tensor) else None
                  for a in args)
+
+
+def _unviewed(args: tuple) -> tuple:
+    """``args`` with every tensor that is a view of another (``batch[:1]``) copied out of it:
+    torch.export guards on a view's base, so a graph exported from a slice fails on every
+    fresh tensor (``'NoneType' object has no attribute 'size'``)."""
+    return tree_map(lambda a: a.clone() if isinstance(a, torch.Tensor) and a._base is not None else a, args)
 
 
 def sharing_copy(model: nn.Module) -> nn.Module:
@@ -90,7 +97,7 @@ def _export(model: nn.Module, args: tuple):
     keyword arguments), with dynamic input sizes if the model takes them within
     :data:`DYNAMIC_SECONDS`, else static; each attempt runs on a fresh :func:`sharing_copy`.
     Also returns why the sizes are static when that is news to the user (else None)."""
-    kwargs = stateless(model)
+    kwargs, args = stateless(model), _unviewed(args)
     try:
         shapes = (*_dynamic(args), *[None] * len(kwargs))        # the keywords are flags
         with _time_limit(DYNAMIC_SECONDS):

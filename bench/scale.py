@@ -1,12 +1,13 @@
 """Scale: time and peak memory of each stage of pruning a HuggingFace Llama-architecture
-model (issue 30, part 1), and the cost of one NR event against a training step (part 2).
+model (issue 30, part 1). What an NR event costs against training (part 2) is
+``bench/event.py``.
 
 **Pipeline** (default). A ``LlamaForCausalLM`` built from its config with random weights
 (nothing downloaded; ``use_cache=False``: with the cache both front ends refuse it), one
 example of ``--seq`` tokens. Stages: ``build`` (the model), ``analyze`` (the export front
 end), ``plan`` (budget pruning of the MLP widths to ``--keep`` of their parameters, by
-``fxs.importance.magnitude``: the heads of a GQA Llama are pinned today, so the MLP
-hidden units are the only free dimensions), ``rewrite`` (with its self-check) and
+``fxs.importance.magnitude``; the heads are free too, but at this target the plan cuts
+the MLP hidden units alone, as Torch-Pruning is told to), ``rewrite`` (with its self-check) and
 ``fxs.save``. Each size runs in a process of its own, so peaks are that run's; each
 stage's peak is the process's resident high-water mark (``VmHWM``, reset before the
 stage through ``/proc/self/clear_refs``), printed in GB and over the model's own size
@@ -18,17 +19,9 @@ torch-pruning==1.6.1`` and ``PYTHONPATH=DIR``), its LLM path (``MetaPruner`` wit
 ``GroupMagnitudeImportance``, attention, ``down_proj`` and ``lm_head`` ignored: the MLP
 hidden units only, to the same share) runs on the same model in a process of its own.
 
-**Event** (``--event``). torchvision's ResNet-50 at 224 px on the CPU, batch ``--batch``:
-the median of ``--steps`` training steps of ``nr.model`` (forward, cross entropy,
-backward, ``nr.step()``), then one NR event (``threshold=1.0``, ``--dead`` of every
-BatchNorm's γ zeroed, ``nr.check()``) under cProfile, its top costs printed, and the
-event over one step. ``analyze`` of the model and ``rewrite`` of a plan on it are timed
-alone beside it.
-
     python bench/scale.py --size tiny
     python bench/scale.py --size 88m,1.1b --timeout 1800
     python bench/scale.py --size 1.1b --dtype bfloat16
-    python bench/scale.py --event
 """
 from __future__ import annotations
 
@@ -268,78 +261,6 @@ def _table(label: str, rows: list[dict], error: str | None) -> None:
         print(f"  stopped: {error}")
 
 
-# ---- part 2: one NR event against one training step -----------------------------------
-def event(args) -> None:
-    import cProfile
-    import io
-    import pstats
-    import statistics
-
-    import torch
-    import torchvision
-
-    import fxsurgeon as fxs
-    warnings.filterwarnings("ignore")
-    torch.manual_seed(0)
-    model = torchvision.models.resnet50()
-    x = torch.randn(args.batch, 3, 224, 224)
-    y = torch.randint(0, 1000, (args.batch,))
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    t = time.perf_counter()
-    nr = fxs.NeuralRejuvenation(model, x[:1], opt, threshold=1.0)
-    setup = time.perf_counter() - t
-
-    def step():
-        nr.model.train()
-        loss = torch.nn.functional.cross_entropy(nr.model(x), y)
-        loss.backward()
-        nr.step()
-        nr.zero_grad() if hasattr(nr, "zero_grad") else opt.zero_grad()
-
-    step()                                   # warm-up
-    steps = []
-    for _ in range(args.steps):
-        t = time.perf_counter()
-        step()
-        steps.append(time.perf_counter() - t)
-    one_step = statistics.median(steps)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in nr.model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight[torch.rand(m.num_features, generator=g) < args.dead] = 0
-    prof = cProfile.Profile()
-    t = time.perf_counter()
-    prof.enable()
-    ev = nr.check()
-    prof.disable()
-    event_s = time.perf_counter() - t
-    # the stages alone, on the original network, beside it
-    fresh = torchvision.models.resnet50().eval()
-    t = time.perf_counter()
-    graph = fxs.analyze(fresh, x[:1])
-    analyze_s = time.perf_counter() - t
-    plan = fxs.plan(graph, None, target=None, scheme="prune")
-    t = time.perf_counter()
-    fxs.rewrite(graph, plan)
-    rewrite_s = time.perf_counter() - t
-    print(f"fxsurgeon from {os.path.dirname(fxs.__file__)}")
-    print(f"ResNet-50, 224 px, CPU ({torch.get_num_threads()} threads), batch {args.batch}")
-    print(f"  NR set-up (first analysis): {setup:.2f} s")
-    print(f"  training step (median of {args.steps}): {one_step:.2f} s  {[round(s, 2) for s in steps]}")
-    print(f"  one NR event (nr.check(), {args.dead:.0%} of γ zeroed): {event_s:.2f} s = "
-          f"{event_s / one_step:.2f} training steps; event {'fired' if ev else 'did not fire'}"
-          + (f", α {ev.alpha:.3f}" if ev is not None and hasattr(ev, "alpha") else ""))
-    print(f"  alone: analyze {analyze_s:.2f} s, rewrite (nothing removed, with self-check) {rewrite_s:.2f} s")
-    stream = io.StringIO()
-    stats = pstats.Stats(prof, stream=stream).sort_stats("cumulative")
-    stats.print_stats(args.top)
-    print(stream.getvalue())
-    stream = io.StringIO()
-    pstats.Stats(prof, stream=stream).sort_stats("tottime").print_stats(args.top)
-    print(stream.getvalue())
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", default="tiny", help=f"comma-separated, of {', '.join(SIZES)}")
@@ -349,20 +270,12 @@ def main(argv=None) -> int:
     p.add_argument("--keep", type=float, default=0.5, help="share of the MLPs' parameters kept (default 0.5)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per size and tool (default 3600)")
     p.add_argument("--no-tp", action="store_true", help="do not run Torch-Pruning even if importable")
-    p.add_argument("--event", action="store_true", help="part 2: one NR event against a ResNet-50 step")
-    p.add_argument("--batch", type=int, default=32, help="--event: batch size (default 32)")
-    p.add_argument("--steps", type=int, default=3, help="--event: training steps timed (default 3)")
-    p.add_argument("--dead", type=float, default=0.3, help="--event: share of γ zeroed (default 0.3)")
-    p.add_argument("--top", type=int, default=25, help="--event: rows of the profile (default 25)")
     p.add_argument("--profile", type=int, default=0,
                    help="print this many rows of a cProfile of each stage (its times then include the "
                         "profiler's overhead)")
     p.add_argument("--one", help=argparse.SUPPRESS)     # the child: one size, fxsurgeon
     p.add_argument("--tp", help=argparse.SUPPRESS)      # the child: one size, Torch-Pruning
     args = p.parse_args(argv)
-    if args.event:
-        event(args)
-        return 0
     _Stages.profile = args.profile
     if args.one:
         with tempfile.TemporaryDirectory() as out:

@@ -362,6 +362,7 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
     base, step, scales, cost = start.base, start.step, start.scales, graph.cost
     silenced = _prune_to_budget(graph, start, metric, target, kind, ranking) if prunable else {}
     base_a, step_a, half = np.array(base), np.array(step), _half(round_to, rounding)
+    priced = cost.pricer(kept, partitioned, scheme)
 
     def widths(alpha: float) -> np.ndarray:
         if in_place:
@@ -372,7 +373,7 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
         return np.maximum(grown, base_a).astype(np.int64)
 
     def cost_at(alpha: float) -> float:
-        return cost.count_plan(metric, kept, partitioned, widths(alpha) - base_a, scheme)
+        return priced(metric, widths(alpha) - base_a)
 
     original = graph.count(metric)
     budget = target * original if budgeted or (kind.grows and target is not None) else None
@@ -400,7 +401,7 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
     if searched and budget is not None and kind.grows and round_to > 1:
         fine = np.array([d.multiple_of if st else 0 for d, st in zip(graph.dims, step_a, strict=True)])
         final = _spend(final, alpha * base_a, step_a, fine, budget,
-                       lambda w: cost.count_plan(metric, kept, partitioned, w - base_a, scheme))
+                       lambda w: priced(metric, w - base_a))
     filled = {}
     for dp, w, grown, st in zip(dims.values(), final, widths(alpha), step_a, strict=True):
         if dp.pinned:
@@ -411,7 +412,7 @@ def plan(graph: ChannelGraph, alive: dict[str, np.ndarray] | None = None, metric
             dp.note = dp.note or f"+{int(w - grown)} past alpha's multiple of {st}: spends what rounding left"
         elif st and w % st and round_to > 1:
             dp.note = dp.note or f"round_to {round_to} not reached without exceeding the budget"
-    predicted = cost.count_plan(metric, kept, partitioned, final - base_a, scheme)
+    predicted = priced(metric, final - base_a)
     judged = {name: scales[name][np.setdiff1d(np.arange(dp.width), dp.survivors)]
               for name, dp in dims.items() if name in scales and len(dp.survivors) < dp.width}
     return Plan(metric, scheme, target, alpha, original, budget, predicted, dims, round_to, graph.token,

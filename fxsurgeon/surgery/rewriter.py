@@ -89,11 +89,13 @@ class Surgery:
         """The old parameter or buffer that the new ``name`` comes from."""
         return self.origins.get(name, name)
 
-    def carry(self, name: str, old: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+    def carry(self, name: str, old: torch.Tensor, fill: float = 0.0,
+              out: torch.Tensor | None = None) -> torch.Tensor:
         """Map a tensor shaped like the old ``origin(name)`` (momentum, Adam moments) to
-        the new ``name``'s layout; new channels get ``fill``."""
-        for axis, idx in self.index_maps.get(name, []):
-            old = take(old, axis, idx, fill)
+        the new ``name``'s layout, into ``out`` when given; new channels get ``fill``."""
+        maps = self.index_maps.get(name, [])
+        for k, (axis, idx) in enumerate(maps):
+            old = take(old, axis, idx, fill, out if k == len(maps) - 1 else None)
         return old
 
 
@@ -360,7 +362,7 @@ def _build(graph: ChannelGraph, plan: Plan, scheme: str, layout: _Layout, seed: 
     # 3. copy the survivors' values, then initialise the new channels
     with torch.no_grad():
         for name in surgery.index_maps:
-            getattr_path(new, name).copy_(surgery.carry(name, old_tensors[name].detach()))
+            surgery.carry(name, old_tensors[name].detach(), out=getattr_path(new, name))
         if added.any():
             _init_new_channels(new, new_refs, new_prop, layout, seed)
     if rescale:

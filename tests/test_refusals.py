@@ -328,6 +328,35 @@ def test_dead_channels_a_computed_map_modulates_are_kept_unless_they_are_zero(op
     assert "computed map" in plan.dims[dim.name].note
 
 
+class PositionEmbedded(nn.Module):
+    """timm's visformer, reduced: conv, BatchNorm, then a learned position embedding added
+    (one value per channel and position), read by a conv."""
+
+    def __init__(self, c: int = 16):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c)
+        self.pos = nn.Parameter(torch.randn(1, c, 8, 8))
+        self.head = nn.Conv2d(c, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.head(self.bn(self.conv(x)) + self.pos)
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_dead_channels_a_position_embedding_adds_to_are_kept(frontend):
+    """A channel its BatchNorm makes constant (γ = 0: β) plus a position embedding holds
+    β + p(h, w): no constant to fold, so visformer's gated nr was refused ('cannot fold
+    ... not constant'). The plan keeps those channels and says so; every scheme is exact."""
+    graph = every_scheme(PositionEmbedded(), (torch.randn(2, 3, 8, 8, dtype=torch.float64),), fraction=0.5,
+                         growth=1.5, frontend=frontend)
+    dim = next(d for d in graph.free_dims if any(m.tensor == "bn.weight" for m in d.sources))
+    dead = (graph.model.bn.weight == 0).numpy()
+    assert dead.any()
+    plan = fxs.plan(graph, fxs.liveliness(graph), target=None, scheme="prune")
+    assert len(plan.dims[dim.name].survivors) == dim.width
+    assert "position embedding" in plan.dims[dim.name].note
+
+
 class PerSampleScale(nn.Module):
     """Features times a per-sample scale given as an input (a data pipeline's)."""
 

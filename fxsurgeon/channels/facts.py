@@ -43,7 +43,8 @@ class Modulated(NamedTuple):
     ``tags`` along ``axis`` of ``operand`` (a node's name). A channel constant at ``c``
     there (dead: its BatchNorm's γ is 0) comes out as ``c·ψ(x)``, which varies: removing
     it would change the function, unless ``keeps_zero`` (a product: ``0·ψ = 0``) and ``c``
-    is 0."""
+    is 0. A constant that varies along the positions (a position embedding ``p``) does the
+    same: ``c + p(h, w)`` is no per-channel constant either."""
 
     node: str
     operand: str

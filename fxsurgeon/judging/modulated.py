@@ -6,8 +6,10 @@ a value computed from the inputs and broadcast across the channels (an attention
 one-channel map ψ, a per-sample scale; the op table's rules record these, see
 :class:`~fxsurgeon.channels.facts.Modulated`) it carries ``c·ψ(x)``, which varies with the
 input: no constant can stand for it. Only ``c = 0`` survives a product (``0·ψ = 0``);
-past a sum or a maximum no value does. Such a channel is dead by its scale, yet removing
-it changes the function, so the plan keeps it (:func:`fxsurgeon.plan`).
+past a sum or a maximum no value does. A constant that varies along the positions (a
+position embedding added after a norm: visformer's) does the same: ``c + p(h, w)`` is no
+per-channel constant. Such a channel is dead by its scale, yet removing it changes the
+function, so the plan keeps it (:func:`fxsurgeon.plan`).
 
 That the value varies is read off the graph, not off the example inputs (one sample
 would show ``c·scale`` constant, and the fold would take it for a constant); which ``c``

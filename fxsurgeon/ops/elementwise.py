@@ -130,6 +130,7 @@ class Couple(Rule):
         axis, va, vb = sa[0], sa[1], sb[1]
         if len(va) == len(vb):
             walk.couple(va, vb, self.label)
+            self._positional(walk, node, (a, b), axis - nd, va)
             return tags.structured(va, out_shape, axis)
         for k, (one, v, many) in enumerate(((b, va, a), (a, vb, b))):
             if len(v) > 1 and one.shape[axis - nd + one.dim()] == 1:   # broadcast across the other's channels
@@ -147,6 +148,22 @@ class Couple(Rule):
         many, one = operands[k], operands[1 - k]
         if isinstance(many, fx.Node) and isinstance(one, fx.Node) and one not in walk.const:
             walk.modulated(Modulated(node.name, many.name, axis, np.asarray(v), k in self.keeps_zero))
+
+    def _positional(self, walk, node, values, axis: int, v) -> None:
+        """Record channels ``v`` (along ``axis``, counted from the end) as modulated when one
+        operand is a constant that varies along the positions (a position embedding): a
+        channel constant at ``c`` comes out as ``c + p(h, w)``, which no per-channel
+        constant can stand for (a bias, constant along them, is folded)."""
+        operands = [node.args[0] if node.args else node.kwargs.get("input"),
+                    node.args[1] if len(node.args) > 1 else node.kwargs.get("other")]
+        const = [isinstance(o, fx.Node) and o in walk.const for o in operands]
+        if const.count(True) != 1 or not isinstance(operands[const.index(False)], fx.Node):
+            return
+        k = const.index(False)
+        c = values[1 - k]
+        if any(size > 1 for i, size in enumerate(c.shape) if i != axis + c.dim()):
+            walk.modulated(Modulated(node.name, operands[k].name, axis + values[k].dim(), np.asarray(v),
+                                     k in self.keeps_zero))
 
     @staticmethod
     def _broadcast(walk, node, t, axis):
@@ -179,6 +196,7 @@ class Couple(Rule):
             st = tags.structure(t, nd)
             if st is not None and t.shape[st[0] - nd + t.dim()] == out_shape[st[0]]:
                 walk.coupled(st[1], self.label)
+                self._positional(walk, node, (a, b), st[0] - nd, st[1])
                 return tags.structured(st[1], out_shape, st[0])
         walk.coupled(ea.numpy(), self.label)
         return torch.where(a.expand(out_shape) != 0, a.expand(out_shape), b.expand(out_shape))

@@ -265,7 +265,8 @@ def _survivors(graph: ChannelGraph, alive: dict, kind: Scheme, round_to: int, ke
             survivors, note = _keep(d, mask | held, m, start.scales[d.name])
             if held.any():
                 note = "; ".join([f"keeps {int(held.sum())} dead channel(s) a computed map multiplies "
-                                  f"(c·ψ(x) is no constant to fold)", *filter(None, [note])])
+                                  f"or a position embedding adds to (c·ψ(x), c + p(h, w): no constant "
+                                  f"to fold)", *filter(None, [note])])
             if scores is not None:
                 start.prunable.append(_prunable(d, survivors, scores[d.name], _multiple(d, round_to)))
         start.kept[sl] = False

@@ -131,7 +131,8 @@ def _check_modulated(graph: ChannelGraph, plan: Plan) -> None:
         name, mask = next(iter(must.items()))
         raise FxSurgeonError(f"the plan removes {int(mask.sum())} channel(s) of {name!r} (and "
                              f"{len(must) - 1} more dimension(s)) that a value computed from the "
-                             f"inputs multiplies while they are not zero: what they carry varies, so "
+                             f"inputs multiplies while they are not zero, or a constant varying along "
+                             f"positions adds to: what they carry varies, so "
                              f"no constant can be folded for them; plan again (fxs.plan keeps them), or "
                              f"pass fold=False to drop them anyway")
 

@@ -143,8 +143,7 @@ class Couple(Rule):
         """Record channels ``v`` of operand ``k`` along its ``axis`` as modulated when the
         other operand, broadcast across them, is computed from the inputs (a constant one
         keeps a constant channel constant: folding takes it)."""
-        operands = [node.args[0] if node.args else node.kwargs.get("input"),
-                    node.args[1] if len(node.args) > 1 else node.kwargs.get("other")]
+        operands = self._operands(node)
         many, one = operands[k], operands[1 - k]
         if isinstance(many, fx.Node) and isinstance(one, fx.Node) and one not in walk.const:
             walk.modulated(Modulated(node.name, many.name, axis, np.asarray(v), k in self.keeps_zero))
@@ -154,8 +153,7 @@ class Couple(Rule):
         operand is a constant that varies along the positions (a position embedding): a
         channel constant at ``c`` comes out as ``c + p(h, w)``, which no per-channel
         constant can stand for (a bias, constant along them, is folded)."""
-        operands = [node.args[0] if node.args else node.kwargs.get("input"),
-                    node.args[1] if len(node.args) > 1 else node.kwargs.get("other")]
+        operands = self._operands(node)
         const = [isinstance(o, fx.Node) and o in walk.const for o in operands]
         if const.count(True) != 1 or not isinstance(operands[const.index(False)], fx.Node):
             return
@@ -164,6 +162,12 @@ class Couple(Rule):
         if any(size > 1 for i, size in enumerate(c.shape) if i != axis + c.dim()):
             walk.modulated(Modulated(node.name, operands[k].name, axis + values[k].dim(), np.asarray(v),
                                      k in self.keeps_zero))
+
+    @staticmethod
+    def _operands(node) -> list:
+        """The op's two operands, as its call gives them (nodes or values)."""
+        return [node.args[0] if node.args else node.kwargs.get("input"),
+                node.args[1] if len(node.args) > 1 else node.kwargs.get("other")]
 
     @staticmethod
     def _broadcast(walk, node, t, axis):

@@ -22,6 +22,7 @@ that training a 1.1B model fits this machine: its parameters and gradients are 8
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -112,7 +113,6 @@ def one(name: str, args) -> None:
         steps.append(time.perf_counter() - t)
     train_peak = _status("VmHWM")
     kill(nr.graph, args.dead)
-    import gc
     gc.collect()
     _reset_peak()
     before = _status("VmRSS")

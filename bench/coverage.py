@@ -202,9 +202,10 @@ def main() -> None:
         return _worker(args.worker, args)
     if args.families:
         return print(json.dumps(coverage.smallest_per_family(), indent=1))
-    specs = [f"{source}:{name}" for source in args.source.split(",")
-             for name in coverage.models(source, args.full)
-             if not args.only or any(p in name for p in args.only.split(","))]
+    every = [f"{source}:{name}" for source in args.source.split(",")
+             for name in coverage.models(source, args.full)]
+    only = args.only.split(",") if args.only else None
+    specs = [spec for spec in every if not only or any(p in spec.partition(":")[2] for p in only)]
     out = Path(args.out or ROOT / "docs" / (LIBRARIES_PAGE if args.source == "libraries" else "coverage.md"))
     out.parent.mkdir(parents=True, exist_ok=True)
     saved = out.with_suffix(".json")
@@ -219,7 +220,9 @@ def main() -> None:
                   f"{r.get('peak_mb', '?')} MB; " + " ".join(f"{s} {kind(r[s])}" for s in SCHEMES if s in r),
                   flush=True)
             _write(saved, json.dumps(list(records.values()), indent=1) + "\n")   # an interruption keeps these
-    done = [records[spec] for spec in specs]
+    # the saved records of models --only leaves out stay: a rerun of one model keeps the sweep
+    done = [records[spec] for spec in every if spec in records] + \
+        [r for spec, r in records.items() if spec not in every]
     _write(saved, json.dumps(done, indent=1) + "\n")
     _write(out, markdown(done))
     print(f"{len(done)} models: {dict(Counter(status(r) for r in done))}; wrote {out} and {saved}")

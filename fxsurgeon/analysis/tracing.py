@@ -64,11 +64,14 @@ def library_functions() -> tuple[Callable, ...]:
 class Tracer(fx.Tracer):
     """A tracer that keeps the stack of modules it is inside, for error messages."""
 
-    def __init__(self, leaf_modules: Sequence[type] = (), autowrap_functions: Sequence[Callable] = ()):
+    def __init__(self, leaf_modules: Sequence[type] = (), autowrap_functions: Sequence[Callable] = (),
+                 stack_traces: bool = False):
         # the defaults let torch.fx re-create the tracer when it unpickles a GraphModule
         super().__init__(autowrap_functions=(*autowrap_functions, *library_functions()))
         self._leaf_types = tuple(leaf_modules)
-        self.record_stack_traces = True     # a refusal can name the line of the user's code
+        # the user's line of each node, for a refusal that names it: a third of a trace's time,
+        # so recorded only when asked (fxsurgeon.apply traces again to name one)
+        self.record_stack_traces = stack_traces
         self.path: list[tuple[str, type]] = []
         self._names: dict[int, str] = {}            # tensor id -> its name, for ``_named_for``
         self._named_for: nn.Module | None = None
@@ -154,13 +157,14 @@ def refuse_wrapped(model: nn.Module) -> None:
 
 def trace(model: nn.Module, leaf_modules: Iterable[type] = (),
           autowrap_functions: Iterable[Callable] = (),
-          concrete_args: dict | None = None) -> fx.GraphModule:
+          concrete_args: dict | None = None, stack_traces: bool = False) -> fx.GraphModule:
     """Trace ``model`` into a GraphModule, or raise :class:`UntraceableModelError`. Its hooks
-    do not fire (but pre-hooks that compute its weights, which are traced)."""
+    do not fire (but pre-hooks that compute its weights, which are traced). ``stack_traces``
+    records the user's line of each node (a third of the time)."""
     if isinstance(model, fx.GraphModule):
         return canonical(model)
     refuse_wrapped(model)
-    tracer = Tracer(list(leaf_modules), list(autowrap_functions))
+    tracer = Tracer(list(leaf_modules), list(autowrap_functions), stack_traces)
     try:
         with quiet(model), _computed_kept(model):
             graph = tracer.trace(model, concrete_args=concrete_args)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from torch import fx, nn
 
-from ..analysis.tracing import stateless
+from ..analysis.tracing import defaults_beyond, stateless, trace
 from ..channels.modes import own_run
 from ..channels.nodes import getattr_path
 from ..errors import FxSurgeonError, one_line
@@ -84,6 +84,26 @@ def _line(node: fx.Node) -> str:
     frames = re.findall(r'File "([^"]+)", line (\d+), in \S+\n\s*(.*)', node.stack_trace or "")
     user = [f for f in frames if "/torch/" not in f[0] and "/fxsurgeon/" not in f[0]]
     return f" at {user[-1][0]}:{user[-1][1]} `{user[-1][2].strip()}`" if user else ""
+
+
+def _with_lines(graph, *graphs: fx.Graph) -> None:
+    """Give the calls of ``graphs`` the user's lines where the trace recorded none (torch.fx
+    records them only when asked): ``graph.model`` traced again with them, read node by node
+    of the same name, op and target. Nothing where that trace fails."""
+    calls = [n for g in graphs for n in g.nodes if n.op.startswith("call_") and not n.stack_trace]
+    if not calls or graph.frontend != "fx":
+        return
+    model = graph.model
+    try:
+        again = trace(model, concrete_args=defaults_beyond(model, len(graph.example_inputs)) or None,
+                      stack_traces=True).graph
+    except Exception:  # noqa: BLE001 - the lines only name places in refusals
+        return
+    traced = {n.name: n for n in again.nodes}
+    for n in calls:
+        t = traced.get(n.name)
+        if t is not None and (t.op, t.target) == (n.op, n.target) and t.stack_trace:
+            n.stack_trace = t.stack_trace
 
 
 def _where(node: fx.Node) -> str:
@@ -342,6 +362,7 @@ def apply(graph, surgery) -> nn.Module:
         raise FxSurgeonError(f"a {surgery.scheme} network holds layers in parts ({surgery.partitioned[0]}, "
                              f"...), which your model's forward cannot: use surgery.module")
     new = surgery.module
+    _with_lines(graph, graph.module.graph, new.graph)
     folds = _folds(graph.module.graph, new.graph)
     literals = _changed_literals(graph.module.graph, new.graph, folds)
     snapshot = Snapshot(model)

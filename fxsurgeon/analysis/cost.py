@@ -139,24 +139,25 @@ class CostModel:
         channels from the weights and MACs of every dense conv or linear module (fixed
         channels feed and read both); every other scheme and layer computes the dense layer.
         """
-        if not np.any(added):       # no R channels, no cross blocks: what count() gives
-            return self.count(metric, kept)
         return self.pricer(kept, partitioned, scheme)(metric, added)
 
     def pricer(self, kept: np.ndarray, partitioned: np.ndarray,
                scheme: str) -> Callable[[str, np.ndarray], float]:
         """:meth:`count_plan` for these ``kept`` and ``partitioned`` channels, as a function of
         the metric and ``added``: what the channels hold is counted once, for a search that
-        prices many widths (a 1.1B Llama's NR event priced 150, at 25 ms each)."""
-        factor, dim, rep = self.rep
-        s = self._held(kept & partitioned) / self.divisor
-        f = (self.fixed + self._held(kept & ~partitioned)) / self.divisor
+        prices many widths (a 1.1B Llama's NR event priced 150, at 25 ms each). With nothing
+        added (no R channels, no cross blocks) it is :meth:`count`, and counts nothing more."""
         t, o, i = self._blocks
         crosses = scheme_of(scheme).crosses
+        held: list[np.ndarray] = []         # S and the rest per factor, at the first price that adds
 
         def price(metric: str, added: np.ndarray) -> float:
             if not np.any(added):
                 return self.count(metric, kept)
+            if not held:
+                held.extend([self._held(kept & partitioned) / self.divisor,
+                             (self.fixed + self._held(kept & ~partitioned)) / self.divisor])
+            (s, f), (factor, dim, rep) = held, self.rep
             r = np.bincount(factor, weights=rep * np.asarray(added, np.float64)[dim],
                             minlength=len(self.fixed)) / self.divisor
             values = self._terms(s + r + f)

@@ -90,8 +90,10 @@ def _with_lines(graph, *graphs: fx.Graph) -> None:
     """Give the calls of ``graphs`` the user's lines where the trace recorded none (torch.fx
     records them only when asked): ``graph.model`` traced again with them, read node by node
     of the same name, op and target. Nothing where that trace fails."""
+    if graph.frontend != "fx":          # torch.export records them
+        return
     calls = [n for g in graphs for n in g.nodes if n.op.startswith("call_") and not n.stack_trace]
-    if not calls or graph.frontend != "fx":
+    if not calls:
         return
     model = graph.model
     try:

@@ -50,6 +50,9 @@ def take(t: torch.Tensor, axis: int, idx: np.ndarray, fill: float = 0.0,
         got = got.masked_fill((at < 0).expand(shape), fill).reshape(t.shape[0], *shape[2:])
         return got if out is None else out.copy_(got)
     at = torch.as_tensor(np.maximum(idx, 0), device=t.device)
+    want = [*t.shape[:axis], len(idx), *t.shape[axis + 1:]]
+    if out is not None and list(out.shape) != want:     # index_select would resize it silently
+        raise ValueError(f"cannot gather {tuple(want)} into a tensor of shape {tuple(out.shape)}")
     got = t.index_select(axis, at) if out is None else torch.index_select(t, axis, at, out=out)
     if (idx < 0).any():
         got.index_fill_(axis, torch.as_tensor(np.nonzero(idx < 0)[0], device=t.device), fill)
